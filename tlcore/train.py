@@ -1,0 +1,429 @@
+"""Training as a generator of typed events, in three modes on the same data, split and seed.
+
+* feature extraction: the pretrained body is frozen; each image goes through it once (features
+  cached by backbone, preprocessing and image content) and only the new head is trained;
+* fine-tuning: the first ``freeze_depth`` stages stay frozen, the rest and the head train, the
+  body at a lower learning rate than the head (discriminative rates);
+* from scratch: the same architecture from random weights, everything trains.
+
+The loop checks ``should_stop`` before every batch (a cooperative stop acts within one batch),
+keeps the best epoch's weights, stops early when validation stops improving, and ends a run
+whose loss is not finite as failed with the reason, never with a crash.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+
+from .backbones import DEFAULT_BACKBONE, Preprocess, get_backbone_spec
+from .data import ImageSet, check_trainable, stratified_split, trainable_subset
+from .errors import TLError
+from .model import TransferModel, build_model, count_params, freeze, set_train_mode
+
+Mode = Literal["feature-extraction", "fine-tune", "scratch"]
+MODES: tuple[Mode, ...] = ("feature-extraction", "fine-tune", "scratch")
+Status = Literal["completed", "stopped", "failed"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    backbone: str = DEFAULT_BACKBONE
+    mode: Mode = "feature-extraction"
+    freeze_depth: int | None = None  # fine-tune: leading stages kept frozen; None = half of them
+    epochs: int = 20  # upper bound; early stopping may end sooner
+    batch_size: int = 32  # clamped to the number of training images
+    lr: float = 1e-3  # head learning rate (the whole network's when training from scratch)
+    backbone_lr_mult: float = 0.1  # fine-tune: body lr = lr * this; pretrained weights need small steps
+    weight_decay: float = 1e-4  # mild L2 on all trained weights (AdamW)
+    val_fraction: float = 0.2  # share of each class held out to measure generalisation
+    seed: int = 0  # same seed, same split, same initial head, same result
+    augment: bool = True  # flips, random resized crops, colour jitter (only modes that train the body)
+    patience: int = 0  # early stopping: epochs without validation improvement; 0 = off
+    device: str = "auto"  # "auto" picks CUDA, then Apple MPS, then the CPU
+    max_images_per_class: int | None = None  # data-efficiency studies: use at most this many per class
+
+    def validate(self) -> None:
+        """Raise ``TLError`` for settings that cannot make a sensible run."""
+        if self.mode not in MODES:
+            raise TLError(f"Unknown mode {self.mode!r}: use one of {', '.join(MODES)}.")
+        if self.epochs < 1:
+            raise TLError(f"Epochs must be at least 1 (got {self.epochs}).")
+        if self.batch_size < 1:
+            raise TLError(f"The batch size must be at least 1 (got {self.batch_size}).")
+        if not 0 < self.lr <= 1:
+            raise TLError(f"A learning rate of {self.lr:g} cannot train: use a value between 0.00001 and 0.1 "
+                          f"(0.001 is a good start).")
+        if not 0 < self.backbone_lr_mult <= 1:
+            raise TLError("The backbone learning-rate factor must be in (0, 1].")
+        if not 0 <= self.val_fraction < 1:
+            raise TLError(f"The validation share must be at least 0 and below 1 (got {self.val_fraction}).")
+        if self.patience < 0:
+            raise TLError("Early-stopping patience cannot be negative.")
+        n = len(get_backbone_spec(self.backbone).stage_names)
+        if self.freeze_depth is not None and not 0 <= self.freeze_depth <= n:
+            raise TLError(f"Freeze depth must be between 0 and {n} for {self.backbone} (got {self.freeze_depth}).")
+
+    def resolved_freeze_depth(self) -> int:
+        """Stages frozen in this run: all for feature extraction, none from scratch."""
+        n = len(get_backbone_spec(self.backbone).stage_names)
+        if self.mode == "feature-extraction":
+            return n
+        if self.mode == "scratch":
+            return 0
+        return n // 2 if self.freeze_depth is None else self.freeze_depth
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Work before the epochs start (e.g. computing embeddings)."""
+
+    what: str
+    done: int
+    total: int
+    eta_s: float
+
+
+@dataclass(frozen=True)
+class BatchEnd:
+    epoch: int  # 1-based
+    batch: int  # 1-based within the epoch
+    num_batches: int
+    loss: float
+    images_per_sec: float
+    fraction: float  # of the whole run's batches
+    eta_s: float
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    epoch: int
+    epochs: int
+    train_loss: float
+    train_acc: float
+    val_loss: float | None  # None when there is no validation set
+    val_acc: float | None
+    seconds: float  # wall clock since the run started
+    best: bool  # this epoch's weights are the best so far (kept)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    model: TransferModel = field(repr=False)
+    classes: tuple[str, ...]
+    config: TrainConfig
+    history: tuple[EpochEnd, ...]
+    best_epoch: int
+    val_accuracy: float | None
+    train_seconds: float
+    num_images: int
+    train_indices: tuple[int, ...]  # into the training ImageSet
+    val_indices: tuple[int, ...]
+    trainable_params: int
+    total_params: int
+    freeze_depth: int
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    status: Status
+    reason: str
+    result: RunResult | None = field(default=None, repr=False)
+
+
+Event = Progress | BatchEnd | EpochEnd | RunFinished
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def to_float(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 pixels -> float [0, 1] on ``device``."""
+    return batch.to(device, non_blocking=True).float().div_(255.0)
+
+
+# ----------------------------------------------------------------------------- feature cache
+
+
+class FeatureCache:
+    """Process-wide embeddings of pretrained bodies: ``(backbone key, image digest) -> [D]``.
+
+    Pretrained weights never change, so an image's features are computed once per backbone and
+    preprocessing and then reused by every later epoch, run, comparison and session.
+    """
+
+    def __init__(self, max_items: int = 200_000) -> None:
+        self._data: dict[tuple[str, str], torch.Tensor] = {}
+        self._lock = threading.Lock()
+        self.max_items = max_items
+
+    def get(self, key: str, digests: list[str]) -> list[torch.Tensor | None]:
+        with self._lock:
+            return [self._data.get((key, d)) for d in digests]
+
+    def put(self, key: str, digests: list[str], feats: torch.Tensor) -> None:
+        with self._lock:
+            if len(self._data) + len(digests) > self.max_items:
+                self._data.clear()
+            for d, f in zip(digests, feats):
+                self._data[(key, d)] = f
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
+FEATURES = FeatureCache()
+
+
+def feature_key(backbone: str, pre: Preprocess) -> str:
+    return f"{backbone}|imagenet|{pre.key}"
+
+
+def embed(model: TransferModel, imageset: ImageSet, backbone: str, device: torch.device,
+          should_stop: Callable[[], bool] = lambda: False, batch_size: int = 64
+          ) -> Generator[Progress, None, torch.Tensor | None]:
+    """Pretrained features ``[N, D]`` of every image, from the cache where possible.
+
+    Yields ``Progress`` while it computes; returns None if stopped.
+    """
+    pre = get_backbone_spec(backbone).preprocess
+    key = feature_key(backbone, pre)
+    digests = [i.digest for i in imageset.items]
+    cached = FEATURES.get(key, digests)
+    missing = [k for k, f in enumerate(cached) if f is None]
+    if missing:
+        stack = imageset.stack(pre)
+        model.eval()
+        start = time.perf_counter()
+        yield Progress("Computing features", 0, len(missing), math.nan)
+        for lo in range(0, len(missing), batch_size):
+            if should_stop():
+                return None
+            idx = missing[lo:lo + batch_size]
+            with torch.inference_mode(), _autocast(device):
+                feats = model.features(to_float(stack[idx], device)).float().cpu()
+            FEATURES.put(key, [digests[k] for k in idx], feats)
+            for k, f in zip(idx, feats):
+                cached[k] = f
+            done = lo + len(idx)
+            rate = done / (time.perf_counter() - start)
+            yield Progress("Computing features", done, len(missing), (len(missing) - done) / rate)
+    return torch.stack(cached)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _augmenter(size: int) -> v2.Transform:
+    return v2.Compose([v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True),
+                       v2.RandomHorizontalFlip(),
+                       v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2)])
+
+
+def _limit_per_class(labels: torch.Tensor, indices: list[int], limit: int | None, seed: int) -> list[int]:
+    if limit is None:
+        return indices
+    g = torch.Generator().manual_seed(seed + 1)
+    order = [indices[i] for i in torch.randperm(len(indices), generator=g).tolist()]
+    kept: dict[int, int] = {}
+    out = []
+    for i in order:
+        c = int(labels[i])
+        if kept.get(c, 0) < limit:
+            kept[c] = kept.get(c, 0) + 1
+            out.append(i)
+    return sorted(out)
+
+
+def train(imageset: ImageSet, config: TrainConfig, should_stop: Callable[[], bool] = lambda: False,
+          split: tuple[list[int], list[int]] | None = None) -> Iterator[Event]:
+    """Train a classifier on ``imageset``; yields events and always ends with ``RunFinished``.
+
+    ``split`` (train, val indices into the set) overrides the seeded stratified split, so that
+    several runs can share one split exactly.
+    """
+    try:
+        yield from _train(imageset, config, should_stop, split)
+    except TLError as e:
+        yield RunFinished("failed", str(e))
+    except Exception as e:  # a run must end with a reason, not take the app down
+        yield RunFinished("failed", f"Training failed unexpectedly: {type(e).__name__}: {e}")
+
+
+def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool],
+           split: tuple[list[int], list[int]] | None) -> Iterator[Event]:
+    cfg.validate()
+    check_trainable(imageset)
+    data = trainable_subset(imageset)
+    labels = data.labels()
+    train_idx, val_idx = split if split is not None else stratified_split(labels, cfg.val_fraction, cfg.seed)
+    train_idx = _limit_per_class(labels, list(train_idx), cfg.max_images_per_class, cfg.seed)
+    if not train_idx:
+        raise TLError("No images are left for training after the validation split.")
+    device = resolve_device(cfg.device)
+    spec = get_backbone_spec(cfg.backbone)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.backbone, len(data.classes), pretrained=cfg.mode != "scratch")
+    depth = cfg.resolved_freeze_depth()
+    freeze(model, depth)
+    model.to(device)
+    start = time.perf_counter()
+
+    if cfg.mode == "feature-extraction":
+        feats = yield from embed(model, data, cfg.backbone, device, should_stop)
+        if feats is None:
+            yield RunFinished("stopped", "Stopped while computing features, before any training.")
+            return
+        x_all = feats.to(device)
+        forward = model.head
+        get_batch = lambda idx, train: x_all[idx]  # noqa: E731
+        params = [{"params": model.head.parameters(), "lr": cfg.lr}]
+    else:
+        stack = data.stack(spec.preprocess)
+        augment = _augmenter(spec.preprocess.input_size) if cfg.augment else None
+
+        def get_batch(idx: list[int], train: bool) -> torch.Tensor:
+            batch = stack[idx]
+            if train and augment is not None:
+                batch = torch.stack([augment(img) for img in batch])
+            return to_float(batch, device)
+
+        forward = model
+        body = [p for p in model.body.parameters() if p.requires_grad]
+        body_lr = cfg.lr if cfg.mode == "scratch" else cfg.lr * cfg.backbone_lr_mult
+        params = [{"params": model.head.parameters(), "lr": cfg.lr}]
+        if body:
+            params.append({"params": body, "lr": body_lr})
+    optimizer = torch.optim.AdamW(params, weight_decay=cfg.weight_decay)
+
+    y_all = labels.to(device)
+    batch_size = min(cfg.batch_size, len(train_idx))
+    num_batches = math.ceil(len(train_idx) / batch_size)
+    total_batches = num_batches * cfg.epochs
+    g = torch.Generator().manual_seed(cfg.seed)
+    history: list[EpochEnd] = []
+    best_state: dict[str, torch.Tensor] | None = None
+    best_key: tuple[float, float] | None = None
+    best_epoch, since_best, batches_done = 0, 0, 0
+    train_start = time.perf_counter()
+
+    def finish(status: Status, reason: str) -> RunFinished:
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        model.eval()
+        if not history:
+            return RunFinished(status, reason)
+        best = history[best_epoch - 1]
+        return RunFinished(status, reason, RunResult(
+            model=model.cpu(), classes=tuple(data.classes), config=cfg, history=tuple(history),
+            best_epoch=best_epoch, val_accuracy=best.val_acc, train_seconds=time.perf_counter() - start,
+            num_images=len(train_idx) + len(val_idx), train_indices=tuple(train_idx),
+            val_indices=tuple(val_idx), trainable_params=count_params(model, trainable_only=True),
+            total_params=count_params(model), freeze_depth=depth))
+
+    for epoch in range(1, cfg.epochs + 1):
+        if cfg.mode == "feature-extraction":
+            model.head.train()
+        else:
+            set_train_mode(model)
+        order = [train_idx[i] for i in torch.randperm(len(train_idx), generator=g).tolist()]
+        loss_sum, correct, seen = 0.0, 0, 0
+        epoch_start = time.perf_counter()
+        for b in range(num_batches):
+            if should_stop():
+                yield finish("stopped", f"Stopped by the user during epoch {epoch}; the best epoch's weights are kept.")
+                return
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            x, y = get_batch(idx, True), y_all[idx]
+            with _autocast(device):
+                logits = forward(x)
+                loss = F.cross_entropy(logits.float(), y)
+            if not torch.isfinite(loss):
+                yield finish("failed", f"The loss became {loss.item()} in epoch {epoch}, batch {b + 1}: training "
+                                       f"diverged. The learning rate ({cfg.lr:g}) is probably too high; try "
+                                       f"one ten times smaller.")
+                return
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(idx)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(idx)
+            batches_done += 1
+            elapsed = time.perf_counter() - train_start
+            rate = batches_done / elapsed
+            yield BatchEnd(epoch, b + 1, num_batches, loss.item(), seen / (time.perf_counter() - epoch_start),
+                           batches_done / total_batches, (total_batches - batches_done) / rate)
+        val_loss, val_acc = _validate(forward, get_batch, y_all, val_idx, batch_size)
+        key = (val_acc, -val_loss) if val_acc is not None else (0.0, -loss_sum / seen)
+        is_best = best_key is None or key > best_key
+        if is_best:
+            best_key, best_epoch, since_best = key, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            since_best += 1
+        history.append(EpochEnd(epoch, cfg.epochs, loss_sum / seen, correct / seen, val_loss, val_acc,
+                                time.perf_counter() - start, is_best))
+        yield history[-1]
+        if cfg.patience and since_best >= cfg.patience:
+            yield finish("completed", f"Stopped early after epoch {epoch}: no improvement for "
+                                      f"{cfg.patience} epochs. The best epoch ({best_epoch}) is kept.")
+            return
+    yield finish("completed", f"Finished {cfg.epochs} epochs; the best epoch ({best_epoch}) is kept.")
+
+
+def _validate(forward: Callable[[torch.Tensor], torch.Tensor], get_batch: Callable[[list[int], bool], torch.Tensor],
+              y_all: torch.Tensor, val_idx: list[int] | tuple[int, ...], batch_size: int
+              ) -> tuple[float | None, float | None]:
+    if not val_idx:
+        return None, None
+    was_training = forward.training  # type: ignore[attr-defined]
+    forward.eval()  # type: ignore[attr-defined]
+    loss_sum, correct = 0.0, 0
+    with torch.inference_mode():
+        for lo in range(0, len(val_idx), batch_size):
+            idx = list(val_idx[lo:lo + batch_size])
+            y = y_all[idx]
+            logits = forward(get_batch(idx, False)).float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += int((logits.argmax(1) == y).sum())
+    forward.train(was_training)  # type: ignore[attr-defined]
+    return loss_sum / len(val_idx), correct / len(val_idx)
+
+
+def run_to_end(imageset: ImageSet, config: TrainConfig, on_event: Callable[[Event], None] | None = None,
+               split: tuple[list[int], list[int]] | None = None) -> RunFinished:
+    """Drive ``train`` to its end (for scripts and tests); returns the final event."""
+    for event in train(imageset, config, split=split):
+        if on_event is not None:
+            on_event(event)
+        if isinstance(event, RunFinished):
+            return event
+    raise AssertionError("train() ended without RunFinished")
+
+
+def set_threads() -> None:
+    """Use every core for intra-op parallelism (torch defaults to physical cores only)."""
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
