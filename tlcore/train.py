@@ -4,7 +4,9 @@
   cached by backbone, preprocessing and image content) and only the new head is trained;
 * fine-tuning: the first ``freeze_depth`` stages stay frozen, the rest and the head train, the
   body at a lower learning rate than the head (discriminative rates);
-* from scratch: the same architecture from random weights, everything trains.
+* from scratch: the same architecture from random weights, everything trains;
+* few-shot: no gradient steps at all; the head is the nearest-class-mean (prototype) classifier
+  on the cached features, ready from one image per class.
 
 The loop checks ``should_stop`` before every batch (a cooperative stop acts within one batch),
 keeps the best epoch's weights, stops early when validation stops improving, and ends a run
@@ -31,8 +33,11 @@ from .data import ImageSet, check_trainable, stratified_split, trainable_subset
 from .errors import TLError
 from .model import TransferModel, build_model, count_params, freeze, set_train_mode
 
-Mode = Literal["feature-extraction", "fine-tune", "scratch"]
-MODES: tuple[Mode, ...] = ("feature-extraction", "fine-tune", "scratch")
+Mode = Literal["feature-extraction", "fine-tune", "scratch", "few-shot"]
+MODES: tuple[Mode, ...] = ("feature-extraction", "fine-tune", "scratch", "few-shot")
+FROZEN_BODY_MODES = ("feature-extraction", "few-shot")
+# A linear head on fixed features takes large steps; networks that train the body need smaller ones.
+DEFAULT_LR: dict[str, float] = {"feature-extraction": 1e-2, "few-shot": 1e-2, "fine-tune": 3e-3, "scratch": 3e-3}
 Status = Literal["completed", "stopped", "failed"]
 
 
@@ -43,7 +48,7 @@ class TrainConfig:
     freeze_depth: int | None = None  # fine-tune: leading stages kept frozen; None = half of them
     epochs: int = 20  # upper bound; early stopping may end sooner
     batch_size: int = 32  # clamped to the number of training images
-    lr: float = 1e-3  # head learning rate (the whole network's when training from scratch)
+    lr: float | None = None  # head learning rate (whole network's from scratch); None: DEFAULT_LR[mode]
     backbone_lr_mult: float = 0.1  # fine-tune: body lr = lr * this; pretrained weights need small steps
     weight_decay: float = 1e-4  # mild L2 on all trained weights (AdamW)
     val_fraction: float = 0.2  # share of each class held out to measure generalisation
@@ -61,7 +66,7 @@ class TrainConfig:
             raise TLError(f"Epochs must be at least 1 (got {self.epochs}).")
         if self.batch_size < 1:
             raise TLError(f"The batch size must be at least 1 (got {self.batch_size}).")
-        if not 0 < self.lr <= 1:
+        if self.lr is not None and not 0 < self.lr <= 1:
             raise TLError(f"A learning rate of {self.lr:g} cannot train: use a value between 0.00001 and 0.1 "
                           f"(0.001 is a good start).")
         if not 0 < self.backbone_lr_mult <= 1:
@@ -74,10 +79,13 @@ class TrainConfig:
         if self.freeze_depth is not None and not 0 <= self.freeze_depth <= n:
             raise TLError(f"Freeze depth must be between 0 and {n} for {self.backbone} (got {self.freeze_depth}).")
 
+    def resolved_lr(self) -> float:
+        return DEFAULT_LR[self.mode] if self.lr is None else self.lr
+
     def resolved_freeze_depth(self) -> int:
         """Stages frozen in this run: all for feature extraction, none from scratch."""
         n = len(get_backbone_spec(self.backbone).stage_names)
-        if self.mode == "feature-extraction":
+        if self.mode in FROZEN_BODY_MODES:
             return n
         if self.mode == "scratch":
             return 0
@@ -291,15 +299,18 @@ def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool]
     model.to(device)
     start = time.perf_counter()
 
-    if cfg.mode == "feature-extraction":
+    if cfg.mode in FROZEN_BODY_MODES:
         feats = yield from embed(model, data, cfg.backbone, device, should_stop)
         if feats is None:
             yield RunFinished("stopped", "Stopped while computing features, before any training.")
             return
         x_all = feats.to(device)
+        if cfg.mode == "few-shot":
+            yield _prototype_run(model, x_all, labels.to(device), train_idx, val_idx, data, cfg, depth, start)
+            return
         forward = model.head
         get_batch = lambda idx, train: x_all[idx]  # noqa: E731
-        params = [{"params": model.head.parameters(), "lr": cfg.lr}]
+        params = [{"params": model.head.parameters(), "lr": cfg.resolved_lr()}]
     else:
         stack = data.stack(spec.preprocess)
         augment = _augmenter(spec.preprocess.input_size) if cfg.augment else None
@@ -312,8 +323,9 @@ def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool]
 
         forward = model
         body = [p for p in model.body.parameters() if p.requires_grad]
-        body_lr = cfg.lr if cfg.mode == "scratch" else cfg.lr * cfg.backbone_lr_mult
-        params = [{"params": model.head.parameters(), "lr": cfg.lr}]
+        lr = cfg.resolved_lr()
+        body_lr = lr if cfg.mode == "scratch" else lr * cfg.backbone_lr_mult
+        params = [{"params": model.head.parameters(), "lr": lr}]
         if body:
             params.append({"params": body, "lr": body_lr})
     optimizer = torch.optim.AdamW(params, weight_decay=cfg.weight_decay)
@@ -362,7 +374,7 @@ def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool]
                 loss = F.cross_entropy(logits.float(), y)
             if not torch.isfinite(loss):
                 yield finish("failed", f"The loss became {loss.item()} in epoch {epoch}, batch {b + 1}: training "
-                                       f"diverged. The learning rate ({cfg.lr:g}) is probably too high; try "
+                                       f"diverged. The learning rate ({cfg.resolved_lr():g}) is probably too high; try "
                                        f"one ten times smaller.")
                 return
             optimizer.zero_grad(set_to_none=True)
@@ -392,6 +404,36 @@ def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool]
                                       f"{cfg.patience} epochs. The best epoch ({best_epoch}) is kept.")
             return
     yield finish("completed", f"Finished {cfg.epochs} epochs; the best epoch ({best_epoch}) is kept.")
+
+
+def set_prototypes(head: torch.nn.Linear, feats: torch.Tensor, labels: torch.Tensor) -> None:
+    """Make ``head`` the nearest-class-mean classifier of ``feats`` (every class needs one example).
+
+    ``-|f - p_c|^2 = 2 f.p_c - |p_c|^2 - |f|^2``, and the last term is the same for every class,
+    so distances to prototypes are exactly a linear layer: W_c = 2 p_c, b_c = -|p_c|^2, scaled
+    by the mean squared distance to one's own prototype so that probabilities are not all 0/1.
+    """
+    num_classes = head.out_features
+    protos = torch.stack([feats[labels == c].mean(0) for c in range(num_classes)])
+    spread = ((feats - protos[labels]) ** 2).sum(1).mean().clamp_min(1e-6)
+    with torch.no_grad():
+        head.weight.copy_(2 * protos / spread)
+        head.bias.copy_(-(protos ** 2).sum(1) / spread)
+
+
+def _prototype_run(model: TransferModel, x_all: torch.Tensor, y_all: torch.Tensor, train_idx: list[int],
+                   val_idx: list[int], data: ImageSet, cfg: TrainConfig, depth: int, start: float) -> RunFinished:
+    linear = model.head[-1]
+    set_prototypes(linear, x_all[train_idx], y_all[train_idx])
+    model.eval()
+    _, train_acc = _validate(model.head, lambda idx, _t: x_all[idx], y_all, train_idx, 256)
+    val_loss, val_acc = _validate(model.head, lambda idx, _t: x_all[idx], y_all, val_idx, 256)
+    epoch = EpochEnd(1, 1, 0.0, train_acc or 0.0, val_loss, val_acc, time.perf_counter() - start, True)
+    return RunFinished("completed", "Prototypes computed: one mean feature vector per class.", RunResult(
+        model=model.cpu(), classes=tuple(data.classes), config=cfg, history=(epoch,), best_epoch=1,
+        val_accuracy=val_acc, train_seconds=time.perf_counter() - start, num_images=len(train_idx) + len(val_idx),
+        train_indices=tuple(train_idx), val_indices=tuple(val_idx), trainable_params=0,
+        total_params=count_params(model), freeze_depth=depth))
 
 
 def _validate(forward: Callable[[torch.Tensor], torch.Tensor], get_batch: Callable[[list[int], bool], torch.Tensor],

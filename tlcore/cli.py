@@ -1,0 +1,222 @@
+"""Command line: ``python -m tlcore {backbones,train,evaluate,predict,compare}``.
+
+Progress goes to stderr; results go to stdout as JSON (the last line of ``train``). A user
+error prints one line, ``error: ...``, and exits with status 2; never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .backbones import DEFAULT_BACKBONE, list_backbones
+from .errors import TLError
+
+EXIT_USER_ERROR = 2
+
+
+def _emit(obj: dict) -> None:
+    try:
+        print(json.dumps(obj), flush=True)
+    except BrokenPipeError:  # e.g. piped into `head`: stop writing, quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+class _Bar:
+    """Turns training events into one tqdm bar on stderr."""
+
+    def __init__(self, label: str = "") -> None:
+        self.label = label
+        self.bar: tqdm | None = None
+        self.what = ""
+
+    def __call__(self, event) -> None:
+        from .train import BatchEnd, EpochEnd, Progress, RunFinished
+
+        if isinstance(event, Progress):
+            self._bar(f"{self.label}{event.what}", event.total).n = event.done
+            self.bar.refresh()
+        elif isinstance(event, BatchEnd):
+            bar = self._bar(f"{self.label}training", 1000)
+            bar.n = round(event.fraction * 1000)
+            bar.set_postfix(epoch=event.epoch, loss=f"{event.loss:.3f}", refresh=True)
+        elif isinstance(event, EpochEnd) and self.bar is not None:
+            acc = "n/a" if event.val_acc is None else f"{event.val_acc:.3f}"
+            self.bar.write(f"{self.label}epoch {event.epoch}/{event.epochs}: train loss {event.train_loss:.4f} "
+                           f"acc {event.train_acc:.3f}, val acc {acc}", file=sys.stderr)
+        elif isinstance(event, RunFinished) and self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def _bar(self, what: str, total: int) -> tqdm:
+        if self.bar is None or self.what != what:
+            if self.bar is not None:
+                self.bar.close()
+            self.bar = tqdm(total=total, desc=what, file=sys.stderr, leave=False, dynamic_ncols=True)
+            self.what = what
+        return self.bar
+
+
+def _config(args: argparse.Namespace, mode: str | None = None):
+    from .train import TrainConfig
+
+    return TrainConfig(backbone=args.backbone, mode=mode or args.mode, freeze_depth=args.freeze_depth,
+                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
+                       seed=args.seed, patience=args.patience, augment=not args.no_augment)
+
+
+def _report_rejected(imageset) -> None:
+    for r in imageset.rejected:
+        print(f"skipped {r.file}: {r.reason}", file=sys.stderr)
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    for spec in list_backbones(include_test=args.all):
+        _emit({"name": spec.name, "title": spec.title, "availability": spec.availability(),
+               "params": spec.num_params, "input_size": spec.preprocess.input_size,
+               "imagenet_top1": spec.imagenet_top1, "weights_mb": spec.weights_mb,
+               "stages": list(spec.stage_names)})
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .checkpoint import save_run
+    from .data import load_data
+    from .train import run_to_end, set_threads
+
+    set_threads()
+    config = _config(args)
+    config.validate()
+    imageset = load_data(args.data)
+    _report_rejected(imageset)
+    finished = run_to_end(imageset, config, _Bar())
+    if finished.result is None:
+        raise TLError(f"Training {finished.status}: {finished.reason}")
+    r = finished.result
+    save_run(r, args.out, finished.status)
+    _emit({"status": finished.status, "reason": finished.reason, "val_accuracy": r.val_accuracy,
+           "train_seconds": round(r.train_seconds, 3), "num_images": r.num_images, "classes": list(r.classes),
+           "mode": config.mode, "backbone": config.backbone, "freeze_depth": r.freeze_depth,
+           "best_epoch": r.best_epoch, "epochs_run": len(r.history), "trainable_params": r.trainable_params,
+           "rejected": len(imageset.rejected), "run_dir": str(Path(args.out).resolve())})
+    return 0 if finished.status != "failed" else 1
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .checkpoint import load_run
+    from .data import load_data
+    from .evaluate import evaluate
+
+    saved = load_run(args.run_dir)
+    imageset = load_data(args.data)
+    _report_rejected(imageset)
+    _emit(evaluate(saved.model, imageset, saved.classes, saved.preprocess).to_json())
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .checkpoint import load_run
+    from .data import decode_image
+    from .errors import BadImageError
+    from .evaluate import predict
+
+    saved = load_run(args.run_dir)
+    status = 0
+    for file in args.images:
+        try:
+            path = Path(file)
+            if not path.is_file():
+                raise BadImageError(file, "no such file")
+            image = decode_image(file, path.read_bytes(), max_side=None)
+        except BadImageError as e:
+            _emit({"file": file, "error": e.reason})
+            status = 1
+            continue
+        p = predict(saved.model, [image], saved.classes, saved.preprocess)[0]
+        _emit({"file": file, "label": p.label, "confidence": p.confidence, "probabilities": p.probabilities})
+    return status
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import available_shots, plan, run_plan, shared_split, summary_row
+    from .data import load_data
+    from .train import RunFinished, set_threads
+
+    set_threads()
+    base = _config(args, mode="feature-extraction")
+    base.validate()
+    imageset = load_data(args.data)
+    _report_rejected(imageset)
+    split = shared_split(imageset, base)
+    shots: list[int | None] | None = None
+    if args.shots:
+        wanted = tuple(None if s == "all" else int(s) for s in args.shots.split(","))
+        shots = available_shots(imageset, split, wanted)
+    runs = plan(args.strategies.split(","), base, shots)
+    rows = []
+    bars = {r.label: _Bar(f"[{r.label}] ") for r in runs}
+    for run, event in run_plan(imageset, runs, split):
+        bars[run.label](event)
+        if isinstance(event, RunFinished):
+            rows.append(summary_row(run, event))
+    _emit({"backbone": base.backbone, "epochs": base.epochs, "seed": base.seed, "num_images": len(imageset),
+           "classes": imageset.classes, "val_size": len(split[1]), "runs": rows})
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tlcore", description="Transfer Learning Studio engine.")
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("backbones", help="list backbones and whether their weights are on this machine")
+    b.add_argument("--all", action="store_true", help="include test-only backbones")
+    b.set_defaults(fn=cmd_backbones)
+
+    def training_args(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--backbone", default=DEFAULT_BACKBONE)
+        q.add_argument("--freeze-depth", type=int, default=None, help="fine-tune: leading stages kept frozen")
+        q.add_argument("--epochs", type=int, default=20)
+        q.add_argument("--batch-size", type=int, default=32)
+        q.add_argument("--lr", type=float, default=None, help="head learning rate (default: per mode)")
+        q.add_argument("--val-fraction", type=float, default=0.2)
+        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--patience", type=int, default=0, help="early stopping patience in epochs (0: off)")
+        q.add_argument("--no-augment", action="store_true", help="no flips/crops/colour jitter")
+
+    t = sub.add_parser("train", help="train a classifier on DATA (a class-per-folder directory or a zip)")
+    t.add_argument("data")
+    t.add_argument("--out", required=True, help="run folder to write")
+    t.add_argument("--mode", default="feature-extraction",
+                   choices=["feature-extraction", "fine-tune", "scratch", "few-shot"])
+    training_args(t)
+    t.set_defaults(fn=cmd_train)
+    e = sub.add_parser("evaluate", help="accuracy and confusion matrix of a saved run on DATA")
+    e.add_argument("run_dir")
+    e.add_argument("data")
+    e.set_defaults(fn=cmd_evaluate)
+    pr = sub.add_parser("predict", help="predict the class of images with a saved run")
+    pr.add_argument("run_dir")
+    pr.add_argument("images", nargs="+")
+    pr.set_defaults(fn=cmd_predict)
+    c = sub.add_parser("compare", help="strategies side by side on one split (and per shot count)")
+    c.add_argument("data")
+    c.add_argument("--strategies", default="feature-extraction,fine-tune,scratch,few-shot")
+    c.add_argument("--shots", default="", help="comma-separated images per class, e.g. 1,5,10,all")
+    training_args(c)
+    c.set_defaults(fn=cmd_compare)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except TLError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

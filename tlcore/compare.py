@@ -1,0 +1,130 @@
+"""The transfer-learning lesson made measurable: strategies side by side, and how much data each needs.
+
+Every run of a comparison uses the same images, the same train/validation split, the same seed
+and the same epoch budget, so the differences come from the strategy alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .backbones import get_backbone_spec
+from .data import ImageSet, check_trainable, stratified_split, trainable_subset
+from .errors import TLError
+from .model import TransferModel, build_model
+from .train import FROZEN_BODY_MODES, MODES, Event, RunFinished, TrainConfig, embed, resolve_device, train
+
+DEFAULT_SHOTS = (1, 5, 10, 25, None)  # images per class; None = all
+
+STRATEGY_TITLES = {
+    "feature-extraction": "Feature extraction (frozen backbone, new head)",
+    "fine-tune": "Fine-tuning (pretrained start, upper stages trained)",
+    "scratch": "From scratch (random start, everything trained)",
+    "few-shot": "Few-shot prototypes (one mean per class, no training)",
+}
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a comparison: a label for charts and the config that makes it."""
+
+    label: str
+    config: TrainConfig
+    shots: int | None  # images per class used for training; None = all
+
+
+def shared_split(imageset: ImageSet, base: TrainConfig) -> tuple[list[int], list[int]]:
+    """The one train/validation split every run of a comparison uses."""
+    check_trainable(imageset)
+    return stratified_split(trainable_subset(imageset).labels(), base.val_fraction, base.seed)
+
+
+def available_shots(imageset: ImageSet, split: tuple[list[int], list[int]],
+                    wanted: tuple[int | None, ...] = DEFAULT_SHOTS) -> list[int | None]:
+    """The shot counts the data allows: at most the smallest class's training images, plus 'all'."""
+    labels = trainable_subset(imageset).labels()
+    train_counts = torch.bincount(labels[split[0]]).tolist()
+    smallest = min(train_counts)
+    return [s for s in wanted if s is None or s <= smallest]
+
+
+def plan(strategies: list[str], base: TrainConfig, shots: list[int | None] | None = None) -> list[PlannedRun]:
+    """Runs for each strategy (and each shot count, when given), all from the same base config."""
+    unknown = [s for s in strategies if s not in MODES]
+    if unknown:
+        raise TLError(f"Unknown strategies: {', '.join(unknown)}. Use: {', '.join(MODES)}.")
+    runs = []
+    for shot in shots or [None]:
+        for s in strategies:
+            label = s if shot is None else f"{s} @ {shot}/class"
+            runs.append(PlannedRun(label, dataclasses.replace(base, mode=s, max_images_per_class=shot), shot))
+    return runs
+
+
+def run_plan(imageset: ImageSet, runs: list[PlannedRun], split: tuple[list[int], list[int]],
+             should_stop: Callable[[], bool] = lambda: False) -> Iterator[tuple[PlannedRun, Event]]:
+    """Train the planned runs one after another on ``split``; yields ``(run, event)``."""
+    for run in runs:
+        if should_stop():
+            return
+        for event in train(imageset, run.config, should_stop, split=split):
+            yield run, event
+
+
+def summary_row(run: PlannedRun, finished: RunFinished) -> dict:
+    """One row of the comparison table (also the CLI's JSON)."""
+    r = finished.result
+    return {"label": run.label, "strategy": run.config.mode, "shots": run.shots, "status": finished.status,
+            "val_accuracy": None if r is None else r.val_accuracy,
+            "train_seconds": None if r is None else round(r.train_seconds, 3),
+            "trainable_params": None if r is None else r.trainable_params,
+            "epochs_run": 0 if r is None else len(r.history),
+            "val_indices": None if r is None else list(r.val_indices), "reason": finished.reason}
+
+
+# ----------------------------------------------------------------------------- embedding map
+
+
+def project_2d(feats: torch.Tensor, method: str = "pca", seed: int = 0) -> np.ndarray:
+    """``[N, D]`` features -> ``[N, 2]`` coordinates by PCA or t-SNE."""
+    x = feats.float()
+    if len(x) < 3:
+        raise TLError("An embedding map needs at least three images.")
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        return TSNE(2, perplexity=min(30.0, len(x) - 1.0), init="pca", random_state=seed).fit_transform(x.numpy())
+    if method != "pca":
+        raise TLError(f"Unknown projection {method!r}: use 'pca' or 'tsne'.")
+    x = x - x.mean(0)
+    _, _, v = torch.linalg.svd(x, full_matrices=False)
+    return (x @ v[:2].T).numpy()
+
+
+def features_of(model: TransferModel | None, imageset: ImageSet, backbone: str) -> torch.Tensor:
+    """Features of every image: from the pretrained backbone (``model`` None, cached) or a trained model."""
+    device = resolve_device()
+    if model is None:
+        model = build_model(backbone, 1).to(device)
+        gen = embed(model, imageset, backbone, device)
+        try:
+            while True:
+                next(gen)
+        except StopIteration as stop:
+            return stop.value
+    pre = get_backbone_spec(backbone).preprocess
+    model.eval()
+    out = []
+    stack = imageset.stack(pre)
+    with torch.inference_mode():
+        for lo in range(0, len(stack), 64):
+            out.append(model.features(stack[lo:lo + 64].float().div(255.0)).float())
+    return torch.cat(out)
+
+
+__all__ = ["DEFAULT_SHOTS", "FROZEN_BODY_MODES", "STRATEGY_TITLES", "PlannedRun", "available_shots",
+           "features_of", "plan", "project_2d", "run_plan", "shared_split", "summary_row"]
