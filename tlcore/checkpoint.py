@@ -51,7 +51,7 @@ def run_metadata(result: RunResult, status: str = "completed", extra: dict | Non
                     "train_seconds": result.train_seconds, "num_images": result.num_images,
                     "trainable_params": result.trainable_params, "total_params": result.total_params,
                     "freeze_depth": result.freeze_depth},
-        "history": [dataclasses.asdict(e) for e in result.history],
+        "history": [e.to_json() for e in result.history],
         "split": {"train": list(result.train_indices), "val": list(result.val_indices)},
         **(extra or {}),
     }
@@ -67,15 +67,19 @@ def _atomic_write(path: Path, write) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def save_run(result: RunResult, folder: str | Path, status: str = "completed", extra: dict | None = None) -> Path:
-    """Write weights and metadata to ``folder`` (each file atomically); returns the folder."""
+def write_weights_and_meta(folder: str | Path, model: TransferModel, meta: dict) -> Path:
+    """Write ``model``'s state_dict and ``meta`` into ``folder``, each file atomically."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     _atomic_write(folder / WEIGHTS, lambda p: save_file(state, p))
-    meta = run_metadata(result, status, extra)
     _atomic_write(folder / META, lambda p: Path(p).write_text(json.dumps(meta, indent=1)))
     return folder
+
+
+def save_run(result: RunResult, folder: str | Path, status: str = "completed", extra: dict | None = None) -> Path:
+    """Write a finished run (weights and metadata) to ``folder``; returns the folder."""
+    return write_weights_and_meta(folder, result.model, run_metadata(result, status, extra))
 
 
 def read_meta(folder: str | Path) -> dict:

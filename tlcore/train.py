@@ -15,6 +15,7 @@ whose loss is not finite as failed with the reason, never with a crash.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import threading
@@ -123,6 +124,10 @@ class EpochEnd:
     val_acc: float | None
     seconds: float  # wall clock since the run started
     best: bool  # this epoch's weights are the best so far (kept)
+    model: TransferModel | None = field(default=None, repr=False, compare=False)  # live; checkpoint it now
+
+    def to_json(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "model"}
 
 
 @dataclass(frozen=True)
@@ -397,7 +402,7 @@ def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool]
         else:
             since_best += 1
         history.append(EpochEnd(epoch, cfg.epochs, loss_sum / seen, correct / seen, val_loss, val_acc,
-                                time.perf_counter() - start, is_best))
+                                time.perf_counter() - start, is_best, model))
         yield history[-1]
         if cfg.patience and since_best >= cfg.patience:
             yield finish("completed", f"Stopped early after epoch {epoch}: no improvement for "
