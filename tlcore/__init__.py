@@ -13,7 +13,7 @@ from .checkpoint import (SavedRun, archive_run, export_onnx, export_torchscript,
 from .data import (ImageItem, ImageSet, Rejected, check_trainable, decode_image, load_data, load_folder, load_zip,
                    stratified_split)
 from .errors import BadImageError, TLError, WeightsUnavailableError
-from .evaluate import Evaluation, Prediction, evaluate, grad_cam, imagenet_top, predict
+from .evaluate import Evaluation, Prediction, evaluate, grad_cam, imagenet_top, overlay_cam, predict
 from .jobs import SLOTS, JobSnapshot, SlotPool, TrainingJob
 from .model import TransferModel, build_model, count_params, freeze
 from .train import (FEATURES, MODES, BatchEnd, EpochEnd, Event, Progress, RunFinished, RunResult, TrainConfig,
@@ -26,7 +26,7 @@ __all__ = [
     "TrainingJob", "TransferModel", "WeightsUnavailableError", "archive_run", "build_model", "check_trainable",
     "count_params", "create_body", "decode_image", "ensure_weights", "evaluate", "export_onnx",
     "export_torchscript", "freeze", "get_backbone_spec", "grad_cam", "imagenet_categories", "imagenet_top",
-    "import_weights", "list_backbones", "load_data", "load_folder", "load_run", "load_zip", "predict",
+    "import_weights", "list_backbones", "load_data", "load_folder", "load_run", "load_zip", "overlay_cam", "predict",
     "read_meta", "register_backbone", "run_to_end", "save_run", "stratified_split", "train",
     "unpack_run_archive",
 ]

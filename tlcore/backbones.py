@@ -469,6 +469,13 @@ register_backbone(BackboneSpec(
     build=_tiny_body, bundled_file=_tiny_weights_file, remap=_tiny_remap, test_only=True))
 
 
+@functools.lru_cache(maxsize=None)
+def stage_param_counts(name: str) -> tuple[int, ...]:
+    """Parameters per stage of a backbone body (built on the meta device: no memory, no time)."""
+    with torch.device("meta"):
+        return tuple(get_backbone_spec(name).build().stage_param_counts())
+
+
 def imagenet_categories() -> list[str]:
     """The 1,000 ImageNet class names, in the order of the pretrained heads' outputs."""
     from torchvision.models._meta import _IMAGENET_CATEGORIES

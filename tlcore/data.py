@@ -115,6 +115,13 @@ def make_item(name: str, data: bytes, label: str) -> ImageItem:
     return ImageItem(name=name, label=label, digest=hashlib.sha1(data).hexdigest(), pixels=image_to_tensor(img))
 
 
+def thumbnail(item: ImageItem, size: int = 96) -> Image.Image:
+    """A small PIL copy of a decoded image, for galleries."""
+    img = Image.fromarray(item.pixels.permute(1, 2, 0).numpy())
+    img.thumbnail((size, size))
+    return img
+
+
 def preprocess_pixels(pixels: torch.Tensor, pre: Preprocess) -> torch.Tensor:
     """uint8 ``[..., 3, H, W]`` -> uint8 ``[..., 3, S, S]``: resize the shorter side, centre crop."""
     interp = TF.InterpolationMode.BICUBIC if pre.interpolation == "bicubic" else TF.InterpolationMode.BILINEAR
@@ -154,6 +161,17 @@ class ImageSet:
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def snapshot(self) -> ImageSet:
+        """A copy that later edits of this set do not change (it shares the preprocessed stacks so far)."""
+        copy = ImageSet(self.items, self.rejected, self._classes)
+        copy._stacks = dict(self._stacks)
+        return copy
+
+    def split_sizes(self, val_fraction: float, seed: int) -> tuple[int, int]:
+        """(training, validation) image counts of the split a run with these settings would use."""
+        train, val = stratified_split(trainable_subset(self).labels(), val_fraction, seed)
+        return len(train), len(val)
 
     def subset(self, indices: Iterable[int]) -> ImageSet:
         """A new set with the given items and the same classes (stacks are recomputed lazily)."""
@@ -208,6 +226,20 @@ class ImageSet:
                 continue
             seen.add((label, item.digest))
             self.items.append(item)
+        self.rejected.extend(rejected)
+        self._stacks.clear()
+        return rejected
+
+    def merge(self, other: ImageSet) -> list[Rejected]:
+        """Add another set's classes and images (duplicates within a class skipped) and its rejections."""
+        for c in other.classes:
+            if c.casefold() not in {k.casefold() for k in self._classes}:
+                self._classes.append(c)
+        seen = {(i.label, i.digest) for i in self.items}
+        new = [i for i in other.items if (i.label, i.digest) not in seen]
+        rejected = list(other.rejected) + [Rejected(i.name, f"the same image is already in class '{i.label}' (skipped)")
+                                           for i in other.items if (i.label, i.digest) in seen]
+        self.items.extend(new)
         self.rejected.extend(rejected)
         self._stacks.clear()
         return rejected

@@ -160,3 +160,14 @@ def imagenet_top(body: Body, image: Image.Image, pre: Preprocess, k: int = 5) ->
     values, indices = probs.topk(k)
     names = imagenet_categories()
     return [(names[i], v) for i, v in zip(indices.tolist(), values.tolist())]
+
+
+def overlay_cam(image: Image.Image, cam: np.ndarray, pre: Preprocess, alpha: float = 0.45) -> Image.Image:
+    """The centre crop the model saw, with the Grad-CAM map laid over it (red = looked here)."""
+    crop = Image.fromarray(prepare([image], pre)[0].permute(1, 2, 0).numpy())
+    heat = np.zeros((*cam.shape, 3), dtype=np.float32)
+    heat[..., 0] = np.clip(cam * 2.0, 0, 1)  # red rises first, then yellow for the strongest areas
+    heat[..., 1] = np.clip(cam * 2.0 - 1.0, 0, 1)
+    base = np.asarray(crop, dtype=np.float32) / 255.0
+    weight = alpha * cam[..., None]
+    return Image.fromarray(((base * (1 - weight) + heat * weight) * 255).astype(np.uint8))

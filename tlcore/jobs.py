@@ -79,6 +79,7 @@ class JobSnapshot:
     last_batch: BatchEnd | None
     progress: Progress | None
     finished: RunFinished | None
+    batch_losses: tuple[tuple[float, float], ...]  # (epoch position, e.g. 2.5 = half-way through epoch 3; loss)
 
 
 class TrainingJob:
@@ -97,6 +98,7 @@ class TrainingJob:
         self._lock = threading.Lock()
         self._epochs: list[EpochEnd] = []
         self._last_batch: BatchEnd | None = None
+        self._batch_losses: list[tuple[float, float]] = []
         self._progress: Progress | None = None
         self._finished: RunFinished | None = None
         self._state: JobState = "queued"
@@ -120,7 +122,7 @@ class TrainingJob:
     def snapshot(self) -> JobSnapshot:
         with self._lock:
             return JobSnapshot(self.name, self._state, self._pool.position(self._ticket), tuple(self._epochs),
-                               self._last_batch, self._progress, self._finished)
+                               self._last_batch, self._progress, self._finished, tuple(self._batch_losses))
 
     def _run(self) -> None:
         if not self._pool.acquire(self._ticket, self._stop.is_set):
@@ -153,6 +155,7 @@ class TrainingJob:
                 self._epochs.append(event)
             elif isinstance(event, BatchEnd):
                 self._last_batch = event
+                self._batch_losses.append((event.epoch - 1 + event.batch / event.num_batches, event.loss))
             elif isinstance(event, Progress):
                 self._progress = event
             elif isinstance(event, RunFinished):

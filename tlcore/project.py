@@ -30,8 +30,11 @@ import torch
 from PIL import Image
 
 from .backbones import DEFAULT_BACKBONE, get_backbone_spec
-from .checkpoint import FORMAT, load_run, result_from_saved, save_run, write_weights_and_meta
-from .data import ImageItem, ImageSet, Rejected
+from .checkpoint import (FORMAT, export_onnx, export_torchscript, load_run, result_from_saved, save_run,
+                         unpack_run_archive, write_weights_and_meta)
+from .compare import features_of, plan, project_2d, shared_split
+from .data import ImageItem, ImageSet, Rejected, trainable_subset
+from .evaluate import Evaluation, evaluate
 from .errors import TLError
 from .jobs import TrainingJob
 from .train import EpochEnd, Event, RunFinished, RunResult, TrainConfig, train
@@ -86,6 +89,9 @@ class RunRecord:
     group: str = ""  # comparison this run belongs to ("" for a single run)
     shots: int | None = None
     created: float = field(default_factory=time.time)
+    images: ImageSet | None = field(default=None, repr=False)  # the images it trained on (this session)
+    val_digests: list[str] = field(default_factory=list)  # its validation images, to find them after a restart
+    cache: dict = field(default_factory=dict, repr=False)  # derived views (evaluation), computed once
 
     def refresh(self) -> None:
         """Take the job's final state once it has one."""
@@ -139,8 +145,8 @@ class Project:
         """
         config.validate()
         run_id = f"run-{len(self.runs) + 1:03d}-{secrets.token_hex(2)}"
-        record = RunRecord(run_id, label or describe(config), config, group=group, shots=shots)
-        images = self.images  # the set as it is now; later edits do not change a running job
+        images = self.images.snapshot()  # the set as it is now; later edits do not change this run
+        record = RunRecord(run_id, label or describe(config), config, group=group, shots=shots, images=images)
         folder = self.folder / "runs" / run_id
         waiting_for = after.job if after is not None else None
 
@@ -155,7 +161,10 @@ class Project:
 
         def on_finish(finished: RunFinished) -> None:
             if finished.result is not None:
-                save_run(finished.result, folder, finished.status, {"label": record.label})
+                data = trainable_subset(images)
+                record.val_digests = [data.items[i].digest for i in finished.result.val_indices]
+                save_run(finished.result, folder, finished.status,
+                         {"label": record.label, "val_digests": record.val_digests})
             record.status, record.reason, record.result = finished.status, finished.reason, finished.result
             self.save()
 
@@ -165,6 +174,24 @@ class Project:
             self.selected_run = record.id
         self.save()
         return record
+
+    def start_comparison(self, strategies: list[str], shots: list[int | None] | None = None) -> str:
+        """Queue one run per strategy (and shot count), one after another on one shared split.
+
+        Returns the group id that tags the runs.
+        """
+        base = dataclasses.replace(self.settings, backbone=self.backbone)
+        split = shared_split(self.images, base)
+        group = f"{'shots' if shots else 'compare'}-{secrets.token_hex(3)}"
+        previous = None
+        for planned in plan(strategies, base, shots):
+            previous = self.start_run(planned.config, planned.label, group, planned.shots, previous, split)
+        return group
+
+    def group_runs(self, group: str) -> list[RunRecord]:
+        for r in self.runs:
+            r.refresh()
+        return [r for r in self.runs if r.group == group]
 
     def stop_all(self) -> None:
         for r in self.active_runs():
@@ -257,13 +284,116 @@ class Project:
             run_folder = folder / "runs" / record.id
             if (run_folder / "model.safetensors").exists():
                 try:
-                    record.result = result_from_saved(load_run(run_folder))
+                    saved = load_run(run_folder)
+                    record.result = result_from_saved(saved)
+                    record.val_digests = list(saved.meta.get("val_digests", []))
                 except TLError as e:
                     record.reason = f"{record.reason} (its weights could not be loaded: {e})".strip()
             elif record.status == "interrupted":
                 record.reason = "The server stopped before this run finished its first epoch; nothing to keep."
             project.runs.append(record)
         return project
+
+
+def validation_report(project: Project, record: RunRecord) -> tuple[Evaluation, list[ImageItem]] | None:
+    """The run's model on its validation images (computed once per run), or None if it has none."""
+    if "eval" not in record.cache:
+        assert record.result is not None
+        if record.images is not None:
+            items = [trainable_subset(record.images).items[i] for i in record.result.val_indices]
+        else:  # reopened after a restart: find the validation images by content
+            by_digest = {i.digest: i for i in project.images.items}
+            items = [by_digest[d] for d in record.val_digests if d in by_digest]
+        items = [i for i in items if i.label in record.result.classes]
+        if not items:
+            record.cache["eval"] = None
+        else:
+            spec = get_backbone_spec(record.config.backbone)
+            ev = evaluate(record.result.model, ImageSet(items, (), record.result.classes), record.result.classes,
+                          spec.preprocess)
+            record.cache["eval"] = (ev, items)
+    return record.cache["eval"]
+
+
+def export_model(project: Project, record: RunRecord, kind: str) -> tuple[Path, float]:
+    """Export a run's model to TorchScript or ONNX inside its folder, checked against the in-app model
+    on its validation images (training images when it has none). Returns (file, max difference)."""
+    assert record.result is not None
+    report = validation_report(project, record)
+    items = report[1] if report else (record.images.items if record.images is not None else project.images.items)
+    if not items:
+        raise TLError("There are no images to check the export against.")
+    spec = get_backbone_spec(record.config.backbone)
+    check = ImageSet(items[:64]).stack(spec.preprocess).float().div(255.0)
+    folder = project.folder / "runs" / record.id
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind == "torchscript":
+        path = folder / "model.torchscript.pt"
+        diff = export_torchscript(record.result.model, path, check)
+    elif kind == "onnx":
+        path = folder / "model.onnx"
+        diff = export_onnx(record.result.model, path, check)
+    else:
+        raise TLError(f"Unknown export format {kind!r}: use 'torchscript' or 'onnx'.")
+    return path, diff
+
+
+def import_run(project: Project, data: bytes) -> RunRecord:
+    """Add a run from a zip made by the Export page; anything else is refused, nothing is executed."""
+    run_id = f"run-{len(project.runs) + 1:03d}-{secrets.token_hex(2)}"
+    folder = project.folder / "runs" / run_id
+    try:
+        saved = unpack_run_archive(data, folder)
+    except TLError:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    record = RunRecord(run_id, "imported: " + str(saved.meta.get("label") or saved.backbone),
+                       result_from_saved(saved).config, "completed", "Loaded from a saved run.",
+                       result=result_from_saved(saved), val_digests=list(saved.meta.get("val_digests", [])))
+    with project._lock:
+        project.runs.append(record)
+        project.selected_run = run_id
+    project.save()
+    return record
+
+
+def model_card(record: RunRecord) -> str:
+    """A short Markdown model card for a finished run."""
+    r = record.result
+    assert r is not None
+    spec = get_backbone_spec(r.config.backbone)
+    acc = "n/a" if r.val_accuracy is None else f"{r.val_accuracy:.1%}"
+    p = spec.preprocess
+    return (f"# Model card: {record.label}\n\n"
+            f"- **Task:** image classification into {len(r.classes)} classes: {', '.join(r.classes)}\n"
+            f"- **Backbone:** {spec.title}, pretrained on ImageNet-1k"
+            f"{' (not used: trained from scratch)' if r.config.mode == 'scratch' else ''}\n"
+            f"- **Strategy:** {describe(r.config)}; {r.trainable_params:,} of {r.total_params:,} parameters trained\n"
+            f"- **Data:** {r.num_images} images, {len(r.val_indices)} held out for validation\n"
+            f"- **Validation accuracy:** {acc} (best epoch {r.best_epoch} of {len(r.history)})\n"
+            f"- **Input:** RGB, shorter side resized to {p.resize_size} px ({p.interpolation}), centre crop "
+            f"{p.input_size} px, values scaled to [0, 1]; normalisation (mean {p.mean}, std {p.std}) is inside "
+            f"the model\n"
+            f"- **Limits:** trained on few images; it only knows these classes and will pick one of them for any "
+            f"picture. Check it on your own test images before relying on it.\n")
+
+
+def embedding_map(project: Project, record: RunRecord, method: str = "pca") -> dict:
+    """2-D maps of the run's validation images: as the pretrained backbone sees them, and as the run's
+    model does. Returns ``{"labels", "names", "pretrained": [N, 2], "trained": [N, 2]}`` (cached per method)."""
+    key = f"map-{method}"
+    if key not in record.cache:
+        report = validation_report(project, record)
+        items = report[1] if report else []
+        if len(items) < 3:
+            raise TLError("An embedding map needs at least three validation images: add images and train again.")
+        images = ImageSet(items, (), record.result.classes)
+        backbone = record.config.backbone
+        record.cache[key] = {
+            "labels": [i.label for i in items], "names": [i.name for i in items],
+            "pretrained": project_2d(features_of(None, images, backbone), method).tolist(),
+            "trained": project_2d(features_of(record.result.model, images, backbone), method).tolist()}
+    return record.cache[key]
 
 
 def partial_meta(config: TrainConfig, classes: list[str], epoch: EpochEnd) -> dict:

@@ -1,0 +1,122 @@
+"""Step 1: choose the pretrained backbone, and see what it already recognises."""
+import os
+
+import plotly.graph_objects as go
+import streamlit as st
+
+import tlcore
+from pages.common import ASSETS, explain, pretrained_body, project
+from tlcore.profile import measure_speed
+
+proj = project()
+st.title("1 · Choose a backbone")
+explain("A **backbone** is a network already trained on ImageNet: 1.2 million photos in 1,000 classes. "
+        "Its early layers learned general features (edges, colours, textures), its later layers more specific "
+        "shapes. We cut off its ImageNet classifier and reuse the rest for *your* classes.")
+
+st.image(str(ASSETS / "backbone.png"), width=720)
+
+specs = tlcore.list_backbones(include_test=bool(os.environ.get("TLS_TEST_BACKBONES")))
+AVAILABILITY = {"bundled": ":green-badge[:material/check: installed, works offline]",
+                "cached": ":blue-badge[:material/download_done: downloaded]",
+                "download": ":orange-badge[:material/cloud_download: downloads on first use]"}
+
+
+@st.cache_data(show_spinner=False)
+def speed(name: str) -> float:
+    return measure_speed(name).ms_per_image
+
+
+def choose(name: str) -> None:
+    spec = tlcore.get_backbone_spec(name)
+    if spec.availability() == "download":
+        bar = st.progress(0.0, text=f"Downloading {spec.title} ({spec.weights_mb:.0f} MB)…")
+
+        def progress(done: int, total: int) -> None:
+            total = total or int(spec.weights_mb * 2**20)
+            bar.progress(min(1.0, done / total), text=f"Downloading {spec.title}: {done / 2**20:.1f} of "
+                                                      f"{total / 2**20:.1f} MB")
+
+        try:
+            tlcore.ensure_weights(spec, progress)
+        except tlcore.TLError as e:
+            bar.empty()
+            st.error(str(e), icon=":material/cloud_off:")
+            return
+        bar.empty()
+    proj.backbone = name
+    proj.save()
+    st.toast(f"Using {spec.title}.", icon=":material/check:")
+
+
+measured = st.session_state.setdefault("backbone_measured", set())
+if st.button("Measure speed on this machine", icon=":material/speed:", key="backbone_measure"):
+    bar = st.progress(0.0, text="Timing each backbone…")
+    for k, spec in enumerate(specs):
+        bar.progress(k / len(specs), text=f"Timing {spec.title}…")
+        speed(spec.name)
+        measured.add(spec.name)
+    bar.empty()
+measured.add(proj.backbone)
+
+cols = st.columns(3)
+for k, spec in enumerate(specs):
+    with cols[k % 3].container(border=True):
+        selected = spec.name == proj.backbone
+        st.markdown(f"#### {spec.title}" + (" :material/radio_button_checked:" if selected else ""))
+        st.caption(spec.description)
+        st.markdown(AVAILABILITY[spec.availability()] + ("" if spec.availability() == "bundled"
+                                                          else f" {spec.weights_mb:.0f} MB"))
+        top1 = "n/a" if spec.imagenet_top1 is None else f"{spec.imagenet_top1:.1f}%"
+        ms = f"{speed(spec.name):.0f} ms/image" if spec.name in measured else "not measured"
+        st.markdown(f"{spec.num_params / 1e6:.1f} M parameters · {spec.preprocess.input_size} px input · "
+                    f"ImageNet top-1 {top1} · {len(spec.stage_names)} stages · speed here: {ms}")
+        st.button("Selected" if selected else "Use this backbone", key=f"backbone_use_{spec.name}",
+                  disabled=selected, type="primary" if not selected else "secondary",
+                  on_click=choose, args=(spec.name,))
+
+with st.expander("I have a weights file (offline machines)", icon=":material/upload_file:"):
+    explain("Torchvision backbones download their weights once. On a machine without internet, copy the "
+            "weights file (for example resnet18-f37072fd.pth) from another computer and import it here.")
+    target = st.selectbox("Backbone", [s.name for s in specs if s.weights_url], key="backbone_import_target")
+    file = st.file_uploader("Weights file (.pth)", type=["pth", "pt"], key="backbone_import_file")
+    if file is not None and st.button("Import", key="backbone_import_go"):
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / file.name
+            path.write_bytes(file.getvalue())
+            try:
+                tlcore.import_weights(tlcore.get_backbone_spec(target), path)
+                st.success(f"Imported {file.name}: {target} now works offline.")
+            except tlcore.TLError as e:
+                st.error(str(e))
+
+st.subheader("What does it already see?")
+spec = tlcore.get_backbone_spec(proj.backbone)
+explain(f"Before any training, {spec.title} can name 1,000 ImageNet classes. Drop in a photo to see its top five "
+        "guesses: this knowledge is what transfer learning reuses.")
+left, right = st.columns([1, 1])
+with left:
+    upload = st.file_uploader("A photo", type=sorted(s.strip(".") for s in tlcore.data.IMAGE_SUFFIXES),
+                              key="backbone_preview_file")
+    sample = st.segmented_control("…or a sample", ["coffee", "cat"], key="backbone_preview_sample")
+if upload is not None or sample:
+    name, data = ((upload.name, upload.getvalue()) if upload is not None else
+                  (f"{sample}.jpg", (ASSETS / {"coffee": "coffee.jpg", "cat": "chelsea.jpg"}[sample]).read_bytes()))
+    try:
+        image = tlcore.decode_image(name, data, max_side=None)
+    except tlcore.BadImageError as e:
+        st.error(str(e))
+    else:
+        if spec.availability() == "download":
+            st.warning(f"{spec.title}'s weights are not on this machine yet: choose it above to download them.")
+        else:
+            top = tlcore.imagenet_top(pretrained_body(spec.name), image, spec.preprocess)
+            left.image(image, width=280)
+            fig = go.Figure(go.Bar(x=[p for _, p in top][::-1], y=[n for n, _ in top][::-1], orientation="h",
+                                   text=[f"{p:.0%}" for _, p in top][::-1]))
+            fig.update_layout(title="ImageNet top-5", xaxis_tickformat=".0%", xaxis_range=[0, 1], height=300,
+                              margin=dict(t=40, b=20, l=10, r=10))
+            right.plotly_chart(fig, key="backbone_top5")

@@ -1,0 +1,171 @@
+"""What every page shares: the session's project, the step bar, guards, cached resources, charts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import plotly.graph_objects as go
+import streamlit as st
+
+import tlcore
+from tlcore.jobs import JobSnapshot
+from tlcore.project import Project, RunRecord
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = ROOT / "assets"
+STATE_KEY = "tls_project"
+
+PAGES = {  # file -> (title, icon); the order is the order of the steps
+    "pages/backbone.py": ("Backbone", ":material/hub:"),
+    "pages/data.py": ("Data", ":material/photo_library:"),
+    "pages/freeze.py": ("Freeze", ":material/ac_unit:"),
+    "pages/train.py": ("Train", ":material/model_training:"),
+    "pages/evaluate.py": ("Evaluate", ":material/analytics:"),
+    "pages/test.py": ("Test", ":material/image_search:"),
+    "pages/export.py": ("Export", ":material/download:"),
+    "pages/compare.py": ("Compare", ":material/compare:"),
+}
+
+
+def project() -> Project:
+    """The session's project. A reload reopens it from the ``?project=`` in the address."""
+    if STATE_KEY not in st.session_state:
+        proj = None
+        name = st.query_params.get("project")
+        if name:
+            try:
+                proj = Project.open(name)
+            except tlcore.TLError as e:
+                st.toast(f"Could not reopen the project: {e}", icon=":material/warning:")
+        st.session_state[STATE_KEY] = proj or Project.create()
+    proj = st.session_state[STATE_KEY]
+    if st.query_params.get("project") != proj.name:
+        st.query_params["project"] = proj.name
+    return proj
+
+
+def switch_project(proj: Project) -> None:
+    old: Project | None = st.session_state.get(STATE_KEY)
+    if old is not None and old is not proj:
+        old.stop_all()
+    st.session_state[STATE_KEY] = proj
+    st.query_params["project"] = proj.name
+
+
+def step_status(proj: Project) -> dict[str, tuple[bool, str]]:
+    """Per page: (ready, what is missing)."""
+    counts = proj.images.counts()
+    has_data = sum(n > 0 for n in counts.values()) >= 2
+    has_run = bool(proj.finished_runs())
+    need_data = "add images to at least two classes on the Data page"
+    need_run = "train a model on the Train page"
+    return {
+        "pages/backbone.py": (True, ""),
+        "pages/data.py": (has_data, need_data),
+        "pages/freeze.py": (True, ""),
+        "pages/train.py": (has_data, need_data),
+        "pages/evaluate.py": (has_run, need_run),
+        "pages/test.py": (has_run, need_run),
+        "pages/export.py": (has_run, need_run),
+        "pages/compare.py": (has_data, need_data),
+    }
+
+
+def step_bar(current: str) -> None:
+    """A row of steps: done ones ticked, the current one marked, what is missing in the tooltip."""
+    status = step_status(project())
+    cols = st.columns(len(PAGES))
+    for col, (file, (title, icon)) in zip(cols, PAGES.items()):
+        ready, missing = status[file]
+        mark = ":material/check_circle:" if ready else ":material/radio_button_unchecked:"
+        label = f"**{title}**" if file == current else title
+        col.page_link(file, label=label, icon=mark if file != current else icon,
+                      help=None if ready else f"To do first: {missing}.")
+
+
+def require_data(proj: Project) -> None:
+    """Stop the page with guidance when there is nothing to train on."""
+    try:
+        tlcore.check_trainable(proj.images)
+    except tlcore.TLError as e:
+        st.info(f"{e}", icon=":material/info:")
+        st.page_link("pages/data.py", label="Go to the Data page", icon=":material/photo_library:")
+        st.stop()
+
+
+def require_run(proj: Project) -> RunRecord:
+    """The selected finished run; stops the page with guidance when there is none."""
+    runs = proj.finished_runs()
+    if not runs:
+        st.info("There is no trained model yet. Train one first: it takes seconds with feature extraction.",
+                icon=":material/info:")
+        st.page_link("pages/train.py", label="Go to the Train page", icon=":material/model_training:")
+        st.stop()
+    ids = [r.id for r in runs]
+    default = ids.index(proj.selected_run) if proj.selected_run in ids else len(ids) - 1
+    run_id = st.selectbox("Model", ids, index=default, key=f"run_pick_{st.session_state.get('_page', '')}",
+                          format_func=lambda i: run_title(proj.run(i)))
+    proj.selected_run = run_id
+    return proj.run(run_id)
+
+
+def run_title(r: RunRecord | None) -> str:
+    if r is None:
+        return "?"
+    acc = r.result.val_accuracy if r.result is not None else None
+    acc_s = "" if acc is None else f" · {acc:.0%} val. accuracy"
+    return f"{r.id.split('-')[1]} · {r.label}{acc_s} · {r.status}"
+
+
+@st.cache_resource(show_spinner="Loading the pretrained backbone…")
+def pretrained_body(name: str) -> tlcore.Body:
+    """Pretrained weights are immutable: one copy per server process, shared by every session."""
+    return tlcore.create_body(name)
+
+
+def explain(text: str) -> None:
+    st.markdown(f":gray[{text}]")
+
+
+# ----------------------------------------------------------------------------- charts
+
+
+def training_figures(snap_epochs: tuple[tlcore.EpochEnd, ...],
+                     batch_losses: tuple[tuple[float, float], ...] = ()) -> tuple[go.Figure, go.Figure]:
+    """Loss and accuracy per epoch (train and validation), with per-batch loss as a thin line."""
+    loss, acc = go.Figure(), go.Figure()
+    if batch_losses:
+        loss.add_scatter(x=[b[0] for b in batch_losses], y=[b[1] for b in batch_losses], mode="lines",
+                         name="train (per batch)", line=dict(width=1, color="rgba(99,110,250,0.35)"))
+    xs = [e.epoch for e in snap_epochs]
+    loss.add_scatter(x=xs, y=[e.train_loss for e in snap_epochs], name="train", mode="lines+markers")
+    acc.add_scatter(x=xs, y=[e.train_acc for e in snap_epochs], name="train", mode="lines+markers")
+    if any(e.val_loss is not None for e in snap_epochs):
+        loss.add_scatter(x=xs, y=[e.val_loss for e in snap_epochs], name="validation", mode="lines+markers")
+        acc.add_scatter(x=xs, y=[e.val_acc for e in snap_epochs], name="validation", mode="lines+markers")
+    loss.update_layout(title="Loss", xaxis_title="epoch", height=320, margin=dict(t=40, b=30, l=10, r=10))
+    acc.update_layout(title="Accuracy", xaxis_title="epoch", yaxis_range=[0, 1.02], yaxis_tickformat=".0%",
+                      height=320, margin=dict(t=40, b=30, l=10, r=10))
+    return loss, acc
+
+
+def describe_snapshot(snap: JobSnapshot) -> tuple[float, str]:
+    """Progress fraction and a one-line status for a job."""
+    if snap.state == "queued":
+        return 0.0, f"Waiting for a free training slot: position {snap.queue_position} in the queue."
+    if snap.last_batch is not None and snap.finished is None:
+        b = snap.last_batch
+        return b.fraction, (f"Epoch {b.epoch}, batch {b.batch}/{b.num_batches} · loss {b.loss:.3f} · "
+                            f"{b.images_per_sec:.0f} images/s · about {format_seconds(b.eta_s)} left")
+    if snap.progress is not None and snap.finished is None:
+        p = snap.progress
+        eta = "" if p.eta_s != p.eta_s else f" · about {format_seconds(p.eta_s)} left"  # NaN until measured
+        return p.done / max(1, p.total), f"{p.what}: {p.done}/{p.total} images{eta}"
+    if snap.finished is not None:
+        return 1.0, snap.finished.reason
+    return 0.0, "Starting…"
+
+
+def format_seconds(s: float) -> str:
+    if s < 60:
+        return f"{s:.0f} s"
+    return f"{int(s // 60)} min {int(s % 60):02d} s"

@@ -1,0 +1,148 @@
+"""Compare strategies side by side on your data: the transfer-learning lesson, measured."""
+import dataclasses
+
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+
+import tlcore
+from pages.common import explain, project, require_data
+from tlcore.compare import DEFAULT_SHOTS, STRATEGY_TITLES, available_shots, shared_split
+from tlcore.project import describe, embedding_map
+
+proj = project()
+st.title("Compare strategies")
+explain("Same images, same split, same number of epochs: only the strategy changes. Feature extraction reuses "
+        "what the backbone learned on ImageNet; fine-tuning adapts some of it; from scratch starts with nothing. "
+        "Few-shot prototypes do no training at all: each class is the average of its images' features.")
+require_data(proj)
+
+STRATEGIES = list(STRATEGY_TITLES)
+chosen = st.multiselect("Strategies", STRATEGIES, default=STRATEGIES, key="compare_strategies",
+                        format_func=STRATEGY_TITLES.get)
+fine_tune = describe(dataclasses.replace(proj.settings, mode="fine-tune", backbone=proj.backbone))
+st.caption(f"{fine_tune.split(', ')[0]}, {proj.settings.epochs} epochs; fine-tuning at the Freeze page's depth "
+           f"({fine_tune.split(', ', 1)[1]}).")
+busy = bool(proj.active_runs())
+if st.button("Run comparison", type="primary", icon=":material/play_arrow:", key="compare_go",
+             disabled=not chosen or busy, help="Runs in the background, one after another."):
+    st.session_state["compare_group"] = proj.start_comparison(chosen)
+    st.rerun()
+
+groups = list(dict.fromkeys(r.group for r in proj.runs if r.group.startswith("compare-")))
+group = st.session_state.get("compare_group") or (groups[-1] if groups else None)
+others = [r for r in proj.finished_runs() if r.group != group]
+extra_ids = st.multiselect("Add earlier runs to the comparison", [r.id for r in others], key="compare_extra",
+                           format_func=lambda i: f"{i.split('-')[1]} · {proj.run(i).label}")
+
+
+def table_rows(records) -> list[dict]:
+    rows = []
+    for r in records:
+        res = r.result
+        rows.append({"run": r.label, "status": r.status,
+                     "val. accuracy": None if res is None else res.val_accuracy,
+                     "seconds": None if res is None else round(res.train_seconds, 1),
+                     "trainable parameters": None if res is None else res.trainable_params,
+                     "epochs": None if res is None else len(res.history)})
+    return rows
+
+
+def comparison_view() -> None:
+    records = (proj.group_runs(group) if group else []) + [proj.run(i) for i in extra_ids if proj.run(i)]
+    if not records:
+        st.info("Press **Run comparison**. Each strategy trains in turn; the curves appear as they go.")
+        return
+    curves = go.Figure()
+    for r in records:
+        epochs = r.job.snapshot().epochs if r.job is not None else (r.result.history if r.result else ())
+        if epochs:
+            curves.add_scatter(x=[e.epoch for e in epochs], y=[e.val_acc for e in epochs], mode="lines+markers",
+                               name=r.label)
+        if r.job is not None:
+            snap = r.job.snapshot()
+            state = f"queued ({snap.queue_position} in line)" if snap.state == "queued" else snap.state
+            st.caption(f"{r.label}: {state}")
+    curves.update_layout(title="Validation accuracy per epoch", xaxis_title="epoch", yaxis_tickformat=".0%",
+                         yaxis_range=[0, 1.02], height=360, margin=dict(t=40, b=30, l=10, r=10))
+    st.plotly_chart(curves, key="compare_curves")
+    rows = table_rows(records)
+    st.dataframe(rows, hide_index=True, key="compare_table",
+                 column_config={"val. accuracy": st.column_config.ProgressColumn(format="percent", min_value=0,
+                                                                                  max_value=1)})
+    done = [row for row in rows if row["val. accuracy"] is not None]
+    if done:
+        fig = px.scatter(done, x="seconds", y="val. accuracy", size=[max(1, d["trainable parameters"]) ** 0.5 + 5
+                                                                     for d in done],
+                         color="run", hover_data=["trainable parameters"], title="Accuracy against training time "
+                                                                                 "(bubble size: trainable parameters)")
+        fig.update_layout(yaxis_tickformat=".0%", height=360, margin=dict(t=40, b=30, l=10, r=10))
+        st.plotly_chart(fig, key="compare_scatter")
+    if polling and not proj.active_runs():
+        st.rerun()  # everything finished: one full rerun stops the polling
+
+
+polling = bool(proj.active_runs())
+st.fragment(comparison_view, run_every=1.0 if polling else None)()
+
+st.divider()
+st.subheader("How many images do I need?")
+explain("Each strategy is trained again with only 1, 5, 10, 25 or all images per class (validation images stay "
+        "the same). Pretrained strategies stay useful with a handful of images; from scratch needs many more.")
+split = shared_split(proj.images, proj.settings)
+shots_ok = available_shots(proj.images, split, DEFAULT_SHOTS)
+c1, c2 = st.columns(2)
+shots = c1.multiselect("Images per class", shots_ok, default=shots_ok, key="compare_shots",
+                       format_func=lambda s: "all" if s is None else str(s))
+eff_strats = c2.multiselect("Strategies", STRATEGIES, default=["feature-extraction", "few-shot", "scratch"],
+                            key="compare_eff_strategies", format_func=STRATEGY_TITLES.get)
+if st.button("Run data-efficiency study", key="compare_eff_go", disabled=busy or not shots or not eff_strats,
+             icon=":material/stacked_line_chart:"):
+    st.session_state["compare_eff_group"] = proj.start_comparison(eff_strats, shots)
+    st.rerun()
+eff_group = st.session_state.get("compare_eff_group") or next(
+    (r.group for r in reversed(proj.runs) if r.group.startswith("shots-")), None)
+if eff_group:
+    records = proj.group_runs(eff_group)
+    points = [{"strategy": r.config.mode, "images per class": r.shots if r.shots is not None else "all",
+               "val. accuracy": r.result.val_accuracy, "seconds": round(r.result.train_seconds, 1)}
+              for r in records if r.result is not None and r.result.val_accuracy is not None]
+    pending = sum(1 for r in records if r.job is not None)
+    if pending:
+        st.caption(f"{pending} of {len(records)} runs still to finish (they run in the background; revisit this page).")
+    if points:
+        order = [str(s) for s in sorted({p["images per class"] for p in points if p["images per class"] != "all"})]
+        for p in points:
+            p["images per class"] = str(p["images per class"])
+        fig = px.line(points, x="images per class", y="val. accuracy", color="strategy", markers=True,
+                      category_orders={"images per class": order + ["all"]}, hover_data=["seconds"],
+                      title="Validation accuracy against images per class")
+        fig.update_layout(yaxis_tickformat=".0%", yaxis_range=[0, 1.02], height=380, margin=dict(t=40, b=30, l=10, r=10))
+        st.plotly_chart(fig, key="compare_efficiency")
+        st.dataframe(points, hide_index=True, key="compare_eff_table")
+
+st.divider()
+st.subheader("Embedding map")
+explain("Each dot is a validation image, placed by its features squeezed into two dimensions. Images of one class "
+        "that sit together are easy to separate. Left: the pretrained backbone as it came; right: a trained model.")
+trained = [r for r in proj.finished_runs() if r.config.mode in ("fine-tune", "scratch")]
+if not trained:
+    st.info("Train a fine-tuned model (Freeze page: let some stages learn) to compare its map with the pretrained one.")
+else:
+    c1, c2 = st.columns(2)
+    rid = c1.selectbox("Trained model", [r.id for r in trained], index=len(trained) - 1, key="compare_map_run",
+                       format_func=lambda i: proj.run(i).label)
+    method = c2.segmented_control("Projection", ["pca", "tsne"], default="pca", key="compare_map_method",
+                                  format_func={"pca": "PCA", "tsne": "t-SNE"}.get) or "pca"
+    try:
+        with st.spinner("Computing features…"):
+            emb = embedding_map(proj, proj.run(rid), method)
+    except tlcore.TLError as e:
+        st.info(str(e))
+    else:
+        left, right = st.columns(2)
+        for col, which, title in ((left, "pretrained", "Pretrained backbone"), (right, "trained", "Trained model")):
+            fig = px.scatter(x=[p[0] for p in emb[which]], y=[p[1] for p in emb[which]], color=emb["labels"],
+                             hover_name=emb["names"], title=title)
+            fig.update_layout(height=380, margin=dict(t=40, b=20, l=10, r=10), xaxis_title="", yaxis_title="")
+            col.plotly_chart(fig, key=f"compare_map_{which}")

@@ -1,0 +1,158 @@
+"""Step 2: classes and their images: uploads, a zip, the camera, or a bundled sample."""
+import plotly.graph_objects as go
+import streamlit as st
+
+import tlcore
+from pages.common import ASSETS, explain, project
+from tlcore.data import IMAGE_SUFFIXES, thumbnail
+
+proj = project()
+images = proj.images
+st.title("2 · Your data")
+explain("Each **class** is one thing the model should tell apart (cat / dog, ripe / unripe). Give each class "
+        "a name and some example images. With a pretrained backbone, 10–20 images per class is often enough; "
+        "learning from scratch would need thousands.")
+
+TYPES = sorted(s.strip(".") for s in IMAGE_SUFFIXES)
+SAMPLES = {"digits": "Handwritten digits 0–4 (40 each, from scikit-learn; CC BY 4.0, UCI)",
+           "faces": "Faces vs. not faces (100 each, LFW subset via scikit-image)"}
+
+
+def upload_gen() -> int:
+    return st.session_state.setdefault("data_upload_gen", 0)
+
+
+def report(rejected: list[tlcore.Rejected], added: int) -> None:
+    st.session_state["data_last_report"] = (added, [(r.file, r.reason) for r in rejected])
+
+
+def add_files(label: str, key: str) -> None:
+    files = st.session_state.get(key) or []
+    if not isinstance(files, list):
+        files = [files]
+    before = len(images)
+    rejected = images.add([(f.name, f.getvalue(), label) for f in files])
+    proj.save()
+    report(rejected, len(images) - before)
+    st.session_state["data_upload_gen"] = upload_gen() + 1  # a fresh, empty uploader
+
+
+def add_zip() -> None:
+    file = st.session_state.get(f"data_zip_{upload_gen()}")
+    if file is None:
+        return
+    before = len(images)
+    try:
+        rejected = images.merge(tlcore.load_zip(file.getvalue()))
+    except tlcore.TLError as e:
+        report([tlcore.Rejected(file.name, str(e))], 0)
+    else:
+        proj.save()
+        report(rejected, len(images) - before)
+    st.session_state["data_upload_gen"] = upload_gen() + 1
+
+
+def load_sample(name: str) -> None:
+    proj.images = tlcore.load_folder(ASSETS / "samples" / name)
+    proj.save()
+    report(proj.images.rejected, len(proj.images))
+
+
+def add_class() -> None:
+    try:
+        images.add_class(st.session_state.get("data_new_class", ""))
+        proj.save()
+        st.session_state["data_new_class"] = ""
+    except tlcore.TLError as e:
+        st.session_state["data_class_error"] = str(e)
+
+
+with st.container(border=True):
+    st.markdown("**Quick start: a sample dataset**")
+    cols = st.columns(len(SAMPLES))
+    for col, (name, title) in zip(cols, SAMPLES.items()):
+        col.button(f"Load {name}", key=f"data_sample_{name}", on_click=load_sample, args=(name,),
+                   help=title + (" Replaces the current data." if len(images) else ""), icon=":material/dataset:")
+        col.caption(title)
+
+tab_classes, tab_zip, tab_camera = st.tabs(["Classes and uploads", "Upload a zip", "Camera"])
+with tab_classes:
+    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+    c1.text_input("New class name", key="data_new_class", placeholder="e.g. cat")
+    c2.button("Add class", key="data_add_class", on_click=add_class, icon=":material/add:")
+    if msg := st.session_state.pop("data_class_error", None):
+        st.error(msg)
+with tab_zip:
+    explain("A .zip with one folder per class, each holding that class's images. Hidden files and __MACOSX "
+            "are ignored; unsafe entries are refused and listed.")
+    st.file_uploader("Zip file", type=["zip"], key=f"data_zip_{upload_gen()}", on_change=add_zip)
+with tab_camera:
+    if not images.classes:
+        st.info("Add a class first, then take photos for it.")
+    else:
+        target = st.selectbox("Class for the photo", images.classes, key="data_camera_class")
+        photo = st.camera_input("Take a photo", key=f"data_camera_{upload_gen()}")
+        if photo is not None:
+            st.button(f"Add this photo to '{target}'", key="data_camera_add", on_click=add_files,
+                      args=(target, f"data_camera_{upload_gen()}"))
+
+if report_ := st.session_state.get("data_last_report"):
+    added, rejected = report_
+    if added:
+        st.success(f"Added {added} image{'s' * (added != 1)}.", icon=":material/check:")
+    if rejected:
+        with st.expander(f"{len(rejected)} file{'s' * (len(rejected) != 1)} not used: see why", expanded=True,
+                         icon=":material/report:"):
+            st.dataframe([{"file": f, "reason": r} for f, r in rejected], hide_index=True, key="data_rejected")
+
+if not images.classes:
+    st.info("No classes yet: load a sample above, upload a zip, or add a class.", icon=":material/info:")
+    st.stop()
+
+counts = images.counts()
+for k, label in enumerate(images.classes):
+    with st.container(border=True):
+        head = st.columns([3, 2, 1], vertical_alignment="bottom")
+        head[0].markdown(f"### {label} · {counts[label]} image{'s' * (counts[label] != 1)}")
+        with head[1].popover("Rename", icon=":material/edit:"):
+            new = st.text_input("New name", value=label, key=f"data_rename_{k}")
+            if st.button("Rename", key=f"data_rename_go_{k}"):
+                try:
+                    images.rename_class(label, new)
+                    proj.save()
+                    st.rerun()
+                except tlcore.TLError as e:
+                    st.error(str(e))
+        if head[2].button("Delete", key=f"data_delete_{k}", icon=":material/delete:",
+                          help="Delete this class and its images"):
+            images.remove_class(label)
+            proj.save()
+            st.rerun()
+        st.file_uploader(f"Add images to '{label}'", type=TYPES, accept_multiple_files=True,
+                         key=f"data_up_{k}_{upload_gen()}", on_change=add_files,
+                         args=(label, f"data_up_{k}_{upload_gen()}"))
+        items = [i for i in images.items if i.label == label]
+        if items:
+            shown = items[:48]
+            st.image([thumbnail(i, 72) for i in shown], caption=[i.name[:14] for i in shown], width=72)
+            if len(items) > len(shown):
+                st.caption(f"…and {len(items) - len(shown)} more.")
+        else:
+            st.caption("No images yet.")
+
+st.subheader("Class balance")
+fig = go.Figure(go.Bar(x=list(counts), y=list(counts.values()), text=list(counts.values())))
+fig.update_layout(height=280, margin=dict(t=10, b=30, l=10, r=10), yaxis_title="images")
+st.plotly_chart(fig, key="data_balance")
+try:
+    for w in tlcore.check_trainable(images):
+        st.warning(w, icon=":material/warning:")
+    labels = tlcore.data.trainable_subset(images).labels()
+    train, val = tlcore.stratified_split(labels, proj.settings.val_fraction, proj.settings.seed)
+    st.markdown(f"**Split:** {len(train)} images to train on, {len(val)} held out for validation "
+                f"({proj.settings.val_fraction:.0%} of each class, the same every run). The validation images "
+                f"are never trained on: they show how well the model does on pictures it has not seen.")
+    if min(n for n in counts.values() if n) < 5:
+        st.info("Some classes have fewer than 5 images: accuracy figures will be rough. Add more if you can.")
+except tlcore.TLError as e:
+    st.info(str(e), icon=":material/info:")

@@ -1,0 +1,45 @@
+"""Step 5: how good is the model on images it never trained on, and what does it confuse?"""
+import plotly.graph_objects as go
+import streamlit as st
+
+from pages.common import explain, project, require_run
+from tlcore.data import thumbnail
+from tlcore.project import validation_report
+
+proj = project()
+st.title("5 · Evaluate")
+explain("These figures use only the **validation** images, held out from training. **Precision**: of the images "
+        "the model put in a class, how many belong there. **Recall**: of a class's images, how many it found. The "
+        "**confusion matrix** shows which classes it mixes up.")
+record = require_run(proj)
+report = validation_report(proj, record)
+if report is None:
+    st.info("This run has no validation images (every class had one image, or the validation share was 0). "
+            "Add images and train again to measure accuracy.")
+    st.stop()
+ev, val_items = report
+
+st.metric("Validation accuracy", f"{ev.accuracy:.1%}", f"{len(ev.labels)} images", delta_color="off")
+rows = [{"class": n, "precision": p, "recall": r, "images": s} for n, p, r, s in ev.precision_recall()]
+st.dataframe(rows, hide_index=True, key="evaluate_table",
+             column_config={"precision": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1),
+                            "recall": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1)})
+
+cm = ev.confusion_matrix
+fig = go.Figure(go.Heatmap(z=cm, x=list(ev.classes), y=list(ev.classes), colorscale="Blues", text=cm,
+                           texttemplate="%{text}", hovertemplate="true %{y} → predicted %{x}: %{z}<extra></extra>"))
+fig.update_layout(title="Confusion matrix", xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed",
+                  height=420, margin=dict(t=40, b=40, l=10, r=10))
+st.plotly_chart(fig, key="evaluate_confusion")
+
+wrong = ev.misclassified()
+st.subheader(f"Mistakes ({len(wrong)})")
+if not wrong:
+    st.success("Every validation image is classified correctly.", icon=":material/celebration:")
+cols = st.columns(6)
+for k, i in enumerate(wrong[:36]):
+    with cols[k % 6]:
+        probs = ev.probabilities[i]
+        st.image(thumbnail(val_items[i], 120), width=120)
+        st.caption(f"**{ev.names[i][:18]}**  \ntrue: {ev.classes[ev.labels[i]]}  \npredicted: "
+                   f"{ev.classes[ev.predictions[i]]} ({probs[ev.predictions[i]]:.0%})")

@@ -1,0 +1,89 @@
+"""Step 7: take the model away (weights, TorchScript, ONNX), load one back, or open another project."""
+import streamlit as st
+
+import tlcore
+from pages.common import explain, project, switch_project
+from tlcore.project import Project, export_model, import_run, model_card
+
+proj = project()
+st.title("7 · Export and projects")
+explain("A trained model is just numbers. Download them with a description of how to feed images in, and use the "
+        "model anywhere: in Python, or through TorchScript and ONNX in apps that do not use Python.")
+
+SNIPPET = '''import tlcore  # this app's engine: pip install -r requirements.txt
+
+run = tlcore.load_run("{folder}")  # the unzipped download
+with open("photo.jpg", "rb") as f:
+    image = tlcore.decode_image("photo.jpg", f.read())
+prediction = tlcore.predict(run.model, [image], run.classes, run.preprocess)[0]
+print(prediction.label, prediction.confidence)
+
+# Without tlcore: TorchScript (or ONNX) takes [N, 3, {size}, {size}] floats in [0, 1], centre-cropped
+import torch
+model = torch.jit.load("model.torchscript.pt")
+'''
+
+runs = proj.finished_runs()
+if not runs:
+    st.info("Train a model first (Train page); then download it here. You can also load a saved run below.",
+            icon=":material/info:")
+else:
+    ids = [r.id for r in runs]
+    run_id = st.selectbox("Model", ids, index=ids.index(proj.selected_run) if proj.selected_run in ids else len(ids) - 1,
+                          format_func=lambda i: proj.run(i).label, key="export_pick")
+    record = proj.run(run_id)
+    folder = proj.folder / "runs" / record.id
+    with st.container(border=True):
+        st.markdown(model_card(record))
+    c1, c2, c3 = st.columns(3)
+    if (folder / tlcore.checkpoint.WEIGHTS).exists():
+        c1.download_button("Download run (.zip)", tlcore.archive_run(folder), f"{record.id}.zip", "application/zip",
+                           icon=":material/download:", key="export_zip", type="primary")
+    for col, kind, title in ((c2, "torchscript", "TorchScript"), (c3, "onnx", "ONNX")):
+        file = folder / ("model.torchscript.pt" if kind == "torchscript" else "model.onnx")
+        if file.exists():
+            col.download_button(f"Download {title}", file.read_bytes(), file.name, key=f"export_dl_{kind}",
+                                icon=":material/download:")
+        elif col.button(f"Build {title}", key=f"export_build_{kind}", icon=":material/build:"):
+            with st.spinner(f"Exporting to {title} and checking it against the app's model…"):
+                try:
+                    path, diff = export_model(proj, record, kind)
+                    st.session_state["export_msg"] = (f"{title} export matches the app's model on the validation "
+                                                      f"images (largest difference {diff:.1e}).")
+                except tlcore.TLError as e:
+                    st.session_state["export_msg"] = str(e)
+            st.rerun()
+    if msg := st.session_state.pop("export_msg", None):
+        st.info(msg, icon=":material/verified:")
+    spec = tlcore.get_backbone_spec(record.config.backbone)
+    st.code(SNIPPET.format(folder=record.id, size=spec.preprocess.input_size), language="python")
+
+st.subheader("Load a saved run")
+upload = st.file_uploader("A run .zip downloaded from this page", type=["zip"], key="export_load")
+if upload is not None and st.button("Load run", key="export_load_go", icon=":material/upload:"):
+    try:
+        record = import_run(proj, upload.getvalue())
+        st.success(f"Loaded {record.label}. It is now selected on the Evaluate and Test pages.")
+    except tlcore.TLError as e:
+        st.error(str(e), icon=":material/error:")
+
+st.subheader("Projects")
+explain(f"Your work is saved on this server as project **{proj.name}**. To come back later (or after the server "
+        "restarts), keep this page's address, or open the project by name.")
+c1, c2 = st.columns(2)
+with c1.form("export_open_form"):
+    name = st.text_input("Project name", key="export_open_name")
+    if st.form_submit_button("Open project", icon=":material/folder_open:"):
+        try:
+            switch_project(Project.open(name))
+            st.rerun()
+        except tlcore.TLError as e:
+            st.error(str(e))
+with c2.form("export_new_form"):
+    new_name = st.text_input("New project name (optional)", key="export_new_name")
+    if st.form_submit_button("Start a new project", icon=":material/create_new_folder:"):
+        try:
+            switch_project(Project.create(new_name or None))
+            st.rerun()
+        except tlcore.TLError as e:
+            st.error(str(e))

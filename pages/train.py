@@ -1,0 +1,94 @@
+"""Step 4: train in the background with live curves; stop any time and keep the best epoch."""
+import dataclasses
+
+import streamlit as st
+
+from pages.common import (describe_snapshot, explain, project, require_data, run_title, training_figures)
+from tlcore.project import describe
+
+proj = project()
+st.title("4 · Train")
+explain("Training shows the model your images again and again (each pass is an **epoch**) and nudges the "
+        "weights that are allowed to learn so its guesses get better. The **validation** curve uses images it "
+        "never trains on: when it stops improving while the training curve still does, the model is memorising.")
+require_data(proj)
+
+s = proj.settings
+st.markdown(f"**Strategy:** {describe(s)} (change it on the Freeze page).")
+with st.expander("Advanced settings", icon=":material/tune:"):
+    c1, c2, c3 = st.columns(3)
+    epochs = c1.number_input("Epochs", 1, 500, s.epochs, key="train_epochs",
+                             help="Passes over the training images. Early stopping may end sooner.")
+    batch = c2.number_input("Batch size", 1, 512, s.batch_size, key="train_batch",
+                            help="Images per weight update. Larger is faster per image, needs more memory.")
+    lr = c3.number_input("Learning rate", 1e-6, 1.0, s.resolved_lr(), format="%.5f", key="train_lr",
+                         help="Step size of each update. Too high diverges; too low learns slowly.")
+    c4, c5, c6 = st.columns(3)
+    augment = c4.toggle("Augmentation", s.augment, key="train_augment",
+                        help="Random flips, crops and colour changes make the few images you have go further "
+                             "(used when the backbone learns).")
+    patience = c5.number_input("Early stopping patience (0 = off)", 0, 100, s.patience, key="train_patience",
+                               help="Stop when validation accuracy has not improved for this many epochs.")
+    val_fraction = c6.slider("Validation share", 0.0, 0.5, s.val_fraction, 0.05, key="train_val")
+new = dataclasses.replace(s, epochs=int(epochs), batch_size=int(batch), augment=augment, patience=int(patience),
+                          val_fraction=float(val_fraction), lr=None if abs(lr - s.resolved_lr()) < 1e-12 else float(lr))
+if new != s:
+    proj.settings = new
+    proj.save()
+
+active = proj.active_runs()
+c1, c2 = st.columns([1, 1])
+if c1.button("Start training", type="primary", icon=":material/play_arrow:", key="train_start"):
+    record = proj.start_run(dataclasses.replace(proj.settings, backbone=proj.backbone))
+    st.rerun()
+if active and c2.button("Stop", icon=":material/stop:", key="train_stop"):
+    for r in active:
+        r.job.stop()
+
+
+def live_view() -> None:
+    """The selected run's progress and curves; reruns itself every half second while training."""
+    record = proj.run(proj.selected_run) or (proj.runs[-1] if proj.runs else None)
+    if record is None:
+        st.info("Press **Start training**. With feature extraction the first model is ready in seconds.")
+        return
+    record.refresh()
+    st.markdown(f"#### {run_title(record)}")
+    if record.job is not None:
+        snap = record.job.snapshot()
+        fraction, text = describe_snapshot(snap)
+        st.progress(min(1.0, fraction), text=text)
+        loss, acc = training_figures(snap.epochs, snap.batch_losses)
+        if snap.finished is not None:
+            st.rerun()  # the job is done: one full rerun stops the polling and shows the result
+    else:
+        if record.status == "failed":
+            st.error(record.reason, icon=":material/error:")
+        elif record.status in ("stopped", "interrupted"):
+            st.warning(record.reason, icon=":material/pause_circle:")
+        else:
+            st.success(record.reason, icon=":material/check_circle:")
+        if record.result is None:
+            return
+        loss, acc = training_figures(record.result.history)
+        r = record.result
+        m = st.columns(4)
+        m[0].metric("Validation accuracy", "n/a" if r.val_accuracy is None else f"{r.val_accuracy:.1%}")
+        m[1].metric("Best epoch", f"{r.best_epoch} of {len(r.history)}")
+        m[2].metric("Training time", f"{r.train_seconds:.1f} s")
+        m[3].metric("Trainable parameters", f"{r.trainable_params:,}")
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(loss, key="train_loss_chart")
+    c2.plotly_chart(acc, key="train_acc_chart")
+
+
+st.fragment(live_view, run_every=0.5 if proj.active_runs() else None)()
+
+if len(proj.runs) > 1:
+    st.subheader("Runs in this project")
+    ids = [r.id for r in proj.runs]
+    pick = st.radio("Show", ids, index=ids.index(proj.selected_run) if proj.selected_run in ids else len(ids) - 1,
+                    format_func=lambda i: run_title(proj.run(i)), key="train_pick")
+    if pick != proj.selected_run:
+        proj.selected_run = pick
+        st.rerun()
