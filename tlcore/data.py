@@ -95,7 +95,8 @@ def decode_image(name: str, data: bytes, max_side: int | None = BASE_SIZE) -> Im
         raise BadImageError(name, "this is not an image file (or not a format we can read: use JPEG, PNG, "
                                   "GIF, BMP, WebP or TIFF)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise BadImageError(name, "the image is far too large (possible decompression bomb)") from None
+        raise BadImageError(name, f"the image claims to be far too large (possible decompression bomb); "
+                                  f"the limit is {MAX_PIXELS // 1_000_000} megapixels") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise BadImageError(name, f"the image is damaged or truncated ({e})") from None
     if max_side and min(img.size) > max_side:
@@ -263,15 +264,19 @@ def validate_class_name(name: str, existing: Iterable[str]) -> str:
 
 def _ignored(parts: tuple[str, ...]) -> bool:
     """macOS resource forks, hidden files and folders (.DS_Store, .git, Thumbs.db) are not data."""
-    return any(p.startswith(".") or p == "__MACOSX" for p in parts) or parts[-1] in ("Thumbs.db", "desktop.ini")
+    return any((p.startswith(".") and p != "..") or p == "__MACOSX" for p in parts) or parts[-1] in ("Thumbs.db", "desktop.ini")
 
 
 def _files_to_set(entries: Iterator[tuple[str, tuple[str, ...], bytes | BadImageError]]) -> ImageSet:
     """Entries are (display name, path parts relative to the dataset root, data or an error)."""
     entries = [e for e in entries if not _ignored(e[1])]
     # A zip of a folder that holds the class folders: look through the single top folder.
-    while entries and len({e[1][0] for e in entries}) == 1 and all(len(e[1]) > 2 for e in entries):
-        entries = [(n, p[1:], d) for n, p, d in entries]
+    valid = [e[1] for e in entries if not isinstance(e[2], BadImageError)]
+    while valid and len({p[0] for p in valid}) == 1 and any(len(p) > 2 for p in valid) and all(len(p) > 1 for p in valid):
+        top = valid[0][0]
+        entries = [(n, p[1:] if p and p[0] == top and not isinstance(d, BadImageError) else p, d)
+                   for n, p, d in entries]
+        valid = [p[1:] for p in valid]
     imageset = ImageSet()
     uploads = []
     for name, parts, data in entries:

@@ -1,0 +1,50 @@
+"""Shared fixtures: an isolated home for projects, and tiny generated images."""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Before tlcore or the app is imported anywhere: projects go to a throwaway folder and the tiny
+# test backbone is offered by the app.
+os.environ.setdefault("TLS_HOME", tempfile.mkdtemp(prefix="tls-test-home-"))
+os.environ["TLS_TEST_BACKBONES"] = "1"
+
+ROOT = Path(__file__).resolve().parent.parent
+COLORS = [(220, 40, 40), (40, 40, 220), (40, 200, 40)]
+
+
+def png_bytes(color: tuple[int, int, int], size: int = 40, seed: int = 0, fmt: str = "PNG") -> bytes:
+    """A noisy image around ``color``: classes are separable by colour, images are all different."""
+    rng = np.random.default_rng(seed)
+    arr = np.clip(np.array(color)[None, None, :] + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, fmt)
+    return buf.getvalue()
+
+
+def class_files(n_per_class: int = 8, classes: int = 3) -> list[tuple[str, bytes, str]]:
+    return [(f"c{c}_{i}.png", png_bytes(COLORS[c], seed=100 * c + i), f"class{c}")
+            for c in range(classes) for i in range(n_per_class)]
+
+
+@pytest.fixture
+def tiny_set():
+    from tlcore import ImageSet
+
+    s = ImageSet()
+    assert s.add(class_files()) == []
+    return s
+
+
+@pytest.fixture
+def class_folder(tmp_path: Path) -> Path:
+    for name, data, label in class_files():
+        (tmp_path / "data" / label).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / label / name).write_bytes(data)
+    return tmp_path / "data"

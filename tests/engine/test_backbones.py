@@ -1,0 +1,181 @@
+"""Backbones: the offline EfficientNet-Lite0 really is ImageNet-trained; downloads go through 127.0.0.1."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import tlcore
+from tlcore.backbones import MIRROR_ENV, stage_param_counts
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return tlcore.create_body("efficientnet_lite0")
+
+
+def test_lite0_is_bundled_and_recognises_imagenet_images(lite0):
+    skimage_data = pytest.importorskip("skimage.data")
+    spec = tlcore.get_backbone_spec("efficientnet_lite0")
+    assert spec.availability() == "bundled"
+    coffee = tlcore.imagenet_top(lite0, Image.fromarray(skimage_data.coffee()), spec.preprocess)
+    cat = tlcore.imagenet_top(lite0, Image.fromarray(skimage_data.chelsea()), spec.preprocess)
+    assert coffee[0][0] == "espresso" and coffee[0][1] > 0.5
+    assert cat[0][0] in ("tiger cat", "Egyptian cat", "tabby")
+    assert {"tiger cat", "Egyptian cat"} & {name for name, _ in cat[:2]}
+
+
+def test_lite0_weights_remap_in_order_with_matching_shapes():
+    spec = tlcore.get_backbone_spec("efficientnet_lite0")
+    raw = torch.load(spec.bundled_file(), weights_only=True)
+    body = spec.build()
+    mapped = spec.remap(raw, body)
+    src = [v for k, v in raw.items() if not k.endswith("num_batches_tracked")]
+    assert len(src) == 247
+    dst = [k for k in mapped if not k.endswith("num_batches_tracked")]
+    assert [mapped[k].shape for k in dst] == [v.shape for v in src]
+    # the last pair is the ImageNet classifier, kept apart from the body
+    assert dst[-1] == "head.bias" and mapped["head.weight"].shape == (1000, 1280)
+
+
+@pytest.mark.parametrize("spec", tlcore.list_backbones(include_test=True), ids=lambda s: s.name)
+def test_every_parameter_belongs_to_a_stage(spec):
+    with torch.device("meta"):
+        body = spec.build()
+    names = [n for n, _ in body.net.named_parameters()]
+    stages = {body.stage_of(n) for n in names}  # raises if a parameter has no stage
+    assert stages == set(range(len(spec.stage_names)))
+    assert [s.name for s in body.stages] == list(spec.stage_names)
+    assert body.feature_dim == spec.feature_dim
+    assert sum(stage_param_counts(spec.name)) == sum(p.numel() for p in body.net.parameters())
+
+
+def test_registry_errors_say_what_to_do():
+    with pytest.raises(tlcore.TLError, match="Choose one of"):
+        tlcore.get_backbone_spec("resnet9000")
+    with pytest.raises(ValueError, match="already registered"):
+        tlcore.register_backbone(tlcore.get_backbone_spec("tiny-test"))
+
+
+def test_torchvision_backbones_offered():
+    names = {s.name for s in tlcore.list_backbones()}
+    assert {"resnet18", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny",
+            "vit_b_16", "efficientnet_lite0"} <= names
+    assert "tiny-test" not in names
+
+
+class _Server:
+    """Serves files from a folder on 127.0.0.1, in a thread."""
+
+    def __init__(self, folder: Path) -> None:
+        handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(folder))  # noqa: E731
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    yield tmp_path / "hub"
+    torch.hub.set_dir(old)
+
+
+def _tiny_weights(folder: Path, seed: int) -> tuple[Path, dict]:
+    torch.manual_seed(seed)
+    spec = tlcore.get_backbone_spec("tiny-test")
+    body = spec.build()
+    sd = dict(body.net.state_dict())
+    sd.update({f"fc.{k}": v for k, v in body.imagenet_head.state_dict().items()})
+    tmp = folder / "tmp.pth"
+    torch.save(sd, tmp)
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()[:8]
+    path = folder / f"tiny-{digest}.pth"
+    tmp.rename(path)
+    return path, sd
+
+
+def _register_download_spec(name: str, url: str) -> tlcore.BackboneSpec:
+    tiny = tlcore.get_backbone_spec("tiny-test")
+    return tlcore.register_backbone(dataclasses.replace(tiny, name=name, bundled_file=None, weights_url=url))
+
+
+def test_download_from_local_server_with_progress(tmp_path, hub):
+    served = tmp_path / "served"
+    served.mkdir()
+    path, sd = _tiny_weights(served, seed=7)
+    server = _Server(served)
+    try:
+        spec = _register_download_spec("tiny-download", f"{server.url}/{path.name}")
+        assert spec.availability() == "download"
+        seen = []
+        got = tlcore.ensure_weights(spec, lambda done, total: seen.append((done, total)))
+        assert got == hub / "checkpoints" / path.name and got.read_bytes() == path.read_bytes()
+        assert seen and seen[-1][0] == path.stat().st_size == seen[-1][1]
+        assert spec.availability() == "cached"
+        body = tlcore.create_body("tiny-download")
+        assert torch.equal(body.net.stem[0].weight, sd["stem.0.weight"])
+    finally:
+        server.close()
+
+
+def test_corrupt_download_is_refused_and_leaves_nothing(tmp_path, hub):
+    served = tmp_path / "served"
+    served.mkdir()
+    path, _ = _tiny_weights(served, seed=8)
+    bad_name = "tiny-00000000.pth"  # the hash in the name does not match the content
+    path.rename(served / bad_name)
+    server = _Server(served)
+    try:
+        spec = _register_download_spec("tiny-corrupt", f"{server.url}/{bad_name}")
+        with pytest.raises(tlcore.WeightsUnavailableError, match="checksum"):
+            tlcore.ensure_weights(spec)
+        assert not any((hub / "checkpoints").iterdir())
+        assert spec.availability() == "download"
+    finally:
+        server.close()
+
+
+def test_mirror_serves_torchvision_weights_and_offline_gives_a_clear_message(tmp_path, hub, monkeypatch):
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "resnet18-f37072fd.pth").write_bytes(b"not the real file")
+    server = _Server(served)
+    try:
+        monkeypatch.setenv(MIRROR_ENV, server.url)
+        spec = tlcore.get_backbone_spec("resnet18")
+        with pytest.raises(tlcore.WeightsUnavailableError, match="checksum"):  # it fetched from the mirror
+            tlcore.ensure_weights(spec)
+    finally:
+        server.close()
+    monkeypatch.setenv(MIRROR_ENV, server.url)  # now nothing listens there: as if offline
+    with pytest.raises(tlcore.WeightsUnavailableError, match="offline"):
+        tlcore.ensure_weights(tlcore.get_backbone_spec("resnet18"), timeout=2)
+
+
+def test_import_weights_checks_the_file_fits(tmp_path, hub):
+    spec = tlcore.get_backbone_spec("resnet18")
+    wrong, _ = _tiny_weights(tmp_path, seed=1)
+    with pytest.raises(tlcore.TLError, match="do not fit"):
+        tlcore.import_weights(spec, wrong)
+    import torchvision
+
+    torch.manual_seed(0)
+    right = tmp_path / "resnet18-mine.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), right)
+    cached = tlcore.import_weights(spec, right)
+    assert cached.exists() and spec.availability() == "cached"
+    text = tmp_path / "notes.pth"
+    text.write_text("hello")
+    with pytest.raises(tlcore.TLError, match="cannot be loaded safely|not a PyTorch"):
+        tlcore.import_weights(spec, text)

@@ -1,0 +1,146 @@
+"""Runs save and load to identical predictions; exports agree with the app; foreign files are refused."""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import pickle
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+import tlcore
+from tlcore.train import TrainConfig, run_to_end
+
+
+@pytest.fixture(scope="module")
+def trained():
+    from tlcore import ImageSet
+    from tests.conftest import class_files
+
+    s = ImageSet()
+    s.add(class_files())
+    r = run_to_end(s, TrainConfig(backbone="tiny-test", mode="fine-tune", epochs=3, batch_size=8)).result
+    return s, r
+
+
+def test_save_and_load_give_identical_predictions(trained, tmp_path):
+    s, r = trained
+    tlcore.save_run(r, tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["model.safetensors", "run.json"]
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["classes"] == list(r.classes) and meta["backbone"] == "tiny-test"
+    assert meta["preprocess"]["input_size"] == 32 and len(meta["history"]) == 3
+    saved = tlcore.load_run(tmp_path / "run")
+    val = s.subset(r.val_indices)
+    a = tlcore.evaluate(r.model, val, r.classes, saved.preprocess)
+    b = tlcore.evaluate(saved.model, val, saved.classes, saved.preprocess)
+    assert a.probabilities == b.probabilities and a.accuracy == b.accuracy
+
+
+def test_exports_agree_with_the_app_model(trained, tmp_path):
+    s, r = trained
+    x = s.stack(tlcore.get_backbone_spec("tiny-test").preprocess).float() / 255
+    assert tlcore.export_torchscript(r.model, tmp_path / "m.pt", x) < 1e-4
+    assert tlcore.export_onnx(r.model, tmp_path / "m.onnx", x) < 1e-4
+    assert (tmp_path / "m.pt").stat().st_size > 0 and (tmp_path / "m.onnx").stat().st_size > 0
+
+
+def test_a_broken_export_is_caught(trained, tmp_path, monkeypatch):
+    s, r = trained
+    x = s.stack(tlcore.get_backbone_spec("tiny-test").preprocess).float() / 255
+    real_load = torch.jit.load
+
+    def tampered(path):
+        m = real_load(path)
+        return lambda inp: m(inp) + torch.linspace(0, 5, m(inp).shape[1])
+
+    monkeypatch.setattr(torch.jit, "load", tampered)
+    with pytest.raises(tlcore.TLError, match="disagrees"):
+        tlcore.export_torchscript(r.model, tmp_path / "m.pt", x)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (Path.write_text, (Path("/tmp/tls-pwned-marker"), "pwned"))
+
+
+def test_foreign_and_malicious_runs_are_refused_without_executing_anything(trained, tmp_path):
+    marker = Path("/tmp/tls-pwned-marker")
+    marker.unlink(missing_ok=True)
+    _, r = trained
+    folder = tlcore.save_run(r, tmp_path / "run")
+    (folder / "model.safetensors").write_bytes(pickle.dumps({"x": _Evil()}))
+    with pytest.raises(tlcore.TLError, match="not a safetensors file"):
+        tlcore.load_run(folder)
+    assert not marker.exists()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "run.json").write_text(json.dumps({"hello": 1}))
+    with pytest.raises(tlcore.TLError, match="not a Transfer Learning Studio run"):
+        tlcore.load_run(tmp_path / "other")
+    with pytest.raises(tlcore.TLError, match="not a Transfer Learning Studio run"):
+        tlcore.load_run(tmp_path / "missing")
+
+
+def test_run_archive_round_trip_and_bad_archives(trained, tmp_path):
+    s, r = trained
+    folder = tlcore.save_run(r, tmp_path / "run")
+    data = tlcore.archive_run(folder)
+    loaded = tlcore.unpack_run_archive(data, tmp_path / "back")
+    assert loaded.classes == r.classes
+    with pytest.raises(tlcore.TLError, match="not a zip"):
+        tlcore.unpack_run_archive(b"hello", tmp_path / "x")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("../../escape.txt", "x")
+    with pytest.raises(tlcore.TLError, match="not a saved run"):
+        tlcore.unpack_run_archive(buf.getvalue(), tmp_path / "y")
+    assert not (tmp_path.parent / "escape.txt").exists()
+
+
+def test_weights_that_do_not_fit_are_refused(trained, tmp_path):
+    _, r = trained
+    folder = tlcore.save_run(r, tmp_path / "run")
+    meta = json.loads((folder / "run.json").read_text())
+    meta["classes"] = ["a", "b"]  # the head has three outputs
+    (folder / "run.json").write_text(json.dumps(meta))
+    with pytest.raises(tlcore.TLError, match="do not fit"):
+        tlcore.load_run(folder)
+
+
+def test_predict_and_grad_cam(trained):
+    from PIL import Image
+
+    from tests.conftest import COLORS, png_bytes
+
+    s, r = trained
+    pre = tlcore.get_backbone_spec("tiny-test").preprocess
+    image = tlcore.decode_image("x.png", png_bytes(COLORS[1], seed=77))
+    pred = tlcore.predict(r.model, [image], r.classes, pre)[0]
+    assert set(pred.probabilities) == set(r.classes)
+    assert abs(sum(pred.probabilities.values()) - 1) < 1e-5
+    assert list(pred.probabilities.values()) == sorted(pred.probabilities.values(), reverse=True)
+    cam = tlcore.grad_cam(r.model, image, pre)
+    assert cam.shape == (32, 32) and 0 <= cam.min() and cam.max() <= 1
+    assert tlcore.overlay_cam(image, cam, pre).size == (32, 32)
+
+
+def test_grad_cam_on_a_transformer_and_a_real_cnn():
+    from PIL import Image
+
+    image = Image.new("RGB", (64, 64), "white")
+    for name in ("vit_b_16", "efficientnet_lite0"):
+        spec = tlcore.get_backbone_spec(name)
+        model = tlcore.TransferModel(spec.build(), 2, spec.preprocess)
+        cam = tlcore.grad_cam(model, image, spec.preprocess)
+        assert cam.shape == (224, 224)
+
+
+def test_evaluation_metrics():
+    ev = tlcore.Evaluation(classes=("a", "b"), labels=(0, 0, 1, 1), predictions=(0, 1, 1, 1),
+                           probabilities=((0.9, 0.1), (0.4, 0.6), (0.2, 0.8), (0.3, 0.7)), names=("1", "2", "3", "4"))
+    assert ev.accuracy == 0.75 and ev.confusion_matrix == [[1, 1], [0, 2]]
+    assert ev.precision_recall() == [("a", 1.0, 0.5, 2), ("b", 2 / 3, 1.0, 2)]
+    assert ev.misclassified() == [1]

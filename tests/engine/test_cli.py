@@ -1,0 +1,76 @@
+"""The command line contract: JSON on stdout, progress on stderr, one-line errors with exit status 2."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+
+from tests.conftest import ROOT
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tlcore", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_backbones_lists_availability():
+    out = cli("backbones")
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    lite0 = next(r for r in rows if r["name"] == "efficientnet_lite0")
+    assert lite0["availability"] == "bundled" and lite0["input_size"] == 224
+    assert {r["availability"] for r in rows} <= {"bundled", "cached", "download"}
+
+
+def test_train_evaluate_predict(class_folder, tmp_path):
+    out = cli("train", str(class_folder), "--out", str(tmp_path / "run"), "--backbone", "tiny-test",
+              "--mode", "fine-tune", "--freeze-depth", "1", "--epochs", "3", "--batch-size", "8")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert {"val_accuracy", "train_seconds", "num_images", "classes", "mode", "backbone"} <= set(result)
+    assert result["num_images"] == 24 and result["mode"] == "fine-tune" and result["freeze_depth"] == 1
+    assert "epoch 3/3" in out.stderr  # progress went to stderr
+    ev = cli("evaluate", str(tmp_path / "run"), str(class_folder))
+    report = json.loads(ev.stdout)
+    assert len(report["confusion_matrix"]) == 3 and 0 <= report["accuracy"] <= 1
+    sample = class_folder / "class1" / "c1_0.png"
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    pr = cli("predict", str(tmp_path / "run"), str(sample), str(bad))
+    lines = [json.loads(line) for line in pr.stdout.splitlines()]
+    assert lines[0]["file"] == str(sample) and lines[0]["label"] in ("class0", "class1", "class2")
+    assert abs(sum(lines[0]["probabilities"].values()) - 1) < 1e-5
+    assert "not an image" in lines[1]["error"] and pr.returncode == 1
+
+
+def test_train_accepts_a_zip(class_folder, tmp_path):
+    archive = tmp_path / "data.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in class_folder.rglob("*.png"):
+            zf.write(path, f"data/{path.relative_to(class_folder)}")
+    out = cli("train", str(archive), "--out", str(tmp_path / "run"), "--backbone", "tiny-test", "--epochs", "2")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1])["classes"] == ["class0", "class1", "class2"]
+
+
+def test_compare_runs_every_strategy_on_one_split(class_folder):
+    out = cli("compare", str(class_folder), "--backbone", "tiny-test", "--epochs", "2", "--shots", "1,5,all")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    runs = report["runs"]
+    assert len(runs) == 3 * 4 and {r["strategy"] for r in runs} == {"feature-extraction", "fine-tune", "scratch",
+                                                                    "few-shot"}
+    assert {r["shots"] for r in runs} == {1, 5, None}
+    assert len({tuple(r["val_indices"]) for r in runs}) == 1  # identical validation images everywhere
+    assert all(r["status"] == "completed" for r in runs)
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path):
+    for args in (["train", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")],
+                 ["train", str(tmp_path), "--out", str(tmp_path / "r"), "--lr", "100"],
+                 ["evaluate", str(tmp_path), str(tmp_path)],
+                 ["train", str(tmp_path), "--out", str(tmp_path / "r"), "--backbone", "nope"]):
+        out = cli(*args)
+        assert out.returncode == 2, out
+        assert out.stderr.startswith("error: ") and "Traceback" not in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1

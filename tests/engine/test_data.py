@@ -1,0 +1,211 @@
+"""Data: every bad input is named with its reason, everything good is kept, nothing escapes a zip."""
+from __future__ import annotations
+
+import io
+import os
+import stat
+import struct
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import tlcore
+from tlcore.data import MAX_FILE_BYTES, decode_image, load_zip, stratified_split
+from tests.conftest import COLORS, class_files, png_bytes
+
+
+def _save(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _rgb(w: int = 40, h: int = 30) -> Image.Image:
+    arr = np.zeros((h, w, 3), np.uint8)
+    arr[:, : w // 2] = (255, 0, 0)  # left half red: lets tests see orientation
+    return Image.fromarray(arr)
+
+
+def _bomb_png() -> bytes:
+    """A tiny PNG whose header claims 100,000 x 100,000 pixels."""
+    data = _save(Image.new("L", (8, 8)), "PNG")
+    ihdr = data.find(b"IHDR")
+    body = struct.pack(">II", 100_000, 100_000) + data[ihdr + 12:ihdr + 17]
+    crc = struct.pack(">I", zlib.crc32(b"IHDR" + body) & 0xFFFFFFFF)
+    return data[:ihdr + 4] + body + crc + data[ihdr + 21:]
+
+
+def _exif_rotated_jpeg() -> bytes:
+    img = _rgb(60, 30)  # stored landscape, EXIF says: rotate 90 degrees to show it upright
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return _save(img, "JPEG", exif=exif.tobytes())
+
+
+BAD = {  # name -> (bytes, words the reason must contain)
+    "empty.jpg": (b"", "empty"),
+    "notes.jpg": (b"this is a text file, not a photo", "not an image"),
+    "truncated.jpg": (_save(_rgb(200, 200), "JPEG")[:300], "damaged or truncated"),
+    "one-pixel.png": (_save(Image.new("RGB", (1, 1)), "PNG"), "only 1x1"),
+    "bomb.png": (_bomb_png(), "limit"),
+    "huge-file.png": (b"\x89PNG" + b"\0" * (MAX_FILE_BYTES + 1), "limit is 50 MB"),
+}
+
+GOOD = {  # name -> bytes; each must decode to an upright RGB image
+    "alpha.png": _save(Image.new("RGBA", (40, 30), (255, 0, 0, 0)), "PNG"),
+    "palette.png": _save(_rgb().convert("P"), "PNG"),
+    "animated.gif": _save(_rgb(), "GIF", save_all=True, append_images=[Image.new("RGB", (40, 30), "blue")]),
+    "cmyk.jpg": _save(_rgb().convert("CMYK"), "JPEG"),
+    "sixteen-bit.png": _save(Image.fromarray(np.full((30, 40), 40000, np.uint16)), "PNG"),
+    "grey.png": _save(_rgb().convert("L"), "PNG"),
+    "photo.webp": _save(_rgb(), "WEBP"),
+    "with spaces and ünïcödé 猫.png": _save(_rgb(), "PNG"),
+    "rotated.jpg": _exif_rotated_jpeg(),
+}
+
+
+@pytest.mark.parametrize("name", BAD)
+def test_bad_files_are_rejected_by_name_with_a_reason(name):
+    data, words = BAD[name]
+    with pytest.raises(tlcore.BadImageError) as e:
+        decode_image(name, data)
+    assert e.value.file == name and words in e.value.reason
+    assert str(e.value).startswith(name)
+
+
+@pytest.mark.parametrize("name", GOOD)
+def test_odd_but_valid_files_decode_to_rgb(name):
+    img = decode_image(name, GOOD[name])
+    assert img.mode == "RGB" and min(img.size) >= 8
+
+
+def test_alpha_goes_over_white_and_sixteen_bit_keeps_its_level():
+    assert decode_image("a.png", GOOD["alpha.png"]).getpixel((5, 5)) == (255, 255, 255)
+    level = decode_image("s.png", GOOD["sixteen-bit.png"]).getpixel((5, 5))[0]
+    assert abs(level - 40000 / 65535 * 255) <= 1
+
+
+def test_exif_rotation_is_applied():
+    img = decode_image("rotated.jpg", GOOD["rotated.jpg"])
+    assert img.size == (30, 60)  # portrait, as the camera meant it
+    top, bottom = img.getpixel((15, 5)), img.getpixel((15, 55))
+    assert top[0] > 200 and bottom[0] < 60  # the red half (left when stored) is on top once rotated
+
+
+def test_mixed_upload_keeps_good_files_and_reports_bad_ones():
+    s = tlcore.ImageSet()
+    files = [(n, d, "odd") for n, d in GOOD.items()] + [(n, d[0], "odd") for n, d in BAD.items()]
+    rejected = s.add(files)
+    assert len(s) == len(GOOD)
+    assert {r.file for r in rejected} == set(BAD)
+    assert all(r.reason for r in rejected)
+    assert s.stack(tlcore.get_backbone_spec("tiny-test").preprocess).shape == (len(GOOD), 3, 32, 32)
+
+
+def test_large_images_are_shrunk_once():
+    big = _save(Image.new("RGB", (4000, 3000), "white"), "JPEG")
+    s = tlcore.ImageSet()
+    s.add([("big.jpg", big, "a")])
+    assert min(s.items[0].pixels.shape[1:]) == tlcore.data.BASE_SIZE
+
+
+def test_duplicates_in_a_class_are_skipped():
+    s = tlcore.ImageSet()
+    data = png_bytes(COLORS[0])
+    assert s.add([("a.png", data, "x")]) == []
+    rejected = s.add([("copy.png", data, "x")])
+    assert len(s) == 1 and "already in class" in rejected[0].reason
+
+
+def _zip(entries: dict[str, bytes], symlink: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+        if symlink:
+            info = zipfile.ZipInfo(symlink)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            zf.writestr(info, "/etc/passwd")
+    return buf.getvalue()
+
+
+def test_zip_layout_and_unsafe_entries(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    good = {f"dataset/{label}/{name}": data for name, data, label in class_files(3, 2)}
+    good["dataset/class0/nested/deeper.png"] = png_bytes(COLORS[0], seed=999)
+    data = _zip({**good,
+                 "../evil.png": png_bytes(COLORS[0], seed=1),
+                 "/abs/evil.png": png_bytes(COLORS[0], seed=2),
+                 "__MACOSX/dataset/class0/._c0_0.png": b"junk",
+                 "dataset/.DS_Store": b"junk",
+                 "dataset/class1/.hidden.png": b"junk",
+                 "dataset/readme.txt": b"loose file"}, symlink="dataset/class0/link.png")
+    before = set(os.listdir(tmp_path))
+    s = load_zip(data)
+    assert set(os.listdir(tmp_path)) == before  # nothing was written anywhere
+    assert not (tmp_path.parent / "evil.png").exists()
+    assert s.classes == ["class0", "class1"] and s.counts() == {"class0": 4, "class1": 3}
+    reasons = {r.file: r.reason for r in s.rejected}
+    assert "unsafe path" in reasons["../evil.png"] and "unsafe path" in reasons["/abs/evil.png"]
+    assert "symbolic link" in reasons["dataset/class0/link.png"]
+    assert "not inside a class folder" in reasons["dataset/readme.txt"]
+    assert not any("MACOSX" in f or "DS_Store" in f or "hidden" in f for f in reasons)
+
+
+def test_zip_bomb_and_non_zip_are_refused():
+    bomb = _zip({"a/huge.png": b"\0" * (20 * 2**20), "a/ok.png": png_bytes(COLORS[0]), "b/ok.png": png_bytes(COLORS[1])})
+    s = load_zip(bomb)
+    assert len(s) == 2 and "zip bomb" in s.rejected[0].reason
+    with pytest.raises(tlcore.TLError, match="not a readable zip"):
+        load_zip(b"PK\x03\x04 broken")
+    with pytest.raises(tlcore.TLError, match="No class folders"):
+        load_zip(_zip({"loose.png": png_bytes(COLORS[0])}))
+
+
+def test_folder_loading(class_folder):
+    (class_folder / "stray.png").write_bytes(png_bytes(COLORS[0], seed=5))
+    (class_folder / "class0" / "broken.jpg").write_bytes(b"nope")
+    s = tlcore.load_data(class_folder)
+    assert s.counts() == {"class0": 8, "class1": 8, "class2": 8}
+    assert {r.file for r in s.rejected} == {"stray.png", str(Path("class0") / "broken.jpg")}
+    with pytest.raises(tlcore.TLError, match="does not exist"):
+        tlcore.load_data(class_folder / "missing")
+
+
+def test_class_rules():
+    s = tlcore.ImageSet()
+    s.add_class("cat")
+    for bad in ("", "   ", "CAT", "a/b", ".."):
+        with pytest.raises(tlcore.TLError):
+            s.add_class(bad)
+    with pytest.raises(tlcore.TLError, match="at least two classes"):
+        tlcore.check_trainable(s)
+    s.add([("a.png", png_bytes(COLORS[0]), "cat")])
+    with pytest.raises(tlcore.TLError, match="only 'cat' has images"):
+        tlcore.check_trainable(s)
+    s.add([("b.png", png_bytes(COLORS[1]), "dog")])
+    s.add_class("empty")
+    warnings = tlcore.check_trainable(s)
+    assert any("no images" in w for w in warnings) and any("single image" in w for w in warnings)
+    s.rename_class("dog", "puppy")
+    assert s.classes == ["cat", "puppy", "empty"] and s.counts()["puppy"] == 1
+    s.remove_class("empty")
+    assert s.classes == ["cat", "puppy"]
+
+
+def test_split_is_stratified_seeded_and_copes_with_single_images():
+    import torch
+
+    labels = torch.tensor([0] * 10 + [1] * 5 + [2])
+    train, val = stratified_split(labels, 0.2, seed=3)
+    assert (train, val) == stratified_split(labels, 0.2, seed=3)
+    assert sorted(train + val) == list(range(16)) and not set(train) & set(val)
+    assert [int((labels[val] == c).sum()) for c in range(3)] == [2, 1, 0]
+    assert 15 in train  # the single image of class 2 trains
+    assert stratified_split(labels, 0.2, seed=4) != (train, val)
+    with pytest.raises(tlcore.TLError):
+        stratified_split(labels, 1.5, 0)

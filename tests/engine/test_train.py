@@ -1,0 +1,192 @@
+"""Training: four strategies, freezing that really freezes, stop/NaN/early stopping, cached features."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+import tlcore
+from tlcore.backbones import Body, Stage
+from tlcore.model import build_model, freeze, set_train_mode
+from tlcore.train import FEATURES, BatchEnd, EpochEnd, Progress, RunFinished, TrainConfig, run_to_end, train
+
+TINY = TrainConfig(backbone="tiny-test", epochs=4, batch_size=8)
+
+
+@pytest.mark.parametrize("mode", tlcore.MODES)
+def test_every_mode_completes_on_the_same_split(tiny_set, mode):
+    finished = run_to_end(tiny_set, dataclasses.replace(TINY, mode=mode))
+    assert finished.status == "completed", finished.reason
+    r = finished.result
+    assert r.num_images == 24 and r.classes == ("class0", "class1", "class2")
+    base = run_to_end(tiny_set, TINY).result
+    assert (r.train_indices, r.val_indices) == (base.train_indices, base.val_indices)
+    assert r.val_accuracy is not None and 0 <= r.val_accuracy <= 1
+
+
+def test_colour_classes_are_learned(tiny_set):
+    r = run_to_end(tiny_set, dataclasses.replace(TINY, mode="scratch", epochs=15, lr=1e-2)).result
+    assert r.val_accuracy == 1.0  # the classes differ by colour: any working loop learns them
+
+
+def test_trainable_parameters_follow_the_mode(tiny_set):
+    counts = {m: run_to_end(tiny_set, dataclasses.replace(TINY, mode=m, epochs=1)).result.trainable_params
+              for m in tlcore.MODES}
+    head = 32 * 3 + 3
+    assert counts["feature-extraction"] == head and counts["few-shot"] == 0
+    body_total = sum(p.numel() for p in tlcore.get_backbone_spec("tiny-test").build().parameters())
+    assert counts["scratch"] == body_total + head
+    assert head < counts["fine-tune"] < counts["scratch"]
+
+
+def test_frozen_stages_do_not_change_and_keep_their_batchnorm_statistics(tiny_set):
+    r = run_to_end(tiny_set, dataclasses.replace(TINY, mode="fine-tune", freeze_depth=2, epochs=2)).result
+    pretrained = tlcore.create_body("tiny-test").net.state_dict()
+    trained = r.model.body.net.state_dict()
+    for name in ("stem.0.weight", "stem.1.running_mean", "block1.0.weight", "block1.1.running_var"):
+        assert torch.equal(trained[name], pretrained[name]), name
+    assert not torch.equal(trained["block2.0.weight"], pretrained["block2.0.weight"])
+    assert not torch.equal(trained["block2.1.running_mean"], pretrained["block2.1.running_mean"])
+
+
+def test_frozen_batchnorm_stays_in_eval_mode():
+    model = build_model("tiny-test", 3)
+    freeze(model, 2)
+    set_train_mode(model)
+    assert not model.body.net.stem[1].training and not model.body.net.block1[1].training
+    assert model.body.net.block2[1].training and model.head.training
+
+
+def test_discriminative_learning_rates(tiny_set, monkeypatch):
+    groups = {}
+    original = torch.optim.AdamW
+
+    def spy(params, **kw):
+        params = list(params)
+        groups["lrs"] = [g["lr"] for g in params]
+        return original(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "AdamW", spy)
+    run_to_end(tiny_set, dataclasses.replace(TINY, mode="fine-tune", freeze_depth=1, epochs=1, lr=0.01,
+                                             backbone_lr_mult=0.1))
+    assert groups["lrs"] == [0.01, pytest.approx(0.001)]
+
+
+def test_seeded_runs_are_reproducible(tiny_set):
+    cfg = dataclasses.replace(TINY, mode="fine-tune", epochs=2)
+    a = run_to_end(tiny_set, cfg).result
+    b = run_to_end(tiny_set, cfg).result
+    assert [e.train_loss for e in a.history] == [e.train_loss for e in b.history]
+    c = run_to_end(tiny_set, dataclasses.replace(cfg, seed=1)).result
+    assert [e.train_loss for e in a.history] != [e.train_loss for e in c.history]
+
+
+def test_events_and_final_status(tiny_set):
+    events = list(train(tiny_set, dataclasses.replace(TINY, mode="fine-tune", epochs=2)))
+    batches = [e for e in events if isinstance(e, BatchEnd)]
+    epochs = [e for e in events if isinstance(e, EpochEnd)]
+    assert isinstance(events[-1], RunFinished) and events[-1].status == "completed"
+    assert len(epochs) == 2 and len(batches) == 2 * batches[0].num_batches
+    assert batches[-1].fraction == 1.0 and batches[-1].eta_s == 0
+    assert all(b.images_per_sec > 0 for b in batches)
+
+
+def test_stop_acts_within_one_batch_and_keeps_the_best_epoch(tiny_set):
+    seen = []
+    stop_after = None
+
+    def should_stop() -> bool:
+        return stop_after is not None and len(seen) >= stop_after
+
+    gen = train(tiny_set, dataclasses.replace(TINY, mode="fine-tune", epochs=50), should_stop)
+    for event in gen:
+        if isinstance(event, BatchEnd):
+            seen.append(event)
+        if isinstance(event, EpochEnd) and event.epoch == 2:
+            stop_after = len(seen) + 1  # ask to stop one batch into epoch 3
+        if isinstance(event, RunFinished):
+            break
+    assert event.status == "stopped" and "best" in event.reason
+    assert len(seen) == stop_after  # exactly one more batch ran
+    assert len(event.result.history) == 2 and event.result.best_epoch in (1, 2)
+
+
+def test_stop_while_computing_features(tiny_set):
+    FEATURES.clear()
+    events = list(train(tiny_set, TINY, should_stop=lambda: True))
+    assert events[-1].status == "stopped" and events[-1].result is None
+
+
+def test_early_stopping(tiny_set):
+    r = run_to_end(tiny_set, dataclasses.replace(TINY, mode="scratch", epochs=60, lr=1e-2, patience=2))
+    assert r.status == "completed" and "early" in r.reason
+    assert len(r.result.history) < 60 and r.result.best_epoch == len(r.result.history) - 2
+
+
+class _NaNNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Linear(3, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w(x.mean((2, 3))) * float("nan")
+
+
+def test_nan_loss_fails_the_run_with_an_explanation(tiny_set):
+    tiny = tlcore.get_backbone_spec("tiny-test")
+    if "nan-test" not in {s.name for s in tlcore.list_backbones(True)}:
+        tlcore.register_backbone(dataclasses.replace(
+            tiny, name="nan-test", feature_dim=4, stage_names=("all",), bundled_file=None, weights_url=None,
+            build=lambda: Body(_NaNNet(), (Stage("all", ("w",)),), 4, None, "w")))
+    finished = run_to_end(tiny_set, dataclasses.replace(TINY, backbone="nan-test", mode="scratch"))
+    assert finished.status == "failed" and "learning rate" in finished.reason and finished.result is None
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(epochs=0), "Epochs"), (dict(lr=100.0), "learning rate"), (dict(batch_size=0), "batch size"),
+    (dict(freeze_depth=99, mode="fine-tune"), "Freeze depth"), (dict(val_fraction=1.0), "validation"),
+    (dict(mode="magic"), "Unknown mode")])
+def test_absurd_settings_fail_with_a_reason(tiny_set, change, words):
+    finished = run_to_end(tiny_set, dataclasses.replace(TINY, **change))
+    assert finished.status == "failed" and words in finished.reason
+
+
+def test_batch_larger_than_the_data_is_clamped(tiny_set):
+    finished = run_to_end(tiny_set, dataclasses.replace(TINY, mode="fine-tune", batch_size=10_000, epochs=1))
+    assert finished.status == "completed"
+
+
+def test_one_class_fails_with_a_message(tiny_set):
+    one = tiny_set.subset(range(8))
+    finished = run_to_end(one, TINY)
+    assert finished.status == "failed" and "two classes" in finished.reason
+
+
+def test_features_are_computed_once_per_image(tiny_set):
+    FEATURES.clear()
+    first = list(train(tiny_set, TINY))
+    second = list(train(tiny_set, dataclasses.replace(TINY, seed=5)))
+    assert any(isinstance(e, Progress) for e in first)
+    assert not any(isinstance(e, Progress) for e in second)  # every feature came from the cache
+    assert second[-1].status == "completed"
+
+
+def test_few_shot_prototypes_from_one_image_per_class(tiny_set):
+    finished = run_to_end(tiny_set, dataclasses.replace(TINY, mode="few-shot", max_images_per_class=1))
+    r = finished.result
+    assert finished.status == "completed" and len(r.history) == 1
+    assert len(r.train_indices) == 3 and len(r.val_indices) == 6
+
+
+def test_prototype_head_is_nearest_class_mean():
+    from tlcore.train import set_prototypes
+
+    feats = torch.randn(30, 5)
+    labels = torch.arange(3).repeat(10)
+    head = nn.Linear(5, 3)
+    set_prototypes(head, feats, labels)
+    protos = torch.stack([feats[labels == c].mean(0) for c in range(3)])
+    x = torch.randn(50, 5)
+    assert torch.equal(head(x).argmax(1), torch.cdist(x, protos).argmin(1))
