@@ -1,14 +1,19 @@
 """What every page shares: the session's project, the step bar, guards, cached resources, charts."""
 from __future__ import annotations
 
+import os
+import threading
+import time
 from pathlib import Path
 
 import plotly.graph_objects as go
 import streamlit as st
+from streamlit.runtime import Runtime
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 import tlcore
 from tlcore.jobs import JobSnapshot
-from tlcore.project import Project, RunRecord
+from tlcore.project import PROJECTS, Project, RunRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
@@ -26,29 +31,53 @@ PAGES = {  # file -> (title, icon); the order is the order of the steps
 }
 
 
+def session_id() -> str:
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else "no-session"
+
+
 def project() -> Project:
-    """The session's project. A reload reopens it from the ``?project=`` in the address."""
+    """The session's project. A reload reopens it (running jobs included) from ``?project=`` in the address."""
     if STATE_KEY not in st.session_state:
         proj = None
         name = st.query_params.get("project")
         if name:
             try:
-                proj = Project.open(name)
+                proj = PROJECTS.open(name, session_id())
             except tlcore.TLError as e:
                 st.toast(f"Could not reopen the project: {e}", icon=":material/warning:")
-        st.session_state[STATE_KEY] = proj or Project.create()
+        st.session_state[STATE_KEY] = proj or PROJECTS.create(session_id())
+        start_sweeper()
     proj = st.session_state[STATE_KEY]
     if st.query_params.get("project") != proj.name:
         st.query_params["project"] = proj.name
     return proj
 
 
-def switch_project(proj: Project) -> None:
-    old: Project | None = st.session_state.get(STATE_KEY)
-    if old is not None and old is not proj:
-        old.stop_all()
+def switch_project(name: str | None, create: bool = False) -> None:
+    """Open (or create) another project for this session."""
+    proj = PROJECTS.create(session_id(), name) if create else PROJECTS.open(name or "", session_id())
     st.session_state[STATE_KEY] = proj
     st.query_params["project"] = proj.name
+
+
+@st.cache_resource
+def start_sweeper() -> threading.Thread:
+    """Once per server: every 30 s, let go of projects whose browser sessions have all gone."""
+    grace = float(os.environ.get("TLS_SESSION_GRACE_S", 300))
+
+    def alive(sid: str) -> bool:
+        return Runtime.exists() and Runtime.instance().is_active_session(sid)
+
+    def loop() -> None:
+        while True:
+            time.sleep(30)
+            if Runtime.exists():
+                PROJECTS.sweep(alive, grace)
+
+    thread = threading.Thread(target=loop, name="tls-session-sweeper", daemon=True)
+    thread.start()
+    return thread
 
 
 def step_status(proj: Project) -> dict[str, tuple[bool, str]]:

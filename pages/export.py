@@ -3,7 +3,7 @@ import streamlit as st
 
 import tlcore
 from pages.common import explain, project, switch_project
-from tlcore.project import Project, export_model, import_run, model_card
+from tlcore.project import export_model, import_run, model_card
 
 proj = project()
 st.title("7 · Export and projects")
@@ -75,7 +75,7 @@ with c1.form("export_open_form"):
     name = st.text_input("Project name", key="export_open_name")
     if st.form_submit_button("Open project", icon=":material/folder_open:"):
         try:
-            switch_project(Project.open(name))
+            switch_project(name)
             st.rerun()
         except tlcore.TLError as e:
             st.error(str(e))
@@ -83,7 +83,7 @@ with c2.form("export_new_form"):
     new_name = st.text_input("New project name (optional)", key="export_new_name")
     if st.form_submit_button("Start a new project", icon=":material/create_new_folder:"):
         try:
-            switch_project(Project.create(new_name or None))
+            switch_project(new_name or None, create=True)
             st.rerun()
         except tlcore.TLError as e:
             st.error(str(e))

@@ -416,3 +416,68 @@ def describe(config: TrainConfig) -> str:
         what = {"feature-extraction": "feature extraction", "scratch": "from scratch",
                 "few-shot": "few-shot prototypes"}[config.mode]
     return f"{spec.title}, {what}"
+
+
+class ProjectRegistry:
+    """The projects open in this server process, and which browser sessions hold them.
+
+    Reopening a project that is live (a reload, a second tab) returns the same object, running
+    jobs included. ``sweep`` lets go of projects whose sessions are all gone: after a grace period
+    their jobs are stopped (best epochs kept), their memory is freed, and a project left empty
+    (no images, no runs) is deleted from disk.
+    """
+
+    def __init__(self) -> None:
+        self._live: dict[str, Project] = {}
+        self._holders: dict[str, set[str]] = {}
+        self._orphaned: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def open(self, name: str, session_id: str) -> Project:
+        name = check_project_name(name)
+        with self._lock:
+            project = self._live.get(name)
+        if project is None:
+            project = Project.open(name)
+        return self._attach(project, session_id)
+
+    def create(self, session_id: str, name: str | None = None) -> Project:
+        return self._attach(Project.create(name), session_id)
+
+    def _attach(self, project: Project, session_id: str) -> Project:
+        with self._lock:
+            project = self._live.setdefault(project.name, project)
+            for holders in self._holders.values():
+                holders.discard(session_id)
+            self._holders.setdefault(project.name, set()).add(session_id)
+            self._orphaned.pop(project.name, None)
+        return project
+
+    def live(self) -> list[str]:
+        with self._lock:
+            return sorted(self._live)
+
+    def sweep(self, is_alive: Callable[[str], bool], grace_s: float) -> list[str]:
+        """Release projects no live session has held for ``grace_s`` seconds; returns their names."""
+        now = time.time()
+        released = []
+        with self._lock:
+            for name in list(self._live):
+                holders = {s for s in self._holders.get(name, set()) if is_alive(s)}
+                self._holders[name] = holders
+                if holders:
+                    self._orphaned.pop(name, None)
+                    continue
+                since = self._orphaned.setdefault(name, now)
+                if now - since >= grace_s:
+                    released.append(self._live.pop(name))
+                    self._holders.pop(name, None)
+                    self._orphaned.pop(name, None)
+        for project in released:
+            project.stop_all()
+            if not project.images.items and not project.images.classes and not project.runs:
+                shutil.rmtree(project.folder, ignore_errors=True)
+        return [p.name for p in released]
+
+
+PROJECTS = ProjectRegistry()

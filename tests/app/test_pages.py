@@ -1,0 +1,195 @@
+"""AppTest: every page renders with guidance when empty, and the main flow works through the widgets."""
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.conftest import COLORS, ROOT, class_files, png_bytes
+
+PAGES = ["pages/backbone.py", "pages/data.py", "pages/freeze.py", "pages/train.py", "pages/evaluate.py",
+         "pages/test.py", "pages/export.py", "pages/compare.py"]
+
+
+def new_app(project: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    if project:
+        at.query_params["project"] = project
+    at.run()
+    assert not at.exception
+    return at
+
+
+def texts(elements) -> str:
+    return " ".join(str(e.value) for e in elements)
+
+
+def wait_for(at: AppTest, done, timeout: float = 90) -> None:
+    """AppTest does not drive run_every: poll with reruns, as the browser's fragment would."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        at.run()
+        assert not at.exception, at.exception
+        if done(at):
+            return
+        time.sleep(0.3)
+    raise AssertionError("timed out")
+
+
+def progress_text(at: AppTest) -> str:
+    return " ".join(p.proto.text for p in at.get("progress"))
+
+
+def with_sample(at: AppTest, sample: str = "digits") -> AppTest:
+    at.button(key="backbone_use_tiny-test").click().run()
+    at.switch_page("pages/data.py").run()
+    at.button(key=f"data_sample_{sample}").click().run()
+    assert not at.exception
+    return at
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_empty_with_guidance(page):
+    at = new_app()
+    at.switch_page(page).run()
+    assert not at.exception
+    if page not in ("pages/backbone.py", "pages/freeze.py"):
+        assert at.info, f"{page} shows no guidance on an empty project"
+
+
+def test_main_flow_sample_train_evaluate_test_export():
+    at = with_sample(new_app())
+    assert "Added 200 images" in texts(at.success)
+    assert "160 images to train on, 40 held out" in texts(at.markdown)
+    at.switch_page("pages/freeze.py").run()
+    at.select_slider(key="freeze_trained").set_value(2).run()
+    assert "Fine-tuning" in texts(at.metric)
+    at.switch_page("pages/train.py").run()
+    at.number_input(key="train_epochs").set_value(4).run()
+    at.button(key="train_start").click().run()
+    wait_for(at, lambda a: "best epoch" in texts(a.success))
+    assert len(at.get("plotly_chart")) == 2 and "Validation accuracy" in [m.label for m in at.metric]
+    at.switch_page("pages/evaluate.py").run()
+    assert not at.exception and at.get("plotly_chart") and at.dataframe
+    at.switch_page("pages/test.py").run()
+    digit = (ROOT / "assets/samples/digits/3/digit_3_000.png").read_bytes()
+    at.file_uploader(key="test_upload").set_value([("three.png", digit, "image/png"),
+                                                   ("broken.jpg", b"nope", "image/jpeg")]).run()
+    assert not at.exception and "broken.jpg" in texts(at.error)
+    assert len(at.get("plotly_chart")) == 1 and len(at.image) >= 2  # the photo and its Grad-CAM
+    at.switch_page("pages/export.py").run()
+    assert "Model card" in texts(at.markdown) and at.get("download_button")
+    at.button(key="export_build_torchscript").click().run()
+    assert "matches the app's model" in texts(at.info)
+    assert len(at.get("download_button")) == 2
+
+
+def test_data_page_uploads_classes_zip_and_rejections():
+    at = new_app()
+    at.switch_page("pages/data.py").run()
+    at.text_input(key="data_new_class").set_value("red").run()
+    at.button(key="data_add_class").click().run()
+    at.text_input(key="data_new_class").set_value("RED").run()
+    at.button(key="data_add_class").click().run()
+    assert "already a class" in texts(at.error)
+    uploads = [(n, d, "image/png") for n, d, label in class_files(4, 1)] + [("empty.png", b"", "image/png")]
+    at.file_uploader(key="data_up_0_0").set_value(uploads).run()
+    assert "Added 4 images" in texts(at.success)
+    rejected = at.dataframe[0].value
+    assert list(rejected["file"]) == ["empty.png"] and "empty" in rejected["reason"][0]
+    assert "only 'red' has images" in texts(at.info)  # one class: told what to do
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(3):
+            zf.writestr(f"photos/blue/b{i}.png", png_bytes(COLORS[1], seed=50 + i))
+        zf.writestr("../../escape.png", png_bytes(COLORS[1], seed=60))
+    at.tabs[1].file_uploader[0].set_value(("set.zip", buf.getvalue(), "application/zip")).run()
+    assert "Added 3 images" in texts(at.success)
+    assert "unsafe path" in " ".join(at.dataframe[0].value["reason"])
+    assert "5 images to train on, 2 held out" in texts(at.markdown)
+    at.button(key="data_delete_1").click().run()
+    assert not at.exception and "blue" not in texts(at.markdown)
+
+
+def test_backbone_page_preview_and_choice():
+    at = new_app()
+    at.segmented_control(key="backbone_preview_sample").set_value("coffee").run()
+    assert not at.exception and at.get("plotly_chart")
+    assert "installed, works offline" in texts(at.markdown)
+    at.button(key="backbone_use_tiny-test").click().run()
+    assert at.button(key="backbone_use_tiny-test").disabled
+
+
+def test_training_survives_page_switches_and_stop_keeps_best():
+    at = with_sample(new_app())
+    at.switch_page("pages/freeze.py").run()
+    at.toggle(key="freeze_scratch").set_value(True).run()
+    at.switch_page("pages/train.py").run()
+    at.number_input(key="train_epochs").set_value(400).run()
+    at.button(key="train_start").click().run()
+    at.switch_page("pages/data.py").run()  # wander off while it trains
+    at.switch_page("pages/train.py").run()
+    wait_for(at, lambda a: "Epoch" in progress_text(a))
+    at.button(key="train_stop").click().run()
+    wait_for(at, lambda a: "Stopped by the user" in texts(a.warning))
+    assert "Best epoch" in [m.label for m in at.metric]
+
+
+def test_reload_reopens_the_project():
+    at = with_sample(new_app(), "faces")
+    name = at.query_params["project"][0] if isinstance(at.query_params["project"], list) else at.query_params["project"]
+    again = new_app(project=name)  # a new browser session with the same address
+    again.switch_page("pages/data.py").run()
+    assert "face · 100 images" in texts(again.markdown)
+
+
+def test_compare_page_runs_all_strategies_on_one_split():
+    at = with_sample(new_app(), "faces")
+    at.switch_page("pages/train.py").run()
+    at.number_input(key="train_epochs").set_value(2).run()
+    at.switch_page("pages/compare.py").run()
+    at.button(key="compare_go").click().run()
+
+    def finished(a):
+        return a.dataframe and all(s in ("completed", "failed", "stopped") for s in a.dataframe[0].value["status"])
+
+    wait_for(at, finished, timeout=120)
+    table = at.dataframe[0].value
+    assert len(table) == 4 and set(table["status"]) == {"completed"}
+    assert len(at.get("plotly_chart")) >= 2
+
+
+def test_five_sessions_each_see_only_their_own_work():
+    apps = [new_app() for _ in range(5)]
+    names = set()
+    for k, at in enumerate(apps):
+        at.button(key="backbone_use_tiny-test").click().run()
+        at.switch_page("pages/data.py").run()
+        at.text_input(key="data_new_class").set_value(f"only-mine-{k}").run()
+        at.button(key="data_add_class").click().run()
+        names.add(str(at.query_params["project"]))
+    assert len(names) == 5
+    for k, at in enumerate(apps):
+        at.switch_page("pages/data.py").run()
+        page = texts(at.markdown)
+        assert f"only-mine-{k}" in page and not any(f"only-mine-{j}" in page for j in range(5) if j != k)
+
+
+def test_five_sessions_training_at_once_queue_for_the_shared_slots():
+    from tlcore.jobs import SLOTS
+
+    apps = [with_sample(new_app(), "faces") for _ in range(5)]
+    for at in apps:
+        at.switch_page("pages/train.py").run()
+        at.number_input(key="train_epochs").set_value(3).run()
+        at.button(key="train_start").click().run()
+    for at in apps:
+        at.run()
+    waiting = [progress_text(at) for at in apps]
+    assert sum("position" in w for w in waiting) >= 5 - SLOTS.slots - 1, waiting
+    for at in apps:
+        wait_for(at, lambda a: "best epoch" in texts(a.success), timeout=120)
+    assert SLOTS.running == 0
