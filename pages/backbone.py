@@ -41,7 +41,7 @@ def choose(name: str) -> None:
             tlcore.ensure_weights(spec, progress)
         except tlcore.TLError as e:
             bar.empty()
-            st.error(str(e), icon=":material/cloud_off:")
+            st.session_state["backbone_error"] = str(e)
             return
         bar.empty()
     proj.backbone = name
@@ -58,6 +58,8 @@ if st.button("Measure speed on this machine", icon=":material/speed:", key="back
         measured.add(spec.name)
     bar.empty()
 measured.add(proj.backbone)
+if error := st.session_state.pop("backbone_error", None):
+    st.error(error, icon=":material/cloud_off:")
 
 cols = st.columns(3)
 for k, spec in enumerate(specs):

@@ -9,6 +9,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 from streamlit.runtime import Runtime
+from streamlit.runtime.pages_manager import PagesManager
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 import tlcore
@@ -38,6 +39,11 @@ def session_id() -> str:
 
 def project() -> Project:
     """The session's project. A reload reopens it (running jobs included) from ``?project=`` in the address."""
+    if PagesManager.uses_pages_directory:
+        # A deep link (e.g. /data) on a freshly started server makes Streamlit run this page as an
+        # old-style pages/ script, without app.py. Switch it to app.py's st.navigation and rerun.
+        PagesManager.uses_pages_directory = False
+        st.rerun()
     if STATE_KEY not in st.session_state:
         proj = None
         name = st.query_params.get("project")

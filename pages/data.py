@@ -103,7 +103,9 @@ if report_ := st.session_state.get("data_last_report"):
     if rejected:
         with st.expander(f"{len(rejected)} file{'s' * (len(rejected) != 1)} not used: see why", expanded=True,
                          icon=":material/report:"):
-            st.dataframe([{"file": f, "reason": r} for f, r in rejected], hide_index=True, key="data_rejected")
+            st.markdown("\n".join(f"- **{f}**: {r}" for f, r in rejected[:100]))
+            if len(rejected) > 100:
+                st.caption(f"…and {len(rejected) - 100} more.")
 
 if not images.classes:
     st.info("No classes yet: load a sample above, upload a zip, or add a class.", icon=":material/info:")

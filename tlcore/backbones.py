@@ -387,33 +387,33 @@ def _tv_remap(sd: dict[str, torch.Tensor], body: Body) -> dict[str, torch.Tensor
     return out
 
 
-_TV_NOTES = {
-    "resnet18": "ResNet-18: the classic residual network; a good all-rounder.",
-    "resnet50": "ResNet-50: deeper and more accurate, slower on a laptop.",
-    "mobilenet_v3_small": "MobileNetV3-Small: the fastest here, for weak laptops.",
-    "mobilenet_v3_large": "MobileNetV3-Large: fast and more accurate than Small.",
-    "efficientnet_b0": "EfficientNet-B0: accurate for its size.",
-    "convnext_tiny": "ConvNeXt-Tiny: a modern CNN; accurate, needs a faster machine.",
-    "vit_b_16": "ViT-B/16: a Vision Transformer; large and slow on a CPU.",
+_TV_NOTES = {  # name: (title, description)
+    "resnet18": ("ResNet-18", "The classic residual network; a good all-rounder."),
+    "resnet50": ("ResNet-50", "Deeper and more accurate, slower on a laptop."),
+    "mobilenet_v3_small": ("MobileNetV3-Small", "The fastest here, for weak laptops."),
+    "mobilenet_v3_large": ("MobileNetV3-Large", "Fast, and more accurate than Small."),
+    "efficientnet_b0": ("EfficientNet-B0", "Accurate for its size."),
+    "convnext_tiny": ("ConvNeXt-Tiny", "A modern CNN; accurate, needs a faster machine."),
+    "vit_b_16": ("ViT-B/16", "A Vision Transformer; large and slow on a CPU."),
 }
 
 
 def _register_torchvision() -> None:
     import torchvision
 
-    for arch, note in _TV_NOTES.items():
+    for arch, (title, description) in _TV_NOTES.items():
         weights = torchvision.models.get_model_weights(arch).DEFAULT
         t = weights.transforms()
         with torch.device("meta"):  # structure only: no memory, no time spent initialising
             body = _tv_body(arch)
         register_backbone(BackboneSpec(
-            name=arch, title=note.split(":")[0], feature_dim=body.feature_dim,
+            name=arch, title=title, feature_dim=body.feature_dim,
             num_params=weights.meta["num_params"],
             preprocess=Preprocess(t.crop_size[0], t.resize_size[0], tuple(t.mean), tuple(t.std),
                                   "bicubic" if t.interpolation.value == "bicubic" else "bilinear"),
             stage_names=tuple(s.name for s in body.stages),
             imagenet_top1=weights.meta["_metrics"]["ImageNet-1K"]["acc@1"],
-            weights_mb=weights.meta["_file_size"], description=note.split(": ", 1)[1],
+            weights_mb=weights.meta["_file_size"], description=description,
             build=functools.partial(_tv_body, arch), weights_url=weights.url, remap=_tv_remap))
 
 

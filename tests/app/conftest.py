@@ -1,0 +1,17 @@
+"""AppTest set-up shared by the page tests."""
+import pytest
+from streamlit.runtime.pages_manager import PagesManager
+
+
+@pytest.fixture(autouse=True)
+def no_legacy_pages_mode(monkeypatch):
+    """AppTest resets Streamlit's legacy pages/-folder mode before every run, so each run would first
+    execute the page without app.py (and pages/common.py would rerun it, dropping a button click).
+    A real server leaves that mode for good at the first st.navigation call; do the same here."""
+    original = PagesManager.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init)

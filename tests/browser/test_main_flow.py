@@ -1,0 +1,145 @@
+"""One real-browser run of the main flow: streamlit on 127.0.0.1, Debian's chromium, Playwright.
+
+Uploads real image files through the browser, trains, sees a prediction, and saves screenshots
+(of every page) to test-output/screenshots/.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SHOTS = ROOT / "test-output" / "screenshots"
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("TLS_REQUIRE_BROWSER"),
+                                reason="Debian's chromium is not installed (apt-get install chromium)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url():
+    port = _free_port()
+    env = {**os.environ, "TLS_HOME": tempfile.mkdtemp(prefix="tls-browser-"), "TLS_TEST_BACKBONES": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true",
+                             "--server.address=127.0.0.1", f"--server.port={port}",
+                             "--browser.gatherUsageStats=false"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url + "/_stcore/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError("streamlit did not start:\n" + proc.stdout.read().decode()[-3000:])
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run", "--disable-sync", "--disable-quic"])
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.set_default_timeout(60_000)
+        yield pg
+        browser.close()
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(600)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def goto(page, app_url: str, path: str) -> None:
+    project = page.url.split("project=")[1].split("&")[0] if "project=" in page.url else ""
+    page.goto(f"{app_url}/{path}?project={project}")
+    page.get_by_text("Transfer Learning Studio", exact=False).first.wait_for(state="attached")
+    page.wait_for_selector("[data-testid='stMain']")
+
+
+def test_upload_train_predict_in_a_real_browser(app_url, page, tmp_path):
+    page.goto(app_url)
+    page.get_by_role("heading", name="1 · Choose a backbone").wait_for()
+    page.get_by_text("installed, works offline").first.wait_for()  # the default, real EfficientNet-Lite0
+    shot(page, "1-backbone")
+
+    # Data: two classes created in the browser, real PNG files uploaded through the file chooser.
+    page.get_by_role("link", name="Data").first.click()
+    page.get_by_role("heading", name="2 · Your data").wait_for()
+    for label in ("zero", "one"):
+        page.get_by_label("New class name").fill(label)
+        page.get_by_role("button", name="Add class").click()
+        page.get_by_role("heading", name=f"{label} · 0 images").wait_for()
+    for k, (label, digit) in enumerate((("zero", "0"), ("one", "1"))):
+        files = sorted((ROOT / "assets" / "samples" / "digits" / digit).glob("*.png"))[:15]
+        broken = tmp_path / f"broken-{digit}.jpg"
+        broken.write_text("this is not a photo")
+        uploader = page.locator("[data-testid='stFileUploader']").filter(has_text=f"Add images to '{label}'")
+        uploader.locator("input[type=file]").set_input_files([str(f) for f in files] + [str(broken)])
+        page.get_by_role("heading", name=f"{label} · 15 images").wait_for()
+    page.get_by_text("broken-1.jpg").first.wait_for()
+    shot(page, "2-data")
+
+    page.get_by_role("link", name="Freeze").first.click()
+    page.get_by_role("heading", name="3 · Freeze or fine-tune").wait_for()
+    shot(page, "3-freeze")
+
+    page.get_by_role("link", name="Train").first.click()
+    page.get_by_role("heading", name="4 · Train").wait_for()
+    page.get_by_role("button", name="Start training").click()
+    page.get_by_text("the best epoch").first.wait_for(timeout=120_000)
+    page.get_by_text("Validation accuracy").first.wait_for()
+    shot(page, "4-train")
+
+    page.get_by_role("link", name="Evaluate").first.click()
+    page.get_by_role("heading", name="5 · Evaluate").wait_for()
+    page.get_by_text("Confusion matrix").first.wait_for()
+    shot(page, "5-evaluate")
+
+    page.get_by_role("link", name="Test").first.click()
+    page.get_by_role("heading", name="6 · Test on new images").wait_for()
+    probe = sorted((ROOT / "assets" / "samples" / "digits" / "1").glob("*.png"))[-1]
+    page.locator("[data-testid='stFileUploaderDropzoneInput']").first.set_input_files(str(probe))
+    page.get_by_text("Grad-CAM: red = looked here").first.wait_for()
+    title = page.locator(".gtitle").first.text_content()
+    assert title.split(" (")[0] in ("zero", "one")
+    shot(page, "6-test")
+
+    page.get_by_role("link", name="Export").first.click()
+    page.get_by_role("heading", name="7 · Export and projects").wait_for()
+    page.get_by_role("button", name="Download run (.zip)").wait_for()
+    shot(page, "7-export")
+
+    page.get_by_role("link", name="Compare").first.click()
+    page.get_by_role("heading", name="Compare strategies").wait_for()
+    shot(page, "8-compare")
+
+    # A reload keeps everything: the project comes back from the address.
+    page.reload()
+    page.get_by_role("link", name="Data").first.click()
+    page.get_by_role("heading", name="zero · 15 images").wait_for()
