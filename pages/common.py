@@ -14,6 +14,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 import tlcore
 from tlcore.jobs import JobSnapshot
+from tlcore.train import frozen_body
 from tlcore.project import PROJECTS, Project, RunRecord
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,10 +152,11 @@ def run_title(r: RunRecord | None) -> str:
     return f"{r.id.split('-')[1]} · {r.label}{acc_s} · {r.status}"
 
 
-@st.cache_resource(show_spinner="Loading the pretrained backbone…")
 def pretrained_body(name: str) -> tlcore.Body:
-    """Pretrained weights are immutable: one copy per server process, shared by every session."""
-    return tlcore.create_body(name)
+    """Pretrained weights are immutable: one copy per server process, shared by every session and by
+    the runs that keep the backbone frozen."""
+    with st.spinner("Loading the pretrained backbone…"):
+        return frozen_body(name)
 
 
 def explain(text: str) -> None:

@@ -15,8 +15,9 @@ import torch
 from .backbones import get_backbone_spec
 from .data import ImageSet, check_trainable, stratified_split, trainable_subset
 from .errors import TLError
-from .model import TransferModel, build_model
-from .train import FROZEN_BODY_MODES, MODES, Event, RunFinished, TrainConfig, embed, resolve_device, train
+from .model import TransferModel
+from .train import (FROZEN_BODY_MODES, MODES, Event, RunFinished, TrainConfig, embed, frozen_body, resolve_device,
+                    train)
 
 DEFAULT_SHOTS = (1, 5, 10, 25, None)  # images per class; None = all
 
@@ -109,7 +110,7 @@ def features_of(model: TransferModel | None, imageset: ImageSet, backbone: str) 
     """Features of every image: from the pretrained backbone (``model`` None, cached) or a trained model."""
     device = resolve_device()
     if model is None:
-        model = build_model(backbone, 1).to(device)
+        model = TransferModel(frozen_body(backbone), 1, get_backbone_spec(backbone).preprocess).to(device)
         gen = embed(model, imageset, backbone, device)
         try:
             while True:

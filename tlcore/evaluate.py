@@ -123,8 +123,9 @@ def grad_cam(model: TransferModel, image: Image.Image, pre: Preprocess, target: 
 
     def hook(_m, _i, out):
         out = out[0] if isinstance(out, tuple) else out
-        out.retain_grad()
-        store["act"] = out
+        if out.requires_grad:  # ours; a concurrent inference-only pass through a shared body is not
+            out.retain_grad()
+            store["act"] = out
 
     handle = layer.register_forward_hook(hook)
     try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import os
 import threading
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from .backbones import DEFAULT_BACKBONE, Preprocess, get_backbone_spec
+from .backbones import DEFAULT_BACKBONE, Body, Preprocess, create_body, get_backbone_spec
 from .data import ImageSet, check_trainable, stratified_split, trainable_subset
 from .errors import TLError
 from .model import TransferModel, build_model, count_params, freeze, set_train_mode
@@ -214,8 +215,17 @@ def feature_key(backbone: str, pre: Preprocess) -> str:
     return f"{backbone}|imagenet|{pre.key}"
 
 
+@functools.lru_cache(maxsize=4)
+def frozen_body(backbone: str) -> Body:
+    """One pretrained body per backbone for the modes that never train it (read-only, shared by runs)."""
+    body = create_body(backbone)
+    for p in body.parameters():
+        p.requires_grad_(False)
+    return body.eval()
+
+
 def embed(model: TransferModel, imageset: ImageSet, backbone: str, device: torch.device,
-          should_stop: Callable[[], bool] = lambda: False, batch_size: int = 64
+          should_stop: Callable[[], bool] = lambda: False, batch_size: int = 32
           ) -> Generator[Progress, None, torch.Tensor | None]:
     """Pretrained features ``[N, D]`` of every image, from the cache where possible.
 
@@ -298,7 +308,10 @@ def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool]
     device = resolve_device(cfg.device)
     spec = get_backbone_spec(cfg.backbone)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.backbone, len(data.classes), pretrained=cfg.mode != "scratch")
+    if cfg.mode in FROZEN_BODY_MODES:  # the body never changes: share one pretrained copy
+        model = TransferModel(frozen_body(cfg.backbone), len(data.classes), spec.preprocess)
+    else:
+        model = build_model(cfg.backbone, len(data.classes), pretrained=cfg.mode != "scratch")
     depth = cfg.resolved_freeze_depth()
     freeze(model, depth)
     model.to(device)

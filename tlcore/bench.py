@@ -1,0 +1,299 @@
+"""Benchmark: ``python -m tlcore.bench [--quick]``.
+
+Prints a table on stderr and one JSON object on stdout. Every figure is a ratio of two timings
+taken in the same run, so that a busy or slow machine still gives comparable numbers:
+
+1. feature extraction end to end (N images, 20 epochs) / one plain batched forward pass (the floor);
+2. the textbook loop (frozen backbone run on every batch of every epoch, images decoded every
+   epoch, as in the PyTorch transfer-learning tutorial) / ours, at 20 epochs;
+3. a second feature-extraction run on the same images (cached features) vs the first;
+4. fine-tuning throughput of the real loop / raw forward+backward+step on tensors in memory,
+   with nothing frozen and with half the stages frozen;
+5. peak resident memory of feature extraction at several dataset sizes (separate processes);
+6. app start-up time and the rerun time of the Data and Train pages with 500 images loaded.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import resource
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from .backbones import DEFAULT_BACKBONE, get_backbone_spec
+from .data import ImageSet
+from .model import build_model, freeze, set_train_mode
+from .train import FEATURES, TrainConfig, run_to_end, set_threads
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def generated_files(n: int, classes: int = 5, seed: int = 0, size: tuple[int, int] = (320, 240)
+                    ) -> list[tuple[str, bytes, str]]:
+    """JPEG photos of a coloured shape on noise (class = shape and colour), ``n`` in all."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    out = []
+    for i in range(n):
+        c = i % classes
+        img = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        draw = ImageDraw.Draw(img)
+        x, y = int(rng.integers(0, w // 2)), int(rng.integers(0, h // 2))
+        box = (x, y, x + w // 3, y + h // 3)
+        color = tuple(int(v) for v in np.roll([230, 60, 30], c))
+        (draw.ellipse if c % 2 else draw.rectangle)(box, fill=color)
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=90)
+        out.append((f"img{i:05d}.jpg", buf.getvalue(), f"class{c}"))
+    return out
+
+
+def _timed(fn) -> tuple[float, object]:
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def floor_forward(imageset: ImageSet, backbone: str, batch: int = 64) -> float:
+    """Seconds for one plain batched forward pass over already-decoded, preprocessed images."""
+    pre = get_backbone_spec(backbone).preprocess
+    x = imageset.stack(pre).float().div(255)
+    model = build_model(backbone, 2).eval()
+    with torch.inference_mode():
+        model.features(x[:8])  # warm-up
+        t = time.perf_counter()
+        for lo in range(0, len(x), batch):
+            model.features(x[lo:lo + batch])
+    return time.perf_counter() - t
+
+
+def textbook_epoch_seconds(files: list[tuple[str, bytes, str]], backbone: str, epochs: int) -> float:
+    """Seconds per epoch of the tutorial loop: decode + transform every image every epoch, run the
+    frozen backbone on every batch (autograd on, as written in the tutorial), train the new head."""
+    from torch.utils.data import DataLoader, Dataset
+    from torchvision import transforms as T
+
+    spec = get_backbone_spec(backbone)
+    p = spec.preprocess
+    tf = T.Compose([T.Resize(p.resize_size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(p.input_size),
+                    T.ToTensor(), T.Normalize(p.mean, p.std)])
+    classes = sorted({f[2] for f in files})
+
+    class Files(Dataset):
+        def __len__(self) -> int:
+            return len(files)
+
+        def __getitem__(self, i: int):
+            name, data, label = files[i]
+            return tf(Image.open(io.BytesIO(data)).convert("RGB")), classes.index(label)
+
+    model = build_model(backbone, len(classes))
+    for param in model.body.parameters():
+        param.requires_grad = False
+    opt = torch.optim.SGD(model.head.parameters(), lr=1e-3, momentum=0.9)
+    loader = DataLoader(Files(), batch_size=32, shuffle=True, num_workers=0)
+    model.train()
+    t = time.perf_counter()
+    for _ in range(epochs):
+        for x, y in loader:
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model.head(model.body(x)), y)
+            loss.backward()
+            opt.step()
+    return (time.perf_counter() - t) / epochs
+
+
+def raw_train_throughput(backbone: str, depth: int, batch: int, steps: int) -> float:
+    """Images/s of forward+backward+step on random tensors already in memory."""
+    spec = get_backbone_spec(backbone)
+    model = build_model(backbone, 5)
+    freeze(model, depth)
+    set_train_mode(model)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    s = spec.preprocess.input_size
+    x, y = torch.rand(batch, 3, s, s), torch.randint(0, 5, (batch,))
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    step()  # warm-up
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch / (time.perf_counter() - t)
+
+
+def loop_throughput(imageset: ImageSet, backbone: str, depth: int, batch: int, epochs: int) -> float:
+    """Images/s of the real training loop (slicing the cached stack, augmentation, events), timed from the
+    end of its first batch (warm-up, as for the raw figure) to the end of its last."""
+    from .train import BatchEnd, train
+
+    cfg = TrainConfig(backbone=backbone, mode="fine-tune", freeze_depth=depth, epochs=epochs, batch_size=batch,
+                      val_fraction=0.0, augment=True)
+    t0, t1, images = 0.0, 0.0, 0
+    for event in train(imageset, cfg):
+        if isinstance(event, BatchEnd):
+            now = time.perf_counter()
+            if t0 == 0.0:
+                t0 = now
+            else:
+                images += min(batch, len(imageset) - (event.batch - 1) * batch)
+                t1 = now
+    return images / (t1 - t0)
+
+
+def memory_child(n: int, backbone: str) -> None:
+    """(Run in a fresh process) feature extraction on ``n`` generated images; prints peak RSS in MB."""
+    set_threads()
+    s = ImageSet()
+    for lo in range(0, n, 200):  # generate in chunks: the JPEG bytes are not kept
+        s.add(generated_files(min(200, n - lo), seed=lo + 1))
+    finished = run_to_end(s, TrainConfig(backbone=backbone, epochs=20))
+    assert finished.status == "completed", finished.reason
+    print(json.dumps({"n": n, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def peak_memory(n: int, backbone: str) -> float:
+    out = subprocess.run([sys.executable, "-m", "tlcore.bench", "--memory-child", str(n), "--backbone", backbone],
+                         capture_output=True, text=True, cwd=ROOT, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+
+
+def app_startup_seconds() -> float:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    import urllib.request
+
+    t = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true",
+                             "--server.address=127.0.0.1", f"--server.port={port}"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).status == 200:
+                    return time.perf_counter() - t
+            except OSError:
+                if time.perf_counter() - t > 120:
+                    raise
+                time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def page_rerun_seconds(n: int) -> dict[str, float]:
+    """Median rerun time of the Data and Train pages (AppTest) with ``n`` images loaded."""
+    import tempfile
+
+    from streamlit.runtime.pages_manager import PagesManager
+    from streamlit.testing.v1 import AppTest
+
+    os.environ.setdefault("TLS_HOME", tempfile.mkdtemp(prefix="tls-bench-"))
+    original = PagesManager.__init__
+
+    def init(self, *a, **k):  # as on a running server: the legacy pages/ mode is off (see tests/app)
+        original(self, *a, **k)
+        PagesManager.uses_pages_directory = False
+
+    PagesManager.__init__ = init
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    at.run()
+    project = at.session_state["tls_project"]
+    project.images.add(generated_files(n, size=(160, 120)))
+    out = {}
+    for page in ("data", "train"):
+        at.switch_page(f"pages/{page}.py").run()
+        times = []
+        for _ in range(5):
+            t, _ = _timed(at.run)
+            times.append(t)
+        assert not at.exception, at.exception
+        out[page] = sorted(times)[len(times) // 2]
+    PagesManager.__init__ = original
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tlcore.bench", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes, for a CI smoke test")
+    ap.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    ap.add_argument("--memory-child", type=int, default=0, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.memory_child:
+        memory_child(args.memory_child, args.backbone)
+        return 0
+    set_threads()
+    q = args.quick
+    n, epochs, textbook_epochs = (40, 20, 1) if q else (300, 20, 3)
+    backbone = args.backbone
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    log(f"tlcore benchmark: {backbone}, {torch.get_num_threads()} threads, {n} images{' (quick)' if q else ''}")
+    files = generated_files(n)
+    images = ImageSet()
+    images.add(files)
+    r: dict = {"backbone": backbone, "threads": torch.get_num_threads(), "images": n, "quick": q}
+
+    floor = floor_forward(images, backbone)
+    FEATURES.clear()
+    fresh = ImageSet()
+    fresh.add(files)  # decoding counted below, as in the app the upload decodes
+    t_first, f1 = _timed(lambda: run_to_end(fresh, TrainConfig(backbone=backbone, epochs=epochs)))
+    t_second, f2 = _timed(lambda: run_to_end(fresh, TrainConfig(backbone=backbone, epochs=epochs, seed=1)))
+    r["fe_seconds"], r["floor_seconds"], r["fe_second_run_seconds"] = t_first, floor, t_second
+    r["fe_over_floor"] = t_first / floor
+    r["second_run_speedup"] = t_first / t_second
+    log(f"1. feature extraction {epochs} epochs: {t_first:.2f} s; one forward pass: {floor:.2f} s; "
+        f"ratio {r['fe_over_floor']:.2f} (target <= 1.3)")
+    log(f"3. second run (cached features): {t_second:.3f} s; {r['second_run_speedup']:.0f}x faster (target >= 20x)")
+
+    per_epoch = textbook_epoch_seconds(files, backbone, textbook_epochs)
+    r["textbook_seconds_20_epochs"] = per_epoch * epochs
+    r["speedup_vs_textbook"] = per_epoch * epochs / t_first
+    log(f"2. textbook loop: {per_epoch:.2f} s/epoch (measured over {textbook_epochs}), {epochs} epochs = "
+        f"{per_epoch * epochs:.1f} s; ours is {r['speedup_vs_textbook']:.1f}x faster (target >= 10x)")
+
+    n_stages = len(get_backbone_spec(backbone).stage_names)
+    tp_images = images.subset(range(min(len(images), 32 if q else 96)))
+    batch, ft_epochs = (8, 1) if q else (16, 2)
+    for depth in (0, n_stages // 2):
+        raw = raw_train_throughput(backbone, depth, batch, 2 if q else 6)
+        real = loop_throughput(tp_images, backbone, depth, batch, ft_epochs)
+        r[f"finetune_depth{depth}_images_per_s"] = real
+        r[f"finetune_depth{depth}_raw_images_per_s"] = raw
+        r[f"finetune_depth{depth}_efficiency"] = real / raw
+        log(f"4. fine-tune, {depth} stages frozen: loop {real:.1f} img/s, raw {raw:.1f} img/s, ratio "
+            f"{real / raw:.2f} (target >= 0.85)")
+
+    sizes = (50, 100) if q else (500, 1000, 2000)
+    mem = {str(k): peak_memory(k, backbone) for k in sizes}
+    r["peak_rss_mb"] = mem
+    per_image = [(mem[str(b)] - mem[str(a)]) / (b - a) for a, b in zip(sizes, sizes[1:])]
+    r["rss_mb_per_extra_image"] = per_image
+    log(f"5. peak memory: {', '.join(f'{k} images {v:.0f} MB' for k, v in mem.items())} (target <= 3072 MB at "
+        f"2000); growth {', '.join(f'{p:.2f}' for p in per_image)} MB/image")
+
+    r["app_startup_seconds"] = app_startup_seconds()
+    reruns = page_rerun_seconds(50 if q else 500)
+    r["rerun_seconds"] = reruns
+    log(f"6. app start to first page: {r['app_startup_seconds']:.1f} s; rerun with {50 if q else 500} images: "
+        f"Data {reruns['data'] * 1000:.0f} ms, Train {reruns['train'] * 1000:.0f} ms (target <= 300 ms)")
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
