@@ -64,7 +64,7 @@ def _timed(fn) -> tuple[float, object]:
     return time.perf_counter() - t, out
 
 
-def floor_forward(imageset: ImageSet, backbone: str, batch: int = 64) -> float:
+def floor_forward(imageset: ImageSet, backbone: str, batch: int = 32) -> float:
     """Seconds for one plain batched forward pass over already-decoded, preprocessed images."""
     pre = get_backbone_spec(backbone).preprocess
     x = imageset.stack(pre).float().div(255)
@@ -162,7 +162,11 @@ def memory_child(n: int, backbone: str) -> None:
         s.add(generated_files(min(200, n - lo), seed=lo + 1))
     finished = run_to_end(s, TrainConfig(backbone=backbone, epochs=20))
     assert finished.status == "completed", finished.reason
-    print(json.dumps({"n": n, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    # VmHWM, not getrusage: on Linux ru_maxrss survives exec, so a child would report its parent's peak.
+    hwm_kb = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+                  if line.startswith("VmHWM:")) if Path("/proc/self/status").exists() else \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"n": n, "peak_rss_mb": hwm_kb / 1024}))
 
 
 def peak_memory(n: int, backbone: str) -> float:

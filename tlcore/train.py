@@ -383,7 +383,8 @@ def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool]
         epoch_start = time.perf_counter()
         for b in range(num_batches):
             if should_stop():
-                yield finish("stopped", f"Stopped by the user during epoch {epoch}; the best epoch's weights are kept.")
+                kept = "the best epoch's weights are kept" if history else "no epoch had finished, so nothing is kept"
+                yield finish("stopped", f"Stopped by the user during epoch {epoch}; {kept}.")
                 return
             idx = order[b * batch_size:(b + 1) * batch_size]
             x, y = get_batch(idx, True), y_all[idx]

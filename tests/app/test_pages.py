@@ -131,7 +131,7 @@ def test_training_survives_page_switches_and_stop_keeps_best():
     at.button(key="train_start").click().run()
     at.switch_page("pages/data.py").run()  # wander off while it trains
     at.switch_page("pages/train.py").run()
-    wait_for(at, lambda a: "Epoch" in progress_text(a))
+    wait_for(at, lambda a: "Epoch 3" in progress_text(a))  # two epochs done: something to keep
     at.button(key="train_stop").click().run()
     wait_for(at, lambda a: "Stopped by the user" in texts(a.warning))
     assert "Best epoch" in [m.label for m in at.metric]
@@ -182,13 +182,53 @@ def test_five_sessions_training_at_once_queue_for_the_shared_slots():
 
     apps = [with_sample(new_app(), "faces") for _ in range(5)]
     for at in apps:
+        at.switch_page("pages/freeze.py").run()
+        at.toggle(key="freeze_scratch").set_value(True).run()
         at.switch_page("pages/train.py").run()
-        at.number_input(key="train_epochs").set_value(3).run()
+        at.number_input(key="train_epochs").set_value(300).run()
         at.button(key="train_start").click().run()
     for at in apps:
         at.run()
     waiting = [progress_text(at) for at in apps]
-    assert sum("position" in w for w in waiting) >= 5 - SLOTS.slots - 1, waiting
+    positions = sorted(int(w.split("position ")[1].split()[0]) for w in waiting if "position" in w)
+    assert positions == list(range(1, 5 - SLOTS.slots + 1)), waiting
+    for at in apps:  # stopping frees the slot for the next in line, and everyone ends
+        at.button(key="train_stop").click().run()
     for at in apps:
-        wait_for(at, lambda a: "best epoch" in texts(a.success), timeout=120)
+        wait_for(at, lambda a: "Stopped" in texts(a.warning) or "stopped" in texts(a.markdown), timeout=60)
     assert SLOTS.running == 0
+
+
+def test_bad_input_corpus_through_the_data_page():
+    from tests.engine.test_data import BAD, GOOD
+
+    at = new_app()
+    at.switch_page("pages/data.py").run()
+    at.text_input(key="data_new_class").set_value("odd").run()
+    at.button(key="data_add_class").click().run()
+    files = [(n, d, "application/octet-stream") for n, d in GOOD.items()] + \
+            [(n, d[0], "application/octet-stream") for n, d in BAD.items()]
+    at.file_uploader(key="data_up_0_0").set_value(files).run()
+    assert not at.exception
+    assert f"Added {len(GOOD)} images" in texts(at.success)
+    page = texts(at.markdown)
+    for name, (_, reason) in BAD.items():
+        assert f"**{name}**" in page and reason in page, name
+    assert f"odd · {len(GOOD)} images" in page
+
+
+def test_loading_something_that_is_not_a_run_is_refused():
+    import pickle
+
+    at = new_app()
+    at.switch_page("pages/export.py").run()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("run.json", '{"format": "tlcore-run/1", "classes": ["a", "b"], "backbone": "tiny-test"}')
+        zf.writestr("model.safetensors", pickle.dumps({"boom": 1}))
+    at.file_uploader(key="export_load").set_value(("run.zip", buf.getvalue(), "application/zip")).run()
+    at.button(key="export_load_go").click().run()
+    assert not at.exception and "not a safetensors file" in texts(at.error)
+    at.file_uploader(key="export_load").set_value(("x.zip", b"plain text", "application/zip")).run()
+    at.button(key="export_load_go").click().run()
+    assert "not a zip of a saved run" in texts(at.error)

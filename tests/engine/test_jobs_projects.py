@@ -168,3 +168,28 @@ def test_comparison_runs_share_one_split_and_run_one_after_another(tiny_set):
         _wait(r)
     counts = sorted(len(r.result.train_indices) for r in p.group_runs(shots))
     assert counts[0] == 3 and counts[1] > 3
+
+
+def test_registry_shares_live_projects_and_releases_abandoned_ones(tiny_set):
+    from tlcore.project import ProjectRegistry
+
+    reg = ProjectRegistry()
+    a = reg.create("session-a")
+    assert reg.open(a.name, "session-b") is a  # a reload or second tab gets the same live object
+    a.images = tiny_set.snapshot()
+    a.save()
+    record = a.start_run(dataclasses.replace(TINY, epochs=10_000))
+    deadline = time.time() + 30
+    while not record.job.snapshot().epochs and time.time() < deadline:
+        time.sleep(0.05)
+    empty = reg.create("session-c")
+    alive = {"session-a", "session-b", "session-c"}
+    assert reg.sweep(alive.__contains__, grace_s=0) == []
+    alive.clear()  # every browser tab has gone
+    assert reg.sweep(alive.__contains__, grace_s=60) == []  # within the grace period nothing happens
+    assert set(reg.sweep(alive.__contains__, grace_s=0)) == {a.name, empty.name}
+    _wait(record)
+    assert record.status == "stopped" and record.result is not None  # best epoch kept
+    assert a.folder.exists() and not empty.folder.exists()  # real work stays, empty leftovers go
+    assert reg.live() == []
+    assert Project.open(a.name).runs[0].status == "stopped"
