@@ -1,4 +1,5 @@
 """Step 1: choose the pretrained backbone, and see what it already recognises."""
+import dataclasses
 import os
 
 import plotly.graph_objects as go
@@ -45,6 +46,7 @@ def choose(name: str) -> None:
             return
         bar.empty()
     proj.backbone = name
+    proj.settings = dataclasses.replace(proj.settings, backbone=name, freeze_depth=None)  # stages differ
     proj.save()
     st.toast(f"Using {spec.title}.", icon=":material/check:")
 

@@ -26,8 +26,11 @@ st.caption(f"{fine_tune.split(', ')[0]}, {proj.settings.epochs} epochs; fine-tun
 busy = bool(proj.active_runs())
 if st.button("Run comparison", type="primary", icon=":material/play_arrow:", key="compare_go",
              disabled=not chosen or busy, help="Runs in the background, one after another."):
-    st.session_state["compare_group"] = proj.start_comparison(chosen)
-    st.rerun()
+    try:
+        st.session_state["compare_group"] = proj.start_comparison(chosen)
+        st.rerun()
+    except tlcore.TLError as e:
+        st.error(str(e), icon=":material/error:")
 
 groups = list(dict.fromkeys(r.group for r in proj.runs if r.group.startswith("compare-")))
 group = st.session_state.get("compare_group") or (groups[-1] if groups else None)
@@ -98,8 +101,11 @@ eff_strats = c2.multiselect("Strategies", STRATEGIES, default=["feature-extracti
                             key="compare_eff_strategies", format_func=STRATEGY_TITLES.get)
 if st.button("Run data-efficiency study", key="compare_eff_go", disabled=busy or not shots or not eff_strats,
              icon=":material/stacked_line_chart:"):
-    st.session_state["compare_eff_group"] = proj.start_comparison(eff_strats, shots)
-    st.rerun()
+    try:
+        st.session_state["compare_eff_group"] = proj.start_comparison(eff_strats, shots)
+        st.rerun()
+    except tlcore.TLError as e:
+        st.error(str(e), icon=":material/error:")
 eff_group = st.session_state.get("compare_eff_group") or next(
     (r.group for r in reversed(proj.runs) if r.group.startswith("shots-")), None)
 if eff_group:

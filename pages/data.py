@@ -149,9 +149,8 @@ st.plotly_chart(fig, key="data_balance")
 try:
     for w in tlcore.check_trainable(images):
         st.warning(w, icon=":material/warning:")
-    labels = tlcore.data.trainable_subset(images).labels()
-    train, val = tlcore.stratified_split(labels, proj.settings.val_fraction, proj.settings.seed)
-    st.markdown(f"**Split:** {len(train)} images to train on, {len(val)} held out for validation "
+    n_train, n_val = images.split_sizes(proj.settings.val_fraction, proj.settings.seed)
+    st.markdown(f"**Split:** {n_train} images to train on, {n_val} held out for validation "
                 f"({proj.settings.val_fraction:.0%} of each class, the same every run). The validation images "
                 f"are never trained on: they show how well the model does on pictures it has not seen.")
     if min(n for n in counts.values() if n) < 5:

@@ -3,6 +3,8 @@ import dataclasses
 
 import streamlit as st
 
+import tlcore
+
 from pages.common import (describe_snapshot, explain, project, require_data, run_title, training_figures)
 from tlcore.project import describe
 
@@ -21,7 +23,7 @@ with st.expander("Advanced settings", icon=":material/tune:"):
                              help="Passes over the training images. Early stopping may end sooner.")
     batch = c2.number_input("Batch size", 1, 512, s.batch_size, key="train_batch",
                             help="Images per weight update. Larger is faster per image, needs more memory.")
-    lr = c3.number_input("Learning rate", 1e-6, 1.0, s.resolved_lr(), format="%.5f", key="train_lr",
+    lr = c3.number_input("Learning rate", 1e-6, 1.0, s.resolved_lr(), format="%.5f", key=f"train_lr_{s.mode}",
                          help="Step size of each update. Too high diverges; too low learns slowly.")
     c4, c5, c6 = st.columns(3)
     augment = c4.toggle("Augmentation", s.augment, key="train_augment",
@@ -39,8 +41,11 @@ if new != s:
 active = proj.active_runs()
 c1, c2 = st.columns([1, 1])
 if c1.button("Start training", type="primary", icon=":material/play_arrow:", key="train_start"):
-    record = proj.start_run(dataclasses.replace(proj.settings, backbone=proj.backbone))
-    st.rerun()
+    try:
+        proj.start_run(dataclasses.replace(proj.settings, backbone=proj.backbone))
+        st.rerun()
+    except tlcore.TLError as e:
+        st.error(str(e), icon=":material/error:")
 if active and c2.button("Stop", icon=":material/stop:", key="train_stop"):
     for r in active:
         r.job.stop()
