@@ -1,4 +1,6 @@
 """Step 2: classes and their images: uploads, a zip, the camera, or a bundled sample."""
+from pathlib import Path
+
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -136,7 +138,7 @@ for k, label in enumerate(images.classes):
         items = [i for i in images.items if i.label == label]
         if items:
             shown = items[:48]
-            st.image([thumbnail(i, 72) for i in shown], caption=[i.name[:14] for i in shown], width=72)
+            st.image([thumbnail(i, 72) for i in shown], caption=[Path(i.name).name[:12] for i in shown], width=72)
             if len(items) > len(shown):
                 st.caption(f"…and {len(items) - len(shown)} more.")
         else:

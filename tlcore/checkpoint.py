@@ -6,6 +6,7 @@ architecture from the backbone registry without downloading anything and loads s
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 import json
@@ -176,7 +177,7 @@ def export_torchscript(model: TransferModel, path: str | Path, check_inputs: tor
 
     Returns the largest absolute difference in probabilities.
     """
-    model = model.eval().cpu()
+    model = copy.deepcopy(model).eval().cpu()  # a copy: the body may be shared with other runs
     with torch.inference_mode():
         reference = torch.softmax(model(check_inputs), 1)
     traced = torch.jit.trace(model, check_inputs[:1], check_trace=False)
@@ -190,7 +191,7 @@ def export_onnx(model: TransferModel, path: str | Path, check_inputs: torch.Tens
     """Export to ONNX (dynamic batch), run it with onnxruntime and compare on ``check_inputs``."""
     import onnxruntime as ort
 
-    model = model.eval().cpu()
+    model = copy.deepcopy(model).eval().cpu()
     with torch.inference_mode():
         reference = torch.softmax(model(check_inputs), 1)
     torch.onnx.export(model, (check_inputs[:2],), str(path), input_names=["pixels"], output_names=["logits"],

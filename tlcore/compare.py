@@ -123,7 +123,8 @@ def features_of(model: TransferModel | None, imageset: ImageSet, backbone: str) 
     stack = imageset.stack(pre)
     with torch.inference_mode():
         for lo in range(0, len(stack), 64):
-            out.append(model.features(stack[lo:lo + 64].float().div(255.0)).float())
+            x = stack[lo:lo + 64].to(next(model.parameters()).device).float().div(255.0)
+            out.append(model.features(x).float().cpu())
     return torch.cat(out)
 
 

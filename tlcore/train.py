@@ -359,15 +359,20 @@ def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool]
     best_epoch, since_best, batches_done = 0, 0, 0
     train_start = time.perf_counter()
 
+    # Only what trains is snapshotted and restored: the head alone when the body is shared and frozen.
+    trained = model.head if cfg.mode in FROZEN_BODY_MODES else model
+
     def finish(status: Status, reason: str) -> RunFinished:
         if best_state is not None:
-            model.load_state_dict(best_state)
+            trained.load_state_dict(best_state)
         model.eval()
+        if cfg.mode not in FROZEN_BODY_MODES:
+            model.cpu()  # free accelerator memory; the shared frozen body stays where it is
         if not history:
             return RunFinished(status, reason)
         best = history[best_epoch - 1]
         return RunFinished(status, reason, RunResult(
-            model=model.cpu(), classes=tuple(data.classes), config=cfg, history=tuple(history),
+            model=model, classes=tuple(data.classes), config=cfg, history=tuple(history),
             best_epoch=best_epoch, val_accuracy=best.val_acc, train_seconds=time.perf_counter() - start,
             num_images=len(train_idx) + len(val_idx), train_indices=tuple(train_idx),
             val_indices=tuple(val_idx), trainable_params=count_params(model, trainable_only=True),
@@ -412,7 +417,7 @@ def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool]
         is_best = best_key is None or key > best_key
         if is_best:
             best_key, best_epoch, since_best = key, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(trained.state_dict())
         else:
             since_best += 1
         history.append(EpochEnd(epoch, cfg.epochs, loss_sum / seen, correct / seen, val_loss, val_acc,
@@ -449,7 +454,7 @@ def _prototype_run(model: TransferModel, x_all: torch.Tensor, y_all: torch.Tenso
     val_loss, val_acc = _validate(model.head, lambda idx, _t: x_all[idx], y_all, val_idx, 256)
     epoch = EpochEnd(1, 1, 0.0, train_acc or 0.0, val_loss, val_acc, time.perf_counter() - start, True)
     return RunFinished("completed", "Prototypes computed: one mean feature vector per class.", RunResult(
-        model=model.cpu(), classes=tuple(data.classes), config=cfg, history=(epoch,), best_epoch=1,
+        model=model, classes=tuple(data.classes), config=cfg, history=(epoch,), best_epoch=1,
         val_accuracy=val_acc, train_seconds=time.perf_counter() - start, num_images=len(train_idx) + len(val_idx),
         train_indices=tuple(train_idx), val_indices=tuple(val_idx), trainable_params=0,
         total_params=count_params(model), freeze_depth=depth))

@@ -109,8 +109,11 @@ def test_data_page_uploads_classes_zip_and_rejections():
     assert "Added 3 images" in texts(at.success)
     assert "**../../escape.png**: unsafe path" in texts(at.markdown)
     assert "5 images to train on, 2 held out" in texts(at.markdown)
+    at.text_input(key="data_rename_0").set_value("crimson").run()
+    at.button(key="data_rename_go_0").click().run()
+    assert "crimson · 4 images" in texts(at.markdown)
     at.button(key="data_delete_1").click().run()
-    assert not at.exception and "blue" not in texts(at.markdown)
+    assert not at.exception and "blue ·" not in texts(at.markdown)
 
 
 def test_backbone_page_preview_and_choice():
