@@ -70,15 +70,17 @@ def switch_project(name: str | None, create: bool = False) -> None:
 
 @st.cache_resource
 def start_sweeper() -> threading.Thread:
-    """Once per server: every 30 s, let go of projects whose browser sessions have all gone."""
+    """Once per server: every 30 s, let go of projects whose browser sessions have all gone (their
+    jobs stop, keeping the best epoch; empty projects are deleted) after a 5-minute grace period."""
     grace = float(os.environ.get("TLS_SESSION_GRACE_S", 300))
+    interval = float(os.environ.get("TLS_SWEEP_INTERVAL_S", 30))
 
     def alive(sid: str) -> bool:
         return Runtime.exists() and Runtime.instance().is_active_session(sid)
 
     def loop() -> None:
         while True:
-            time.sleep(30)
+            time.sleep(interval)
             if Runtime.exists():
                 PROJECTS.sweep(alive, grace)
 

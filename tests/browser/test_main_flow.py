@@ -6,6 +6,7 @@ Uploads real image files through the browser, trains, sees a prediction, and sav
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -31,10 +32,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def app_url():
+def start_app(**env_extra: str):
     port = _free_port()
-    env = {**os.environ, "TLS_HOME": tempfile.mkdtemp(prefix="tls-browser-"), "TLS_TEST_BACKBONES": "1"}
+    env = {**os.environ, "TLS_HOME": tempfile.mkdtemp(prefix="tls-browser-"), "TLS_TEST_BACKBONES": "1", **env_extra}
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true",
                              "--server.address=127.0.0.1", f"--server.port={port}",
                              "--browser.gatherUsageStats=false"], cwd=ROOT, env=env,
@@ -50,23 +50,35 @@ def app_url():
     else:
         proc.kill()
         raise RuntimeError("streamlit did not start:\n" + proc.stdout.read().decode()[-3000:])
+    return proc, url, Path(env["TLS_HOME"])
+
+
+@pytest.fixture(scope="module")
+def app_url():
+    proc, url, _ = start_app()
     yield url
     proc.terminate()
     proc.wait(10)
 
 
 @pytest.fixture(scope="module")
-def page(app_url):
+def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
             "--no-first-run", "--disable-sync", "--disable-quic"])
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        pg.set_default_timeout(60_000)
-        yield pg
-        browser.close()
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser):
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    pg.set_default_timeout(60_000)
+    yield pg
+    pg.close()
 
 
 def shot(page, name: str) -> None:
@@ -143,3 +155,48 @@ def test_upload_train_predict_in_a_real_browser(app_url, page, tmp_path):
     page.reload()
     page.get_by_role("link", name="Data").first.click()
     page.get_by_role("heading", name="zero · 15 images").wait_for()
+
+
+def test_a_closed_tab_stops_its_training_and_keeps_the_work(browser):
+    """The server notices a session has gone (here after a 1 s grace period) and stops its job."""
+    import json
+
+    proc, url, home = start_app(TLS_SESSION_GRACE_S="1", TLS_SWEEP_INTERVAL_S="1")
+    try:
+        pg = browser.new_page()
+        pg.set_default_timeout(60_000)
+        pg.goto(url + "/")
+        pg.get_by_role("heading", name="1 · Choose a backbone").wait_for()
+        card = pg.locator("[data-testid='stVerticalBlock']").filter(has_text="Tiny test net").last
+        card.get_by_role("button", name="Use this backbone").click()
+        card.get_by_role("button", name="Selected").wait_for()
+        pg.get_by_role("link", name="Data").first.click()
+        pg.get_by_role("button", name="Load faces").click()
+        pg.get_by_role("heading", name="not_face · 100 images").first.wait_for()
+        pg.get_by_role("link", name="Freeze").first.click()
+        pg.get_by_text("From scratch: ignore the pretrained weights").click()
+        pg.get_by_text("Mode").first.wait_for()
+        pg.get_by_role("link", name="Train").first.click()
+        pg.get_by_text("Advanced settings").click()
+        epochs = pg.get_by_role("spinbutton", name="Epochs")
+        epochs.fill("400")
+        epochs.press("Enter")
+        pg.wait_for_timeout(1000)
+        pg.get_by_role("button", name="Start training").click()
+        pg.get_by_text(re.compile(r"Epoch \d+, batch")).first.wait_for(timeout=120_000)  # training for real
+        t_closed = time.time()
+        project = pg.url.split("project=")[1].split("&")[0]
+        pg.close()  # the tab goes away mid-training
+        manifest = home / "projects" / project / "project.json"
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            runs = json.loads(manifest.read_text())["runs"]
+            if runs and runs[0]["status"] == "stopped":
+                break
+            time.sleep(0.5)
+        assert runs[0]["status"] == "stopped", runs
+        print(f"job stopped {time.time() - t_closed:.1f} s after the tab closed")
+        assert (home / "projects" / project / "runs" / runs[0]["id"] / "model.safetensors").exists()
+    finally:
+        proc.terminate()
+        proc.wait(10)
