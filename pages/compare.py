@@ -3,10 +3,11 @@ import dataclasses
 
 import plotly.express as px
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 import streamlit as st
 
 import tlcore
-from pages.common import explain, project, require_data
+from pages.common import ASSETS, explain, project, require_data
 from tlcore.compare import DEFAULT_SHOTS, STRATEGY_TITLES, available_shots, shared_split
 from tlcore.project import describe, embedding_map
 
@@ -15,14 +16,15 @@ st.title("Compare strategies")
 explain("Same images, same split, same number of epochs: only the strategy changes. Feature extraction reuses "
         "what the backbone learned on ImageNet; fine-tuning adapts some of it; from scratch starts with nothing. "
         "Few-shot prototypes do no training at all: each class is the average of its images' features.")
+st.image(str(ASSETS / "strategies.png"), width=640,
+         caption="Blue: pretrained and frozen · orange: pretrained, learns · grey: random start · green: new head")
 require_data(proj)
 
 STRATEGIES = list(STRATEGY_TITLES)
 chosen = st.multiselect("Strategies", STRATEGIES, default=STRATEGIES, key="compare_strategies",
                         format_func=STRATEGY_TITLES.get)
-fine_tune = describe(dataclasses.replace(proj.settings, mode="fine-tune", backbone=proj.backbone))
-st.caption(f"{fine_tune.split(', ')[0]}, {proj.settings.epochs} epochs; fine-tuning at the Freeze page's depth "
-           f"({fine_tune.split(', ', 1)[1]}).")
+st.caption(f"{proj.settings.epochs} epochs each; fine-tuning at the Freeze page's depth: "
+           f"{describe(dataclasses.replace(proj.settings, mode='fine-tune', backbone=proj.backbone))}.")
 busy = bool(proj.active_runs())
 if st.button("Run comparison", type="primary", icon=":material/play_arrow:", key="compare_go",
              disabled=not chosen or busy, help="Runs in the background, one after another."):
@@ -75,12 +77,15 @@ def comparison_view() -> None:
                                                                                   max_value=1)})
     done = [row for row in rows if row["val. accuracy"] is not None]
     if done:
-        fig = px.scatter(done, x="seconds", y="val. accuracy", size=[max(1, d["trainable parameters"]) ** 0.5 + 5
-                                                                     for d in done],
-                         color="run", hover_data=["trainable parameters"], title="Accuracy against training time "
-                                                                                 "(bubble size: trainable parameters)")
-        fig.update_layout(yaxis_tickformat=".0%", height=360, margin=dict(t=40, b=30, l=10, r=10))
-        st.plotly_chart(fig, key="compare_scatter")
+        fig = make_subplots(1, 3, subplot_titles=("Validation accuracy", "Training seconds", "Trainable parameters"))
+        names = [d["run"] for d in done]
+        for col, key in enumerate(("val. accuracy", "seconds", "trainable parameters"), start=1):
+            fig.add_bar(x=names, y=[d[key] for d in done], row=1, col=col, showlegend=False,
+                        marker_color=px.colors.qualitative.Plotly[:len(done)])
+        fig.update_yaxes(tickformat=".0%", range=[0, 1.02], row=1, col=1)
+        fig.update_yaxes(type="log", row=1, col=3)
+        fig.update_layout(height=380, margin=dict(t=40, b=30, l=10, r=10))
+        st.plotly_chart(fig, key="compare_bars")
     if polling and not proj.active_runs():
         st.rerun()  # everything finished: one full rerun stops the polling
 

@@ -295,9 +295,7 @@ def _lite_remap(sd: dict[str, torch.Tensor], body: Body) -> dict[str, torch.Tens
     dst = dst_net + [f"head.{k}" for k in head.state_dict()]
     if len(src) != len(dst):
         raise TLError(f"EfficientNet-Lite weights hold {len(src)} tensors, the network needs {len(dst)}.")
-    out: dict[str, torch.Tensor] = {}
-    for (sk, sv), dk in zip(src, dst):
-        out[dk] = sv
+    out = {dk: sv for (_, sv), dk in zip(src, dst)}
     # BatchNorm step counters are bookkeeping only; timm's network has them, the file does not.
     for k, v in body.net.state_dict().items():
         if k.endswith("num_batches_tracked"):

@@ -107,7 +107,7 @@ def test_upload_train_predict_in_a_real_browser(app_url, page, tmp_path):
         page.get_by_label("New class name").fill(label)
         page.get_by_role("button", name="Add class").click()
         page.get_by_role("heading", name=f"{label} · 0 images").wait_for()
-    for k, (label, digit) in enumerate((("zero", "0"), ("one", "1"))):
+    for label, digit in (("zero", "0"), ("one", "1")):
         files = sorted((ROOT / "assets" / "samples" / "digits" / digit).glob("*.png"))[:15]
         broken = tmp_path / f"broken-{digit}.jpg"
         broken.write_text("this is not a photo")

@@ -1,7 +1,6 @@
 """Runs save and load to identical predictions; exports agree with the app; foreign files are refused."""
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import pickle
@@ -111,7 +110,6 @@ def test_weights_that_do_not_fit_are_refused(trained, tmp_path):
 
 
 def test_predict_and_grad_cam(trained):
-    from PIL import Image
 
     from tests.conftest import COLORS, png_bytes
 

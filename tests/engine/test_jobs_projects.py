@@ -10,7 +10,7 @@ import pytest
 import tlcore
 from tlcore.jobs import SlotPool, TrainingJob
 from tlcore.project import Project, validation_report
-from tlcore.train import BatchEnd, EpochEnd, RunFinished, TrainConfig, train
+from tlcore.train import RunFinished, TrainConfig, train
 
 TINY = TrainConfig(backbone="tiny-test", mode="fine-tune", epochs=3, batch_size=8)
 
