@@ -33,7 +33,7 @@ from .backbones import DEFAULT_BACKBONE, get_backbone_spec
 from .checkpoint import (FORMAT, export_onnx, export_torchscript, load_run, result_from_saved, save_run,
                          unpack_run_archive, write_weights_and_meta)
 from .compare import features_of, plan, project_2d, shared_split
-from .data import ImageItem, ImageSet, Rejected, trainable_subset
+from .data import ImageItem, ImageSet, Rejected, stratified_split, trainable_subset
 from .evaluate import Evaluation, evaluate
 from .errors import TLError
 from .jobs import TrainingJob
@@ -146,7 +146,11 @@ class Project:
         config.validate()
         run_id = f"run-{len(self.runs) + 1:03d}-{secrets.token_hex(2)}"
         images = self.images.snapshot()  # the set as it is now; later edits do not change this run
-        record = RunRecord(run_id, label or describe(config), config, group=group, shots=shots, images=images)
+        data = trainable_subset(images)
+        if split is None:  # the split train() would draw, fixed now so a checkpoint can name its images
+            split = stratified_split(data.labels(), config.val_fraction, config.seed)
+        record = RunRecord(run_id, label or describe(config), config, group=group, shots=shots, images=images,
+                           val_digests=[data.items[i].digest for i in split[1]])
         folder = self.folder / "runs" / run_id
         waiting_for = after.job if after is not None else None
 
@@ -156,13 +160,12 @@ class Project:
                     time.sleep(0.1)
             for event in train(images, config, should_stop, split=split):
                 if isinstance(event, EpochEnd) and event.best and event.model is not None:
-                    write_weights_and_meta(folder, event.model, partial_meta(config, images.classes, event))
+                    write_weights_and_meta(folder, event.model,
+                                           partial_meta(config, data.classes, event, record.val_digests))
                 yield event
 
         def on_finish(finished: RunFinished) -> None:
             if finished.result is not None:
-                data = trainable_subset(images)
-                record.val_digests = [data.items[i].digest for i in finished.result.val_indices]
                 save_run(finished.result, folder, finished.status,
                          {"label": record.label, "val_digests": record.val_digests})
             record.status, record.reason, record.result = finished.status, finished.reason, finished.result
@@ -396,13 +399,13 @@ def embedding_map(project: Project, record: RunRecord, method: str = "pca") -> d
     return record.cache[key]
 
 
-def partial_meta(config: TrainConfig, classes: list[str], epoch: EpochEnd) -> dict:
-    """Metadata of a run still in progress: enough to reload its best epoch after a crash."""
+def partial_meta(config: TrainConfig, classes: list[str], epoch: EpochEnd, val_digests: list[str]) -> dict:
+    """Metadata of a run still in progress: enough to reload and evaluate its best epoch after a crash."""
     spec = get_backbone_spec(config.backbone)
     return {"format": FORMAT, "status": "interrupted", "classes": classes, "backbone": config.backbone,
             "preprocess": dataclasses.asdict(spec.preprocess), "config": dataclasses.asdict(config),
             "metrics": {"val_accuracy": epoch.val_acc, "best_epoch": epoch.epoch, "train_seconds": epoch.seconds},
-            "history": []}
+            "history": [epoch.to_json()], "val_digests": val_digests}
 
 
 def describe(config: TrainConfig) -> str:

@@ -130,7 +130,7 @@ def test_upload_train_predict_in_a_real_browser(app_url, page, tmp_path):
 
     page.get_by_role("link", name="Evaluate").first.click()
     page.get_by_role("heading", name="5 · Evaluate").wait_for()
-    page.get_by_text("Confusion matrix").first.wait_for()
+    page.locator(".gtitle", has_text="Confusion matrix").first.wait_for()
     shot(page, "5-evaluate")
 
     page.get_by_role("link", name="Test").first.click()
@@ -157,6 +157,30 @@ def test_upload_train_predict_in_a_real_browser(app_url, page, tmp_path):
     page.get_by_role("heading", name="zero · 15 images").wait_for()
 
 
+def start_long_training(pg, url: str) -> str:
+    """Tiny backbone, faces sample, from scratch for 400 epochs; returns the project name once it trains."""
+    pg.goto(url + "/")
+    pg.get_by_role("heading", name="1 · Choose a backbone").wait_for()
+    card = pg.locator("[data-testid='stVerticalBlock']").filter(has_text="Tiny test net").last
+    card.get_by_role("button", name="Use this backbone").click()
+    card.get_by_role("button", name="Selected").wait_for()
+    pg.get_by_role("link", name="Data").first.click()
+    pg.get_by_role("button", name="Load faces").click()
+    pg.get_by_role("heading", name="not_face · 100 images").first.wait_for()
+    pg.get_by_role("link", name="Freeze").first.click()
+    pg.get_by_text("From scratch: ignore the pretrained weights").click()
+    pg.get_by_text("Mode").first.wait_for()
+    pg.get_by_role("link", name="Train").first.click()
+    pg.get_by_text("Advanced settings").click()
+    epochs = pg.get_by_role("spinbutton", name="Epochs")
+    epochs.fill("400")
+    epochs.press("Enter")
+    pg.wait_for_timeout(1000)
+    pg.get_by_role("button", name="Start training").click()
+    pg.get_by_text(re.compile(r"Epoch \d+, batch")).first.wait_for(timeout=120_000)  # training for real
+    return pg.url.split("project=")[1].split("&")[0]
+
+
 def test_a_closed_tab_stops_its_training_and_keeps_the_work(browser):
     """The server notices a session has gone (here after a 1 s grace period) and stops its job."""
     import json
@@ -165,27 +189,8 @@ def test_a_closed_tab_stops_its_training_and_keeps_the_work(browser):
     try:
         pg = browser.new_page()
         pg.set_default_timeout(60_000)
-        pg.goto(url + "/")
-        pg.get_by_role("heading", name="1 · Choose a backbone").wait_for()
-        card = pg.locator("[data-testid='stVerticalBlock']").filter(has_text="Tiny test net").last
-        card.get_by_role("button", name="Use this backbone").click()
-        card.get_by_role("button", name="Selected").wait_for()
-        pg.get_by_role("link", name="Data").first.click()
-        pg.get_by_role("button", name="Load faces").click()
-        pg.get_by_role("heading", name="not_face · 100 images").first.wait_for()
-        pg.get_by_role("link", name="Freeze").first.click()
-        pg.get_by_text("From scratch: ignore the pretrained weights").click()
-        pg.get_by_text("Mode").first.wait_for()
-        pg.get_by_role("link", name="Train").first.click()
-        pg.get_by_text("Advanced settings").click()
-        epochs = pg.get_by_role("spinbutton", name="Epochs")
-        epochs.fill("400")
-        epochs.press("Enter")
-        pg.wait_for_timeout(1000)
-        pg.get_by_role("button", name="Start training").click()
-        pg.get_by_text(re.compile(r"Epoch \d+, batch")).first.wait_for(timeout=120_000)  # training for real
+        project = start_long_training(pg, url)
         t_closed = time.time()
-        project = pg.url.split("project=")[1].split("&")[0]
         pg.close()  # the tab goes away mid-training
         manifest = home / "projects" / project / "project.json"
         deadline = time.time() + 60
@@ -198,5 +203,30 @@ def test_a_closed_tab_stops_its_training_and_keeps_the_work(browser):
         print(f"job stopped {time.time() - t_closed:.1f} s after the tab closed")
         assert (home / "projects" / project / "runs" / runs[0]["id"] / "model.safetensors").exists()
     finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_server_restart_mid_training_keeps_the_project_and_the_best_epoch(browser):
+    proc, url, home = start_app()
+    pg = browser.new_page()
+    pg.set_default_timeout(60_000)
+    try:
+        project = start_long_training(pg, url)
+    finally:
+        proc.kill()  # no clean shutdown: as a crash or a power cut
+        proc.wait(10)
+    proc, url, _ = start_app(TLS_HOME=str(home))
+    try:
+        pg.goto(f"{url}/train?project={project}")
+        pg.get_by_text("The server stopped while this run was training").first.wait_for()
+        pg.get_by_text("interrupted").first.wait_for()
+        pg.get_by_role("link", name="Data").first.click()
+        pg.get_by_role("heading", name="not_face · 100 images").first.wait_for()  # the images came back
+        pg.get_by_role("link", name="Evaluate").first.click()
+        pg.locator(".gtitle", has_text="Confusion matrix").first.wait_for()  # the best epoch so far is usable
+        shot(pg, "restart-evaluate")
+    finally:
+        pg.close()
         proc.terminate()
         proc.wait(10)

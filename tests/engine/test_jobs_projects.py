@@ -110,6 +110,8 @@ def test_interrupted_run_keeps_its_best_epoch(tiny_set):
     [r] = q.runs
     assert r.status == "interrupted" and "best epoch" in r.reason
     assert r.result is not None and r.result.best_epoch >= 1
+    report = validation_report(q, r)  # its validation images are found again, so it can be evaluated
+    assert report is not None and len(report[1]) == 6
 
 
 def test_saving_is_atomic(tiny_set, monkeypatch):
