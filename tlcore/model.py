@@ -7,6 +7,13 @@ from torch import nn
 from .backbones import Body, Preprocess, create_body
 
 
+# Training and feature extraction keep weights and images channels-last (NHWC): measured on the
+# 2-core CPU with EfficientNet-Lite0, forward passes run 1.3x and training steps 1.33x faster
+# (tlcore.bench). Every model is built so (a loaded run computes exactly as the trained one did);
+# saved weights are made contiguous, so files do not depend on it.
+CHANNELS_LAST = torch.channels_last
+
+
 class TransferModel(nn.Module):
     """``[B, 3, S, S]`` floats in [0, 1] -> ``[B, num_classes]`` logits.
 
@@ -33,7 +40,8 @@ def build_model(backbone: str, num_classes: int, pretrained: bool = True) -> Tra
     from .backbones import get_backbone_spec
 
     spec = get_backbone_spec(backbone)
-    return TransferModel(create_body(backbone, pretrained=pretrained), num_classes, spec.preprocess)
+    model = TransferModel(create_body(backbone, pretrained=pretrained), num_classes, spec.preprocess)
+    return model.to(memory_format=CHANNELS_LAST)
 
 
 def freeze(model: TransferModel, depth: int) -> None:

@@ -33,7 +33,7 @@ from torchvision.transforms import v2
 from .backbones import DEFAULT_BACKBONE, Body, Preprocess, create_body, get_backbone_spec
 from .data import ImageSet, check_trainable, stratified_split, trainable_subset
 from .errors import TLError
-from .model import TransferModel, build_model, count_params, freeze, set_train_mode
+from .model import CHANNELS_LAST, TransferModel, build_model, count_params, freeze, set_train_mode
 
 Mode = Literal["feature-extraction", "fine-tune", "scratch", "few-shot"]
 MODES: tuple[Mode, ...] = ("feature-extraction", "fine-tune", "scratch", "few-shot")
@@ -173,8 +173,8 @@ def _autocast(device: torch.device):
 
 
 def to_float(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 pixels -> float [0, 1] on ``device``."""
-    return batch.to(device, non_blocking=True).float().div_(255.0)
+    """uint8 pixels ``[B, 3, S, S]`` -> float [0, 1] on ``device``, channels-last like the models."""
+    return batch.to(device, non_blocking=True).float().div_(255.0).contiguous(memory_format=CHANNELS_LAST)
 
 
 # ----------------------------------------------------------------------------- feature cache
@@ -218,7 +218,7 @@ def feature_key(backbone: str, pre: Preprocess) -> str:
 @functools.lru_cache(maxsize=4)
 def frozen_body(backbone: str) -> Body:
     """One pretrained body per backbone for the modes that never train it (read-only, shared by runs)."""
-    body = create_body(backbone)
+    body = create_body(backbone).to(memory_format=CHANNELS_LAST)
     for p in body.parameters():
         p.requires_grad_(False)
     return body.eval()
