@@ -151,6 +151,11 @@ def test_upload_train_predict_in_a_real_browser(app_url, page, tmp_path):
     page.get_by_role("heading", name="Compare strategies").wait_for()
     shot(page, "8-compare")
 
+    # The browser's back button returns to the previous step, same project.
+    page.go_back()
+    page.get_by_role("heading", name="7 · Export and projects").wait_for()
+    assert "project=" in page.url
+
     # A reload keeps everything: the project comes back from the address.
     page.reload()
     page.get_by_role("link", name="Data").first.click()
