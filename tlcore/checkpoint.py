@@ -14,6 +14,7 @@ import os
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,11 +59,15 @@ def run_metadata(result: RunResult, status: str = "completed", extra: dict | Non
     }
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write: Callable[[str], object]) -> None:
+    """Make ``path`` appear complete or not at all: ``write(tmp)`` next to it, flush to disk, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -73,8 +78,8 @@ def write_weights_and_meta(folder: str | Path, model: TransferModel, meta: dict)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    _atomic_write(folder / WEIGHTS, lambda p: save_file(state, p))
-    _atomic_write(folder / META, lambda p: Path(p).write_text(json.dumps(meta, indent=1)))
+    atomic_write(folder / WEIGHTS, lambda p: save_file(state, p))
+    atomic_write(folder / META, lambda p: Path(p).write_text(json.dumps(meta, indent=1)))
     return folder
 
 

@@ -69,12 +69,17 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def too_large(name: str, size: int) -> BadImageError:
+    """The error for a file above the per-image size limit."""
+    return BadImageError(name, f"the file is {size / 2**20:.0f} MB; the limit is {MAX_FILE_BYTES // 2**20} MB")
+
+
 def decode_image(name: str, data: bytes, max_side: int | None = BASE_SIZE) -> Image.Image:
     """Decode image bytes to an upright RGB PIL image, or raise ``BadImageError`` saying why."""
     if not data:
         raise BadImageError(name, "the file is empty (0 bytes)")
     if len(data) > MAX_FILE_BYTES:
-        raise BadImageError(name, f"the file is {len(data) / 2**20:.0f} MB; the limit is {MAX_FILE_BYTES // 2**20} MB")
+        raise too_large(name, len(data))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -111,6 +116,11 @@ def image_to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
+def tensor_to_image(pixels: torch.Tensor) -> Image.Image:
+    """uint8 ``[3, H, W]`` -> RGB PIL image (the inverse of ``image_to_tensor``)."""
+    return Image.fromarray(pixels.permute(1, 2, 0).numpy())
+
+
 def make_item(name: str, data: bytes, label: str) -> ImageItem:
     img = decode_image(name, data)
     return ImageItem(name=name, label=label, digest=hashlib.sha1(data).hexdigest(), pixels=image_to_tensor(img))
@@ -118,7 +128,7 @@ def make_item(name: str, data: bytes, label: str) -> ImageItem:
 
 def thumbnail(item: ImageItem, size: int = 96) -> Image.Image:
     """A small PIL copy of a decoded image, for galleries."""
-    img = Image.fromarray(item.pixels.permute(1, 2, 0).numpy())
+    img = tensor_to_image(item.pixels)
     img.thumbnail((size, size))
     return img
 
@@ -310,8 +320,7 @@ def load_folder(root: str | Path) -> ImageSet:
             elif path.is_file():
                 size = path.stat().st_size
                 if size > MAX_FILE_BYTES:
-                    yield str(rel), rel.parts, BadImageError(str(rel), f"the file is {size / 2**20:.0f} MB; "
-                                                                       f"the limit is {MAX_FILE_BYTES // 2**20} MB")
+                    yield str(rel), rel.parts, too_large(str(rel), size)
                 else:
                     yield str(rel), rel.parts, path.read_bytes()
 
@@ -342,8 +351,7 @@ def load_zip(source: str | Path | bytes) -> ImageSet:
                 elif stat.S_ISLNK(info.external_attr >> 16):
                     yield fname, parts, BadImageError(fname, "symbolic link in zip; skipped")
                 elif info.file_size > MAX_FILE_BYTES:
-                    yield fname, parts, BadImageError(fname, f"the file is {info.file_size / 2**20:.0f} MB; the "
-                                                             f"limit is {MAX_FILE_BYTES // 2**20} MB")
+                    yield fname, parts, too_large(fname, info.file_size)
                 elif info.compress_size and info.file_size / info.compress_size > MAX_ZIP_RATIO \
                         and info.file_size > 2**20:
                     yield fname, parts, BadImageError(fname, "compressed suspiciously well (possible zip bomb); skipped")

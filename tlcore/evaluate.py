@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .backbones import Body, Preprocess, imagenet_categories
-from .data import ImageSet, image_to_tensor, preprocess_pixels
+from .data import ImageSet, image_to_tensor, preprocess_pixels, tensor_to_image
 from .errors import TLError
 from .model import TransferModel
 
@@ -165,7 +165,7 @@ def imagenet_top(body: Body, image: Image.Image, pre: Preprocess, k: int = 5) ->
 
 def overlay_cam(image: Image.Image, cam: np.ndarray, pre: Preprocess, alpha: float = 0.45) -> Image.Image:
     """The centre crop the model saw, with the Grad-CAM map laid over it (red = looked here)."""
-    crop = Image.fromarray(prepare([image], pre)[0].permute(1, 2, 0).numpy())
+    crop = tensor_to_image(prepare([image], pre)[0])
     heat = np.zeros((*cam.shape, 3), dtype=np.float32)
     heat[..., 0] = np.clip(cam * 2.0, 0, 1)  # red rises first, then yellow for the strongest areas
     heat[..., 1] = np.clip(cam * 2.0 - 1.0, 0, 1)

@@ -12,28 +12,25 @@ reopened; its best epoch so far was checkpointed and is loaded.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 import re
 import secrets
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
 from PIL import Image
 
 from .backbones import DEFAULT_BACKBONE, get_backbone_spec
-from .checkpoint import (FORMAT, export_onnx, export_torchscript, load_run, result_from_saved, save_run,
-                         unpack_run_archive, write_weights_and_meta)
+from .checkpoint import (FORMAT, atomic_write, export_onnx, export_torchscript, load_run, result_from_saved,
+                         save_run, unpack_run_archive, write_weights_and_meta)
 from .compare import features_of, plan, project_2d, shared_split
-from .data import ImageItem, ImageSet, Rejected, stratified_split, trainable_subset
+from .data import (ImageItem, ImageSet, Rejected, image_to_tensor, stratified_split, tensor_to_image,
+                   trainable_subset)
 from .evaluate import Evaluation, evaluate
 from .errors import TLError
 from .jobs import TrainingJob
@@ -60,19 +57,6 @@ def check_project_name(name: str) -> str:
 
 def list_projects() -> list[str]:
     return sorted(p.parent.name for p in projects_root().glob("*/project.json"))
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 @dataclass
@@ -126,15 +110,17 @@ class Project:
     def run(self, run_id: str | None) -> RunRecord | None:
         return next((r for r in self.runs if r.id == run_id), None)
 
-    def finished_runs(self) -> list[RunRecord]:
+    def _refreshed(self) -> list[RunRecord]:
+        """The runs, each having taken its job's final state if it has one now."""
         for r in self.runs:
             r.refresh()
-        return [r for r in self.runs if r.result is not None]
+        return list(self.runs)
+
+    def finished_runs(self) -> list[RunRecord]:
+        return [r for r in self._refreshed() if r.result is not None]
 
     def active_runs(self) -> list[RunRecord]:
-        for r in self.runs:
-            r.refresh()
-        return [r for r in self.runs if r.job is not None]
+        return [r for r in self._refreshed() if r.job is not None]
 
     def start_run(self, config: TrainConfig, label: str = "", group: str = "", shots: int | None = None,
                   after: RunRecord | None = None, split: tuple[list[int], list[int]] | None = None) -> RunRecord:
@@ -192,9 +178,7 @@ class Project:
         return group
 
     def group_runs(self, group: str) -> list[RunRecord]:
-        for r in self.runs:
-            r.refresh()
-        return [r for r in self.runs if r.group == group]
+        return [r for r in self._refreshed() if r.group == group]
 
     def stop_all(self) -> None:
         for r in self.active_runs():
@@ -222,9 +206,8 @@ class Project:
             for item in self.images.items:
                 path = folder / "images" / f"{item.digest}.png"
                 if not path.exists():
-                    buf = io.BytesIO()
-                    Image.fromarray(item.pixels.permute(1, 2, 0).numpy()).save(buf, "PNG", compress_level=1)
-                    _atomic_bytes(path, buf.getvalue())
+                    image = tensor_to_image(item.pixels)
+                    atomic_write(path, lambda p: image.save(p, "PNG", compress_level=1))
             manifest = {
                 "format": "tls-project/1", "name": self.name, "saved": time.time(),
                 "classes": self.images.classes,
@@ -236,7 +219,8 @@ class Project:
                           "group": r.group, "shots": r.shots, "created": r.created,
                           "config": dataclasses.asdict(r.config)} for r in self.runs],
             }
-            _atomic_bytes(folder / "project.json", json.dumps(manifest, indent=1).encode())
+            text = json.dumps(manifest, indent=1)
+            atomic_write(folder / "project.json", lambda p: Path(p).write_text(text))
             keep = {f"{i.digest}.png" for i in self.images.items}
             for path in (folder / "images").glob("*.png"):
                 if path.name not in keep:
@@ -268,7 +252,7 @@ class Project:
             path = folder / "images" / f"{entry['digest']}.png"
             try:
                 with Image.open(path) as img:
-                    pixels = torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1).contiguous()
+                    pixels = image_to_tensor(img.convert("RGB"))
             except OSError:
                 rejected.append(Rejected(entry["name"], "its saved copy is missing or damaged; add it again"))
                 continue
@@ -350,9 +334,10 @@ def import_run(project: Project, data: bytes) -> RunRecord:
     except TLError:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    record = RunRecord(run_id, "imported: " + str(saved.meta.get("label") or saved.backbone),
-                       result_from_saved(saved).config, "completed", "Loaded from a saved run.",
-                       result=result_from_saved(saved), val_digests=list(saved.meta.get("val_digests", [])))
+    result = result_from_saved(saved)
+    record = RunRecord(run_id, "imported: " + str(saved.meta.get("label") or saved.backbone), result.config,
+                       "completed", "Loaded from a saved run.", result=result,
+                       val_digests=list(saved.meta.get("val_digests", [])))
     with project._lock:
         project.runs.append(record)
         project.selected_run = run_id

@@ -121,10 +121,10 @@ def test_saving_is_atomic(tiny_set, monkeypatch):
     good = (p.folder / "project.json").read_text()
     import tlcore.project as proj_mod
 
-    def crash(path, data):
+    def crash(path, write):
         raise OSError("disk full")
 
-    monkeypatch.setattr(proj_mod, "_atomic_bytes", crash)
+    monkeypatch.setattr(proj_mod, "atomic_write", crash)
     p.images.add_class("new")
     with pytest.raises(OSError):
         p.save()
