@@ -11,6 +11,7 @@ import dataclasses
 import io
 import json
 import os
+import shutil
 import tempfile
 import time
 import zipfile
@@ -23,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .backbones import Preprocess, get_backbone_spec
+from .data import ZipLimits, check_zip_total, zip_member_problem
 from .errors import TLError
 from .model import TransferModel, build_model
 from .train import EpochEnd, RunResult, TrainConfig
@@ -150,17 +152,32 @@ def archive_run(folder: str | Path) -> bytes:
     return buf.getvalue()
 
 
+#: A saved run's zip holds two files; the largest backbone's weights are about 330 MB.
+RUN_ZIP_LIMITS = ZipLimits(member_bytes=1 << 30, total_bytes=1 << 30)
+
+
+def _copy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) -> None:
+    """Stream one member to ``path`` (never the whole member in memory at once)."""
+    with zf.open(info) as src, open(path, "wb") as out:
+        shutil.copyfileobj(src, out, 1 << 20)
+
+
 def unpack_run_archive(data: bytes, folder: str | Path) -> SavedRun:
     """Load a run from zip bytes a user uploads; only our two files are read, nothing executes."""
     folder = Path(folder)
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            names = {Path(n).name: n for n in zf.namelist()}
-            if META not in names or WEIGHTS not in names:
+            members = {Path(i.filename).name: i for i in zf.infolist() if not i.is_dir()}
+            if META not in members or WEIGHTS not in members:
                 raise TLError(f"This zip is not a saved run: it needs {META} and {WEIGHTS}.")
+            ours = [members[META], members[WEIGHTS]]
+            check_zip_total(ours, RUN_ZIP_LIMITS, "This run zip")
+            for info in ours:
+                if problem := zip_member_problem(info, RUN_ZIP_LIMITS):
+                    raise TLError(f"This zip cannot be loaded: {info.filename}: {problem}.")
             folder.mkdir(parents=True, exist_ok=True)
-            for name in (META, WEIGHTS):
-                (folder / name).write_bytes(zf.read(names[name]))
+            for info in ours:
+                atomic_write(folder / Path(info.filename).name, lambda p, i=info: _copy_member(zf, i, p))
     except zipfile.BadZipFile:
         raise TLError("The file is not a zip of a saved run (download one from the Export page).") from None
     return load_run(folder)
@@ -177,6 +194,18 @@ def _check(reference: torch.Tensor, other: torch.Tensor, what: str, atol: float 
     return diff
 
 
+def _checked_write(path: Path, write: Callable[[str], float]) -> float:
+    """``write(tmp)`` exports and checks a file; only a file that passed its check appears at ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial{path.suffix}")
+    try:
+        diff = write(str(tmp))
+        os.replace(tmp, path)
+        return diff
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def export_torchscript(model: TransferModel, path: str | Path, check_inputs: torch.Tensor) -> float:
     """Trace to TorchScript, reload the file and compare probabilities on ``check_inputs`` (floats [0, 1]).
 
@@ -186,10 +215,14 @@ def export_torchscript(model: TransferModel, path: str | Path, check_inputs: tor
     with torch.inference_mode():
         reference = torch.softmax(model(check_inputs), 1)
     traced = torch.jit.trace(model, check_inputs[:1], check_trace=False)
-    torch.jit.save(traced, str(path))
-    with torch.inference_mode():
-        other = torch.softmax(torch.jit.load(str(path))(check_inputs), 1)
-    return _check(reference, other, "TorchScript")
+
+    def write(tmp: str) -> float:
+        torch.jit.save(traced, tmp)
+        with torch.inference_mode():
+            other = torch.softmax(torch.jit.load(tmp)(check_inputs), 1)
+        return _check(reference, other, "TorchScript")
+
+    return _checked_write(Path(path), write)
 
 
 def export_onnx(model: TransferModel, path: str | Path, check_inputs: torch.Tensor) -> float:
@@ -199,9 +232,13 @@ def export_onnx(model: TransferModel, path: str | Path, check_inputs: torch.Tens
     model = copy.deepcopy(model).eval().cpu()
     with torch.inference_mode():
         reference = torch.softmax(model(check_inputs), 1)
-    torch.onnx.export(model, (check_inputs[:2],), str(path), input_names=["pixels"], output_names=["logits"],
-                      dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}}, dynamo=True,
-                      external_data=False, verbose=False)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    logits = session.run(None, {"pixels": check_inputs.numpy()})[0]
-    return _check(reference, torch.softmax(torch.from_numpy(logits), 1), "ONNX")
+
+    def write(tmp: str) -> float:
+        torch.onnx.export(model, (check_inputs[:2],), tmp, input_names=["pixels"], output_names=["logits"],
+                          dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}}, dynamo=True,
+                          external_data=False, verbose=False)
+        session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+        logits = session.run(None, {"pixels": check_inputs.numpy()})[0]
+        return _check(reference, torch.softmax(torch.from_numpy(logits), 1), "ONNX")
+
+    return _checked_write(Path(path), write)

@@ -37,6 +37,46 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # PIL's own guard, in case a format hides i
 
 
 @dataclass(frozen=True)
+class ZipLimits:
+    """What a zip a user uploads may hold before a member is read (zip bombs, huge files)."""
+
+    member_bytes: int  # largest uncompressed member
+    total_bytes: int  # sum of the uncompressed sizes the zip declares
+    ratio: float = MAX_ZIP_RATIO  # members over 1 MB compressing better than this are refused
+
+
+IMAGE_ZIP_LIMITS = ZipLimits(MAX_FILE_BYTES, MAX_ZIP_TOTAL_BYTES)
+
+
+def zip_member_problem(info: zipfile.ZipInfo, limits: ZipLimits) -> str | None:
+    """Why a zip member must not be read (unsafe path, link, too large, a bomb), or None if it may.
+
+    Python's zipfile never returns more than a member's declared size, so checking the
+    declared sizes here bounds the memory that reading it takes.
+    """
+    path = PurePosixPath(info.filename.replace("\\", "/"))
+    parts = tuple(p for p in path.parts if p not in ("", "."))
+    if path.is_absolute() or ".." in parts or (parts and ":" in parts[0]):
+        return "unsafe path in zip (absolute or '..'); skipped"
+    if stat.S_ISLNK(info.external_attr >> 16):
+        return "symbolic link in zip; skipped"
+    if info.file_size > limits.member_bytes:
+        return (f"the file is {info.file_size / 2**20:.0f} MB; the limit is "
+                f"{limits.member_bytes // 2**20} MB")
+    if info.compress_size and info.file_size / info.compress_size > limits.ratio and info.file_size > 2**20:
+        return "compressed suspiciously well (possible zip bomb); skipped"
+    return None
+
+
+def check_zip_total(infos: list[zipfile.ZipInfo], limits: ZipLimits, name: str) -> None:
+    """Raise ``TLError`` when a zip declares more uncompressed bytes than ``limits`` allow."""
+    total = sum(i.file_size for i in infos)
+    if total > limits.total_bytes:
+        raise TLError(f"{name} would unpack to {total / 2**30:.1f} GB; the limit is "
+                      f"{limits.total_bytes / 2**30:.1f} GB. Split it into smaller zips.")
+
+
+@dataclass(frozen=True)
 class Rejected:
     """A file that was not used, and why (shown to the user)."""
 
@@ -243,13 +283,20 @@ class ImageSet:
 
     def merge(self, other: ImageSet) -> list[Rejected]:
         """Add another set's classes and images (duplicates within a class skipped) and its rejections."""
-        for c in other.classes:
-            if c.casefold() not in {k.casefold() for k in self._classes}:
+        existing = {k.casefold(): k for k in self._classes}
+        for c in other.classes:  # 'cat' from a zip joins an existing class 'Cat'
+            existing.setdefault(c.casefold(), c)
+            if existing[c.casefold()] not in self._classes:
                 self._classes.append(c)
+        incoming = [ImageItem(i.name, existing[i.label.casefold()], i.digest, i.pixels) for i in other.items]
         seen = {(i.label, i.digest) for i in self.items}
-        new = [i for i in other.items if (i.label, i.digest) not in seen]
-        rejected = list(other.rejected) + [Rejected(i.name, f"the same image is already in class '{i.label}' (skipped)")
-                                           for i in other.items if (i.label, i.digest) in seen]
+        new, rejected = [], list(other.rejected)
+        for i in incoming:
+            if (i.label, i.digest) in seen:
+                rejected.append(Rejected(i.name, f"the same image is already in class '{i.label}' (skipped)"))
+            else:
+                seen.add((i.label, i.digest))
+                new.append(i)
         self.items.extend(new)
         self.rejected.extend(rejected)
         self._stacks.clear()
@@ -336,30 +383,19 @@ def load_zip(source: str | Path | bytes) -> ImageSet:
         raise TLError(f"{name} is not a readable zip file ({e}).") from None
     with zf:
         infos = [i for i in zf.infolist() if not i.is_dir()]
-        total = sum(i.file_size for i in infos)
-        if total > MAX_ZIP_TOTAL_BYTES:
-            raise TLError(f"{name} would unpack to {total / 2**30:.1f} GB; the limit is "
-                          f"{MAX_ZIP_TOTAL_BYTES // 2**30} GB. Split it into smaller zips.")
+        check_zip_total(infos, IMAGE_ZIP_LIMITS, name)
 
         def entries() -> Iterator[tuple[str, tuple[str, ...], bytes | BadImageError]]:
             for info in infos:
                 fname = info.filename
-                path = PurePosixPath(fname.replace("\\", "/"))
-                parts = tuple(p for p in path.parts if p not in ("", "."))
-                if path.is_absolute() or ".." in parts or (parts and ":" in parts[0]):
-                    yield fname, parts or (fname,), BadImageError(fname, "unsafe path in zip (absolute or '..'); skipped")
-                elif stat.S_ISLNK(info.external_attr >> 16):
-                    yield fname, parts, BadImageError(fname, "symbolic link in zip; skipped")
-                elif info.file_size > MAX_FILE_BYTES:
-                    yield fname, parts, too_large(fname, info.file_size)
-                elif info.compress_size and info.file_size / info.compress_size > MAX_ZIP_RATIO \
-                        and info.file_size > 2**20:
-                    yield fname, parts, BadImageError(fname, "compressed suspiciously well (possible zip bomb); skipped")
-                else:
-                    try:
-                        yield fname, parts, zf.read(info)
-                    except (zipfile.BadZipFile, OSError, RuntimeError) as e:
-                        yield fname, parts, BadImageError(fname, f"cannot be read from the zip ({e})")
+                parts = tuple(p for p in PurePosixPath(fname.replace("\\", "/")).parts if p not in ("", "."))
+                if problem := zip_member_problem(info, IMAGE_ZIP_LIMITS):
+                    yield fname, parts or (fname,), BadImageError(fname, problem)
+                    continue
+                try:
+                    yield fname, parts, zf.read(info)
+                except (zipfile.BadZipFile, OSError, RuntimeError) as e:
+                    yield fname, parts, BadImageError(fname, f"cannot be read from the zip ({e})")
 
         return _files_to_set(entries())
 

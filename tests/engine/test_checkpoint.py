@@ -142,3 +142,32 @@ def test_evaluation_metrics():
     assert ev.accuracy == 0.75 and ev.confusion_matrix == [[1, 1], [0, 2]]
     assert ev.precision_recall() == [("a", 1.0, 0.5, 2), ("b", 2 / 3, 1.0, 2)]
     assert ev.misclassified() == [1]
+
+
+def test_a_failed_export_leaves_no_file(trained, tmp_path, monkeypatch):
+    s, r = trained
+    x = s.stack(tlcore.get_backbone_spec("tiny-test").preprocess).float() / 255
+    real_load = torch.jit.load
+    monkeypatch.setattr(torch.jit, "load", lambda path: (lambda inp: real_load(path)(inp) * -1))
+    with pytest.raises(tlcore.TLError, match="it was not saved"):
+        tlcore.export_torchscript(r.model, tmp_path / "m.pt", x)
+    assert list(tmp_path.iterdir()) == []  # nothing the Export page could offer for download
+    monkeypatch.setattr(tlcore.checkpoint, "_check", lambda *a, **k: (_ for _ in ()).throw(
+        tlcore.TLError("The ONNX export disagrees with the app's model; it was not saved.")))
+    with pytest.raises(tlcore.TLError, match="not saved"):
+        tlcore.export_onnx(r.model, tmp_path / "m.onnx", x)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_import_refuses_a_zip_bomb_without_reading_it(trained, tmp_path, monkeypatch):
+    _, r = trained
+    folder = tlcore.save_run(r, tmp_path / "run")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(folder / "run.json", "run.json")
+        zf.writestr("model.safetensors", b"\0" * (8 * 2**20))  # 8 MB of zeros: compresses ~1000x
+    read = []
+    monkeypatch.setattr(zipfile.ZipFile, "read", lambda self, *a, **k: read.append(a) or b"")
+    with pytest.raises(tlcore.TLError, match="zip bomb"):
+        tlcore.unpack_run_archive(buf.getvalue(), tmp_path / "back")
+    assert read == [] and not (tmp_path / "back" / "model.safetensors").exists()

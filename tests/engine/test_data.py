@@ -209,3 +209,26 @@ def test_split_is_stratified_seeded_and_copes_with_single_images():
     assert stratified_split(labels, 0.2, seed=4) != (train, val)
     with pytest.raises(tlcore.TLError):
         stratified_split(labels, 1.5, 0)
+
+
+def test_a_zip_merged_into_classes_of_other_case_joins_them():
+    s = tlcore.ImageSet(classes=["Cat"])
+    s.add([("a.png", png_bytes(COLORS[0], seed=1), "Cat")])
+    other = load_zip(_zip({"cat/b.png": png_bytes(COLORS[0], seed=2), "cat/a.png": png_bytes(COLORS[0], seed=1),
+                           "Dog/c.png": png_bytes(COLORS[1], seed=3)}))
+    rejected = s.merge(other)
+    assert s.classes == ["Cat", "Dog"]
+    assert s.counts() == {"Cat": 2, "Dog": 1}  # no KeyError: every item's label is a class
+    assert sorted(s.labels().tolist()) == [0, 0, 1]
+    assert [r.file for r in rejected] == ["cat/a.png"] and "already in class 'Cat'" in rejected[0].reason
+
+
+def test_zip_limits_are_declared_once_and_shared():
+    from tlcore.data import IMAGE_ZIP_LIMITS, ZipLimits, zip_member_problem
+
+    info = zipfile.ZipInfo("a/b.png")
+    info.file_size, info.compress_size = 60 * 2**20, 59 * 2**20
+    assert "limit is 50 MB" in zip_member_problem(info, IMAGE_ZIP_LIMITS)
+    assert zip_member_problem(info, ZipLimits(2**30, 2**30)) is None
+    info.compress_size = 2**10
+    assert "zip bomb" in zip_member_problem(info, ZipLimits(2**30, 2**30))
