@@ -7,7 +7,7 @@ import streamlit as st
 
 import tlcore
 from pages.common import ASSETS, explain, pretrained_body, project
-from tlcore.profile import measure_speed
+from tlcore import measure_speed
 
 proj = project()
 st.title("1 · Choose a backbone")
@@ -98,7 +98,7 @@ explain(f"Before any training, {spec.title} can name 1,000 ImageNet classes. Dro
         "guesses: this knowledge is what transfer learning reuses.")
 left, right = st.columns([1, 1])
 with left:
-    upload = st.file_uploader("A photo", type=sorted(s.strip(".") for s in tlcore.data.IMAGE_SUFFIXES),
+    upload = st.file_uploader("A photo", type=sorted(s.strip(".") for s in tlcore.IMAGE_SUFFIXES),
                               key="backbone_preview_file")
     sample = st.segmented_control("…or a sample", ["coffee", "cat"], key="backbone_preview_sample")
 if upload is not None or sample:

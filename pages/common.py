@@ -13,9 +13,9 @@ from streamlit.runtime.pages_manager import PagesManager
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 import tlcore
-from tlcore.jobs import JobSnapshot
-from tlcore.train import frozen_body
-from tlcore.project import PROJECTS, Project, RunRecord
+from tlcore import JobSnapshot
+from tlcore import frozen_body
+from tlcore import PROJECTS, Project, RunRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"

@@ -8,8 +8,8 @@ import streamlit as st
 
 import tlcore
 from pages.common import ASSETS, explain, project, require_data
-from tlcore.compare import DEFAULT_SHOTS, STRATEGY_TITLES, available_shots, shared_split
-from tlcore.project import describe, embedding_map
+from tlcore import DEFAULT_SHOTS, STRATEGY_TITLES, available_shots, shared_split
+from tlcore import describe, embedding_map
 
 proj = project()
 st.title("Compare strategies")

@@ -6,7 +6,7 @@ import streamlit as st
 
 import tlcore
 from pages.common import ASSETS, explain, project
-from tlcore.data import IMAGE_SUFFIXES, thumbnail
+from tlcore import IMAGE_SUFFIXES, thumbnail
 
 proj = project()
 images = proj.images

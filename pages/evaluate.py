@@ -3,8 +3,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages.common import explain, project, require_run
-from tlcore.data import thumbnail
-from tlcore.project import validation_report
+from tlcore import thumbnail
+from tlcore import validation_report
 
 proj = project()
 st.title("5 · Evaluate")

@@ -3,7 +3,7 @@ import streamlit as st
 
 import tlcore
 from pages.common import explain, project, switch_project
-from tlcore.project import export_model, import_run, model_card
+from tlcore import export_model, import_run, model_card, run_archive
 
 proj = project()
 st.title("7 · Export and projects")
@@ -36,8 +36,8 @@ else:
     with st.container(border=True):
         st.markdown(model_card(record))
     c1, c2, c3 = st.columns(3)
-    if (folder / tlcore.checkpoint.WEIGHTS).exists():
-        c1.download_button("Download run (.zip)", tlcore.archive_run(folder), f"{record.id}.zip", "application/zip",
+    if (archive := run_archive(proj, record)) is not None:
+        c1.download_button("Download run (.zip)", archive, f"{record.id}.zip", "application/zip",
                            icon=":material/download:", key="export_zip", type="primary")
     for col, kind, title in ((c2, "torchscript", "TorchScript"), (c3, "onnx", "ONNX")):
         file = folder / ("model.torchscript.pt" if kind == "torchscript" else "model.onnx")

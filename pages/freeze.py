@@ -6,8 +6,8 @@ import streamlit as st
 
 import tlcore
 from pages.common import explain, format_seconds, project
-from tlcore.backbones import stage_param_counts
-from tlcore.profile import estimate_epoch_seconds, measure_speed
+from tlcore import stage_param_counts
+from tlcore import estimate_epoch_seconds, measure_speed
 
 proj = project()
 spec = tlcore.get_backbone_spec(proj.backbone)

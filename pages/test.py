@@ -4,7 +4,7 @@ import streamlit as st
 
 import tlcore
 from pages.common import explain, project, require_run
-from tlcore.data import IMAGE_SUFFIXES
+from tlcore import IMAGE_SUFFIXES
 
 proj = project()
 st.title("6 · Test on new images")

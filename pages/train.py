@@ -6,7 +6,7 @@ import streamlit as st
 import tlcore
 
 from pages.common import (describe_snapshot, explain, project, require_data, run_title, training_figures)
-from tlcore.project import describe
+from tlcore import describe
 
 proj = project()
 st.title("4 · Train")

@@ -1,32 +1,62 @@
 """tlcore: the Transfer Learning Studio engine. Never imports streamlit.
 
-Modules, one job each: ``backbones`` (registry, weights), ``data`` (checked, decoded images),
-``model`` (body + head, freezing), ``train`` (event generator), ``evaluate`` (metrics, predictions,
-Grad-CAM), ``checkpoint`` (save/load/export), ``jobs`` (background training), ``compare``
-(strategies side by side), ``project`` (a user's saved work), ``cli``.
+This file is the whole public surface: the app's pages and the CLI use only what is imported
+here (a test holds the pages to it). Modules, one job each:
+
+* ``backbones``  registry of pretrained bodies, their preprocessing, stages and weights;
+* ``data``       checked, decoded images (folders, zips, uploads) and the train/validation split;
+* ``model``      body + new head, freezing by stage;
+* ``train``      training as a generator of typed events, in four modes;
+* ``evaluate``   metrics, predictions, Grad-CAM, the backbone's own ImageNet guesses;
+* ``checkpoint`` runs on disk (safetensors + JSON) and checked TorchScript/ONNX exports;
+* ``jobs``       background training jobs and their snapshots;
+* ``compare``    strategies side by side on one split, embedding maps;
+* ``profile``    measured speed, epoch-time estimates;
+* ``project``    a user's saved work (images, settings, runs) and the live projects of a server;
+* ``cli``, ``bench``.
 """
 from .backbones import (DEFAULT_BACKBONE, BackboneSpec, Body, Preprocess, create_body, ensure_weights,
                         get_backbone_spec, imagenet_categories, import_weights, list_backbones,
-                        register_backbone)
+                        register_backbone, stage_param_counts)
 from .checkpoint import (SavedRun, archive_run, export_onnx, export_torchscript, load_run, read_meta, save_run,
                          unpack_run_archive)
-from .data import (ImageItem, ImageSet, Rejected, check_trainable, decode_image, load_data, load_folder, load_zip,
-                   stratified_split)
+from .compare import DEFAULT_SHOTS, STRATEGY_TITLES, available_shots, shared_split
+from .data import (IMAGE_SUFFIXES, ImageItem, ImageSet, Rejected, check_trainable, decode_image, load_data,
+                   load_folder, load_zip, stratified_split, thumbnail)
 from .errors import BadImageError, TLError, WeightsUnavailableError
 from .evaluate import Evaluation, Prediction, evaluate, grad_cam, imagenet_top, overlay_cam, predict
 from .jobs import SLOTS, JobSnapshot, SlotPool, TrainingJob
 from .model import TransferModel, build_model, count_params, freeze
+from .profile import SpeedProfile, estimate_epoch_seconds, measure_speed
+from .project import (PROJECTS, Project, RunRecord, describe, embedding_map, export_model, import_run, model_card,
+                      run_archive, validation_report)
 from .train import (FEATURES, MODES, BatchEnd, EpochEnd, Event, Progress, RunFinished, RunResult, TrainConfig,
-                    run_to_end, train)
+                    frozen_body, run_to_end, train)
 
 __all__ = [
-    "DEFAULT_BACKBONE", "FEATURES", "MODES", "BackboneSpec", "BadImageError", "BatchEnd", "Body", "EpochEnd",
-    "Evaluation", "Event", "ImageItem", "ImageSet", "JobSnapshot", "Prediction", "Preprocess", "Progress",
-    "Rejected", "RunFinished", "RunResult", "SLOTS", "SavedRun", "SlotPool", "TLError", "TrainConfig",
-    "TrainingJob", "TransferModel", "WeightsUnavailableError", "archive_run", "build_model", "check_trainable",
-    "count_params", "create_body", "decode_image", "ensure_weights", "evaluate", "export_onnx",
-    "export_torchscript", "freeze", "get_backbone_spec", "grad_cam", "imagenet_categories", "imagenet_top",
-    "import_weights", "list_backbones", "load_data", "load_folder", "load_run", "load_zip", "overlay_cam", "predict",
-    "read_meta", "register_backbone", "run_to_end", "save_run", "stratified_split", "train",
+    # backbones
+    "DEFAULT_BACKBONE", "BackboneSpec", "Body", "Preprocess", "create_body", "ensure_weights", "frozen_body",
+    "get_backbone_spec", "imagenet_categories", "import_weights", "list_backbones", "register_backbone",
+    "stage_param_counts",
+    # data
+    "IMAGE_SUFFIXES", "ImageItem", "ImageSet", "Rejected", "check_trainable", "decode_image", "load_data",
+    "load_folder", "load_zip", "stratified_split", "thumbnail",
+    # errors
+    "BadImageError", "TLError", "WeightsUnavailableError",
+    # model and training
+    "FEATURES", "MODES", "BatchEnd", "EpochEnd", "Event", "Progress", "RunFinished", "RunResult", "TrainConfig",
+    "TransferModel", "build_model", "count_params", "freeze", "run_to_end", "train",
+    # evaluation
+    "Evaluation", "Prediction", "evaluate", "grad_cam", "imagenet_top", "overlay_cam", "predict",
+    # runs on disk
+    "SavedRun", "archive_run", "export_onnx", "export_torchscript", "load_run", "read_meta", "save_run",
     "unpack_run_archive",
+    # background jobs
+    "SLOTS", "JobSnapshot", "SlotPool", "TrainingJob",
+    # comparisons and speed
+    "DEFAULT_SHOTS", "STRATEGY_TITLES", "SpeedProfile", "available_shots", "estimate_epoch_seconds",
+    "measure_speed", "shared_split",
+    # projects (what the app's pages work on)
+    "PROJECTS", "Project", "RunRecord", "describe", "embedding_map", "export_model", "import_run", "model_card",
+    "run_archive", "validation_report",
 ]

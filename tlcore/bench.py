@@ -10,16 +10,15 @@ taken in the same run, so that a busy or slow machine still gives comparable num
 4. fine-tuning throughput of the real loop / raw forward+backward+step on tensors in memory,
    with nothing frozen and with half the stages frozen;
 5. peak resident memory of feature extraction at several dataset sizes (separate processes);
-6. app start-up time and the rerun time of the Data and Train pages with 500 images loaded.
+6. app start-up time and the rerun time of the Data and Train pages with 500 images loaded
+   (measured by ``tests/app_bench.py`` in its own process).
 """
 from __future__ import annotations
 
 import argparse
 import io
 import json
-import os
 import resource
-import socket
 import subprocess
 import sys
 import time
@@ -175,60 +174,12 @@ def peak_memory(n: int, backbone: str) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"]
 
 
-def app_startup_seconds() -> float:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    import urllib.request
-
-    t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true",
-                             "--server.address=127.0.0.1", f"--server.port={port}"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while True:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).status == 200:
-                    return time.perf_counter() - t
-            except OSError:
-                if time.perf_counter() - t > 120:
-                    raise
-                time.sleep(0.05)
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def page_rerun_seconds(n: int) -> dict[str, float]:
-    """Median rerun time of the Data and Train pages (AppTest) with ``n`` images loaded."""
-    import tempfile
-
-    from streamlit.runtime.pages_manager import PagesManager
-    from streamlit.testing.v1 import AppTest
-
-    os.environ.setdefault("TLS_HOME", tempfile.mkdtemp(prefix="tls-bench-"))
-    original = PagesManager.__init__
-
-    def init(self, *a, **k):  # as on a running server: the legacy pages/ mode is off (see tests/app)
-        original(self, *a, **k)
-        PagesManager.uses_pages_directory = False
-
-    PagesManager.__init__ = init
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
-    at.run()
-    project = at.session_state["tls_project"]
-    project.images.add(generated_files(n, size=(160, 120)))
-    out = {}
-    for page in ("data", "train"):
-        at.switch_page(f"pages/{page}.py").run()
-        times = []
-        for _ in range(5):
-            t, _ = _timed(at.run)
-            times.append(t)
-        assert not at.exception, at.exception
-        out[page] = sorted(times)[len(times) // 2]
-    PagesManager.__init__ = original
-    return out
+def app_figures(n: int) -> dict:
+    """App start-up and page rerun times, measured by ``tests/app_bench.py`` in its own process (the
+    engine never imports streamlit)."""
+    out = subprocess.run([sys.executable, "-m", "tests.app_bench", "--images", str(n)], capture_output=True,
+                         text=True, cwd=ROOT, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -290,9 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     log(f"5. peak memory: {', '.join(f'{k} images {v:.0f} MB' for k, v in mem.items())} (target <= 3072 MB at "
         f"2000); growth {', '.join(f'{p:.2f}' for p in per_image)} MB/image")
 
-    r["app_startup_seconds"] = app_startup_seconds()
-    reruns = page_rerun_seconds(50 if q else 500)
-    r["rerun_seconds"] = reruns
+    app = app_figures(50 if q else 500)
+    r["app_startup_seconds"], r["rerun_seconds"] = app["startup_seconds"], app["rerun_seconds"]
+    reruns = r["rerun_seconds"]
     log(f"6. app start to first page: {r['app_startup_seconds']:.1f} s; rerun with {50 if q else 500} images: "
         f"Data {reruns['data'] * 1000:.0f} ms, Train {reruns['train'] * 1000:.0f} ms (target <= 300 ms)")
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}))

@@ -26,7 +26,7 @@ from pathlib import Path
 from PIL import Image
 
 from .backbones import DEFAULT_BACKBONE, get_backbone_spec
-from .checkpoint import (FORMAT, atomic_write, export_onnx, export_torchscript, load_run, result_from_saved,
+from .checkpoint import (FORMAT, WEIGHTS, archive_run, atomic_write, export_onnx, export_torchscript, load_run, result_from_saved,
                          save_run, unpack_run_archive, write_weights_and_meta)
 from .compare import features_of, plan, project_2d, shared_split
 from .data import (ImageItem, ImageSet, Rejected, image_to_tensor, stratified_split, tensor_to_image,
@@ -323,6 +323,12 @@ def export_model(project: Project, record: RunRecord, kind: str) -> tuple[Path, 
     else:
         raise TLError(f"Unknown export format {kind!r}: use 'torchscript' or 'onnx'.")
     return path, diff
+
+
+def run_archive(project: Project, record: RunRecord) -> bytes | None:
+    """The run's folder as zip bytes for a download, or None while it has no saved weights."""
+    folder = project.folder / "runs" / record.id
+    return archive_run(folder) if (folder / WEIGHTS).exists() else None
 
 
 def import_run(project: Project, data: bytes) -> RunRecord:

@@ -1,0 +1,45 @@
+"""The layering the style notes ask for: the engine never imports streamlit, the pages never import
+torch and use only tlcore's public surface (``tlcore.__all__``)."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import tlcore
+from tests.conftest import ROOT
+
+PAGES = sorted((ROOT / "pages").glob("*.py")) + [ROOT / "app.py"]
+
+
+def _imports(path: Path) -> list[tuple[str, list[str]]]:
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [(a.name, []) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            out.append((node.module or "", [a.name for a in node.names]))
+    return out
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "tlcore").glob("*.py")), ids=lambda p: p.name)
+def test_the_engine_never_imports_streamlit(path):
+    assert not [m for m, _ in _imports(path) if m.split(".")[0] == "streamlit"]
+
+
+@pytest.mark.parametrize("path", PAGES, ids=lambda p: p.name)
+def test_pages_use_only_the_public_api(path):
+    public = set(tlcore.__all__)
+    for module, names in _imports(path):
+        assert module.split(".")[0] not in ("torch", "torchvision", "timm"), f"{path.name} imports {module}"
+        if module.startswith("tlcore"):
+            assert module == "tlcore", f"{path.name} reaches into {module}"
+            assert set(names) <= public, f"{path.name} imports private {set(names) - public}"
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "tlcore":
+            assert node.attr in public, f"{path.name} uses tlcore.{node.attr}, which is not public"
+
+
+def test_every_public_name_exists():
+    assert all(hasattr(tlcore, n) for n in tlcore.__all__) and len(set(tlcore.__all__)) == len(tlcore.__all__)
