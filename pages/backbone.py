@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import tlcore
-from pages.common import ASSETS, explain, pretrained_body, project
+from pages.common import ASSETS, explain, project
 from tlcore import measure_speed
 
 proj = project()
@@ -112,7 +112,8 @@ if upload is not None or sample:
         if spec.availability() == "download":
             st.warning(f"{spec.title}'s weights are not on this machine yet: choose it above to download them.")
         else:
-            top = tlcore.imagenet_top(pretrained_body(spec.name), image, spec.preprocess)
+            with st.spinner("Asking the pretrained backbone…"):
+                top = tlcore.imagenet_top(spec.name, image)
             left.image(image, width=280)
             fig = go.Figure(go.Bar(x=[p for _, p in top][::-1], y=[n for n, _ in top][::-1], orientation="h",
                                    text=[f"{p:.0%}" for _, p in top][::-1]))

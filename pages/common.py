@@ -14,7 +14,6 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 import tlcore
 from tlcore import JobSnapshot
-from tlcore import frozen_body
 from tlcore import PROJECTS, Project, RunRecord
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,13 +151,6 @@ def run_title(r: RunRecord | None) -> str:
     acc = r.result.val_accuracy if r.result is not None else None
     acc_s = "" if acc is None else f" · {acc:.0%} val. accuracy"
     return f"{r.id.split('-')[1]} · {r.label}{acc_s} · {r.status}"
-
-
-def pretrained_body(name: str) -> tlcore.Body:
-    """Pretrained weights are immutable: one copy per server process, shared by every session and by
-    the runs that keep the backbone frozen."""
-    with st.spinner("Loading the pretrained backbone…"):
-        return frozen_body(name)
 
 
 def explain(text: str) -> None:

@@ -14,6 +14,9 @@ from PIL import Image
 # test backbone is offered by the app.
 os.environ.setdefault("TLS_HOME", tempfile.mkdtemp(prefix="tls-test-home-"))
 os.environ["TLS_TEST_BACKBONES"] = "1"
+# Exports of pretrained bodies go to a fresh cache; fixed f32 precision keeps results deterministic.
+os.environ.setdefault("TLCORE_CACHE_DIR", tempfile.mkdtemp(prefix="tls-test-cache-"))
+os.environ["TLCORE_INFERENCE_PRECISION"] = "f32"
 
 ROOT = Path(__file__).resolve().parent.parent
 COLORS = [(220, 40, 40), (40, 40, 220), (40, 200, 40)]

@@ -68,7 +68,9 @@ class Body(nn.Module):
     """A backbone without its ImageNet classifier: ``[B, 3, S, S] normalised -> [B, feature_dim]``."""
 
     def __init__(self, net: nn.Module, stages: tuple[Stage, ...], feature_dim: int,
-                 imagenet_head: nn.Module | None, cam_layer: str) -> None:
+                 imagenet_head: nn.Module | None, cam_layer: str,
+                 pieces: list[nn.Module] | None = None, tail: Callable[[torch.Tensor], torch.Tensor] | None = None
+                 ) -> None:
         super().__init__()
         self.net = net
         self.stages = stages
@@ -77,9 +79,30 @@ class Body(nn.Module):
         # the "what does it already see?" preview only.
         self._imagenet_head = [imagenet_head]
         self.cam_layer = cam_layer  # module whose activations Grad-CAM explains
+        # The network as one module per stage (sharing net's parameters, outside the module tree)
+        # and the pooling after the last: tail(pieces[-1](...pieces[0](x))) == net(x). Lets a
+        # fine-tune compute its frozen leading stages once (None: this body cannot be split).
+        if pieces is not None and len(pieces) != len(stages):
+            raise ValueError(f"{len(pieces)} pieces for {len(stages)} stages")
+        self._split = (pieces, tail)  # a tuple: not registered as submodules, nothing saved twice
+        self.shared_pretrained: str | None = None  # the backbone's name on ``frozen_body``'s shared copies
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    @property
+    def splittable(self) -> bool:
+        return self._split[0] is not None
+
+    def forward_range(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Stages ``[start, stop)`` on ``x``; ``stop=None`` runs to the end, pooling included, so that
+        ``forward_range(forward_range(x, 0, k), k) == forward(x)``."""
+        pieces, tail = self._split
+        if pieces is None or tail is None:
+            raise TLError("This backbone cannot be run stage by stage.")
+        for piece in pieces[start:len(pieces) if stop is None else stop]:
+            x = piece(x)
+        return tail(x) if stop is None else x
 
     @property
     def imagenet_head(self) -> nn.Module | None:
@@ -283,6 +306,31 @@ def create_body(name: str, pretrained: bool = True, progress: ProgressFn | None 
     return body
 
 
+@functools.lru_cache(maxsize=4)
+def frozen_body(name: str) -> Body:
+    """One pretrained body per backbone and process, never trained (no gradients, eval mode): shared by
+    every run that keeps the whole body frozen and by every inference through the pretrained weights.
+    Nothing may move it to another device or hook it; models built on it move only their head."""
+    body = create_body(name).to(memory_format=torch.channels_last)
+    for p in body.parameters():
+        p.requires_grad_(False)
+    body.shared_pretrained = name
+    return body.eval()
+
+
+@functools.lru_cache(maxsize=16)
+def _file_digest(path: str, size: int, mtime: float) -> str:
+    return _sha256(Path(path))
+
+
+def weights_digest(name: str) -> str:
+    """SHA-256 of the backbone's pretrained weights file: which weights a cached export or a partial
+    checkpoint was made from."""
+    path = ensure_weights(get_backbone_spec(name))
+    st = path.stat()
+    return _file_digest(str(path), st.st_size, st.st_mtime)
+
+
 # ----------------------------------------------------------------------------- EfficientNet-Lite
 
 
@@ -312,7 +360,8 @@ def _lite_body(variant: int) -> Body:
     stages = (Stage("stem", ("conv_stem", "bn1")),
               *(Stage(f"block {i + 1}", (f"blocks.{i}",)) for i in range(len(net.blocks))),
               Stage("head conv", ("conv_head", "bn2")))
-    return Body(net, stages, net.num_features, head, cam_layer="bn2")
+    pieces = [nn.Sequential(net.conv_stem, net.bn1), *net.blocks, nn.Sequential(net.conv_head, net.bn2)]
+    return Body(net, stages, net.num_features, head, cam_layer="bn2", pieces=pieces, tail=net.forward_head)
 
 
 def _lite_file(variant: int) -> Callable[[], Path]:
@@ -358,11 +407,15 @@ def _tv_body(arch: str) -> Body:
     import torchvision
 
     net = torchvision.models.get_model(arch, weights=None)
+    pieces: list[nn.Module] | None
     if arch.startswith("resnet"):
         head, net.fc = net.fc, nn.Identity()
         stages = (Stage("stem", ("conv1", "bn1")), *(Stage(f"layer {i}", (f"layer{i}",)) for i in range(1, 5)))
         cam = "layer4"
         dim = head.in_features
+        pieces = [nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool),
+                  *(getattr(net, f"layer{i}") for i in range(1, 5))]
+        tail = nn.Sequential(net.avgpool, nn.Flatten(1))
     elif arch.startswith("vit"):
         head, net.heads = net.heads, nn.Identity()
         n = len(net.encoder.layers)
@@ -373,18 +426,23 @@ def _tv_body(arch: str) -> Body:
                   Stage("final norm", ("encoder.ln",)))
         cam = f"encoder.layers.encoder_layer_{n - 1}"
         dim = net.hidden_dim
+        pieces, tail = None, None  # the class token and position embedding do not split by stage
     elif arch.startswith("convnext"):
         head, net.classifier[2] = net.classifier[2], nn.Identity()
         stages = (*(Stage(f"features {i}", (f"features.{i}",)) for i in range(len(net.features))),
                   Stage("final norm", ("classifier.0",)))
         cam = f"features.{len(net.features) - 1}"
         dim = head.in_features
+        pieces = [*net.features, nn.Sequential(net.avgpool, net.classifier[0])]
+        tail = net.classifier[1:]  # flatten (the ImageNet layer is gone)
     else:  # mobilenet_v3_*, efficientnet_b*: features -> avgpool -> classifier
         head, net.classifier = net.classifier, nn.Identity()
         stages = tuple(Stage(f"features {i}", (f"features.{i}",)) for i in range(len(net.features)))
         cam = f"features.{len(net.features) - 1}"
         dim = next(m for m in head.modules() if isinstance(m, nn.Linear)).in_features
-    return Body(net, stages, dim, head, cam_layer=cam)
+        pieces = list(net.features)
+        tail = nn.Sequential(net.avgpool, nn.Flatten(1))
+    return Body(net, stages, dim, head, cam_layer=cam, pieces=pieces, tail=tail)
 
 
 def _tv_remap(sd: dict[str, torch.Tensor], body: Body) -> dict[str, torch.Tensor]:
@@ -450,7 +508,7 @@ def _tiny_body() -> Body:
     net = _TinyNet()
     head, net.fc = net.fc, nn.Identity()
     stages = (Stage("stem", ("stem",)), Stage("block 1", ("block1",)), Stage("block 2", ("block2",)))
-    return Body(net, stages, 32, head, cam_layer="block2")
+    return Body(net, stages, 32, head, cam_layer="block2", pieces=[net.stem, net.block1, net.block2], tail=net.pool)
 
 
 def _tiny_weights_file() -> Path:

@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -23,11 +24,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .backbones import Preprocess, get_backbone_spec
+from .backbones import Preprocess, frozen_body, get_backbone_spec, weights_digest
 from .data import ZipLimits, check_zip_total, zip_member_problem
 from .errors import TLError
 from .model import TransferModel, build_model
-from .train import EpochEnd, RunResult, TrainConfig
+from .train import FROZEN_BODY_MODES, EpochEnd, RunResult, TrainConfig
 
 FORMAT = "tlcore-run/1"
 WEIGHTS = "model.safetensors"
@@ -45,6 +46,12 @@ class SavedRun:
     meta: dict
 
 
+def _pretrained_digest(config: TrainConfig) -> str | None:
+    """The pretrained weights a run started from (None from scratch): a saved body that was frozen
+    can then refer to them instead of being written again."""
+    return None if config.mode == "scratch" else weights_digest(config.backbone)
+
+
 def run_metadata(result: RunResult, status: str = "completed", extra: dict | None = None) -> dict:
     spec = get_backbone_spec(result.config.backbone)
     return {
@@ -54,11 +61,68 @@ def run_metadata(result: RunResult, status: str = "completed", extra: dict | Non
         "metrics": {"val_accuracy": result.val_accuracy, "best_epoch": result.best_epoch,
                     "train_seconds": result.train_seconds, "num_images": result.num_images,
                     "trainable_params": result.trainable_params, "total_params": result.total_params,
-                    "freeze_depth": result.freeze_depth},
+                    "freeze_depth": result.freeze_depth, "runtime": result.runtime, "how": result.how},
         "history": [e.to_json() for e in result.history],
         "split": {"train": list(result.train_indices), "val": list(result.val_indices)},
+        "weights_digest": _pretrained_digest(result.config),
         **(extra or {}),
     }
+
+
+def partial_meta(config: TrainConfig, classes: list[str], epoch: EpochEnd, extra: dict | None = None) -> dict:
+    """Metadata of a run still in progress: enough to reload and evaluate its best epoch after a crash.
+    Its weights file holds only what trained (``partial.frozen_stages`` stages come from the
+    pretrained weights named by ``weights_digest``)."""
+    spec = get_backbone_spec(config.backbone)
+    return {"format": FORMAT, "status": "interrupted", "classes": list(classes), "backbone": config.backbone,
+            "preprocess": dataclasses.asdict(spec.preprocess), "config": dataclasses.asdict(config),
+            "metrics": {"val_accuracy": epoch.val_acc, "best_epoch": epoch.epoch, "train_seconds": epoch.seconds},
+            "history": [epoch.to_json()], "weights_digest": _pretrained_digest(config),
+            "partial": {"frozen_stages": config.resolved_freeze_depth()}, **(extra or {})}
+
+
+def trained_state(model: TransferModel, frozen_stages: int) -> dict[str, torch.Tensor]:
+    """The state a run changed, as CPU copies: the head, and the body's stages from ``frozen_stages``
+    on (the whole model when nothing was frozen; the head alone for a frozen body)."""
+    body = model.body
+    out = {}
+    for k, v in model.state_dict().items():
+        if k.startswith("body.net.") and body.stage_of(k[len("body.net."):]) < frozen_stages:
+            continue
+        out[k] = v.detach().cpu().contiguous().clone()
+    return out
+
+
+class Checkpointer:
+    """Keeps a running run's best epoch on disk, cheaply: only what trained (the head alone when the
+    body is frozen), and at most once per ``min_interval`` seconds (a best epoch that comes sooner
+    waits, as a copy in memory, for the next event after the interval). Feed it every event."""
+
+    def __init__(self, folder: str | Path, config: TrainConfig, classes: list[str], extra: dict | None = None,
+                 min_interval: float = 1.0) -> None:
+        self.folder, self.config, self.classes, self.extra = Path(folder), config, classes, extra
+        self.min_interval = min_interval
+        self.depth = config.resolved_freeze_depth()
+        self._pending: tuple[dict[str, torch.Tensor], dict] | None = None
+        self._last = -math.inf
+        self.writes = 0
+
+    def __call__(self, event: object) -> None:
+        if isinstance(event, EpochEnd) and event.best and event.model is not None:
+            self._pending = (trained_state(event.model, self.depth),
+                             partial_meta(self.config, self.classes, event, self.extra))
+        if self._pending is not None and time.monotonic() - self._last >= self.min_interval:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending best epoch now, if there is one."""
+        if self._pending is None:
+            return
+        state, meta = self._pending
+        self._pending = None
+        _write(self.folder, state, meta)
+        self._last = time.monotonic()
+        self.writes += 1
 
 
 def atomic_write(path: Path, write: Callable[[str], object]) -> None:
@@ -75,19 +139,17 @@ def atomic_write(path: Path, write: Callable[[str], object]) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def write_weights_and_meta(folder: str | Path, model: TransferModel, meta: dict) -> Path:
-    """Write ``model``'s state_dict and ``meta`` into ``folder``, each file atomically."""
-    folder = Path(folder)
+def _write(folder: Path, state: dict[str, torch.Tensor], meta: dict) -> Path:
+    """Write a state_dict and its metadata into ``folder``, each file atomically (weights first)."""
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     atomic_write(folder / WEIGHTS, lambda p: save_file(state, p))
     atomic_write(folder / META, lambda p: Path(p).write_text(json.dumps(meta, indent=1)))
     return folder
 
 
 def save_run(result: RunResult, folder: str | Path, status: str = "completed", extra: dict | None = None) -> Path:
-    """Write a finished run (weights and metadata) to ``folder``; returns the folder."""
-    return write_weights_and_meta(folder, result.model, run_metadata(result, status, extra))
+    """Write a finished run, complete (every weight, so the folder stands on its own), to ``folder``."""
+    return _write(Path(folder), trained_state(result.model, 0), run_metadata(result, status, extra))
 
 
 def read_meta(folder: str | Path) -> dict:
@@ -116,14 +178,53 @@ def load_run(folder: str | Path) -> SavedRun:
         state = load_file(folder / WEIGHTS)
     except (SafetensorError, OSError, ValueError) as e:
         raise TLError(f"{folder.name}/{WEIGHTS} is missing or not a safetensors file ({e}).") from None
+    model = _rebuild(folder, meta, backbone, classes, state)
+    model.eval()
+    return SavedRun(model, classes, backbone, get_backbone_spec(backbone).preprocess, meta)
+
+
+def _rebuild(folder: Path, meta: dict, backbone: str, classes: tuple[str, ...], state: dict[str, torch.Tensor]
+             ) -> TransferModel:
+    """The saved model. A frozen-body run made from the pretrained weights this machine has attaches
+    its head to the shared pretrained body (no second copy; inference on the fast runtime); a
+    partial checkpoint takes its frozen stages from those weights; anything else loads whole."""
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    digest = meta.get("weights_digest")
+    partial = meta.get("partial") if isinstance(meta.get("partial"), dict) else None
+    spec = get_backbone_spec(backbone)
+    if digest is not None and (config.get("mode") in FROZEN_BODY_MODES or partial):
+        if spec.availability() == "download" or weights_digest(backbone) != digest:
+            if partial:
+                raise TLError(f"{folder.name} was saved during training and needs {spec.title}'s pretrained "
+                              f"weights, which are not on this machine (or differ from those it trained with).")
+        elif config.get("mode") in FROZEN_BODY_MODES:
+            model = TransferModel(frozen_body(backbone), len(classes), spec.preprocess)
+            _load(folder, model.head, {k[5:]: v for k, v in state.items() if k.startswith("head.")}, backbone,
+                  classes, strict=True)
+            return model
+        else:
+            model = build_model(backbone, len(classes), pretrained=True)
+            frozen = set(model.state_dict()) - set(trained_state(model, int(partial["frozen_stages"])))
+            missing = _load(folder, model, state, backbone, classes, strict=False)
+            if not set(missing) <= frozen:
+                raise TLError(f"The weights in {folder.name} lack {sorted(set(missing) - frozen)[:3]}.")
+            return model
     model = build_model(backbone, len(classes), pretrained=False)
+    _load(folder, model, state, backbone, classes, strict=True)
+    return model
+
+
+def _load(folder: Path, module: torch.nn.Module, state: dict[str, torch.Tensor], backbone: str,
+          classes: tuple[str, ...], strict: bool) -> list[str]:
     try:
-        model.load_state_dict(state, strict=True)
+        result = module.load_state_dict(state, strict=strict)
     except RuntimeError as e:
         raise TLError(f"The weights in {folder.name} do not fit a {backbone} model with {len(classes)} "
                       f"classes ({str(e).splitlines()[0]}).") from None
-    model.eval()
-    return SavedRun(model, classes, backbone, get_backbone_spec(backbone).preprocess, meta)
+    if result.unexpected_keys:
+        raise TLError(f"The weights in {folder.name} do not fit a {backbone} model: unexpected "
+                      f"{result.unexpected_keys[:3]}.")
+    return list(result.missing_keys)
 
 
 def result_from_saved(saved: SavedRun) -> RunResult:
@@ -139,7 +240,7 @@ def result_from_saved(saved: SavedRun) -> RunResult:
         train_indices=tuple(saved.meta.get("split", {}).get("train", [])),
         val_indices=tuple(saved.meta.get("split", {}).get("val", [])),
         trainable_params=int(m.get("trainable_params", 0)), total_params=int(m.get("total_params", 0)),
-        freeze_depth=int(m.get("freeze_depth", 0)))
+        freeze_depth=int(m.get("freeze_depth", 0)), runtime=str(m.get("runtime", "torch")), how=str(m.get("how", "")))
 
 
 def archive_run(folder: str | Path) -> bytes:

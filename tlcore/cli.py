@@ -66,7 +66,8 @@ def _config(args: argparse.Namespace, mode: str | None = None):
 
     return TrainConfig(backbone=args.backbone, mode=mode or args.mode, freeze_depth=args.freeze_depth,
                        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
-                       seed=args.seed, patience=args.patience, augment=not args.no_augment)
+                       seed=args.seed, patience=args.patience, augment=not args.no_augment,
+                       augment_views=args.augment_views)
 
 
 def _report_rejected(imageset) -> None:
@@ -102,6 +103,7 @@ def cmd_train(args: argparse.Namespace) -> int:
            "train_seconds": round(r.train_seconds, 3), "num_images": r.num_images, "classes": list(r.classes),
            "mode": config.mode, "backbone": config.backbone, "freeze_depth": r.freeze_depth,
            "best_epoch": r.best_epoch, "epochs_run": len(r.history), "trainable_params": r.trainable_params,
+           "runtime": r.runtime, "how": r.how,
            "rejected": len(imageset.rejected), "run_dir": str(Path(args.out).resolve())})
     return 0 if finished.status != "failed" else 1
 
@@ -109,12 +111,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .checkpoint import load_run
     from .data import load_data
-    from .evaluate import evaluate
+    from .evaluate import evaluate, inference_runtime
 
     saved = load_run(args.run_dir)
     imageset = load_data(args.data)
     _report_rejected(imageset)
-    _emit(evaluate(saved.model, imageset, saved.classes, saved.preprocess).to_json())
+    _emit({**evaluate(saved.model, imageset, saved.classes, saved.preprocess).to_json(),
+           "runtime": inference_runtime(saved.model)})
     return 0
 
 
@@ -122,7 +125,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .checkpoint import load_run
     from .data import decode_image
     from .errors import BadImageError
-    from .evaluate import predict
+    from .evaluate import inference_runtime, predict
 
     saved = load_run(args.run_dir)
     status = 0
@@ -137,7 +140,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             status = 1
             continue
         p = predict(saved.model, [image], saved.classes, saved.preprocess)[0]
-        _emit({"file": file, "label": p.label, "confidence": p.confidence, "probabilities": p.probabilities})
+        _emit({"file": file, "label": p.label, "confidence": p.confidence, "probabilities": p.probabilities,
+               "runtime": inference_runtime(saved.model)})
     return status
 
 
@@ -185,6 +189,8 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--patience", type=int, default=0, help="early stopping patience in epochs (0: off)")
         q.add_argument("--no-augment", action="store_true", help="no flips/crops/colour jitter")
+        q.add_argument("--augment-views", type=int, default=4,
+                       help="fine-tune with frozen stages: augmented views per image, computed once")
 
     t = sub.add_parser("train", help="train a classifier on DATA (a class-per-folder directory or a zip)")
     t.add_argument("data")

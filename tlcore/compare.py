@@ -16,8 +16,7 @@ from .backbones import get_backbone_spec
 from .data import ImageSet, check_trainable, stratified_split, trainable_subset
 from .errors import TLError
 from .model import TransferModel
-from .train import (FROZEN_BODY_MODES, MODES, Event, RunFinished, TrainConfig, embed, frozen_body, resolve_device,
-                    train)
+from .train import FROZEN_BODY_MODES, MODES, Event, RunFinished, TrainConfig, embed, train
 
 DEFAULT_SHOTS = (1, 5, 10, 25, None)  # images per class; None = all
 
@@ -83,7 +82,7 @@ def summary_row(run: PlannedRun, finished: RunFinished) -> dict:
             "val_accuracy": None if r is None else r.val_accuracy,
             "train_seconds": None if r is None else round(r.train_seconds, 3),
             "trainable_params": None if r is None else r.trainable_params,
-            "epochs_run": 0 if r is None else len(r.history),
+            "epochs_run": 0 if r is None else len(r.history), "runtime": None if r is None else r.runtime,
             "val_indices": None if r is None else list(r.val_indices), "reason": finished.reason}
 
 
@@ -108,10 +107,8 @@ def project_2d(feats: torch.Tensor, method: str = "pca", seed: int = 0) -> np.nd
 
 def features_of(model: TransferModel | None, imageset: ImageSet, backbone: str) -> torch.Tensor:
     """Features of every image: from the pretrained backbone (``model`` None, cached) or a trained model."""
-    device = resolve_device()
-    if model is None:
-        model = TransferModel(frozen_body(backbone), 1, get_backbone_spec(backbone).preprocess).to(device)
-        gen = embed(model, imageset, backbone, device)
+    if model is None or model.body.shared_pretrained:  # pretrained features: cached, on the fast runtime
+        gen = embed(imageset, backbone)
         try:
             while True:
                 next(gen)

@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .backbones import Body, Preprocess, imagenet_categories
+from .backbones import Preprocess, frozen_body, get_backbone_spec, imagenet_categories
 from .data import ImageSet, image_to_tensor, preprocess_pixels, tensor_to_image
 from .errors import TLError
 from .model import TransferModel
+from .runtime import frozen_forward, runtime_for
 
 
 @dataclass(frozen=True)
@@ -57,15 +58,29 @@ class Evaluation:
 
 
 def _probabilities(model: TransferModel, pixels: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """uint8 ``[N, 3, S, S]`` -> probabilities ``[N, C]`` (CPU, eval mode)."""
+    """uint8 ``[N, 3, S, S]`` -> probabilities ``[N, C]`` (CPU, eval mode).
+
+    A model on the shared pretrained body (feature extraction, few-shot) gets its features from the
+    fastest runtime (``frozen_forward``) and applies only its head in torch.
+    """
     model.eval()
-    device = next(model.parameters()).device
+    device = next(model.head.parameters()).device
     out = []
     with torch.inference_mode():
         for lo in range(0, len(pixels), batch_size):
-            x = pixels[lo:lo + batch_size].to(device).float().div_(255.0)
-            out.append(F.softmax(model(x).float(), dim=1).cpu())
+            batch = pixels[lo:lo + batch_size]
+            if model.body.shared_pretrained:
+                logits = model.head(frozen_forward(model.body.shared_pretrained, batch, device=device).to(device))
+            else:
+                logits = model(batch.to(device).float().div_(255.0).contiguous(memory_format=torch.channels_last))
+            out.append(F.softmax(logits.float(), dim=1).cpu())
     return torch.cat(out) if out else torch.zeros((0, model.head[-1].out_features))
+
+
+def inference_runtime(model: TransferModel) -> str:
+    """What runs ``model``'s body in ``evaluate`` and ``predict``: the fast runtime for the shared
+    pretrained body, torch for a body that trained."""
+    return runtime_for(next(model.head.parameters()).device) if model.body.shared_pretrained else "torch"
 
 
 def evaluate(model: TransferModel, imageset: ImageSet, classes: tuple[str, ...] | list[str],
@@ -149,15 +164,15 @@ def grad_cam(model: TransferModel, image: Image.Image, pre: Preprocess, target: 
     return (cam / peak if peak > 0 else cam).cpu().numpy()
 
 
-def imagenet_top(body: Body, image: Image.Image, pre: Preprocess, k: int = 5) -> list[tuple[str, float]]:
-    """What the pretrained backbone alone sees in ``image``: its top-``k`` ImageNet classes."""
-    if body.imagenet_head is None:
+def imagenet_top(backbone: str, image: Image.Image, k: int = 5) -> list[tuple[str, float]]:
+    """What the pretrained backbone alone sees in ``image``: its top-``k`` ImageNet classes (features
+    from the fastest runtime, then the backbone's own ImageNet classifier)."""
+    head = frozen_body(backbone).imagenet_head
+    if head is None:
         raise TLError("This backbone has no ImageNet classifier to ask.")
-    body.eval()
-    x = prepare([image], pre).float().div_(255.0)
-    mean, std = torch.tensor(pre.mean).view(1, 3, 1, 1), torch.tensor(pre.std).view(1, 3, 1, 1)
+    feats = frozen_forward(backbone, prepare([image], get_backbone_spec(backbone).preprocess))
     with torch.inference_mode():
-        probs = F.softmax(body.imagenet_head(body((x - mean) / std)), 1)[0]
+        probs = F.softmax(head(feats), 1)[0]
     values, indices = probs.topk(k)
     names = imagenet_categories()
     return [(names[i], v) for i, v in zip(indices.tolist(), values.tolist())]

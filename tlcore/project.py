@@ -26,15 +26,15 @@ from pathlib import Path
 from PIL import Image
 
 from .backbones import DEFAULT_BACKBONE, get_backbone_spec
-from .checkpoint import (FORMAT, WEIGHTS, archive_run, atomic_write, export_onnx, export_torchscript, load_run, result_from_saved,
-                         save_run, unpack_run_archive, write_weights_and_meta)
+from .checkpoint import (WEIGHTS, Checkpointer, archive_run, atomic_write, export_onnx, export_torchscript, load_run,
+                         result_from_saved, save_run, unpack_run_archive)
 from .compare import features_of, plan, project_2d, shared_split
 from .data import (ImageItem, ImageSet, Rejected, image_to_tensor, stratified_split, tensor_to_image,
                    trainable_subset)
 from .evaluate import Evaluation, evaluate
 from .errors import TLError
 from .jobs import TrainingJob
-from .train import EpochEnd, Event, RunFinished, RunResult, TrainConfig, train
+from .train import Event, RunFinished, RunResult, TrainConfig, train
 
 HOME_ENV = "TLS_HOME"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
@@ -144,10 +144,9 @@ class Project:
             if waiting_for is not None:
                 while waiting_for.alive and not should_stop():
                     time.sleep(0.1)
+            checkpoint = Checkpointer(folder, config, data.classes, {"val_digests": record.val_digests})
             for event in train(images, config, should_stop, split=split):
-                if isinstance(event, EpochEnd) and event.best and event.model is not None:
-                    write_weights_and_meta(folder, event.model,
-                                           partial_meta(config, data.classes, event, record.val_digests))
+                checkpoint(event)
                 yield event
 
         def on_finish(finished: RunFinished) -> None:
@@ -388,15 +387,6 @@ def embedding_map(project: Project, record: RunRecord, method: str = "pca") -> d
             "pretrained": project_2d(features_of(None, images, backbone), method).tolist(),
             "trained": project_2d(features_of(record.result.model, images, backbone), method).tolist()}
     return record.cache[key]
-
-
-def partial_meta(config: TrainConfig, classes: list[str], epoch: EpochEnd, val_digests: list[str]) -> dict:
-    """Metadata of a run still in progress: enough to reload and evaluate its best epoch after a crash."""
-    spec = get_backbone_spec(config.backbone)
-    return {"format": FORMAT, "status": "interrupted", "classes": classes, "backbone": config.backbone,
-            "preprocess": dataclasses.asdict(spec.preprocess), "config": dataclasses.asdict(config),
-            "metrics": {"val_accuracy": epoch.val_acc, "best_epoch": epoch.epoch, "train_seconds": epoch.seconds},
-            "history": [epoch.to_json()], "val_digests": val_digests}
 
 
 def describe(config: TrainConfig) -> str:

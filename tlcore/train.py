@@ -1,9 +1,12 @@
-"""Training as a generator of typed events, in three modes on the same data, split and seed.
+"""Training as a generator of typed events, in four modes on the same data, split and seed.
 
-* feature extraction: the pretrained body is frozen; each image goes through it once (features
-  cached by backbone, preprocessing and image content) and only the new head is trained;
+* feature extraction: the pretrained body is frozen; each image goes through it once (on the
+  fastest runtime installed, features cached by backbone, preprocessing and image content) and
+  only the new head is trained;
 * fine-tuning: the first ``freeze_depth`` stages stay frozen, the rest and the head train, the
-  body at a lower learning rate than the head (discriminative rates);
+  body at a lower learning rate than the head (discriminative rates). The frozen stages run once
+  per image and augmented view (a fixed pool of ``augment_views`` views per image, drawn from
+  each epoch) instead of every epoch;
 * from scratch: the same architecture from random weights, everything trains;
 * few-shot: no gradient steps at all; the head is the nearest-class-mean (prototype) classifier
   on the cached features, ready from one image per class.
@@ -16,11 +19,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import math
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -28,12 +31,14 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torchvision.transforms import v2
 
-from .backbones import DEFAULT_BACKBONE, Body, Preprocess, create_body, get_backbone_spec
+from .backbones import DEFAULT_BACKBONE, Preprocess, frozen_body, get_backbone_spec, weights_digest
 from .data import ImageSet, check_trainable, stratified_split, trainable_subset
 from .errors import TLError
 from .model import CHANNELS_LAST, TransferModel, build_model, count_params, freeze, set_train_mode
+from .runtime import frozen_forward, runtime_for
 
 Mode = Literal["feature-extraction", "fine-tune", "scratch", "few-shot"]
 MODES: tuple[Mode, ...] = ("feature-extraction", "fine-tune", "scratch", "few-shot")
@@ -59,6 +64,7 @@ class TrainConfig:
     patience: int = 0  # early stopping: epochs without validation improvement; 0 = off
     device: str = "auto"  # "auto" picks CUDA, then Apple MPS, then the CPU
     max_images_per_class: int | None = None  # data-efficiency studies: use at most this many per class
+    augment_views: int = 4  # fine-tune with frozen leading stages: augmented views per image, computed once
 
     def validate(self) -> None:
         """Raise ``TLError`` for settings that cannot make a sensible run."""
@@ -77,6 +83,8 @@ class TrainConfig:
             raise TLError(f"The validation share must be at least 0 and below 1 (got {self.val_fraction}).")
         if self.patience < 0:
             raise TLError("Early-stopping patience cannot be negative.")
+        if self.augment_views < 1:
+            raise TLError(f"Augmented views per image must be at least 1 (got {self.augment_views}).")
         n = len(get_backbone_spec(self.backbone).stage_names)
         if self.freeze_depth is not None and not 0 <= self.freeze_depth <= n:
             raise TLError(f"Freeze depth must be between 0 and {n} for {self.backbone} (got {self.freeze_depth}).")
@@ -146,6 +154,8 @@ class RunResult:
     trainable_params: int
     total_params: int
     freeze_depth: int
+    runtime: str = "torch"  # what ran the frozen pretrained part (openvino, onnxruntime or torch)
+    how: str = ""  # how the frozen part was run, in words
 
 
 @dataclass(frozen=True)
@@ -181,79 +191,77 @@ def to_float(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 class FeatureCache:
-    """Process-wide embeddings of pretrained bodies: ``(backbone key, image digest) -> [D]``.
+    """Process-wide embeddings of pretrained bodies: ``(backbone key, image digest) -> [D]``, least
+    recently used first out once ``max_bytes`` is reached.
 
-    Pretrained weights never change, so an image's features are computed once per backbone and
-    preprocessing and then reused by every later epoch, run, comparison and session.
+    Pretrained weights never change, so an image's features are computed once per backbone,
+    preprocessing and runtime and then reused by every later epoch, run, comparison and session.
     """
 
-    def __init__(self, max_items: int = 200_000) -> None:
-        self._data: dict[tuple[str, str], torch.Tensor] = {}
+    def __init__(self, max_bytes: int = 512 * 2**20) -> None:
+        self._data: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
-        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self.bytes = 0
 
     def get(self, key: str, digests: list[str]) -> list[torch.Tensor | None]:
         with self._lock:
-            return [self._data.get((key, d)) for d in digests]
+            out = [self._data.get((key, d)) for d in digests]
+            for d, f in zip(digests, out):
+                if f is not None:
+                    self._data.move_to_end((key, d))
+            return out
 
     def put(self, key: str, digests: list[str], feats: torch.Tensor) -> None:
         with self._lock:
-            if len(self._data) + len(digests) > self.max_items:
-                self._data.clear()
             for d, f in zip(digests, feats):
+                f = f.clone()  # not a view that would keep the whole batch alive
+                old = self._data.pop((key, d), None)
+                self.bytes += f.nbytes - (old.nbytes if old is not None else 0)
                 self._data[(key, d)] = f
+            while self.bytes > self.max_bytes and self._data:
+                self.bytes -= self._data.popitem(last=False)[1].nbytes
 
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+            self.bytes = 0
 
 
 FEATURES = FeatureCache()
 
 
-def feature_key(backbone: str, pre: Preprocess) -> str:
-    return f"{backbone}|imagenet|{pre.key}"
+def feature_key(backbone: str, pre: Preprocess, runtime: str) -> str:
+    return f"{backbone}|{weights_digest(backbone)[:16]}|{pre.key}|{runtime}"
 
 
-@functools.lru_cache(maxsize=4)
-def frozen_body(backbone: str) -> Body:
-    """One pretrained body per backbone for the modes that never train it (read-only, shared by runs)."""
-    body = create_body(backbone).to(memory_format=CHANNELS_LAST)
-    for p in body.parameters():
-        p.requires_grad_(False)
-    return body.eval()
-
-
-def embed(model: TransferModel, imageset: ImageSet, backbone: str, device: torch.device,
+def embed(imageset: ImageSet, backbone: str, device: torch.device | str = "cpu",
           should_stop: Callable[[], bool] = lambda: False, batch_size: int = 32
           ) -> Generator[Progress, None, torch.Tensor | None]:
-    """Pretrained features ``[N, D]`` of every image, from the cache where possible.
-
-    Yields ``Progress`` while it computes; returns None if stopped.
-    """
+    """Pretrained features ``[N, D]`` of every image, from the cache where possible, else through
+    the fastest runtime (``frozen_forward``). Yields ``Progress`` while it computes; returns None if
+    stopped."""
     pre = get_backbone_spec(backbone).preprocess
-    key = feature_key(backbone, pre)
+    key = feature_key(backbone, pre, runtime_for(device))
     digests = [i.digest for i in imageset.items]
     cached = FEATURES.get(key, digests)
     missing = [k for k, f in enumerate(cached) if f is None]
     if missing:
         stack = imageset.stack(pre)
-        model.eval()
         start = time.perf_counter()
         yield Progress("Computing features", 0, len(missing), math.nan)
         for lo in range(0, len(missing), batch_size):
             if should_stop():
                 return None
             idx = missing[lo:lo + batch_size]
-            with torch.inference_mode(), _autocast(device):
-                feats = model.features(to_float(stack[idx], device)).float().cpu()
+            feats = frozen_forward(backbone, stack[idx], device=device, batch_size=batch_size)
             FEATURES.put(key, [digests[k] for k in idx], feats)
             for k, f in zip(idx, feats):
                 cached[k] = f
             done = lo + len(idx)
             rate = done / (time.perf_counter() - start)
             yield Progress("Computing features", done, len(missing), (len(missing) - done) / rate)
-    return torch.stack(cached)  # type: ignore[arg-type]
+    return torch.stack(cached) if cached else torch.zeros((0, get_backbone_spec(backbone).feature_dim))  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- training
@@ -295,6 +303,117 @@ def train(imageset: ImageSet, config: TrainConfig, should_stop: Callable[[], boo
         yield RunFinished("failed", f"Training failed unexpectedly: {type(e).__name__}: {e}")
 
 
+@dataclass
+class Plan:
+    """How one mode trains; the loop in ``_train`` is the same for every mode.
+
+    Three kinds: the head on cached features (feature extraction), the unfrozen stages and the head
+    on the cached outputs of the frozen leading stages (fine-tune), and the whole network on pixels
+    (from scratch, and fine-tunes that cannot cache their frozen stages).
+    """
+
+    forward: nn.Module  # inputs -> logits
+    get_batch: Callable[[list[int], bool], torch.Tensor]  # (indices into the data, training?) -> inputs
+    param_groups: list[dict]  # what the optimiser updates, each group with its learning rate
+    trained: nn.Module  # the state a best epoch snapshots and the end of the run restores
+    set_train: Callable[[], None]  # training mode (frozen batch-norm keeps its ImageNet statistics)
+    runtime: str = "torch"  # what ran the frozen pretrained part, once
+    how: str = ""  # how the frozen part ran, in words (shown with the run)
+
+
+def _head_plan(model: TransferModel, feats: torch.Tensor, lr: float, runtime: str) -> Plan:
+    return Plan(model.head, lambda idx, _train: feats[idx], [{"params": model.head.parameters(), "lr": lr}],
+                model.head, model.head.train, runtime, f"the frozen backbone ran once per image on {runtime}")
+
+
+def _body_groups(model: TransferModel, cfg: TrainConfig) -> list[dict]:
+    """The head at the run's rate; the body's trainable stages lower when fine-tuning (discriminative rates)."""
+    lr = cfg.resolved_lr()
+    groups = [{"params": list(model.head.parameters()), "lr": lr}]
+    body = [p for p in model.body.parameters() if p.requires_grad]
+    if body:
+        groups.append({"params": body, "lr": lr if cfg.mode == "scratch" else lr * cfg.backbone_lr_mult})
+    return groups
+
+
+def _pixel_plan(model: TransferModel, data: ImageSet, cfg: TrainConfig, device: torch.device) -> Plan:
+    stack = data.stack(get_backbone_spec(cfg.backbone).preprocess)
+    augment = _augmenter(stack.shape[-1]) if cfg.augment else None
+
+    def get_batch(idx: list[int], train: bool) -> torch.Tensor:
+        batch = stack[idx]
+        if train and augment is not None:
+            batch = torch.stack([augment(img) for img in batch])
+        return to_float(batch, device)
+
+    return Plan(model, get_batch, _body_groups(model, cfg), model, lambda: set_train_mode(model),
+                "torch", "every epoch ran the whole network in torch")
+
+
+class _Rest(nn.Module):
+    """The stages after the frozen prefix, and the head: prefix outputs -> logits."""
+
+    def __init__(self, model: TransferModel, depth: int) -> None:
+        super().__init__()
+        self.model, self.depth = model, depth
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.model.head(self.model.body.forward_range(h, self.depth))
+
+
+def prefix_cache_budget() -> int:
+    """Bytes the frozen-prefix outputs of one fine-tune may take (``TLCORE_PREFIX_CACHE_MB``, default 1024)."""
+    return int(float(os.environ.get("TLCORE_PREFIX_CACHE_MB", 1024)) * 2**20)
+
+
+def _prefix_plan(model: TransferModel, data: ImageSet, train_idx: list[int], val_idx: list[int], cfg: TrainConfig,
+                 depth: int, device: torch.device, should_stop: Callable[[], bool]
+                 ) -> Generator[Progress, None, Plan | None]:
+    """Fine-tune on the outputs of the ``depth`` frozen leading stages, computed once: one view per
+    validation image, ``augment_views`` augmented views per training image (one without augmentation),
+    fp16, within ``prefix_cache_budget()``. Each epoch shows every training image as one of its views,
+    drawn at random: a fixed pool of views instead of fresh ones each epoch. Falls back to the pixel
+    plan when even one view per image does not fit. Returns None if stopped."""
+    stack = data.stack(get_backbone_spec(cfg.backbone).preprocess)
+    probe = frozen_forward(cfg.backbone, stack[:1], stages=depth, device=device)
+    per_view = probe[0].numel() * 2  # fp16
+    views = cfg.augment_views if cfg.augment else 1
+    views = min(views, (prefix_cache_budget() // per_view - len(val_idx)) // max(1, len(train_idx)))
+    if views < 1:
+        return _pixel_plan(model, data, cfg, device)
+    augment = _augmenter(stack.shape[-1]) if cfg.augment else None
+    jobs = [(idx, None) for idx in [val_idx]] + [(train_idx, v) for v in range(views)]
+    total = len(val_idx) + views * len(train_idx)
+    cache = torch.empty((total, *probe.shape[1:]), dtype=torch.float16)
+    rows: dict[tuple[int, int | None], int] = {}  # (data index, view or None for validation) -> row
+    done, start = 0, time.perf_counter()
+    yield Progress("Running the frozen stages once", 0, total, math.nan)
+    for indices, view in jobs:
+        for lo in range(0, len(indices), 32):
+            if should_stop():
+                return None
+            idx = indices[lo:lo + 32]
+            batch = stack[idx]
+            if view is not None and augment is not None:
+                batch = torch.stack([augment(img) for img in batch])
+            cache[done:done + len(idx)] = frozen_forward(cfg.backbone, batch, stages=depth, device=device).half()
+            rows.update({(i, view): done + k for k, i in enumerate(idx)})
+            done += len(idx)
+            rate = done / (time.perf_counter() - start)
+            yield Progress("Running the frozen stages once", done, total, (total - done) / rate)
+    pick = torch.Generator().manual_seed(cfg.seed + 2)
+
+    def get_batch(idx: list[int], train: bool) -> torch.Tensor:
+        chosen = torch.randint(views, (len(idx),), generator=pick).tolist() if train else [None] * len(idx)
+        h = cache[[rows[(i, v)] for i, v in zip(idx, chosen)]]
+        return h.to(device).float().contiguous(memory_format=CHANNELS_LAST)
+
+    rest = _Rest(model, depth)
+    runtime = runtime_for(device)
+    return Plan(rest, get_batch, _body_groups(model, cfg), model, lambda: set_train_mode(model), runtime,
+                f"the {depth} frozen stages ran once per image and view ({views} view{'s' * (views > 1)}) on {runtime}")
+
+
 def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool],
            split: tuple[list[int], list[int]] | None) -> Iterator[Event]:
     cfg.validate()
@@ -303,22 +422,25 @@ def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool]
     labels = data.labels()
     train_idx, val_idx = split if split is not None else stratified_split(labels, cfg.val_fraction, cfg.seed)
     train_idx = _limit_per_class(labels, list(train_idx), cfg.max_images_per_class, cfg.seed)
+    val_idx = list(val_idx)
     if not train_idx:
         raise TLError("No images are left for training after the validation split.")
     device = resolve_device(cfg.device)
     spec = get_backbone_spec(cfg.backbone)
     torch.manual_seed(cfg.seed)
-    if cfg.mode in FROZEN_BODY_MODES:  # the body never changes: share one pretrained copy
+    depth = cfg.resolved_freeze_depth()
+    start = time.perf_counter()
+    frozen = cfg.mode in FROZEN_BODY_MODES
+    if frozen:  # the body never changes: share one pretrained copy (it stays on the CPU; the runtime runs it)
         model = TransferModel(frozen_body(cfg.backbone), len(data.classes), spec.preprocess)
+        model.head.to(device)
     else:
         model = build_model(cfg.backbone, len(data.classes), pretrained=cfg.mode != "scratch")
-    depth = cfg.resolved_freeze_depth()
+        model.to(device)
     freeze(model, depth)
-    model.to(device)
-    start = time.perf_counter()
 
-    if cfg.mode in FROZEN_BODY_MODES:
-        feats = yield from embed(model, data, cfg.backbone, device, should_stop)
+    if frozen:
+        feats = yield from embed(data, cfg.backbone, device, should_stop)
         if feats is None:
             yield RunFinished("stopped", "Stopped while computing features, before any training.")
             return
@@ -326,27 +448,16 @@ def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool]
         if cfg.mode == "few-shot":
             yield _prototype_run(model, x_all, labels.to(device), train_idx, val_idx, data, cfg, depth, start)
             return
-        forward = model.head
-        get_batch = lambda idx, train: x_all[idx]  # noqa: E731
-        params = [{"params": model.head.parameters(), "lr": cfg.resolved_lr()}]
+        plan = _head_plan(model, x_all, cfg.resolved_lr(), runtime_for(device))
+    elif depth > 0 and model.body.splittable:
+        found = yield from _prefix_plan(model, data, train_idx, val_idx, cfg, depth, device, should_stop)
+        if found is None:
+            yield RunFinished("stopped", "Stopped while running the frozen stages, before any training.")
+            return
+        plan = found
     else:
-        stack = data.stack(spec.preprocess)
-        augment = _augmenter(spec.preprocess.input_size) if cfg.augment else None
-
-        def get_batch(idx: list[int], train: bool) -> torch.Tensor:
-            batch = stack[idx]
-            if train and augment is not None:
-                batch = torch.stack([augment(img) for img in batch])
-            return to_float(batch, device)
-
-        forward = model
-        body = [p for p in model.body.parameters() if p.requires_grad]
-        lr = cfg.resolved_lr()
-        body_lr = lr if cfg.mode == "scratch" else lr * cfg.backbone_lr_mult
-        params = [{"params": model.head.parameters(), "lr": lr}]
-        if body:
-            params.append({"params": body, "lr": body_lr})
-    optimizer = torch.optim.AdamW(params, weight_decay=cfg.weight_decay)
+        plan = _pixel_plan(model, data, cfg, device)
+    optimizer = torch.optim.AdamW(plan.param_groups, weight_decay=cfg.weight_decay)
 
     y_all = labels.to(device)
     batch_size = min(cfg.batch_size, len(train_idx))
@@ -359,15 +470,11 @@ def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool]
     best_epoch, since_best, batches_done = 0, 0, 0
     train_start = time.perf_counter()
 
-    # Only what trains is snapshotted and restored: the head alone when the body is shared and frozen.
-    trained = model.head if cfg.mode in FROZEN_BODY_MODES else model
-
     def finish(status: Status, reason: str) -> RunFinished:
         if best_state is not None:
-            trained.load_state_dict(best_state)
+            plan.trained.load_state_dict(best_state)
         model.eval()
-        if cfg.mode not in FROZEN_BODY_MODES:
-            model.cpu()  # free accelerator memory; the shared frozen body stays where it is
+        (model.head if frozen else model).cpu()  # free accelerator memory; the shared body never moved
         if not history:
             return RunFinished(status, reason)
         best = history[best_epoch - 1]
@@ -376,13 +483,10 @@ def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool]
             best_epoch=best_epoch, val_accuracy=best.val_acc, train_seconds=time.perf_counter() - start,
             num_images=len(train_idx) + len(val_idx), train_indices=tuple(train_idx),
             val_indices=tuple(val_idx), trainable_params=count_params(model, trainable_only=True),
-            total_params=count_params(model), freeze_depth=depth))
+            total_params=count_params(model), freeze_depth=depth, runtime=plan.runtime, how=plan.how))
 
     for epoch in range(1, cfg.epochs + 1):
-        if cfg.mode == "feature-extraction":
-            model.head.train()
-        else:
-            set_train_mode(model)
+        plan.set_train()
         order = [train_idx[i] for i in torch.randperm(len(train_idx), generator=g).tolist()]
         loss_sum, correct, seen = 0.0, 0, 0
         epoch_start = time.perf_counter()
@@ -392,9 +496,9 @@ def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool]
                 yield finish("stopped", f"Stopped by the user during epoch {epoch}; {kept}.")
                 return
             idx = order[b * batch_size:(b + 1) * batch_size]
-            x, y = get_batch(idx, True), y_all[idx]
+            x, y = plan.get_batch(idx, True), y_all[idx]
             with _autocast(device):
-                logits = forward(x)
+                logits = plan.forward(x)
                 loss = F.cross_entropy(logits.float(), y)
             if not torch.isfinite(loss):
                 yield finish("failed", f"The loss became {loss.item()} in epoch {epoch}, batch {b + 1}: training "
@@ -408,16 +512,15 @@ def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool]
             correct += int((logits.argmax(1) == y).sum())
             seen += len(idx)
             batches_done += 1
-            elapsed = time.perf_counter() - train_start
-            rate = batches_done / elapsed
+            rate = batches_done / (time.perf_counter() - train_start)
             yield BatchEnd(epoch, b + 1, num_batches, loss.item(), seen / (time.perf_counter() - epoch_start),
                            batches_done / total_batches, (total_batches - batches_done) / rate)
-        val_loss, val_acc = _validate(forward, get_batch, y_all, val_idx, batch_size)
-        key = (val_acc, -val_loss) if val_acc is not None else (0.0, -loss_sum / seen)
+        val_loss, val_acc = _validate(plan, y_all, val_idx, batch_size)
+        key = (val_acc, -val_loss) if val_acc is not None and val_loss is not None else (0.0, -loss_sum / seen)
         is_best = best_key is None or key > best_key
         if is_best:
             best_key, best_epoch, since_best = key, epoch, 0
-            best_state = copy.deepcopy(trained.state_dict())
+            best_state = copy.deepcopy(plan.trained.state_dict())
         else:
             since_best += 1
         history.append(EpochEnd(epoch, cfg.epochs, loss_sum / seen, correct / seen, val_loss, val_acc,
@@ -450,32 +553,31 @@ def _prototype_run(model: TransferModel, x_all: torch.Tensor, y_all: torch.Tenso
     linear = model.head[-1]
     set_prototypes(linear, x_all[train_idx], y_all[train_idx])
     model.eval()
-    _, train_acc = _validate(model.head, lambda idx, _t: x_all[idx], y_all, train_idx, 256)
-    val_loss, val_acc = _validate(model.head, lambda idx, _t: x_all[idx], y_all, val_idx, 256)
+    plan = _head_plan(model, x_all, 0.0, runtime_for(x_all.device))
+    _, train_acc = _validate(plan, y_all, train_idx, 256)
+    val_loss, val_acc = _validate(plan, y_all, val_idx, 256)
     epoch = EpochEnd(1, 1, 0.0, train_acc or 0.0, val_loss, val_acc, time.perf_counter() - start, True)
     return RunFinished("completed", "Prototypes computed: one mean feature vector per class.", RunResult(
         model=model, classes=tuple(data.classes), config=cfg, history=(epoch,), best_epoch=1,
         val_accuracy=val_acc, train_seconds=time.perf_counter() - start, num_images=len(train_idx) + len(val_idx),
         train_indices=tuple(train_idx), val_indices=tuple(val_idx), trainable_params=0,
-        total_params=count_params(model), freeze_depth=depth))
+        total_params=count_params(model), freeze_depth=depth, runtime=plan.runtime, how=plan.how))
 
 
-def _validate(forward: Callable[[torch.Tensor], torch.Tensor], get_batch: Callable[[list[int], bool], torch.Tensor],
-              y_all: torch.Tensor, val_idx: list[int] | tuple[int, ...], batch_size: int
+def _validate(plan: Plan, y_all: torch.Tensor, val_idx: list[int] | tuple[int, ...], batch_size: int
               ) -> tuple[float | None, float | None]:
+    """(loss, accuracy) on the validation images, in eval mode; (None, None) when there are none."""
     if not val_idx:
         return None, None
-    was_training = forward.training  # type: ignore[attr-defined]
-    forward.eval()  # type: ignore[attr-defined]
+    plan.forward.eval()
     loss_sum, correct = 0.0, 0
     with torch.inference_mode():
         for lo in range(0, len(val_idx), batch_size):
             idx = list(val_idx[lo:lo + batch_size])
             y = y_all[idx]
-            logits = forward(get_batch(idx, False)).float()
+            logits = plan.forward(plan.get_batch(idx, False)).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             correct += int((logits.argmax(1) == y).sum())
-    forward.train(was_training)  # type: ignore[attr-defined]
     return loss_sum / len(val_idx), correct / len(val_idx)
 
 

@@ -24,8 +24,8 @@ def test_lite0_is_bundled_and_recognises_imagenet_images(lite0):
     skimage_data = pytest.importorskip("skimage.data")
     spec = tlcore.get_backbone_spec("efficientnet_lite0")
     assert spec.availability() == "bundled"
-    coffee = tlcore.imagenet_top(lite0, Image.fromarray(skimage_data.coffee()), spec.preprocess)
-    cat = tlcore.imagenet_top(lite0, Image.fromarray(skimage_data.chelsea()), spec.preprocess)
+    coffee = tlcore.imagenet_top("efficientnet_lite0", Image.fromarray(skimage_data.coffee()))
+    cat = tlcore.imagenet_top("efficientnet_lite0", Image.fromarray(skimage_data.chelsea()))
     assert coffee[0][0] == "espresso" and coffee[0][1] > 0.5
     assert cat[0][0] in ("tiger cat", "Egyptian cat", "tabby")
     assert {"tiger cat", "Egyptian cat"} & {name for name, _ in cat[:2]}

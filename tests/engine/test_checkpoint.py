@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import time
 import zipfile
 from pathlib import Path
 
@@ -171,3 +172,47 @@ def test_run_import_refuses_a_zip_bomb_without_reading_it(trained, tmp_path, mon
     with pytest.raises(tlcore.TLError, match="zip bomb"):
         tlcore.unpack_run_archive(buf.getvalue(), tmp_path / "back")
     assert read == [] and not (tmp_path / "back" / "model.safetensors").exists()
+
+
+def test_best_epochs_are_checkpointed_at_most_once_a_second_and_only_what_trained(tiny_set, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from tlcore.checkpoint import Checkpointer
+
+    cfg = tlcore.TrainConfig(backbone="tiny-test", epochs=40, lr=0.001)  # feature extraction: ms per epoch
+    writes = []
+    real = tlcore.checkpoint.save_file
+    monkeypatch.setattr(tlcore.checkpoint, "save_file", lambda state, p: writes.append(set(state)) or real(state, p))
+    ckpt = Checkpointer(tmp_path / "run", cfg, ["class0", "class1", "class2"])
+    start = time.monotonic()
+    best = 0
+    for event in tlcore.train(tiny_set, cfg):
+        ckpt(event)
+        best += isinstance(event, tlcore.EpochEnd) and event.best
+    assert best > 3 and 1 <= len(writes) <= 1 + (time.monotonic() - start)
+    assert all(keys == {"head.1.weight", "head.1.bias", "mean", "std"} for keys in writes)  # the head only
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["partial"] == {"frozen_stages": 3} and meta["weights_digest"]
+    assert set(load_file(tmp_path / "run" / "model.safetensors")) == writes[-1]
+
+
+def test_a_partial_checkpoint_reloads_and_predicts_as_the_model_did(tiny_set, tmp_path):
+    from tlcore.checkpoint import Checkpointer
+
+    pre = tlcore.get_backbone_spec("tiny-test").preprocess
+    x = tiny_set.stack(pre).float() / 255
+    for mode, frozen in (("feature-extraction", 3), ("fine-tune", 2)):
+        cfg = tlcore.TrainConfig(backbone="tiny-test", mode=mode, freeze_depth=2, epochs=2)
+        ckpt = Checkpointer(tmp_path / mode, cfg, ["class0", "class1", "class2"], min_interval=0)
+        snapshot = None
+        for event in tlcore.train(tiny_set, cfg):
+            ckpt(event)
+            if isinstance(event, tlcore.EpochEnd) and event.best:
+                with torch.inference_mode():
+                    snapshot = event.model.eval()(x)
+        saved = tlcore.load_run(tmp_path / mode)
+        assert json.loads((tmp_path / mode / "run.json").read_text())["partial"]["frozen_stages"] == frozen
+        with torch.inference_mode():
+            assert torch.allclose(saved.model(x), snapshot, atol=1e-5)
+        if mode == "feature-extraction":
+            assert saved.model.body is tlcore.frozen_body("tiny-test")  # no second copy of the body

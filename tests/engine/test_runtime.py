@@ -1,0 +1,103 @@
+"""The fast runtime for frozen pretrained weights: parity with torch on real images, a disk cache
+that survives restarts and is never trusted when damaged, and the torch fallback."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+import tlcore
+from tlcore import runtime
+from tlcore.data import image_to_tensor, preprocess_pixels
+from tests.conftest import ROOT
+
+CPU_RUNTIMES = [r for r in runtime.installed_runtimes() if r != "torch"]
+
+
+def real_images(pre: tlcore.Preprocess) -> torch.Tensor:
+    """Photos and digits the app ships, preprocessed for one backbone: uint8 [N, 3, S, S]."""
+    files = [ROOT / "assets" / "coffee.jpg", ROOT / "assets" / "chelsea.jpg",
+             *sorted((ROOT / "assets" / "samples" / "digits" / "3").glob("*.png"))[:3],
+             *sorted((ROOT / "assets" / "samples" / "faces").rglob("*.png"))[:3]]
+    images = [tlcore.decode_image(f.name, f.read_bytes()) for f in files]
+    return torch.stack([preprocess_pixels(image_to_tensor(i), pre) for i in images])
+
+
+def available_backbones() -> list[str]:
+    return [s.name for s in tlcore.list_backbones(include_test=True) if s.availability() != "download"]
+
+
+def test_openvino_is_preferred_when_installed():
+    assert runtime.installed_runtimes()[-1] == "torch"
+    assert runtime.runtime_for("cpu") == runtime.installed_runtimes()[0]
+    assert runtime.runtime_for("cuda") == "torch"  # GPUs stay on torch
+    if "openvino" in runtime.installed_runtimes():
+        assert runtime.runtime_for("cpu") == "openvino"
+
+
+@pytest.mark.parametrize("which", CPU_RUNTIMES)
+@pytest.mark.parametrize("backbone", available_backbones())
+def test_runtime_features_match_torch_on_real_images(backbone, which, monkeypatch):
+    monkeypatch.setenv(runtime.RUNTIME_ENV, which)
+    pixels = real_images(tlcore.get_backbone_spec(backbone).preprocess)
+    fast = runtime.frozen_forward(backbone, pixels)
+    ref = runtime.frozen_forward_torch(backbone, pixels)
+    assert fast.shape == ref.shape == (len(pixels), tlcore.get_backbone_spec(backbone).feature_dim)
+    assert (fast - ref).abs().max() / ref.abs().max() <= 1e-3
+    head = tlcore.frozen_body(backbone).imagenet_head
+    with torch.inference_mode():
+        assert torch.equal(head(fast).argmax(1), head(ref).argmax(1))  # the same predicted classes
+
+
+@pytest.mark.parametrize("which", CPU_RUNTIMES)
+def test_frozen_prefix_matches_torch(which, monkeypatch):
+    monkeypatch.setenv(runtime.RUNTIME_ENV, which)
+    pixels = real_images(tlcore.get_backbone_spec("efficientnet_lite0").preprocess)[:4]
+    fast = runtime.frozen_forward("efficientnet_lite0", pixels, stages=4)
+    ref = runtime.frozen_forward_torch("efficientnet_lite0", pixels, stages=4)
+    assert fast.shape == ref.shape and fast.dim() == 4
+    assert (fast - ref).abs().max() / ref.abs().max() <= 1e-3
+
+
+def test_export_is_cached_on_disk_and_a_damaged_file_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv(runtime.CACHE_ENV, str(tmp_path))
+    path = runtime.exported("tiny-test", None)
+    assert path.parent == tmp_path / "runtime" and "tiny-test" in path.name and "32px" in path.name
+    assert json.loads(path.with_suffix(".json").read_text())["sha256"]
+    stamp = path.stat().st_mtime_ns
+    assert runtime.exported("tiny-test", None) == path and path.stat().st_mtime_ns == stamp  # reused
+    path.write_bytes(path.read_bytes()[:100])  # truncated by a crash or a full disk
+    rebuilt = runtime.exported("tiny-test", None)
+    assert rebuilt == path and path.stat().st_size > 100
+    runtime._session.cache_clear()
+    pixels = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    assert torch.allclose(runtime.frozen_forward("tiny-test", pixels), runtime.frozen_forward_torch("tiny-test", pixels),
+                          atol=1e-4)
+
+
+def test_a_failed_export_falls_back_to_torch(monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("exporter crashed")
+
+    monkeypatch.setattr(runtime, "_session", broken)
+    monkeypatch.setattr(runtime, "_failed", set())
+    pixels = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    assert torch.equal(runtime.frozen_forward("tiny-test", pixels), runtime.frozen_forward_torch("tiny-test", pixels))
+
+
+def test_evaluation_of_a_frozen_body_model_uses_the_runtime_and_agrees_with_torch(tiny_set, monkeypatch):
+    finished = tlcore.run_to_end(tiny_set, tlcore.TrainConfig(backbone="tiny-test", epochs=3))
+    model = finished.result.model
+    assert model.body is tlcore.frozen_body("tiny-test")
+    pre = tlcore.get_backbone_spec("tiny-test").preprocess
+    calls = []
+    real = runtime.frozen_forward
+    monkeypatch.setattr(sys.modules["tlcore.evaluate"], "frozen_forward",
+                        lambda *a, **k: calls.append(a) or real(*a, **k))
+    ev = tlcore.evaluate(model, tiny_set, finished.result.classes, pre)
+    assert calls
+    with torch.inference_mode():
+        ref = model(tiny_set.stack(pre).float() / 255).argmax(1).tolist()
+    assert list(ev.predictions) == ref
