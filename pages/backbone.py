@@ -67,7 +67,11 @@ for k, spec in enumerate(specs):
         st.markdown(AVAILABILITY[spec.availability()] + ("" if spec.availability() == "bundled"
                                                           else f" {spec.weights_mb:.0f} MB"))
         top1 = "n/a" if spec.imagenet_top1 is None else f"{spec.imagenet_top1:.1f}%"
-        ms = f"{measure_speed(spec.name).ms_per_image:.0f} ms/image" if spec.name in measured else "not measured"
+        if spec.name in measured:
+            speed = measure_speed(spec.name)
+            ms = f"{speed.ms_per_image:.0f} ms/image ({speed.runtime})"
+        else:
+            ms = "not measured"
         st.markdown(f"{spec.num_params / 1e6:.1f} M parameters · {spec.preprocess.input_size} px input · "
                     f"ImageNet top-1 {top1} · {len(spec.stage_names)} stages · speed here: {ms}")
         st.button("Selected" if selected else "Use this backbone", key=f"backbone_use_{spec.name}",

@@ -57,12 +57,18 @@ trainable = sum(counts[depth:]) + head_params
 total = sum(counts) + head_params
 num_images = max(1, len(proj.images))
 speed = measure_speed(spec.name)
-epoch_s = estimate_epoch_seconds(speed, num_images, mode, depth)
+views = settings.augment_views if settings.augment else 1
+once_s, epoch_s = estimate_epoch_seconds(speed, num_images, mode, depth, views)
 c1, c2, c3 = st.columns(3)
 c1.metric("Trainable parameters", f"{trainable:,}", f"{trainable / total:.1%} of {total:,}", delta_color="off")
-c2.metric("Estimated time per epoch", format_seconds(epoch_s),
-          "first epoch only; later ones reuse the features" if mode == "feature-extraction" else
-          f"{num_images} images on this machine", delta_color="off")
+if mode == "feature-extraction":
+    c2.metric("Estimated time", format_seconds(once_s), "once, for the features; each epoch then takes "
+              f"milliseconds ({speed.runtime})", delta_color="off")
+else:
+    c2.metric("Estimated time per epoch", format_seconds(epoch_s),
+              f"{num_images} images on this machine" + (f", after {format_seconds(once_s)} once for the "
+                                                        f"frozen stages ({speed.runtime})" if once_s else ""),
+              delta_color="off")
 c3.metric("Mode", {"feature-extraction": "Feature extraction", "fine-tune": "Fine-tuning",
                    "scratch": "From scratch"}[mode])
 if mode == "scratch":

@@ -32,7 +32,12 @@ with st.expander("Advanced settings", icon=":material/tune:"):
     patience = c5.number_input("Early stopping patience (0 = off)", 0, 100, s.patience, key="train_patience",
                                help="Stop when validation accuracy has not improved for this many epochs.")
     val_fraction = c6.slider("Validation share", 0.0, 0.5, s.val_fraction, 0.05, key="train_val")
+    views = c4.number_input("Augmented views per image", 1, 32, s.augment_views, key="train_views",
+                            disabled=not augment or s.mode != "fine-tune",
+                            help="Fine-tuning runs the frozen stages once, on this many augmented copies of each "
+                                 "image, and shows one of them each epoch: more views, more variety, more memory.")
 new = dataclasses.replace(s, epochs=int(epochs), batch_size=int(batch), augment=augment, patience=int(patience),
+                          augment_views=int(views),
                           val_fraction=float(val_fraction), lr=None if abs(lr - s.resolved_lr()) < 1e-12 else float(lr))
 if new != s:
     proj.settings = new
@@ -82,6 +87,8 @@ def live_view() -> None:
         m[1].metric("Best epoch", f"{r.best_epoch} of {len(r.history)}")
         m[2].metric("Training time", f"{r.train_seconds:.1f} s")
         m[3].metric("Trainable parameters", f"{r.trainable_params:,}")
+        if r.how:
+            st.caption(f"How it ran: {r.how}.")
     c1, c2 = st.columns(2)
     c1.plotly_chart(loss, key="train_loss_chart")
     c2.plotly_chart(acc, key="train_acc_chart")

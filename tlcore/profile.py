@@ -8,26 +8,30 @@ from dataclasses import dataclass
 import torch
 
 from .backbones import get_backbone_spec
+from .runtime import frozen_forward, runtime_for
 from .train import FROZEN_BODY_MODES, resolve_device
 
 
 @dataclass(frozen=True)
 class SpeedProfile:
-    """Measured forward cost per image, split by stage (random weights: speed does not depend on them)."""
+    """Measured forward cost per image: through the pretrained weights on the fast runtime (what feature
+    extraction and frozen stages pay) and in torch (what the stages that learn pay), split by stage."""
 
     backbone: str
-    ms_per_image: float  # inference, whole backbone
-    stage_share: tuple[float, ...]  # fraction of the forward time spent in each stage
+    ms_per_image: float  # inference through the frozen pretrained body, on ``runtime``
+    torch_ms_per_image: float  # the same forward pass in torch (random weights: speed does not depend on them)
+    stage_share: tuple[float, ...]  # fraction of the torch forward time spent in each stage
+    runtime: str  # what ran ``ms_per_image`` (torch where the weights are not on this machine)
 
 
 @functools.lru_cache(maxsize=32)
 def measure_speed(backbone: str, batch: int = 8, repeats: int = 2) -> SpeedProfile:
     """Time the backbone's forward pass on random images; per-stage shares from module hooks."""
     spec = get_backbone_spec(backbone)
-    body = spec.build().eval().to(resolve_device())
+    body = spec.build().eval().to(resolve_device()).to(memory_format=torch.channels_last)
     device = next(body.parameters()).device
     size = spec.preprocess.input_size
-    x = torch.rand(batch, 3, size, size, device=device)
+    x = torch.rand(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     spent = [0.0] * len(body.stages)
     starts: dict[int, float] = {}
     handles = []
@@ -50,18 +54,30 @@ def measure_speed(backbone: str, batch: int = 8, repeats: int = 2) -> SpeedProfi
     for h in handles:
         h.remove()
     staged = sum(spent) or 1.0
-    return SpeedProfile(backbone, 1000 * total / (repeats * batch), tuple(s / staged for s in spent))
+    torch_ms = 1000 * total / (repeats * batch)
+    fast_ms, runtime = torch_ms, "torch"
+    if spec.availability() != "download" and runtime_for(device) != "torch":
+        pixels = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+        frozen_forward(backbone, pixels, device=device)  # warm-up (and the one-off export)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            frozen_forward(backbone, pixels, device=device)
+        fast_ms, runtime = 1000 * (time.perf_counter() - t0) / (repeats * batch), runtime_for(device)
+    return SpeedProfile(backbone, fast_ms, torch_ms, tuple(s / staged for s in spent), runtime)
 
 
-def estimate_epoch_seconds(profile: SpeedProfile, num_images: int, mode: str, freeze_depth: int) -> float:
-    """Seconds for one training epoch over ``num_images``.
+def estimate_epoch_seconds(profile: SpeedProfile, num_images: int, mode: str, freeze_depth: int,
+                           views: int = 4) -> tuple[float, float]:
+    """(seconds once before the first epoch, seconds per epoch) of training on ``num_images``.
 
-    Forward costs ``ms_per_image``; training adds about twice the forward cost of every stage
-    that learns (backward and update), and frozen leading stages need no backward at all.
-    Feature extraction pays one forward pass per image once (later epochs reuse the features).
+    Frozen work runs once, on the fast runtime: the whole body for feature extraction, the frozen
+    leading stages (``views`` augmented views per image) for a fine-tune. Stages that learn cost
+    their torch forward pass and about twice that again for backward and update, plus 15 % for
+    train-mode overhead (dropout, batch-norm statistics).
     """
-    forward = profile.ms_per_image / 1000
     if mode in FROZEN_BODY_MODES:
-        return num_images * forward
-    trained_share = 1.0 if mode == "scratch" else sum(profile.stage_share[freeze_depth:])
-    return num_images * forward * (1 + 2 * trained_share) * 1.15  # 1.15: train-mode overhead (dropout, BN)
+        return num_images * profile.ms_per_image / 1000, 0.0
+    frozen_share = 0.0 if mode == "scratch" else sum(profile.stage_share[:freeze_depth])
+    once = num_images * views * profile.ms_per_image / 1000 * frozen_share if frozen_share else 0.0
+    per_epoch = num_images * profile.torch_ms_per_image / 1000 * (1 - frozen_share) * 3 * 1.15
+    return once, per_epoch

@@ -11,12 +11,16 @@ def test_quick_benchmark_reports_every_figure():
                          text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
-    for key in ("fe_over_floor", "speedup_vs_textbook", "second_run_speedup", "finetune_depth0_efficiency",
-                "finetune_depth4_efficiency", "peak_rss_mb", "rss_mb_per_extra_image", "app_startup_seconds",
-                "rerun_seconds"):
+    for key in ("forward_seconds", "runtime", "fe_over_floor", "fe_speedup_vs_old", "speedup_vs_textbook",
+                "second_run_speedup", "finetune_depth0_efficiency", "finetune_half_frozen", "peak_rss_mb",
+                "rss_mb_per_extra_image", "app_startup_seconds", "rerun_seconds", "eval_speedup"):
         assert key in report, key
+    assert "torch" in report["forward_seconds"] and report["runtime"] in report["forward_seconds"]
+    assert report["eval_same_predictions"] is True
+    [ft] = report["finetune_half_frozen"].values()
+    assert "once per image" in ft["new"]["how"] and "every epoch" in ft["old"]["how"]
     assert set(report["rerun_seconds"]) == {"data", "train"}
     assert all(v > 0 for v in report["peak_rss_mb"].values())
-    for line in ("1. feature extraction", "2. textbook loop", "3. second run", "4. fine-tune", "5. peak memory",
-                 "6. app start"):
+    for line in ("0. one forward pass", "1. feature extraction", "2. textbook loop", "3. second run", "4. fine-tune",
+                 "5. peak memory", "6. app start", "7. evaluation"):
         assert line in out.stderr
