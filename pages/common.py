@@ -13,7 +13,6 @@ from streamlit.runtime.pages_manager import PagesManager
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 import tlcore
-from tlcore import JobSnapshot
 from tlcore import PROJECTS, Project, RunRecord
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -179,10 +178,11 @@ def training_figures(snap_epochs: tuple[tlcore.EpochEnd, ...],
     return loss, acc
 
 
-def describe_snapshot(snap: JobSnapshot) -> tuple[float, str]:
+def describe_snapshot(snap: tlcore.JobSnapshot) -> tuple[float, str]:
     """Progress fraction and a one-line status for a job."""
     if snap.state == "queued":
-        return 0.0, f"Waiting for a free training slot: position {snap.queue_position} in the queue."
+        return 0.0, (f"Waiting for a free training worker: position {snap.queue_position} in the queue, "
+                     f"about {format_seconds(snap.wait_s)} to go.")
     if snap.last_batch is not None and snap.finished is None:
         b = snap.last_batch
         return b.fraction, (f"Epoch {b.epoch}, batch {b.batch}/{b.num_batches} · loss {b.loss:.3f} · "

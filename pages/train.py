@@ -57,7 +57,7 @@ if active and c2.button("Stop", icon=":material/stop:", key="train_stop"):
 
 
 def live_view() -> None:
-    """The selected run's progress and curves; reruns itself every half second while training."""
+    """The selected run's progress and curves; reruns itself every second while training."""
     record = proj.run(proj.selected_run) or (proj.runs[-1] if proj.runs else None)
     if record is None:
         st.info("Press **Start training**. With feature extraction the first model is ready in seconds.")
@@ -66,11 +66,15 @@ def live_view() -> None:
     st.markdown(f"#### {run_title(record)}")
     if record.job is not None:
         snap = record.job.snapshot()
-        fraction, text = describe_snapshot(snap)
-        st.progress(min(1.0, fraction), text=text)
-        loss, acc = training_figures(snap.epochs, snap.batch_losses)
         if snap.finished is not None:
             st.rerun()  # the job is done: one full rerun stops the polling and shows the result
+        fraction, text = describe_snapshot(snap)
+        st.progress(min(1.0, fraction), text=text)
+        cached = record.cache.get("live_figures")
+        if cached is None or cached[0] != snap.version:  # rebuilt only when the run has moved on
+            cached = (snap.version, training_figures(snap.epochs, snap.batch_losses))
+            record.cache["live_figures"] = cached
+        loss, acc = cached[1]
     else:
         if record.status == "failed":
             st.error(record.reason, icon=":material/error:")
@@ -94,7 +98,8 @@ def live_view() -> None:
     c2.plotly_chart(acc, key="train_acc_chart")
 
 
-st.fragment(live_view, run_every=0.5 if proj.active_runs() else None)()
+# Polls once a second, and only while a run of this project is queued or training (never after).
+st.fragment(live_view, run_every=1.0 if proj.active_runs() else None)()
 
 if len(proj.runs) > 1:
     st.subheader("Runs in this project")

@@ -9,7 +9,8 @@ here (a test holds the pages to it). Modules, one job each:
 * ``train``      training as a generator of typed events, in four modes;
 * ``evaluate``   metrics, predictions, Grad-CAM, the backbone's own ImageNet guesses;
 * ``checkpoint`` runs on disk (safetensors + JSON) and checked TorchScript/ONNX exports;
-* ``jobs``       background training jobs and their snapshots;
+* ``runner``     training in worker processes (submit, snapshot, stop), fair scheduling;
+* ``runtime``    the fastest installed runtime for frozen pretrained weights;
 * ``compare``    strategies side by side on one split, embedding maps;
 * ``profile``    measured speed, epoch-time estimates;
 * ``project``    a user's saved work (images, settings, runs) and the live projects of a server;
@@ -25,9 +26,9 @@ from .data import (IMAGE_SUFFIXES, ImageItem, ImageSet, Rejected, check_trainabl
                    load_folder, load_zip, stratified_split, thumbnail)
 from .errors import BadImageError, TLError, WeightsUnavailableError
 from .evaluate import Evaluation, Prediction, evaluate, grad_cam, imagenet_top, overlay_cam, predict
-from .jobs import SLOTS, JobSnapshot, SlotPool, TrainingJob
 from .model import TransferModel, build_model, count_params, freeze
 from .profile import SpeedProfile, estimate_epoch_seconds, measure_speed
+from .runner import JobHandle, JobSnapshot, JobSpec, LocalRunner, Runner, get_runner, set_runner
 from .project import (PROJECTS, Project, RunRecord, describe, embedding_map, export_model, import_run, model_card,
                       run_archive, validation_report)
 from .train import (FEATURES, MODES, BatchEnd, EpochEnd, Event, Progress, RunFinished, RunResult, TrainConfig,
@@ -51,8 +52,8 @@ __all__ = [
     # runs on disk
     "SavedRun", "archive_run", "export_onnx", "export_torchscript", "load_run", "read_meta", "save_run",
     "unpack_run_archive",
-    # background jobs
-    "SLOTS", "JobSnapshot", "SlotPool", "TrainingJob",
+    # training in worker processes
+    "JobHandle", "JobSnapshot", "JobSpec", "LocalRunner", "Runner", "get_runner", "set_runner",
     # comparisons and speed
     "DEFAULT_SHOTS", "STRATEGY_TITLES", "SpeedProfile", "available_shots", "estimate_epoch_seconds",
     "measure_speed", "shared_split",

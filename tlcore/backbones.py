@@ -108,6 +108,13 @@ class Body(nn.Module):
     def imagenet_head(self) -> nn.Module | None:
         return self._imagenet_head[0]
 
+    def cam_stage(self) -> int:
+        """The stage whose output Grad-CAM explains (the one that holds ``cam_layer``)."""
+        for i, stage in enumerate(self.stages):
+            if any(self.cam_layer == p or self.cam_layer.startswith(p + ".") for p in stage.prefixes):
+                return i
+        raise KeyError(f"{self.cam_layer!r} belongs to no stage")
+
     def stage_of(self, param_name: str) -> int:
         """Index of the stage that owns ``param_name`` (a name from ``net.named_parameters()``)."""
         for i, stage in enumerate(self.stages):

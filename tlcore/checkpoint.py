@@ -228,19 +228,26 @@ def _load(folder: Path, module: torch.nn.Module, state: dict[str, torch.Tensor],
 
 
 def result_from_saved(saved: SavedRun) -> RunResult:
-    """A ``RunResult`` view of a loaded run (for the pages that show runs)."""
-    m = saved.meta.get("metrics", {})
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in saved.meta.get("config", {}).items() if k in known})
-    return RunResult(
-        model=saved.model, classes=saved.classes, config=config,
-        history=tuple(EpochEnd(**e) for e in saved.meta.get("history", [])),
-        best_epoch=int(m.get("best_epoch", 0)), val_accuracy=m.get("val_accuracy"),
-        train_seconds=float(m.get("train_seconds", 0.0)), num_images=int(m.get("num_images", 0)),
-        train_indices=tuple(saved.meta.get("split", {}).get("train", [])),
-        val_indices=tuple(saved.meta.get("split", {}).get("val", [])),
-        trainable_params=int(m.get("trainable_params", 0)), total_params=int(m.get("total_params", 0)),
-        freeze_depth=int(m.get("freeze_depth", 0)), runtime=str(m.get("runtime", "torch")), how=str(m.get("how", "")))
+    """A ``RunResult`` view of a loaded run (for the pages that show runs); fields it does not know
+    (from a newer version) are ignored, damaged ones are a ``TLError``."""
+    meta = saved.meta
+    try:
+        m = meta.get("metrics", {})
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        epoch_fields = {f.name for f in dataclasses.fields(EpochEnd)} - {"model"}
+        config = TrainConfig(**{k: v for k, v in meta.get("config", {}).items() if k in known})
+        history = tuple(EpochEnd(**{k: v for k, v in e.items() if k in epoch_fields}) for e in meta.get("history", []))
+        split = meta.get("split", {})
+        return RunResult(
+            model=saved.model, classes=saved.classes, config=config, history=history,
+            best_epoch=int(m.get("best_epoch", 0)), val_accuracy=m.get("val_accuracy"),
+            train_seconds=float(m.get("train_seconds", 0.0)), num_images=int(m.get("num_images", 0)),
+            train_indices=tuple(split.get("train", [])), val_indices=tuple(split.get("val", [])),
+            trainable_params=int(m.get("trainable_params", 0)), total_params=int(m.get("total_params", 0)),
+            freeze_depth=int(m.get("freeze_depth", 0)), runtime=str(m.get("runtime", "torch")),
+            how=str(m.get("how", "")))
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise TLError(f"The run's {META} has a missing or wrong entry ({type(e).__name__}: {e}).") from None
 
 
 def archive_run(folder: str | Path) -> bytes:

@@ -195,6 +195,13 @@ class ImageSet:
         self._stacks: dict[str, torch.Tensor] = {}
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict:
+        """Pickled (to a training worker) without its lock and preprocessed stacks."""
+        return {"items": self.items, "rejected": self.rejected, "classes": self._classes}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["items"], state["rejected"], state["classes"])
+
     @property
     def classes(self) -> list[str]:
         """Class names in a stable order (creation order), including classes with no images yet."""

@@ -128,30 +128,25 @@ def predict(model: TransferModel, images: list[Image.Image], classes: tuple[str,
 def grad_cam(model: TransferModel, image: Image.Image, pre: Preprocess, target: int | None = None) -> np.ndarray:
     """Grad-CAM heat map ``[S, S]`` in [0, 1] over the centre crop: where the model looked for ``target``.
 
-    Gradients of the class score flow back to the activations of the body's last stage; each
-    channel is weighted by its mean gradient and the weighted sum, ReLU'd, is upsampled.
+    Gradients of the class score flow back to the activations of the body's Grad-CAM stage; each
+    channel is weighted by its mean gradient and the weighted sum, ReLU'd, is upsampled. The body
+    is run stage by stage and the gradient taken with ``torch.autograd.grad``: no hook is put on a
+    module (bodies are shared by runs and sessions), and nothing is moved to another device.
     """
     model.eval()
-    device = next(model.parameters()).device
-    layer = model.body.net.get_submodule(model.body.cam_layer)
-    store: dict[str, torch.Tensor] = {}
-
-    def hook(_m, _i, out):
-        out = out[0] if isinstance(out, tuple) else out
-        if out.requires_grad:  # ours; a concurrent inference-only pass through a shared body is not
-            out.retain_grad()
-            store["act"] = out
-
-    handle = layer.register_forward_hook(hook)
-    try:
-        x = prepare([image], pre).to(device).float().div_(255.0).requires_grad_(True)
-        with torch.enable_grad():
-            logits = model(x)
-            k = int(logits.argmax(1)) if target is None else target
-            logits[0, k].backward()
-    finally:
-        handle.remove()
-    act, grad = store["act"].detach(), store["act"].grad
+    body = model.body
+    device = next(model.head.parameters()).device
+    x = prepare([image], pre).float().div_(255.0).to(next(body.parameters()).device)
+    with torch.enable_grad():
+        if body.splittable:
+            cut = body.cam_stage() + 1
+            act = body.forward_range((x - model.mean) / model.std, 0, cut).detach().requires_grad_(True)
+            logits = model.head(body.forward_range(act, cut).to(device))
+        else:  # a transformer: its last block's tokens, captured for this call only
+            act, logits = _tokens_and_logits(model, (x - model.mean) / model.std, device)
+        k = int(logits.argmax(1)) if target is None else target
+        (grad,) = torch.autograd.grad(logits[0, k], act)
+    act = act.detach()
     if act.dim() == 3:  # transformer tokens [1, 1 + H*W, C]: drop the class token, make a grid
         side = int(round((act.shape[1] - 1) ** 0.5))
         act = act[:, 1:].transpose(1, 2).reshape(1, -1, side, side)
@@ -162,6 +157,22 @@ def grad_cam(model: TransferModel, image: Image.Image, pre: Preprocess, target: 
     cam = cam - cam.min()
     peak = cam.max()
     return (cam / peak if peak > 0 else cam).cpu().numpy()
+
+
+def _tokens_and_logits(model: TransferModel, x: torch.Tensor, device: torch.device
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A torchvision ViT run by hand up to its last encoder block, so that block's output tokens are a
+    tensor of this call (no hook on the shared module)."""
+    net = model.body.net
+    tokens = net._process_input(x)
+    tokens = torch.cat([net.class_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+    enc = net.encoder
+    tokens = enc.dropout(tokens + enc.pos_embedding)
+    for layer in list(enc.layers)[:-1]:
+        tokens = layer(tokens)
+    act = enc.layers[-1](tokens).detach().requires_grad_(True)
+    feats = enc.ln(act)[:, 0]
+    return act, model.head(feats.to(device))
 
 
 def imagenet_top(backbone: str, image: Image.Image, k: int = 5) -> list[tuple[str, float]]:

@@ -19,22 +19,22 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
 from .backbones import DEFAULT_BACKBONE, get_backbone_spec
-from .checkpoint import (WEIGHTS, Checkpointer, archive_run, atomic_write, export_onnx, export_torchscript, load_run,
-                         result_from_saved, save_run, unpack_run_archive)
+from .checkpoint import (WEIGHTS, archive_run, atomic_write, export_onnx, export_torchscript, load_run,
+                         result_from_saved, unpack_run_archive)
 from .compare import features_of, plan, project_2d, shared_split
 from .data import (ImageItem, ImageSet, Rejected, image_to_tensor, stratified_split, tensor_to_image,
                    trainable_subset)
 from .evaluate import Evaluation, evaluate
 from .errors import TLError
-from .jobs import TrainingJob
-from .train import Event, RunFinished, RunResult, TrainConfig, train
+from .runner import JobHandle, JobSpec, get_runner
+from .train import RunFinished, RunResult, TrainConfig
 
 HOME_ENV = "TLS_HOME"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
@@ -68,7 +68,7 @@ class RunRecord:
     config: TrainConfig
     status: str = "queued"  # queued | running | completed | stopped | failed | interrupted
     reason: str = ""
-    job: TrainingJob | None = field(default=None, repr=False)
+    job: JobHandle | None = field(default=None, repr=False)  # while queued or training (on the runner)
     result: RunResult | None = field(default=None, repr=False)
     group: str = ""  # comparison this run belongs to ("" for a single run)
     shots: int | None = None
@@ -83,9 +83,8 @@ class RunRecord:
             return
         snap = self.job.snapshot()
         self.status = snap.state
-        if snap.finished is not None:
+        if snap.finished is not None:  # the result itself was loaded from the run folder on finishing
             self.reason = snap.finished.reason
-            self.result = snap.finished.result
             self.job = None
 
 
@@ -138,28 +137,20 @@ class Project:
         record = RunRecord(run_id, label or describe(config), config, group=group, shots=shots, images=images,
                            val_digests=[data.items[i].digest for i in split[1]])
         folder = self.folder / "runs" / run_id
-        waiting_for = after.job if after is not None else None
+        meta = {"label": record.label, "val_digests": record.val_digests}
 
-        def work(should_stop: Callable[[], bool]) -> Iterator[Event]:
-            if waiting_for is not None:
-                while waiting_for.alive and not should_stop():
-                    time.sleep(0.1)
-            checkpoint = Checkpointer(folder, config, data.classes, {"val_digests": record.val_digests})
-            for event in train(images, config, should_stop, split=split):
-                checkpoint(event)
-                yield event
-
-        def on_finish(finished: RunFinished) -> None:
-            if finished.result is not None:
-                save_run(finished.result, folder, finished.status,
-                         {"label": record.label, "val_digests": record.val_digests})
-            record.status, record.reason, record.result = finished.status, finished.reason, finished.result
+        def on_finish(finished: RunFinished) -> None:  # on the runner's thread, once
+            record.result = _load_result(folder)
+            record.status, record.reason = finished.status, finished.reason
+            if record.result is not None and finished.status == "failed":
+                record.reason += " Its best epoch before that is kept."
             self.save()
 
-        record.job = TrainingJob(record.label, work, on_finish=on_finish)
+        spec = JobSpec(record.label, self.name, images, config, (list(split[0]), list(split[1])), folder, meta)
         with self._lock:
             self.runs.append(record)
             self.selected_run = record.id
+            record.job = get_runner().submit(spec, on_finish, after=after.job if after is not None else None)
         self.save()
         return record
 
@@ -200,18 +191,23 @@ class Project:
     def save(self) -> None:
         """Write the project atomically: images first, then the manifest that points at them."""
         with self._lock:
+            started = time.time()
             folder = self.folder
+            # One view of the images for the whole save: a page may replace or edit them meanwhile (a
+            # save from the runner's thread), and the manifest must name only images written here.
+            images = self.images
+            items, classes, rejected = list(images.items), images.classes, list(images.rejected[-200:])
             (folder / "images").mkdir(parents=True, exist_ok=True)
-            for item in self.images.items:
+            for item in items:
                 path = folder / "images" / f"{item.digest}.png"
                 if not path.exists():
                     image = tensor_to_image(item.pixels)
                     atomic_write(path, lambda p: image.save(p, "PNG", compress_level=1))
             manifest = {
                 "format": "tls-project/1", "name": self.name, "saved": time.time(),
-                "classes": self.images.classes,
-                "images": [{"name": i.name, "label": i.label, "digest": i.digest} for i in self.images.items],
-                "rejected": [dataclasses.asdict(r) for r in self.images.rejected[-200:]],
+                "classes": classes,
+                "images": [{"name": i.name, "label": i.label, "digest": i.digest} for i in items],
+                "rejected": [dataclasses.asdict(r) for r in rejected],
                 "backbone": self.backbone, "settings": dataclasses.asdict(self.settings),
                 "selected_run": self.selected_run,
                 "runs": [{"id": r.id, "label": r.label, "status": r.status, "reason": r.reason,
@@ -220,10 +216,15 @@ class Project:
             }
             text = json.dumps(manifest, indent=1)
             atomic_write(folder / "project.json", lambda p: Path(p).write_text(text))
-            keep = {f"{i.digest}.png" for i in self.images.items}
+            # Unused image files go, but never one that the images now hold or that appeared during
+            # this save (another save's new image).
+            keep = {f"{i.digest}.png" for i in items + list(self.images.items)}
             for path in (folder / "images").glob("*.png"):
-                if path.name not in keep:
-                    path.unlink(missing_ok=True)
+                try:
+                    if path.name not in keep and path.stat().st_mtime < started:
+                        path.unlink()
+                except OSError:
+                    pass
 
     @classmethod
     def create(cls, name: str | None = None) -> Project:
@@ -244,7 +245,18 @@ class Project:
         except FileNotFoundError:
             raise TLError(f"There is no project called '{name}'.") from None
         except ValueError as e:
-            raise TLError(f"The project '{name}' is damaged ({e}).") from None
+            raise TLError(f"The project '{name}' is damaged: its project.json is not valid JSON ({e}).") from None
+        try:
+            return cls._from_manifest(name, folder, manifest)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise TLError(f"The project '{name}' is damaged or was not made by this app: its project.json has a "
+                          f"missing or wrong entry ({type(e).__name__}: {e}). Open another project, or start a "
+                          f"new one.") from None
+
+    @classmethod
+    def _from_manifest(cls, name: str, folder: Path, manifest: dict) -> Project:
+        if not isinstance(manifest, dict) or manifest.get("format") != "tls-project/1":
+            raise ValueError("it has no 'format': 'tls-project/1'")
         items = []
         rejected = [Rejected(**r) for r in manifest.get("rejected", [])]
         for entry in manifest.get("images", []):
@@ -281,14 +293,25 @@ class Project:
         return project
 
 
+def _load_result(folder: Path) -> RunResult | None:
+    """A run's result from its folder (complete, or the best epoch checkpointed before it ended)."""
+    if not (folder / WEIGHTS).exists():
+        return None
+    try:
+        return result_from_saved(load_run(folder))
+    except TLError:
+        return None
+
+
 def validation_report(project: Project, record: RunRecord) -> tuple[Evaluation, list[ImageItem]] | None:
     """The run's model on its validation images (computed once per run), or None if it has none."""
     if "eval" not in record.cache:
         assert record.result is not None
-        if record.images is not None:
+        if record.images is not None and record.result.val_indices:
             items = [trainable_subset(record.images).items[i] for i in record.result.val_indices]
-        else:  # reopened after a restart: find the validation images by content
-            by_digest = {i.digest: i for i in project.images.items}
+        else:  # reopened after a restart, or a checkpoint: find the validation images by content
+            pool = record.images.items if record.images is not None else project.images.items
+            by_digest = {i.digest: i for i in pool}
             items = [by_digest[d] for d in record.val_digests if d in by_digest]
         items = [i for i in items if i.label in record.result.classes]
         if not items:
@@ -436,6 +459,11 @@ class ProjectRegistry:
             self._holders.setdefault(project.name, set()).add(session_id)
             self._orphaned.pop(project.name, None)
         return project
+
+    def get(self, name: str) -> Project | None:
+        """The live project called ``name``, if any session holds it."""
+        with self._lock:
+            return self._live.get(name)
 
     def live(self) -> list[str]:
         with self._lock:

@@ -15,3 +15,20 @@ def no_legacy_pages_mode(monkeypatch):
         PagesManager.uses_pages_directory = False
 
     monkeypatch.setattr(PagesManager, "__init__", init)
+
+
+@pytest.fixture(autouse=True)
+def no_training_left_behind():
+    """A test's background runs stop when it ends, so they never slow the tests after it."""
+    yield
+    import time
+
+    from tlcore import PROJECTS, get_runner
+
+    for name in PROJECTS.live():
+        if (project := PROJECTS.get(name)) is not None:
+            project.stop_all()
+    runner = get_runner()
+    deadline = time.time() + 30
+    while not runner.idle() and time.time() < deadline:
+        time.sleep(0.1)

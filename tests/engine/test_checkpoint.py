@@ -216,3 +216,35 @@ def test_a_partial_checkpoint_reloads_and_predicts_as_the_model_did(tiny_set, tm
             assert torch.allclose(saved.model(x), snapshot, atol=1e-5)
         if mode == "feature-extraction":
             assert saved.model.body is tlcore.frozen_body("tiny-test")  # no second copy of the body
+
+
+def test_grad_cam_on_a_shared_body_is_per_call_and_thread_safe(tiny_set):
+    import threading
+
+    from PIL import Image
+
+    from tests.conftest import COLORS, png_bytes
+
+    finished = run_to_end(tiny_set, TrainConfig(backbone="tiny-test", epochs=2))
+    model, pre = finished.result.model, tlcore.get_backbone_spec("tiny-test").preprocess
+    shared = tlcore.frozen_body("tiny-test")
+    assert model.body is shared
+    images = [tlcore.decode_image(f"{k}.png", png_bytes(COLORS[k], seed=k)) for k in range(3)]
+    alone = [tlcore.grad_cam(model, img, pre) for img in images]
+    together: dict[int, object] = {}
+
+    def work(k: int) -> None:
+        for _ in range(20):
+            together[k] = tlcore.grad_cam(model, images[k], pre)
+            tlcore.predict(model, [images[k]], finished.result.classes, pre)  # inference on the same body
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k in range(3):
+        assert (together[k] == alone[k]).all()  # nobody else's activations
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in shared.modules())
+    assert all(p.device.type == "cpu" and not p.requires_grad for p in shared.parameters())
+    assert isinstance(Image.fromarray((alone[0] * 255).astype("uint8")), Image.Image)

@@ -3,69 +3,112 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
 import tlcore
-from tlcore.jobs import SlotPool, TrainingJob
 from tlcore.project import Project, validation_report
-from tlcore.train import RunFinished, TrainConfig, train
+from tlcore.runner import JobSpec, LocalRunner
+from tlcore.train import TrainConfig
+from tests.conftest import png_bytes
 
 TINY = TrainConfig(backbone="tiny-test", mode="fine-tune", epochs=3, batch_size=8)
 
 
-def slow_work(seconds: float):
-    def work(should_stop):
-        end = time.time() + seconds
-        while time.time() < end:
-            if should_stop():
-                yield RunFinished("stopped", "asked to stop")
-                return
-            time.sleep(0.01)
-        yield RunFinished("completed", "done")
-    return work
+def spec(images, config, owner="p", name="job", tmp=None) -> JobSpec:
+    from tlcore.data import stratified_split, trainable_subset
+
+    folder = Path(tempfile.mkdtemp(prefix="tls-job-"))
+    split = stratified_split(trainable_subset(images).labels(), config.val_fraction, config.seed)
+    return JobSpec(name, owner, images, config, split, folder)
 
 
-def test_jobs_queue_for_slots_in_order_and_free_them():
-    pool = SlotPool(2)
-    jobs = [TrainingJob(f"j{i}", slow_work(0.6), pool) for i in range(5)]
-    time.sleep(0.2)
-    states = [j.snapshot() for j in jobs]
-    assert [s.state for s in states] == ["running", "running", "queued", "queued", "queued"]
-    assert [s.queue_position for s in states] == [0, 0, 1, 2, 3]
-    jobs[3].stop()  # a queued job that is stopped leaves the line
-    assert jobs[3].join(2) and jobs[3].snapshot().state == "stopped"
-    jobs[0].stop()
-    assert jobs[0].join(2)
-    time.sleep(0.2)
-    assert jobs[2].snapshot().state == "running" and jobs[4].snapshot().queue_position == 1
+def wait_all(jobs, timeout=120):
     for j in jobs:
-        assert j.join(5)
-    assert pool.running == 0
-    assert [j.snapshot().state for j in jobs] == ["stopped", "completed", "completed", "stopped", "completed"]
+        assert j.join(timeout), j.snapshot()
 
 
-def test_a_training_job_records_events_and_stops(tiny_set):
-    job = TrainingJob("t", lambda stop: train(tiny_set, dataclasses.replace(TINY, epochs=200), stop), SlotPool(1))
-    deadline = time.time() + 30
+@pytest.fixture(scope="module")
+def pool():
+    """A private pool of two workers (the second an express lane for short jobs)."""
+    runner = LocalRunner(workers=2, threads=1)
+    yield runner
+    runner.shutdown()
+
+
+def test_jobs_run_in_worker_processes_and_report_back(pool, tiny_set):
+    job = pool.submit(spec(tiny_set, dataclasses.replace(TINY, epochs=200)))
+    deadline = time.time() + 60
     while not job.snapshot().epochs and time.time() < deadline:
         time.sleep(0.05)
-    job.stop()
+    snap = job.snapshot()
+    assert snap.state == "running" and snap.batch_losses and snap.version > 0
+    assert os.getpid() not in pool.worker_pids() and len(pool.worker_pids()) == 2
+    job.stop()  # acts within one batch
     assert job.join(10)
     snap = job.snapshot()
-    assert snap.state == "stopped" and snap.finished.result is not None and snap.batch_losses
-    assert snap.finished.result.best_epoch >= 1
+    assert snap.state == "stopped" and snap.finished.result is None  # models never travel: the run is on disk
+    saved = tlcore.load_run(job.spec.folder)
+    assert saved.meta["status"] == "stopped" and saved.meta["metrics"]["best_epoch"] >= 1
 
 
-def test_a_crashing_job_ends_failed():
-    def boom(stop):
-        raise RuntimeError("kaput")
-        yield  # pragma: no cover
+def test_short_jobs_never_wait_behind_long_ones_and_owners_take_turns(pool, tiny_set):
+    long_cfg = dataclasses.replace(TINY, epochs=100_000)
+    hogs = [pool.submit(spec(tiny_set, long_cfg, owner="teacher", name=f"hog{i}")) for i in range(3)]
+    time.sleep(0.5)
+    assert [h.snapshot().state for h in hogs] == ["running", "queued", "queued"]  # the express lane stays free
+    short = [pool.submit(spec(tiny_set, TrainConfig(backbone="tiny-test", epochs=2), owner=f"s{i}")) for i in range(4)]
+    wait_all(short, 60)
+    assert all(j.snapshot().state == "completed" for j in short)
+    assert hogs[0].snapshot().state == "running"  # the short ones used the express lane
+    later = pool.submit(spec(tiny_set, long_cfg, owner="student", name="student-long"))
+    position, wait = pool.queue_info(later)
+    assert position == 1 and wait > 0  # the teacher has a run going: the student is next, not third
+    assert pool.queue_info(hogs[1])[0] == 2 and pool.queue_info(hogs[2])[0] == 3
+    hogs[2].stop()  # a queued job leaves the line at once
+    assert hogs[2].join(2) and hogs[2].snapshot().state == "stopped"
+    for j in (hogs[0], hogs[1], later):
+        j.stop()
+    wait_all([hogs[0], hogs[1], later])
 
-    job = TrainingJob("b", boom, SlotPool(1))
-    assert job.join(5)
-    assert job.snapshot().state == "failed" and "kaput" in job.snapshot().finished.reason
+
+def test_a_dead_worker_fails_its_run_plainly_and_is_replaced(pool, tiny_set):
+    job = pool.submit(spec(tiny_set, dataclasses.replace(TINY, epochs=100_000)))
+    deadline = time.time() + 60
+    while not job.snapshot().epochs and time.time() < deadline:
+        time.sleep(0.05)
+    pid = next(p for p in pool.worker_pids() if p in _busy_pids(pool))
+    os.kill(pid, signal.SIGKILL)  # what the kernel does when memory runs out
+    assert job.join(10)
+    snap = job.snapshot()
+    assert snap.state == "failed" and "out of memory" in snap.finished.reason
+    assert tlcore.load_run(job.spec.folder).meta["partial"]  # its best epoch was checkpointed
+    again = pool.submit(spec(tiny_set, TrainConfig(backbone="tiny-test", epochs=2)))
+    wait_all([again])
+    assert again.snapshot().state == "completed" and pid not in pool.worker_pids()
+
+
+def _busy_pids(pool) -> list[int]:
+    return [proc.pid for proc, job in zip(pool._procs, pool._busy) if job is not None]
+
+
+def test_two_seeded_runs_at_once_give_what_each_gives_alone(pool, tiny_set):
+    a, b = TrainConfig(backbone="tiny-test", mode="fine-tune", epochs=2, seed=1), \
+        TrainConfig(backbone="tiny-test", mode="scratch", epochs=2, seed=2)
+    together = [pool.submit(spec(tiny_set, c)) for c in (a, b)]
+    wait_all(together)
+    alone = []
+    for c in (a, b):
+        job = pool.submit(spec(tiny_set, c))
+        wait_all([job])
+        alone.append(job)
+    for t, s in zip(together, alone):
+        assert [e.train_loss for e in t.snapshot().epochs] == [e.train_loss for e in s.snapshot().epochs]
 
 
 def _wait(record, timeout=60):
@@ -195,3 +238,56 @@ def test_registry_shares_live_projects_and_releases_abandoned_ones(tiny_set):
     assert a.folder.exists() and not empty.folder.exists()  # real work stays, empty leftovers go
     assert reg.live() == []
     assert Project.open(a.name).runs[0].status == "stopped"
+
+
+def test_a_save_while_the_images_are_replaced_names_only_images_it_wrote(tiny_set, monkeypatch):
+    import tlcore.project as proj_mod
+
+    p = Project.create()
+    p.images = tiny_set.snapshot()
+    real = proj_mod.atomic_write
+    swapped = []
+
+    def page_edits_meanwhile(path, write):  # another thread (a page) loads a sample mid-save
+        real(path, write)
+        if not swapped and path.suffix == ".png":
+            swapped.append(1)
+            other = tlcore.ImageSet()
+            other.add([(f"new{k}.png", png_bytes((k * 40, 90, 200), seed=500 + k), "other") for k in range(3)])
+            p.images = other
+
+    monkeypatch.setattr(proj_mod, "atomic_write", page_edits_meanwhile)
+    p.save()
+    monkeypatch.setattr(proj_mod, "atomic_write", real)
+    manifest = json.loads((p.folder / "project.json").read_text())
+    assert all((p.folder / "images" / f"{i['digest']}.png").exists() for i in manifest["images"])
+    p.save()  # the page's own save: the new images are written and the old ones cleaned up
+    q = Project.open(p.name)
+    assert q.images.counts() == {"other": 3} and not [r for r in q.images.rejected if "missing" in r.reason]
+
+
+@pytest.mark.parametrize("manifest", [
+    {"hello": 1}, [], {"format": "tls-project/1", "images": [{"name": "x"}]},
+    {"format": "tls-project/1", "runs": [{"id": "r", "config": "oops"}]},
+    {"format": "tls-project/1", "settings": {"epochs": "many"}, "classes": 3},
+])
+def test_a_damaged_or_foreign_project_gives_a_clear_message(manifest):
+    p = Project.create()
+    (p.folder / "project.json").write_text(json.dumps(manifest))
+    with pytest.raises(tlcore.TLError, match="damaged|not made by this app"):
+        Project.open(p.name)
+
+
+def test_a_run_history_with_unknown_fields_still_loads(tiny_set):
+    p = Project.create()
+    p.images = tiny_set.snapshot()
+    p.save()
+    record = p.start_run(dataclasses.replace(TINY, epochs=2))
+    _wait(record)
+    meta_path = p.folder / "runs" / record.id / "run.json"
+    meta = json.loads(meta_path.read_text())
+    meta["history"][0]["from_the_future"] = 1
+    meta["metrics"]["also_new"] = 2
+    meta_path.write_text(json.dumps(meta))
+    [r] = Project.open(p.name).runs
+    assert r.result is not None and len(r.result.history) == 2

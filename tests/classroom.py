@@ -1,0 +1,275 @@
+"""Classroom load test: ``python -m tests.classroom [--sessions 30] [--browsers 6] [--images 60]``.
+
+Two parts, both against the real engine and worker processes:
+
+* an engine-level simulation of ``--sessions`` students on one server: each has a project with its
+  own images (handwritten digits, 3 classes) and presses Start (feature extraction) at about the
+  same moment, while a poller per student calls the job's snapshot once a second, as the Train
+  page does; it also measures training throughput of a fine-tune watched by three pollers and
+  unwatched;
+* ``--browsers`` real browser sessions (Playwright + Debian chromium) against one real
+  ``streamlit run`` server: each uploads a zip of its own images, presses Start training, waits
+  for its finished model, then starts a 2-epoch fine-tune and waits for that.
+
+It prints the figures (time from Start to the finished model per session: min / median / max,
+time until every run is done, runs stuck, server exceptions, server peak RSS, throughput watched
+vs unwatched) and one JSON object on stdout. ``tests/engine/test_classroom.py`` and the browser
+tests run short versions in CI (they check outcomes, never timings).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DIGITS = ROOT / "assets" / "samples" / "digits"
+
+
+def student_files(student: int, images: int, classes: int = 3) -> list[tuple[str, bytes, str]]:
+    """A student's own images: ``images`` digits from ``classes`` classes, a different selection each."""
+    per_class = max(1, images // classes)
+    out = []
+    for c in range(classes):
+        files = sorted((DIGITS / str(c)).glob("*.png"))
+        start = (student * 7) % max(1, len(files) - per_class + 1)
+        for f in files[start:start + per_class]:
+            out.append((f"s{student}_{f.name}", f.read_bytes(), f"digit {c}"))
+    return out
+
+
+def zip_of(files: list[tuple[str, bytes, str]]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data, label in files:
+            zf.writestr(f"{label}/{name}", data)
+    return buf.getvalue()
+
+
+def _peak_rss_mb(pid: int | None = None) -> float:
+    status = Path(f"/proc/{pid or 'self'}/status")
+    if not status.exists():
+        return float("nan")
+    kb = next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
+    return kb / 1024
+
+
+def _spread(values: list[float]) -> dict:
+    if not values:
+        return {"min": None, "median": None, "max": None}
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+# ----------------------------------------------------------------------------- engine-level
+
+
+def simulate(sessions: int, images: int, backbone: str = "efficientnet_lite0", timeout: float = 600,
+             throughput: bool = True) -> dict:
+    """``sessions`` students start feature extraction together; pollers read snapshots once a second."""
+    import tlcore
+
+    projects = []
+    for k in range(sessions):
+        p = tlcore.Project.create()
+        p.images.add(student_files(k, images))
+        p.backbone = backbone
+        p.save()
+        projects.append(p)
+    started: dict[int, float] = {}
+    finished_at: dict[int, float] = {}
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def poll(k: int) -> None:  # one student's Train page
+        p = projects[k]
+        while not stop.is_set():
+            try:
+                for r in p.active_runs():
+                    r.job.snapshot()
+                if p.finished_runs() and k not in finished_at:
+                    finished_at[k] = time.time()
+            except Exception as e:  # counted as a server exception
+                errors.append(f"{type(e).__name__}: {e}")
+            time.sleep(1.0)
+
+    t0 = time.time()
+    records = []
+    for k, p in enumerate(projects):
+        started[k] = time.time()
+        records.append(p.start_run(tlcore.TrainConfig(backbone=backbone, mode="feature-extraction")))
+    pollers = [threading.Thread(target=poll, args=(k,), daemon=True) for k in range(sessions)]
+    for t in pollers:
+        t.start()
+    deadline = t0 + timeout
+    while len(finished_at) < sessions and time.time() < deadline:
+        time.sleep(0.5)
+    all_done = time.time() - t0
+    stop.set()
+    stuck = sessions - len(finished_at)
+    own_data = all(r.result is not None and {i.name.split("_")[0] for i in r.images.items} == {f"s{k}"}
+                   and set(r.val_digests) <= {i.digest for i in p.images.items}
+                   for k, (r, p) in enumerate(zip(records, projects)))
+    report = {
+        "sessions": sessions, "images_per_session": images, "backbone": backbone,
+        "start_to_model_s": _spread([finished_at[k] - started[k] for k in finished_at]),
+        "all_done_s": all_done, "stuck": stuck, "exceptions": len(errors), "own_data_only": own_data,
+        "server_peak_rss_mb": _peak_rss_mb(),
+        "failed": [r.reason for r in records if r.status not in ("completed",) and r.result is None],
+    }
+    if throughput:
+        report["throughput"] = watched_vs_unwatched(projects[0], backbone)
+    return report
+
+
+def watched_vs_unwatched(project, backbone: str, watchers: int = 3) -> dict:
+    """Images/s of a 2-epoch fine-tune with nobody watching and with ``watchers`` pollers at 1 Hz."""
+    import tlcore
+
+    out = {}
+    for label, n in (("unwatched", 0), ("watched", watchers)):
+        record = project.start_run(tlcore.TrainConfig(backbone=backbone, mode="fine-tune", epochs=2, batch_size=16))
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.is_set() and record.job is not None:
+                record.job.snapshot()
+                time.sleep(1.0)
+
+        threads = [threading.Thread(target=watch, daemon=True) for _ in range(n)]
+        for t in threads:
+            t.start()
+        record.job.join(600)
+        stop.set()
+        project.finished_runs()
+        res = record.result
+        assert res is not None, record.reason
+        per_epoch = [b.seconds - a.seconds for a, b in zip(res.history, res.history[1:])] or [res.history[0].seconds]
+        out[label] = len(res.train_indices) / min(per_epoch)  # steady-state images/s
+    out["ratio"] = out["watched"] / out["unwatched"]
+    return out
+
+
+# ----------------------------------------------------------------------------- real browsers
+
+
+def browsers(n: int, images: int, timeout: float = 360, finetune: bool = True) -> dict:
+    """``n`` real chromium sessions against one real server; see the module docstring."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser.test_main_flow import CHROMIUM, start_app
+
+    proc, url, home = start_app(TLS_TEST_BACKBONES="")
+    log: list[str] = []
+    reader = threading.Thread(target=lambda: log.extend(line.decode(errors="replace") for line in proc.stdout),
+                              daemon=True)
+    reader.start()
+    zips = []
+    for k in range(n):
+        path = home / f"student{k}.zip"
+        path.write_bytes(zip_of(student_files(k, images)))
+        zips.append(path)
+    report: dict = {"browsers": n, "images_per_session": images}
+    try:
+        with sync_playwright() as pw:
+            b = pw.chromium.launch(executable_path=CHROMIUM, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--no-first-run", "--disable-sync", "--disable-quic"])
+            pages = []
+            for k in range(n):
+                pg = b.new_page(viewport={"width": 1300, "height": 900})
+                pg.set_default_timeout(timeout * 1000)
+                pg.goto(f"{url}/data")
+                pg.get_by_role("heading", name="2 · Your data").wait_for()
+                pg.get_by_role("tab", name="Upload a zip").click()
+                pg.locator("[data-testid='stFileUploader'] input[type=file]").first.set_input_files(str(zips[k]))
+                pg.get_by_text(re.compile(r"Added \d+ images")).first.wait_for()
+                pg.get_by_role("link", name="Train").first.click()
+                pg.get_by_role("button", name="Start training").wait_for()
+                pages.append(pg)
+            report["fe"] = _press_start_and_wait(pages, timeout, "Finished 20 epochs")
+            if finetune:
+                for pg in pages:
+                    pg.get_by_role("link", name="Freeze").first.click()
+                    pg.get_by_role("heading", name="3 · Freeze or fine-tune").wait_for()
+                    slider = pg.get_by_role("slider").first
+                    slider.focus()
+                    for _ in range(4):
+                        slider.press("ArrowRight")  # the last stages learn: a fine-tune
+                    pg.wait_for_timeout(500)
+                    pg.get_by_role("link", name="Train").first.click()
+                    pg.get_by_role("button", name="Start training").wait_for()
+                    pg.get_by_text("Advanced settings").click()
+                    epochs = pg.get_by_label("Epochs")
+                    epochs.fill("2")
+                    epochs.press("Enter")
+                    pg.wait_for_timeout(500)
+                report["finetune"] = _press_start_and_wait(pages, timeout, "Finished 2 epochs")
+            b.close()
+    finally:
+        report["server_peak_rss_mb"] = _peak_rss_mb(proc.pid)
+        proc.terminate()
+        proc.wait(15)
+        reader.join(5)
+    text = "".join(log)
+    report["server_tracebacks"] = text.count("Traceback (most recent call last)")
+    return report
+
+
+def _press_start_and_wait(pages, timeout: float, done_text: str) -> dict:
+    """Every student presses Start; the time until each page shows its finished model."""
+    t0 = time.time()
+    for pg in pages:
+        pg.get_by_role("button", name="Start training").click()
+    took: list[float] = []
+    pending = list(range(len(pages)))
+    while pending and time.time() < t0 + timeout:
+        for k in list(pending):
+            if pages[k].get_by_text(done_text).count():
+                took.append(time.time() - t0)
+                pending.remove(k)
+        time.sleep(0.25)
+    stuck = len(pending)
+    return {"start_to_model_s": _spread(took), "all_done_s": time.time() - t0, "stuck": stuck}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m tests.classroom", description=__doc__.split("\n")[0])
+    ap.add_argument("--sessions", type=int, default=30, help="simulated students (0: skip)")
+    ap.add_argument("--browsers", type=int, default=6, help="real browser students (0: skip)")
+    ap.add_argument("--images", type=int, default=60, help="images per student")
+    args = ap.parse_args()
+    os.environ.setdefault("TLS_HOME", __import__("tempfile").mkdtemp(prefix="tls-classroom-"))
+    out: dict = {}
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    if args.browsers:
+        r = out["browsers"] = browsers(args.browsers, args.images)
+        for part in ("fe", "finetune"):
+            if part in r:
+                s = r[part]["start_to_model_s"]
+                log(f"{args.browsers} browsers, {part}: Start -> model shown min/median/max "
+                    f"{s['min']:.1f}/{s['median']:.1f}/{s['max']:.1f} s; all done {r[part]['all_done_s']:.1f} s; "
+                    f"stuck {r[part]['stuck']}")
+        log(f"server peak RSS {r['server_peak_rss_mb']:.0f} MB; tracebacks {r['server_tracebacks']}")
+    if args.sessions:
+        r = out["simulated"] = simulate(args.sessions, args.images)
+        s = r["start_to_model_s"]
+        log(f"{args.sessions} simulated sessions: Start -> model min/median/max {s['min']:.1f}/{s['median']:.1f}/"
+            f"{s['max']:.1f} s; all done {r['all_done_s']:.1f} s; stuck {r['stuck']}; exceptions {r['exceptions']}; "
+            f"server peak RSS {r['server_peak_rss_mb']:.0f} MB")
+        t = r["throughput"]
+        log(f"fine-tune throughput: unwatched {t['unwatched']:.1f} img/s, watched by 3 {t['watched']:.1f} img/s "
+            f"(ratio {t['ratio']:.2f})")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
