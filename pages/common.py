@@ -53,6 +53,7 @@ def project() -> Project:
                 st.toast(f"Could not reopen the project: {e}", icon=":material/warning:")
         st.session_state[STATE_KEY] = proj or PROJECTS.create(session_id())
         start_sweeper()
+        start_workers()
     proj = st.session_state[STATE_KEY]
     if st.query_params.get("project") != proj.name:
         st.query_params["project"] = proj.name
@@ -64,6 +65,15 @@ def switch_project(name: str | None, create: bool = False) -> None:
     proj = PROJECTS.create(session_id(), name) if create else PROJECTS.open(name or "", session_id())
     st.session_state[STATE_KEY] = proj
     st.query_params["project"] = proj.name
+
+
+@st.cache_resource
+def start_workers() -> bool:
+    """Once per server: the training workers start with the first visitor, not with the first run."""
+    runner = tlcore.get_runner()
+    if isinstance(runner, tlcore.LocalRunner):
+        runner.start()
+    return True
 
 
 @st.cache_resource

@@ -58,6 +58,8 @@ if active and c2.button("Stop", icon=":material/stop:", key="train_stop"):
 
 def live_view() -> None:
     """The selected run's progress and curves; reruns itself every second while training."""
+    if polling and not proj.active_runs():
+        st.rerun()  # every run has ended: one full rerun shows the results and stops the polling
     record = proj.run(proj.selected_run) or (proj.runs[-1] if proj.runs else None)
     if record is None:
         st.info("Press **Start training**. With feature extraction the first model is ready in seconds.")
@@ -84,7 +86,9 @@ def live_view() -> None:
             st.success(record.reason, icon=":material/check_circle:")
         if record.result is None:
             return
-        loss, acc = training_figures(record.result.history)
+        if "final_figures" not in record.cache:  # a finished run's curves never change: built once
+            record.cache["final_figures"] = training_figures(record.result.history)
+        loss, acc = record.cache["final_figures"]
         r = record.result
         m = st.columns(4)
         m[0].metric("Validation accuracy", "n/a" if r.val_accuracy is None else f"{r.val_accuracy:.1%}")
@@ -99,7 +103,8 @@ def live_view() -> None:
 
 
 # Polls once a second, and only while a run of this project is queued or training (never after).
-st.fragment(live_view, run_every=1.0 if proj.active_runs() else None)()
+polling = bool(proj.active_runs())
+st.fragment(live_view, run_every=1.0 if polling else None)()
 
 if len(proj.runs) > 1:
     st.subheader("Runs in this project")

@@ -24,7 +24,6 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -208,7 +207,7 @@ def browsers(n: int, images: int, timeout: float = 360, finetune: bool = True) -
                     pg.get_by_role("link", name="Train").first.click()
                     pg.get_by_role("button", name="Start training").wait_for()
                     pg.get_by_text("Advanced settings").click()
-                    epochs = pg.get_by_label("Epochs")
+                    epochs = pg.get_by_role("spinbutton", name="Epochs")
                     epochs.fill("2")
                     epochs.press("Enter")
                     pg.wait_for_timeout(500)
@@ -222,6 +221,70 @@ def browsers(n: int, images: int, timeout: float = 360, finetune: bool = True) -
     text = "".join(log)
     report["server_tracebacks"] = text.count("Traceback (most recent call last)")
     return report
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def watch_cost(tabs: int = 3, window: float = 20.0) -> dict:
+    """Server CPU while a fine-tune trains with nobody watching and with ``tabs`` Train pages open, and the
+    run's throughput in both cases; then the server's CPU once the run has ended with the tabs still open."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser.test_main_flow import CHROMIUM, start_app
+
+    proc, url, home = start_app(TLS_TEST_BACKBONES="")
+    out: dict = {"tabs": tabs, "window_s": window}
+    try:
+        with sync_playwright() as pw:
+            b = pw.chromium.launch(executable_path=CHROMIUM, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--no-first-run", "--disable-sync", "--disable-quic"])
+            pg = b.new_page(viewport={"width": 1300, "height": 900})
+            pg.set_default_timeout(120_000)
+            pg.goto(f"{url}/data")
+            pg.get_by_role("button", name="Load digits").click()
+            pg.get_by_text("Added 200 images").wait_for()
+            pg.get_by_role("link", name="Freeze").first.click()
+            slider = pg.get_by_role("slider").first
+            slider.focus()
+            for _ in range(4):
+                slider.press("ArrowRight")
+            pg.wait_for_timeout(500)
+            pg.get_by_role("link", name="Train").first.click()
+            pg.get_by_text("Advanced settings").click()
+            epochs = pg.get_by_role("spinbutton", name="Epochs")
+            epochs.fill("40")
+            epochs.press("Enter")
+            pg.wait_for_timeout(500)
+            pg.get_by_role("button", name="Start training").click()
+            pg.get_by_text(re.compile(r"Epoch \d+, batch")).first.wait_for()
+            project_url = pg.url
+            pg.get_by_role("link", name="Data").first.click()  # nobody watches the run now
+            pg.get_by_role("heading", name="2 · Your data").wait_for()
+            def measure() -> float:
+                c0, t0 = _cpu_seconds(proc.pid), time.time()
+                time.sleep(window)
+                return (_cpu_seconds(proc.pid) - c0) / (time.time() - t0)
+
+            out["server_cpu_unwatched"] = measure()
+            viewers = [b.new_page(viewport={"width": 1300, "height": 900}) for _ in range(tabs)]
+            for v in viewers:
+                v.goto(project_url.replace("/data", "/train"))
+                v.get_by_text(re.compile(r"Epoch \d+, batch")).first.wait_for()
+            out["server_cpu_watched"] = measure()
+            out["cpu_per_tab"] = (out["server_cpu_watched"] - out["server_cpu_unwatched"]) / tabs
+            print(f"watch: {out}", file=sys.stderr, flush=True)
+            viewers[0].get_by_role("button", name="Stop").click()
+            viewers[0].get_by_text("Stopped by the user").first.wait_for()
+            out["server_cpu_after_end"] = measure()
+            b.close()
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    return out
 
 
 def _press_start_and_wait(pages, timeout: float, done_text: str) -> dict:
@@ -238,6 +301,8 @@ def _press_start_and_wait(pages, timeout: float, done_text: str) -> dict:
                 pending.remove(k)
         time.sleep(0.25)
     stuck = len(pending)
+    for k in pending:  # what a stuck student sees
+        pages[k].screenshot(path=str(ROOT / "test-output" / f"classroom-stuck-{k}.png"), full_page=True)
     return {"start_to_model_s": _spread(took), "all_done_s": time.time() - t0, "stuck": stuck}
 
 
@@ -246,6 +311,7 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, default=30, help="simulated students (0: skip)")
     ap.add_argument("--browsers", type=int, default=6, help="real browser students (0: skip)")
     ap.add_argument("--images", type=int, default=60, help="images per student")
+    ap.add_argument("--watch", type=int, default=3, help="tabs watching one run, for the cost of watching (0: skip)")
     args = ap.parse_args()
     os.environ.setdefault("TLS_HOME", __import__("tempfile").mkdtemp(prefix="tls-classroom-"))
     out: dict = {}
@@ -268,6 +334,11 @@ def main() -> None:
         t = r["throughput"]
         log(f"fine-tune throughput: unwatched {t['unwatched']:.1f} img/s, watched by 3 {t['watched']:.1f} img/s "
             f"(ratio {t['ratio']:.2f})")
+    if args.watch:
+        r = out["watch"] = watch_cost(args.watch)
+        log(f"server CPU while a fine-tune trains: nobody watching {r['server_cpu_unwatched']:.1%} of a core, "
+            f"{args.watch} tabs watching {r['server_cpu_watched']:.1%} ({r['cpu_per_tab']:.1%} per tab); "
+            f"after the run ended, tabs still open: {r['server_cpu_after_end']:.1%}")
     print(json.dumps(out))
 
 

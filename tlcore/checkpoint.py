@@ -14,21 +14,24 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import time
 import zipfile
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .backbones import Preprocess, frozen_body, get_backbone_spec, weights_digest
 from .data import ZipLimits, check_zip_total, zip_member_problem
 from .errors import TLError
 from .model import TransferModel, build_model
-from .train import FROZEN_BODY_MODES, EpochEnd, RunResult, TrainConfig
+from .train import FROZEN_BODY_MODES, EpochEnd, RunResult, TrainConfig, memory_budget_mb
 
 FORMAT = "tlcore-run/1"
 WEIGHTS = "model.safetensors"
@@ -227,10 +230,75 @@ def _load(folder: Path, module: torch.nn.Module, state: dict[str, torch.Tensor],
     return list(result.missing_keys)
 
 
+class ModelCache:
+    """Models of saved runs, loaded from their folders on first use; beyond ``max_bytes`` (what they
+    hold of their own: a model on the shared pretrained body holds only its head) the least recently
+    used are dropped, and load again from disk when needed."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._models: OrderedDict[tuple[str, int], tuple[TransferModel, int]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.loads = 0
+
+    def get(self, folder: Path) -> TransferModel:
+        key = (str(folder), (folder / WEIGHTS).stat().st_mtime_ns if (folder / WEIGHTS).exists() else 0)
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key][0]
+        model = load_run(folder).model  # outside the lock: loads take time
+        own = model.head if model.body.shared_pretrained else model
+        size = sum(t.nbytes for t in [*own.parameters(), *own.buffers()])
+        with self._lock:
+            self.loads += 1
+            self._models[key] = (model, size)
+            while sum(s for _, s in self._models.values()) > self.max_bytes and len(self._models) > 1:
+                self._models.popitem(last=False)
+        return model
+
+    def clear(self) -> None:
+        with self._lock:
+            self._models.clear()
+
+
+MODELS = ModelCache(int(memory_budget_mb() * 2**20 / 2))
+
+
+@dataclass(frozen=True)
+class DiskModel:
+    """A saved run's model, loaded (through ``MODELS``) when it is used."""
+
+    folder: Path
+
+    def load(self) -> TransferModel:
+        return MODELS.get(self.folder)
+
+
+def lazy_result(folder: str | Path) -> RunResult:
+    """A saved run's result from its ``run.json`` alone; the weights load when the model is first used.
+    The weights file is checked to be there and to be safetensors (its header only)."""
+    folder = Path(folder)
+    meta = read_meta(folder)
+    try:
+        with safe_open(folder / WEIGHTS, "pt") as f:
+            f.keys()
+    except (SafetensorError, OSError, ValueError) as e:
+        raise TLError(f"{folder.name}/{WEIGHTS} is missing or not a safetensors file ({e}).") from None
+    try:
+        classes = tuple(str(c) for c in meta["classes"])
+    except (KeyError, TypeError):
+        raise TLError(f"{folder.name}/{META} lacks its classes.") from None
+    return _result_from_meta(meta, DiskModel(folder), classes)
+
+
 def result_from_saved(saved: SavedRun) -> RunResult:
-    """A ``RunResult`` view of a loaded run (for the pages that show runs); fields it does not know
-    (from a newer version) are ignored, damaged ones are a ``TLError``."""
-    meta = saved.meta
+    """A ``RunResult`` view of a loaded run (for the pages that show runs)."""
+    return _result_from_meta(saved.meta, saved.model, saved.classes)
+
+
+def _result_from_meta(meta: dict, model_ref: TransferModel | DiskModel, classes: tuple[str, ...]) -> RunResult:
+    """Fields it does not know (from a newer version) are ignored, damaged ones are a ``TLError``."""
     try:
         m = meta.get("metrics", {})
         known = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -239,7 +307,7 @@ def result_from_saved(saved: SavedRun) -> RunResult:
         history = tuple(EpochEnd(**{k: v for k, v in e.items() if k in epoch_fields}) for e in meta.get("history", []))
         split = meta.get("split", {})
         return RunResult(
-            model=saved.model, classes=saved.classes, config=config, history=history,
+            model_ref=model_ref, classes=classes, config=config, history=history,
             best_epoch=int(m.get("best_epoch", 0)), val_accuracy=m.get("val_accuracy"),
             train_seconds=float(m.get("train_seconds", 0.0)), num_images=int(m.get("num_images", 0)),
             train_indices=tuple(split.get("train", [])), val_indices=tuple(split.get("val", [])),

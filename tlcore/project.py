@@ -26,7 +26,7 @@ from pathlib import Path
 from PIL import Image
 
 from .backbones import DEFAULT_BACKBONE, get_backbone_spec
-from .checkpoint import (WEIGHTS, archive_run, atomic_write, export_onnx, export_torchscript, load_run,
+from .checkpoint import (WEIGHTS, archive_run, atomic_write, export_onnx, export_torchscript, lazy_result, read_meta,
                          result_from_saved, unpack_run_archive)
 from .compare import features_of, plan, project_2d, shared_split
 from .data import (ImageItem, ImageSet, Rejected, image_to_tensor, stratified_split, tensor_to_image,
@@ -280,11 +280,10 @@ class Project:
                 record.status = "interrupted"
                 record.reason = "The server stopped while this run was training; its best epoch so far is kept."
             run_folder = folder / "runs" / record.id
-            if (run_folder / "model.safetensors").exists():
-                try:
-                    saved = load_run(run_folder)
-                    record.result = result_from_saved(saved)
-                    record.val_digests = list(saved.meta.get("val_digests", []))
+            if (run_folder / WEIGHTS).exists():
+                try:  # the weights themselves load when the model is first used
+                    record.result = lazy_result(run_folder)
+                    record.val_digests = list(read_meta(run_folder).get("val_digests", []))
                 except TLError as e:
                     record.reason = f"{record.reason} (its weights could not be loaded: {e})".strip()
             elif record.status == "interrupted":
@@ -298,7 +297,7 @@ def _load_result(folder: Path) -> RunResult | None:
     if not (folder / WEIGHTS).exists():
         return None
     try:
-        return result_from_saved(load_run(folder))
+        return lazy_result(folder)
     except TLError:
         return None
 

@@ -25,6 +25,7 @@ import logging
 import multiprocessing as mp
 import multiprocessing.spawn as mp_spawn
 import os
+import queue
 import threading
 import time
 import traceback
@@ -199,15 +200,28 @@ def _worker_main(index: int, threads: int, inbox: mp.Queue, outbox: mp.Queue, st
     from .train import train
 
     torch.set_num_threads(threads)
+    try:  # warm up: the default backbone's pretrained body and its runtime, so a first run starts at once
+        from .backbones import DEFAULT_BACKBONE, get_backbone_spec
+        from .runtime import frozen_forward
+
+        size = get_backbone_spec(DEFAULT_BACKBONE).preprocess.input_size
+        frozen_forward(DEFAULT_BACKBONE, torch.zeros((1, 3, size, size), dtype=torch.uint8))
+    except Exception as e:  # a warm-up is an optimisation: runs still work (and report) without it
+        log.warning("worker %d could not warm up: %s", index, e)
     outbox.put(("ready", index, os.getpid()))
-    while True:
-        message = inbox.get()
+    parent = os.getppid()
+    orphaned = lambda: os.getppid() != parent  # noqa: E731  the server is gone: stop, never train for nobody
+    while not orphaned():
+        try:
+            message = inbox.get(timeout=1.0)
+        except queue.Empty:
+            continue
         if message is None:
             return
         job_id, spec = message
         try:
             checkpoint = Checkpointer(spec.folder, spec.config, list(spec.images.classes), spec.meta)
-            should_stop = lambda: stop_flags[index] == job_id  # noqa: E731
+            should_stop = lambda: stop_flags[index] == job_id or orphaned()  # noqa: E731
             for event in train(spec.images, spec.config, should_stop, split=spec.split):
                 checkpoint(event)
                 if isinstance(event, RunFinished):
@@ -271,6 +285,10 @@ class LocalRunner:
         self._closing = False
 
     # -- lifecycle
+
+    def start(self) -> None:
+        """Start the workers now (the app does at start-up, so the first run does not wait for them)."""
+        self._ensure_started()
 
     def _ensure_started(self) -> None:
         with self._lock:
@@ -429,7 +447,7 @@ class LocalRunner:
                 return
             with self._lock:
                 for i, proc in enumerate(self._procs):
-                    if proc is None or proc.is_alive():
+                    if proc is None or proc.is_alive() or self._closing:
                         continue
                     log.warning("training worker %d (pid %s) died with exit code %s", i, proc.pid, proc.exitcode)
                     if self._busy[i] is not None:

@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -139,9 +139,15 @@ class EpochEnd:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "model"}
 
 
+class ModelRef(Protocol):
+    """Where a run's model can be loaded from when it is needed (``checkpoint.DiskModel``)."""
+
+    def load(self) -> TransferModel: ...
+
+
 @dataclass(frozen=True)
 class RunResult:
-    model: TransferModel = field(repr=False)
+    model_ref: TransferModel | ModelRef = field(repr=False)  # the model, or where to load it from
     classes: tuple[str, ...]
     config: TrainConfig
     history: tuple[EpochEnd, ...]
@@ -156,6 +162,11 @@ class RunResult:
     freeze_depth: int
     runtime: str = "torch"  # what ran the frozen pretrained part (openvino, onnxruntime or torch)
     how: str = ""  # how the frozen part was run, in words
+
+    @property
+    def model(self) -> TransferModel:
+        """The trained model (a saved run's is loaded on first use and may be evicted and reloaded)."""
+        return self.model_ref if isinstance(self.model_ref, TransferModel) else self.model_ref.load()
 
 
 @dataclass(frozen=True)
@@ -228,7 +239,13 @@ class FeatureCache:
             self.bytes = 0
 
 
-FEATURES = FeatureCache()
+def memory_budget_mb() -> float:
+    """The web server's budget for what it keeps in memory (``TLS_MEMORY_BUDGET_MB``, default 2048): a
+    quarter for cached features, half for the models of finished runs (``checkpoint.MODELS``)."""
+    return float(os.environ.get("TLS_MEMORY_BUDGET_MB", 2048))
+
+
+FEATURES = FeatureCache(int(memory_budget_mb() * 2**20 / 4))
 
 
 def feature_key(backbone: str, pre: Preprocess, runtime: str) -> str:
@@ -479,7 +496,7 @@ def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool]
             return RunFinished(status, reason)
         best = history[best_epoch - 1]
         return RunFinished(status, reason, RunResult(
-            model=model, classes=tuple(data.classes), config=cfg, history=tuple(history),
+            model_ref=model, classes=tuple(data.classes), config=cfg, history=tuple(history),
             best_epoch=best_epoch, val_accuracy=best.val_acc, train_seconds=time.perf_counter() - start,
             num_images=len(train_idx) + len(val_idx), train_indices=tuple(train_idx),
             val_indices=tuple(val_idx), trainable_params=count_params(model, trainable_only=True),
@@ -558,7 +575,7 @@ def _prototype_run(model: TransferModel, x_all: torch.Tensor, y_all: torch.Tenso
     val_loss, val_acc = _validate(plan, y_all, val_idx, 256)
     epoch = EpochEnd(1, 1, 0.0, train_acc or 0.0, val_loss, val_acc, time.perf_counter() - start, True)
     return RunFinished("completed", "Prototypes computed: one mean feature vector per class.", RunResult(
-        model=model, classes=tuple(data.classes), config=cfg, history=(epoch,), best_epoch=1,
+        model_ref=model, classes=tuple(data.classes), config=cfg, history=(epoch,), best_epoch=1,
         val_accuracy=val_acc, train_seconds=time.perf_counter() - start, num_images=len(train_idx) + len(val_idx),
         train_indices=tuple(train_idx), val_indices=tuple(val_idx), trainable_params=0,
         total_params=count_params(model), freeze_depth=depth, runtime=plan.runtime, how=plan.how))

@@ -198,7 +198,7 @@ def test_five_sessions_training_at_once_queue_for_the_shared_workers():
     positions = sorted(int(w.split("position ")[1].split()[0]) for w in waiting if "position" in w)
     assert positions == list(range(1, 5 - long_lanes + 1)), waiting
     assert all("about" in w for w in waiting if "position" in w)  # an estimate of the wait
-    for at in apps:  # stopping frees the slot for the next in line, and everyone ends
+    for at in apps:  # stopping frees the worker for the next in line, and everyone ends
         at.button(key="train_stop").click().run()
     for at in apps:
         wait_for(at, lambda a: "Stopped" in texts(a.warning) or "stopped" in texts(a.markdown), timeout=60)

@@ -248,3 +248,28 @@ def test_grad_cam_on_a_shared_body_is_per_call_and_thread_safe(tiny_set):
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in shared.modules())
     assert all(p.device.type == "cpu" and not p.requires_grad for p in shared.parameters())
     assert isinstance(Image.fromarray((alone[0] * 255).astype("uint8")), Image.Image)
+
+
+def test_saved_models_load_lazily_and_are_evicted_beyond_the_budget(tiny_set, tmp_path):
+    from tlcore.checkpoint import ModelCache, lazy_result
+
+    pre = tlcore.get_backbone_spec("tiny-test").preprocess
+    x = tiny_set.stack(pre).float() / 255
+    folders, expected = [], []
+    for k in range(3):
+        finished = run_to_end(tiny_set, TrainConfig(backbone="tiny-test", mode="fine-tune", epochs=1, seed=k))
+        folders.append(tlcore.save_run(finished.result, tmp_path / f"run{k}"))
+        with torch.inference_mode():
+            expected.append(finished.result.model.eval()(x))
+    cache = ModelCache(max_bytes=1)  # room for one model at a time
+    tlcore.checkpoint.MODELS, saved = cache, tlcore.checkpoint.MODELS
+    try:
+        results = [lazy_result(f) for f in folders]
+        assert cache.loads == 0 and results[0].val_accuracy is not None  # listing a run loads no weights
+        for _ in range(2):
+            for r, e in zip(results, expected):
+                with torch.inference_mode():
+                    assert torch.allclose(r.model(x), e, atol=1e-6)
+        assert cache.loads == 6 and len(cache._models) == 1  # evicted, and reloaded identically
+    finally:
+        tlcore.checkpoint.MODELS = saved

@@ -1,4 +1,4 @@
-"""Background jobs share a fair slot pool; projects save atomically and survive a restart."""
+"""Training jobs run in worker processes with fair scheduling; projects save atomically and survive a restart."""
 from __future__ import annotations
 
 import dataclasses
