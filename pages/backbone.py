@@ -122,5 +122,6 @@ if upload is not None or sample:
             fig = go.Figure(go.Bar(x=[p for _, p in top][::-1], y=[n for n, _ in top][::-1], orientation="h",
                                    text=[f"{p:.0%}" for _, p in top][::-1]))
             fig.update_layout(title="ImageNet top-5", xaxis_tickformat=".0%", xaxis_range=[0, 1], height=300,
+                              yaxis_type="category",
                               margin=dict(t=40, b=20, l=10, r=10))
             right.plotly_chart(fig, key="backbone_top5")

@@ -139,18 +139,22 @@ def require_data(proj: Project) -> None:
 
 
 def require_run(proj: Project) -> RunRecord:
-    """The selected finished run; stops the page with guidance when there is none."""
+    """The run this page shows: the newest finished one, unless the user picked another here (comparison
+    runs are offered only when asked for); stops the page with guidance when there is none."""
     runs = proj.finished_runs()
+    page = st.session_state.get("_page", "")
+    if any(r.group for r in runs) and not st.toggle("Include comparison runs", key=f"run_all_{page}"):
+        runs = [r for r in runs if not r.group] or runs
     if not runs:
         st.info("There is no trained model yet. Train one first: it takes seconds with feature extraction.",
                 icon=":material/info:")
         st.page_link("pages/train.py", label="Go to the Train page", icon=":material/model_training:")
         st.stop()
     ids = [r.id for r in runs]
-    default = ids.index(proj.selected_run) if proj.selected_run in ids else len(ids) - 1
-    run_id = st.selectbox("Model", ids, index=default, key=f"run_pick_{st.session_state.get('_page', '')}",
-                          format_func=lambda i: run_title(proj.run(i)))
-    proj.selected_run = run_id
+    key = f"run_pick_{page}"
+    if st.session_state.get(key) not in ids:  # nothing picked on this page (or it was deleted): the newest
+        st.session_state[key] = ids[-1]
+    run_id = st.selectbox("Model", ids, key=key, format_func=lambda i: run_title(proj.run(i)))
     return proj.run(run_id)
 
 

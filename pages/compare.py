@@ -128,9 +128,11 @@ if eff_group:
         fig = px.line(points, x="images per class", y="val. accuracy", color="strategy", markers=True,
                       category_orders={"images per class": order + ["all"]}, hover_data=["seconds"],
                       title="Validation accuracy against images per class")
-        fig.update_layout(yaxis_tickformat=".0%", yaxis_range=[0, 1.02], height=380, margin=dict(t=40, b=30, l=10, r=10))
+        fig.update_layout(yaxis_tickformat=".0%", yaxis_range=[0, 1.02], height=380, margin=dict(t=40, b=30, l=10, r=10),
+                          xaxis_type="category")  # "1", "5", "all": labels, not numbers (else "all" vanishes)
         st.plotly_chart(fig, key="compare_efficiency")
-        st.dataframe(points, hide_index=True, key="compare_eff_table")
+        st.dataframe(points, hide_index=True, key="compare_eff_table",
+                     column_config={"val. accuracy": st.column_config.NumberColumn(format="percent")})
 
 st.divider()
 st.subheader("Embedding map")

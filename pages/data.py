@@ -79,9 +79,10 @@ with st.container(border=True):
 
 tab_classes, tab_zip, tab_camera = st.tabs(["Classes and uploads", "Upload a zip", "Camera"])
 with tab_classes:
-    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
-    c1.text_input("New class name", key="data_new_class", placeholder="e.g. cat")
-    c2.button("Add class", key="data_add_class", on_click=add_class, icon=":material/add:")
+    with st.form("data_new_class_form", border=False):  # Enter in the name field adds the class too
+        c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+        c1.text_input("New class name", key="data_new_class", placeholder="e.g. cat")
+        c2.form_submit_button("Add class", on_click=add_class, icon=":material/add:", key="data_add_class")
     if msg := st.session_state.pop("data_class_error", None):
         st.error(msg)
 with tab_zip:
@@ -93,7 +94,9 @@ with tab_camera:
         st.info("Add a class first, then take photos for it.")
     else:
         target = st.selectbox("Class for the photo", images.classes, key="data_camera_class")
-        photo = st.camera_input("Take a photo", key=f"data_camera_{upload_gen()}")
+        # The browser asks for the camera only once the user turns it on (never on page load).
+        photo = st.camera_input("Take a photo", key=f"data_camera_{upload_gen()}") if st.toggle(
+            "Turn the camera on", key="data_camera_on") else None
         if photo is not None:
             st.button(f"Add this photo to '{target}'", key="data_camera_add", on_click=add_files,
                       args=(target, f"data_camera_{upload_gen()}"))
@@ -146,7 +149,7 @@ for k, label in enumerate(images.classes):
 
 st.subheader("Class balance")
 fig = go.Figure(go.Bar(x=list(counts), y=list(counts.values()), text=list(counts.values())))
-fig.update_layout(height=280, margin=dict(t=10, b=30, l=10, r=10), yaxis_title="images")
+fig.update_layout(height=280, margin=dict(t=10, b=30, l=10, r=10), yaxis_title="images", xaxis_type="category")
 st.plotly_chart(fig, key="data_balance")
 try:
     for w in tlcore.check_trainable(images):

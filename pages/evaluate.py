@@ -19,7 +19,7 @@ if report is None:
     st.stop()
 ev, val_items = report
 
-st.metric("Validation accuracy", f"{ev.accuracy:.1%}", f"{len(ev.labels)} images", delta_color="off")
+st.metric("Validation accuracy", f"{ev.accuracy:.1%}", f"{len(ev.labels)} images", delta_color="off", delta_arrow="off")
 rows = [{"class": n, "precision": p, "recall": r, "images": s} for n, p, r, s in ev.precision_recall()]
 st.dataframe(rows, hide_index=True, key="evaluate_table",
              column_config={"precision": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1),
@@ -29,6 +29,7 @@ cm = ev.confusion_matrix
 fig = go.Figure(go.Heatmap(z=cm, x=list(ev.classes), y=list(ev.classes), colorscale="Blues", text=cm,
                            texttemplate="%{text}", hovertemplate="true %{y} → predicted %{x}: %{z}<extra></extra>"))
 fig.update_layout(title="Confusion matrix", xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed",
+                  xaxis_type="category", yaxis_type="category",  # class names like 0, 3, 7 are names, not numbers
                   height=420, margin=dict(t=40, b=40, l=10, r=10))
 st.plotly_chart(fig, key="evaluate_confusion")
 

@@ -2,7 +2,7 @@
 import streamlit as st
 
 import tlcore
-from pages.common import explain, project, switch_project
+from pages.common import explain, project, run_title, switch_project
 from tlcore import export_model, import_run, model_card, run_archive
 
 proj = project()
@@ -29,8 +29,9 @@ if not runs:
             icon=":material/info:")
 else:
     ids = [r.id for r in runs]
-    run_id = st.selectbox("Model", ids, index=ids.index(proj.selected_run) if proj.selected_run in ids else len(ids) - 1,
-                          format_func=lambda i: proj.run(i).label, key="export_pick")
+    if st.session_state.get("export_pick") not in ids:  # nothing picked here yet: the newest model
+        st.session_state["export_pick"] = ids[-1]
+    run_id = st.selectbox("Model", ids, format_func=lambda i: run_title(proj.run(i)), key="export_pick")
     record = proj.run(run_id)
     folder = proj.folder / "runs" / record.id
     with st.container(border=True):

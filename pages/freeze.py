@@ -25,7 +25,7 @@ scratch = st.toggle("From scratch: ignore the pretrained weights", value=setting
                     key="freeze_scratch")
 options = list(range(n + 1))
 labels = {0: "Feature extraction (all frozen)", n: "Full fine-tuning (nothing frozen)"}
-trained = st.select_slider("Stages that learn (counted from the top)", options=options,
+trained = st.select_slider("Stages that learn (counted from the output end, the right of the diagram)", options=options,
                            value=n if scratch else current_trained, disabled=scratch, key="freeze_trained",
                            format_func=lambda k: labels.get(k, f"last {k} of {n} stages learn"))
 if scratch:
@@ -60,15 +60,15 @@ speed = measure_speed(spec.name)
 views = settings.augment_views if settings.augment else 1
 once_s, epoch_s = estimate_epoch_seconds(speed, num_images, mode, depth, views)
 c1, c2, c3 = st.columns(3)
-c1.metric("Trainable parameters", f"{trainable:,}", f"{trainable / total:.1%} of {total:,}", delta_color="off")
+c1.metric("Trainable parameters", f"{trainable:,}", f"{trainable / total:.1%} of {total:,}", delta_color="off", delta_arrow="off")
 if mode == "feature-extraction":
     c2.metric("Estimated time", format_seconds(once_s), "once, for the features; each epoch then takes "
-              f"milliseconds ({speed.runtime})", delta_color="off")
+              f"milliseconds ({speed.runtime})", delta_color="off", delta_arrow="off")
 else:
     c2.metric("Estimated time per epoch", format_seconds(epoch_s),
               f"{num_images} images on this machine" + (f", after {format_seconds(once_s)} once for the "
                                                         f"frozen stages ({speed.runtime})" if once_s else ""),
-              delta_color="off")
+              delta_color="off", delta_arrow="off")
 c3.metric("Mode", {"feature-extraction": "Feature extraction", "fine-tune": "Fine-tuning",
                    "scratch": "From scratch"}[mode])
 if mode == "scratch":

@@ -18,12 +18,18 @@ spec = tlcore.get_backbone_spec(record.config.backbone)
 c1, c2 = st.columns(2)
 uploads = c1.file_uploader("Images", type=sorted(s.strip(".") for s in IMAGE_SUFFIXES), accept_multiple_files=True,
                            key="test_upload")
-photo = c2.camera_input("…or take a photo", key="test_camera")
+with c2:  # the browser asks for the camera only once the user turns it on
+    photo = st.camera_input("…or take a photo", key="test_camera") if st.toggle(
+        "Turn the camera on", key="test_camera_on") else None
 files = [(f.name, f.getvalue()) for f in uploads or []] + ([("camera photo", photo.getvalue())] if photo else [])
 if not files:
     st.info("Upload one or more images, or take a photo.", icon=":material/add_photo_alternate:")
     st.stop()
 
+try:
+    reference = tlcore.familiarity(proj, record)  # what the training images look like to this model
+except tlcore.TLError:
+    reference = None
 show_cam = st.toggle("Show where the model looked (Grad-CAM)", value=True, key="test_cam")
 for name, data in files[:24]:
     try:
@@ -34,7 +40,9 @@ for name, data in files[:24]:
     key = (name, hash(data))
     cache = record.cache.setdefault("test", {})  # no rerun recomputes a prediction or a heat map
     if key not in cache:
-        cache[key] = (tlcore.predict(result.model, [image], result.classes, spec.preprocess)[0],
+        while len(cache) >= 48:  # bounded: the oldest predictions and heat maps go first
+            cache.pop(next(iter(cache)))
+        cache[key] = (tlcore.predict(result.model, [image], result.classes, spec.preprocess, reference)[0],
                       tlcore.overlay_cam(image, tlcore.grad_cam(result.model, image, spec.preprocess),
                                                   spec.preprocess))
     pred, overlay = cache[key]
@@ -47,7 +55,15 @@ for name, data in files[:24]:
         fig = go.Figure(go.Bar(x=list(probs.values())[::-1], y=list(probs)[::-1], orientation="h",
                                text=[f"{v:.0%}" for v in list(probs.values())[::-1]]))
         fig.update_layout(title=f"{pred.label} ({pred.confidence:.0%})", xaxis_range=[0, 1], xaxis_tickformat=".0%",
+                          yaxis_type="category", yaxis_dtick=1,  # every class labelled, numeric names too
                           height=max(180, 40 * len(probs) + 80), margin=dict(t=40, b=20, l=10, r=10))
         c.plotly_chart(fig, key=f"test_bars_{name}_{hash(data)}")
+        if pred.unfamiliar:
+            c.warning("**None of these? Not sure.** This picture is unlike every training image (far from all "
+                      "of them in the model's feature space). The model can only choose among its classes, so it "
+                      "picked one anyway: don't trust this answer.", icon=":material/help:")
+        elif pred.unsure:
+            c.warning(f"**Not sure.** No class is likely ({pred.confidence:.0%} at best): more training images "
+                      "of each class, or a clearer photo, would help.", icon=":material/help:")
 if len(files) > 24:
     st.caption(f"Showing the first 24 of {len(files)} images.")

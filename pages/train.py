@@ -45,12 +45,15 @@ if new != s:
 
 active = proj.active_runs()
 c1, c2 = st.columns([1, 1])
-if c1.button("Start training", type="primary", icon=":material/play_arrow:", key="train_start"):
-    try:
-        proj.start_run(dataclasses.replace(proj.settings, backbone=proj.backbone))
-        st.rerun()
-    except tlcore.TLError as e:
-        st.error(str(e), icon=":material/error:")
+if c1.button("Start training", type="primary", icon=":material/play_arrow:", key="train_start", disabled=bool(active),
+             help="One run at a time per project: stop the current one or wait for it." if active else None):
+    if not proj.active_runs():  # a double click arrives as a second press after the first started a run
+        try:
+            proj.start_run(dataclasses.replace(proj.settings, backbone=proj.backbone))
+            st.session_state.pop("train_pick", None)  # the new run is the one shown
+            st.rerun()
+        except tlcore.TLError as e:
+            st.error(str(e), icon=":material/error:")
 if active and c2.button("Stop", icon=":material/stop:", key="train_stop"):
     for r in active:
         r.job.stop()
@@ -106,11 +109,20 @@ def live_view() -> None:
 polling = bool(proj.active_runs())
 st.fragment(live_view, run_every=1.0 if polling else None)()
 
-if len(proj.runs) > 1:
+singles = [r for r in proj.runs if not r.group]  # comparison runs are on the Compare page
+if len(singles) > 1:
     st.subheader("Runs in this project")
-    ids = [r.id for r in proj.runs]
+    ids = [r.id for r in singles]
     pick = st.radio("Show", ids, index=ids.index(proj.selected_run) if proj.selected_run in ids else len(ids) - 1,
                     format_func=lambda i: run_title(proj.run(i)), key="train_pick")
     if pick != proj.selected_run:
         proj.selected_run = pick
         st.rerun()
+shown = proj.run(proj.selected_run)
+if shown is not None and shown.job is None:
+    with st.popover("Delete this run", icon=":material/delete:"):
+        st.markdown(f"Delete **{run_title(shown)}** and its saved model? This cannot be undone.")
+        if st.button("Yes, delete it", type="primary", key="train_delete_go"):
+            proj.delete_run(shown.id)
+            st.session_state.pop("train_pick", None)
+            st.rerun()

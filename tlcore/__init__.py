@@ -25,12 +25,12 @@ from .compare import DEFAULT_SHOTS, STRATEGY_TITLES, available_shots, shared_spl
 from .data import (IMAGE_SUFFIXES, ImageItem, ImageSet, Rejected, check_trainable, decode_image, load_data,
                    load_folder, load_zip, stratified_split, thumbnail)
 from .errors import BadImageError, TLError, WeightsUnavailableError
-from .evaluate import Evaluation, Prediction, evaluate, grad_cam, imagenet_top, overlay_cam, predict
+from .evaluate import Evaluation, Familiarity, Prediction, evaluate, grad_cam, imagenet_top, overlay_cam, predict
 from .model import TransferModel, build_model, count_params, freeze
 from .profile import SpeedProfile, estimate_epoch_seconds, measure_speed
 from .runner import JobHandle, JobSnapshot, JobSpec, LocalRunner, Runner, get_runner, set_runner
-from .project import (PROJECTS, Project, RunRecord, describe, embedding_map, export_model, import_run, model_card,
-                      run_archive, validation_report)
+from .project import (PROJECTS, Project, RunRecord, describe, embedding_map, export_model, familiarity, import_run,
+                      model_card, run_archive, validation_report)
 from .train import (FEATURES, MODES, BatchEnd, EpochEnd, Event, Progress, RunFinished, RunResult, TrainConfig,
                     frozen_body, run_to_end, train)
 
@@ -48,7 +48,7 @@ __all__ = [
     "FEATURES", "MODES", "BatchEnd", "EpochEnd", "Event", "Progress", "RunFinished", "RunResult", "TrainConfig",
     "TransferModel", "build_model", "count_params", "freeze", "run_to_end", "train",
     # evaluation
-    "Evaluation", "Prediction", "evaluate", "grad_cam", "imagenet_top", "overlay_cam", "predict",
+    "Evaluation", "Familiarity", "Prediction", "evaluate", "grad_cam", "imagenet_top", "overlay_cam", "predict",
     # runs on disk
     "SavedRun", "archive_run", "export_onnx", "export_torchscript", "load_run", "read_meta", "save_run",
     "unpack_run_archive",
@@ -58,6 +58,7 @@ __all__ = [
     "DEFAULT_SHOTS", "STRATEGY_TITLES", "SpeedProfile", "available_shots", "estimate_epoch_seconds",
     "measure_speed", "shared_split",
     # projects (what the app's pages work on)
-    "PROJECTS", "Project", "RunRecord", "describe", "embedding_map", "export_model", "import_run", "model_card",
+    "PROJECTS", "Project", "RunRecord", "describe", "embedding_map", "export_model", "familiarity", "import_run",
+    "model_card",
     "run_archive", "validation_report",
 ]

@@ -102,6 +102,12 @@ class Prediction:
     label: str
     confidence: float
     probabilities: dict[str, float]  # every class, highest first
+    unfamiliar: bool | None = None  # unlike every training image (see ``Familiarity``); None: not checked
+
+    @property
+    def unsure(self) -> bool:
+        """Show "none of these / not sure": the image is unlike the training images, or no class is likely."""
+        return bool(self.unfamiliar) or self.confidence < UNSURE_BELOW
 
     def top(self, k: int) -> list[tuple[str, float]]:
         return list(self.probabilities.items())[:k]
@@ -113,16 +119,72 @@ def prepare(images: list[Image.Image], pre: Preprocess) -> torch.Tensor:
 
 
 def predict(model: TransferModel, images: list[Image.Image], classes: tuple[str, ...] | list[str],
-            pre: Preprocess) -> list[Prediction]:
-    """Class probabilities for new images (decode them with ``decode_image`` first)."""
+            pre: Preprocess, familiarity: Familiarity | None = None) -> list[Prediction]:
+    """Class probabilities for new images (decode them with ``decode_image`` first); with a
+    ``familiarity`` reference, each prediction also says whether the image is unlike the training images."""
     if not images:
         return []
-    probs = _probabilities(model, prepare(images, pre))
+    pixels = prepare(images, pre)
+    probs = _probabilities(model, pixels)
+    far = familiarity.unfamiliar(model, pixels) if familiarity is not None else [None] * len(images)
     out = []
-    for row in probs.tolist():
+    for row, unfamiliar in zip(probs.tolist(), far):
         ranked = sorted(zip(classes, row), key=lambda kv: -kv[1])
-        out.append(Prediction(ranked[0][0], ranked[0][1], dict(ranked)))
+        out.append(Prediction(ranked[0][0], ranked[0][1], dict(ranked), unfamiliar))
     return out
+
+
+UNSURE_BELOW = 0.5  # a top class below this probability is a guess, whatever the image
+
+
+def model_features(model: TransferModel, pixels: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """uint8 ``[N, 3, S, S]`` -> the model's own features ``[N, D]`` (what its head sees)."""
+    model.eval()
+    if model.body.shared_pretrained:
+        return frozen_forward(model.body.shared_pretrained, pixels)
+    device = next(model.parameters()).device
+    out = []
+    with torch.inference_mode():
+        for lo in range(0, len(pixels), batch_size):
+            x = pixels[lo:lo + batch_size].to(device).float().div_(255.0).contiguous(memory_format=torch.channels_last)
+            out.append(model.features(x).float().cpu())
+    return torch.cat(out)
+
+
+@dataclass(frozen=True)
+class Familiarity:
+    """What "like the training images" means for one model: in its feature space (unit length), the mean
+    of each class's training images, and how far training images lie from their own class's mean.
+
+    An image farther from every class mean than ``margin`` times the 95th percentile of those distances
+    is unlike anything the model was trained on: a softmax still picks a class (at 100 % sometimes), so
+    this is what tells the user "none of these".
+    """
+
+    prototypes: torch.Tensor  # [C, D], unit length
+    threshold: float  # distance beyond which an image counts as unfamiliar
+
+    @classmethod
+    def of(cls, model: TransferModel, train: ImageSet, classes: tuple[str, ...] | list[str], pre: Preprocess,
+           margin: float = 1.25) -> Familiarity:
+        index = {c: k for k, c in enumerate(classes)}
+        items = [i for i in train.items if i.label in index]
+        if not items:
+            raise TLError("There are no training images to compare new images with.")
+        feats = F.normalize(model_features(model, ImageSet(items, (), classes).stack(pre)), dim=1)
+        labels = torch.tensor([index[i.label] for i in items])
+        present = sorted(set(labels.tolist()))
+        protos = torch.stack([feats[labels == c].mean(0) for c in present])
+        own = (feats - protos[[present.index(c) for c in labels.tolist()]]).norm(dim=1)
+        return cls(protos, float(torch.quantile(own, 0.95)) * margin)
+
+    def distances(self, model: TransferModel, pixels: torch.Tensor) -> torch.Tensor:
+        """Distance of each image to its nearest class mean ``[N]``."""
+        feats = F.normalize(model_features(model, pixels), dim=1)
+        return torch.cdist(feats, self.prototypes).min(dim=1).values
+
+    def unfamiliar(self, model: TransferModel, pixels: torch.Tensor) -> list[bool]:
+        return (self.distances(model, pixels) > self.threshold).tolist()
 
 
 def grad_cam(model: TransferModel, image: Image.Image, pre: Preprocess, target: int | None = None) -> np.ndarray:

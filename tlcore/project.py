@@ -31,7 +31,7 @@ from .checkpoint import (WEIGHTS, archive_run, atomic_write, export_onnx, export
 from .compare import features_of, plan, project_2d, shared_split
 from .data import (ImageItem, ImageSet, Rejected, image_to_tensor, stratified_split, tensor_to_image,
                    trainable_subset)
-from .evaluate import Evaluation, evaluate
+from .evaluate import Evaluation, Familiarity, evaluate
 from .errors import TLError
 from .runner import JobHandle, JobSpec, get_runner
 from .train import RunFinished, RunResult, TrainConfig
@@ -321,6 +321,22 @@ def validation_report(project: Project, record: RunRecord) -> tuple[Evaluation, 
                           spec.preprocess)
             record.cache["eval"] = (ev, items)
     return record.cache["eval"]
+
+
+def familiarity(project: Project, record: RunRecord) -> Familiarity:
+    """What the run's training images look like to its model (computed once per run), for the "not sure"
+    cue on new images."""
+    if "familiarity" not in record.cache:
+        assert record.result is not None
+        if record.images is not None and record.result.train_indices:
+            items = [trainable_subset(record.images).items[i] for i in record.result.train_indices]
+        else:  # reopened: its images minus its validation images
+            val = set(record.val_digests)
+            items = [i for i in (record.images or project.images).items if i.digest not in val]
+        spec = get_backbone_spec(record.config.backbone)
+        record.cache["familiarity"] = Familiarity.of(record.result.model, ImageSet(items), record.result.classes,
+                                                     spec.preprocess)
+    return record.cache["familiarity"]
 
 
 def export_model(project: Project, record: RunRecord, kind: str) -> tuple[Path, float]:

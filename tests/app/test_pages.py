@@ -90,9 +90,9 @@ def test_main_flow_sample_train_evaluate_test_export():
 def test_data_page_uploads_classes_zip_and_rejections():
     at = new_app()
     at.switch_page("pages/data.py").run()
-    at.text_input(key="data_new_class").set_value("red").run()
+    at.text_input(key="data_new_class").set_value("red")
     at.button(key="data_add_class").click().run()
-    at.text_input(key="data_new_class").set_value("RED").run()
+    at.text_input(key="data_new_class").set_value("RED")
     at.button(key="data_add_class").click().run()
     assert "already a class" in texts(at.error)
     uploads = [(n, d, "image/png") for n, d, label in class_files(4, 1)] + [("empty.png", b"", "image/png")]
@@ -170,7 +170,7 @@ def test_five_sessions_each_see_only_their_own_work():
     for k, at in enumerate(apps):
         at.button(key="backbone_use_tiny-test").click().run()
         at.switch_page("pages/data.py").run()
-        at.text_input(key="data_new_class").set_value(f"only-mine-{k}").run()
+        at.text_input(key="data_new_class").set_value(f"only-mine-{k}")
         at.button(key="data_add_class").click().run()
         names.add(str(at.query_params["project"]))
     assert len(names) == 5
@@ -213,7 +213,7 @@ def test_bad_input_corpus_through_the_data_page():
 
     at = new_app()
     at.switch_page("pages/data.py").run()
-    at.text_input(key="data_new_class").set_value("odd").run()
+    at.text_input(key="data_new_class").set_value("odd")
     at.button(key="data_add_class").click().run()
     files = [(n, d, "application/octet-stream") for n, d in GOOD.items()] + \
             [(n, d[0], "application/octet-stream") for n, d in BAD.items()]

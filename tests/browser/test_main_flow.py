@@ -235,3 +235,13 @@ def test_a_server_restart_mid_training_keeps_the_project_and_the_best_epoch(brow
         pg.close()
         proc.terminate()
         proc.wait(10)
+
+
+def test_several_students_at_once_each_get_their_own_model():
+    """Two real browsers on one server upload their own zips and train at the same moment (the short
+    form of ``python -m tests.classroom``): both see a finished model, no server traceback."""
+    from tests.classroom import browsers
+
+    report = browsers(2, 24, timeout=240, finetune=False)
+    assert report["fe"]["stuck"] == 0, report
+    assert report["server_tracebacks"] == 0, report

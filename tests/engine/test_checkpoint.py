@@ -273,3 +273,30 @@ def test_saved_models_load_lazily_and_are_evicted_beyond_the_budget(tiny_set, tm
         assert cache.loads == 6 and len(cache._models) == 1  # evicted, and reloaded identically
     finally:
         tlcore.checkpoint.MODELS = saved
+
+
+def test_photos_unlike_the_training_images_are_flagged_not_sure():
+    """A digits model still names a digit for a cat or a cup of coffee (softmax always picks one);
+    the familiarity check says "none of these" for them and not for held-out digits."""
+    from PIL import Image
+
+    from tests.conftest import ROOT
+
+    digits = tlcore.load_folder(ROOT / "assets" / "samples" / "digits")
+    finished = run_to_end(digits, TrainConfig(epochs=10))  # EfficientNet-Lite0, feature extraction
+    r = finished.result
+    pre = tlcore.get_backbone_spec(r.config.backbone).preprocess
+    train = digits.subset(r.train_indices)
+    reference = tlcore.Familiarity.of(r.model, train, r.classes, pre)
+    held_out = [tlcore.decode_image(i.name, _png(i)) for i in digits.subset(r.val_indices).items[:20]]
+    photos = [Image.open(ROOT / "assets" / n).convert("RGB") for n in ("coffee.jpg", "chelsea.jpg")]
+    for p in tlcore.predict(r.model, photos, r.classes, pre, reference):
+        assert p.unfamiliar and p.unsure, p
+    familiar = [not p.unfamiliar for p in tlcore.predict(r.model, held_out, r.classes, pre, reference)]
+    assert sum(familiar) >= 18, familiar
+
+
+def _png(item) -> bytes:
+    buf = io.BytesIO()
+    tlcore.data.tensor_to_image(item.pixels).save(buf, "PNG")
+    return buf.getvalue()
