@@ -73,6 +73,8 @@ def start_workers() -> bool:
     runner = tlcore.get_runner()
     if isinstance(runner, tlcore.LocalRunner):
         runner.start()
+    # The default backbone's speed (for time estimates and queue waits), measured before anyone asks.
+    threading.Thread(target=tlcore.measure_speed, args=(tlcore.DEFAULT_BACKBONE,), daemon=True).start()
     return True
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from dataclasses import dataclass
 
@@ -24,9 +25,19 @@ class SpeedProfile:
     runtime: str  # what ran ``ms_per_image`` (torch where the weights are not on this machine)
 
 
-@functools.lru_cache(maxsize=32)
+_measuring = threading.Lock()
+
+
 def measure_speed(backbone: str, batch: int = 8, repeats: int = 2) -> SpeedProfile:
-    """Time the backbone's forward pass on random images; per-stage shares from module hooks."""
+    """Time the backbone's forward pass on random images; per-stage shares from module hooks. Measured
+    once per process: concurrent callers (a class pressing Start together) wait for the one measurement
+    rather than each timing the backbone while the others do."""
+    with _measuring:
+        return _measure_speed(backbone, batch, repeats)
+
+
+@functools.lru_cache(maxsize=32)
+def _measure_speed(backbone: str, batch: int, repeats: int) -> SpeedProfile:
     spec = get_backbone_spec(backbone)
     body = spec.build().eval().to(resolve_device()).to(memory_format=torch.channels_last)
     device = next(body.parameters()).device
