@@ -72,7 +72,9 @@ for k, spec in enumerate(specs):
             ms = f"{speed.ms_per_image:.0f} ms/image ({speed.runtime})"
         else:
             ms = "not measured"
-        st.markdown(f"{spec.num_params / 1e6:.1f} M parameters · {spec.preprocess.input_size} px input · "
+        body_params = sum(tlcore.stage_param_counts(spec.name))
+        st.markdown(f"{spec.num_params / 1e6:.1f} M parameters ({body_params / 1e6:.2f} M without the ImageNet "
+                    f"classifier, which your classes replace) · {spec.preprocess.input_size} px input · "
                     f"ImageNet top-1 {top1} · {len(spec.stage_names)} stages · speed here: {ms}")
         st.button("Selected" if selected else "Use this backbone", key=f"backbone_use_{spec.name}",
                   disabled=selected, type="primary" if not selected else "secondary",

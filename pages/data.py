@@ -5,7 +5,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import tlcore
-from pages.common import ASSETS, explain, project
+from pages.common import ASSETS, explain, project, switch_project
 from tlcore import IMAGE_SUFFIXES, thumbnail
 
 proj = project()
@@ -54,10 +54,24 @@ def add_zip() -> None:
     st.session_state["data_upload_gen"] = upload_gen() + 1
 
 
-def load_sample(name: str) -> None:
-    proj.images = tlcore.load_folder(ASSETS / "samples" / name)
-    proj.save()
-    report(proj.images.rejected, len(proj.images))
+def load_sample(name: str, where: str = "here") -> None:
+    """Load a sample; into a project that has images only once the user has chosen (never by one click)."""
+    if where == "ask" and len(images):
+        st.session_state["data_confirm_sample"] = name
+        return
+    st.session_state.pop("data_confirm_sample", None)
+    target = proj
+    if where == "new":
+        switch_project(None, create=True)
+        target = project()
+    target.images = tlcore.load_folder(ASSETS / "samples" / name)
+    target.save()
+    report(target.images.rejected, len(target.images))
+
+
+def edited() -> None:
+    """Another edit: the last upload's "Added N images" report is no longer news."""
+    st.session_state.pop("data_last_report", None)
 
 
 def add_class() -> None:
@@ -65,6 +79,7 @@ def add_class() -> None:
         images.add_class(st.session_state.get("data_new_class", ""))
         proj.save()
         st.session_state["data_new_class"] = ""
+        edited()
     except tlcore.TLError as e:
         st.session_state["data_class_error"] = str(e)
 
@@ -73,9 +88,21 @@ with st.container(border=True):
     st.markdown("**Quick start: a sample dataset**")
     cols = st.columns(len(SAMPLES))
     for col, (name, title) in zip(cols, SAMPLES.items()):
-        col.button(f"Load {name}", key=f"data_sample_{name}", on_click=load_sample, args=(name,),
-                   help=title + (" Replaces the current data." if len(images) else ""), icon=":material/dataset:")
+        col.button(f"Load {name}", key=f"data_sample_{name}", on_click=load_sample, args=(name, "ask"),
+                   help=title, icon=":material/dataset:")
         col.caption(title)
+
+if pending := st.session_state.get("data_confirm_sample"):
+    with st.container(border=True):
+        st.warning(f"This project already has {len(images)} images in {len(images.classes)} classes. Loading the "
+                   f"{pending} sample here would replace them.", icon=":material/warning:")
+        a, b, c = st.columns(3)
+        a.button(f"Open {pending} in a new project", type="primary", key="data_sample_new", on_click=load_sample,
+                 args=(pending, "new"), icon=":material/create_new_folder:")
+        b.button(f"Replace my {len(images)} images", key="data_sample_replace", on_click=load_sample,
+                 args=(pending, "here"), icon=":material/delete_sweep:")
+        c.button("Cancel", key="data_sample_cancel",
+                 on_click=lambda: st.session_state.pop("data_confirm_sample", None))
 
 tab_classes, tab_zip, tab_camera = st.tabs(["Classes and uploads", "Upload a zip", "Camera"])
 with tab_classes:
@@ -127,14 +154,17 @@ for k, label in enumerate(images.classes):
                 try:
                     images.rename_class(label, new)
                     proj.save()
+                    edited()
                     st.rerun()
                 except tlcore.TLError as e:
                     st.error(str(e))
-        if head[2].button("Delete", key=f"data_delete_{k}", icon=":material/delete:",
-                          help="Delete this class and its images"):
-            images.remove_class(label)
-            proj.save()
-            st.rerun()
+        with head[2].popover("Delete", icon=":material/delete:"):
+            st.markdown(f"Delete class **{label}** and its {counts[label]} images? This cannot be undone.")
+            if st.button("Yes, delete it", type="primary", key=f"data_delete_{k}"):
+                images.remove_class(label)
+                proj.save()
+                edited()
+                st.rerun()
         st.file_uploader(f"Add images to '{label}'", type=TYPES, accept_multiple_files=True,
                          key=f"data_up_{k}_{upload_gen()}", on_change=add_files,
                          args=(label, f"data_up_{k}_{upload_gen()}"))
@@ -144,6 +174,22 @@ for k, label in enumerate(images.classes):
             st.image([thumbnail(i, 72) for i in shown], caption=[Path(i.name).name[:12] for i in shown], width=72)
             if len(items) > len(shown):
                 st.caption(f"…and {len(items) - len(shown)} more.")
+            with st.expander("Remove or move images", icon=":material/drive_file_move:"):
+                names = {i.digest: i.name for i in items}
+                picked = st.multiselect("Images", list(names), format_func=names.get, key=f"data_pick_{k}")
+                m1, m2, m3 = st.columns([2, 1, 1], vertical_alignment="bottom")
+                others = [c for c in images.classes if c != label]
+                to = m1.selectbox("Move to class", others, key=f"data_move_to_{k}") if others else None
+                if m2.button("Move", key=f"data_move_{k}", disabled=not picked or to is None):
+                    images.move(picked, to)
+                    proj.save()
+                    edited()
+                    st.rerun()
+                if m3.button("Remove", key=f"data_remove_{k}", disabled=not picked):
+                    images.discard(picked)
+                    proj.save()
+                    edited()
+                    st.rerun()
         else:
             st.caption("No images yet.")
 

@@ -114,7 +114,7 @@ if len(singles) > 1:
     st.subheader("Runs in this project")
     ids = [r.id for r in singles]
     pick = st.radio("Show", ids, index=ids.index(proj.selected_run) if proj.selected_run in ids else len(ids) - 1,
-                    format_func=lambda i: run_title(proj.run(i)), key="train_pick")
+                    format_func=lambda i: f"{i.split('-')[1]} · {proj.run(i).label}", key="train_pick")  # stable labels
     if pick != proj.selected_run:
         proj.selected_run = pick
         st.rerun()

@@ -160,8 +160,11 @@ def watched_vs_unwatched(project, backbone: str, watchers: int = 3) -> dict:
 # ----------------------------------------------------------------------------- real browsers
 
 
-def browsers(n: int, images: int, timeout: float = 360, finetune: bool = True) -> dict:
-    """``n`` real chromium sessions against one real server; see the module docstring."""
+def browsers(n: int, images: int, timeout: float = 360, finetune: bool = True, browser=None) -> dict:
+    """``n`` real chromium sessions against one real server; see the module docstring. ``browser``: a
+    Playwright browser to use (the tests pass theirs), else one is started here."""
+    from contextlib import nullcontext
+
     from playwright.sync_api import sync_playwright
 
     from tests.browser.test_main_flow import CHROMIUM, start_app
@@ -178,8 +181,8 @@ def browsers(n: int, images: int, timeout: float = 360, finetune: bool = True) -
         zips.append(path)
     report: dict = {"browsers": n, "images_per_session": images}
     try:
-        with sync_playwright() as pw:
-            b = pw.chromium.launch(executable_path=CHROMIUM, args=[
+        with (sync_playwright() if browser is None else nullcontext()) as pw:
+            b = browser or pw.chromium.launch(executable_path=CHROMIUM, args=[
                 "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                 "--no-first-run", "--disable-sync", "--disable-quic"])
             pages = []
@@ -212,7 +215,10 @@ def browsers(n: int, images: int, timeout: float = 360, finetune: bool = True) -
                     epochs.press("Enter")
                     pg.wait_for_timeout(500)
                 report["finetune"] = _press_start_and_wait(pages, timeout, "Finished 2 epochs")
-            b.close()
+            for pg in pages:
+                pg.close()
+            if browser is None:
+                b.close()
     finally:
         report["server_peak_rss_mb"] = _peak_rss_mb(proc.pid)
         proc.terminate()

@@ -269,7 +269,7 @@ class ImageSet:
 
         A file identical to one already in the same class is skipped as a duplicate.
         """
-        seen = {(i.label, i.digest) for i in self.items}
+        owner = {i.digest: i.label for i in self.items}
         rejected = []
         for name, data, label in files:
             if label not in self._classes:
@@ -279,10 +279,10 @@ class ImageSet:
             except BadImageError as e:
                 rejected.append(Rejected(name, e.reason))
                 continue
-            if (label, item.digest) in seen:
-                rejected.append(Rejected(name, f"the same image is already in class '{label}' (skipped)"))
+            if item.digest in owner:
+                rejected.append(Rejected(name, _duplicate_reason(owner[item.digest], label)))
                 continue
-            seen.add((label, item.digest))
+            owner[item.digest] = label
             self.items.append(item)
         self.rejected.extend(rejected)
         self._stacks.clear()
@@ -296,13 +296,13 @@ class ImageSet:
             if existing[c.casefold()] not in self._classes:
                 self._classes.append(c)
         incoming = [ImageItem(i.name, existing[i.label.casefold()], i.digest, i.pixels) for i in other.items]
-        seen = {(i.label, i.digest) for i in self.items}
+        owner = {i.digest: i.label for i in self.items}
         new, rejected = [], list(other.rejected)
         for i in incoming:
-            if (i.label, i.digest) in seen:
-                rejected.append(Rejected(i.name, f"the same image is already in class '{i.label}' (skipped)"))
+            if i.digest in owner:
+                rejected.append(Rejected(i.name, _duplicate_reason(owner[i.digest], i.label)))
             else:
-                seen.add((i.label, i.digest))
+                owner[i.digest] = i.label
                 new.append(i)
         self.items.extend(new)
         self.rejected.extend(rejected)
@@ -312,6 +312,30 @@ class ImageSet:
     def remove(self, index: int) -> None:
         del self.items[index]
         self._stacks.clear()
+
+    def discard(self, digests: Iterable[str]) -> int:
+        """Remove the images with these digests; returns how many went."""
+        gone = set(digests)
+        before = len(self.items)
+        self.items = [i for i in self.items if i.digest not in gone]
+        self._stacks.clear()
+        return before - len(self.items)
+
+    def move(self, digests: Iterable[str], label: str) -> int:
+        """Put the images with these digests into class ``label``; returns how many moved."""
+        if label not in self._classes:
+            raise TLError(f"There is no class called '{label}'.")
+        chosen = set(digests)
+        moved = sum(1 for i in self.items if i.digest in chosen and i.label != label)
+        self.items = [ImageItem(i.name, label, i.digest, i.pixels) if i.digest in chosen else i for i in self.items]
+        return moved
+
+
+def _duplicate_reason(existing: str, label: str) -> str:
+    if existing == label:
+        return f"the same image is already in class '{label}' (skipped)"
+    return (f"the same image is already in class '{existing}': one picture cannot teach two classes, so it was "
+            f"not added to '{label}'")
 
 
 def validate_class_name(name: str, existing: Iterable[str]) -> str:

@@ -241,3 +241,67 @@ def test_loading_something_that_is_not_a_run_is_refused():
     at.file_uploader(key="export_load").set_value(("x.zip", b"plain text", "application/zip")).run()
     at.button(key="export_load_go").click().run()
     assert "not a zip of a saved run" in texts(at.error)
+
+
+def project_name(at: AppTest) -> str:
+    name = at.query_params["project"]
+    return name[0] if isinstance(name, list) else name
+
+
+def test_a_sample_never_replaces_data_by_one_click():
+    at = with_sample(new_app())  # digits
+    first = project_name(at)
+    at.button(key="data_sample_faces").click().run()
+    assert "already has 200 images" in texts(at.warning)
+    assert "0 · 40 images" in texts(at.markdown)  # nothing replaced yet
+    at.button(key="data_sample_cancel").click().run()
+    assert not at.warning and "0 · 40 images" in texts(at.markdown)
+    at.button(key="data_sample_faces").click().run()
+    at.button(key="data_sample_new").click().run()
+    assert project_name(at) != first and "face · 100 images" in texts(at.markdown)
+    from tlcore import Project
+
+    assert Project.open(first).images.counts()["0"] == 40  # the first project kept its digits
+
+
+def test_the_camera_starts_only_when_asked_for():
+    at = with_sample(new_app())
+    assert not at.get("camera_input")  # no permission prompt on load, even with classes
+    at.toggle(key="data_camera_on").set_value(True).run()
+    assert at.get("camera_input")
+    at.switch_page("pages/train.py").run()
+    at.button(key="train_start").click().run()
+    wait_for(at, lambda a: "the best epoch" in texts(a.success))
+    at.switch_page("pages/test.py").run()
+    assert not at.get("camera_input")
+
+
+def test_a_new_model_is_the_one_shown_and_start_cannot_double_up():
+    at = with_sample(new_app())
+    at.switch_page("pages/train.py").run()
+    at.number_input(key="train_epochs").set_value(2).run()
+    at.button(key="train_start").click().run()
+    assert at.button(key="train_start").disabled  # while a run is being created or trains
+    wait_for(at, lambda a: "the best epoch" in texts(a.success))
+    at.switch_page("pages/evaluate.py").run()
+    first = at.session_state["run_pick_evaluate"]
+    at.switch_page("pages/train.py").run()
+    at.number_input(key="train_epochs").set_value(3).run()
+    at.button(key="train_start").click().run()
+    wait_for(at, lambda a: "Finished 3 epochs" in texts(a.success))
+    proj = at.session_state["tls_project"]
+    assert len([r for r in proj.runs]) == 2
+    at.switch_page("pages/evaluate.py").run()
+    assert at.session_state["run_pick_evaluate"] == proj.runs[-1].id != first  # the newest model
+
+
+def test_class_names_that_look_like_numbers_stay_categories():
+    at = with_sample(new_app())  # classes "0".."4"
+    at.switch_page("pages/train.py").run()
+    at.button(key="train_start").click().run()
+    wait_for(at, lambda a: "the best epoch" in texts(a.success))
+    at.switch_page("pages/evaluate.py").run()
+    import json
+
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert spec["layout"]["xaxis"]["type"] == "category" and spec["layout"]["yaxis"]["type"] == "category"

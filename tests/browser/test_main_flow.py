@@ -163,7 +163,8 @@ def test_upload_train_predict_in_a_real_browser(app_url, page, tmp_path):
 
 
 def start_long_training(pg, url: str) -> str:
-    """Tiny backbone, faces sample, from scratch for 400 epochs; returns the project name once it trains."""
+    """Tiny backbone, faces sample, from scratch for 400 epochs of single images; returns the project name
+    once it trains."""
     pg.goto(url + "/")
     pg.get_by_role("heading", name="1 · Choose a backbone").wait_for()
     card = pg.locator("[data-testid='stVerticalBlock']").filter(has_text="Tiny test net").last
@@ -177,12 +178,14 @@ def start_long_training(pg, url: str) -> str:
     pg.get_by_text("Mode").first.wait_for()
     pg.get_by_role("link", name="Train").first.click()
     pg.get_by_text("Advanced settings").click()
-    epochs = pg.get_by_role("spinbutton", name="Epochs")
-    epochs.fill("400")
-    epochs.press("Enter")
-    pg.wait_for_timeout(1000)
+    for name, value in (("Epochs", "400"), ("Batch size", "1")):  # minutes of work, even for a tiny net
+        box = pg.get_by_role("spinbutton", name=name)
+        box.fill(value)
+        box.press("Enter")
+        pg.wait_for_timeout(1000)
     pg.get_by_role("button", name="Start training").click()
-    pg.get_by_text(re.compile(r"Epoch \d+, batch")).first.wait_for(timeout=120_000)  # training for real
+    # training for real, and a first epoch done (checkpointed)
+    pg.get_by_text(re.compile(r"Epoch ([2-9]|\d\d+), batch")).first.wait_for(timeout=120_000)
     return pg.url.split("project=")[1].split("&")[0]
 
 
@@ -237,11 +240,11 @@ def test_a_server_restart_mid_training_keeps_the_project_and_the_best_epoch(brow
         proc.wait(10)
 
 
-def test_several_students_at_once_each_get_their_own_model():
-    """Two real browsers on one server upload their own zips and train at the same moment (the short
-    form of ``python -m tests.classroom``): both see a finished model, no server traceback."""
+def test_several_students_at_once_each_get_their_own_model(browser):
+    """Two real browser sessions on one server upload their own zips and train at the same moment (the
+    short form of ``python -m tests.classroom``): both see a finished model, no server traceback."""
     from tests.classroom import browsers
 
-    report = browsers(2, 24, timeout=240, finetune=False)
+    report = browsers(2, 24, timeout=240, finetune=False, browser=browser)
     assert report["fe"]["stuck"] == 0, report
     assert report["server_tracebacks"] == 0, report

@@ -232,3 +232,17 @@ def test_zip_limits_are_declared_once_and_shared():
     assert zip_member_problem(info, ZipLimits(2**30, 2**30)) is None
     info.compress_size = 2**10
     assert "zip bomb" in zip_member_problem(info, ZipLimits(2**30, 2**30))
+
+
+def test_one_image_in_two_classes_is_refused_by_name_and_images_can_be_moved_or_removed():
+    s = tlcore.ImageSet()
+    cat = png_bytes(COLORS[0], seed=1)
+    s.add([("cat.png", cat, "cat"), ("dog.png", png_bytes(COLORS[1], seed=2), "dog")])
+    [r] = s.add([("cat-again.png", cat, "dog")])
+    assert r.file == "cat-again.png" and "already in class 'cat'" in r.reason and "cannot teach two" in r.reason
+    assert s.counts() == {"cat": 1, "dog": 1}
+    dog = next(i.digest for i in s.items if i.label == "dog")
+    assert s.move([dog], "cat") == 1 and s.counts() == {"cat": 2, "dog": 0}
+    assert s.discard([dog]) == 1 and s.counts() == {"cat": 1, "dog": 0}
+    with pytest.raises(tlcore.TLError, match="no class"):
+        s.move([dog], "bird")
