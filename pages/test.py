@@ -40,7 +40,7 @@ for name, data in files[:24]:
     key = (name, hash(data))
     cache = record.cache.setdefault("test", {})  # no rerun recomputes a prediction or a heat map
     if key not in cache:
-        while len(cache) >= 48:  # bounded: the oldest predictions and heat maps go first
+        while len(cache) >= 24:  # bounded: the oldest predictions and heat maps go first
             cache.pop(next(iter(cache)))
         cache[key] = (tlcore.predict(result.model, [image], result.classes, spec.preprocess, reference)[0],
                       tlcore.overlay_cam(image, tlcore.grad_cam(result.model, image, spec.preprocess),

@@ -28,10 +28,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .backbones import Preprocess, frozen_body, get_backbone_spec, weights_digest
-from .data import ZipLimits, check_zip_total, zip_member_problem
+from .data import ZipLimits, check_zip_total, memory_budget_mb, zip_member_problem
 from .errors import TLError
 from .model import TransferModel, build_model
-from .train import FROZEN_BODY_MODES, EpochEnd, RunResult, TrainConfig, memory_budget_mb
+from .train import FROZEN_BODY_MODES, EpochEnd, RunResult, TrainConfig
 
 FORMAT = "tlcore-run/1"
 WEIGHTS = "model.safetensors"

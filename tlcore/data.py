@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import stat
 import threading
 import warnings
+import weakref
 import zipfile
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -236,17 +239,20 @@ class ImageSet:
         return ImageSet([self.items[i] for i in indices], (), self._classes)
 
     def stack(self, pre: Preprocess) -> torch.Tensor:
-        """uint8 ``[N, 3, S, S]`` of every item preprocessed with ``pre`` (cached per preprocessing)."""
+        """uint8 ``[N, 3, S, S]`` of every item preprocessed with ``pre`` (cached per preprocessing, within
+        the server's byte budget for such stacks: ``STACKS``)."""
         with self._lock:
             cached = self._stacks.get(pre.key)
             if cached is not None and cached.shape[0] == len(self.items):
+                STACKS.touch(self, pre.key, cached.nbytes)
                 return cached
             size = pre.input_size
             out = torch.empty((len(self.items), 3, size, size), dtype=torch.uint8)
             for k, item in enumerate(self.items):
                 out[k] = preprocess_pixels(item.pixels, pre)
             self._stacks[pre.key] = out
-            return out
+        STACKS.touch(self, pre.key, out.nbytes)
+        return out
 
     # --------------------------------------------------------------------- editing (the Data page)
 
@@ -336,6 +342,46 @@ def _duplicate_reason(existing: str, label: str) -> str:
         return f"the same image is already in class '{label}' (skipped)"
     return (f"the same image is already in class '{existing}': one picture cannot teach two classes, so it was "
             f"not added to '{label}'")
+
+
+def memory_budget_mb() -> float:
+    """The web server's budget for what it keeps in memory (``TLS_MEMORY_BUDGET_MB``, default 2048): a
+    quarter for preprocessed stacks (``STACKS``), a quarter for pretrained features
+    (``train.FEATURES``), half for the models of finished runs (``checkpoint.MODELS``)."""
+    return float(os.environ.get("TLS_MEMORY_BUDGET_MB", 2048))
+
+
+class StackBudget:
+    """Byte bound on the preprocessed stacks all image sets keep: beyond ``max_bytes`` the least recently
+    used stack is dropped from its set (it is recomputed if that set needs it again)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._lru: OrderedDict[tuple[int, str], tuple[weakref.ref, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def touch(self, owner: ImageSet, key: str, nbytes: int) -> None:
+        dropped = []
+        with self._lock:
+            slot = (id(owner), key)
+            self._lru.pop(slot, None)
+            self._lru[slot] = (weakref.ref(owner), nbytes)
+            total = sum(n for _, n in self._lru.values())
+            while total > self.max_bytes and len(self._lru) > 1:
+                (_, old_key), (ref, n) = self._lru.popitem(last=False)
+                total -= n
+                dropped.append((ref(), old_key))
+        for set_, old_key in dropped:
+            if set_ is not None:
+                set_._stacks.pop(old_key, None)
+
+    @property
+    def bytes(self) -> int:
+        with self._lock:
+            return sum(n for ref, n in self._lru.values() if ref() is not None)
+
+
+STACKS = StackBudget(int(memory_budget_mb() * 2**20 / 4))
 
 
 def validate_class_name(name: str, existing: Iterable[str]) -> str:

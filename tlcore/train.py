@@ -35,7 +35,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from .backbones import DEFAULT_BACKBONE, Preprocess, frozen_body, get_backbone_spec, weights_digest
-from .data import ImageSet, check_trainable, stratified_split, trainable_subset
+from .data import ImageSet, check_trainable, memory_budget_mb, stratified_split, trainable_subset
 from .errors import TLError
 from .model import CHANNELS_LAST, TransferModel, build_model, count_params, freeze, set_train_mode
 from .runtime import frozen_forward, runtime_for
@@ -237,12 +237,6 @@ class FeatureCache:
         with self._lock:
             self._data.clear()
             self.bytes = 0
-
-
-def memory_budget_mb() -> float:
-    """The web server's budget for what it keeps in memory (``TLS_MEMORY_BUDGET_MB``, default 2048): a
-    quarter for cached features, half for the models of finished runs (``checkpoint.MODELS``)."""
-    return float(os.environ.get("TLS_MEMORY_BUDGET_MB", 2048))
 
 
 FEATURES = FeatureCache(int(memory_budget_mb() * 2**20 / 4))

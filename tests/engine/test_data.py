@@ -10,6 +10,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -246,3 +247,20 @@ def test_one_image_in_two_classes_is_refused_by_name_and_images_can_be_moved_or_
     assert s.discard([dog]) == 1 and s.counts() == {"cat": 1, "dog": 0}
     with pytest.raises(tlcore.TLError, match="no class"):
         s.move([dog], "bird")
+
+
+def test_preprocessed_stacks_stay_within_their_byte_budget(monkeypatch):
+    from tlcore.data import StackBudget
+
+    budget = StackBudget(max_bytes=2 * 8 * 3 * 32 * 32)  # two stacks of 8 tiny images
+    monkeypatch.setattr(tlcore.data, "STACKS", budget)
+    pre = tlcore.get_backbone_spec("tiny-test").preprocess
+    sets = []
+    for k in range(3):
+        s = tlcore.ImageSet()
+        s.add([(f"{k}-{i}.png", png_bytes(COLORS[i % 3], seed=100 * k + i), f"c{i % 3}") for i in range(8)])
+        sets.append(s)
+        first = s.stack(pre)
+    assert budget.bytes <= budget.max_bytes
+    assert pre.key not in sets[0]._stacks and pre.key in sets[2]._stacks  # least recently used went first
+    assert torch.equal(sets[0].stack(pre), sets[0].stack(pre)) and first.shape[0] == 8  # recomputed on demand
