@@ -7,7 +7,7 @@ from plotly.subplots import make_subplots
 import streamlit as st
 
 import tlcore
-from pages.common import ASSETS, explain, project, require_data
+from pages.common import ASSETS, explain, format_seconds, project, require_data
 from tlcore import DEFAULT_SHOTS, STRATEGY_TITLES, available_shots, shared_split
 from tlcore import describe, embedding_map
 
@@ -26,6 +26,9 @@ chosen = st.multiselect("Strategies", STRATEGIES, default=STRATEGIES, key="compa
 st.caption(f"{proj.settings.epochs} epochs each; fine-tuning at the Freeze page's depth: "
            f"{describe(dataclasses.replace(proj.settings, mode='fine-tune', backbone=proj.backbone))}.")
 busy = bool(proj.active_runs())
+if chosen:
+    st.caption(f"About {format_seconds(proj.comparison_seconds(chosen))} in all on this server, one run after "
+               "another (each run's own time is what the comparison shows).")
 if st.button("Run comparison", type="primary", icon=":material/play_arrow:", key="compare_go",
              disabled=not chosen or busy, help="Runs in the background, one after another."):
     try:
@@ -104,6 +107,9 @@ shots = c1.multiselect("Images per class", shots_ok, default=shots_ok, key="comp
                        format_func=lambda s: "all" if s is None else str(s))
 eff_strats = c2.multiselect("Strategies", STRATEGIES, default=["feature-extraction", "few-shot", "scratch"],
                             key="compare_eff_strategies", format_func=STRATEGY_TITLES.get)
+if shots and eff_strats:
+    st.caption(f"{len(shots) * len(eff_strats)} runs, about {format_seconds(proj.comparison_seconds(eff_strats, shots))}"
+               " in all on this server.")
 if st.button("Run data-efficiency study", key="compare_eff_go", disabled=busy or not shots or not eff_strats,
              icon=":material/stacked_line_chart:"):
     try:
@@ -113,14 +119,20 @@ if st.button("Run data-efficiency study", key="compare_eff_go", disabled=busy or
         st.error(str(e), icon=":material/error:")
 eff_group = st.session_state.get("compare_eff_group") or next(
     (r.group for r in reversed(proj.runs) if r.group.startswith("shots-")), None)
-if eff_group:
+def study_view() -> None:
+    """The study's chart and table; while its runs train, live progress (polled once a second)."""
     records = proj.group_runs(eff_group)
     points = [{"strategy": r.config.mode, "images per class": r.shots if r.shots is not None else "all",
                "val. accuracy": r.result.val_accuracy, "seconds": round(r.result.train_seconds, 1)}
               for r in records if r.result is not None and r.result.val_accuracy is not None]
-    pending = sum(1 for r in records if r.job is not None)
+    pending = [r for r in records if r.job is not None]
     if pending:
-        st.caption(f"{pending} of {len(records)} runs still to finish (they run in the background; revisit this page).")
+        done = len(records) - len(pending)
+        left = pending[0].job.snapshot().wait_s + sum(r.job.remaining_s() for r in pending)
+        st.progress(done / len(records), text=f"{done} of {len(records)} runs done · about {format_seconds(left)} "
+                                              f"left (they train in the background: you can leave this page)")
+    elif study_polling:
+        st.rerun()  # the study has ended: stop polling
     if points:
         order = [str(s) for s in sorted({p["images per class"] for p in points if p["images per class"] != "all"})]
         for p in points:
@@ -133,6 +145,12 @@ if eff_group:
         st.plotly_chart(fig, key="compare_efficiency")
         st.dataframe(points, hide_index=True, key="compare_eff_table",
                      column_config={"val. accuracy": st.column_config.NumberColumn(format="percent")})
+
+
+
+if eff_group:
+    study_polling = any(r.job is not None for r in proj.group_runs(eff_group))
+    st.fragment(study_view, run_every=1.0 if study_polling else None)()
 
 st.divider()
 st.subheader("Embedding map")

@@ -27,7 +27,7 @@ from .data import (IMAGE_SUFFIXES, ImageItem, ImageSet, Rejected, check_trainabl
 from .errors import BadImageError, TLError, WeightsUnavailableError
 from .evaluate import Evaluation, Familiarity, Prediction, evaluate, grad_cam, imagenet_top, overlay_cam, predict
 from .model import TransferModel, build_model, count_params, freeze
-from .profile import SpeedProfile, estimate_epoch_seconds, measure_speed
+from .profile import SpeedProfile, estimate_epoch_seconds, estimate_run_seconds, measure_speed
 from .runner import JobHandle, JobSnapshot, JobSpec, LocalRunner, Runner, get_runner, set_runner
 from .project import (PROJECTS, Project, RunRecord, describe, embedding_map, export_model, familiarity, import_run,
                       model_card, run_archive, validation_report)
@@ -55,7 +55,7 @@ __all__ = [
     # training in worker processes
     "JobHandle", "JobSnapshot", "JobSpec", "LocalRunner", "Runner", "get_runner", "set_runner",
     # comparisons and speed
-    "DEFAULT_SHOTS", "STRATEGY_TITLES", "SpeedProfile", "available_shots", "estimate_epoch_seconds",
+    "DEFAULT_SHOTS", "STRATEGY_TITLES", "SpeedProfile", "available_shots", "estimate_epoch_seconds", "estimate_run_seconds",
     "measure_speed", "shared_split",
     # projects (what the app's pages work on)
     "PROJECTS", "Project", "RunRecord", "describe", "embedding_map", "export_model", "familiarity", "import_run",

@@ -10,7 +10,7 @@ import torch
 
 from .backbones import get_backbone_spec
 from .runtime import frozen_forward, runtime_for
-from .train import FROZEN_BODY_MODES, resolve_device
+from .train import FROZEN_BODY_MODES, TrainConfig, resolve_device
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,14 @@ def _measure_speed(backbone: str, batch: int, repeats: int) -> SpeedProfile:
             frozen_forward(backbone, pixels, device=device)
         fast_ms, runtime = 1000 * (time.perf_counter() - t0) / (repeats * batch), runtime_for(device)
     return SpeedProfile(backbone, fast_ms, torch_ms, tuple(s / staged for s in spent), runtime)
+
+
+def estimate_run_seconds(config: TrainConfig, num_images: int) -> float:
+    """Seconds a whole run of ``config`` on ``num_images`` images should take here (start-up included)."""
+    speed = measure_speed(config.backbone)
+    views = config.augment_views if config.augment else 1
+    once, per_epoch = estimate_epoch_seconds(speed, num_images, config.mode, config.resolved_freeze_depth(), views)
+    return 3.0 + once + (0.0 if config.mode == "few-shot" else per_epoch * config.epochs)
 
 
 def estimate_epoch_seconds(profile: SpeedProfile, num_images: int, mode: str, freeze_depth: int,

@@ -167,6 +167,17 @@ class Project:
             previous = self.start_run(planned.config, planned.label, group, planned.shots, previous, split)
         return group
 
+    def comparison_seconds(self, strategies: list[str], shots: list[int | None] | None = None) -> float:
+        """About how long ``start_comparison(strategies, shots)`` takes here, one run after another."""
+        from .profile import estimate_run_seconds
+
+        base = dataclasses.replace(self.settings, backbone=self.backbone)
+        train, val = shared_split(self.images, base)
+        classes = sum(1 for n in self.images.counts().values() if n)
+        return sum(estimate_run_seconds(p.config, len(val) + (len(train) if p.shots is None
+                                                              else min(len(train), p.shots * classes)))
+                   for p in plan(strategies, base, shots))
+
     def group_runs(self, group: str) -> list[RunRecord]:
         return [r for r in self._refreshed() if r.group == group]
 

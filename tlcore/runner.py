@@ -95,6 +95,8 @@ class JobHandle:
         self._version = 0
         self.submitted = time.time()
         self.after: JobHandle | None = None  # starts only once this one has ended
+        self.estimate_s = 10.0  # how long it should take once started (set by the runner)
+        self.started: float | None = None  # when a worker took it
 
     @property
     def name(self) -> str:
@@ -146,8 +148,13 @@ class JobHandle:
         if isinstance(event, RunFinished):
             self._done.set()
 
+    def remaining_s(self) -> float:
+        """About how long until it ends: its estimate, less the time it has run."""
+        return max(0.0, self.estimate_s - (time.time() - self.started if self.started else 0.0))
+
     def mark_running(self) -> None:
         with self._lock:
+            self.started = time.time()
             self._state = "running"
             self._version += 1
 
@@ -168,16 +175,12 @@ class Runner(Protocol):
 
 def estimate_seconds(spec: JobSpec) -> float:
     """A rough duration for wait estimates: measured speed of the backbone times the work."""
-    from .profile import estimate_epoch_seconds, measure_speed
+    from .profile import estimate_run_seconds
 
     try:
-        speed = measure_speed(spec.config.backbone)
-    except Exception:
+        return estimate_run_seconds(spec.config, len(spec.split[0]) + len(spec.split[1]))
+    except Exception:  # a backbone that cannot be timed here: a guess beats no estimate
         return 10.0
-    n = len(spec.split[0]) + len(spec.split[1])
-    views = spec.config.augment_views if spec.config.augment else 1
-    once, per_epoch = estimate_epoch_seconds(speed, n, spec.config.mode, spec.config.resolved_freeze_depth(), views)
-    return 3.0 + once + per_epoch * spec.config.epochs
 
 
 # ----------------------------------------------------------------------------- the worker process
@@ -343,7 +346,7 @@ class LocalRunner:
         self._ensure_started()
         job = JobHandle(next(self._ids), spec, self, on_finish)
         job.after = after
-        self._estimates[job.id] = estimate_seconds(spec)
+        job.estimate_s = self._estimates[job.id] = estimate_seconds(spec)
         with self._lock:
             self._jobs[job.id] = job
             self._pending.append(job)

@@ -305,3 +305,22 @@ def test_class_names_that_look_like_numbers_stay_categories():
 
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert spec["layout"]["xaxis"]["type"] == "category" and spec["layout"]["yaxis"]["type"] == "category"
+
+
+def test_the_study_says_how_long_it_takes_and_shows_its_progress():
+    at = with_sample(new_app(), "faces")
+    at.switch_page("pages/train.py").run()
+    at.number_input(key="train_epochs").set_value(2).run()
+    at.switch_page("pages/compare.py").run()
+    assert any("in all on this server" in c.value for c in at.caption)  # an estimate before starting
+    at.multiselect(key="compare_shots").set_value([1, None]).run()
+    at.button(key="compare_eff_go").click().run()
+    assert "runs done" in progress_text(at)
+    wait_for(at, lambda a: a.get("plotly_chart") and not any("runs done" in p.proto.text for p in a.get("progress"))
+             and any(df.value is not None and len(df.value) == 6 for df in a.dataframe), timeout=120)
+    import json
+
+    [study] = [json.loads(c.proto.spec) for c in at.get("plotly_chart") if "images per class" in c.proto.spec
+               and "against" in c.proto.spec]
+    assert study["layout"]["xaxis"]["type"] == "category"  # "1" and "all" are both points
+    assert {p for trace in study["data"] for p in trace["x"]} == {"1", "all"}
