@@ -189,7 +189,8 @@ def get_backbone_spec(name: str) -> BackboneSpec:
 # ----------------------------------------------------------------------------- weights
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -229,7 +230,7 @@ def ensure_weights(spec: BackboneSpec, progress: ProgressFn | None = None, timeo
                 if progress:
                     progress(done, total)
         match = re.search(r"-([a-f0-9]{6,})\.", path.name)
-        if match and not _sha256(tmp).startswith(match.group(1)):
+        if match and not sha256_file(tmp).startswith(match.group(1)):
             raise WeightsUnavailableError(
                 f"The download of {path.name} from {url} is corrupt (checksum mismatch). Try again, "
                 f"or import the file with 'Import weights'.")
@@ -327,7 +328,7 @@ def frozen_body(name: str) -> Body:
 
 @functools.lru_cache(maxsize=16)
 def _file_digest(path: str, size: int, mtime: float) -> str:
-    return _sha256(Path(path))
+    return sha256_file(Path(path))
 
 
 def weights_digest(name: str) -> str:

@@ -17,7 +17,6 @@ uses. Environment variables (all optional):
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import json
 import logging
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backbones import frozen_body, get_backbone_spec, weights_digest
+from .backbones import frozen_body, get_backbone_spec, sha256_file, weights_digest
 
 Runtime = Literal["openvino", "onnxruntime", "torch"]
 RUNTIME_ENV = "TLCORE_RUNTIME"
@@ -80,14 +79,6 @@ class FrozenPart(nn.Module):
         return self.body(x) if self.stages is None else self.body.forward_range(x, 0, self.stages)
 
 
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 _export_lock = threading.Lock()
 
 
@@ -104,7 +95,7 @@ def exported(backbone: str, stages: int | None) -> Path:
     check = path.with_suffix(".json")
     with _export_lock:
         try:
-            if json.loads(check.read_text())["sha256"] == _digest(path):
+            if json.loads(check.read_text())["sha256"] == sha256_file(path):
                 return path
         except (OSError, ValueError, KeyError, TypeError):
             pass
@@ -121,7 +112,7 @@ def exported(backbone: str, stages: int | None) -> Path:
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-        check.write_text(json.dumps({"sha256": _digest(path), "backbone": backbone, "stages": stages,
+        check.write_text(json.dumps({"sha256": sha256_file(path), "backbone": backbone, "stages": stages,
                                      "input_size": size}))
         return path
 
