@@ -36,35 +36,65 @@ def session_id() -> str:
     return ctx.session_id if ctx is not None else "no-session"
 
 
+VIEW_PAGES = ("pages/evaluate.py", "pages/test.py")  # all a read-only link offers: looking and testing
+READONLY_KEY = "tls_readonly"
+
+
 def project() -> Project:
-    """The session's project. A reload reopens it (running jobs included) from ``?project=`` in the address."""
+    """The session's project. A reload reopens it (running jobs included) from the link in the address:
+    ``?p=KEY`` to work on it, ``?view=KEY`` to look and test only. A project's name opens nothing."""
     if PagesManager.uses_pages_directory:
         # A deep link (e.g. /data) on a freshly started server makes Streamlit run this page as an
         # old-style pages/ script, without app.py. Switch it to app.py's st.navigation and rerun.
         PagesManager.uses_pages_directory = False
         st.rerun()
     if STATE_KEY not in st.session_state:
-        proj = None
-        name = st.query_params.get("project")
-        if name:
+        proj, readonly = None, False
+        key = st.query_params.get("p") or st.query_params.get("view")
+        if key:
             try:
-                proj = PROJECTS.open(name, session_id())
+                proj, readonly = PROJECTS.open_link(key, session_id())
             except tlcore.TLError as e:
-                st.toast(f"Could not reopen the project: {e}", icon=":material/warning:")
+                st.toast(f"Could not open the project: {e}", icon=":material/warning:")
         st.session_state[STATE_KEY] = proj or PROJECTS.create(session_id())
+        st.session_state[READONLY_KEY] = readonly
         start_sweeper()
         start_workers()
     proj = st.session_state[STATE_KEY]
-    if st.query_params.get("project") != proj.name:
-        st.query_params["project"] = proj.name
+    _show_link(proj)
     return proj
 
 
-def switch_project(name: str | None, create: bool = False) -> None:
-    """Open (or create) another project for this session."""
-    proj = PROJECTS.create(session_id(), name) if create else PROJECTS.open(name or "", session_id())
+def read_only() -> bool:
+    """This session was given a read-only link: it may look and test, never change."""
+    return bool(st.session_state.get(READONLY_KEY))
+
+
+def _show_link(proj: Project) -> None:
+    param, value = ("view", proj.view_key) if read_only() else ("p", proj.key)
+    if st.query_params.get(param) != value or len(st.query_params) != 1:
+        st.query_params.from_dict({param: value})
+
+
+def switch_project(link: str | None, create: bool = False) -> None:
+    """Open another project from its link (or the key in it), or create a new one, for this session."""
+    if create:
+        proj, readonly = PROJECTS.create(session_id(), link), False
+    else:
+        key = (link or "").strip().rsplit("=", 1)[-1].split("&")[0]
+        proj, readonly = PROJECTS.open_link(key, session_id())
     st.session_state[STATE_KEY] = proj
-    st.query_params["project"] = proj.name
+    st.session_state[READONLY_KEY] = readonly
+    _show_link(proj)
+
+
+def share_links(proj: Project) -> tuple[str, str]:
+    """(the link to work on this project, the read-only link) as full addresses where the browser's is known."""
+    url = st.context.url or ""
+    root = url.split("?")[0].rstrip("/")
+    if st.session_state.get("_page"):
+        root = root.rsplit("/", 1)[0] if root.endswith("/" + st.session_state["_page"]) else root
+    return f"{root}/?p={proj.key}", f"{root}/evaluate?view={proj.view_key}"
 
 
 @st.cache_resource
@@ -120,6 +150,8 @@ def step_status(proj: Project) -> dict[str, tuple[bool, str]]:
 
 def step_bar(current: str) -> None:
     """A row of steps: done ones ticked, the current one marked, what is missing in the tooltip."""
+    if read_only():
+        return  # a read-only visitor has two pages, not the steps
     status = step_status(project())
     cols = st.columns(len(PAGES))
     for col, (file, (title, icon)) in zip(cols, PAGES.items()):
@@ -150,7 +182,10 @@ def require_run(proj: Project) -> RunRecord:
     if not runs:
         st.info("There is no trained model yet. Train one first: it takes seconds with feature extraction.",
                 icon=":material/info:")
-        st.page_link("pages/train.py", label="Go to the Train page", icon=":material/model_training:")
+        if read_only():
+            st.caption("This is a read-only view: the project's owner trains its models.")
+        else:
+            st.page_link("pages/train.py", label="Go to the Train page", icon=":material/model_training:")
         st.stop()
     ids = [r.id for r in runs]
     key = f"run_pick_{page}"

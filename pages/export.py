@@ -70,10 +70,11 @@ if upload is not None and st.button("Load run", key="export_load_go", icon=":mat
 
 st.subheader("Projects")
 explain(f"Your work is saved on this server as project **{proj.name}**. To come back later (or after the server "
-        "restarts), keep this page's address, or open the project by name.")
+        "restarts), keep this page's address: it is the project's private link. Someone who only knows the name "
+        "cannot open it.")
 c1, c2 = st.columns(2)
 with c1.form("export_open_form"):
-    name = st.text_input("Project name", key="export_open_name")
+    name = st.text_input("Project link (or the key at its end)", key="export_open_name")
     if st.form_submit_button("Open project", icon=":material/folder_open:"):
         try:
             switch_project(name)

@@ -98,6 +98,10 @@ class Project:
     settings: TrainConfig = field(default_factory=TrainConfig)  # mode, freeze depth, epochs, ...
     runs: list[RunRecord] = field(default_factory=list)
     selected_run: str | None = None
+    # Projects are reached by unguessable links, never by their (displayed) name: ``key`` lets its holder
+    # work on the project, ``view_key`` only look at it and test its models.
+    key: str = field(default_factory=lambda: secrets.token_urlsafe(16), repr=False)
+    view_key: str = field(default_factory=lambda: secrets.token_urlsafe(16), repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @property
@@ -216,6 +220,7 @@ class Project:
                     atomic_write(path, lambda p: image.save(p, "PNG", compress_level=1))
             manifest = {
                 "format": "tls-project/1", "name": self.name, "saved": time.time(),
+                "key": self.key, "view_key": self.view_key,
                 "classes": classes,
                 "images": [{"name": i.name, "label": i.label, "digest": i.digest} for i in items],
                 "rejected": [dataclasses.asdict(r) for r in rejected],
@@ -283,6 +288,9 @@ class Project:
         settings = TrainConfig(**{k: v for k, v in manifest.get("settings", {}).items() if k in known})
         project = cls(name, ImageSet(items, rejected, manifest.get("classes", [])),
                       manifest.get("backbone", DEFAULT_BACKBONE), settings, selected_run=manifest.get("selected_run"))
+        for k in ("key", "view_key"):  # projects saved before links had keys get them now
+            if isinstance(manifest.get(k), str) and len(manifest[k]) >= 16:
+                setattr(project, k, manifest[k])
         for r in manifest.get("runs", []):
             config = TrainConfig(**{k: v for k, v in r["config"].items() if k in known})
             record = RunRecord(r["id"], r["label"], config, r["status"], r.get("reason", ""), group=r.get("group", ""),
@@ -485,6 +493,23 @@ class ProjectRegistry:
             self._holders.setdefault(project.name, set()).add(session_id)
             self._orphaned.pop(project.name, None)
         return project
+
+    def open_link(self, key: str, session_id: str) -> tuple[Project, bool]:
+        """The project a link's key gives: ``(project, read_only)``. Raises ``TLError`` for an unknown key."""
+        if len(key) >= 16:
+            with self._lock:
+                live = next((p for p in self._live.values() if key in (p.key, p.view_key)), None)
+            if live is not None:
+                return self._attach(live, session_id), key == live.view_key
+            for path in projects_root().glob("*/project.json"):
+                try:
+                    manifest = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    continue
+                if isinstance(manifest, dict) and key in (manifest.get("key"), manifest.get("view_key")):
+                    return self.open(path.parent.name, session_id), key == manifest.get("view_key")
+        raise TLError("This link does not lead to a project on this server (it may have been deleted, or the "
+                      "address was mistyped).")
 
     def get(self, name: str) -> Project | None:
         """The live project called ``name``, if any session holds it."""

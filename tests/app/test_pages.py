@@ -14,10 +14,10 @@ PAGES = ["pages/backbone.py", "pages/data.py", "pages/freeze.py", "pages/train.p
          "pages/test.py", "pages/export.py", "pages/compare.py"]
 
 
-def new_app(project: str | None = None) -> AppTest:
+def new_app(project: str | None = None, param: str = "p") -> AppTest:
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
     if project:
-        at.query_params["project"] = project
+        at.query_params[param] = project
     at.run()
     assert not at.exception
     return at
@@ -25,6 +25,12 @@ def new_app(project: str | None = None) -> AppTest:
 
 def texts(elements) -> str:
     return " ".join(str(e.value) for e in elements)
+
+
+def link_key(at: AppTest, param: str = "p") -> str:
+    """The key in the session's address (``?p=...``)."""
+    value = at.query_params[param]
+    return value[0] if isinstance(value, list) else value
 
 
 def wait_for(at: AppTest, done, timeout: float = 90) -> None:
@@ -142,8 +148,7 @@ def test_training_survives_page_switches_and_stop_keeps_best():
 
 def test_reload_reopens_the_project():
     at = with_sample(new_app(), "faces")
-    name = at.query_params["project"][0] if isinstance(at.query_params["project"], list) else at.query_params["project"]
-    again = new_app(project=name)  # a new browser session with the same address
+    again = new_app(project=link_key(at))  # a new browser session with the same address
     again.switch_page("pages/data.py").run()
     assert "face · 100 images" in texts(again.markdown)
 
@@ -172,7 +177,7 @@ def test_five_sessions_each_see_only_their_own_work():
         at.switch_page("pages/data.py").run()
         at.text_input(key="data_new_class").set_value(f"only-mine-{k}")
         at.button(key="data_add_class").click().run()
-        names.add(str(at.query_params["project"]))
+        names.add(at.session_state["tls_project"].name)
     assert len(names) == 5
     for k, at in enumerate(apps):
         at.switch_page("pages/data.py").run()
@@ -244,8 +249,7 @@ def test_loading_something_that_is_not_a_run_is_refused():
 
 
 def project_name(at: AppTest) -> str:
-    name = at.query_params["project"]
-    return name[0] if isinstance(name, list) else name
+    return at.session_state["tls_project"].name
 
 
 def test_a_sample_never_replaces_data_by_one_click():
@@ -324,3 +328,24 @@ def test_the_study_says_how_long_it_takes_and_shows_its_progress():
                and "against" in c.proto.spec]
     assert study["layout"]["xaxis"]["type"] == "category"  # "1" and "all" are both points
     assert {p for trace in study["data"] for p in trace["x"]} == {"1", "all"}
+
+
+def test_a_project_opens_only_by_its_link_and_a_view_link_cannot_change_it():
+    owner = with_sample(new_app())  # the teacher's project
+    proj = owner.session_state["tls_project"]
+    assert proj.name not in str(owner.query_params) and link_key(owner) == proj.key  # the address is the key
+    stranger = new_app(project=proj.name, param="project")  # typing the name shown in the sidebar
+    assert stranger.session_state["tls_project"] is not proj
+    stranger = new_app(project="x" * 22)  # a made-up key
+    assert stranger.session_state["tls_project"] is not proj
+    viewer = new_app(project=proj.view_key, param="view")  # the read-only link
+    assert viewer.session_state["tls_project"] is proj and link_key(viewer, "view") == proj.view_key
+    assert not viewer.exception and "There is no trained model yet" in texts(viewer.info)  # Evaluate: looking only
+    for page in ("pages/data.py", "pages/train.py", "pages/freeze.py", "pages/export.py", "pages/compare.py",
+                 "pages/backbone.py"):
+        with pytest.raises(ValueError, match="Known pages"):  # the read-only navigation has no such page
+            viewer.switch_page(page)
+    assert not [b for b in viewer.button if b.key in ("data_sample_faces", "train_start", "compare_go")]
+    assert proj.images.counts()["0"] == 40
+    colleague = new_app(project=proj.key)  # the full link: the same project, editable
+    assert colleague.session_state["tls_project"] is proj

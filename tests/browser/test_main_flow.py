@@ -88,8 +88,8 @@ def shot(page, name: str) -> None:
 
 
 def goto(page, app_url: str, path: str) -> None:
-    project = page.url.split("project=")[1].split("&")[0] if "project=" in page.url else ""
-    page.goto(f"{app_url}/{path}?project={project}")
+    key = page.url.split("p=")[1].split("&")[0] if "p=" in page.url else ""
+    page.goto(f"{app_url}/{path}?p={key}")
     page.get_by_text("Transfer Learning Studio", exact=False).first.wait_for(state="attached")
     page.wait_for_selector("[data-testid='stMain']")
 
@@ -154,7 +154,7 @@ def test_upload_train_predict_in_a_real_browser(app_url, page, tmp_path):
     # The browser's back button returns to the previous step, same project.
     page.go_back()
     page.get_by_role("heading", name="7 · Export and projects").wait_for()
-    assert "project=" in page.url
+    assert "?p=" in page.url
 
     # A reload keeps everything: the project comes back from the address.
     page.reload()
@@ -163,8 +163,8 @@ def test_upload_train_predict_in_a_real_browser(app_url, page, tmp_path):
 
 
 def start_long_training(pg, url: str) -> str:
-    """Tiny backbone, faces sample, from scratch for 400 epochs of single images; returns the project name
-    once it trains."""
+    """Tiny backbone, faces sample, from scratch for 400 epochs of single images; once it trains, returns
+    the key in the project's link."""
     pg.goto(url + "/")
     pg.get_by_role("heading", name="1 · Choose a backbone").wait_for()
     card = pg.locator("[data-testid='stVerticalBlock']").filter(has_text="Tiny test net").last
@@ -186,7 +186,16 @@ def start_long_training(pg, url: str) -> str:
     pg.get_by_role("button", name="Start training").click()
     # training for real, and a first epoch done (checkpointed)
     pg.get_by_text(re.compile(r"Epoch ([2-9]|\d\d+), batch")).first.wait_for(timeout=120_000)
-    return pg.url.split("project=")[1].split("&")[0]
+    key = pg.url.split("p=")[1].split("&")[0]
+    return key
+
+
+def folder_of(home: Path, key: str) -> Path:
+    """The project folder a link's key leads to (links carry keys, never names)."""
+    import json
+
+    return next(p.parent for p in (home / "projects").glob("*/project.json")
+                if json.loads(p.read_text()).get("key") == key)
 
 
 def test_a_closed_tab_stops_its_training_and_keeps_the_work(browser):
@@ -197,7 +206,8 @@ def test_a_closed_tab_stops_its_training_and_keeps_the_work(browser):
     try:
         pg = browser.new_page()
         pg.set_default_timeout(60_000)
-        project = start_long_training(pg, url)
+        key = start_long_training(pg, url)
+        project = folder_of(home, key).name
         t_closed = time.time()
         pg.close()  # the tab goes away mid-training
         manifest = home / "projects" / project / "project.json"
@@ -220,13 +230,13 @@ def test_a_server_restart_mid_training_keeps_the_project_and_the_best_epoch(brow
     pg = browser.new_page()
     pg.set_default_timeout(60_000)
     try:
-        project = start_long_training(pg, url)
+        key = start_long_training(pg, url)
     finally:
         proc.kill()  # no clean shutdown: as a crash or a power cut
         proc.wait(10)
     proc, url, _ = start_app(TLS_HOME=str(home))
     try:
-        pg.goto(f"{url}/train?project={project}")
+        pg.goto(f"{url}/train?p={key}")
         pg.get_by_text("The server stopped while this run was training").first.wait_for()
         pg.get_by_text("interrupted").first.wait_for()
         pg.get_by_role("link", name="Data").first.click()
