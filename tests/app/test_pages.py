@@ -349,3 +349,34 @@ def test_a_project_opens_only_by_its_link_and_a_view_link_cannot_change_it():
     assert proj.images.counts()["0"] == 40
     colleague = new_app(project=proj.key)  # the full link: the same project, editable
     assert colleague.session_state["tls_project"] is proj
+
+
+def test_numeric_long_and_non_ascii_class_names_chart_cleanly():
+    at = new_app()
+    at.button(key="backbone_use_tiny-test").click().run()
+    at.switch_page("pages/data.py").run()
+    names = ["7", "0", "chat noir très, très long — Ünïcödé 🐈 " * 2]
+    files = []
+    for k, name in enumerate(names):
+        at.text_input(key="data_new_class").set_value(name)
+        at.button(key="data_add_class").click().run()
+        files.append([(f"{k}_{i}.png", png_bytes(COLORS[k], seed=10 * k + i), "image/png") for i in range(6)])
+    for k, batch in enumerate(files):
+        at.file_uploader(key=f"data_up_{k}_{at.session_state['data_upload_gen']}").set_value(batch).run()
+    assert not at.exception
+    at.switch_page("pages/train.py").run()
+    at.button(key="train_start").click().run()
+    wait_for(at, lambda a: "the best epoch" in texts(a.success))
+    import json
+
+    for page in ("pages/evaluate.py", "pages/test.py"):
+        at.switch_page(page).run()
+        if page == "pages/test.py":
+            at.file_uploader(key="test_upload").set_value([("x.png", png_bytes(COLORS[2], seed=99), "image/png")]).run()
+        assert not at.exception
+        charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+        layout = charts[0]["layout"]
+        axis = "xaxis" if page == "pages/evaluate.py" else "yaxis"
+        assert layout[axis]["type"] == "category", page
+        shown = {str(v) for trace in charts[0]["data"] for v in trace.get(axis[0], [])}
+        assert {n.strip() for n in shown} >= {"7", "0"}, shown
