@@ -258,3 +258,35 @@ def test_several_students_at_once_each_get_their_own_model(browser):
     report = browsers(2, 24, timeout=240, finetune=False, browser=browser)
     assert report["fe"]["stuck"] == 0, report
     assert report["server_tracebacks"] == 0, report
+
+
+def test_enter_adds_a_class_and_nothing_is_deleted_by_one_click(browser):
+    """In a real browser: Enter in the class name adds the class; Delete and a sample over existing data
+    ask first (moving and removing images: tests/engine/test_data.py)."""
+    proc, url, _ = start_app()
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    pg.set_default_timeout(60_000)
+    try:
+        pg.goto(url + "/data")
+        pg.get_by_role("heading", name="2 · Your data").wait_for()
+        for label in ("keep", "other"):
+            box = pg.get_by_label("New class name")
+            box.fill(label)
+            box.press("Enter")  # no click on "Add class"
+            pg.get_by_role("heading", name=f"{label} · 0 images").wait_for()
+        files = sorted((ROOT / "assets" / "samples" / "digits" / "0").glob("*.png"))[:3]
+        uploader = pg.locator("[data-testid='stFileUploader']").filter(has_text="Add images to 'keep'")
+        uploader.locator("input[type=file]").set_input_files([str(f) for f in files])
+        pg.get_by_role("heading", name="keep · 3 images").wait_for()
+        pg.get_by_role("button", name="Delete").first.click()  # opens the question, deletes nothing
+        pg.get_by_text("Delete class keep and its 3 images?").wait_for()
+        pg.keyboard.press("Escape")
+        pg.get_by_role("button", name="Load digits").click()  # over existing data: asks
+        pg.get_by_text("already has 3 images").wait_for()
+        pg.get_by_role("button", name="Cancel").click()
+        pg.get_by_role("heading", name="keep · 3 images").wait_for()
+        shot(pg, "2-data-safety")
+    finally:
+        pg.close()
+        proc.terminate()
+        proc.wait(10)
