@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -33,6 +34,7 @@ from .errors import TLError
 from .model import TransferModel, build_model
 from .train import FROZEN_BODY_MODES, EpochEnd, RunResult, TrainConfig
 
+T = TypeVar("T")
 FORMAT = "tlcore-run/1"
 WEIGHTS = "model.safetensors"
 META = "run.json"
@@ -128,16 +130,18 @@ class Checkpointer:
         self.writes += 1
 
 
-def atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    """Make ``path`` appear complete or not at all: ``write(tmp)`` next to it, flush to disk, rename."""
+def atomic_write(path: Path, write: Callable[[str], T]) -> T:
+    """Make ``path`` appear complete or not at all: ``write(tmp)`` next to it, flush to disk, rename.
+    A ``write`` that raises (a failed check included) leaves nothing; its result is returned."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
     try:
-        write(tmp)
+        result = write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        return result
     finally:
         Path(tmp).unlink(missing_ok=True)
 
@@ -370,18 +374,6 @@ def _check(reference: torch.Tensor, other: torch.Tensor, what: str, atol: float 
     return diff
 
 
-def _checked_write(path: Path, write: Callable[[str], float]) -> float:
-    """``write(tmp)`` exports and checks a file; only a file that passed its check appears at ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial{path.suffix}")
-    try:
-        diff = write(str(tmp))
-        os.replace(tmp, path)
-        return diff
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def export_torchscript(model: TransferModel, path: str | Path, check_inputs: torch.Tensor) -> float:
     """Trace to TorchScript, reload the file and compare probabilities on ``check_inputs`` (floats [0, 1]).
 
@@ -398,7 +390,7 @@ def export_torchscript(model: TransferModel, path: str | Path, check_inputs: tor
             other = torch.softmax(torch.jit.load(tmp)(check_inputs), 1)
         return _check(reference, other, "TorchScript")
 
-    return _checked_write(Path(path), write)
+    return atomic_write(Path(path), write)  # a file whose check raised never appears at ``path``
 
 
 def export_onnx(model: TransferModel, path: str | Path, check_inputs: torch.Tensor) -> float:
@@ -417,4 +409,4 @@ def export_onnx(model: TransferModel, path: str | Path, check_inputs: torch.Tens
         logits = session.run(None, {"pixels": check_inputs.numpy()})[0]
         return _check(reference, torch.softmax(torch.from_numpy(logits), 1), "ONNX")
 
-    return _checked_write(Path(path), write)
+    return atomic_write(Path(path), write)  # a file whose check raised never appears at ``path``

@@ -93,7 +93,6 @@ class JobHandle:
         self._losses: list[tuple[float, float]] = []
         self._stride = 1
         self._version = 0
-        self.submitted = time.time()
         self.after: JobHandle | None = None  # starts only once this one has ended
         self.estimate_s = 10.0  # how long it should take once started (set by the runner)
         self.started: float | None = None  # when a worker took it
@@ -277,12 +276,10 @@ class LocalRunner:
         self._procs: list = []
         self._inboxes: list = []
         self._busy: list[JobHandle | None] = []
-        self._started_at: list[float] = []
         self._pending: list[JobHandle] = []
         self._jobs: dict[int, JobHandle] = {}
         self._served: dict[str, float] = {}  # owner -> when one of its jobs last started
         self._ids = itertools.count(1)
-        self._estimates: dict[int, float] = {}
         self._crashes: list[int] = []  # per worker: deaths since it last started properly
         self.broken: str | None = None  # why no worker can start, once that is clear
         self._closing = False
@@ -303,7 +300,6 @@ class LocalRunner:
                 self._procs.append(None)
                 self._inboxes.append(None)
                 self._busy.append(None)
-                self._started_at.append(0.0)
                 self._crashes.append(0)
                 self._spawn(i)
             threading.Thread(target=self._collect, name="tlcore-runner-events", daemon=True).start()
@@ -346,7 +342,7 @@ class LocalRunner:
         self._ensure_started()
         job = JobHandle(next(self._ids), spec, self, on_finish)
         job.after = after
-        job.estimate_s = self._estimates[job.id] = estimate_seconds(spec)
+        job.estimate_s = estimate_seconds(spec)
         with self._lock:
             self._jobs[job.id] = job
             self._pending.append(job)
@@ -374,12 +370,10 @@ class LocalRunner:
                 return 0, 0.0
             k = order.index(job)
             lanes = [i for i in range(self.workers) if self._allowed(i, job)]
-            now = time.time()
-            free_at = sorted(max(0.0, self._started_at[i] + self._estimates.get(self._busy[i].id, 10.0) - now)
-                             if self._busy[i] is not None else 0.0 for i in lanes)
+            free_at = sorted(self._busy[i].remaining_s() if self._busy[i] is not None else 0.0 for i in lanes)
             for ahead in order[:k]:
                 if any(self._allowed(i, ahead) for i in lanes):
-                    free_at[0] += self._estimates.get(ahead.id, 10.0)
+                    free_at[0] += ahead.estimate_s
                     free_at.sort()
             return k + 1, free_at[0]
 
@@ -392,8 +386,8 @@ class LocalRunner:
     def _order(self) -> list[JobHandle]:
         """Pending jobs in the order they will start: short before long, then the owner served longest
         ago, then first come."""
-        ready = [j for j in self._pending if j.after is None or not j.after.alive]
-        waiting = [j for j in self._pending if j not in ready]  # behind a job of their own comparison
+        ready = [j for j in self._pending if _ready(j)]
+        waiting = [j for j in self._pending if not _ready(j)]  # behind a job of their own comparison
         return sorted(ready, key=lambda j: (not j.spec.short, self._served.get(j.spec.owner, 0.0), j.id)) + \
             sorted(waiting, key=lambda j: j.id)
 
@@ -402,13 +396,11 @@ class LocalRunner:
             for i in range(self.workers):
                 if self._busy[i] is not None or self._procs[i] is None:
                     continue
-                job = next((j for j in self._order() if self._allowed(i, j)
-                            and (j.after is None or not j.after.alive)), None)
+                job = next((j for j in self._order() if _ready(j) and self._allowed(i, j)), None)
                 if job is None:
                     continue
                 self._pending.remove(job)
                 self._busy[i] = job
-                self._started_at[i] = time.time()
                 self._served[job.spec.owner] = time.time()
                 self._stop_flags[i] = 0
                 job.mark_running()
@@ -439,7 +431,6 @@ class LocalRunner:
             job.record(event)
             if isinstance(event, RunFinished):
                 self._jobs.pop(job_id, None)
-                self._estimates.pop(job_id, None)
 
     def _watch(self) -> None:
         """A worker that dies (out of memory, a crash) fails its run with a plain reason and is replaced."""
@@ -476,6 +467,11 @@ class LocalRunner:
             if lost:
                 with self._lock:
                     self._dispatch()
+
+
+def _ready(job: JobHandle) -> bool:
+    """Free to start: it waits for no other job (a comparison's previous run) that is still alive."""
+    return job.after is None or not job.after.alive
 
 
 _RUNNER: Runner | None = None

@@ -393,7 +393,7 @@ def _prefix_plan(model: TransferModel, data: ImageSet, train_idx: list[int], val
     if views < 1:
         return _pixel_plan(model, data, cfg, device)
     augment = _augmenter(stack.shape[-1]) if cfg.augment else None
-    jobs = [(idx, None) for idx in [val_idx]] + [(train_idx, v) for v in range(views)]
+    jobs = [(val_idx, None)] + [(train_idx, v) for v in range(views)]
     total = len(val_idx) + views * len(train_idx)
     cache = torch.empty((total, *probe.shape[1:]), dtype=torch.float16)
     rows: dict[tuple[int, int | None], int] = {}  # (data index, view or None for validation) -> row
