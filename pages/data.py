@@ -1,10 +1,12 @@
 """Step 2: classes and their images: uploads, a zip, the camera, or a bundled sample."""
+import time
 from pathlib import Path
 
 import plotly.graph_objects as go
 import streamlit as st
 
 import tlcore
+from pages import live_camera
 from pages.common import ASSETS, explain, project, switch_project
 from tlcore import IMAGE_SUFFIXES, thumbnail
 
@@ -84,6 +86,33 @@ def add_class() -> None:
         st.session_state["data_class_error"] = str(e)
 
 
+@st.fragment
+def record_frames(label: str) -> None:
+    """Hold-to-record: each frame goes through the same checks as an upload; only this fragment reruns
+    per frame, and the whole page once recording stops (to show the new counts)."""
+    state = st.session_state.setdefault("data_rec_state", {"added": 0, "rejected": 0, "note": ""})
+    msg = live_camera.take("data_rec")
+    if msg and msg.get("jpeg"):
+        rejected = images.add([(f"camera-{label}-{time.strftime('%H%M%S')}-{msg['seq']}.jpg", msg["jpeg"], label)])
+        if rejected:
+            state["rejected"] += 1
+            state["note"] = f"Skipped a frame: {rejected[0].reason}"
+        else:
+            state["added"] += 1
+            proj.save()
+    elif msg and msg.get("stopped") and state["added"]:
+        report([], state["added"])
+        state.update(added=0, rejected=0, note="")
+        st.rerun(scope="app")
+    elif msg and msg.get("error") == "insecure":
+        state["insecure"] = msg.get("origin", "?")
+    if "insecure" in state:
+        st.warning(live_camera.INSECURE.format(origin=state["insecure"]), icon=":material/no_photography:")
+    count = images.counts().get(label, 0)
+    live_camera.show("data_rec", "record", interval_ms=300, size=480, count=state["added"], note=state["note"],
+                     count_text=f"{state['added']} recorded now · '{label}' has {count} image{'s' * (count != 1)}")
+
+
 with st.container(border=True):
     st.markdown("**Quick start: a sample dataset**")
     cols = st.columns(len(SAMPLES))
@@ -118,15 +147,13 @@ with tab_zip:
     st.file_uploader("Zip file", type=["zip"], key=f"data_zip_{upload_gen()}", on_change=add_zip)
 with tab_camera:
     if not images.classes:
-        st.info("Add a class first, then take photos for it.")
+        st.info("Add a class first, then record images of it from the camera.")
     else:
-        target = st.selectbox("Class for the photo", images.classes, key="data_camera_class")
-        # The browser asks for the camera only once the user turns it on (never on page load).
-        photo = st.camera_input("Take a photo", key=f"data_camera_{upload_gen()}") if st.toggle(
-            "Turn the camera on", key="data_camera_on") else None
-        if photo is not None:
-            st.button(f"Add this photo to '{target}'", key="data_camera_add", on_click=add_files,
-                      args=(target, f"data_camera_{upload_gen()}"))
+        explain("Start the camera, point it at an example of the class and hold **Hold to record**: a few frames "
+                "a second join the class (move the object around for variety). The browser asks for the camera "
+                "only when you press Start.")
+        target = st.selectbox("Record into class", images.classes, key="data_camera_class")
+        record_frames(target)
 
 if report_ := st.session_state.get("data_last_report"):
     added, rejected = report_

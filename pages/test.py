@@ -1,8 +1,11 @@
-"""Step 6: try the model on new images and see where it looked."""
+"""Step 6: try the model on new images, or live from the webcam, and see where it looked."""
+import time
+
 import plotly.graph_objects as go
 import streamlit as st
 
 import tlcore
+from pages import live_camera
 from pages.common import explain, project, require_run
 from tlcore import IMAGE_SUFFIXES
 
@@ -15,6 +18,44 @@ record = require_run(proj)
 result = record.result
 spec = tlcore.get_backbone_spec(record.config.backbone)
 
+try:
+    reference = tlcore.familiarity(proj, record)  # what the training images look like to this model
+except tlcore.TLError:
+    reference = None
+
+
+@st.fragment
+def live() -> None:
+    """Webcam frames classified as they come (only this fragment reruns per frame), Grad-CAM once a second."""
+    state = st.session_state.setdefault("test_live_state", {})
+    msg = live_camera.take("test_live")
+    if msg and msg.get("error"):
+        state["error"] = msg
+    elif msg and msg.get("jpeg"):
+        try:
+            image = tlcore.decode_image("camera frame", msg["jpeg"], max_side=512)
+        except tlcore.BadImageError:
+            image = None  # a torn frame: the next one follows
+        if image is not None:
+            pred = tlcore.predict(result.model, [image], result.classes, spec.preprocess, reference)[0]
+            state["result"] = {"label": pred.label, "confidence": pred.confidence, "unsure": pred.unsure,
+                               "unfamiliar": bool(pred.unfamiliar), "probs": list(pred.probabilities.items())}
+            if cam_on and time.monotonic() - state.get("cam_at", 0.0) >= 1.0:
+                cam = tlcore.grad_cam(result.model, image, spec.preprocess)
+                state["cam"] = live_camera.data_url(tlcore.overlay_cam(image, cam, spec.preprocess))
+                state["cam_at"] = time.monotonic()
+    if (err := state.get("error")) and err["error"] == "insecure":
+        st.warning(live_camera.INSECURE.format(origin=err.get("origin", "?")), icon=":material/no_photography:")
+    live_camera.show("test_live", "predict", result=state.get("result"),
+                     cam=state.get("cam") if cam_on else None, interval_ms=120, size=320)
+
+
+with st.expander("Live camera: predictions as you move", icon=":material/videocam:"):
+    explain("Press **Start live prediction** and hold things up to the webcam: the bars follow what it sees. "
+            "The browser asks for the camera only then; Stop, or leaving the page, turns it off.")
+    cam_on = st.toggle("Show where it looked (Grad-CAM, once a second)", key="test_live_cam")
+    live()
+
 c1, c2 = st.columns(2)
 uploads = c1.file_uploader("Images", type=sorted(s.strip(".") for s in IMAGE_SUFFIXES), accept_multiple_files=True,
                            key="test_upload")
@@ -26,10 +67,6 @@ if not files:
     st.info("Upload one or more images, or take a photo.", icon=":material/add_photo_alternate:")
     st.stop()
 
-try:
-    reference = tlcore.familiarity(proj, record)  # what the training images look like to this model
-except tlcore.TLError:
-    reference = None
 show_cam = st.toggle("Show where the model looked (Grad-CAM)", value=True, key="test_cam")
 for name, data in files[:24]:
     try:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m tlcore {backbones,train,evaluate,predict,compare}``.
+"""Command line: ``python -m tlcore {backbones,train,evaluate,predict,compare,cert}``.
 
 Progress goes to stderr; results go to stdout as JSON (the last line of ``train``). A user
 error prints one line, ``error: ...``, and exits with status 2; never a traceback.
@@ -172,6 +172,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cert(args: argparse.Namespace) -> int:
+    from .certs import local_names, make_certificate
+
+    hosts = args.host or local_names()
+    cert, key = make_certificate(Path(args.out), hosts)
+    print(f"Wrote {cert} and {key} for {', '.join(hosts)}.\nServe the app over HTTPS with:\n"
+          f"  streamlit run app.py --server.sslCertFile {cert} --server.sslKeyFile {key}\n"
+          "Each browser warns once about the self-signed certificate; accept it to continue.", file=sys.stderr)
+    _emit({"cert": str(cert), "key": str(key), "hosts": hosts})
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tlcore", description="Transfer Learning Studio engine.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -213,6 +225,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--shots", default="", help="comma-separated images per class, e.g. 1,5,10,all")
     training_args(c)
     c.set_defaults(fn=cmd_compare)
+    ce = sub.add_parser("cert", help="make a self-signed HTTPS certificate for this machine (cameras on a LAN)")
+    ce.add_argument("--out", default=".", help="folder for tls-cert.pem and tls-key.pem")
+    ce.add_argument("--host", action="append", help="a name or address students use (repeatable; default: all)")
+    ce.set_defaults(fn=cmd_cert)
     return p
 
 

@@ -268,16 +268,46 @@ def test_a_sample_never_replaces_data_by_one_click():
     assert Project.open(first).images.counts()["0"] == 40  # the first project kept its digits
 
 
-def test_the_camera_starts_only_when_asked_for():
+def frame_message(seq: int, digit: str = "1", **extra) -> dict:
+    """What the live camera component sends: a JPEG frame as a data URL."""
+    import base64
+
+    from PIL import Image
+
+    image = Image.open(sorted((ROOT / "assets" / "samples" / "digits" / digit).glob("*.png"))[-1]).convert("RGB")
+    buf = io.BytesIO()
+    image.resize((240, 240)).save(buf, "JPEG")
+    return {"sid": "s1", "seq": seq, "jpeg": "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode(),
+            **extra}
+
+
+def test_the_camera_starts_only_when_asked_for_and_live_frames_are_predicted_and_recorded():
     at = with_sample(new_app())
-    assert not at.get("camera_input")  # no permission prompt on load, even with classes
-    at.toggle(key="data_camera_on").set_value(True).run()
-    assert at.get("camera_input")
+    assert not at.get("camera_input")  # no st.camera_input on load; the live camera waits for its Start button
+    at.selectbox(key="data_camera_class").set_value("1").run()
+    at.session_state["data_rec"] = frame_message(1, "1", record=True)  # hold-to-record sends a frame of a "1"
+    at.run()
+    at.session_state["data_rec"] = frame_message(2, "1", record=True)  # the same frame again: a duplicate
+    at.run()
+    at.session_state["data_rec"] = {"sid": "s1", "seq": 3, "stopped": True}
+    at.run()
+    assert not at.exception
+    assert "Added 1 image." in texts(at.success) and "1 · 41 images" in texts(at.markdown)
     at.switch_page("pages/train.py").run()
     at.button(key="train_start").click().run()
     wait_for(at, lambda a: "the best epoch" in texts(a.success))
     at.switch_page("pages/test.py").run()
     assert not at.get("camera_input")
+    at.toggle(key="test_live_cam").set_value(True).run()
+    at.session_state["test_live"] = frame_message(1, "0")
+    at.run()
+    assert not at.exception
+    state = at.session_state["test_live_state"]
+    assert state["result"]["label"] == "0" and len(state["result"]["probs"]) == 5
+    assert state["cam"].startswith("data:image/jpeg;base64,")  # Grad-CAM at most once a second
+    at.session_state["test_live"] = {"sid": "s1", "seq": 2, "error": "insecure", "origin": "http://lab-pc:8501"}
+    at.run()
+    assert "needs a secure address" in texts(at.warning) and "http://lab-pc:8501" in texts(at.warning)
 
 
 def test_a_new_model_is_the_one_shown_and_start_cannot_double_up():

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -39,11 +40,13 @@ def start_app(**env_extra: str):
                              "--server.address=127.0.0.1", f"--server.port={port}",
                              "--browser.gatherUsageStats=false"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    https = "STREAMLIT_SERVER_SSL_CERT_FILE" in env_extra
+    url = f"{'https' if https else 'http'}://127.0.0.1:{port}"
     deadline = time.time() + 90
     while time.time() < deadline:
         try:
-            urllib.request.urlopen(url + "/_stcore/health", timeout=2)
+            urllib.request.urlopen(url + "/_stcore/health", timeout=2,
+                                   context=ssl._create_unverified_context() if https else None)
             break
         except OSError:
             time.sleep(0.5)
@@ -51,6 +54,15 @@ def start_app(**env_extra: str):
         proc.kill()
         raise RuntimeError("streamlit did not start:\n" + proc.stdout.read().decode()[-3000:])
     return proc, url, Path(env["TLS_HOME"])
+
+
+def stop_app(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
 
 
 @pytest.fixture(scope="module")
