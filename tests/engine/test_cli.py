@@ -74,3 +74,20 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
         assert out.returncode == 2, out
         assert out.stderr.startswith("error: ") and "Traceback" not in out.stderr
         assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_cert_makes_a_certificate_a_tls_server_accepts(tmp_path):
+    import ssl
+
+    from cryptography import x509
+
+    out = cli("cert", "--out", str(tmp_path), "--host", "teacher-laptop", "--host", "10.0.0.7")
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(info["cert"], info["key"])  # what Streamlit's server does with sslCertFile/sslKeyFile
+    cert = x509.load_pem_x509_certificate((tmp_path / "tls-cert.pem").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "teacher-laptop" in names.get_values_for_type(x509.DNSName)
+    assert [str(a) for a in names.get_values_for_type(x509.IPAddress)] == ["10.0.0.7"]
+    assert "--server.sslCertFile" in out.stderr
