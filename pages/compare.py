@@ -15,16 +15,48 @@ proj = project()
 st.title("Compare strategies")
 explain("Same images, same split, same number of epochs: only the strategy changes. Feature extraction reuses "
         "what the backbone learned on ImageNet; fine-tuning adapts some of it; from scratch starts with nothing. "
-        "Few-shot prototypes do no training at all: each class is the average of its images' features.")
+        "Few-shot prototypes do no training at all: each class is the average of its images' features. "
+        "Zero-shot uses no image at all: only your class names, matched to the 1,000 things the backbone "
+        "learned to name on ImageNet.")
 st.image(str(ASSETS / "strategies.png"), width=640,
          caption="Blue: pretrained and frozen · orange: pretrained, learns · grey: random start · green: new head")
 require_data(proj)
 
 STRATEGIES = list(STRATEGY_TITLES)
+
+
+@st.cache_data(show_spinner="Matching your class names to ImageNet's…", max_entries=256)
+def suggested(classes: tuple[str, ...]) -> dict[str, list[str]]:
+    return tlcore.suggest_mapping(classes)
+
+
+def zero_shot_mapping() -> None:
+    """The class -> ImageNet classes mapping zero-shot will use: suggested, shown, editable, saved."""
+    classes = tuple(proj.images.classes)
+    saved = proj.settings.zero_shot_map or {}
+    guess = suggested(tuple(c for c in classes if c not in saved))
+    mapping = {c: saved.get(c, guess.get(c, [])) for c in classes}
+    with st.expander("Zero-shot: which ImageNet classes each of your classes means", icon=":material/translate:"):
+        explain(f"Suggested by {tlcore.mapping_method()} between your class names and ImageNet's; edit them if a "
+                "name was misread (e.g. *kitty* → tabby, tiger cat, Egyptian cat). A picture's chance of being a "
+                "class is the sum of the backbone's ImageNet probabilities for that class's ImageNet classes.")
+        names = tlcore.imagenet_categories()
+        for k, c in enumerate(classes):
+            mapping[c] = st.multiselect(c, names, default=[n for n in mapping[c] if n in names], key=f"compare_zs_{k}")
+    if mapping != saved:
+        proj.settings = dataclasses.replace(proj.settings, zero_shot_map=mapping)
+        proj.save()
+    if missing := tlcore.unmapped(classes, mapping):
+        st.warning(f"**ImageNet has no class for {', '.join(missing)}.** Zero-shot can only guess "
+                   f"{'it' if len(missing) == 1 else 'them'}: it can name only what the backbone learned to name. "
+                   "That is the lesson: to recognise something new, a model needs examples of it.",
+                   icon=":material/help:")
 chosen = st.multiselect("Strategies", STRATEGIES, default=STRATEGIES, key="compare_strategies",
                         format_func=STRATEGY_TITLES.get)
 st.caption(f"{proj.settings.epochs} epochs each; fine-tuning at the Freeze page's depth: "
            f"{describe(dataclasses.replace(proj.settings, mode='fine-tune', backbone=proj.backbone))}.")
+if "zero-shot" in chosen:
+    zero_shot_mapping()
 busy = bool(proj.active_runs())
 if chosen:
     st.caption(f"About {format_seconds(proj.comparison_seconds(chosen))} in all on this server, one run after "
@@ -105,7 +137,7 @@ shots_ok = available_shots(proj.images, split, DEFAULT_SHOTS)
 c1, c2 = st.columns(2)
 shots = c1.multiselect("Images per class", shots_ok, default=shots_ok, key="compare_shots",
                        format_func=lambda s: "all" if s is None else str(s))
-eff_strats = c2.multiselect("Strategies", STRATEGIES, default=["feature-extraction", "few-shot", "scratch"],
+eff_strats = c2.multiselect("Strategies", STRATEGIES, default=["zero-shot", "few-shot", "feature-extraction", "scratch"],
                             key="compare_eff_strategies", format_func=STRATEGY_TITLES.get)
 if shots and eff_strats:
     st.caption(f"{len(shots) * len(eff_strats)} runs, about {format_seconds(proj.comparison_seconds(eff_strats, shots))}"

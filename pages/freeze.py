@@ -19,7 +19,7 @@ explain("**Feature extraction** freezes the whole backbone and trains only a new
         "pretraining away and learns everything from your images alone; that needs far more data.")
 
 settings = proj.settings
-current_trained = 0 if settings.mode in ("feature-extraction", "few-shot") else (
+current_trained = 0 if settings.mode in tlcore.FROZEN_BODY_MODES else (
     n if settings.mode == "scratch" else n - settings.resolved_freeze_depth())
 scratch = st.toggle("From scratch: ignore the pretrained weights", value=settings.mode == "scratch",
                     key="freeze_scratch")

@@ -6,7 +6,8 @@ here (a test holds the pages to it). Modules, one job each:
 * ``backbones``  registry of pretrained bodies, their preprocessing, stages and weights;
 * ``data``       checked, decoded images (folders, zips, uploads) and the train/validation split;
 * ``model``      body + new head, freezing by stage;
-* ``train``      training as a generator of typed events, in four modes;
+* ``train``      training as a generator of typed events, in five modes;
+* ``zeroshot``   a classifier from class names alone (ImageNet classes summed per class);
 * ``evaluate``   metrics, predictions, Grad-CAM, the backbone's own ImageNet guesses;
 * ``checkpoint`` runs on disk (safetensors + JSON) and checked TorchScript/ONNX exports;
 * ``runner``     training in worker processes (submit, snapshot, stop), fair scheduling;
@@ -31,7 +32,8 @@ from .profile import SpeedProfile, estimate_epoch_seconds, estimate_run_seconds,
 from .runner import JobHandle, JobSnapshot, JobSpec, LocalRunner, Runner, get_runner, set_runner
 from .project import (PROJECTS, Project, RunRecord, describe, embedding_map, export_model, familiarity, import_run,
                       model_card, run_archive, validation_report)
-from .train import (FEATURES, MODES, BatchEnd, EpochEnd, Event, Progress, RunFinished, RunResult, TrainConfig,
+from .zeroshot import mapping_method, suggest_mapping, unmapped
+from .train import (FEATURES, FROZEN_BODY_MODES, MODES, BatchEnd, EpochEnd, Event, Progress, RunFinished, RunResult, TrainConfig,
                     frozen_body, run_to_end, train)
 
 __all__ = [
@@ -45,8 +47,10 @@ __all__ = [
     # errors
     "BadImageError", "TLError", "WeightsUnavailableError",
     # model and training
-    "FEATURES", "MODES", "BatchEnd", "EpochEnd", "Event", "Progress", "RunFinished", "RunResult", "TrainConfig",
+    "FEATURES", "FROZEN_BODY_MODES", "MODES", "BatchEnd", "EpochEnd", "Event", "Progress", "RunFinished", "RunResult", "TrainConfig",
     "TransferModel", "build_model", "count_params", "freeze", "run_to_end", "train",
+    # zero-shot
+    "mapping_method", "suggest_mapping", "unmapped",
     # evaluation
     "Evaluation", "Familiarity", "Prediction", "evaluate", "grad_cam", "imagenet_top", "overlay_cam", "predict",
     # runs on disk

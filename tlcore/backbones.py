@@ -506,7 +506,7 @@ class _TinyNet(nn.Module):
         self.block1 = nn.Sequential(nn.Conv2d(8, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU())
         self.block2 = nn.Sequential(nn.Conv2d(16, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU())
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.fc = nn.Linear(32, 10)
+        self.fc = nn.Linear(32, 1000)  # an "ImageNet" head (random), so zero-shot runs in tests too
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.pool(self.block2(self.block1(self.stem(x)))))
@@ -521,7 +521,7 @@ def _tiny_body() -> Body:
 
 def _tiny_weights_file() -> Path:
     """Deterministic 'pretrained' weights for the tiny test backbone, written once."""
-    path = Path(tempfile.gettempdir()) / "tlcore-tiny-test-weights.pt"
+    path = Path(tempfile.gettempdir()) / "tlcore-tiny-test-weights-v2.pt"
     if not path.exists():
         torch.manual_seed(1234)
         body = _tiny_body()

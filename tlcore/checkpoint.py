@@ -204,6 +204,10 @@ def _rebuild(folder: Path, meta: dict, backbone: str, classes: tuple[str, ...], 
             if partial:
                 raise TLError(f"{folder.name} was saved during training and needs {spec.title}'s pretrained "
                               f"weights, which are not on this machine (or differ from those it trained with).")
+        elif config.get("mode") == "zero-shot":  # nothing trained: the pretrained ImageNet head, regrouped
+            from .zeroshot import zero_shot_model
+
+            return zero_shot_model(backbone, classes, config.get("zero_shot_map") or {})
         elif config.get("mode") in FROZEN_BODY_MODES:
             model = TransferModel(frozen_body(backbone), len(classes), spec.preprocess)
             _load(folder, model.head, {k[5:]: v for k, v in state.items() if k.startswith("head.")}, backbone,

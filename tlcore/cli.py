@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from .backbones import DEFAULT_BACKBONE, list_backbones
 from .errors import TLError
+from .train import MODES
 
 EXIT_USER_ERROR = 2
 
@@ -208,7 +209,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("data")
     t.add_argument("--out", required=True, help="run folder to write")
     t.add_argument("--mode", default="feature-extraction",
-                   choices=["feature-extraction", "fine-tune", "scratch", "few-shot"])
+                   choices=list(MODES))
     training_args(t)
     t.set_defaults(fn=cmd_train)
     e = sub.add_parser("evaluate", help="accuracy and confusion matrix of a saved run on DATA")
@@ -221,7 +222,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.set_defaults(fn=cmd_predict)
     c = sub.add_parser("compare", help="strategies side by side on one split (and per shot count)")
     c.add_argument("data")
-    c.add_argument("--strategies", default="feature-extraction,fine-tune,scratch,few-shot")
+    c.add_argument("--strategies", default=",".join(MODES), help="any of " + ", ".join(MODES))
     c.add_argument("--shots", default="", help="comma-separated images per class, e.g. 1,5,10,all")
     training_args(c)
     c.set_defaults(fn=cmd_compare)

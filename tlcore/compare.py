@@ -20,7 +20,8 @@ from .train import FROZEN_BODY_MODES, MODES, Event, RunFinished, TrainConfig, em
 
 DEFAULT_SHOTS = (1, 5, 10, 25, None)  # images per class; None = all
 
-STRATEGY_TITLES = {
+STRATEGY_TITLES = {  # the ladder, from no training image to no pretraining
+    "zero-shot": "Zero-shot (class names only: the backbone's ImageNet classes, no training image)",
     "feature-extraction": "Feature extraction (frozen backbone, new head)",
     "fine-tune": "Fine-tuning (pretrained start, upper stages trained)",
     "scratch": "From scratch (random start, everything trained)",
@@ -58,8 +59,13 @@ def plan(strategies: list[str], base: TrainConfig, shots: list[int | None] | Non
     if unknown:
         raise TLError(f"Unknown strategies: {', '.join(unknown)}. Use: {', '.join(MODES)}.")
     runs = []
+    if "zero-shot" in strategies:  # it uses no training image: one run, at 0 images per class in a study
+        runs.append(PlannedRun("zero-shot" if not shots else "zero-shot @ 0/class",
+                               dataclasses.replace(base, mode="zero-shot"), 0 if shots else None))
     for shot in shots or [None]:
         for s in strategies:
+            if s == "zero-shot":
+                continue
             label = s if shot is None else f"{s} @ {shot}/class"
             runs.append(PlannedRun(label, dataclasses.replace(base, mode=s, max_images_per_class=shot), shot))
     return runs

@@ -10,7 +10,7 @@ import torch
 
 from .backbones import get_backbone_spec
 from .runtime import frozen_forward, runtime_for
-from .train import FROZEN_BODY_MODES, TrainConfig, resolve_device
+from .train import FROZEN_BODY_MODES, UNTRAINED_MODES, TrainConfig, resolve_device
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def estimate_run_seconds(config: TrainConfig, num_images: int) -> float:
     speed = measure_speed(config.backbone)
     views = config.augment_views if config.augment else 1
     once, per_epoch = estimate_epoch_seconds(speed, num_images, config.mode, config.resolved_freeze_depth(), views)
-    return 1.5 + once + (0.0 if config.mode == "few-shot" else per_epoch * config.epochs)
+    return 1.5 + once + (0.0 if config.mode in UNTRAINED_MODES else per_epoch * config.epochs)
 
 
 def estimate_epoch_seconds(profile: SpeedProfile, num_images: int, mode: str, freeze_depth: int,

@@ -455,7 +455,7 @@ def describe(config: TrainConfig) -> str:
         what = "full fine-tuning" if depth == 0 else f"fine-tuning, {depth}/{n} stages frozen"
     else:
         what = {"feature-extraction": "feature extraction", "scratch": "from scratch",
-                "few-shot": "few-shot prototypes"}[config.mode]
+                "few-shot": "few-shot prototypes", "zero-shot": "zero-shot (no training images)"}[config.mode]
     return f"{spec.title}, {what}"
 
 

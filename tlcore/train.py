@@ -9,7 +9,9 @@
   each epoch) instead of every epoch;
 * from scratch: the same architecture from random weights, everything trains;
 * few-shot: no gradient steps at all; the head is the nearest-class-mean (prototype) classifier
-  on the cached features, ready from one image per class.
+  on the cached features, ready from one image per class;
+* zero-shot: no training image at all; the backbone's own ImageNet head, its probabilities summed
+  per class through a mapping of class names to ImageNet classes (``tlcore.zeroshot``).
 
 The loop checks ``should_stop`` before every batch (a cooperative stop acts within one batch),
 keeps the best epoch's weights, stops early when validation stops improving, and ends a run
@@ -40,11 +42,13 @@ from .errors import TLError
 from .model import CHANNELS_LAST, TransferModel, build_model, count_params, freeze, set_train_mode
 from .runtime import frozen_forward, runtime_for
 
-Mode = Literal["feature-extraction", "fine-tune", "scratch", "few-shot"]
-MODES: tuple[Mode, ...] = ("feature-extraction", "fine-tune", "scratch", "few-shot")
-FROZEN_BODY_MODES = ("feature-extraction", "few-shot")
+Mode = Literal["zero-shot", "few-shot", "feature-extraction", "fine-tune", "scratch"]
+MODES: tuple[Mode, ...] = ("zero-shot", "few-shot", "feature-extraction", "fine-tune", "scratch")  # the ladder
+FROZEN_BODY_MODES = ("zero-shot", "few-shot", "feature-extraction")
+UNTRAINED_MODES = ("zero-shot", "few-shot")  # no gradient step: a head computed, not trained
 # A linear head on fixed features takes large steps; networks that train the body need smaller ones.
-DEFAULT_LR: dict[str, float] = {"feature-extraction": 1e-2, "few-shot": 1e-2, "fine-tune": 3e-3, "scratch": 3e-3}
+DEFAULT_LR: dict[str, float] = {"feature-extraction": 1e-2, "few-shot": 1e-2, "zero-shot": 1e-2, "fine-tune": 3e-3,
+                                "scratch": 3e-3}
 Status = Literal["completed", "stopped", "failed"]
 
 
@@ -65,6 +69,7 @@ class TrainConfig:
     device: str = "auto"  # "auto" picks CUDA, then Apple MPS, then the CPU
     max_images_per_class: int | None = None  # data-efficiency studies: use at most this many per class
     augment_views: int = 4  # fine-tune with frozen leading stages: augmented views per image, computed once
+    zero_shot_map: dict[str, list[str]] | None = None  # zero-shot: class -> ImageNet classes; None: suggested
 
     def validate(self) -> None:
         """Raise ``TLError`` for settings that cannot make a sensible run."""
@@ -442,7 +447,15 @@ def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool]
     depth = cfg.resolved_freeze_depth()
     start = time.perf_counter()
     frozen = cfg.mode in FROZEN_BODY_MODES
-    if frozen:  # the body never changes: share one pretrained copy (it stays on the CPU; the runtime runs it)
+    if cfg.mode == "zero-shot":  # the backbone's own ImageNet head, summed per class: nothing to train
+        from .zeroshot import suggest_mapping, zero_shot_model
+
+        given = cfg.zero_shot_map or {}
+        mapping = {**suggest_mapping([c for c in data.classes if c not in given]), **given}
+        cfg = dataclasses.replace(cfg, zero_shot_map={c: list(mapping[c]) for c in data.classes})
+        model = zero_shot_model(cfg.backbone, data.classes, cfg.zero_shot_map)
+        model.head.to(device)
+    elif frozen:  # the body never changes: share one pretrained copy (it stays on the CPU; the runtime runs it)
         model = TransferModel(frozen_body(cfg.backbone), len(data.classes), spec.preprocess)
         model.head.to(device)
     else:
@@ -456,8 +469,8 @@ def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool]
             yield RunFinished("stopped", "Stopped while computing features, before any training.")
             return
         x_all = feats.to(device)
-        if cfg.mode == "few-shot":
-            yield _prototype_run(model, x_all, labels.to(device), train_idx, val_idx, data, cfg, depth, start)
+        if cfg.mode in UNTRAINED_MODES:
+            yield _untrained_run(model, x_all, labels.to(device), train_idx, val_idx, data, cfg, depth, start)
             return
         plan = _head_plan(model, x_all, cfg.resolved_lr(), runtime_for(device))
     elif depth > 0 and model.body.splittable:
@@ -559,16 +572,26 @@ def set_prototypes(head: torch.nn.Linear, feats: torch.Tensor, labels: torch.Ten
         head.bias.copy_(-(protos ** 2).sum(1) / spread)
 
 
-def _prototype_run(model: TransferModel, x_all: torch.Tensor, y_all: torch.Tensor, train_idx: list[int],
+def _untrained_run(model: TransferModel, x_all: torch.Tensor, y_all: torch.Tensor, train_idx: list[int],
                    val_idx: list[int], data: ImageSet, cfg: TrainConfig, depth: int, start: float) -> RunFinished:
-    linear = model.head[-1]
-    set_prototypes(linear, x_all[train_idx], y_all[train_idx])
+    """Few-shot (prototypes from the training images) or zero-shot (no image at all), measured on the
+    training and validation images."""
+    if cfg.mode == "few-shot":
+        set_prototypes(model.head[-1], x_all[train_idx], y_all[train_idx])
+        reason = "Prototypes computed: one mean feature vector per class."
+    else:
+        from .zeroshot import unmapped
+
+        missing = unmapped(data.classes, cfg.zero_shot_map or {})
+        reason = ("Zero-shot: no training image was used; the backbone's ImageNet classes decide." if not missing
+                  else f"Zero-shot: ImageNet has no class for {', '.join(missing)}, so those can only be guessed.")
+    model.head.requires_grad_(False)
     model.eval()
     plan = _head_plan(model, x_all, 0.0, runtime_for(x_all.device))
     _, train_acc = _validate(plan, y_all, train_idx, 256)
     val_loss, val_acc = _validate(plan, y_all, val_idx, 256)
     epoch = EpochEnd(1, 1, 0.0, train_acc or 0.0, val_loss, val_acc, time.perf_counter() - start, True)
-    return RunFinished("completed", "Prototypes computed: one mean feature vector per class.", RunResult(
+    return RunFinished("completed", reason, RunResult(
         model_ref=model, classes=tuple(data.classes), config=cfg, history=(epoch,), best_epoch=1,
         val_accuracy=val_acc, train_seconds=time.perf_counter() - start, num_images=len(train_idx) + len(val_idx),
         train_indices=tuple(train_idx), val_indices=tuple(val_idx), trainable_params=0,

@@ -165,8 +165,19 @@ def test_compare_page_runs_all_strategies_on_one_split():
 
     wait_for(at, finished, timeout=120)
     table = at.dataframe[0].value
-    assert len(table) == 4 and set(table["status"]) == {"completed"}
+    assert len(table) == 5 and set(table["status"]) == {"completed"}
+    assert table["run"][0] == "zero-shot"  # the ladder's first rung
     assert len(at.get("plotly_chart")) >= 2
+
+
+def test_zero_shot_mapping_is_shown_editable_and_honest_about_digits():
+    at = with_sample(new_app())  # digits: ImageNet has no word for them
+    at.switch_page("pages/compare.py").run()
+    assert "ImageNet has no class for 0, 1, 2, 3" in texts(at.warning)
+    at.multiselect(key="compare_zs_0").set_value(["analog clock"]).run()  # the user edits the mapping
+    proj = at.session_state["tls_project"]
+    assert proj.settings.zero_shot_map["0"] == ["analog clock"]
+    assert "ImageNet has no class for 1, 2, 3" in texts(at.warning)
 
 
 def test_five_sessions_each_see_only_their_own_work():
@@ -351,13 +362,13 @@ def test_the_study_says_how_long_it_takes_and_shows_its_progress():
     at.button(key="compare_eff_go").click().run()
     assert "runs done" in progress_text(at)
     wait_for(at, lambda a: a.get("plotly_chart") and not any("runs done" in p.proto.text for p in a.get("progress"))
-             and any(df.value is not None and len(df.value) == 6 for df in a.dataframe), timeout=120)
+             and any(df.value is not None and len(df.value) == 7 for df in a.dataframe), timeout=120)
     import json
 
     [study] = [json.loads(c.proto.spec) for c in at.get("plotly_chart") if "images per class" in c.proto.spec
                and "against" in c.proto.spec]
     assert study["layout"]["xaxis"]["type"] == "category"  # "1" and "all" are both points
-    assert {p for trace in study["data"] for p in trace["x"]} == {"1", "all"}
+    assert {p for trace in study["data"] for p in trace["x"]} == {"0", "1", "all"}  # zero-shot: 0 images
 
 
 def test_a_project_opens_only_by_its_link_and_a_view_link_cannot_change_it():

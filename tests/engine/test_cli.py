@@ -58,9 +58,10 @@ def test_compare_runs_every_strategy_on_one_split(class_folder):
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     runs = report["runs"]
-    assert len(runs) == 3 * 4 and {r["strategy"] for r in runs} == {"feature-extraction", "fine-tune", "scratch",
-                                                                    "few-shot"}
-    assert {r["shots"] for r in runs} == {1, 5, None}
+    assert len(runs) == 1 + 3 * 4 and {r["strategy"] for r in runs} == {"zero-shot", "feature-extraction",
+                                                                        "fine-tune", "scratch", "few-shot"}
+    assert runs[0]["strategy"] == "zero-shot" and runs[0]["shots"] == 0  # no training image: once, first
+    assert {r["shots"] for r in runs} == {0, 1, 5, None}
     assert len({tuple(r["val_indices"]) for r in runs}) == 1  # identical validation images everywhere
     assert all(r["status"] == "completed" for r in runs)
 

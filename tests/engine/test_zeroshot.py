@@ -1,0 +1,89 @@
+"""Zero-shot: a classifier from class names alone, on real photos, and honest failure on digits."""
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image, ImageOps
+
+import tlcore
+from tlcore import ImageSet, TrainConfig, load_folder, load_run, predict, run_to_end, save_run
+from tlcore.zeroshot import GroupLogSumExp, suggest_mapping, zero_shot_model
+from tests.conftest import ROOT
+
+
+def png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def views(img: Image.Image) -> list[Image.Image]:
+    w, h = img.size
+    return [img, ImageOps.mirror(img), img.crop((w // 8, h // 8, w, h)), img.crop((0, 0, w * 7 // 8, h * 7 // 8)),
+            ImageOps.mirror(img.crop((w // 10, 0, w, h)))]
+
+
+@pytest.fixture(scope="module")
+def photos():
+    """scikit-image's cat (Chelsea) and coffee photos, shipped in assets/, in a few crops each."""
+    out = {"cat": Image.open(ROOT / "assets/chelsea.jpg").convert("RGB"),
+           "coffee": Image.open(ROOT / "assets/coffee.jpg").convert("RGB")}
+    return out
+
+
+def test_mapping_names_the_obvious_imagenet_classes_and_none_for_digits():
+    m = suggest_mapping(["cat", "kitty", "coffee", "3"])
+    assert {"tiger cat", "Egyptian cat"} <= set(m["cat"]) and "tiger cat" in m["kitty"]
+    assert "coffee mug" in m["coffee"]
+    assert m["3"] == []  # ImageNet has no word for a handwritten digit
+    assert tlcore.unmapped(["cat", "3"], m) == ["3"]
+
+
+def test_group_sum_is_the_renormalised_sum_of_imagenet_probabilities():
+    import torch
+
+    logits = torch.randn(4, 1000)
+    groups = [[1, 2, 3], [10], []]
+    out = torch.softmax(GroupLogSumExp(groups)(logits), 1)
+    p = torch.softmax(logits, 1)
+    sums = torch.stack([p[:, g].sum(1) if g else torch.zeros(4) for g in groups], 1)
+    torch.testing.assert_close(out, sums / sums.sum(1, keepdim=True), atol=1e-5, rtol=1e-4)
+
+
+def test_zero_shot_run_gets_cat_and_coffee_right_and_reloads(photos, tmp_path):
+    data = ImageSet()
+    assert not data.add([(f"{label}{k}.png", png(v), label) for label, img in photos.items()
+                         for k, v in enumerate(views(img))])
+    done = run_to_end(data, TrainConfig(mode="zero-shot", val_fraction=0.4))
+    assert done.status == "completed", done.reason
+    result = done.result
+    assert result.val_accuracy == 1.0 and result.trainable_params == 0
+    assert "tiger cat" in result.config.zero_shot_map["cat"]
+    saved = load_run(save_run(result, tmp_path / "run"))
+    preds = predict(saved.model, list(photos.values()), saved.classes, saved.preprocess)
+    assert [p.label for p in preds] == ["cat", "coffee"]
+
+
+def test_an_edited_mapping_is_used(photos):
+    model = zero_shot_model("efficientnet_lite0", ["cat", "coffee"], {"cat": ["coffee mug"], "coffee": ["tiger cat"]})
+    spec = tlcore.get_backbone_spec("efficientnet_lite0")
+    assert [p.label for p in predict(model, list(photos.values()), ["cat", "coffee"], spec.preprocess)] == [
+        "coffee", "cat"]  # swapped on purpose: the user's mapping decides
+    with pytest.raises(tlcore.TLError, match="Not ImageNet classes"):
+        zero_shot_model("efficientnet_lite0", ["cat"], {"cat": ["kitty"]})
+
+
+def test_zero_shot_on_digits_is_near_chance_and_says_why():
+    digits = load_folder(ROOT / "assets/samples/digits")
+    done = run_to_end(digits, TrainConfig(mode="zero-shot"))
+    assert done.status == "completed"
+    assert done.result.val_accuracy <= 0.4  # 5 classes: chance is 20 %
+    assert "ImageNet has no class for 0, 1, 2, 3" in done.reason  # ("4" reads as "four-poster" bed)
+
+
+def test_compare_puts_zero_shot_first_once_per_study():
+    from tlcore.compare import plan
+
+    runs = plan(["few-shot", "zero-shot"], TrainConfig(), shots=[1, 5])
+    assert [r.label for r in runs] == ["zero-shot @ 0/class", "few-shot @ 1/class", "few-shot @ 5/class"]
