@@ -10,18 +10,6 @@ st.title("7 · Export and projects")
 explain("A trained model is just numbers. Download them with a description of how to feed images in, and use the "
         "model anywhere: in Python, or through TorchScript and ONNX in apps that do not use Python.")
 
-SNIPPET = '''import tlcore  # this app's engine: pip install -r requirements.txt
-
-run = tlcore.load_run("{folder}")  # the unzipped download
-with open("photo.jpg", "rb") as f:
-    image = tlcore.decode_image("photo.jpg", f.read())
-prediction = tlcore.predict(run.model, [image], run.classes, run.preprocess)[0]
-print(prediction.label, prediction.confidence)
-
-# Without tlcore: TorchScript (or ONNX) takes [N, 3, {size}, {size}] floats in [0, 1], centre-cropped
-import torch
-model = torch.jit.load("model.torchscript.pt")
-'''
 
 runs = proj.finished_runs()
 if not runs:
@@ -57,7 +45,18 @@ else:
     if msg := st.session_state.pop("export_msg", None):
         st.info(msg, icon=":material/verified:")
     spec = tlcore.get_backbone_spec(record.config.backbone)
-    st.code(SNIPPET.format(folder=record.id, size=spec.preprocess.input_size), language="python")
+    st.code(tlcore.USAGE.format(folder=record.id, size=spec.preprocess.input_size), language="python")
+    with st.container(border=True):
+        st.markdown("**A report to hand out**: one HTML file with the data, the strategy, the curves, the "
+                    "per-class results, examples right and wrong, the comparisons and this model card. It opens "
+                    "in any browser, offline.")
+        if st.button("Make the report", key="export_report", icon=":material/summarize:"):
+            with st.spinner("Writing the report…"):
+                st.session_state["export_report_html"] = (record.id, tlcore.report_html(proj, record))
+        made = st.session_state.get("export_report_html")
+        if made and made[0] == record.id:
+            st.download_button("Download the report (.html)", made[1].encode(), f"{record.id}-report.html",
+                               "text/html", icon=":material/download:", key="export_report_dl", type="primary")
 
 st.subheader("Load a saved run")
 upload = st.file_uploader("A run .zip downloaded from this page", type=["zip"], key="export_load")

@@ -15,6 +15,7 @@ here (a test holds the pages to it). Modules, one job each:
 * ``compare``    strategies side by side on one split, embedding maps;
 * ``profile``    measured speed, epoch-time estimates;
 * ``project``    a user's saved work (images, settings, runs) and the live projects of a server;
+* ``report``     a self-contained HTML report of a run;
 * ``cli``, ``bench``.
 """
 from .backbones import (DEFAULT_BACKBONE, BackboneSpec, Body, Preprocess, create_body, ensure_weights,
@@ -32,6 +33,7 @@ from .profile import SpeedProfile, estimate_epoch_seconds, estimate_run_seconds,
 from .runner import JobHandle, JobSnapshot, JobSpec, LocalRunner, Runner, get_runner, set_runner
 from .project import (PROJECTS, Project, RunRecord, describe, embedding_map, export_model, familiarity, import_run,
                       model_card, run_archive, validation_report)
+from .report import USAGE, report_html
 from .zeroshot import mapping_method, suggest_mapping, unmapped
 from .train import (FEATURES, FROZEN_BODY_MODES, MODES, BatchEnd, EpochEnd, Event, Progress, RunFinished, RunResult, TrainConfig,
                     frozen_body, run_to_end, train)
@@ -49,6 +51,8 @@ __all__ = [
     # model and training
     "FEATURES", "FROZEN_BODY_MODES", "MODES", "BatchEnd", "EpochEnd", "Event", "Progress", "RunFinished", "RunResult", "TrainConfig",
     "TransferModel", "build_model", "count_params", "freeze", "run_to_end", "train",
+    # the stakeholder report
+    "USAGE", "report_html",
     # zero-shot
     "mapping_method", "suggest_mapping", "unmapped",
     # evaluation

@@ -1,4 +1,4 @@
-"""Command line: ``python -m tlcore {backbones,train,evaluate,predict,compare,cert}``.
+"""Command line: ``python -m tlcore {backbones,train,evaluate,predict,compare,report,cert}``.
 
 Progress goes to stderr; results go to stdout as JSON (the last line of ``train``). A user
 error prints one line, ``error: ...``, and exits with status 2; never a traceback.
@@ -173,6 +173,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import report_for_folder
+
+    out = Path(args.out or Path(args.run_dir) / "report.html")
+    out.write_text(report_for_folder(Path(args.run_dir), Path(args.data) if args.data else None), encoding="utf-8")
+    print(f"Wrote {out} (self-contained: open it in any browser, no network needed).", file=sys.stderr)
+    _emit({"report": str(out), "bytes": out.stat().st_size})
+    return 0
+
+
 def cmd_cert(args: argparse.Namespace) -> int:
     from .certs import local_names, make_certificate
 
@@ -226,6 +236,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--shots", default="", help="comma-separated images per class, e.g. 1,5,10,all")
     training_args(c)
     c.set_defaults(fn=cmd_compare)
+    rp = sub.add_parser("report", help="a self-contained HTML report of a run, to hand to a stakeholder")
+    rp.add_argument("run_dir")
+    rp.add_argument("--data", help="the DATA it was trained on (a run of an app project finds its own images)")
+    rp.add_argument("--out", help="output file (default: RUN_DIR/report.html)")
+    rp.set_defaults(fn=cmd_report)
     ce = sub.add_parser("cert", help="make a self-signed HTTPS certificate for this machine (cameras on a LAN)")
     ce.add_argument("--out", default=".", help="folder for tls-cert.pem and tls-key.pem")
     ce.add_argument("--host", action="append", help="a name or address students use (repeatable; default: all)")

@@ -254,8 +254,12 @@ class Project:
     @classmethod
     def open(cls, name: str) -> Project:
         """Reopen a saved project; runs that were training when the server stopped become interrupted."""
-        name = check_project_name(name)
-        folder = projects_root() / name
+        return cls.read(projects_root() / check_project_name(name))
+
+    @classmethod
+    def read(cls, folder: Path) -> Project:
+        """A saved project from its folder (wherever it is: ``open`` reads those of this server)."""
+        name = folder.name
         try:
             manifest = json.loads((folder / "project.json").read_text())
         except FileNotFoundError:

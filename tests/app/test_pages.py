@@ -91,6 +91,10 @@ def test_main_flow_sample_train_evaluate_test_export():
     at.button(key="export_build_torchscript").click().run()
     assert "matches the app's model" in texts(at.info)
     assert len(at.get("download_button")) == 2
+    at.button(key="export_report").click().run()  # the stakeholder report: one self-contained HTML file
+    assert not at.exception and len(at.get("download_button")) == 3
+    record_id, page = at.session_state["export_report_html"]
+    assert page.startswith("<!doctype html>") and "Some it got wrong" in page and "<script src=" not in page
 
 
 def test_data_page_uploads_classes_zip_and_rejections():
