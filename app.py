@@ -8,6 +8,8 @@ st.set_page_config(page_title="Transfer Learning Studio", page_icon=":material/s
 proj = project()
 files = [f for f in PAGES if f in VIEW_PAGES] if read_only() else list(PAGES)  # read-only: look and test only
 pages = [st.Page(f, title=PAGES[f][0], icon=PAGES[f][1], default=i == 0) for i, f in enumerate(files)]
+if not read_only():
+    pages = {"Steps": pages, "Class": [st.Page("pages/teacher.py", title="Teacher", icon=":material/school:")]}
 page = st.navigation(pages)
 st.session_state["_page"] = page.url_path
 with st.sidebar:

@@ -2,7 +2,8 @@
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages.common import explain, project, require_run
+import tlcore
+from pages.common import explain, project, read_only, require_run
 from tlcore import thumbnail
 from tlcore import validation_report
 
@@ -12,6 +13,25 @@ explain("These figures use only the **validation** images, held out from trainin
         "the model put in a class, how many belong there. **Recall**: of a class's images, how many it found. The "
         "**confusion matrix** shows which classes it mixes up.")
 record = require_run(proj)
+if not read_only() and (challenge := tlcore.current_challenge()) is not None:
+    with st.container(border=True):
+        st.markdown(f":material/emoji_events: **Class challenge: {challenge.name}.** Enter this model: it is scored "
+                    f"on the teacher's hidden images of {', '.join(challenge.classes)} (you never see them), and "
+                    "your score goes on the class leaderboard.")
+        with st.form("evaluate_challenge", border=False):
+            a, b = st.columns([3, 1], vertical_alignment="bottom")
+            student = a.text_input("Your name on the leaderboard", key="evaluate_student", max_chars=40)
+            if b.form_submit_button("Enter this model", icon=":material/flag:"):
+                try:
+                    with st.spinner("Scoring on the hidden images…"):
+                        entry = challenge.enter(proj, record, student)
+                    board = [(e.project, e.run_id) for e in tlcore.current_challenge().leaderboard()]
+                    recalls = ", ".join(f"{c}: {r:.0%}" for c, r in entry.recall.items())
+                    st.success(f"Entered: **{entry.accuracy:.0%}** of the hidden images right ({recalls}). Rank "
+                               f"{1 + board.index((entry.project, entry.run_id))} of {len(board)}.",
+                               icon=":material/emoji_events:")
+                except tlcore.TLError as e:
+                    st.error(str(e), icon=":material/error:")
 report = validation_report(proj, record)
 if report is None:
     st.info("This run has no validation images (every class had one image, or the validation share was 0). "

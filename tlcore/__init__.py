@@ -16,6 +16,7 @@ here (a test holds the pages to it). Modules, one job each:
 * ``profile``    measured speed, epoch-time estimates;
 * ``project``    a user's saved work (images, settings, runs) and the live projects of a server;
 * ``report``     a self-contained HTML report of a run;
+* ``challenge``  the teacher's hidden test set and the class leaderboard;
 * ``cli``, ``bench``.
 """
 from .backbones import (DEFAULT_BACKBONE, BackboneSpec, Body, Preprocess, create_body, ensure_weights,
@@ -33,6 +34,7 @@ from .profile import SpeedProfile, estimate_epoch_seconds, estimate_run_seconds,
 from .runner import JobHandle, JobSnapshot, JobSpec, LocalRunner, Runner, get_runner, set_runner
 from .project import (PROJECTS, Project, RunRecord, describe, embedding_map, export_model, familiarity, import_run,
                       model_card, run_archive, validation_report)
+from .challenge import Challenge, Entry, create_challenge, current_challenge
 from .report import USAGE, report_html
 from .zeroshot import mapping_method, suggest_mapping, unmapped
 from .train import (FEATURES, FROZEN_BODY_MODES, MODES, BatchEnd, EpochEnd, Event, Progress, RunFinished, RunResult, TrainConfig,
@@ -51,6 +53,8 @@ __all__ = [
     # model and training
     "FEATURES", "FROZEN_BODY_MODES", "MODES", "BatchEnd", "EpochEnd", "Event", "Progress", "RunFinished", "RunResult", "TrainConfig",
     "TransferModel", "build_model", "count_params", "freeze", "run_to_end", "train",
+    # the class challenge
+    "Challenge", "Entry", "create_challenge", "current_challenge",
     # the stakeholder report
     "USAGE", "report_html",
     # zero-shot

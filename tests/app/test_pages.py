@@ -425,3 +425,63 @@ def test_numeric_long_and_non_ascii_class_names_chart_cleanly():
         assert layout[axis]["type"] == "category", page
         shown = {str(v) for trace in charts[0]["data"] for v in trace.get(axis[0], [])}
         assert {n.strip() for n in shown} >= {"7", "0"}, shown
+
+
+def test_teacher_page_is_off_without_a_password_and_locked_with_one(monkeypatch):
+    monkeypatch.delenv("TLS_TEACHER_PASSWORD", raising=False)
+    at = new_app()
+    at.switch_page("pages/teacher.py").run()
+    assert "TLS_TEACHER_PASSWORD" in texts(at.info) and not at.dataframe and not at.get("file_uploader")
+    monkeypatch.setenv("TLS_TEACHER_PASSWORD", "s3cret")
+    at.run()
+    at.text_input(key="teacher_password").set_value("guess")
+    at.button[0].click().run()
+    assert "not the teacher password" in texts(at.error) and not at.get("file_uploader")
+
+
+def test_class_challenge_from_hidden_set_to_leaderboard(monkeypatch):
+    from tests.engine.test_challenge import hidden_zip
+
+    monkeypatch.setenv("TLS_TEACHER_PASSWORD", "s3cret")
+    teacher = new_app()
+    teacher.switch_page("pages/teacher.py").run()
+    teacher.text_input(key="teacher_password").set_value("s3cret")
+    teacher.button[0].click().run()
+    assert not teacher.exception and "No challenge yet" in texts(teacher.info)
+    teacher.text_input(key="teacher_ch_name").set_value("Digits 0 or 1")
+    teacher.file_uploader(key="teacher_ch_zip").set_value(("hidden.zip", hidden_zip(("0", "1")), "application/zip"))
+    next(b for b in teacher.button if "Start the challenge" in str(b.label)).click().run()
+    assert not teacher.exception and "is open" in texts(teacher.success)
+    teacher.run()
+    assert "Digits 0 or 1" in " ".join(h.value for h in teacher.subheader)
+
+    student = with_sample(new_app())  # digits 0-4: has classes "0" and "1"
+    student.switch_page("pages/train.py").run()
+    student.button(key="train_start").click().run()
+    wait_for(student, lambda a: "the best epoch" in texts(a.success))
+    student.switch_page("pages/evaluate.py").run()
+    assert "Class challenge: Digits 0 or 1" in texts(student.markdown)
+    student.text_input(key="evaluate_student").set_value("Ada")
+    next(b for b in student.button if "Enter this model" in str(b.label)).click().run()
+    assert not student.exception and "Rank 1 of 1" in texts(student.success)
+    teacher.run()
+    board = teacher.dataframe[0].value
+    assert list(board["student"]) == ["Ada"] and "feature extraction" in board["strategy"][0]
+    assert any(student.session_state["tls_project"].name in m.value for m in teacher.markdown)  # projects listed
+
+
+def test_teacher_stops_a_run_that_hogs_the_server(monkeypatch):
+    monkeypatch.setenv("TLS_TEACHER_PASSWORD", "s3cret")
+    student = with_sample(new_app())
+    student.switch_page("pages/train.py").run()
+    student.number_input(key="train_epochs").set_value(500).run()
+    student.button(key="train_start").click().run()
+    teacher = new_app()
+    teacher.switch_page("pages/teacher.py").run()
+    teacher.text_input(key="teacher_password").set_value("s3cret")
+    teacher.button[0].click().run()
+    stop = [b for b in teacher.button if str(b.key).startswith("teacher_stop_")]
+    assert len(stop) == 1
+    stop[0].click().run()
+    wait_for(student, lambda a: "Stopped" in texts(a.success) + texts(a.warning) + texts(a.info))
+    assert student.session_state["tls_project"].runs[-1].status == "stopped"

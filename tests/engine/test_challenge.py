@@ -1,0 +1,76 @@
+"""The class challenge: scored on hidden images only, class names matched case-insensitively."""
+from __future__ import annotations
+
+import io
+import threading
+import zipfile
+
+import pytest
+
+import tlcore
+from tlcore import Project, TrainConfig, create_challenge, current_challenge
+from tests.conftest import COLORS, class_files, png_bytes
+
+
+def hidden_zip(classes=("CLASS0", "Class1"), n: int = 6) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for c, name in enumerate(classes):
+            for i in range(n):
+                z.writestr(f"{name}/h{i}.png", png_bytes(COLORS[c], seed=9000 + 10 * c + i))
+    return buf.getvalue()
+
+
+def trained(name: str, classes: int = 2) -> tuple[Project, tlcore.RunRecord]:
+    proj = Project(name)
+    proj.images.add(class_files(8, classes))
+    result = tlcore.run_to_end(proj.images, TrainConfig(backbone="tiny-test", epochs=15, lr=0.05)).result
+    record = tlcore.RunRecord("run-001", "tiny", result.config, "completed", result=result)
+    proj.runs.append(record)
+    return proj, record
+
+
+def test_an_entry_is_scored_on_the_hidden_images_with_case_insensitive_names():
+    challenge = create_challenge("Colours", hidden_zip())
+    assert challenge.classes == ["CLASS0", "Class1"] and challenge.counts == {"CLASS0": 6, "Class1": 6}
+    proj, record = trained("alice-project")
+    entry = challenge.enter(proj, record, "  Alice  ")
+    assert entry.student == "Alice" and entry.accuracy == 1.0 and set(entry.recall) == {"CLASS0", "Class1"}
+    assert entry.train_images == len(record.result.train_indices) and entry.mode == "feature-extraction"
+    again = challenge.enter(proj, record, "Alice")  # the same run again: replaces, not duplicates
+    board = current_challenge().leaderboard()
+    assert len(board) == 1 and board[0] == again
+    # Nothing about the hidden images reaches a project: only the scores come back.
+    assert not any(i.name.startswith("h") for i in proj.images.items)
+
+
+def test_a_run_missing_a_class_is_told_which():
+    challenge = create_challenge("Three colours", hidden_zip(("class0", "class1", "class2")))
+    proj, record = trained("bob-project", classes=2)
+    with pytest.raises(tlcore.TLError, match="no class for class2"):
+        challenge.enter(proj, record, "Bob")
+    with pytest.raises(tlcore.TLError, match="name"):
+        challenge.enter(proj, record, "   ")
+
+
+def test_entries_of_many_sessions_at_once_are_all_kept():
+    challenge = create_challenge("Race", hidden_zip())
+    entries = [trained(f"p{k}") for k in range(4)]
+    threads = [threading.Thread(target=current_challenge().enter, args=(p, r, f"student {k}"))
+               for k, (p, r) in enumerate(entries)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(e.student for e in current_challenge().leaderboard()) == [f"student {k}" for k in range(4)]
+    assert current_challenge().id == challenge.id
+
+
+def test_a_bad_hidden_set_is_refused():
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("only/a.png", png_bytes(COLORS[0]))
+    with pytest.raises(tlcore.TLError, match="at least two classes"):
+        create_challenge("One class", buf.getvalue())
+    with pytest.raises(tlcore.TLError):
+        create_challenge("Not a zip", b"hello")

@@ -1,0 +1,131 @@
+"""A class challenge: the teacher's hidden test set, students' entries, a leaderboard.
+
+The hidden images live under ``<home>/challenges/<id>/`` (the uploaded zip, checked as every zip is),
+apart from every project. Students never see them: an entry is scored on the server and only the
+scores come back (accuracy and per-class recall). Class names match case-insensitively; a run that
+lacks one of the challenge's classes is told which.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .backbones import get_backbone_spec
+from .checkpoint import atomic_write
+from .data import ImageItem, ImageSet, load_zip
+from .errors import TLError
+from .evaluate import evaluate
+from .project import Project, RunRecord, describe, projects_root
+
+_LOCK = threading.Lock()
+_HIDDEN: dict[str, ImageSet] = {}  # challenge id -> its decoded hidden images (loaded once)
+
+
+@dataclass(frozen=True)
+class Entry:
+    student: str
+    project: str  # the project's name (never its key: the board is public)
+    run_id: str
+    strategy: str
+    mode: str
+    train_images: int
+    accuracy: float
+    recall: dict[str, float]
+    entered: float = field(default_factory=time.time)
+
+
+@dataclass
+class Challenge:
+    id: str
+    name: str
+    classes: list[str]
+    counts: dict[str, int]
+    created: float
+    entries: list[Entry] = field(default_factory=list)
+
+    @property
+    def folder(self) -> Path:
+        return challenges_root() / self.id
+
+    def leaderboard(self) -> list[Entry]:
+        """Best accuracy first; at equal accuracy, the entry that needed fewer training images."""
+        return sorted(self.entries, key=lambda e: (-e.accuracy, e.train_images, e.entered))
+
+    def _save(self) -> None:
+        data = {**asdict(self), "entries": [asdict(e) for e in self.entries]}
+        atomic_write(self.folder / "challenge.json", lambda p: Path(p).write_text(json.dumps(data, indent=1)))
+
+    def hidden(self) -> ImageSet:
+        with _LOCK:
+            if self.id not in _HIDDEN:
+                _HIDDEN[self.id] = load_zip((self.folder / "hidden.zip").read_bytes())
+            return _HIDDEN[self.id]
+
+    def enter(self, project: Project, record: RunRecord, student: str) -> Entry:
+        """Score a finished run on the hidden images and put it on the board (again: it replaces the
+        student's earlier entry of the same run)."""
+        student = " ".join(student.split())[:40]
+        if not student:
+            raise TLError("Type a name for the leaderboard first.")
+        result = record.result
+        if result is None:
+            raise TLError("This run has no trained model to enter.")
+        own = {c.lower(): c for c in result.classes}
+        missing = [c for c in self.classes if c.lower() not in own]
+        if missing:
+            raise TLError(f"Your model has no class for {', '.join(missing)}: the challenge's classes are "
+                          f"{', '.join(self.classes)}. Name your classes the same (capitals do not matter).")
+        hidden = self.hidden()
+        items = [ImageItem(i.name, own[i.label.lower()], i.digest, i.pixels) for i in hidden.items]
+        ev = evaluate(result.model, ImageSet(items, (), list(result.classes)), result.classes,
+                      get_backbone_spec(result.config.backbone).preprocess)
+        recall = {c: r for c, _, r, support in ev.precision_recall() if support}
+        entry = Entry(student, project.name, record.id, describe(result.config), result.config.mode,
+                      len(result.train_indices), ev.accuracy,
+                      {c: recall.get(own[c.lower()], 0.0) for c in self.classes})
+        with _LOCK:  # entries of other sessions made meanwhile are on disk: merge with those
+            self.entries = [e for e in _read(self.folder).entries
+                            if (e.project, e.run_id) != (project.name, record.id)] + [entry]
+            self._save()
+        return entry
+
+
+def challenges_root() -> Path:
+    root = projects_root().parent / "challenges"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def create_challenge(name: str, zip_bytes: bytes) -> Challenge:
+    """A new challenge from a zip of class folders; it becomes the current one."""
+    name = " ".join(name.split())[:60]
+    if not name:
+        raise TLError("Give the challenge a name.")
+    hidden = load_zip(zip_bytes)
+    counts = {c: n for c, n in hidden.counts().items() if n}
+    if len(counts) < 2:
+        raise TLError("A challenge needs hidden images of at least two classes (one folder per class in the zip).")
+    challenge = Challenge(f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}", name, list(counts), counts,
+                          time.time())
+    challenge.folder.mkdir(parents=True)
+    atomic_write(challenge.folder / "hidden.zip", lambda p: Path(p).write_bytes(zip_bytes))
+    with _LOCK:
+        _HIDDEN[challenge.id] = hidden
+        challenge._save()
+    return challenge
+
+
+def current_challenge() -> Challenge | None:
+    """The newest challenge on this server, or None."""
+    folders = sorted(p for p in challenges_root().iterdir() if (p / "challenge.json").exists())
+    return _read(folders[-1]) if folders else None
+
+
+def _read(folder: Path) -> Challenge:
+    data = json.loads((folder / "challenge.json").read_text())
+    data["entries"] = [Entry(**e) for e in data.get("entries", [])]
+    return Challenge(**data)
