@@ -35,12 +35,16 @@ class TransferModel(nn.Module):
         return self.head(self.features(x))
 
 
-def build_model(backbone: str, num_classes: int, pretrained: bool = True) -> TransferModel:
-    """A new model: the backbone (ImageNet weights, or random when not ``pretrained``) and a fresh head."""
+def build_model(backbone: str, num_classes: int, pretrained: bool = True, seed: int | None = None) -> TransferModel:
+    """A new model: the backbone (ImageNet weights, or random when not ``pretrained``) and a fresh head,
+    initialised from ``seed`` when given (whether or not getting the pretrained body drew random numbers)."""
     from .backbones import get_backbone_spec
 
     spec = get_backbone_spec(backbone)
-    model = TransferModel(create_body(backbone, pretrained=pretrained), num_classes, spec.preprocess)
+    body = create_body(backbone, pretrained=pretrained)
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = TransferModel(body, num_classes, spec.preprocess)
     return model.to(memory_format=CHANNELS_LAST)
 
 

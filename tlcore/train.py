@@ -398,6 +398,7 @@ def _prefix_plan(model: TransferModel, data: ImageSet, train_idx: list[int], val
     if views < 1:
         return _pixel_plan(model, data, cfg, device)
     augment = _augmenter(stack.shape[-1]) if cfg.augment else None
+    torch.manual_seed(cfg.seed + 1)  # the views do not depend on whether the prefix was exported just now
     jobs = [(val_idx, None)] + [(train_idx, v) for v in range(views)]
     total = len(val_idx) + views * len(train_idx)
     cache = torch.empty((total, *probe.shape[1:]), dtype=torch.float16)
@@ -456,10 +457,12 @@ def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool]
         model = zero_shot_model(cfg.backbone, data.classes, cfg.zero_shot_map)
         model.head.to(device)
     elif frozen:  # the body never changes: share one pretrained copy (it stays on the CPU; the runtime runs it)
-        model = TransferModel(frozen_body(cfg.backbone), len(data.classes), spec.preprocess)
+        body = frozen_body(cfg.backbone)  # built once per process: it may or may not draw random numbers now
+        torch.manual_seed(cfg.seed)  # so the new head starts the same wherever and whenever the run trains
+        model = TransferModel(body, len(data.classes), spec.preprocess)
         model.head.to(device)
     else:
-        model = build_model(cfg.backbone, len(data.classes), pretrained=cfg.mode != "scratch")
+        model = build_model(cfg.backbone, len(data.classes), pretrained=cfg.mode != "scratch", seed=cfg.seed)
         model.to(device)
     freeze(model, depth)
 
@@ -488,6 +491,9 @@ def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool]
     num_batches = math.ceil(len(train_idx) / batch_size)
     total_batches = num_batches * cfg.epochs
     g = torch.Generator().manual_seed(cfg.seed)
+    # Dropout and augmentation draw from the global generator, which getting the features may or may not
+    # have used (a cache hit does not): seed it here, so a seed gives one result wherever the run trains.
+    torch.manual_seed(cfg.seed)
     history: list[EpochEnd] = []
     best_state: dict[str, torch.Tensor] | None = None
     best_key: tuple[float, float] | None = None

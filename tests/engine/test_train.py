@@ -221,3 +221,24 @@ def test_augmented_views_are_a_fixed_pool_within_the_budget(tiny_set, monkeypatc
     assert "(2 views)" in run_to_end(tiny_set, cfg).result.how
     with pytest.raises(tlcore.TLError, match="views"):
         TrainConfig(augment_views=0).validate()
+
+
+def test_a_seed_gives_one_result_whether_or_not_the_process_has_trained_before():
+    """The first run of a process builds and exports the pretrained body (drawing random numbers); later
+    runs find it cached. Both must start the head, the views and dropout the same (found via Ray)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = """
+from tlcore import ImageSet, TrainConfig, run_to_end
+from tests.conftest import class_files
+s = ImageSet(); s.add(class_files(8, 3))
+for mode in ("feature-extraction", "fine-tune", "scratch"):
+    cfg = TrainConfig(backbone="tiny-test", epochs=2, lr=0.05, mode=mode)
+    a, b = ([e.train_loss for e in run_to_end(s, cfg).result.history] for _ in range(2))
+    assert a == b, (mode, a, b)
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
