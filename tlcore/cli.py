@@ -95,18 +95,49 @@ def cmd_train(args: argparse.Namespace) -> int:
     config.validate()
     imageset = load_data(args.data)
     _report_rejected(imageset)
-    finished = run_to_end(imageset, config, _Bar())
-    if finished.result is None:
-        raise TLError(f"Training {finished.status}: {finished.reason}")
-    r = finished.result
-    save_run(r, args.out, finished.status)
-    _emit({"status": finished.status, "reason": finished.reason, "val_accuracy": r.val_accuracy,
+    if args.runner == "ray":
+        from .compare import shared_split
+
+        [(finished, r)] = _on_ray(imageset, [(args.out, config)], shared_split(imageset, config))
+    else:
+        finished = run_to_end(imageset, config, _Bar())
+        if finished.result is None:
+            raise TLError(f"Training {finished.status}: {finished.reason}")
+        r = finished.result
+        save_run(r, args.out, finished.status)
+    _emit({"runner": args.runner, "status": finished.status, "reason": finished.reason, "val_accuracy": r.val_accuracy,
            "train_seconds": round(r.train_seconds, 3), "num_images": r.num_images, "classes": list(r.classes),
            "mode": config.mode, "backbone": config.backbone, "freeze_depth": r.freeze_depth,
            "best_epoch": r.best_epoch, "epochs_run": len(r.history), "trainable_params": r.trainable_params,
            "runtime": r.runtime, "how": r.how,
            "rejected": len(imageset.rejected), "run_dir": str(Path(args.out).resolve())})
     return 0 if finished.status != "failed" else 1
+
+
+def _on_ray(imageset, jobs: list[tuple[str, object]], split) -> list[tuple[object, object]]:
+    """Run ``(out folder, config)`` jobs on Ray (``TLS_RAY_ADDRESS``, default a local instance), all
+    submitted at once (they run side by side as far as the cluster has room); returns each job's
+    ``(RunFinished, RunResult)``, the result loaded from the folder the run was copied into."""
+    from .checkpoint import lazy_result
+    from .ray_runner import RayRunner
+    from .runner import JobSpec
+
+    runner = RayRunner(os.environ.get("TLS_RAY_ADDRESS", "local"))
+    handles = [runner.submit(JobSpec(Path(out).name, "cli", imageset, config, split, Path(out).resolve()))
+               for out, config in jobs]
+    bar = tqdm(total=len(handles), desc="runs on Ray", file=sys.stderr, leave=False)
+    for h in handles:
+        h.join()
+        bar.update()
+    bar.close()
+    out = []
+    for (folder, _), h in zip(jobs, handles):
+        finished = h.snapshot().finished
+        if finished is None or not (Path(folder) / "model.safetensors").exists():
+            raise TLError(f"Training on Ray {finished.status if finished else 'ended'}: "
+                          f"{finished.reason if finished else 'no result'}")
+        out.append((finished, lazy_result(folder)))
+    return out
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -163,12 +194,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
         shots = available_shots(imageset, split, wanted)
     runs = plan(args.strategies.split(","), base, shots)
     rows = []
-    bars = {r.label: _Bar(f"[{r.label}] ") for r in runs}
-    for run, event in run_plan(imageset, runs, split):
-        bars[run.label](event)
-        if isinstance(event, RunFinished):
-            rows.append(summary_row(run, event))
-    _emit({"backbone": base.backbone, "epochs": base.epochs, "seed": base.seed, "num_images": len(imageset),
+    if args.runner == "ray":  # every run at once, each timed in its own worker
+        import tempfile
+
+        tmp = Path(tempfile.mkdtemp(prefix="tls-compare-"))
+        done = _on_ray(imageset, [(str(tmp / f"run{k}"), r.config) for k, r in enumerate(runs)], split)
+        rows = [summary_row(run, RunFinished(f.status, f.reason, result)) for run, (f, result) in zip(runs, done)]
+    else:
+        bars = {r.label: _Bar(f"[{r.label}] ") for r in runs}
+        for run, event in run_plan(imageset, runs, split):
+            bars[run.label](event)
+            if isinstance(event, RunFinished):
+                rows.append(summary_row(run, event))
+    _emit({"runner": args.runner, "backbone": base.backbone, "epochs": base.epochs, "seed": base.seed, "num_images": len(imageset),
            "classes": imageset.classes, "val_size": len(split[1]), "runs": rows})
     return 0
 
@@ -214,6 +252,8 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--no-augment", action="store_true", help="no flips/crops/colour jitter")
         q.add_argument("--augment-views", type=int, default=4,
                        help="fine-tune with frozen stages: augmented views per image, computed once")
+        q.add_argument("--runner", choices=["local", "ray"], default="local",
+                       help="ray: train on Ray (TLS_RAY_ADDRESS, default a local Ray instance)")
 
     t = sub.add_parser("train", help="train a classifier on DATA (a class-per-folder directory or a zip)")
     t.add_argument("data")

@@ -194,12 +194,33 @@ def _transportable(event: Event) -> Event:
     return event
 
 
+def run_job(spec: JobSpec, should_stop: Callable[[], bool], emit: Callable[[Event], None]) -> None:
+    """Train one job where this runs (a worker process, a Ray actor): best epochs checkpointed and the
+    finished run saved into ``spec.folder``, events without models passed to ``emit``. Never raises:
+    a failure ends the job as failed, with the reason."""
+    from .checkpoint import Checkpointer, save_run
+    from .train import train
+
+    try:
+        checkpoint = Checkpointer(spec.folder, spec.config, list(spec.images.classes), spec.meta)
+        for event in train(spec.images, spec.config, should_stop, split=spec.split):
+            checkpoint(event)
+            if isinstance(event, RunFinished):
+                if event.result is not None:
+                    save_run(event.result, spec.folder, event.status, spec.meta)
+                else:
+                    checkpoint.flush()
+            emit(_transportable(event))
+            if isinstance(event, RunFinished):
+                return
+    except Exception as e:  # the worker survives a failed job
+        log.error("job %s failed: %s", spec.name, traceback.format_exc())
+        emit(RunFinished("failed", f"Training failed unexpectedly: {type(e).__name__}: {e}"))
+
+
 def _worker_main(index: int, threads: int, inbox: mp.Queue, outbox: mp.Queue, stop_flags) -> None:
     """A worker process: takes jobs from ``inbox`` one at a time, sends ``(job id, event)`` to ``outbox``."""
     import torch
-
-    from .checkpoint import Checkpointer, save_run
-    from .train import train
 
     torch.set_num_threads(threads)
     try:  # warm up: the default backbone's pretrained body and its runtime, so a first run starts at once
@@ -221,22 +242,8 @@ def _worker_main(index: int, threads: int, inbox: mp.Queue, outbox: mp.Queue, st
         if message is None:
             return
         job_id, spec = message
-        try:
-            checkpoint = Checkpointer(spec.folder, spec.config, list(spec.images.classes), spec.meta)
-            should_stop = lambda: stop_flags[index] == job_id or orphaned()  # noqa: E731
-            for event in train(spec.images, spec.config, should_stop, split=spec.split):
-                checkpoint(event)
-                if isinstance(event, RunFinished):
-                    if event.result is not None:
-                        save_run(event.result, spec.folder, event.status, spec.meta)
-                    else:
-                        checkpoint.flush()
-                outbox.put((job_id, _transportable(event)))
-                if isinstance(event, RunFinished):
-                    break
-        except Exception as e:  # the worker survives a failed job
-            log.error("job %s failed: %s", job_id, traceback.format_exc())
-            outbox.put((job_id, RunFinished("failed", f"Training failed unexpectedly: {type(e).__name__}: {e}")))
+        run_job(spec, lambda: stop_flags[index] == job_id or orphaned(),  # noqa: B023
+                lambda event: outbox.put((job_id, event)))  # noqa: B023
         outbox.put(("idle", index, job_id))
 
 
@@ -479,11 +486,17 @@ _runner_lock = threading.Lock()
 
 
 def get_runner() -> Runner:
-    """The process's runner: ``LocalRunner`` unless a cluster runner is configured."""
+    """The process's runner: ``RayRunner`` when ``TLS_RAY_ADDRESS`` is set (an address, or ``local``),
+    else ``LocalRunner``. Without the variable nothing of Ray is imported."""
     global _RUNNER
     with _runner_lock:
         if _RUNNER is None:
-            _RUNNER = LocalRunner()
+            if address := os.environ.get("TLS_RAY_ADDRESS"):
+                from .ray_runner import RayRunner
+
+                _RUNNER = RayRunner(address)
+            else:
+                _RUNNER = LocalRunner()
         return _RUNNER
 
 

@@ -1,0 +1,116 @@
+"""The Ray runner on a real local Ray instance (127.0.0.1, 2 CPUs, started here and stopped after):
+same results as the local pool, Stop, a killed worker, the CLI, and the Train page showing a Ray run."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import tlcore
+from tlcore import ImageSet, TrainConfig, run_to_end, stratified_split
+from tlcore.checkpoint import lazy_result
+from tlcore.runner import JobSpec
+from tests.app.conftest import no_legacy_pages_mode  # noqa: F401  (the AppTest below needs it)
+from tests.conftest import ROOT, class_files
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -r requirements-cluster.txt)")
+
+
+@pytest.fixture(scope="module")
+def runner():
+    from tlcore.ray_runner import RayRunner
+
+    os.environ["TLS_RAY_CPUS"] = "2"
+    r = RayRunner("local")
+    yield r
+    ray.shutdown()
+    os.environ.pop("TLS_RAY_CPUS", None)
+
+
+def images() -> ImageSet:
+    s = ImageSet()
+    s.add(class_files(8, 3))
+    return s
+
+
+def spec(tmp_path: Path, config: TrainConfig, data: ImageSet | None = None) -> JobSpec:
+    data = data or images()
+    return JobSpec(tmp_path.name, "test", data, config, stratified_split(data.labels(), config.val_fraction,
+                                                                           config.seed), tmp_path / "run")
+
+
+def test_a_ray_run_matches_the_local_run_on_the_same_seed(runner, tmp_path):
+    config = TrainConfig(backbone="tiny-test", epochs=4, lr=0.05)
+    local = run_to_end(images(), config).result
+    job = runner.submit(spec(tmp_path, config))
+    assert job.join(120)
+    snap = job.snapshot()
+    assert snap.state == "completed", snap.finished
+    assert [e.epoch for e in snap.epochs] == [1, 2, 3, 4]  # the events streamed back
+    remote = lazy_result(tmp_path / "run")  # copied from the actor's node into the run folder
+    assert remote.val_accuracy == local.val_accuracy
+    assert [round(e.train_loss, 4) for e in remote.history] == [round(e.train_loss, 4) for e in local.history]
+
+
+def test_stop_ends_a_ray_run_within_a_batch_keeping_its_best_epoch(runner, tmp_path):
+    job = runner.submit(spec(tmp_path, TrainConfig(backbone="tiny-test", epochs=5000, mode="fine-tune")))
+    deadline = time.time() + 60
+    while not job.snapshot().epochs and time.time() < deadline:
+        time.sleep(0.1)
+    job.stop()
+    assert job.join(30)
+    snap = job.snapshot()
+    assert snap.state == "stopped" and "best epoch" in snap.finished.reason
+    assert lazy_result(tmp_path / "run").best_epoch >= 1
+
+
+def test_a_killed_ray_worker_fails_the_run_and_keeps_the_best_epoch(runner, tmp_path):
+    job = runner.submit(spec(tmp_path, TrainConfig(backbone="tiny-test", epochs=5000, mode="fine-tune")))
+    deadline = time.time() + 60
+    while not (tmp_path / "run" / "model.safetensors").exists() and time.time() < deadline:
+        time.sleep(0.1)  # a best epoch has been copied to the server
+    os.kill(runner.worker_pid(job), signal.SIGKILL)
+    assert job.join(90), "the page would hang"
+    snap = job.snapshot()
+    assert snap.state == "failed" and "was lost" in snap.finished.reason and "best epoch" in snap.finished.reason
+    kept = tlcore.load_run(tmp_path / "run")  # usable: it loads and predicts
+    assert kept.classes == ("class0", "class1", "class2")
+
+
+def test_the_cli_trains_on_ray(runner, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "tlcore", "train", str(ROOT / "assets/samples/faces"), "--out",
+                          str(tmp_path / "run"), "--backbone", "tiny-test", "--epochs", "2", "--runner", "ray"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "TLS_RAY_CPUS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["runner"] == "ray" and result["status"] == "completed" and result["epochs_run"] == 2
+
+
+def test_the_train_page_shows_a_ray_run_live(runner, no_legacy_pages_mode):  # noqa: F811
+    from tests.app.test_pages import new_app, texts, wait_for, with_sample
+
+    tlcore.set_runner(runner)
+    try:
+        at = with_sample(new_app())
+        at.switch_page("pages/train.py").run()
+        at.number_input(key="train_epochs").set_value(3).run()
+        at.button(key="train_start").click().run()
+        wait_for(at, lambda a: "the best epoch" in texts(a.success))
+        assert len(at.get("plotly_chart")) == 2
+        record = at.session_state["tls_project"].runs[-1]
+        assert record.status == "completed" and record.result.val_accuracy is not None
+    finally:
+        tlcore.set_runner(None)
+
+
+def test_without_the_variable_nothing_of_ray_is_imported():
+    code = "import sys, tlcore; tlcore.get_runner(); assert 'ray' not in sys.modules, 'ray imported'"
+    env = {k: v for k, v in os.environ.items() if k != "TLS_RAY_ADDRESS"}
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env).returncode == 0
