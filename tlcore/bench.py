@@ -17,7 +17,10 @@ taken in the same run, so that a busy or slow machine still gives comparable num
 5. peak resident memory of feature extraction at several dataset sizes (separate processes);
 6. app start-up time and the rerun time of the Data and Train pages with 500 images loaded
    (measured by ``tests/app_bench.py`` in its own process);
-7. evaluation of 500 images by a feature-extraction model, old torch path vs the runtime path.
+7. evaluation of 500 images by a feature-extraction model, old torch path vs the runtime path;
+8. a 4-run comparison (feature extraction, few-shot, fine-tune, from scratch on the bundled faces)
+   submitted at once to the local pool of 2 workers vs a local Ray instance with 2 CPUs: the cost
+   of Ray on one machine (skipped when Ray is not installed).
 """
 from __future__ import annotations
 
@@ -258,6 +261,49 @@ def finetune_old_vs_new(imageset: ImageSet, backbone: str, epochs: int) -> dict:
     return out
 
 
+def runner_comparison(quick: bool) -> dict:
+    """Seconds until a 4-run comparison submitted at once has finished, on each runner."""
+    import importlib.util
+    import tempfile
+
+    from .compare import plan, shared_split
+    from .runner import JobSpec, LocalRunner
+
+    data = load_folder(ROOT / "assets" / "samples" / "faces")
+    base = TrainConfig(backbone="tiny-test" if quick else DEFAULT_BACKBONE, epochs=1 if quick else 2)
+    runs = plan(["feature-extraction", "few-shot", "fine-tune", "scratch"], base)
+    split = shared_split(data, base)
+
+    def all_runs(runner) -> float:
+        tmp = Path(tempfile.mkdtemp(prefix="tls-bench-"))
+        start = time.perf_counter()
+        jobs = [runner.submit(JobSpec(r.label, f"o{k}", data, r.config, split, tmp / str(k)))
+                for k, r in enumerate(runs)]
+        for job in jobs:
+            job.join()
+        assert all(j.snapshot().state == "completed" for j in jobs), [j.snapshot().finished for j in jobs]
+        return time.perf_counter() - start
+
+    out = {}
+    local = LocalRunner(workers=2)
+    local.start()
+    all_runs(local)  # warm: workers started and the pretrained body exported
+    out["local_pool_seconds"] = all_runs(local)
+    local.shutdown()
+    if importlib.util.find_spec("ray") is not None:
+        import ray
+
+        from .ray_runner import RayRunner
+
+        with _env(TLS_RAY_CPUS="2"):
+            cluster = RayRunner("local")
+            all_runs(cluster)
+            out["ray_seconds"] = all_runs(cluster)
+        ray.shutdown()
+        out["ray_over_local"] = out["ray_seconds"] / out["local_pool_seconds"]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tlcore.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, for a CI smoke test")
@@ -356,6 +402,12 @@ def main(argv: list[str] | None = None) -> int:
     r["rss_mb_per_extra_image"] = per_image
     log(f"5. peak memory: {', '.join(f'{k} images {v:.0f} MB' for k, v in mem.items())} (target <= 3072 MB at "
         f"2000); growth {', '.join(f'{p:.2f}' for p in per_image)} MB/image")
+
+    rc = runner_comparison(q)
+    r["runners"] = rc
+    log(f"8. 4-run comparison submitted at once: local pool of 2 workers {rc['local_pool_seconds']:.1f} s" +
+        (f"; local Ray with 2 CPUs {rc['ray_seconds']:.1f} s ({rc['ray_over_local']:.2f}x)" if "ray_seconds" in rc
+         else "; Ray not installed"))
 
     app = app_figures(50 if q else 500)
     r["app_startup_seconds"], r["rerun_seconds"] = app["startup_seconds"], app["rerun_seconds"]
