@@ -121,8 +121,8 @@ def create_challenge(name: str, zip_bytes: bytes) -> Challenge:
 
 def current_challenge() -> Challenge | None:
     """The newest challenge on this server, or None."""
-    folders = sorted(p for p in challenges_root().iterdir() if (p / "challenge.json").exists())
-    return _read(folders[-1]) if folders else None
+    found = [_read(p) for p in challenges_root().iterdir() if (p / "challenge.json").exists()]
+    return max(found, key=lambda c: c.created, default=None)
 
 
 def _read(folder: Path) -> Challenge:
