@@ -15,7 +15,7 @@ explain("These figures use only the **validation** images, held out from trainin
 record = require_run(proj)
 if not read_only() and (challenge := tlcore.current_challenge()) is not None:
     with st.container(border=True):
-        st.markdown(f":material/emoji_events: **Class challenge: {challenge.name}.** Enter this model: it is scored "
+        st.markdown(f":material/emoji_events: **Class challenge: {challenge.name}** · Enter this model: it is scored "
                     f"on the teacher's hidden images of {', '.join(challenge.classes)} (you never see them), and "
                     "your score goes on the class leaderboard.")
         with st.form("evaluate_challenge", border=False):

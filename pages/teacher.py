@@ -68,24 +68,30 @@ with st.expander("New challenge", icon=":material/upload:", expanded=tlcore.curr
             except tlcore.TLError as e:
                 st.error(str(e), icon=":material/error:")
 
-st.subheader("Projects on this server")
-projects = [p for p in (PROJECTS.get(n) for n in PROJECTS.live()) if p is not None]
-if not projects:
-    st.info("No student has opened the app since the server started.")
-for proj in projects:
-    finished = [r for r in proj.finished_runs() if r.result.val_accuracy is not None]
-    best = max(finished, key=lambda r: r.result.val_accuracy, default=None)
-    counts = proj.images.counts()
-    with st.container(border=True):
-        a, b = st.columns([3, 2])
-        a.markdown(f"**{proj.name}** · {len(counts)} classes, {sum(counts.values())} images"
-                   + (f" ({', '.join(f'{c}: {n}' for c, n in counts.items())})" if counts else ""))
-        b.markdown("best: " + (f"{best.label} · **{best.result.val_accuracy:.0%}**" if best else "no model yet"))
-        for r in proj.active_runs():
-            snap = r.job.snapshot()
-            where = describe_snapshot(snap)[1]
-            c, d = st.columns([4, 1], vertical_alignment="center")
-            c.caption(f"{r.label}: {where}")
-            d.button("Stop", key=f"teacher_stop_{proj.name}_{r.id}", on_click=r.job.stop, icon=":material/stop:",
-                     help="Stops this run (its best epoch is kept) to free the server for others.")
+@st.fragment(run_every=3.0)
+def projects() -> None:
+    """Every project with images on this server, refreshed every 3 s: best run, runs training or queued."""
+    live = [p for p in (PROJECTS.get(n) for n in PROJECTS.live()) if p is not None]
+    shown = [p for p in live if len(p.images) or p.runs]
+    st.subheader("Projects on this server")
+    if not shown:
+        st.info("No student has added images yet.")
+    if len(live) > len(shown):
+        st.caption(f"…and {len(live) - len(shown)} open project(s) with nothing in them yet.")
+    for proj in shown:
+        finished = [r for r in proj.finished_runs() if r.result.val_accuracy is not None]
+        best = max(finished, key=lambda r: r.result.val_accuracy, default=None)
+        counts = proj.images.counts()
+        with st.container(border=True):
+            a, b = st.columns([3, 2])
+            a.markdown(f"**{proj.name}** · {len(counts)} classes, {sum(counts.values())} images"
+                       + (f" ({', '.join(f'{c}: {n}' for c, n in counts.items())})" if counts else ""))
+            b.markdown("best: " + (f"{best.label} · **{best.result.val_accuracy:.0%}**" if best else "no model yet"))
+            for r in proj.active_runs():
+                c, d = st.columns([4, 1], vertical_alignment="center")
+                c.caption(f"{r.label}: {describe_snapshot(r.job.snapshot())[1]}")
+                d.button("Stop", key=f"teacher_stop_{proj.name}_{r.id}", on_click=r.job.stop, icon=":material/stop:",
+                         help="Stops this run (its best epoch is kept) to free the server for others.")
 
+
+projects()

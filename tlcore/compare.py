@@ -22,10 +22,10 @@ DEFAULT_SHOTS = (1, 5, 10, 25, None)  # images per class; None = all
 
 STRATEGY_TITLES = {  # the ladder, from no training image to no pretraining
     "zero-shot": "Zero-shot (class names only: the backbone's ImageNet classes, no training image)",
+    "few-shot": "Few-shot prototypes (one mean per class, no training)",
     "feature-extraction": "Feature extraction (frozen backbone, new head)",
     "fine-tune": "Fine-tuning (pretrained start, upper stages trained)",
     "scratch": "From scratch (random start, everything trained)",
-    "few-shot": "Few-shot prototypes (one mean per class, no training)",
 }
 
 
