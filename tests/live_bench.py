@@ -1,9 +1,10 @@
 """Live camera benchmark: predictions per second in a real browser with a fake webcam, alone and
 while another training run (a fine-tune, in its own process) uses the CPU.
 
-    python -m tests.live_bench [--seconds 20]
+    python -m tests.live_bench [--seconds 20] [--sessions 1,3,6]
 
-Prints one JSON line. Needs Debian's chromium (as the browser tests do).
+Then the same with several sessions at once (each a browser tab of its own Streamlit session on the same
+model, as a class trying the teacher's model), predictions per second per session. Prints one JSON line. Needs Debian's chromium (as the browser tests do).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ def rate(page, seconds: float) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--sessions", default="3,6", help="numbers of sessions live at once, after the single one")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -60,6 +62,29 @@ def main() -> None:
             time.sleep(8)  # past its start-up, into its training epochs
             busy = rate(page, args.seconds)
             still = other.poll() is None
+            other.kill()
+            other = None
+            component(page).get_by_role("button", name="Stop").click()
+            together = {}
+            key = page.url.split("p=")[1].split("&")[0]
+            for n in (int(x) for x in args.sessions.split(",") if x):
+                pages = [b.new_page(viewport={"width": 1200, "height": 900}) for _ in range(n)]
+                for pg in pages:
+                    pg.set_default_timeout(120_000)
+                    pg.goto(f"{url}/test?p={key}")
+                    pg.get_by_text("Live camera: predictions as you move").click()
+                    component(pg).get_by_role("button", name="Start live prediction").click()
+                for pg in pages:
+                    component(pg).locator("body[data-predicted='0'], body[data-predicted='1']").wait_for()
+                starts = [int(component(pg).locator("body").get_attribute("data-ack") or 0) for pg in pages]
+                t0 = time.time()
+                pages[0].wait_for_timeout(args.seconds * 1000)
+                ends = [int(component(pg).locator("body").get_attribute("data-ack") or 0) for pg in pages]
+                per = [(e - s_) / (time.time() - t0) for s_, e in zip(starts, ends)]
+                together[n] = {"per_session_min": round(min(per), 2), "per_session_mean": round(sum(per) / n, 2),
+                               "total": round(sum(per), 1)}
+                for pg in pages:
+                    pg.close()
             b.close()
     finally:
         if other is not None:
@@ -67,7 +92,7 @@ def main() -> None:
         stop_app(proc)
     print(json.dumps({"predictions_per_s_alone": round(alone, 2),
                       "predictions_per_s_while_another_run_trains": round(busy, 2),
-                      "other_run_was_still_training": still}))
+                      "other_run_was_still_training": still, "sessions_at_once": together}))
 
 
 if __name__ == "__main__":
