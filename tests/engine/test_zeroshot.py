@@ -87,3 +87,12 @@ def test_compare_puts_zero_shot_first_once_per_study():
 
     runs = plan(["few-shot", "zero-shot"], TrainConfig(), shots=[1, 5])
     assert [r.label for r in runs] == ["zero-shot @ 0/class", "few-shot @ 1/class", "few-shot @ 5/class"]
+
+
+def test_without_the_sentence_model_names_match_by_words(monkeypatch):
+    from tlcore import zeroshot
+
+    monkeypatch.setattr(zeroshot, "_embedder", lambda: None)
+    m = suggest_mapping(["cats", "Coffee", "7"])
+    assert "tiger cat" in m["cats"] and "coffee mug" in m["Coffee"] and m["7"] == []
+    assert zeroshot.mapping_method() == "word overlap"
