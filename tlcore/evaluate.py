@@ -124,9 +124,10 @@ def predict(model: TransferModel, images: list[Image.Image], classes: tuple[str,
     ``familiarity`` reference, each prediction also says whether the image is unlike the training images."""
     if not images:
         return []
-    pixels = prepare(images, pre)
-    probs = _probabilities(model, pixels)
-    far = familiarity.unfamiliar(model, pixels) if familiarity is not None else [None] * len(images)
+    feats = model_features(model, prepare(images, pre))  # one forward pass for the answer and the cue
+    with torch.inference_mode():
+        probs = F.softmax(model.head(feats.to(next(model.head.parameters()).device)).float(), dim=1).cpu()
+    far = familiarity.unfamiliar(feats) if familiarity is not None else [None] * len(images)
     out = []
     for row, unfamiliar in zip(probs.tolist(), far):
         ranked = sorted(zip(classes, row), key=lambda kv: -kv[1])
@@ -178,13 +179,12 @@ class Familiarity:
         own = (feats - protos[[present.index(c) for c in labels.tolist()]]).norm(dim=1)
         return cls(protos, float(torch.quantile(own, 0.95)) * margin)
 
-    def distances(self, model: TransferModel, pixels: torch.Tensor) -> torch.Tensor:
-        """Distance of each image to its nearest class mean ``[N]``."""
-        feats = F.normalize(model_features(model, pixels), dim=1)
-        return torch.cdist(feats, self.prototypes).min(dim=1).values
+    def distances(self, feats: torch.Tensor) -> torch.Tensor:
+        """Distance of each image (its model features, ``model_features``) to its nearest class mean ``[N]``."""
+        return torch.cdist(F.normalize(feats.float(), dim=1), self.prototypes).min(dim=1).values
 
-    def unfamiliar(self, model: TransferModel, pixels: torch.Tensor) -> list[bool]:
-        return (self.distances(model, pixels) > self.threshold).tolist()
+    def unfamiliar(self, feats: torch.Tensor) -> list[bool]:
+        return (self.distances(feats) > self.threshold).tolist()
 
 
 def grad_cam(model: TransferModel, image: Image.Image, pre: Preprocess, target: int | None = None) -> np.ndarray:
