@@ -19,6 +19,7 @@ holds nothing but its place in line.
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import itertools
 import logging
@@ -311,6 +312,7 @@ class LocalRunner:
                 self._spawn(i)
             threading.Thread(target=self._collect, name="tlcore-runner-events", daemon=True).start()
             threading.Thread(target=self._watch, name="tlcore-runner-watchdog", daemon=True).start()
+            atexit.register(setattr, self, "_closing", True)  # workers ended at exit are not replaced
 
     def _spawn(self, i: int) -> None:
         inbox = self._ctx.Queue()
