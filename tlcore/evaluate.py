@@ -60,21 +60,18 @@ class Evaluation:
 def _probabilities(model: TransferModel, pixels: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """uint8 ``[N, 3, S, S]`` -> probabilities ``[N, C]`` (CPU, eval mode).
 
-    A model on the shared pretrained body (feature extraction, few-shot) gets its features from the
-    fastest runtime (``frozen_forward``) and applies only its head in torch.
+    A model on the shared pretrained body (feature extraction, few-shot, zero-shot) gets its features
+    from the fastest runtime (``model_features``) and applies only its head in torch.
     """
-    model.eval()
-    device = next(model.head.parameters()).device
-    out = []
-    with torch.inference_mode():
-        for lo in range(0, len(pixels), batch_size):
-            batch = pixels[lo:lo + batch_size]
-            if model.body.shared_pretrained:
-                logits = model.head(frozen_forward(model.body.shared_pretrained, batch, device=device).to(device))
-            else:
-                logits = model(batch.to(device).float().div_(255.0).contiguous(memory_format=torch.channels_last))
-            out.append(F.softmax(logits.float(), dim=1).cpu())
+    out = [_head_probabilities(model, model_features(model, pixels[lo:lo + batch_size]))
+           for lo in range(0, len(pixels), batch_size)]
     return torch.cat(out) if out else torch.zeros((0, model.head[-1].out_features))
+
+
+def _head_probabilities(model: TransferModel, feats: torch.Tensor) -> torch.Tensor:
+    """The model's head on its features ``[N, D]`` -> probabilities ``[N, C]`` (CPU)."""
+    with torch.inference_mode():
+        return F.softmax(model.head(feats.to(next(model.head.parameters()).device)).float(), dim=1).cpu()
 
 
 def inference_runtime(model: TransferModel) -> str:
@@ -125,8 +122,7 @@ def predict(model: TransferModel, images: list[Image.Image], classes: tuple[str,
     if not images:
         return []
     feats = model_features(model, prepare(images, pre))  # one forward pass for the answer and the cue
-    with torch.inference_mode():
-        probs = F.softmax(model.head(feats.to(next(model.head.parameters()).device)).float(), dim=1).cpu()
+    probs = _head_probabilities(model, feats)
     far = familiarity.unfamiliar(feats) if familiarity is not None else [None] * len(images)
     out = []
     for row, unfamiliar in zip(probs.tolist(), far):
@@ -141,8 +137,8 @@ UNSURE_BELOW = 0.5  # a top class below this probability is a guess, whatever th
 def model_features(model: TransferModel, pixels: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """uint8 ``[N, 3, S, S]`` -> the model's own features ``[N, D]`` (what its head sees)."""
     model.eval()
-    if model.body.shared_pretrained:
-        return frozen_forward(model.body.shared_pretrained, pixels)
+    if model.body.shared_pretrained:  # the fastest runtime for the head's device
+        return frozen_forward(model.body.shared_pretrained, pixels, device=next(model.head.parameters()).device)
     device = next(model.parameters()).device
     out = []
     with torch.inference_mode():
