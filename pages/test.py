@@ -18,10 +18,12 @@ record = require_run(proj)
 result = record.result
 spec = tlcore.get_backbone_spec(record.config.backbone)
 
-try:
-    reference = tlcore.familiarity(proj, record)  # what the training images look like to this model
-except tlcore.TLError:
-    reference = None
+def reference() -> tlcore.Familiarity | None:
+    """What the training images look like to this model (computed once per run, when first needed)."""
+    try:
+        return tlcore.familiarity(proj, record)
+    except tlcore.TLError:
+        return None
 
 
 @st.fragment
@@ -37,7 +39,7 @@ def live() -> None:
         except tlcore.BadImageError:
             image = None  # a torn frame: the next one follows
         if image is not None:
-            pred = tlcore.predict(result.model, [image], result.classes, spec.preprocess, reference)[0]
+            pred = tlcore.predict(result.model, [image], result.classes, spec.preprocess, reference())[0]
             state["result"] = {"label": pred.label, "confidence": pred.confidence, "unsure": pred.unsure,
                                "unfamiliar": bool(pred.unfamiliar), "probs": list(pred.probabilities.items())}
             if cam_on and time.monotonic() - state.get("cam_at", 0.0) >= 1.0:
@@ -79,7 +81,7 @@ for name, data in files[:24]:
     if key not in cache:
         while len(cache) >= 24:  # bounded: the oldest predictions and heat maps go first
             cache.pop(next(iter(cache)))
-        cache[key] = (tlcore.predict(result.model, [image], result.classes, spec.preprocess, reference)[0],
+        cache[key] = (tlcore.predict(result.model, [image], result.classes, spec.preprocess, reference())[0],
                       tlcore.overlay_cam(image, tlcore.grad_cam(result.model, image, spec.preprocess),
                                                   spec.preprocess))
     pred, overlay = cache[key]
