@@ -90,26 +90,25 @@ def add_class() -> None:
 def record_frames(label: str) -> None:
     """Hold-to-record: each frame goes through the same checks as an upload; only this fragment reruns
     per frame, and the whole page once recording stops (to show the new counts)."""
-    state = st.session_state.setdefault("data_rec_state", {"added": 0, "rejected": 0, "note": ""})
+    state = st.session_state.setdefault("data_rec_state", {"added": 0, "note": ""})
     msg = live_camera.take("data_rec")
     if msg and msg.get("jpeg"):
         rejected = images.add([(f"camera-{label}-{time.strftime('%H%M%S')}-{msg['seq']}.jpg", msg["jpeg"], label)])
         if rejected:
-            state["rejected"] += 1
             state["note"] = f"Skipped a frame: {rejected[0].reason}"
         else:
             state["added"] += 1
             proj.save()
     elif msg and msg.get("stopped") and state["added"]:
         report([], state["added"])
-        state.update(added=0, rejected=0, note="")
+        state.update(added=0, note="")
         st.rerun(scope="app")
     elif msg and msg.get("error") == "insecure":
         state["insecure"] = msg.get("origin", "?")
     if "insecure" in state:
         st.warning(live_camera.INSECURE.format(origin=state["insecure"]), icon=":material/no_photography:")
     count = images.counts().get(label, 0)
-    live_camera.show("data_rec", "record", interval_ms=300, size=480, count=state["added"], note=state["note"],
+    live_camera.show("data_rec", "record", interval_ms=300, size=480, note=state["note"],
                      count_text=f"{state['added']} recorded now · '{label}' has {count} image{'s' * (count != 1)}")
 
 
