@@ -25,10 +25,10 @@ if not read_only() and (challenge := tlcore.current_challenge()) is not None:
                 try:
                     with st.spinner("Scoring on the hidden images…"):
                         entry = challenge.enter(proj, record, student)
-                    board = [(e.project, e.run_id) for e in tlcore.current_challenge().leaderboard()]
+                    board = challenge.leaderboard()  # every entry so far: ``enter`` merged those made meanwhile
                     recalls = ", ".join(f"{c}: {r:.0%}" for c, r in entry.recall.items())
                     st.success(f"Entered: **{entry.accuracy:.0%}** of the hidden images right ({recalls}). Rank "
-                               f"{1 + board.index((entry.project, entry.run_id))} of {len(board)}.",
+                               f"{1 + board.index(entry)} of {len(board)}.",
                                icon=":material/emoji_events:")
                 except tlcore.TLError as e:
                     st.error(str(e), icon=":material/error:")
