@@ -1,7 +1,7 @@
 """Transfer Learning Studio: `streamlit run app.py`."""
 import streamlit as st
 
-from pages.common import PAGES, VIEW_PAGES, project, read_only, share_links, step_bar
+from pages.common import PAGES, VIEW_PAGES, project, read_only, step_bar, view_link
 
 st.set_page_config(page_title="Transfer Learning Studio", page_icon=":material/school:", layout="wide")
 
@@ -18,10 +18,9 @@ with st.sidebar:
     else:
         st.caption(f"Project **{proj.name}**: saved on this server as you work. Bookmark this address to come "
                    f"back; only people you give it to can open it.")
-        work, view = share_links(proj)
         with st.popover("Share read-only", icon=":material/share:"):
             st.markdown("Anyone with this link can look at the models and test them, but not change anything:")
-            st.code(view, language=None)
+            st.code(view_link(proj), language=None)
         st.page_link("pages/export.py", label="Open another project", icon=":material/folder_open:")
 step_bar(next((f for f in PAGES if PAGES[f][0] == page.title), ""))
 page.run()

@@ -88,13 +88,13 @@ def switch_project(link: str | None, create: bool = False) -> None:
     _show_link(proj)
 
 
-def share_links(proj: Project) -> tuple[str, str]:
-    """(the link to work on this project, the read-only link) as full addresses where the browser's is known."""
+def view_link(proj: Project) -> str:
+    """The project's read-only link, as a full address where the browser's is known."""
     url = st.context.url or ""
     root = url.split("?")[0].rstrip("/")
     if st.session_state.get("_page"):
         root = root.rsplit("/", 1)[0] if root.endswith("/" + st.session_state["_page"]) else root
-    return f"{root}/?p={proj.key}", f"{root}/evaluate?view={proj.view_key}"
+    return f"{root}/evaluate?view={proj.view_key}"
 
 
 @st.cache_resource
