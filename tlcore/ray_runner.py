@@ -188,6 +188,7 @@ class RayRunner:
         finally:
             with self._lock:
                 self._actors.pop(job.id, None)
+                self._stopped.discard(job.id)  # a long-lived server does not keep every stopped job's id
             if actor is not None:
                 try:
                     ray.kill(actor)
