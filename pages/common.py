@@ -198,9 +198,15 @@ def require_run(proj: Project) -> RunRecord:
 def run_title(r: RunRecord | None) -> str:
     if r is None:
         return "?"
-    acc = r.result.val_accuracy if r.result is not None else None
-    acc_s = "" if acc is None else f" · {acc:.0%} val. accuracy"
+    score = r.result.score if r.result is not None else None
+    acc_s = "" if score is None else f" · {score.accuracy:.0%} of {score.n} held out"
     return f"{r.id.split('-')[1]} · {r.label}{acc_s} · {r.status}"
+
+
+def score_note(score: tlcore.Score) -> str:
+    """ "of 21 images; likely 62–92 %": the denominator and the 95 % interval of an accuracy."""
+    lo, hi = score.interval
+    return f"of {score.n} image{'s' * (score.n != 1)}; likely {lo:.0%}–{hi:.0%}"
 
 
 def explain(text: str) -> None:

@@ -54,7 +54,11 @@ def zero_shot_mapping() -> None:
 chosen = st.multiselect("Strategies", STRATEGIES, default=STRATEGIES, key="compare_strategies",
                         format_func=STRATEGY_TITLES.get)
 st.caption(f"{proj.settings.epochs} epochs each; fine-tuning at the Freeze page's depth: "
-           f"{describe(dataclasses.replace(proj.settings, mode='fine-tune', backbone=proj.backbone))}.")
+           f"{describe(dataclasses.replace(proj.settings, mode='fine-tune', backbone=proj.backbone))}. "
+           "Every strategy is scored on every image, each predicted by a model that did not train on it: "
+           "zero-shot, few-shot and feature extraction by 5-fold cross-validation repeated 5 times (milliseconds "
+           "on the cached features); fine-tuning and from scratch by 3-fold cross-validation (three more "
+           "trainings each, on two thirds of the images, keeping the last epoch).")
 if "zero-shot" in chosen:
     zero_shot_mapping()
 busy = bool(proj.active_runs())
@@ -80,8 +84,13 @@ def table_rows(records) -> list[dict]:
     rows = []
     for r in records:
         res = r.result
+        score = None if res is None else res.score
+        lo, hi = (None, None) if score is None else score.interval
         rows.append({"run": r.label, "status": r.status,
-                     "val. accuracy": None if res is None else res.val_accuracy,
+                     "accuracy": None if score is None else score.accuracy,
+                     "images": None if score is None else score.n,
+                     "likely (95 %)": None if score is None else f"{lo:.0%}–{hi:.0%}",
+                     "measured on": None if score is None else score.method,
                      "seconds": None if res is None else round(res.train_seconds, 1),
                      "trainable parameters": None if res is None else res.trainable_params,
                      "epochs": None if res is None else len(res.history)})
@@ -108,21 +117,40 @@ def comparison_view() -> None:
     st.plotly_chart(curves, key="compare_curves")
     rows = table_rows(records)
     st.dataframe(rows, hide_index=True, key="compare_table",
-                 column_config={"val. accuracy": st.column_config.ProgressColumn(format="percent", min_value=0,
-                                                                                  max_value=1)})
-    done = [row for row in rows if row["val. accuracy"] is not None]
+                 column_config={"accuracy": st.column_config.ProgressColumn(format="percent", min_value=0,
+                                                                             max_value=1)})
+    scored = [r for r in records if r.result is not None and r.result.score is not None]
+    done = [row for row in rows if row["accuracy"] is not None]
     if done:
-        fig = make_subplots(1, 3, subplot_titles=("Validation accuracy", "Training seconds", "Trainable parameters"))
+        fig = make_subplots(1, 3, subplot_titles=("Accuracy on held-out images (95 % interval)", "Training seconds",
+                                                  "Trainable parameters"))
         names = [d["run"] for d in done]
-        for col, key in enumerate(("val. accuracy", "seconds", "trainable parameters"), start=1):
+        for col, key in enumerate(("accuracy", "seconds", "trainable parameters"), start=1):
+            bounds = [r.result.score.interval for r in scored] if key == "accuracy" else None
             fig.add_bar(x=names, y=[d[key] for d in done], row=1, col=col, showlegend=False,
-                        marker_color=px.colors.qualitative.Plotly[:len(done)])
+                        marker_color=px.colors.qualitative.Plotly[:len(done)],
+                        error_y=None if bounds is None else dict(
+                            type="data", symmetric=False, array=[hi - d["accuracy"] for d, (_, hi) in zip(done, bounds)],
+                            arrayminus=[d["accuracy"] - lo for d, (lo, _) in zip(done, bounds)]))
         fig.update_yaxes(tickformat=".0%", range=[0, 1.02], row=1, col=1)
         fig.update_yaxes(type="log", row=1, col=3)
         fig.update_layout(height=380, margin=dict(t=40, b=30, l=10, r=10))
         st.plotly_chart(fig, key="compare_bars")
+        verdicts(scored)
     if polling and not proj.active_runs():
         st.rerun()  # everything finished: one full rerun stops the polling
+
+
+def verdicts(scored) -> None:
+    """Say which differences the data can show, and how many images would settle the others."""
+    for a, b in zip(scored, scored[1:]):
+        apart, needed = tlcore.separation(a.result.score, b.result.score)
+        if apart:
+            st.caption(f"**{a.label}** and **{b.label}**: the intervals do not overlap; the data shows the difference.")
+        else:
+            more = f"; about {needed} held-out images would show it, at these accuracies" if needed else ""
+            st.caption(f"**{a.label}** and **{b.label}**: the intervals overlap, so these images cannot tell them "
+                       f"apart yet{more}.")
 
 
 polling = bool(proj.active_runs())
@@ -130,8 +158,8 @@ st.fragment(comparison_view, run_every=1.0 if polling else None)()
 
 st.divider()
 st.subheader("How many images do I need?")
-explain("Each strategy is trained again with only 1, 5, 10, 25 or all images per class (validation images stay "
-        "the same). Pretrained strategies stay useful with a handful of images; from scratch needs many more.")
+explain("Each strategy is trained again with only 1, 5, 10, 25 or all images per class, and scored on every image "
+        "it did not train on. Pretrained strategies stay useful with a handful of images; from scratch needs many more.")
 split = shared_split(proj.images, proj.settings)
 shots_ok = available_shots(proj.images, split, DEFAULT_SHOTS)
 c1, c2 = st.columns(2)
@@ -155,8 +183,10 @@ def study_view() -> None:
     """The study's chart and table; while its runs train, live progress (polled once a second)."""
     records = proj.group_runs(eff_group)
     points = [{"strategy": r.config.mode, "images per class": r.shots if r.shots is not None else "all",
-               "val. accuracy": r.result.val_accuracy, "seconds": round(r.result.train_seconds, 1)}
-              for r in records if r.result is not None and r.result.val_accuracy is not None]
+               "accuracy": r.result.score.accuracy, "images": r.result.score.n,
+               "low": r.result.score.interval[0], "high": r.result.score.interval[1],
+               "seconds": round(r.result.train_seconds, 1)}
+              for r in records if r.result is not None and r.result.score is not None]
     pending = [r for r in records if r.job is not None]
     if pending:
         done = len(records) - len(pending)
@@ -169,14 +199,18 @@ def study_view() -> None:
         order = [str(s) for s in sorted({p["images per class"] for p in points if p["images per class"] != "all"})]
         for p in points:
             p["images per class"] = str(p["images per class"])
-        fig = px.line(points, x="images per class", y="val. accuracy", color="strategy", markers=True,
-                      category_orders={"images per class": order + ["all"]}, hover_data=["seconds"],
-                      title="Validation accuracy against images per class")
+        for p in points:
+            p["+"], p["-"] = p["high"] - p["accuracy"], p["accuracy"] - p["low"]
+        fig = px.line(points, x="images per class", y="accuracy", color="strategy", markers=True,
+                      error_y="+", error_y_minus="-", category_orders={"images per class": order + ["all"]},
+                      hover_data=["images", "seconds"],
+                      title="Accuracy on every image not trained on, against images per class (95 % intervals)")
         fig.update_layout(yaxis_tickformat=".0%", yaxis_range=[0, 1.02], height=380, margin=dict(t=40, b=30, l=10, r=10),
                           xaxis_type="category")  # "1", "5", "all": labels, not numbers (else "all" vanishes)
         st.plotly_chart(fig, key="compare_efficiency")
-        st.dataframe(points, hide_index=True, key="compare_eff_table",
-                     column_config={"val. accuracy": st.column_config.NumberColumn(format="percent")})
+        st.dataframe([{k: v for k, v in p.items() if k not in ("+", "-")} for p in points], hide_index=True,
+                     key="compare_eff_table",
+                     column_config={k: st.column_config.NumberColumn(format="percent") for k in ("accuracy", "low", "high")})
 
 
 

@@ -3,7 +3,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import tlcore
-from pages.common import explain, project, read_only, require_run
+from pages.common import explain, project, read_only, require_run, score_note
 from tlcore import thumbnail
 from tlcore import validation_report
 
@@ -39,7 +39,10 @@ if report is None:
     st.stop()
 ev, val_items = report
 
-st.metric("Validation accuracy", f"{ev.accuracy:.1%}", f"{len(ev.labels)} images", delta_color="off", delta_arrow="off")
+held = record.result.score
+st.metric("Validation accuracy", f"{ev.accuracy:.0%}", score_note(ev.score()), delta_color="off", delta_arrow="off",
+          help="Each image here was predicted by a model that had not trained on it"
+               + (f" ({held.method})." if record.result.heldout and held is not None else " (the validation split)."))
 rows = [{"class": n, "precision": p, "recall": r, "images": s} for n, p, r, s in ev.precision_recall()]
 st.dataframe(rows, hide_index=True, key="evaluate_table",
              column_config={"precision": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1),

@@ -5,7 +5,8 @@ import streamlit as st
 
 import tlcore
 
-from pages.common import (describe_snapshot, explain, project, require_data, run_title, training_figures)
+from pages.common import (describe_snapshot, explain, project, require_data, run_title, score_note,
+                          training_figures)
 from tlcore import describe
 
 proj = project()
@@ -94,7 +95,9 @@ def live_view() -> None:
         loss, acc = record.cache["final_figures"]
         r = record.result
         m = st.columns(4)
-        m[0].metric("Validation accuracy", "n/a" if r.val_accuracy is None else f"{r.val_accuracy:.1%}")
+        m[0].metric("Validation accuracy", "n/a" if r.score is None else f"{r.score.accuracy:.0%}",
+                    None if r.score is None else score_note(r.score), delta_color="off", delta_arrow="off",
+                    help=None if r.score is None else f"Measured on {r.score.method}.")
         m[1].metric("Best epoch", f"{r.best_epoch} of {len(r.history)}")
         m[2].metric("Training time", f"{r.train_seconds:.1f} s")
         m[3].metric("Trainable parameters", f"{r.trainable_params:,}")

@@ -28,6 +28,7 @@ from .compare import DEFAULT_SHOTS, STRATEGY_TITLES, available_shots, shared_spl
 from .data import (IMAGE_SUFFIXES, ImageItem, ImageSet, Rejected, check_trainable, decode_image, load_data,
                    load_folder, load_zip, stratified_split, thumbnail)
 from .errors import BadImageError, TLError, WeightsUnavailableError
+from .measure import Score, separation, wilson_interval
 from .evaluate import Evaluation, Familiarity, Prediction, evaluate, grad_cam, imagenet_top, overlay_cam, predict
 from .model import TransferModel, build_model, count_params, freeze
 from .profile import SpeedProfile, estimate_epoch_seconds, estimate_run_seconds, measure_speed
@@ -59,6 +60,8 @@ __all__ = [
     "USAGE", "report_html",
     # zero-shot
     "mapping_method", "suggest_mapping", "unmapped",
+    # honest numbers
+    "Score", "separation", "wilson_interval",
     # evaluation
     "Evaluation", "Familiarity", "Prediction", "evaluate", "grad_cam", "imagenet_top", "overlay_cam", "predict",
     # runs on disk

@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from .backbones import Preprocess, frozen_body, get_backbone_spec, weights_digest
 from .data import ZipLimits, check_zip_total, memory_budget_mb, zip_member_problem
 from .errors import TLError
+from .measure import Score
 from .model import TransferModel, build_model
 from .train import FROZEN_BODY_MODES, EpochEnd, RunResult, TrainConfig
 
@@ -66,7 +67,9 @@ def run_metadata(result: RunResult, status: str = "completed", extra: dict | Non
         "metrics": {"val_accuracy": result.val_accuracy, "best_epoch": result.best_epoch,
                     "train_seconds": result.train_seconds, "num_images": result.num_images,
                     "trainable_params": result.trainable_params, "total_params": result.total_params,
-                    "freeze_depth": result.freeze_depth, "runtime": result.runtime, "how": result.how},
+                    "freeze_depth": result.freeze_depth, "runtime": result.runtime, "how": result.how,
+                    "score": None if result.score is None else result.score.to_json()},
+        "heldout": [list(h) for h in result.heldout],
         "history": [e.to_json() for e in result.history],
         "split": {"train": list(result.train_indices), "val": list(result.val_indices)},
         "weights_digest": _pretrained_digest(result.config),
@@ -321,7 +324,10 @@ def _result_from_meta(meta: dict, model_ref: TransferModel | DiskModel, classes:
             train_indices=tuple(split.get("train", [])), val_indices=tuple(split.get("val", [])),
             trainable_params=int(m.get("trainable_params", 0)), total_params=int(m.get("total_params", 0)),
             freeze_depth=int(m.get("freeze_depth", 0)), runtime=str(m.get("runtime", "torch")),
-            how=str(m.get("how", "")))
+            how=str(m.get("how", "")),
+            score=Score.from_json(m.get("score")) or (None if m.get("val_accuracy") is None else Score(
+                float(m["val_accuracy"]), len(split.get("val", [])), "the validation split")),
+            heldout=tuple((str(d), int(t), tuple(float(p) for p in probs)) for d, t, probs in meta.get("heldout", [])))
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise TLError(f"The run's {META} has a missing or wrong entry ({type(e).__name__}: {e}).") from None
 

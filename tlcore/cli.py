@@ -105,7 +105,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise TLError(f"Training {finished.status}: {finished.reason}")
         r = finished.result
         save_run(r, args.out, finished.status)
-    _emit({"runner": args.runner, "status": finished.status, "reason": finished.reason, "val_accuracy": r.val_accuracy,
+    score = {} if r.score is None else r.score.to_json()
+    _emit({"runner": args.runner, "status": finished.status, "reason": finished.reason, **score,
+           "val_accuracy": r.val_accuracy,
            "train_seconds": round(r.train_seconds, 3), "num_images": r.num_images, "classes": list(r.classes),
            "mode": config.mode, "backbone": config.backbone, "freeze_depth": r.freeze_depth,
            "best_epoch": r.best_epoch, "epochs_run": len(r.history), "trainable_params": r.trainable_params,
@@ -122,8 +124,14 @@ def _on_ray(imageset, jobs: list[tuple[str, object]], split) -> list[tuple[objec
     from .ray_runner import RayRunner
     from .runner import JobSpec
 
+    from .data import trainable_subset
+    from .train import run_split
+
     runner = RayRunner(os.environ.get("TLS_RAY_ADDRESS", "local"))
-    handles = [runner.submit(JobSpec(Path(out).name, "cli", imageset, config, split, Path(out).resolve()))
+    labels = trainable_subset(imageset).labels()
+    handles = [runner.submit(JobSpec(Path(out).name, "cli", imageset, config,  # a study draws its own split
+                                     run_split(labels, config) if config.max_images_per_class else split,
+                                     Path(out).resolve()))
                for out, config in jobs]
     bar = tqdm(total=len(handles), desc="runs on Ray", file=sys.stderr, leave=False)
     for h in handles:

@@ -19,6 +19,7 @@ from .model import TransferModel
 from .train import FROZEN_BODY_MODES, MODES, Event, RunFinished, TrainConfig, embed, train
 
 DEFAULT_SHOTS = (1, 5, 10, 25, None)  # images per class; None = all
+LADDER_FOLDS = 3  # the ladder scores the strategies that train the body by 3-fold cross-validation too
 
 STRATEGY_TITLES = {  # the ladder, from no training image to no pretraining
     "zero-shot": "Zero-shot (class names only: the backbone's ImageNet classes, no training image)",
@@ -67,24 +68,34 @@ def plan(strategies: list[str], base: TrainConfig, shots: list[int | None] | Non
             if s == "zero-shot":
                 continue
             label = s if shot is None else f"{s} @ {shot}/class"
-            runs.append(PlannedRun(label, dataclasses.replace(base, mode=s, max_images_per_class=shot), shot))
+            # Every strategy is scored on every image: frozen-body ones by repeated 5-fold (milliseconds), the
+            # others by LADDER_FOLDS folds on the ladder; in a study each on every image outside its k per class.
+            folds = None if s in FROZEN_BODY_MODES or shot is not None else LADDER_FOLDS
+            runs.append(PlannedRun(label, dataclasses.replace(base, mode=s, max_images_per_class=shot,
+                                                              score_folds=folds), shot))
     return runs
 
 
 def run_plan(imageset: ImageSet, runs: list[PlannedRun], split: tuple[list[int], list[int]],
              should_stop: Callable[[], bool] = lambda: False) -> Iterator[tuple[PlannedRun, Event]]:
-    """Train the planned runs one after another on ``split``; yields ``(run, event)``."""
+    """Train the planned runs one after another on ``split`` (a study's runs draw their k images per class
+    and hold out the rest); yields ``(run, event)``."""
     for run in runs:
         if should_stop():
             return
-        for event in train(imageset, run.config, should_stop, split=split):
+        for event in train(imageset, run.config, should_stop, split=None if run.shots else split):
             yield run, event
 
 
 def summary_row(run: PlannedRun, finished: RunFinished) -> dict:
-    """One row of the comparison table (also the CLI's JSON)."""
+    """One row of the comparison table (also the CLI's JSON): ``accuracy`` on ``n`` held-out images, its 95 %
+    ``interval`` and how it was measured (``method``)."""
     r = finished.result
+    score = None if r is None or r.score is None else r.score.to_json()
     return {"label": run.label, "strategy": run.config.mode, "shots": run.shots, "status": finished.status,
+            "accuracy": None if score is None else score["accuracy"], "n": None if score is None else score["n"],
+            "interval": None if score is None else score["interval"],
+            "method": None if score is None else score["method"],
             "val_accuracy": None if r is None else r.val_accuracy,
             "train_seconds": None if r is None else round(r.train_seconds, 3),
             "trainable_params": None if r is None else r.trainable_params,

@@ -11,6 +11,7 @@ from PIL import Image
 from .backbones import Preprocess, frozen_body, get_backbone_spec, imagenet_categories
 from .data import ImageSet, image_to_tensor, preprocess_pixels, tensor_to_image
 from .errors import TLError
+from .measure import Score
 from .model import TransferModel
 from .runtime import frozen_forward, runtime_for
 
@@ -51,8 +52,13 @@ class Evaluation:
         wrong = [i for i, (p, t) in enumerate(zip(self.predictions, self.labels)) if p != t]
         return sorted(wrong, key=lambda i: -self.probabilities[i][self.predictions[i]])
 
+    def score(self, method: str = "the images evaluated") -> Score:
+        """The accuracy with its denominator and 95 % interval."""
+        return Score(self.accuracy, len(self.labels), method)
+
     def to_json(self) -> dict:
-        return {"accuracy": self.accuracy, "classes": list(self.classes), "confusion_matrix": self.confusion_matrix,
+        score = self.score().to_json()
+        return {"accuracy": self.accuracy, "n": score["n"], "interval": score["interval"], "classes": list(self.classes), "confusion_matrix": self.confusion_matrix,
                 "per_class": [{"class": n, "precision": p, "recall": r, "support": s}
                               for n, p, r, s in self.precision_recall()]}
 

@@ -10,7 +10,7 @@ import torch
 
 from .backbones import get_backbone_spec
 from .runtime import frozen_forward, runtime_for
-from .train import FROZEN_BODY_MODES, UNTRAINED_MODES, TrainConfig, resolve_device
+from .train import FROZEN_BODY_MODES, TrainConfig, resolve_device
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,11 @@ def estimate_run_seconds(config: TrainConfig, num_images: int) -> float:
     speed = measure_speed(config.backbone)
     views = config.augment_views if config.augment else 1
     once, per_epoch = estimate_epoch_seconds(speed, num_images, config.mode, config.resolved_freeze_depth(), views)
-    return 1.5 + once + (0.0 if config.mode in UNTRAINED_MODES else per_epoch * config.epochs)
+    if config.mode in FROZEN_BODY_MODES:  # the head (or prototypes) and its cross-validation: milliseconds
+        return 1.5 + once
+    folds = config.resolved_score_folds()
+    trainings = 1 + (folds - 1 if folds else 0)  # k folds each train on (k - 1) / k of the images
+    return 1.5 + once * trainings + per_epoch * config.epochs * trainings
 
 
 def estimate_epoch_seconds(profile: SpeedProfile, num_images: int, mode: str, freeze_depth: int,

@@ -34,7 +34,7 @@ from .data import (ImageItem, ImageSet, Rejected, image_to_tensor, stratified_sp
 from .evaluate import Evaluation, Familiarity, evaluate
 from .errors import TLError
 from .runner import JobHandle, JobSpec, get_runner
-from .train import RunFinished, RunResult, TrainConfig
+from .train import RunFinished, RunResult, TrainConfig, run_split
 
 HOME_ENV = "TLS_HOME"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
@@ -137,7 +137,7 @@ class Project:
         images = self.images.snapshot()  # the set as it is now; later edits do not change this run
         data = trainable_subset(images)
         if split is None:  # the split train() would draw, fixed now so a checkpoint can name its images
-            split = stratified_split(data.labels(), config.val_fraction, config.seed)
+            split = run_split(data.labels(), config)
         record = RunRecord(run_id, label or describe(config), config, group=group, shots=shots, images=images,
                            val_digests=[data.items[i].digest for i in split[1]])
         folder = self.folder / "runs" / run_id
@@ -168,7 +168,8 @@ class Project:
         group = f"{'shots' if shots else 'compare'}-{secrets.token_hex(3)}"
         previous = None
         for planned in plan(strategies, base, shots):
-            previous = self.start_run(planned.config, planned.label, group, planned.shots, previous, split)
+            previous = self.start_run(planned.config, planned.label, group, planned.shots, previous,
+                                      None if planned.shots else split)
         return group
 
     def comparison_seconds(self, strategies: list[str], shots: list[int | None] | None = None) -> float:
@@ -326,22 +327,33 @@ def _load_result(folder: Path) -> RunResult | None:
 
 
 def validation_report(project: Project, record: RunRecord) -> tuple[Evaluation, list[ImageItem]] | None:
-    """The run's model on its validation images (computed once per run), or None if it has none."""
+    """What the run's model gets right and wrong on images it did not train on (computed once per run), or
+    None if it has none: its out-of-fold predictions on every image when it has them (a frozen-body model
+    trains on every image in the end; each was predicted by a fold that had not seen it), else its model on
+    its validation images."""
     if "eval" not in record.cache:
         assert record.result is not None
-        if record.images is not None and record.result.val_indices:
-            items = [trainable_subset(record.images).items[i] for i in record.result.val_indices]
+        res = record.result
+        pool = (record.images.items if record.images is not None else []) + project.images.items
+        by_digest = {i.digest: i for i in reversed(pool)}
+        if res.heldout:
+            kept = [(by_digest[d], t, p) for d, t, p in res.heldout if d in by_digest]
+            record.cache["eval"] = None if not kept else (Evaluation(
+                classes=res.classes, labels=tuple(t for _, t, _ in kept),
+                predictions=tuple(max(range(len(p)), key=p.__getitem__) for _, _, p in kept),
+                probabilities=tuple(p for _, _, p in kept), names=tuple(i.name for i, _, _ in kept)),
+                [i for i, _, _ in kept])
+            return record.cache["eval"]
+        if record.images is not None and res.val_indices:
+            items = [trainable_subset(record.images).items[i] for i in res.val_indices]
         else:  # reopened after a restart, or a checkpoint: find the validation images by content
-            pool = record.images.items if record.images is not None else project.images.items
-            by_digest = {i.digest: i for i in pool}
             items = [by_digest[d] for d in record.val_digests if d in by_digest]
-        items = [i for i in items if i.label in record.result.classes]
+        items = [i for i in items if i.label in res.classes]
         if not items:
             record.cache["eval"] = None
         else:
             spec = get_backbone_spec(record.config.backbone)
-            ev = evaluate(record.result.model, ImageSet(items, (), record.result.classes), record.result.classes,
-                          spec.preprocess)
+            ev = evaluate(res.model, ImageSet(items, (), res.classes), res.classes, spec.preprocess)
             record.cache["eval"] = (ev, items)
     return record.cache["eval"]
 
@@ -416,7 +428,7 @@ def model_card(record: RunRecord) -> str:
     r = record.result
     assert r is not None
     spec = get_backbone_spec(r.config.backbone)
-    acc = "n/a" if r.val_accuracy is None else f"{r.val_accuracy:.1%}"
+    acc = "n/a" if r.score is None else f"{r.score.text()} ({r.score.method})"
     p = spec.preprocess
     return (f"# Model card: {record.label}\n\n"
             f"- **Task:** image classification into {len(r.classes)} classes: {', '.join(r.classes)}\n"
@@ -424,7 +436,7 @@ def model_card(record: RunRecord) -> str:
             f"{' (not used: trained from scratch)' if r.config.mode == 'scratch' else ''}\n"
             f"- **Strategy:** {describe(r.config)}; {r.trainable_params:,} of {r.total_params:,} parameters trained\n"
             f"- **Data:** {r.num_images} images, {len(r.val_indices)} held out for validation\n"
-            f"- **Validation accuracy:** {acc} (best epoch {r.best_epoch} of {len(r.history)})\n"
+            f"- **Accuracy on held-out images:** {acc}\n"
             f"- **Input:** RGB, shorter side resized to {p.resize_size} px ({p.interpolation}), centre crop "
             f"{p.input_size} px, values scaled to [0, 1]; normalisation (mean {p.mean}, std {p.std}) is inside "
             f"the model\n"

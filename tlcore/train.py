@@ -39,6 +39,7 @@ from torchvision.transforms import v2
 from .backbones import DEFAULT_BACKBONE, Preprocess, frozen_body, get_backbone_spec, weights_digest
 from .data import ImageSet, check_trainable, memory_budget_mb, stratified_split, trainable_subset
 from .errors import TLError
+from .measure import Pair, Score, fit_logistic, repeated_folds, score_pairs, shot_draws
 from .model import CHANNELS_LAST, TransferModel, build_model, count_params, freeze, set_train_mode
 from .runtime import frozen_forward, runtime_for
 
@@ -70,6 +71,11 @@ class TrainConfig:
     max_images_per_class: int | None = None  # data-efficiency studies: use at most this many per class
     augment_views: int = 4  # fine-tune with frozen leading stages: augmented views per image, computed once
     zero_shot_map: dict[str, list[str]] | None = None  # zero-shot: class -> ImageNet classes; None: suggested
+    # How the run is scored (``tlcore.measure``): k-fold cross-validation over every image. None: 5 folds for
+    # frozen-body modes (a head on cached features: milliseconds a fold), 0 for modes that train the body
+    # (each fold is a whole training; 0 scores them on the validation split). Comparisons ask for 3.
+    score_folds: int | None = None
+    score_repeats: int = 5  # frozen-body modes: repeats of the folds (or draws in a study), a steadier mean
 
     def validate(self) -> None:
         """Raise ``TLError`` for settings that cannot make a sensible run."""
@@ -88,11 +94,22 @@ class TrainConfig:
             raise TLError(f"The validation share must be at least 0 and below 1 (got {self.val_fraction}).")
         if self.patience < 0:
             raise TLError("Early-stopping patience cannot be negative.")
+        if self.score_folds is not None and self.score_folds != 0 and self.score_folds < 2:
+            raise TLError(f"Scoring by cross-validation needs at least 2 folds, or 0 for none (got {self.score_folds}).")
+        if self.score_repeats < 1:
+            raise TLError(f"Score repeats must be at least 1 (got {self.score_repeats}).")
+        if self.max_images_per_class is not None and self.max_images_per_class < 1:
+            raise TLError(f"Images per class must be at least 1 (got {self.max_images_per_class}).")
         if self.augment_views < 1:
             raise TLError(f"Augmented views per image must be at least 1 (got {self.augment_views}).")
         n = len(get_backbone_spec(self.backbone).stage_names)
         if self.freeze_depth is not None and not 0 <= self.freeze_depth <= n:
             raise TLError(f"Freeze depth must be between 0 and {n} for {self.backbone} (got {self.freeze_depth}).")
+
+    def resolved_score_folds(self) -> int:
+        if self.score_folds is not None:
+            return self.score_folds
+        return 5 if self.mode in FROZEN_BODY_MODES else 0
 
     def resolved_lr(self) -> float:
         return DEFAULT_LR[self.mode] if self.lr is None else self.lr
@@ -167,6 +184,10 @@ class RunResult:
     freeze_depth: int
     runtime: str = "torch"  # what ran the frozen pretrained part (openvino, onnxruntime or torch)
     how: str = ""  # how the frozen part was run, in words
+    score: Score | None = None  # the accuracy to show: on how many held-out images, how sure (``tlcore.measure``)
+    # Out-of-fold predictions, one per scored image: (image digest, true class, probabilities). A frozen-body
+    # model trains on every image in the end, so the Evaluate page shows these instead of its own guesses.
+    heldout: tuple[tuple[str, int, tuple[float, ...]], ...] = ()
 
     @property
     def model(self) -> TransferModel:
@@ -289,19 +310,16 @@ def _augmenter(size: int) -> v2.Transform:
                        v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2)])
 
 
-def _limit_per_class(labels: torch.Tensor, indices: list[int], limit: int | None, seed: int) -> list[int]:
-    if limit is None:
-        return indices
-    g = torch.Generator().manual_seed(seed + 1)
-    order = [indices[i] for i in torch.randperm(len(indices), generator=g).tolist()]
-    kept: dict[int, int] = {}
-    out = []
-    for i in order:
-        c = int(labels[i])
-        if kept.get(c, 0) < limit:
-            kept[c] = kept.get(c, 0) + 1
-            out.append(i)
-    return sorted(out)
+def run_split(labels: torch.Tensor, cfg: TrainConfig) -> tuple[list[int], list[int]]:
+    """The (train, validation) indices a run of ``cfg`` uses when none is given: the seeded stratified split,
+    or in a data-efficiency study (``max_images_per_class`` = k) k images per class drawn at random, every
+    other image held out."""
+    if cfg.max_images_per_class is not None:
+        draws = shot_draws(labels, cfg.max_images_per_class, 1, cfg.seed)
+        if draws:
+            return draws[0]
+        return sorted(range(len(labels))), []
+    return stratified_split(labels, cfg.val_fraction, cfg.seed)
 
 
 def train(imageset: ImageSet, config: TrainConfig, should_stop: Callable[[], bool] = lambda: False,
@@ -335,11 +353,6 @@ class Plan:
     set_train: Callable[[], None]  # training mode (frozen batch-norm keeps its ImageNet statistics)
     runtime: str = "torch"  # what ran the frozen pretrained part, once
     how: str = ""  # how the frozen part ran, in words (shown with the run)
-
-
-def _head_plan(model: TransferModel, feats: torch.Tensor, lr: float, runtime: str) -> Plan:
-    return Plan(model.head, lambda idx, _train: feats[idx], [{"params": model.head.parameters(), "lr": lr}],
-                model.head, model.head.train, runtime, f"the frozen backbone ran once per image on {runtime}")
 
 
 def _body_groups(model: TransferModel, cfg: TrainConfig) -> list[dict]:
@@ -437,9 +450,8 @@ def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool]
     check_trainable(imageset)
     data = trainable_subset(imageset)
     labels = data.labels()
-    train_idx, val_idx = split if split is not None else stratified_split(labels, cfg.val_fraction, cfg.seed)
-    train_idx = _limit_per_class(labels, list(train_idx), cfg.max_images_per_class, cfg.seed)
-    val_idx = list(val_idx)
+    train_idx, val_idx = split if split is not None else run_split(labels, cfg)
+    train_idx, val_idx = list(train_idx), list(val_idx)
     if not train_idx:
         raise TLError("No images are left for training after the validation split.")
     device = resolve_device(cfg.device)
@@ -474,9 +486,11 @@ def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool]
         x_all = feats.to(device)
         if cfg.mode in UNTRAINED_MODES:
             yield _untrained_run(model, x_all, labels.to(device), train_idx, val_idx, data, cfg, depth, start)
-            return
-        plan = _head_plan(model, x_all, cfg.resolved_lr(), runtime_for(device))
-    elif depth > 0 and model.body.splittable:
+        else:
+            yield from _head_run(model, x_all, labels.to(device), train_idx, val_idx, data, cfg, depth, start,
+                                 should_stop)
+        return
+    if depth > 0 and model.body.splittable:
         found = yield from _prefix_plan(model, data, train_idx, val_idx, cfg, depth, device, should_stop)
         if found is None:
             yield RunFinished("stopped", "Stopped while running the frozen stages, before any training.")
@@ -513,7 +527,8 @@ def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool]
             best_epoch=best_epoch, val_accuracy=best.val_acc, train_seconds=time.perf_counter() - start,
             num_images=len(train_idx) + len(val_idx), train_indices=tuple(train_idx),
             val_indices=tuple(val_idx), trainable_params=count_params(model, trainable_only=True),
-            total_params=count_params(model), freeze_depth=depth, runtime=plan.runtime, how=plan.how))
+            total_params=count_params(model), freeze_depth=depth, runtime=plan.runtime, how=plan.how,
+            score=None if best.val_acc is None else Score(best.val_acc, len(val_idx), _split_method(cfg))))
 
     for epoch in range(1, cfg.epochs + 1):
         plan.set_train()
@@ -557,10 +572,53 @@ def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool]
                                 time.perf_counter() - start, is_best, model))
         yield history[-1]
         if cfg.patience and since_best >= cfg.patience:
-            yield finish("completed", f"Stopped early after epoch {epoch}: no improvement for "
-                                      f"{cfg.patience} epochs. The best epoch ({best_epoch}) is kept.")
-            return
-    yield finish("completed", f"Finished {cfg.epochs} epochs; the best epoch ({best_epoch}) is kept.")
+            break
+    reason = (f"Stopped early after epoch {len(history)}: no improvement for {cfg.patience} epochs. "
+              if len(history) < cfg.epochs else f"Finished {cfg.epochs} epochs; ")
+    finished = finish("completed", reason + f"the best epoch ({best_epoch}) is kept.")
+    if cfg.resolved_score_folds() and finished.result is not None:
+        finished = yield from _fold_scored(finished, data, labels, cfg, device, should_stop)
+    yield finished
+
+
+def _split_method(cfg: TrainConfig) -> str:
+    if cfg.max_images_per_class is not None:
+        return f"every image outside the {cfg.max_images_per_class} per class it trained on"
+    return "the validation split (which also chose the best epoch)"
+
+
+def _fold_scored(finished: RunFinished, data: ImageSet, labels: torch.Tensor, cfg: TrainConfig,
+                 device: torch.device, should_stop: Callable[[], bool]) -> Generator[Event, None, RunFinished]:
+    """A run that trains the body, scored on every image: one training per fold (same settings, no
+    validation, the last epoch kept: nothing is chosen on the images it is scored on), each fold's model
+    predicting its held-out images. Yields ``Progress``; a stop keeps the validation-split score."""
+    assert finished.result is not None
+    folds = cfg.resolved_score_folds()
+    pairs = (shot_draws(labels, cfg.max_images_per_class, 1, cfg.seed + 1) if cfg.max_images_per_class
+             else repeated_folds(labels, folds, 1, cfg.seed))
+    inner_cfg = dataclasses.replace(cfg, score_folds=0, patience=0)
+    pre = get_backbone_spec(cfg.backbone).preprocess
+    preds: list[torch.Tensor] = []
+    for k, (tr, te) in enumerate(pairs):
+        yield Progress(f"Scoring on every image: fold {k + 1} of {len(pairs)}", k, len(pairs), math.nan)
+        inner: RunFinished | None = None
+        for event in _train(data, inner_cfg, should_stop, (tr, [])):
+            if isinstance(event, RunFinished):
+                inner = event
+        if inner is None or inner.result is None or inner.status != "completed":
+            return finished  # stopped (or failed) while scoring: the validation-split score stands
+        fold_model = inner.result.model
+        fold_model.eval()
+        with torch.inference_mode():
+            stack = data.subset(te).stack(pre)
+            logits = torch.cat([fold_model(to_float(stack[lo:lo + 32], device)).float().cpu()
+                                for lo in range(0, len(stack), 32)])
+        preds.append(logits.argmax(1))
+    it = iter(preds)
+    method = (f"{len(pairs)}-fold cross-validation over every image (one training per fold, last epoch)"
+              if not cfg.max_images_per_class else _split_method(cfg) + " (a second draw, last epoch)")
+    score = score_pairs(pairs, lambda _tr, _te: next(it), labels, method)
+    return RunFinished(finished.status, finished.reason, dataclasses.replace(finished.result, score=score))
 
 
 def set_prototypes(head: torch.nn.Linear, feats: torch.Tensor, labels: torch.Tensor) -> None:
@@ -578,30 +636,172 @@ def set_prototypes(head: torch.nn.Linear, feats: torch.Tensor, labels: torch.Ten
         head.bias.copy_(-(protos ** 2).sum(1) / spread)
 
 
+HEAD_C = 1.0  # inverse L2 strength of the feature-extraction head: scikit-learn's LogisticRegression default
+HEAD_ITERS_PER_EPOCH = 10  # L-BFGS iterations an "epoch" of the feature-extraction head stands for
+
+
+def _final_indices(cfg: TrainConfig, train_idx: list[int], val_idx: list[int]) -> list[int]:
+    """What a frozen-body model is fitted on in the end: every image, except in a study (its k per class)."""
+    return list(train_idx) if cfg.max_images_per_class is not None else sorted(train_idx + val_idx)
+
+
+def _frozen_score(cfg: TrainConfig, labels: torch.Tensor, feats: torch.Tensor, digests: list[str],
+                  fit: Callable[[list[int]], Callable[[torch.Tensor], torch.Tensor]]
+                  ) -> tuple[Score | None, tuple[tuple[str, int, tuple[float, ...]], ...]]:
+    """Score a frozen-body strategy on every image: ``fit(train indices)`` gives a features -> logits function,
+    trained per fold of repeated stratified k-fold (per draw of k images per class in a study). Returns the
+    score and the first out-of-fold probabilities of each image."""
+    y = labels.cpu()
+    repeats = max(1, min(cfg.score_repeats, 2000 // max(1, len(y))))  # large sets: fewer repeats, same n
+    if cfg.max_images_per_class is not None:
+        pairs = shot_draws(y, cfg.max_images_per_class, repeats, cfg.seed)
+        method = f"{_split_method(cfg)}, {len(pairs)} draw{'s' * (len(pairs) > 1)}"
+    else:
+        folds = cfg.resolved_score_folds() or 5
+        pairs = repeated_folds(y, folds, repeats, cfg.seed)
+        k = len(pairs) // repeats if repeats else len(pairs)
+        method = f"{k}-fold cross-validation over every image, {repeats} repeat{'s' * (repeats > 1)}"
+    first: dict[int, tuple[float, ...]] = {}
+
+    def predict(tr: list[int], te: list[int]) -> torch.Tensor:
+        probs = F.softmax(fit(tr)(feats[te]).float(), 1).cpu()
+        for i, p in zip(te, probs.tolist()):
+            first.setdefault(i, tuple(round(v, 5) for v in p))
+        return probs.argmax(1)
+
+    score = score_pairs(pairs, predict, y, method, repeats if cfg.max_images_per_class is None else len(pairs))
+    heldout = tuple((digests[i], int(y[i]), first[i]) for i in sorted(first))
+    return score, heldout
+
+
+def _logistic_fit(x: torch.Tensor, y: torch.Tensor, num_classes: int, iters: int = 200
+                  ) -> Callable[[list[int]], Callable[[torch.Tensor], torch.Tensor]]:
+    def fit(tr: list[int]) -> Callable[[torch.Tensor], torch.Tensor]:
+        w, b = fit_logistic(x[tr].cpu(), y[tr].cpu(), num_classes, HEAD_C, max_iter=iters)
+        return lambda f: f.cpu().float() @ w.T + b
+    return fit
+
+
+def _head_run(model: TransferModel, x_all: torch.Tensor, y_all: torch.Tensor, train_idx: list[int],
+              val_idx: list[int], data: ImageSet, cfg: TrainConfig, depth: int, start: float,
+              should_stop: Callable[[], bool]) -> Iterator[Event]:
+    """Feature extraction: the new head is a multinomial logistic regression on the cached features, with
+    scikit-learn's default L2 (``HEAD_C``), fitted to convergence by full-batch L-BFGS. Each "epoch" is
+    ``HEAD_ITERS_PER_EPOCH`` iterations on the training images, so the live curves show it converge on the
+    training and validation images; it stops when the fit has converged. The final head is then fitted
+    on every image (the validation images too), and the run is scored by cross-validation."""
+    num_classes = len(data.classes)
+    linear = model.head[-1]
+    x, y = x_all.cpu().float(), y_all.cpu()
+    w = b = None
+    history: list[EpochEnd] = []
+    runtime = runtime_for(x_all.device)
+    prev_loss = math.inf
+    for epoch in range(1, cfg.epochs + 1):
+        if should_stop():
+            if w is None:
+                yield RunFinished("stopped", f"Stopped by the user during epoch {epoch}; no epoch had finished, "
+                                             "so nothing is kept.")
+                return
+            break
+        w, b = fit_logistic(x[train_idx], y[train_idx], num_classes, HEAD_C, HEAD_ITERS_PER_EPOCH,
+                            init=None if w is None else (w, b))
+        with torch.no_grad():
+            linear.weight.copy_(w.to(linear.weight.device))
+            linear.bias.copy_(b.to(linear.bias.device))
+            logits = x @ w.T + b
+            per_image = F.cross_entropy(logits, y, reduction="none")
+            right = logits.argmax(1) == y
+        train_loss, train_acc = per_image[train_idx].mean().item(), right[train_idx].float().mean().item()
+        val_loss = per_image[val_idx].mean().item() if val_idx else None
+        val_acc = right[val_idx].float().mean().item() if val_idx else None
+        yield BatchEnd(epoch, 1, 1, train_loss, len(train_idx) / max(1e-9, time.perf_counter() - start),
+                       epoch / cfg.epochs, 0.0)
+        history.append(EpochEnd(epoch, cfg.epochs, train_loss, train_acc, val_loss, val_acc,
+                                time.perf_counter() - start, True, model))  # the newest fit is the one kept
+        yield history[-1]
+        objective = per_image[train_idx].sum().item() + (w * w).sum().item() / (2 * HEAD_C)
+        if prev_loss - objective < 1e-6 * max(1.0, abs(objective)):
+            break  # converged: more epochs would change nothing
+        prev_loss = objective
+    history = [dataclasses.replace(e, best=e.epoch == len(history)) for e in history]
+    final = _final_indices(cfg, train_idx, val_idx)
+    assert w is not None and b is not None
+    w, b = fit_logistic(x[final], y[final], num_classes, HEAD_C, 200, init=(w, b))
+    with torch.no_grad():
+        linear.weight.copy_(w.to(linear.weight.device))
+        linear.bias.copy_(b.to(linear.bias.device))
+    model.head.requires_grad_(False)
+    model.eval()
+    score, heldout = _frozen_score(cfg, y, x, [i.digest for i in data.items], _logistic_fit(x, y, num_classes))
+    how = (f"the frozen backbone ran once per image on {runtime}; the head, a logistic regression fitted to "
+           f"convergence (L-BFGS), was refitted on all {len(final)} images at the end")
+    status, reason = ("stopped", f"Stopped by the user after epoch {len(history)}; the head is kept.") \
+        if len(history) < cfg.epochs and should_stop() else \
+        ("completed", f"The head converged after {len(history)} epoch{'s' * (len(history) > 1)}; refitted on "
+                      f"all {len(final)} images.")
+    last = history[-1]
+    yield RunFinished(status, reason, RunResult(
+        model_ref=model, classes=tuple(data.classes), config=cfg, history=tuple(history), best_epoch=len(history),
+        val_accuracy=last.val_acc, train_seconds=time.perf_counter() - start,
+        num_images=len(train_idx) + len(val_idx), train_indices=tuple(final),
+        val_indices=tuple(val_idx), trainable_params=count_params(model.head),
+        total_params=count_params(model), freeze_depth=depth, runtime=runtime, how=how, score=score, heldout=heldout))
+
+
 def _untrained_run(model: TransferModel, x_all: torch.Tensor, y_all: torch.Tensor, train_idx: list[int],
                    val_idx: list[int], data: ImageSet, cfg: TrainConfig, depth: int, start: float) -> RunFinished:
-    """Few-shot (prototypes from the training images) or zero-shot (no image at all), measured on the
-    training and validation images."""
+    """Few-shot (prototypes from every image in the end, scored by cross-validation) or zero-shot (no image
+    at all, scored on every image)."""
+    x, y = x_all.cpu().float(), y_all.cpu()
+    digests = [i.digest for i in data.items]
+    final = _final_indices(cfg, train_idx, val_idx)
     if cfg.mode == "few-shot":
-        set_prototypes(model.head[-1], x_all[train_idx], y_all[train_idx])
-        reason = "Prototypes computed: one mean feature vector per class."
+        probe = nn.Linear(x.shape[1], len(data.classes))
+
+        def fit(tr: list[int]) -> Callable[[torch.Tensor], torch.Tensor]:
+            head = nn.Linear(x.shape[1], len(data.classes))
+            set_prototypes(head, x[tr], y[tr])
+            return lambda f: head(f.cpu().float()).detach()
+
+        set_prototypes(probe, x[train_idx], y[train_idx])  # the curves' point: from the training images only
+        reason = f"Prototypes computed: one mean feature vector per class, from all {len(final)} images."
     else:
         from .zeroshot import unmapped
+
+        def fit(_tr: list[int]) -> Callable[[torch.Tensor], torch.Tensor]:  # nothing to fit: ImageNet decides
+            return lambda f: model.head(f.to(x_all.device)).float().cpu()
 
         missing = unmapped(data.classes, cfg.zero_shot_map or {})
         reason = ("Zero-shot: no training image was used; the backbone's ImageNet classes decide." if not missing
                   else f"Zero-shot: ImageNet has no class for {', '.join(missing)}, so those can only be guessed.")
     model.head.requires_grad_(False)
     model.eval()
-    plan = _head_plan(model, x_all, 0.0, runtime_for(x_all.device))
-    _, train_acc = _validate(plan, y_all, train_idx, 256)
-    val_loss, val_acc = _validate(plan, y_all, val_idx, 256)
-    epoch = EpochEnd(1, 1, 0.0, train_acc or 0.0, val_loss, val_acc, time.perf_counter() - start, True)
+    with torch.no_grad():
+        if cfg.mode == "few-shot":
+            logits = probe(x)
+            set_prototypes(model.head[-1], x_all[final], y_all[final])
+        else:
+            logits = fit([])(x)
+    right = logits.argmax(1) == y
+    per_image = F.cross_entropy(logits, y, reduction="none")
+    train_acc = right[train_idx].float().mean().item() if train_idx else 0.0
+    val_loss = per_image[val_idx].mean().item() if val_idx else None
+    val_acc = right[val_idx].float().mean().item() if val_idx else None
+    if cfg.mode == "zero-shot":  # trains on nothing: every image is held out
+        probs = F.softmax(logits, 1)
+        score = Score(right.float().mean().item(), len(y), "every image (zero-shot trains on none)")
+        heldout = tuple((digests[i], int(y[i]), tuple(round(v, 5) for v in probs[i].tolist())) for i in range(len(y)))
+    else:
+        score, heldout = _frozen_score(cfg, y, x, digests, fit)
+    epoch = EpochEnd(1, 1, 0.0, train_acc, val_loss, val_acc, time.perf_counter() - start, True)
+    runtime = runtime_for(x_all.device)
     return RunFinished("completed", reason, RunResult(
         model_ref=model, classes=tuple(data.classes), config=cfg, history=(epoch,), best_epoch=1,
         val_accuracy=val_acc, train_seconds=time.perf_counter() - start, num_images=len(train_idx) + len(val_idx),
-        train_indices=tuple(train_idx), val_indices=tuple(val_idx), trainable_params=0,
-        total_params=count_params(model), freeze_depth=depth, runtime=plan.runtime, how=plan.how))
+        train_indices=tuple(final), val_indices=tuple(val_idx), trainable_params=0,
+        total_params=count_params(model), freeze_depth=depth, runtime=runtime,
+        how=f"the frozen backbone ran once per image on {runtime}", score=score, heldout=heldout))
 
 
 def _validate(plan: Plan, y_all: torch.Tensor, val_idx: list[int] | tuple[int, ...], batch_size: int

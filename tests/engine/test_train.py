@@ -22,9 +22,17 @@ def test_every_mode_completes_on_the_same_split(tiny_set, mode):
     assert finished.status == "completed", finished.reason
     r = finished.result
     assert r.num_images == 24 and r.classes == ("class0", "class1", "class2")
-    base = run_to_end(tiny_set, TINY).result
-    assert (r.train_indices, r.val_indices) == (base.train_indices, base.val_indices)
+    base = run_to_end(tiny_set, dataclasses.replace(TINY, mode="scratch")).result
+    assert r.val_indices == base.val_indices
+    if mode in tlcore.FROZEN_BODY_MODES:  # the head is fitted on every image in the end
+        assert r.train_indices == tuple(range(24))
+        assert r.score.n == 24 and len(r.heldout) == 24  # scored on every image, each held out once
+    else:
+        assert r.train_indices == base.train_indices
+        assert r.score.n == len(r.val_indices) and r.score.accuracy == r.val_accuracy
     assert r.val_accuracy is not None and 0 <= r.val_accuracy <= 1
+    lo, hi = r.score.interval
+    assert 0 <= lo <= r.score.accuracy <= hi <= 1
 
 
 def test_colour_classes_are_learned(tiny_set):
@@ -178,7 +186,8 @@ def test_few_shot_prototypes_from_one_image_per_class(tiny_set):
     finished = run_to_end(tiny_set, dataclasses.replace(TINY, mode="few-shot", max_images_per_class=1))
     r = finished.result
     assert finished.status == "completed" and len(r.history) == 1
-    assert len(r.train_indices) == 3 and len(r.val_indices) == 6
+    assert len(r.train_indices) == 3 and len(r.val_indices) == 21  # every image not trained on is held out
+    assert r.score.n == 21
 
 
 def test_prototype_head_is_nearest_class_mean():
