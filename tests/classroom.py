@@ -197,7 +197,7 @@ def browsers(n: int, images: int, timeout: float = 360, finetune: bool = True, b
                 pg.get_by_role("link", name="Train").first.click()
                 pg.get_by_role("button", name="Start training").wait_for()
                 pages.append(pg)
-            report["fe"] = _press_start_and_wait(pages, timeout, "Finished 20 epochs")
+            report["fe"] = _press_start_and_wait(pages, timeout, "the best epoch")
             if finetune:
                 for pg in pages:
                     pg.get_by_role("link", name="Freeze").first.click()

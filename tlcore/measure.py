@@ -140,7 +140,7 @@ def score_pairs(pairs: Sequence[Pair], predict: Callable[[list[int], list[int]],
     return Score(correct / total, round(total / max(1, repeats)), method)
 
 
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, c: float = 1.0, max_iter: int = 200,
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, c: float = 1.0, max_iter: int = 100,
                  init: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression fitted to convergence by full-batch L-BFGS: (weight ``[C, D]``, bias
     ``[C]``) minimising ``sum(cross-entropy) + |W|^2 / (2 c)``, scikit-learn's ``LogisticRegression(C=c)``
@@ -150,7 +150,7 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, c: float = 
     b = torch.zeros(num_classes, dtype=x.dtype) if init is None else init[1].detach().clone()
     w.requires_grad_(True)
     b.requires_grad_(True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-6, tolerance_change=1e-10,
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-4, tolerance_change=1e-9,
                             history_size=20, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:

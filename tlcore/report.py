@@ -118,22 +118,29 @@ def _evaluation(project: Project, record: RunRecord) -> str:
         fig = (f'<figure>{_img(item)}<figcaption>{html.escape(classes[pred])} {conf:.0%}'
                f'{"" if pred == ev.labels[k] else " (is " + html.escape(classes[ev.labels[k]]) + ")"}</figcaption></figure>')
         (right if pred == ev.labels[k] else wrong).append(fig)
-    return (f'<p class="big">{ev.accuracy:.1%}</p><p>validation accuracy on {len(items)} images the model never '
-            f'trained on</p><table><tr><th>class</th><th>precision</th><th>recall</th><th>images</th></tr>{rows}'
+    lo, hi = ev.score().interval
+    return (f'<p class="big">{ev.accuracy:.0%} of {len(items)}</p><p>accuracy on {len(items)} images, each predicted by '
+            f'a model that had not trained on it; likely between {lo:.0%} and {hi:.0%} (95 % interval)</p><table><tr><th>class</th><th>precision</th><th>recall</th><th>images</th></tr>{rows}'
             f'</table>{_fig(cm)}<h3>Some it got right</h3><div class="grid">{"".join(right[:8]) or "none"}</div>'
             f'<h3>Some it got wrong</h3><div class="grid wrong">{"".join(wrong[:8]) or "none: every validation image was right"}</div>')
 
 
+def _error_bars(runs) -> dict:
+    """Plotly error bars from each run's 95 % interval."""
+    return dict(type="data", symmetric=False, array=[r.result.score.interval[1] - r.result.score.accuracy for r in runs],
+                arrayminus=[r.result.score.accuracy - r.result.score.interval[0] for r in runs])
+
+
 def _comparisons(project: Project) -> str:
-    done = [r for r in project.finished_runs() if r.group and r.result.val_accuracy is not None]
+    done = [r for r in project.finished_runs() if r.group and r.result.score is not None]
     if not done:
         return ""
     out = ["<section><h2>Strategies compared on the same data</h2>"]
     plain = [r for r in done if r.group.startswith("compare-")]
     if plain:
-        fig = go.Figure(go.Bar(x=[r.label for r in plain], y=[r.result.val_accuracy for r in plain],
-                               text=[f"{r.result.val_accuracy:.0%}" for r in plain]))
-        fig.update_layout(title="Validation accuracy by strategy", yaxis_tickformat=".0%", yaxis_range=[0, 1.02],
+        fig = go.Figure(go.Bar(x=[r.label for r in plain], y=[r.result.score.accuracy for r in plain],
+                               text=[r.result.score.text() for r in plain], error_y=_error_bars(plain)))
+        fig.update_layout(title="Accuracy on held-out images by strategy (95 % intervals)", yaxis_tickformat=".0%", yaxis_range=[0, 1.02],
                           xaxis_type="category", height=340, margin=dict(t=40, b=30, l=10, r=10))
         out.append(_fig(fig))
     study = [r for r in done if r.group.startswith("shots-")]
@@ -142,8 +149,9 @@ def _comparisons(project: Project) -> str:
         for mode in dict.fromkeys(r.config.mode for r in study):
             runs = [r for r in study if r.config.mode == mode]
             fig.add_scatter(x=[str(r.shots) if r.shots is not None else "all" for r in runs],
-                            y=[r.result.val_accuracy for r in runs], name=mode, mode="lines+markers")
-        fig.update_layout(title="Validation accuracy against training images per class", xaxis_type="category",
+                            y=[r.result.score.accuracy for r in runs], name=mode, mode="lines+markers",
+                            error_y=_error_bars(runs), text=[r.result.score.text() for r in runs])
+        fig.update_layout(title="Accuracy on the images not trained on, against training images per class", xaxis_type="category",
                           yaxis_tickformat=".0%", yaxis_range=[0, 1.02], height=340, margin=dict(t=40, b=30, l=10, r=10))
         out.append(_fig(fig))
     return "".join(out) + "</section>"
@@ -171,7 +179,7 @@ share of every class; never trained on).</p>{samples}</section>
 {r.total_params:,} parameters trained, {len(r.history)} epoch(s), best epoch {r.best_epoch}, {r.train_seconds:.1f} s.
 The backbone ({html.escape(spec.title)}) was pretrained on ImageNet-1k.</p>{_freeze_picture(record)}{_curves(record)}</section>
 <section><h2>How well it does</h2>{_evaluation(project, record) if images.items else
- f"<p>Validation accuracy: {'n/a' if r.val_accuracy is None else f'{r.val_accuracy:.1%}'}. The images are not with this "
+ f"<p>Accuracy on held-out images: {'n/a' if r.score is None else html.escape(r.score.text() + ' (' + r.score.method + ')')}. The images are not with this "
  "run: pass --data to include the per-class figures and examples.</p>"}</section>
 {_comparisons(project)}
 <section>{_markdown(model_card(record))}</section>

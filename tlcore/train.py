@@ -674,7 +674,7 @@ def _frozen_score(cfg: TrainConfig, labels: torch.Tensor, feats: torch.Tensor, d
     return score, heldout
 
 
-def _logistic_fit(x: torch.Tensor, y: torch.Tensor, num_classes: int, iters: int = 200
+def _logistic_fit(x: torch.Tensor, y: torch.Tensor, num_classes: int, iters: int = 100
                   ) -> Callable[[list[int]], Callable[[torch.Tensor], torch.Tensor]]:
     def fit(tr: list[int]) -> Callable[[torch.Tensor], torch.Tensor]:
         w, b = fit_logistic(x[tr].cpu(), y[tr].cpu(), num_classes, HEAD_C, max_iter=iters)
@@ -736,10 +736,11 @@ def _head_run(model: TransferModel, x_all: torch.Tensor, y_all: torch.Tensor, tr
     score, heldout = _frozen_score(cfg, y, x, [i.digest for i in data.items], _logistic_fit(x, y, num_classes))
     how = (f"the frozen backbone ran once per image on {runtime}; the head, a logistic regression fitted to "
            f"convergence (L-BFGS), was refitted on all {len(final)} images at the end")
-    status, reason = ("stopped", f"Stopped by the user after epoch {len(history)}; the head is kept.") \
+    status, reason = ("stopped", f"Stopped by the user after epoch {len(history)}; the best epoch's head is kept, "
+                                 f"refitted on all {len(final)} images.") \
         if len(history) < cfg.epochs and should_stop() else \
-        ("completed", f"The head converged after {len(history)} epoch{'s' * (len(history) > 1)}; refitted on "
-                      f"all {len(final)} images.")
+        ("completed", f"The head converged in {len(history)} epoch{'s' * (len(history) > 1)}; the best epoch "
+                      f"({len(history)}, the last) is kept, refitted on all {len(final)} images.")
     last = history[-1]
     yield RunFinished(status, reason, RunResult(
         model_ref=model, classes=tuple(data.classes), config=cfg, history=tuple(history), best_epoch=len(history),

@@ -337,7 +337,8 @@ def test_a_new_model_is_the_one_shown_and_start_cannot_double_up():
     at.switch_page("pages/train.py").run()
     at.number_input(key="train_epochs").set_value(3).run()
     at.button(key="train_start").click().run()
-    wait_for(at, lambda a: "Finished 3 epochs" in texts(a.success))
+    wait_for(at, lambda a: len(a.session_state["tls_project"].runs) == 2
+             and all(r.result is not None for r in a.session_state["tls_project"].runs))
     proj = at.session_state["tls_project"]
     assert len([r for r in proj.runs]) == 2
     at.switch_page("pages/evaluate.py").run()

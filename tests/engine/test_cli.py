@@ -62,7 +62,12 @@ def test_compare_runs_every_strategy_on_one_split(class_folder):
                                                                         "fine-tune", "scratch", "few-shot"}
     assert runs[0]["strategy"] == "zero-shot" and runs[0]["shots"] == 0  # no training image: once, first
     assert {r["shots"] for r in runs} == {0, 1, 5, None}
-    assert len({tuple(r["val_indices"]) for r in runs}) == 1  # identical validation images everywhere
+    ladder = [r for r in runs if r["shots"] is None]
+    assert len({tuple(r["val_indices"]) for r in ladder}) == 1  # identical validation images on the ladder
+    assert all(r["n"] == 24 and 0 <= r["interval"][0] <= r["accuracy"] <= r["interval"][1] <= 1 for r in ladder)
+    for r in runs:  # a study at k per class holds out every other image
+        if r["shots"]:
+            assert len(r["val_indices"]) == 24 - 3 * r["shots"] and r["n"] == 24 - 3 * r["shots"]
     assert all(r["status"] == "completed" for r in runs)
 
 
