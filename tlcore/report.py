@@ -119,7 +119,7 @@ def _evaluation(project: Project, record: RunRecord) -> str:
                f'{"" if pred == ev.labels[k] else " (is " + html.escape(classes[ev.labels[k]]) + ")"}</figcaption></figure>')
         (right if pred == ev.labels[k] else wrong).append(fig)
     lo, hi = ev.score().interval
-    return (f'<p class="big">{ev.accuracy:.0%} of {len(items)}</p><p>accuracy on {len(items)} images, each predicted by '
+    return (f'<p class="big">{ev.accuracy:.0%} of {len(items)}</p><p>validation accuracy on {len(items)} images, each predicted by '
             f'a model that had not trained on it; likely between {lo:.0%} and {hi:.0%} (95 % interval)</p><table><tr><th>class</th><th>precision</th><th>recall</th><th>images</th></tr>{rows}'
             f'</table>{_fig(cm)}<h3>Some it got right</h3><div class="grid">{"".join(right[:8]) or "none"}</div>'
             f'<h3>Some it got wrong</h3><div class="grid wrong">{"".join(wrong[:8]) or "none: every validation image was right"}</div>')
