@@ -46,7 +46,7 @@ def spec(tmp_path: Path, config: TrainConfig, data: ImageSet | None = None) -> J
 
 
 def test_a_ray_run_matches_the_local_run_on_the_same_seed(runner, tmp_path):
-    config = TrainConfig(backbone="tiny-test", epochs=4, lr=0.05)
+    config = TrainConfig(backbone="tiny-test", mode="fine-tune", epochs=4, lr=0.05)  # trains every epoch
     local = run_to_end(images(), config).result
     job = runner.submit(spec(tmp_path, config))
     assert job.join(120)
