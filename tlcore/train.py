@@ -39,7 +39,7 @@ from torchvision.transforms import v2
 from .backbones import DEFAULT_BACKBONE, Preprocess, frozen_body, get_backbone_spec, weights_digest
 from .data import ImageSet, check_trainable, memory_budget_mb, stratified_split, trainable_subset
 from .errors import TLError
-from .measure import Pair, Score, fit_logistic, repeated_folds, score_pairs, shot_draws
+from .measure import Score, fit_logistic, repeated_folds, score_pairs, shot_draws
 from .model import CHANNELS_LAST, TransferModel, build_model, count_params, freeze, set_train_mode
 from .runtime import frozen_forward, runtime_for
 
