@@ -141,27 +141,53 @@ def score_pairs(pairs: Sequence[Pair], predict: Callable[[list[int], list[int]],
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, c: float = 1.0, max_iter: int = 100,
-                 init: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 init: tuple[torch.Tensor, torch.Tensor] | None = None, masks: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression fitted to convergence by full-batch L-BFGS: (weight ``[C, D]``, bias
     ``[C]``) minimising ``sum(cross-entropy) + |W|^2 / (2 c)``, scikit-learn's ``LogisticRegression(C=c)``
-    objective (the bias is not penalised). Milliseconds on the cached features of a class's images."""
+    objective (the bias is not penalised). Milliseconds on the cached features of a class's images.
+
+    ``masks`` (``[F, N]`` of 0/1) fits F independent regressions at once, the f-th on the images its mask
+    marks (the folds of a cross-validation): (``[F, C, D]``, ``[F, C]``). Their objectives add up and do
+    not interact, so one L-BFGS run on the sum reaches every fold's own optimum; ``init`` is then
+    ``[F, ...]`` too. The features are centred first: with an unpenalised bias that changes no optimum
+    and makes the fit converge several times faster."""
     x, y = x.float(), y.long()
-    w = torch.zeros(num_classes, x.shape[1], dtype=x.dtype) if init is None else init[0].detach().clone()
-    b = torch.zeros(num_classes, dtype=x.dtype) if init is None else init[1].detach().clone()
+    single = masks is None
+    m = torch.ones(1, len(x)) if single else masks.float()
+    folds, dim = m.shape[0], x.shape[1]
+    centre = x.mean(0)
+    xc = x - centre
+    # Every optimum lies in the span of the (centred) images, so with fewer images than dimensions the fit
+    # runs in that span's coordinates (the same optimum, a fraction of the work): W = Z V^T.
+    basis = torch.linalg.svd(xc, full_matrices=False)[2] if len(x) < dim else torch.eye(dim)
+    xc = xc @ basis.T
+    if init is None:
+        w = torch.zeros(folds, num_classes, len(basis))
+        b = torch.zeros(folds, num_classes)
+    else:
+        full = init[0].detach().reshape(folds, num_classes, dim)
+        w = (full @ basis.T).clone()
+        b = (init[1].detach().reshape(folds, num_classes) + full @ centre).clone()  # the same model, centred
     w.requires_grad_(True)
     b.requires_grad_(True)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-4, tolerance_change=1e-9,
                             history_size=20, line_search_fn="strong_wolfe")
+    onehot = torch.nn.functional.one_hot(y, num_classes).float()
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(x @ w.T + b, y, reduction="sum") + (w * w).sum() / (2 * c)
+        logits = torch.einsum("nd,fcd->fnc", xc, w) + b[:, None, :]
+        per_image = torch.logsumexp(logits, 2) - (logits * onehot).sum(2)  # [F, N] cross-entropy
+        loss = (per_image * m).sum() + (w * w).sum() / (2 * c)
         loss.backward()
         return loss
 
     with torch.enable_grad():
         opt.step(closure)
-    return w.detach(), b.detach()
+    w = w.detach() @ basis
+    b = b.detach() - w @ centre
+    return (w[0], b[0]) if single else (w, b)
 
 
 __all__ = ["Pair", "Score", "fit_logistic", "repeated_folds", "score_pairs", "separation", "shot_draws",

@@ -6,9 +6,10 @@ best-epoch checkpoints and the finished run into the run folder, and streams sma
 (no models: the server loads a finished run from its folder). ``LocalRunner`` is the embedded
 default, a pool of spawned worker processes; a cluster runner implements the same ``Runner``.
 
-Thread policy: ``TLCORE_WORKERS`` workers (default: half the cores, at least 2), each with
-``cores // workers`` torch threads (at least 1), so that workers never oversubscribe the cores;
-the web server's own work (pages, polling) is light and runs between them.
+Thread policy: ``TLCORE_WORKERS`` workers (default: half the cores, at least 2). Before every batch
+a worker takes ``cores // busy workers`` torch threads (at least 1): a run on a quiet server uses
+every core, and busy workers share them without oversubscribing; the web server's own work
+(pages, polling) is light and runs between them.
 
 Scheduling is fair and keeps short work short: a free worker takes the next *short* job (feature
 extraction, few-shot: seconds) before any long one (fine-tune, from scratch), and among jobs of
@@ -219,19 +220,30 @@ def run_job(spec: JobSpec, should_stop: Callable[[], bool], emit: Callable[[Even
         emit(RunFinished("failed", f"Training failed unexpectedly: {type(e).__name__}: {e}"))
 
 
-def _worker_main(index: int, threads: int, inbox: mp.Queue, outbox: mp.Queue, stop_flags) -> None:
-    """A worker process: takes jobs from ``inbox`` one at a time, sends ``(job id, event)`` to ``outbox``."""
+def _worker_main(index: int, threads: int, max_threads: int, busy, inbox: mp.Queue, outbox: mp.Queue,
+                 stop_flags) -> None:
+    """A worker process: takes jobs from ``inbox`` one at a time, sends ``(job id, event)`` to ``outbox``.
+
+    Before every batch it takes the cores the other busy workers leave free (``busy``: how many are
+    training): all ``max_threads`` on a quiet server, its share of them when the class is training."""
     import torch
 
-    torch.set_num_threads(threads)
+    def share() -> None:
+        want = max(threads, max_threads // max(1, busy.value))
+        if want != torch.get_num_threads():
+            torch.set_num_threads(want)
+
     try:  # warm up: the default backbone's pretrained body and its runtime, so a first run starts at once
         from .backbones import DEFAULT_BACKBONE, get_backbone_spec
         from .runtime import frozen_forward
 
         size = get_backbone_spec(DEFAULT_BACKBONE).preprocess.input_size
-        frozen_forward(DEFAULT_BACKBONE, torch.zeros((1, 3, size, size), dtype=torch.uint8))
+        for n in sorted({max_threads, threads}):  # the runtime compiles once per thread count
+            torch.set_num_threads(n)
+            frozen_forward(DEFAULT_BACKBONE, torch.zeros((1, 3, size, size), dtype=torch.uint8))
     except Exception as e:  # a warm-up is an optimisation: runs still work (and report) without it
         log.warning("worker %d could not warm up: %s", index, e)
+    torch.set_num_threads(threads)
     outbox.put(("ready", index, os.getpid()))
     parent = os.getppid()
     orphaned = lambda: os.getppid() != parent  # noqa: E731  the server is gone: stop, never train for nobody
@@ -243,8 +255,13 @@ def _worker_main(index: int, threads: int, inbox: mp.Queue, outbox: mp.Queue, st
         if message is None:
             return
         job_id, spec = message
-        run_job(spec, lambda: stop_flags[index] == job_id or orphaned(),  # noqa: B023
-                lambda event: outbox.put((job_id, event)))  # noqa: B023
+
+        def should_stop() -> bool:
+            share()
+            return stop_flags[index] == job_id or orphaned()  # noqa: B023
+
+        share()
+        run_job(spec, should_stop, lambda event: outbox.put((job_id, event)))  # noqa: B023
         outbox.put(("idle", index, job_id))
 
 
@@ -276,7 +293,8 @@ class LocalRunner:
     def __init__(self, workers: int | None = None, threads: int | None = None) -> None:
         cores = os.cpu_count() or 2
         self.workers = workers or int(os.environ.get("TLCORE_WORKERS", 0)) or max(2, cores // 2)
-        self.threads = threads or max(1, cores // self.workers)
+        self.threads = threads or max(1, cores // self.workers)  # each worker's share when all are busy
+        self.max_threads = threads or cores  # what a worker takes when it trains alone
         self._ctx = mp.get_context("spawn")
         self._lock = threading.RLock()
         self._outbox: mp.Queue | None = None
@@ -304,6 +322,7 @@ class LocalRunner:
                 return
             self._outbox = self._ctx.Queue()
             self._stop_flags = self._ctx.Array("q", self.workers, lock=False)
+            self._busy_count = self._ctx.Value("i", 0, lock=False)  # workers training now (their thread share)
             for i in range(self.workers):
                 self._procs.append(None)
                 self._inboxes.append(None)
@@ -317,7 +336,8 @@ class LocalRunner:
     def _spawn(self, i: int) -> None:
         inbox = self._ctx.Queue()
         proc = self._ctx.Process(target=_worker_main, name=f"{WORKER_NAME}-{i}", daemon=True,
-                                 args=(i, self.threads, inbox, self._outbox, self._stop_flags))
+                                 args=(i, self.threads, self.max_threads, self._busy_count, inbox, self._outbox,
+                                       self._stop_flags))
         proc.start()
         self._procs[i], self._inboxes[i] = proc, inbox
 
@@ -413,6 +433,7 @@ class LocalRunner:
                 self._served[job.spec.owner] = time.time()
                 self._stop_flags[i] = 0
                 job.mark_running()
+                self._busy_count.value = sum(b is not None for b in self._busy)
                 self._inboxes[i].put((job.id, job.spec))
 
     def _collect(self) -> None:
@@ -431,6 +452,7 @@ class LocalRunner:
                 with self._lock:
                     if self._busy[i] is not None and self._busy[i].id == job_id:
                         self._busy[i] = None
+                    self._busy_count.value = sum(b is not None for b in self._busy)
                     self._dispatch()
                 continue
             job_id, event = message
@@ -457,6 +479,7 @@ class LocalRunner:
                         lost.append((self._busy[i], proc.exitcode))
                         self._jobs.pop(self._busy[i].id, None)
                     self._busy[i] = None
+                    self._busy_count.value = sum(b is not None for b in self._busy)
                     self._crashes[i] += 1
                     if self._crashes[i] < 3:
                         self._spawn(i)

@@ -645,12 +645,14 @@ def _final_indices(cfg: TrainConfig, train_idx: list[int], val_idx: list[int]) -
     return list(train_idx) if cfg.max_images_per_class is not None else sorted(train_idx + val_idx)
 
 
-def _frozen_score(cfg: TrainConfig, labels: torch.Tensor, feats: torch.Tensor, digests: list[str],
-                  fit: Callable[[list[int]], Callable[[torch.Tensor], torch.Tensor]]
+Predictor = Callable[[list[tuple[list[int], list[int]]]], list[torch.Tensor]]  # pairs -> logits of each test part
+
+
+def _frozen_score(cfg: TrainConfig, labels: torch.Tensor, digests: list[str], predict: Predictor
                   ) -> tuple[Score | None, tuple[tuple[str, int, tuple[float, ...]], ...]]:
-    """Score a frozen-body strategy on every image: ``fit(train indices)`` gives a features -> logits function,
-    trained per fold of repeated stratified k-fold (per draw of k images per class in a study). Returns the
-    score and the first out-of-fold probabilities of each image."""
+    """Score a frozen-body strategy on every image: ``predict(pairs)`` trains one model per (train, test)
+    pair of repeated stratified k-fold (per draw of k images per class in a study) and gives the logits of
+    each pair's test images. Returns the score and the first out-of-fold probabilities of each image."""
     y = labels.cpu()
     repeats = max(1, min(cfg.score_repeats, 2000 // max(1, len(y))))  # large sets: fewer repeats, same n
     if cfg.max_images_per_class is not None:
@@ -662,24 +664,28 @@ def _frozen_score(cfg: TrainConfig, labels: torch.Tensor, feats: torch.Tensor, d
         k = len(pairs) // repeats if repeats else len(pairs)
         method = f"{k}-fold cross-validation over every image, {repeats} repeat{'s' * (repeats > 1)}"
     first: dict[int, tuple[float, ...]] = {}
+    logits = iter(predict(pairs)) if pairs else iter(())
 
-    def predict(tr: list[int], te: list[int]) -> torch.Tensor:
-        probs = F.softmax(fit(tr)(feats[te]).float(), 1).cpu()
+    def predicted(_tr: list[int], te: list[int]) -> torch.Tensor:
+        probs = F.softmax(next(logits).float(), 1).cpu()
         for i, p in zip(te, probs.tolist()):
             first.setdefault(i, tuple(round(v, 5) for v in p))
         return probs.argmax(1)
 
-    score = score_pairs(pairs, predict, y, method, repeats if cfg.max_images_per_class is None else len(pairs))
+    score = score_pairs(pairs, predicted, y, method, repeats if cfg.max_images_per_class is None else len(pairs))
     heldout = tuple((digests[i], int(y[i]), first[i]) for i in sorted(first))
     return score, heldout
 
 
-def _logistic_fit(x: torch.Tensor, y: torch.Tensor, num_classes: int, iters: int = 100
-                  ) -> Callable[[list[int]], Callable[[torch.Tensor], torch.Tensor]]:
-    def fit(tr: list[int]) -> Callable[[torch.Tensor], torch.Tensor]:
-        w, b = fit_logistic(x[tr].cpu(), y[tr].cpu(), num_classes, HEAD_C, max_iter=iters)
-        return lambda f: f.cpu().float() @ w.T + b
-    return fit
+def _logistic_folds(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> Predictor:
+    """Every fold's logistic regression in one batched fit (``fit_logistic`` with masks)."""
+    def predict(pairs: list[tuple[list[int], list[int]]]) -> list[torch.Tensor]:
+        masks = torch.zeros(len(pairs), len(y))
+        for f, (tr, _te) in enumerate(pairs):
+            masks[f, tr] = 1
+        w, b = fit_logistic(x, y, num_classes, HEAD_C, 200, masks=masks)
+        return [x[te] @ w[f].T + b[f] for f, (_tr, te) in enumerate(pairs)]
+    return predict
 
 
 def _head_run(model: TransferModel, x_all: torch.Tensor, y_all: torch.Tensor, train_idx: list[int],
@@ -733,7 +739,7 @@ def _head_run(model: TransferModel, x_all: torch.Tensor, y_all: torch.Tensor, tr
         linear.bias.copy_(b.to(linear.bias.device))
     model.head.requires_grad_(False)
     model.eval()
-    score, heldout = _frozen_score(cfg, y, x, [i.digest for i in data.items], _logistic_fit(x, y, num_classes))
+    score, heldout = _frozen_score(cfg, y, [i.digest for i in data.items], _logistic_folds(x, y, num_classes))
     how = (f"the frozen backbone ran once per image on {runtime}; the head, a logistic regression fitted to "
            f"convergence (L-BFGS), was refitted on all {len(final)} images at the end")
     status, reason = ("stopped", f"Stopped by the user after epoch {len(history)}; the best epoch's head is kept, "
@@ -760,18 +766,18 @@ def _untrained_run(model: TransferModel, x_all: torch.Tensor, y_all: torch.Tenso
     if cfg.mode == "few-shot":
         probe = nn.Linear(x.shape[1], len(data.classes))
 
-        def fit(tr: list[int]) -> Callable[[torch.Tensor], torch.Tensor]:
-            head = nn.Linear(x.shape[1], len(data.classes))
-            set_prototypes(head, x[tr], y[tr])
-            return lambda f: head(f.cpu().float()).detach()
+        def predict(pairs: list[tuple[list[int], list[int]]]) -> list[torch.Tensor]:
+            out = []
+            for tr, te in pairs:
+                head = nn.Linear(x.shape[1], len(data.classes))
+                set_prototypes(head, x[tr], y[tr])
+                out.append(head(x[te]).detach())
+            return out
 
         set_prototypes(probe, x[train_idx], y[train_idx])  # the curves' point: from the training images only
         reason = f"Prototypes computed: one mean feature vector per class, from all {len(final)} images."
     else:
         from .zeroshot import unmapped
-
-        def fit(_tr: list[int]) -> Callable[[torch.Tensor], torch.Tensor]:  # nothing to fit: ImageNet decides
-            return lambda f: model.head(f.to(x_all.device)).float().cpu()
 
         missing = unmapped(data.classes, cfg.zero_shot_map or {})
         reason = ("Zero-shot: no training image was used; the backbone's ImageNet classes decide." if not missing
@@ -782,8 +788,8 @@ def _untrained_run(model: TransferModel, x_all: torch.Tensor, y_all: torch.Tenso
         if cfg.mode == "few-shot":
             logits = probe(x)
             set_prototypes(model.head[-1], x_all[final], y_all[final])
-        else:
-            logits = fit([])(x)
+        else:  # nothing to fit: ImageNet decides
+            logits = model.head(x_all).float().cpu()
     right = logits.argmax(1) == y
     per_image = F.cross_entropy(logits, y, reduction="none")
     train_acc = right[train_idx].float().mean().item() if train_idx else 0.0
@@ -794,7 +800,7 @@ def _untrained_run(model: TransferModel, x_all: torch.Tensor, y_all: torch.Tenso
         score = Score(right.float().mean().item(), len(y), "every image (zero-shot trains on none)")
         heldout = tuple((digests[i], int(y[i]), tuple(round(v, 5) for v in probs[i].tolist())) for i in range(len(y)))
     else:
-        score, heldout = _frozen_score(cfg, y, x, digests, fit)
+        score, heldout = _frozen_score(cfg, y, digests, predict)
     epoch = EpochEnd(1, 1, 0.0, train_acc, val_loss, val_acc, time.perf_counter() - start, True)
     runtime = runtime_for(x_all.device)
     return RunFinished("completed", reason, RunResult(

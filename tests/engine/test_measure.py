@@ -79,6 +79,35 @@ def test_logistic_head_matches_scikit_learn():
     np.testing.assert_allclose(ours, ref.predict_proba(x), atol=2e-3)
 
 
+def test_fit_logistic_in_the_images_span_and_all_folds_at_once_match_scikit_learn():
+    """Fewer images than dimensions (the fit runs in their span), offset features (centred first), and the
+    folds of a cross-validation fitted together: each fold reaches its own scikit-learn optimum."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(30, 200)) + 3.0).astype(np.float32)
+    y = np.arange(30) % 3
+    x[np.arange(30), y] += 2.0
+    pairs = repeated_folds(torch.from_numpy(y), 5, 2, 0)
+    masks = torch.zeros(len(pairs), 30)
+    for f, (tr, _te) in enumerate(pairs):
+        masks[f, tr] = 1
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    w, b = fit_logistic(xt, yt, 3, max_iter=500, masks=masks)
+    assert w.shape == (len(pairs), 3, 200) and b.shape == (len(pairs), 3)
+
+    def objective(tr, w, b):
+        return float(torch.nn.functional.cross_entropy(xt[tr] @ w.T + b, yt[tr], reduction="sum") + (w * w).sum() / 2)
+
+    for f, (tr, _te) in enumerate(pairs):
+        ref = LogisticRegression(max_iter=5000, tol=1e-10).fit(x[tr], y[tr])
+        ref_w, ref_b = torch.from_numpy(ref.coef_).float(), torch.from_numpy(ref.intercept_).float()
+        assert objective(tr, w[f], b[f]) <= objective(tr, ref_w, ref_b) + 1e-3  # at least as good an optimum
+        alone = fit_logistic(xt[tr], yt[tr], 3, max_iter=500)
+        np.testing.assert_allclose(torch.softmax(xt @ w[f].T + b[f], 1), torch.softmax(xt @ alone[0].T + alone[1], 1),
+                                   atol=2e-3)  # fitted with the other folds or alone: the same model
+
+
 def test_feature_extraction_is_scored_on_every_image_and_trained_on_all(tiny_set):
     cfg = TrainConfig(backbone="tiny-test", mode="feature-extraction", epochs=5)
     r = run_to_end(tiny_set, cfg).result
