@@ -103,8 +103,14 @@ def start_workers() -> bool:
     runner = tlcore.get_runner()
     if isinstance(runner, tlcore.LocalRunner):
         runner.start()
+
+    def measure() -> None:  # once the workers' warm-up no longer keeps the cores busy
+        if isinstance(runner, tlcore.LocalRunner):
+            runner.wait_ready(120)
+        tlcore.measure_speed(tlcore.DEFAULT_BACKBONE)
+
     # The default backbone's speed (for time estimates and queue waits), measured before anyone asks.
-    threading.Thread(target=tlcore.measure_speed, args=(tlcore.DEFAULT_BACKBONE,), daemon=True).start()
+    threading.Thread(target=measure, daemon=True).start()
     return True
 
 

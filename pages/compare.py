@@ -8,7 +8,7 @@ import streamlit as st
 
 import tlcore
 from pages.common import ASSETS, explain, format_seconds, project, require_data
-from tlcore import DEFAULT_SHOTS, STRATEGY_TITLES, available_shots, shared_split
+from tlcore import COMPARE_EPOCHS, DEFAULT_SHOTS, STRATEGY_TITLES, available_shots, shared_split
 from tlcore import describe, embedding_map
 
 proj = project()
@@ -53,7 +53,10 @@ def zero_shot_mapping() -> None:
                    icon=":material/help:")
 chosen = st.multiselect("Strategies", STRATEGIES, default=STRATEGIES, key="compare_strategies",
                         format_func=STRATEGY_TITLES.get)
-st.caption(f"{proj.settings.epochs} epochs each; fine-tuning at the Freeze page's depth: "
+epochs = st.number_input("Epochs per run", 1, 200, COMPARE_EPOCHS, key="compare_epochs",
+                         help=f"For the ladder and the study. {COMPARE_EPOCHS} keeps a class's ladder within about a "
+                              f"minute; feature extraction stops once its head has converged.")
+st.caption(f"At most {epochs} epochs each; fine-tuning at the Freeze page's depth: "
            f"{describe(dataclasses.replace(proj.settings, mode='fine-tune', backbone=proj.backbone))}. "
            "Every strategy is scored on every image, each predicted by a model that did not train on it: "
            "zero-shot, few-shot and feature extraction by 5-fold cross-validation repeated 5 times (milliseconds "
@@ -63,12 +66,13 @@ if "zero-shot" in chosen:
     zero_shot_mapping()
 busy = bool(proj.active_runs())
 if chosen:
-    st.caption(f"About {format_seconds(proj.comparison_seconds(chosen))} in all on this server, one run after "
-               "another (each run's own time is what the comparison shows).")
+    st.caption(f"About {format_seconds(proj.comparison_seconds(chosen, epochs=epochs))} in all on this server, one "
+               "run after another, after what the server already has to do (each run's own time is what the "
+               "comparison shows).")
 if st.button("Run comparison", type="primary", icon=":material/play_arrow:", key="compare_go",
              disabled=not chosen or busy, help="Runs in the background, one after another."):
     try:
-        st.session_state["compare_group"] = proj.start_comparison(chosen)
+        st.session_state["compare_group"] = proj.start_comparison(chosen, epochs=epochs)
         st.rerun()
     except tlcore.TLError as e:
         st.error(str(e), icon=":material/error:")
@@ -168,12 +172,12 @@ shots = c1.multiselect("Images per class", shots_ok, default=shots_ok, key="comp
 eff_strats = c2.multiselect("Strategies", STRATEGIES, default=["zero-shot", "few-shot", "feature-extraction", "scratch"],
                             key="compare_eff_strategies", format_func=STRATEGY_TITLES.get)
 if shots and eff_strats:
-    st.caption(f"{len(shots) * len(eff_strats)} runs, about {format_seconds(proj.comparison_seconds(eff_strats, shots))}"
+    st.caption(f"{len(shots) * len(eff_strats)} runs, about {format_seconds(proj.comparison_seconds(eff_strats, shots, epochs))}"
                " in all on this server.")
 if st.button("Run data-efficiency study", key="compare_eff_go", disabled=busy or not shots or not eff_strats,
              icon=":material/stacked_line_chart:"):
     try:
-        st.session_state["compare_eff_group"] = proj.start_comparison(eff_strats, shots)
+        st.session_state["compare_eff_group"] = proj.start_comparison(eff_strats, shots, epochs)
         st.rerun()
     except tlcore.TLError as e:
         st.error(str(e), icon=":material/error:")

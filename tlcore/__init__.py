@@ -24,7 +24,7 @@ from .backbones import (DEFAULT_BACKBONE, BackboneSpec, Body, Preprocess, create
                         register_backbone, stage_param_counts)
 from .checkpoint import (SavedRun, archive_run, export_onnx, export_torchscript, load_run, read_meta, save_run,
                          unpack_run_archive)
-from .compare import DEFAULT_SHOTS, STRATEGY_TITLES, available_shots, shared_split
+from .compare import COMPARE_EPOCHS, DEFAULT_SHOTS, STRATEGY_TITLES, available_shots, shared_split
 from .data import (IMAGE_SUFFIXES, ImageItem, ImageSet, Rejected, check_trainable, decode_image, load_data,
                    load_folder, load_zip, stratified_split, thumbnail)
 from .errors import BadImageError, TLError, WeightsUnavailableError
@@ -70,7 +70,7 @@ __all__ = [
     # training in worker processes
     "JobHandle", "JobSnapshot", "JobSpec", "LocalRunner", "Runner", "get_runner", "set_runner",
     # comparisons and speed
-    "DEFAULT_SHOTS", "STRATEGY_TITLES", "SpeedProfile", "available_shots", "estimate_epoch_seconds", "estimate_run_seconds",
+    "COMPARE_EPOCHS", "DEFAULT_SHOTS", "STRATEGY_TITLES", "SpeedProfile", "available_shots", "estimate_epoch_seconds", "estimate_run_seconds",
     "measure_speed", "shared_split",
     # projects (what the app's pages work on)
     "PROJECTS", "Project", "RunRecord", "describe", "embedding_map", "export_model", "familiarity", "import_run",

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from .backbones import DEFAULT_BACKBONE, get_backbone_spec
+from .compare import COMPARE_EPOCHS
 from .data import ImageSet, load_folder
 from .evaluate import evaluate
 from .measure import shot_draws
@@ -216,12 +217,11 @@ def app_ladder(quick: bool, backbone: str, log) -> dict:
     try:
         data = photo_crops(7, ("cat", "coffee", "rocket"), seed=3)
         strategies = ["zero-shot", "few-shot", "feature-extraction", "fine-tune", "scratch"]
-        epochs = 1 if quick else 20
+        epochs = 1 if quick else COMPARE_EPOCHS  # the Compare page's default
 
         def project() -> Project:
             p = Project.create()
             p.images.merge(data)
-            p.settings = dataclasses.replace(p.settings, epochs=epochs)
             p.backbone = backbone
             return p
 
@@ -234,29 +234,35 @@ def app_ladder(quick: bool, backbone: str, log) -> dict:
                 time.sleep(0.2)
             return ends
 
+        from .profile import CALIBRATION, measure_speed
+        from .runner import get_runner
+
+        get_runner().wait_ready(300)
+        measure_speed(backbone)  # as the app does at start-up, once the workers are ready
+        CALIBRATION.reset()  # the sections above ran in this process: the first estimate is uncalibrated
         warm = project()  # workers started and the backbone exported, as on a server that has been up
-        wait([warm], [warm.start_comparison(["feature-extraction"])])
+        wait([warm], [warm.start_comparison(["feature-extraction"], epochs=epochs)])
         alone = project()
-        estimate = alone.comparison_seconds(strategies)
-        [seconds] = wait([alone], [alone.start_comparison(strategies)])
+        estimate = alone.comparison_seconds(strategies, epochs=epochs)
+        [seconds] = wait([alone], [alone.start_comparison(strategies, epochs=epochs)])
         rows = {r.label: (r.status, r.result.score.text() if r.result and r.result.score else None)
                 for r in alone.runs}
         out["ladder"] = {"seconds": seconds, "estimate_seconds": estimate, "runs": rows}
         log(f"9. the ladder on 3 classes x 7 photo crops, {epochs} epochs, alone: {seconds:.1f} s (the page "
             f"estimated {estimate:.1f} s)")
         a, b = project(), project()
-        estimates = [a.comparison_seconds(strategies)]
-        ga = a.start_comparison(strategies)
-        estimates.append(b.comparison_seconds(strategies))
-        gb = b.start_comparison(strategies)
+        estimates = [a.comparison_seconds(strategies, epochs=epochs)]
+        ga = a.start_comparison(strategies, epochs=epochs)
+        estimates.append(b.comparison_seconds(strategies, epochs=epochs))
+        gb = b.start_comparison(strategies, epochs=epochs)
         busy = wait([a, b], [ga, gb])
         out["ladder_busy"] = {"seconds": busy, "estimate_seconds": estimates}
         log(f"9. two ladders submitted at once: {busy[0]:.1f} s and {busy[1]:.1f} s (estimated {estimates[0]:.1f} s "
             f"and {estimates[1]:.1f} s)")
         study = project()
         shots = [1, 5, None]
-        est = study.comparison_seconds(strategies, shots)
-        [seconds] = wait([study], [study.start_comparison(strategies, shots)])
+        est = study.comparison_seconds(strategies, shots, epochs)
+        [seconds] = wait([study], [study.start_comparison(strategies, shots, epochs)])
         out["study"] = {"seconds": seconds, "estimate_seconds": est}
         log(f"9. the study (1, 5, all per class) alone: {seconds:.1f} s (estimated {est:.1f} s)")
     finally:

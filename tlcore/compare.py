@@ -20,6 +20,9 @@ from .train import FROZEN_BODY_MODES, MODES, Event, RunFinished, TrainConfig, em
 
 DEFAULT_SHOTS = (1, 5, 10, 25, None)  # images per class; None = all
 LADDER_FOLDS = 3  # the ladder scores the strategies that train the body by 3-fold cross-validation too
+# Epochs of a comparison's runs by default: with its 3 fold trainings each, a ladder on a class's 20-odd images
+# then ends within a minute on a 2-core laptop (feature extraction stops once converged, well before).
+COMPARE_EPOCHS = 10
 
 STRATEGY_TITLES = {  # the ladder, from no training image to no pretraining
     "zero-shot": "Zero-shot (class names only: the backbone's ImageNet classes, no training image)",
@@ -142,5 +145,5 @@ def features_of(model: TransferModel | None, imageset: ImageSet, backbone: str) 
     return torch.cat(out)
 
 
-__all__ = ["DEFAULT_SHOTS", "FROZEN_BODY_MODES", "STRATEGY_TITLES", "PlannedRun", "available_shots",
+__all__ = ["COMPARE_EPOCHS", "DEFAULT_SHOTS", "FROZEN_BODY_MODES", "STRATEGY_TITLES", "PlannedRun", "available_shots",
            "features_of", "plan", "project_2d", "run_plan", "shared_split", "summary_row"]

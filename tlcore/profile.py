@@ -28,10 +28,12 @@ class SpeedProfile:
 _measuring = threading.Lock()
 
 
-def measure_speed(backbone: str, batch: int = 8, repeats: int = 2) -> SpeedProfile:
+def measure_speed(backbone: str, batch: int = 8, repeats: int = 3) -> SpeedProfile:
     """Time the backbone's forward pass on random images; per-stage shares from module hooks. Measured
     once per process: concurrent callers (a class pressing Start together) wait for the one measurement
-    rather than each timing the backbone while the others do."""
+    rather than each timing the backbone while the others do. The fastest of ``repeats`` passes counts
+    (other work on the machine only ever slows a pass down); ``Calibration`` corrects the rest from the
+    runs that finish."""
     with _measuring:
         return _measure_speed(backbone, batch, repeats)
 
@@ -58,10 +60,12 @@ def _measure_speed(backbone: str, batch: int, repeats: int) -> SpeedProfile:
     with torch.inference_mode():
         body(x)  # warm-up (allocations, kernel choice)
         spent = [0.0] * len(body.stages)
-        t0 = time.perf_counter()
+        passes = []
         for _ in range(repeats):
+            t0 = time.perf_counter()
             body(x)
-        total = time.perf_counter() - t0
+            passes.append(time.perf_counter() - t0)
+        total = min(passes) * repeats
     for h in handles:
         h.remove()
     staged = sum(spent) or 1.0
@@ -70,23 +74,74 @@ def _measure_speed(backbone: str, batch: int, repeats: int) -> SpeedProfile:
     if spec.availability() != "download" and runtime_for(device) != "torch":
         pixels = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
         frozen_forward(backbone, pixels, device=device)  # warm-up (and the one-off export)
-        t0 = time.perf_counter()
+        passes = []
         for _ in range(repeats):
+            t0 = time.perf_counter()
             frozen_forward(backbone, pixels, device=device)
-        fast_ms, runtime = 1000 * (time.perf_counter() - t0) / (repeats * batch), runtime_for(device)
+            passes.append(time.perf_counter() - t0)
+        fast_ms, runtime = 1000 * min(passes) / batch, runtime_for(device)
     return SpeedProfile(backbone, fast_ms, torch_ms, tuple(s / staged for s in spent), runtime)
 
 
-def estimate_run_seconds(config: TrainConfig, num_images: int) -> float:
-    """Seconds a whole run of ``config`` on ``num_images`` images should take here (start-up included)."""
+RUN_OVERHEAD_S = 1.5  # a worker taking a job, loading and saving the run
+
+
+class Calibration:
+    """How much longer (or shorter) than the speed model's figure the runs that train the body took on
+    this server lately: a moving average of measured / modelled seconds of finished runs. It absorbs
+    what the one-off measurement cannot know: a busy server, workers sharing the cores, this CPU's
+    backward pass. Estimates are the model's figure times ``factor()``."""
+
+    def __init__(self, weight: float = 0.5) -> None:
+        self._factor: float | None = None
+        self._weight = weight  # of the newest run
+        self._lock = threading.Lock()
+
+    def observe(self, config: TrainConfig, num_images: int, seconds: float) -> None:
+        """A completed run of ``config`` on ``num_images`` images took ``seconds`` from start to saved."""
+        if config.mode in FROZEN_BODY_MODES:
+            return  # seconds of work, mostly cached features: nothing to learn about training speed
+        modelled = _trained_seconds(config, num_images)
+        if modelled <= 0:
+            return
+        ratio = min(10.0, max(0.1, (seconds - RUN_OVERHEAD_S) / modelled))
+        with self._lock:
+            self._factor = ratio if self._factor is None else (1 - self._weight) * self._factor + self._weight * ratio
+
+    def factor(self) -> float:
+        with self._lock:
+            return 1.0 if self._factor is None else self._factor
+
+    def reset(self) -> None:
+        with self._lock:
+            self._factor = None
+
+
+CALIBRATION = Calibration()
+
+
+def _trained_seconds(config: TrainConfig, num_images: int) -> float:
+    """The speed model's seconds of a run that trains the body: its trainings (one, plus one per fold of
+    its cross-validation, each on (k - 1) / k of the images) before calibration."""
     speed = measure_speed(config.backbone)
     views = config.augment_views if config.augment else 1
-    once, per_epoch = estimate_epoch_seconds(speed, num_images, config.mode, config.resolved_freeze_depth(), views)
-    if config.mode in FROZEN_BODY_MODES:  # the head (or prototypes) and its cross-validation: milliseconds
-        return 1.5 + once
     folds = config.resolved_score_folds()
-    trainings = 1 + (folds - 1 if folds else 0)  # k folds each train on (k - 1) / k of the images
-    return 1.5 + once * trainings + per_epoch * config.epochs * trainings
+    total = 0.0
+    for n in [num_images] + [num_images * (folds - 1) / folds] * folds if folds else [num_images]:
+        once, per_epoch = estimate_epoch_seconds(speed, round(n), config.mode, config.resolved_freeze_depth(), views)
+        total += once + per_epoch * config.epochs
+    return total
+
+
+def estimate_run_seconds(config: TrainConfig, num_images: int, features_cached: bool = False) -> float:
+    """Seconds a whole run of ``config`` on ``num_images`` images should take here, from a worker taking
+    it to the run saved; ``features_cached``: a frozen-body run whose images' features were computed by
+    an earlier run (of the same comparison)."""
+    if config.mode in FROZEN_BODY_MODES:  # the head (or prototypes) and its cross-validation: milliseconds
+        speed = measure_speed(config.backbone)
+        once = 0.0 if features_cached else estimate_epoch_seconds(speed, num_images, config.mode, 0)[0]
+        return RUN_OVERHEAD_S + once
+    return RUN_OVERHEAD_S + _trained_seconds(config, num_images) * CALIBRATION.factor()
 
 
 def estimate_epoch_seconds(profile: SpeedProfile, num_images: int, mode: str, freeze_depth: int,
@@ -95,13 +150,14 @@ def estimate_epoch_seconds(profile: SpeedProfile, num_images: int, mode: str, fr
 
     Frozen work runs once, on the fast runtime: the whole body for feature extraction, the frozen
     leading stages (``views`` augmented views per image) for a fine-tune. Stages that learn cost
-    their torch forward pass and about 1.2 times that again for backward and update, plus 15 % for
-    train-mode overhead (dropout, batch-norm statistics): measured on EfficientNet-Lite0, 2-core CPU,
-    within 20 % of real runs of feature extraction and fine-tunes (nothing or half frozen).
+    their torch forward pass and about twice that again for backward and update, plus 45 % for
+    train-mode overhead (augmentation, dropout, batch-norm statistics): measured on EfficientNet-Lite0,
+    2-core CPU, on the Compare page's ladder (fine-tune half frozen and from scratch, through the
+    workers); ``Calibration`` follows the server's real runs from there.
     """
     if mode in FROZEN_BODY_MODES:
         return num_images * profile.ms_per_image / 1000, 0.0
     frozen_share = 0.0 if mode == "scratch" else sum(profile.stage_share[:freeze_depth])
     once = num_images * views * profile.ms_per_image / 1000 * frozen_share if frozen_share else 0.0
-    per_epoch = num_images * profile.torch_ms_per_image / 1000 * (1 - frozen_share) * 2.2 * 1.15
+    per_epoch = num_images * profile.torch_ms_per_image / 1000 * (1 - frozen_share) * 3.0 * 1.45
     return once, per_epoch

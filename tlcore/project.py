@@ -34,7 +34,7 @@ from .data import (ImageItem, ImageSet, Rejected, image_to_tensor, stratified_sp
 from .evaluate import Evaluation, Familiarity, evaluate
 from .errors import TLError
 from .runner import JobHandle, JobSpec, get_runner
-from .train import RunFinished, RunResult, TrainConfig, run_split
+from .train import FROZEN_BODY_MODES, RunFinished, RunResult, TrainConfig, run_split
 
 HOME_ENV = "TLS_HOME"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
@@ -158,12 +158,18 @@ class Project:
         self.save()
         return record
 
-    def start_comparison(self, strategies: list[str], shots: list[int | None] | None = None) -> str:
-        """Queue one run per strategy (and shot count), one after another on one shared split.
+    def _comparison_base(self, epochs: int | None) -> TrainConfig:
+        base = dataclasses.replace(self.settings, backbone=self.backbone)
+        return base if epochs is None else dataclasses.replace(base, epochs=epochs)
+
+    def start_comparison(self, strategies: list[str], shots: list[int | None] | None = None,
+                         epochs: int | None = None) -> str:
+        """Queue one run per strategy (and shot count), one after another on one shared split; ``epochs``
+        (default: the project's setting) bounds every run's epochs.
 
         Returns the group id that tags the runs.
         """
-        base = dataclasses.replace(self.settings, backbone=self.backbone)
+        base = self._comparison_base(epochs)
         split = shared_split(self.images, base)
         group = f"{'shots' if shots else 'compare'}-{secrets.token_hex(3)}"
         previous = None
@@ -172,16 +178,23 @@ class Project:
                                       None if planned.shots else split)
         return group
 
-    def comparison_seconds(self, strategies: list[str], shots: list[int | None] | None = None) -> float:
-        """About how long ``start_comparison(strategies, shots)`` takes here, one run after another."""
+    def comparison_seconds(self, strategies: list[str], shots: list[int | None] | None = None,
+                           epochs: int | None = None) -> float:
+        """About how long ``start_comparison(strategies, shots, epochs)`` takes here, from now: the runs one
+        after another (the features computed once, by its first frozen-body run), after what the server's
+        workers already have to do."""
         from .profile import estimate_run_seconds
 
-        base = dataclasses.replace(self.settings, backbone=self.backbone)
+        base = self._comparison_base(epochs)
         train, val = shared_split(self.images, base)
         classes = sum(1 for n in self.images.counts().values() if n)
-        return sum(estimate_run_seconds(p.config, len(val) + (len(train) if p.shots is None
-                                                              else min(len(train), p.shots * classes)))
-                   for p in plan(strategies, base, shots))
+        total, cached = 0.0, False
+        for p in plan(strategies, base, shots):
+            n = len(val) + len(train) if p.shots is None else min(len(train) + len(val), p.shots * classes)
+            total += estimate_run_seconds(p.config, n, features_cached=cached)
+            cached = cached or p.config.mode in FROZEN_BODY_MODES
+        backlog = getattr(get_runner(), "backlog_seconds", lambda: 0.0)()
+        return backlog + total
 
     def group_runs(self, group: str) -> list[RunRecord]:
         return [r for r in self._refreshed() if r.group == group]

@@ -139,6 +139,11 @@ class RayRunner:
             k = self._waiting.index(job)
             return k + 1, sum(j.estimate_s for j in self._waiting[:k])  # rough: Ray places them
 
+    def backlog_seconds(self) -> float:
+        """Rough: what still waits for a place on the cluster (Ray decides where and when each starts)."""
+        with self._lock:
+            return sum(j.estimate_s for j in self._waiting)
+
     def idle(self) -> bool:
         """Nothing waiting and nothing training."""
         with self._lock:

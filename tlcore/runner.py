@@ -147,6 +147,11 @@ class JobHandle:
                 self._finished = event
                 self._state = event.status
         if isinstance(event, RunFinished):
+            if event.status == "completed" and self.started is not None:  # estimates learn from real runs
+                from .profile import CALIBRATION
+
+                CALIBRATION.observe(self.spec.config, len(self.spec.split[0]) + len(self.spec.split[1]),
+                                    time.time() - self.started)
             self._done.set()
 
     def remaining_s(self) -> float:
@@ -172,6 +177,9 @@ class Runner(Protocol):
 
     def queue_info(self, job: JobHandle) -> tuple[int, float]:
         """(position in line, 1 = next; estimated seconds until it starts)."""
+
+    def backlog_seconds(self) -> float:
+        """About how long until a long job submitted now would start."""
 
 
 def estimate_seconds(spec: JobSpec) -> float:
@@ -308,6 +316,8 @@ class LocalRunner:
         self._ids = itertools.count(1)
         self._crashes: list[int] = []  # per worker: deaths since it last started properly
         self.broken: str | None = None  # why no worker can start, once that is clear
+        self._ready: set[int] = set()  # workers that have warmed up
+        self._all_ready = threading.Event()
         self._closing = False
 
     # -- lifecycle
@@ -353,6 +363,11 @@ class LocalRunner:
                     if proc.is_alive():
                         proc.kill()
 
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until every worker has warmed up (at start-up they keep the cores busy for a while)."""
+        self._ensure_started()
+        return self._all_ready.wait(timeout)
+
     def idle(self) -> bool:
         """Nothing queued and nothing training."""
         with self._lock:
@@ -390,6 +405,15 @@ class LocalRunner:
                         self._stop_flags[i] = job.id
         if finished:
             job.record(RunFinished("stopped", "Stopped while waiting for a free training worker."))
+
+    def backlog_seconds(self) -> float:
+        """About how long until a long job submitted now would start: what the workers that take long jobs
+        still have to do, running and queued (short jobs have the express lane)."""
+        with self._lock:
+            lanes = [i for i in range(self.workers) if not (self.workers >= 2 and i == self.workers - 1)]
+            busy = sum(self._busy[i].remaining_s() for i in lanes if self._busy[i] is not None)
+            queued = sum(j.estimate_s for j in self._pending if not j.spec.short)
+            return (busy + queued) / max(1, len(lanes))
 
     def queue_info(self, job: JobHandle) -> tuple[int, float]:
         """(position in line, estimated seconds until it starts)."""
@@ -446,6 +470,9 @@ class LocalRunner:
             if message[0] == "ready":
                 with self._lock:
                     self._crashes[message[1]] = 0
+                    self._ready.add(message[1])
+                    if len(self._ready) >= self.workers:
+                        self._all_ready.set()
                 continue
             if message[0] == "idle":
                 _, i, job_id = message
