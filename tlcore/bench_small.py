@@ -25,13 +25,13 @@ import torch
 from PIL import Image
 
 from .backbones import DEFAULT_BACKBONE, get_backbone_spec
-from .compare import COMPARE_EPOCHS
+from .compare import COMPARE_EPOCHS, features_of
 from .data import ImageSet, load_folder
 from .evaluate import evaluate
 from .measure import shot_draws
 from .profile import estimate_run_seconds
 from .runtime import FrozenPart
-from .train import FEATURES, FROZEN_BODY_MODES, TrainConfig, embed, run_to_end
+from .train import FEATURES, FROZEN_BODY_MODES, TrainConfig, run_to_end
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "assets" / "samples"
@@ -87,15 +87,6 @@ def datasets(quick: bool) -> dict[str, ImageSet]:
         return {"bundled digits": load_folder(SAMPLES / "digits").subset(range(0, 200, 4))}
     return {"bundled digits": load_folder(SAMPLES / "digits"), "bundled faces": load_folder(SAMPLES / "faces"),
             "scikit-learn digits": sklearn_digits(100), "scikit-image photo crops": photo_crops(60)}
-
-
-def _features(imageset: ImageSet, backbone: str) -> torch.Tensor:
-    gen = embed(imageset, backbone)
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        return stop.value
 
 
 def baseline(pool_feats: torch.Tensor, labels: torch.Tensor, train: list[int], test: list[int],
@@ -156,7 +147,7 @@ def frozen_section(quick: bool, backbone: str, log) -> dict:
     rows = []
     for name, pool in datasets(quick).items():
         labels = pool.labels()
-        pool_feats = _features(pool, backbone).float()
+        pool_feats = features_of(None, pool, backbone).float()
         for k in shots:
             for seed in seeds:
                 [(train, test)] = shot_draws(labels, k, 1, seed)
@@ -187,7 +178,7 @@ def trained_section(quick: bool, backbone: str, log) -> dict:
     pool = photo_crops(12, ("cat", "coffee", "rocket")) if quick else photo_crops(40)
     shots, seeds, epochs = ((4,), (0,), 1) if quick else ((5, 10), (0, 1), 20)
     labels = pool.labels()
-    pool_feats = _features(pool, backbone).float()
+    pool_feats = features_of(None, pool, backbone).float()
     rows = []
     for k in shots:
         for seed in seeds:

@@ -363,6 +363,10 @@ class LocalRunner:
                     if proc.is_alive():
                         proc.kill()
 
+    def _count_busy(self) -> None:
+        """Tell the workers how many of them train now (their thread share); under ``_lock``."""
+        self._busy_count.value = sum(b is not None for b in self._busy)
+
     def wait_ready(self, timeout: float) -> bool:
         """Wait until every worker has warmed up (at start-up they keep the cores busy for a while)."""
         self._ensure_started()
@@ -457,7 +461,7 @@ class LocalRunner:
                 self._served[job.spec.owner] = time.time()
                 self._stop_flags[i] = 0
                 job.mark_running()
-                self._busy_count.value = sum(b is not None for b in self._busy)
+                self._count_busy()
                 self._inboxes[i].put((job.id, job.spec))
 
     def _collect(self) -> None:
@@ -479,7 +483,7 @@ class LocalRunner:
                 with self._lock:
                     if self._busy[i] is not None and self._busy[i].id == job_id:
                         self._busy[i] = None
-                    self._busy_count.value = sum(b is not None for b in self._busy)
+                    self._count_busy()
                     self._dispatch()
                 continue
             job_id, event = message
@@ -506,7 +510,7 @@ class LocalRunner:
                         lost.append((self._busy[i], proc.exitcode))
                         self._jobs.pop(self._busy[i].id, None)
                     self._busy[i] = None
-                    self._busy_count.value = sum(b is not None for b in self._busy)
+                    self._count_busy()
                     self._crashes[i] += 1
                     if self._crashes[i] < 3:
                         self._spawn(i)

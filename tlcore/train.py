@@ -39,7 +39,7 @@ from torchvision.transforms import v2
 from .backbones import DEFAULT_BACKBONE, Preprocess, frozen_body, get_backbone_spec, weights_digest
 from .data import ImageSet, check_trainable, memory_budget_mb, stratified_split, trainable_subset
 from .errors import TLError
-from .measure import Score, fit_logistic, repeated_folds, score_pairs, shot_draws
+from .measure import Pair, Score, fit_logistic, repeated_folds, score_pairs, shot_draws
 from .model import CHANNELS_LAST, TransferModel, build_model, count_params, freeze, set_train_mode
 from .runtime import frozen_forward, runtime_for
 
@@ -645,7 +645,7 @@ def _final_indices(cfg: TrainConfig, train_idx: list[int], val_idx: list[int]) -
     return list(train_idx) if cfg.max_images_per_class is not None else sorted(train_idx + val_idx)
 
 
-Predictor = Callable[[list[tuple[list[int], list[int]]]], list[torch.Tensor]]  # pairs -> logits of each test part
+Predictor = Callable[[list[Pair]], list[torch.Tensor]]  # (train, test) pairs -> logits of each test part
 
 
 def _frozen_score(cfg: TrainConfig, labels: torch.Tensor, digests: list[str], predict: Predictor
@@ -679,7 +679,7 @@ def _frozen_score(cfg: TrainConfig, labels: torch.Tensor, digests: list[str], pr
 
 def _logistic_folds(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> Predictor:
     """Every fold's logistic regression in one batched fit (``fit_logistic`` with masks)."""
-    def predict(pairs: list[tuple[list[int], list[int]]]) -> list[torch.Tensor]:
+    def predict(pairs: list[Pair]) -> list[torch.Tensor]:
         masks = torch.zeros(len(pairs), len(y))
         for f, (tr, _te) in enumerate(pairs):
             masks[f, tr] = 1
@@ -766,7 +766,7 @@ def _untrained_run(model: TransferModel, x_all: torch.Tensor, y_all: torch.Tenso
     if cfg.mode == "few-shot":
         probe = nn.Linear(x.shape[1], len(data.classes))
 
-        def predict(pairs: list[tuple[list[int], list[int]]]) -> list[torch.Tensor]:
+        def predict(pairs: list[Pair]) -> list[torch.Tensor]:
             out = []
             for tr, te in pairs:
                 head = nn.Linear(x.shape[1], len(data.classes))
