@@ -141,6 +141,7 @@ def comparison_view() -> None:
         fig.update_layout(height=380, margin=dict(t=40, b=30, l=10, r=10))
         st.plotly_chart(fig, key="compare_bars")
         verdicts(scored)
+        challenge_yardstick(scored)
     if polling and not proj.active_runs():
         st.rerun()  # everything finished: one full rerun stops the polling
 
@@ -155,6 +156,31 @@ def verdicts(scored) -> None:
             more = f"; about {needed} held-out images would show it, at these accuracies" if needed else ""
             st.caption(f"**{a.label}** and **{b.label}**: the intervals overlap, so these images cannot tell them "
                        f"apart yet{more}.")
+
+
+def challenge_yardstick(scored) -> None:
+    """When the teacher has a challenge, score every finished run on its hidden images: the same images for all."""
+    if not scored or (challenge := tlcore.current_challenge()) is None:
+        return
+    if not st.toggle(f"Also score on the class challenge's hidden images ({sum(challenge.counts.values())}, "
+                     "the same for every run)", key="compare_challenge"):
+        return
+    rows, marks = [], st.session_state.setdefault("compare_challenge_scores", {})
+    for r in scored:
+        key = (challenge.id, proj.key, r.id)
+        if key not in marks:
+            try:
+                with st.spinner(f"Scoring {r.label} on the challenge…"):
+                    marks[key] = challenge.score(r.result)[0]
+            except tlcore.TLError as e:
+                marks[key] = str(e)
+        mark = marks[key]
+        rows.append({"run": r.label, "challenge accuracy": None if isinstance(mark, str) else mark.accuracy,
+                     "on the challenge": mark if isinstance(mark, str) else mark.text(),
+                     "own measure": r.result.score.text()})
+    st.dataframe(rows, hide_index=True, key="compare_challenge_table",
+                 column_config={"challenge accuracy": st.column_config.ProgressColumn(format="percent", min_value=0,
+                                                                                       max_value=1)})
 
 
 polling = bool(proj.active_runs())

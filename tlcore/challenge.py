@@ -19,7 +19,9 @@ from .checkpoint import atomic_write
 from .data import ImageItem, ImageSet, load_zip
 from .errors import TLError
 from .evaluate import evaluate
+from .measure import Score
 from .project import Project, RunRecord, describe, projects_root
+from .train import RunResult
 
 _LOCK = threading.Lock()
 _HIDDEN: dict[str, ImageSet] = {}  # challenge id -> its decoded hidden images (loaded once)
@@ -65,15 +67,9 @@ class Challenge:
                 _HIDDEN[self.id] = load_zip((self.folder / "hidden.zip").read_bytes())
             return _HIDDEN[self.id]
 
-    def enter(self, project: Project, record: RunRecord, student: str) -> Entry:
-        """Score a finished run on the hidden images and put it on the board (again: it replaces the
-        student's earlier entry of the same run)."""
-        student = " ".join(student.split())[:40]
-        if not student:
-            raise TLError("Type a name for the leaderboard first.")
-        result = record.result
-        if result is None:
-            raise TLError("This run has no trained model to enter.")
+    def score(self, result: RunResult) -> tuple[Score, dict[str, float]]:
+        """A finished run's accuracy on the hidden images (with its interval) and its recall per challenge
+        class: the common yardstick when runs are compared. Nothing is stored."""
         own = {c.lower(): c for c in result.classes}
         missing = [c for c in self.classes if c.lower() not in own]
         if missing:
@@ -84,9 +80,21 @@ class Challenge:
         ev = evaluate(result.model, ImageSet(items, (), list(result.classes)), result.classes,
                       get_backbone_spec(result.config.backbone).preprocess)
         recall = {c: r for c, _, r, support in ev.precision_recall() if support}
+        return (Score(ev.accuracy, len(items), f"the challenge's {len(items)} hidden images"),
+                {c: recall.get(own[c.lower()], 0.0) for c in self.classes})
+
+    def enter(self, project: Project, record: RunRecord, student: str) -> Entry:
+        """Score a finished run on the hidden images and put it on the board (again: it replaces the
+        student's earlier entry of the same run)."""
+        student = " ".join(student.split())[:40]
+        if not student:
+            raise TLError("Type a name for the leaderboard first.")
+        result = record.result
+        if result is None:
+            raise TLError("This run has no trained model to enter.")
+        score, recall = self.score(result)
         entry = Entry(student, project.name, record.id, describe(result.config), result.config.mode,
-                      len(result.train_indices), ev.accuracy,
-                      {c: recall.get(own[c.lower()], 0.0) for c in self.classes})
+                      len(result.train_indices), score.accuracy, recall)
         with _LOCK:  # entries of other sessions made meanwhile are on disk: merge with those
             self.entries = [e for e in _read(self.folder).entries
                             if (e.project, e.run_id) != (project.name, record.id)] + [entry]

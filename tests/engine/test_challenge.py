@@ -37,6 +37,8 @@ def test_an_entry_is_scored_on_the_hidden_images_with_case_insensitive_names():
     entry = challenge.enter(proj, record, "  Alice  ")
     assert entry.student == "Alice" and entry.accuracy == 1.0 and set(entry.recall) == {"CLASS0", "Class1"}
     assert entry.train_images == len(record.result.train_indices) and entry.mode == "feature-extraction"
+    score, recall = challenge.score(record.result)  # the yardstick alone: the same figures, nothing stored
+    assert (score.accuracy, score.n, recall) == (entry.accuracy, 12, entry.recall)
     again = challenge.enter(proj, record, "Alice")  # the same run again: replaces, not duplicates
     board = current_challenge().leaderboard()
     assert len(board) == 1 and board[0] == again
