@@ -111,7 +111,7 @@ if upload is not None or sample:
     name, data = ((upload.name, upload.getvalue()) if upload is not None else
                   (f"{sample}.jpg", (ASSETS / {"coffee": "coffee.jpg", "cat": "chelsea.jpg"}[sample]).read_bytes()))
     try:
-        image = tlcore.decode_image(name, data, max_side=None)
+        image = tlcore.decode_image(name, data, max_side=1024)
     except tlcore.BadImageError as e:
         st.error(str(e))
     else:

@@ -60,7 +60,7 @@ def project() -> Project:
         st.session_state[READONLY_KEY] = readonly
         start_sweeper()
         start_workers()
-    proj = st.session_state[STATE_KEY]
+    proj = st.session_state[STATE_KEY] = PROJECTS.hold(st.session_state[STATE_KEY], session_id())
     _show_link(proj)
     return proj
 

@@ -90,7 +90,7 @@ def projects() -> None:
             for r in proj.active_runs():
                 c, d = st.columns([4, 1], vertical_alignment="center")
                 c.caption(f"{r.label}: {describe_snapshot(r.job.snapshot())[1]}")
-                d.button("Stop", key=f"teacher_stop_{proj.name}_{r.id}", on_click=r.job.stop, icon=":material/stop:",
+                d.button("Stop", key=f"teacher_stop_{proj.name}_{r.id}", on_click=r.job.stop, args=("by the teacher",), icon=":material/stop:",
                          help="Stops this run (its best epoch is kept) to free the server for others.")
 
 

@@ -29,7 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .backbones import Preprocess, frozen_body, get_backbone_spec, weights_digest
-from .data import ZipLimits, check_zip_total, memory_budget_mb, zip_member_problem
+from .data import ZipLimits, check_zip_total, memory_budget_mb, open_zip, zip_member_problem
 from .errors import TLError
 from .measure import Score
 from .model import TransferModel, build_model
@@ -343,7 +343,7 @@ def archive_run(folder: str | Path) -> bytes:
 
 
 #: A saved run's zip holds two files; the largest backbone's weights are about 330 MB.
-RUN_ZIP_LIMITS = ZipLimits(member_bytes=1 << 30, total_bytes=1 << 30)
+RUN_ZIP_LIMITS = ZipLimits(member_bytes=1 << 30, total_bytes=1 << 30, members=100)
 
 
 def _copy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) -> None:
@@ -355,8 +355,10 @@ def _copy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) -> None:
 def unpack_run_archive(data: bytes, folder: str | Path) -> SavedRun:
     """Load a run from zip bytes a user uploads; only our two files are read, nothing executes."""
     folder = Path(folder)
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        raise TLError("The file is not a zip of a saved run (download one from the Export page).")
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        with open_zip(data, RUN_ZIP_LIMITS, "This run zip") as zf:
             members = {Path(i.filename).name: i for i in zf.infolist() if not i.is_dir()}
             if META not in members or WEIGHTS not in members:
                 raise TLError(f"This zip is not a saved run: it needs {META} and {WEIGHTS}.")

@@ -11,12 +11,13 @@ import hashlib
 import io
 import os
 import stat
+import struct
 import threading
 import warnings
 import weakref
 import zipfile
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -30,10 +31,12 @@ from .errors import BadImageError, TLError
 
 BASE_SIZE = 320  # decoded images keep at most this shorter side (enough for a 300 px crop)
 MIN_SIDE = 8  # smaller images carry no usable picture
+MAX_ASPECT = 4  # a longer side beyond this many shorter sides is cropped (centred): the model sees the centre
 MAX_PIXELS = 80_000_000  # larger images are refused before decoding (decompression bombs)
 MAX_FILE_BYTES = 50 * 2**20  # per image file
 MAX_ZIP_TOTAL_BYTES = 2 * 2**30  # sum of uncompressed sizes a zip may declare
 MAX_ZIP_RATIO = 200  # a member compressing better than this is treated as a zip bomb
+MAX_ZIP_MEMBERS = 20_000  # files in one zip (its directory alone costs memory per member)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # PIL's own guard, in case a format hides its size
@@ -45,7 +48,8 @@ class ZipLimits:
 
     member_bytes: int  # largest uncompressed member
     total_bytes: int  # sum of the uncompressed sizes the zip declares
-    ratio: float = MAX_ZIP_RATIO  # members over 1 MB compressing better than this are refused
+    ratio: float = MAX_ZIP_RATIO  # members compressing better than this are refused
+    members: int = MAX_ZIP_MEMBERS
 
 
 IMAGE_ZIP_LIMITS = ZipLimits(MAX_FILE_BYTES, MAX_ZIP_TOTAL_BYTES)
@@ -66,13 +70,35 @@ def zip_member_problem(info: zipfile.ZipInfo, limits: ZipLimits) -> str | None:
     if info.file_size > limits.member_bytes:
         return (f"the file is {info.file_size / 2**20:.0f} MB; the limit is "
                 f"{limits.member_bytes // 2**20} MB")
-    if info.compress_size and info.file_size / info.compress_size > limits.ratio and info.file_size > 2**20:
+    if info.file_size > limits.ratio * max(info.compress_size, 1):
         return "compressed suspiciously well (possible zip bomb); skipped"
     return None
 
 
+def open_zip(source: str | Path | bytes, limits: ZipLimits, name: str) -> zipfile.ZipFile:
+    """A zip opened for reading, once its end record declares no more members than ``limits`` allow
+    (checked before Python builds its directory, which costs memory per member)."""
+    try:
+        if isinstance(source, bytes):
+            tail = source[-(2**16 + 22):]
+        else:
+            with open(source, "rb") as f:
+                f.seek(max(0, os.path.getsize(source) - (2**16 + 22)))
+                tail = f.read()
+        at = tail.rfind(b"PK\x05\x06")
+        declared = struct.unpack("<H", tail[at + 10:at + 12])[0] if at >= 0 and len(tail) >= at + 12 else 0
+        if declared > limits.members:  # 0xFFFF: a zip64 count, beyond any limit here
+            raise TLError(f"{name} holds more than {limits.members:,} files; the limit is {limits.members:,}. "
+                          "Split it into smaller zips.")
+        return zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise TLError(f"{name} is not a readable zip file ({e}).") from None
+
+
 def check_zip_total(infos: list[zipfile.ZipInfo], limits: ZipLimits, name: str) -> None:
-    """Raise ``TLError`` when a zip declares more uncompressed bytes than ``limits`` allow."""
+    """Raise ``TLError`` when a zip declares more members or uncompressed bytes than ``limits`` allow."""
+    if len(infos) > limits.members:
+        raise TLError(f"{name} holds {len(infos):,} files; the limit is {limits.members:,}. Split it into smaller zips.")
     total = sum(i.file_size for i in infos)
     if total > limits.total_bytes:
         raise TLError(f"{name} would unpack to {total / 2**30:.1f} GB; the limit is "
@@ -147,11 +173,23 @@ def decode_image(name: str, data: bytes, max_side: int | None = BASE_SIZE) -> Im
                                   f"the limit is {MAX_PIXELS // 1_000_000} megapixels") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise BadImageError(name, f"the image is damaged or truncated ({e})") from None
+    img = _crop_aspect(img, MAX_ASPECT)
     if max_side and min(img.size) > max_side:
         scale = max_side / min(img.size)
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
                          Image.Resampling.BICUBIC, reducing_gap=3.0)
     return img
+
+
+def _crop_aspect(img: Image.Image, ratio: float) -> Image.Image:
+    """The centre of ``img`` with its longer side at most ``ratio`` shorter sides. A 200,000 x 40 strip
+    would otherwise be scaled up whole (3 GB) to give its shorter side the model's size."""
+    w, h = img.size
+    long = max(1, int(ratio * min(w, h)))
+    if max(w, h) <= long:
+        return img
+    left, top = ((w - long) // 2, 0) if w > h else (0, (h - long) // 2)
+    return img.crop((left, top, left + min(w, long), top + min(h, long)))
 
 
 def image_to_tensor(img: Image.Image) -> torch.Tensor:
@@ -179,6 +217,11 @@ def thumbnail(item: ImageItem, size: int = 96) -> Image.Image:
 def preprocess_pixels(pixels: torch.Tensor, pre: Preprocess) -> torch.Tensor:
     """uint8 ``[..., 3, H, W]`` -> uint8 ``[..., 3, S, S]``: resize the shorter side, centre crop."""
     interp = TF.InterpolationMode.BICUBIC if pre.interpolation == "bicubic" else TF.InterpolationMode.BILINEAR
+    h, w = pixels.shape[-2:]
+    if max(h, w) > 2 * min(h, w):  # only the centre square is kept: never scale up the rest of a strip
+        long = 2 * min(h, w)
+        pixels = (pixels[..., (h - long) // 2:(h - long) // 2 + long, :] if h > w else
+                  pixels[..., (w - long) // 2:(w - long) // 2 + long])
     out = TF.resize(pixels, [pre.resize_size], interpolation=interp, antialias=True)
     return TF.center_crop(out, [pre.input_size, pre.input_size])
 
@@ -401,8 +444,13 @@ def _ignored(parts: tuple[str, ...]) -> bool:
     return any((p.startswith(".") and p != "..") or p == "__MACOSX" for p in parts) or parts[-1] in ("Thumbs.db", "desktop.ini")
 
 
-def _files_to_set(entries: Iterator[tuple[str, tuple[str, ...], bytes | BadImageError]]) -> ImageSet:
-    """Entries are (display name, path parts relative to the dataset root, data or an error)."""
+Entry = tuple[str, tuple[str, ...], Callable[[], bytes] | BadImageError]
+
+
+def _files_to_set(entries: Iterator[Entry]) -> ImageSet:
+    """Entries are (display name, path parts relative to the dataset root, a reader of the file's bytes
+    or the error that refused it). Files are read and decoded one at a time: memory holds one file's
+    bytes at once, never the whole upload's."""
     entries = [e for e in entries if not _ignored(e[1])]
     # A zip of a folder that holds the class folders: look through the single top folder.
     valid = [e[1] for e in entries if not isinstance(e[2], BadImageError)]
@@ -423,7 +471,14 @@ def _files_to_set(entries: Iterator[tuple[str, tuple[str, ...], bytes | BadImage
             uploads.append((name, data, parts[0]))
     for label in sorted({u[2] for u in uploads}):
         imageset.add_class(label)
-    imageset.add(sorted(uploads, key=lambda u: (u[2], u[0])))
+
+    def read() -> Iterator[tuple[str, bytes, str]]:
+        for name, reader, label in sorted(uploads, key=lambda u: (u[2], u[0])):
+            try:
+                yield name, reader(), label
+            except BadImageError as e:
+                imageset.rejected.append(Rejected(name, e.reason))
+    imageset.add(read())
     if not imageset.classes:
         raise TLError("No class folders with images were found. The data must hold one folder per class, "
                       "each with that class's images.")
@@ -436,7 +491,7 @@ def load_folder(root: str | Path) -> ImageSet:
     if not root.is_dir():
         raise TLError(f"{root} is not a folder. Give a folder with one sub-folder per class, or a .zip of one.")
 
-    def entries() -> Iterator[tuple[str, tuple[str, ...], bytes | BadImageError]]:
+    def entries() -> Iterator[Entry]:
         for path in sorted(root.rglob("*")):
             rel = path.relative_to(root)
             if path.is_symlink():
@@ -446,7 +501,7 @@ def load_folder(root: str | Path) -> ImageSet:
                 if size > MAX_FILE_BYTES:
                     yield str(rel), rel.parts, too_large(str(rel), size)
                 else:
-                    yield str(rel), rel.parts, path.read_bytes()
+                    yield str(rel), rel.parts, path.read_bytes
 
     return _files_to_set(entries())
 
@@ -454,25 +509,26 @@ def load_folder(root: str | Path) -> ImageSet:
 def load_zip(source: str | Path | bytes) -> ImageSet:
     """A zip holding one folder per class. Nothing is extracted to disk; unsafe entries are refused."""
     name = "the zip file" if isinstance(source, bytes) else Path(source).name
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise TLError(f"{name} is not a readable zip file ({e}).") from None
-    with zf:
+    with open_zip(source, IMAGE_ZIP_LIMITS, name) as zf:
         infos = [i for i in zf.infolist() if not i.is_dir()]
         check_zip_total(infos, IMAGE_ZIP_LIMITS, name)
 
-        def entries() -> Iterator[tuple[str, tuple[str, ...], bytes | BadImageError]]:
+        def reader(info: zipfile.ZipInfo) -> Callable[[], bytes]:
+            def read() -> bytes:
+                try:
+                    return zf.read(info)
+                except (zipfile.BadZipFile, OSError, RuntimeError) as e:
+                    raise BadImageError(info.filename, f"cannot be read from the zip ({e})") from None
+            return read
+
+        def entries() -> Iterator[Entry]:
             for info in infos:
                 fname = info.filename
                 parts = tuple(p for p in PurePosixPath(fname.replace("\\", "/")).parts if p not in ("", "."))
                 if problem := zip_member_problem(info, IMAGE_ZIP_LIMITS):
                     yield fname, parts or (fname,), BadImageError(fname, problem)
-                    continue
-                try:
-                    yield fname, parts, zf.read(info)
-                except (zipfile.BadZipFile, OSError, RuntimeError) as e:
-                    yield fname, parts, BadImageError(fname, f"cannot be read from the zip ({e})")
+                else:
+                    yield fname, parts, reader(info)
 
         return _files_to_set(entries())
 

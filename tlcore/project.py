@@ -199,10 +199,10 @@ class Project:
     def group_runs(self, group: str) -> list[RunRecord]:
         return [r for r in self._refreshed() if r.group == group]
 
-    def stop_all(self) -> None:
+    def stop_all(self, by: str = "by the user") -> None:
         for r in self.active_runs():
             assert r.job is not None
-            r.job.stop()
+            r.job.stop(by)
 
     def delete_run(self, run_id: str) -> None:
         record = self.run(run_id)
@@ -509,12 +509,16 @@ class ProjectRegistry:
             project = self._live.get(name)
         if project is None:
             project = Project.open(name)
-        return self._attach(project, session_id)
+        return self.hold(project, session_id)
 
     def create(self, session_id: str, name: str | None = None) -> Project:
-        return self._attach(Project.create(name), session_id)
+        return self.hold(Project.create(name), session_id)
 
-    def _attach(self, project: Project, session_id: str) -> Project:
+    def hold(self, project: Project, session_id: str) -> Project:
+        """Mark ``project`` as held by ``session_id`` (a session holds one project) and return the live
+        object of that name. Pages call it on every run, so a session that lost its connection and came
+        back, even after its project was released, holds the one live object again (never a second
+        object on the same folder)."""
         with self._lock:
             project = self._live.setdefault(project.name, project)
             for holders in self._holders.values():
@@ -529,7 +533,7 @@ class ProjectRegistry:
             with self._lock:
                 live = next((p for p in self._live.values() if key in (p.key, p.view_key)), None)
             if live is not None:
-                return self._attach(live, session_id), key == live.view_key
+                return self.hold(live, session_id), key == live.view_key
             for path in projects_root().glob("*/project.json"):
                 try:
                     manifest = json.loads(path.read_text())
@@ -555,9 +559,9 @@ class ProjectRegistry:
         released = []
         with self._lock:
             for name in list(self._live):
-                holders = {s for s in self._holders.get(name, set()) if is_alive(s)}
-                self._holders[name] = holders
-                if holders:
+                # A session that is not alive now may only have lost its connection (Wi-Fi, a sleeping
+                # laptop): it stays a holder and counts again once it reconnects.
+                if any(is_alive(s) for s in self._holders.get(name, set())):
                     self._orphaned.pop(name, None)
                     continue
                 since = self._orphaned.setdefault(name, now)
@@ -566,7 +570,8 @@ class ProjectRegistry:
                     self._holders.pop(name, None)
                     self._orphaned.pop(name, None)
         for project in released:
-            project.stop_all()
+            gone = f"{grace_s:.0f} s" if grace_s < 120 else f"{grace_s / 60:.0f} min"
+            project.stop_all(f"because no browser had the project open for {gone}")
             if not project.images.items and not project.images.classes and not project.runs:
                 shutil.rmtree(project.folder, ignore_errors=True)
         return [p.name for p in released]

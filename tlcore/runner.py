@@ -98,6 +98,7 @@ class JobHandle:
         self.after: JobHandle | None = None  # starts only once this one has ended
         self.estimate_s = 10.0  # how long it should take once started (set by the runner)
         self.started: float | None = None  # when a worker took it
+        self.stopped_by = "by the user"
 
     @property
     def name(self) -> str:
@@ -107,9 +108,10 @@ class JobHandle:
     def alive(self) -> bool:
         return not self._done.is_set()
 
-    def stop(self) -> None:
+    def stop(self, by: str = "by the user") -> None:
         """Ask the job to stop: a queued job leaves the line, a running one stops before its next batch
-        (keeping its best epoch)."""
+        (keeping its best epoch). ``by`` says who stopped it in the run's reason ("by the teacher")."""
+        self.stopped_by = by
         self._runner.stop(self)
 
     def join(self, timeout: float | None = None) -> bool:
@@ -123,6 +125,9 @@ class JobHandle:
 
     def record(self, event: Event) -> None:
         """Take one event (called by the runner, never by pages)."""
+        if isinstance(event, RunFinished) and event.status == "stopped" and event.reason.startswith("Stopped "):
+            rest = event.reason.removeprefix("Stopped ").removeprefix("by the user ")
+            event = dataclasses.replace(event, reason=f"Stopped {self.stopped_by} {rest}")  # who stopped it
         if isinstance(event, RunFinished) and self._on_finish is not None:
             try:
                 self._on_finish(event)  # before the state flips, so a finished job is fully taken in

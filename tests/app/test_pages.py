@@ -469,6 +469,14 @@ def test_class_challenge_from_hidden_set_to_leaderboard(monkeypatch):
     board = teacher.dataframe[0].value
     assert list(board["student"]) == ["Ada"] and "feature extraction" in board["strategy"][0]
     assert any(student.session_state["tls_project"].name in m.value for m in teacher.markdown)  # projects listed
+    # The Compare page can score runs on the same hidden images: the common yardstick.
+    student.switch_page("pages/compare.py").run()
+    run_id = student.session_state["tls_project"].runs[-1].id
+    student.multiselect(key="compare_extra").set_value([run_id]).run()
+    student.toggle(key="compare_challenge").set_value(True).run()
+    assert not student.exception
+    yard = next(d.value for d in student.dataframe if "challenge accuracy" in d.value.columns)
+    assert yard["challenge accuracy"][0] == board["accuracy"][0] and "of 12; likely" in yard["on the challenge"][0]
 
 
 def test_teacher_stops_a_run_that_hogs_the_server(monkeypatch):
@@ -486,3 +494,4 @@ def test_teacher_stops_a_run_that_hogs_the_server(monkeypatch):
     stop[0].click().run()
     wait_for(student, lambda a: "Stopped" in texts(a.success) + texts(a.warning) + texts(a.info))
     assert student.session_state["tls_project"].runs[-1].status == "stopped"
+    assert "Stopped by the teacher" in student.session_state["tls_project"].runs[-1].reason

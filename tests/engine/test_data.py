@@ -264,3 +264,72 @@ def test_preprocessed_stacks_stay_within_their_byte_budget(monkeypatch):
     assert budget.bytes <= budget.max_bytes
     assert pre.key not in sets[0]._stacks and pre.key in sets[2]._stacks  # least recently used went first
     assert torch.equal(sets[0].stack(pre), sets[0].stack(pre)) and first.shape[0] == 8  # recomputed on demand
+
+
+def test_an_extremely_thin_image_costs_a_bounded_amount_of_memory(monkeypatch):
+    """A 23 KB PNG of 200,000 x 40 pixels passed the checks and was scaled up whole (3.3 GB) to give its
+    shorter side the model's size; only its centre is ever seen by the model."""
+    import tlcore.data as data_mod
+
+    buf = io.BytesIO()
+    Image.new("RGB", (200_000, 40), (200, 30, 30)).save(buf, "PNG")
+    img = decode_image("strip.png", buf.getvalue())
+    assert img.size == (160, 40)  # the centre, at most 4:1
+    seen = []
+    real = data_mod.TF.resize
+    monkeypatch.setattr(data_mod.TF, "resize", lambda x, *a, **k: seen.append(tuple(x.shape)) or real(x, *a, **k))
+    pre = tlcore.get_backbone_spec(tlcore.DEFAULT_BACKBONE).preprocess
+    out = data_mod.preprocess_pixels(torch.zeros(3, 40, 100_000, dtype=torch.uint8), pre)
+    assert out.shape == (3, pre.input_size, pre.input_size) and seen == [(3, 40, 80)]
+    tall = data_mod.preprocess_pixels(torch.zeros(3, 5000, 300, dtype=torch.uint8), pre)
+    assert tall.shape == out.shape and seen[-1] == (3, 600, 300)
+
+
+def test_a_zip_reads_one_member_at_a_time_and_limits_every_member_and_the_count():
+    from tlcore.data import ZipLimits, open_zip
+
+    # 1 MiB of zeros per member passed the ratio check (it looked only above 1 MiB) and all were held at once.
+    many = _zip({f"a/{k}.png": b"\0" * 2**20 for k in range(20)} | {"a/ok.png": png_bytes(COLORS[0]),
+                                                                    "b/ok.png": png_bytes(COLORS[1])})
+    s = load_zip(many)
+    assert len(s) == 2 and sum("zip bomb" in r.reason for r in s.rejected) == 20
+    with pytest.raises(tlcore.TLError, match="more than 10 files; the limit is 10"):
+        open_zip(_zip({f"a/{k}.png": b"x" for k in range(11)}), ZipLimits(2**20, 2**20, members=10), "the zip")
+
+
+MEMORY_CASES = r"""
+import io, resource, sys, zipfile
+from PIL import Image
+import tlcore
+from tlcore.data import load_zip, preprocess_pixels
+from tests.conftest import COLORS, png_bytes
+pre = tlcore.get_backbone_spec(tlcore.DEFAULT_BACKBONE).preprocess
+buf = io.BytesIO()
+Image.new("RGB", (200_000, 40), (200, 30, 30)).save(buf, "PNG")
+strip = buf.getvalue()
+bomb = io.BytesIO()
+with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+    for k in range(2000):
+        z.writestr(f"a/{k}.png", b"\0" * 2**20)
+    z.writestr("a/strip.png", strip)
+    z.writestr("a/ok.png", png_bytes(COLORS[0]))
+    z.writestr("b/ok.png", png_bytes(COLORS[1]))
+bomb = bomb.getvalue()
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+s = load_zip(bomb)
+assert len(s) == 3, (len(s), s.rejected[:3])
+s.stack(pre)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)
+"""
+
+
+def test_a_zip_bomb_and_a_thin_strip_cost_little_memory_in_a_fresh_process():
+    """2,000 members of 1 MiB of zeros (a 2.2 MB zip) cost 2.7 GB; a 200,000 x 40 strip 3.3 GB."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", MEMORY_CASES], cwd=root, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.split()[-1]) < 300  # MB above the process's peak before the upload

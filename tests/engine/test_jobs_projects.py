@@ -236,9 +236,32 @@ def test_registry_shares_live_projects_and_releases_abandoned_ones(tiny_set):
     assert set(reg.sweep(alive.__contains__, grace_s=0)) == {a.name, empty.name}
     _wait(record)
     assert record.status == "stopped" and record.result is not None  # best epoch kept
+    assert "because no browser had the project open" in record.reason and "by the user" not in record.reason
     assert a.folder.exists() and not empty.folder.exists()  # real work stays, empty leftovers go
     assert reg.live() == []
     assert Project.open(a.name).runs[0].status == "stopped"
+
+
+def test_a_session_that_lost_its_connection_keeps_its_project_and_its_runs(tiny_set):
+    """A Wi-Fi blip spanning a sweep made its session a non-holder for good, and its runs were stopped
+    after the grace period although the page had reconnected to the same session."""
+    from tlcore.project import ProjectRegistry
+
+    reg = ProjectRegistry()
+    a = reg.create("session-a")
+    a.images = tiny_set.snapshot()
+    a.save()
+    alive = {"session-a"}
+    alive.clear()  # the connection drops during a sweep
+    assert reg.sweep(alive.__contains__, grace_s=60) == []
+    alive.add("session-a")  # the page reconnects to the same session, nobody clicks anything
+    assert reg.sweep(alive.__contains__, grace_s=0) == []
+    assert reg.live() == [a.name]
+    # Released meanwhile (a long sleep), then another tab reopened it: the sleeper gets the live object back.
+    alive.clear()
+    assert reg.sweep(alive.__contains__, grace_s=0) == [a.name]
+    b = reg.open(a.name, "session-b")
+    assert b is not a and reg.hold(a, "session-a") is b
 
 
 def test_a_save_while_the_images_are_replaced_names_only_images_it_wrote(tiny_set, monkeypatch):
