@@ -1,6 +1,7 @@
 """What every page shares: the session's project, the step bar, guards, cached resources, charts."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -63,6 +64,19 @@ def project() -> Project:
     proj = st.session_state[STATE_KEY] = PROJECTS.hold(st.session_state[STATE_KEY], session_id())
     _show_link(proj)
     return proj
+
+
+def save_settings(**changes) -> None:
+    """Change the session's project settings and save them. Pages call it from widget callbacks, when a
+    person changes a widget, so a second, stale tab of the project never writes its old values back."""
+    proj = st.session_state[STATE_KEY]
+    proj.settings = dataclasses.replace(proj.settings, **changes)
+    proj.save()
+
+
+def setting(name: str, key: str, cast=None) -> dict:
+    """Widget keyword arguments that save the widget's value ``key`` as setting ``name`` when it changes."""
+    return {"key": key, "on_change": lambda: save_settings(**{name: (cast or (lambda v: v))(st.session_state[key])})}
 
 
 def read_only() -> bool:

@@ -5,7 +5,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import tlcore
-from pages.common import explain, format_seconds, project
+from pages.common import explain, format_seconds, project, save_settings
 from tlcore import stage_param_counts
 from tlcore import estimate_epoch_seconds, measure_speed
 
@@ -21,21 +21,25 @@ explain("**Feature extraction** freezes the whole backbone and trains only a new
 settings = proj.settings
 current_trained = 0 if settings.mode in tlcore.FROZEN_BODY_MODES else (
     n if settings.mode == "scratch" else n - settings.resolved_freeze_depth())
+
+
+def save_strategy() -> None:
+    """Called when the person moves the toggle or the slider (never on a rerun: a stale tab writes nothing)."""
+    scratch, trained = st.session_state["freeze_scratch"], st.session_state["freeze_trained"]
+    mode = "scratch" if scratch else ("feature-extraction" if trained == 0 else "fine-tune")
+    save_settings(backbone=proj.backbone, mode=mode, freeze_depth=n - trained if mode == "fine-tune" else None)
+
+
 scratch = st.toggle("From scratch: ignore the pretrained weights", value=settings.mode == "scratch",
-                    key="freeze_scratch")
+                    key="freeze_scratch", on_change=save_strategy)
 options = list(range(n + 1))
 labels = {0: "Feature extraction (all frozen)", n: "Full fine-tuning (nothing frozen)"}
 trained = st.select_slider("Stages that learn (counted from the output end, the right of the diagram)", options=options,
                            value=n if scratch else current_trained, disabled=scratch, key="freeze_trained",
-                           format_func=lambda k: labels.get(k, f"last {k} of {n} stages learn"))
-if scratch:
-    trained = n
+                           on_change=save_strategy, format_func=lambda k: labels.get(k, f"last {k} of {n} stages learn"))
+scratch, trained = settings.mode == "scratch", current_trained  # as saved (callbacks ran before this script)
 mode = "scratch" if scratch else ("feature-extraction" if trained == 0 else "fine-tune")
 depth = n - trained
-new = dataclasses.replace(settings, backbone=proj.backbone, mode=mode, freeze_depth=None if mode != "fine-tune" else depth)
-if new != settings:
-    proj.settings = new
-    proj.save()
 
 # The stages as a row of blocks: blue = frozen (pretrained, unchanged), orange = learns, grey = random start.
 counts = list(stage_param_counts(spec.name))

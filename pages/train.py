@@ -5,7 +5,7 @@ import streamlit as st
 
 import tlcore
 
-from pages.common import (describe_snapshot, explain, project, require_data, run_title, score_note,
+from pages.common import (describe_snapshot, explain, project, require_data, run_title, score_note, setting,
                           training_figures)
 from tlcore import describe
 
@@ -20,29 +20,28 @@ s = proj.settings
 st.markdown(f"**Strategy:** {describe(s)} (change it on the Freeze page).")
 with st.expander("Advanced settings", icon=":material/tune:"):
     c1, c2, c3 = st.columns(3)
-    epochs = c1.number_input("Epochs", 1, 500, s.epochs, key="train_epochs",
-                             help="Passes over the training images. Early stopping may end sooner.")
-    batch = c2.number_input("Batch size", 1, 512, s.batch_size, key="train_batch",
-                            help="Images per weight update. Larger is faster per image, needs more memory.")
-    lr = c3.number_input("Learning rate", 1e-6, 1.0, s.resolved_lr(), format="%.5f", key=f"train_lr_{s.mode}",
-                         help="Step size of each update. Too high diverges; too low learns slowly.")
+    c1.number_input("Epochs", 1, 500, s.epochs, **setting("epochs", "train_epochs", int),
+                    help="Passes over the training images. Early stopping may end sooner.")
+    c2.number_input("Batch size", 1, 512, s.batch_size, **setting("batch_size", "train_batch", int),
+                    help="Images per weight update. Larger is faster per image, needs more memory.")
+    frozen = s.mode in tlcore.FROZEN_BODY_MODES
+    default_lr = dataclasses.replace(s, lr=None).resolved_lr()
+    c3.number_input("Learning rate", 1e-6, 1.0, s.resolved_lr(), format="%.5f", disabled=frozen,
+                    **setting("lr", f"train_lr_{s.mode}", lambda v: None if abs(v - default_lr) < 1e-12 else float(v)),
+                    help="Not used with a frozen backbone: its head is fitted to convergence (a regularised "
+                         "logistic regression), so no step size is needed." if frozen else
+                         "Step size of each update. Too high diverges; too low learns slowly.")
     c4, c5, c6 = st.columns(3)
-    augment = c4.toggle("Augmentation", s.augment, key="train_augment",
-                        help="Random flips, crops and colour changes make the few images you have go further "
-                             "(used when the backbone learns).")
-    patience = c5.number_input("Early stopping patience (0 = off)", 0, 100, s.patience, key="train_patience",
-                               help="Stop when validation accuracy has not improved for this many epochs.")
-    val_fraction = c6.slider("Validation share", 0.0, 0.5, s.val_fraction, 0.05, key="train_val")
-    views = c4.number_input("Augmented views per image", 1, 32, s.augment_views, key="train_views",
-                            disabled=not augment or s.mode != "fine-tune",
-                            help="Fine-tuning runs the frozen stages once, on this many augmented copies of each "
-                                 "image, and shows one of them each epoch: more views, more variety, more memory.")
-new = dataclasses.replace(s, epochs=int(epochs), batch_size=int(batch), augment=augment, patience=int(patience),
-                          augment_views=int(views),
-                          val_fraction=float(val_fraction), lr=None if abs(lr - s.resolved_lr()) < 1e-12 else float(lr))
-if new != s:
-    proj.settings = new
-    proj.save()
+    c4.toggle("Augmentation", s.augment, **setting("augment", "train_augment"),
+              help="Random flips, crops and colour changes make the few images you have go further "
+                   "(used when the backbone learns).")
+    c5.number_input("Early stopping patience (0 = off)", 0, 100, s.patience, **setting("patience", "train_patience", int),
+                    help="Stop when validation accuracy has not improved for this many epochs.")
+    c6.slider("Validation share", 0.0, 0.5, s.val_fraction, 0.05, **setting("val_fraction", "train_val", float))
+    c4.number_input("Augmented views per image", 1, 32, s.augment_views, **setting("augment_views", "train_views", int),
+                    disabled=not s.augment or s.mode != "fine-tune",
+                    help="Fine-tuning runs the frozen stages once, on this many augmented copies of each "
+                         "image, and shows one of them each epoch: more views, more variety, more memory.")
 
 active = proj.active_runs()
 c1, c2 = st.columns([1, 1])

@@ -157,6 +157,27 @@ def test_reload_reopens_the_project():
     assert "face · 100 images" in texts(again.markdown)
 
 
+def test_a_stale_second_tab_never_writes_its_old_settings_back():
+    """The Train and Freeze pages wrote their widgets' values back on every rerun: a second tab of the
+    same project, rerun for any reason, reverted what the first had just set."""
+    first = with_sample(new_app())
+    second = new_app(project=link_key(first))
+    for at in (first, second):
+        at.switch_page("pages/train.py").run()
+    first.number_input(key="train_epochs").set_value(7).run()
+    first.switch_page("pages/freeze.py").run()
+    first.select_slider(key="freeze_trained").set_value(2).run()
+    from tlcore import Project
+
+    proj = first.session_state["tls_project"]
+    chosen = proj.settings
+    assert (chosen.epochs, chosen.mode) == (7, "fine-tune")
+    second.run()  # the stale tab reruns (a click elsewhere, a reconnect)
+    second.switch_page("pages/freeze.py").run()
+    assert second.session_state["tls_project"] is proj and not second.exception
+    assert proj.settings == chosen and Project.open(proj.name).settings == chosen
+
+
 def test_compare_page_runs_all_strategies_on_one_split():
     at = with_sample(new_app(), "faces")
     at.switch_page("pages/train.py").run()
