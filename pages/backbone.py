@@ -80,9 +80,9 @@ for k, spec in enumerate(specs):
                   disabled=selected, type="primary" if not selected else "secondary",
                   on_click=choose, args=(spec.name,))
 
-with st.expander("I have a weights file (offline machines)", icon=":material/upload_file:"):
-    explain("Torchvision backbones download their weights once. On a machine without internet, copy the "
-            "weights file (for example resnet18-f37072fd.pth) from another computer and import it here.")
+
+def import_weights_form() -> None:
+    """Import a weights file into the server's shared cache (checked: digest, fit; written atomically)."""
     target = st.selectbox("Backbone", [s.name for s in specs if s.weights_url], key="backbone_import_target")
     file = st.file_uploader("Weights file (.pth)", type=["pth", "pt"], key="backbone_import_file")
     if file is not None and st.button("Import", key="backbone_import_go"):
@@ -97,6 +97,18 @@ with st.expander("I have a weights file (offline machines)", icon=":material/upl
                 st.success(f"Imported {file.name}: {target} now works offline.")
             except tlcore.TLError as e:
                 st.error(str(e))
+
+
+with st.expander("I have a weights file (offline machines)", icon=":material/upload_file:"):
+    explain("Torchvision backbones download their weights once. On a machine without internet, copy the "
+            "weights file (for example resnet18-f37072fd.pth) from another computer and import it here. "
+            "Every project on this server then uses it, so the file must be the original: its SHA-256 is checked.")
+    if os.environ.get("TLS_TEACHER_PASSWORD") and not st.session_state.get("tls_teacher"):
+        st.info("On this shared server only the teacher imports weights: open the Teacher page with the teacher "
+                "password first.", icon=":material/lock:")
+    else:
+        import_weights_form()
+
 
 st.subheader("What does it already see?")
 spec = tlcore.get_backbone_spec(proj.backbone)

@@ -211,7 +211,9 @@ def ensure_weights(spec: BackboneSpec, progress: ProgressFn | None = None, timeo
     if path is None:
         raise WeightsUnavailableError(f"{spec.title} has no pretrained weights.")
     if path.exists():
-        return path
+        if _digest_fits(path, path.name):
+            return path
+        path.unlink(missing_ok=True)  # damaged or replaced on disk: fetch it again
     url = spec.weights_url
     assert url is not None
     mirror = os.environ.get(MIRROR_ENV)
@@ -229,8 +231,7 @@ def ensure_weights(spec: BackboneSpec, progress: ProgressFn | None = None, timeo
                 done += len(chunk)
                 if progress:
                     progress(done, total)
-        match = re.search(r"-([a-f0-9]{6,})\.", path.name)
-        if match and not sha256_file(tmp).startswith(match.group(1)):
+        if not _digest_fits(tmp, path.name):
             raise WeightsUnavailableError(
                 f"The download of {path.name} from {url} is corrupt (checksum mismatch). Try again, "
                 f"or import the file with 'Import weights'.")
@@ -245,15 +246,42 @@ def ensure_weights(spec: BackboneSpec, progress: ProgressFn | None = None, timeo
     return path
 
 
+_VERIFIED: dict[tuple[str, int, int], bool] = {}  # (path, size, mtime) -> its content fits its name's digest
+
+
+def _digest_fits(file: Path, name: str) -> bool:
+    """Whether ``file``'s SHA-256 starts with the digest prefix that the weights file ``name`` carries
+    (torchvision's convention, e.g. resnet18-f37072fd.pth); True for a name without one. Each file
+    version is hashed once."""
+    match = re.search(r"-([a-f0-9]{6,})\.", name)
+    if match is None:
+        return True
+    st = file.stat()
+    key = (str(file), st.st_size, st.st_mtime_ns)
+    if key not in _VERIFIED:
+        _VERIFIED[key] = sha256_file(file).startswith(match.group(1))
+    return _VERIFIED[key]
+
+
 def import_weights(spec: BackboneSpec, file: Path) -> Path:
-    """Copy a weights file the user has into the cache, after checking it fits the backbone."""
+    """Copy a weights file the user has into the shared cache, after checking that it is the file the
+    backbone expects (the SHA-256 its name carries) and that it fits; written atomically."""
     path = spec.cache_path()
     if path is None:
         raise TLError(f"{spec.title} does not take a weights file.")
+    if not _digest_fits(Path(file), path.name):
+        raise TLError(f"This is not {path.name}: its SHA-256 does not start with the digest in that name. "
+                      f"Copy the original file, unchanged.")
     body = spec.build()
     _load_into(spec, body, _read_state_dict(file))  # raises with a clear message if it does not fit
     path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(file, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".partial")
+    os.close(fd)
+    try:
+        shutil.copyfile(file, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
     _pretrained_state.cache_clear()
     return path
 

@@ -163,22 +163,35 @@ def test_mirror_serves_torchvision_weights_and_offline_gives_a_clear_message(tmp
         tlcore.ensure_weights(tlcore.get_backbone_spec("resnet18"), timeout=2)
 
 
-def test_import_weights_checks_the_file_fits(tmp_path, hub):
+def test_import_weights_checks_the_digest_and_the_fit_and_the_cache_is_verified(tmp_path, hub):
     spec = tlcore.get_backbone_spec("resnet18")
     wrong, _ = _tiny_weights(tmp_path, seed=1)
+    nameless = tlcore.register_backbone(dataclasses.replace(spec, name="resnet18-nameless",
+                                                            weights_url="http://127.0.0.1:9/resnet18.pth"))
     with pytest.raises(tlcore.TLError, match="do not fit"):
-        tlcore.import_weights(spec, wrong)
+        tlcore.import_weights(nameless, wrong)
     import torchvision
 
     torch.manual_seed(0)
-    right = tmp_path / "resnet18-mine.pth"
-    torch.save(torchvision.models.resnet18().state_dict(), right)
-    cached = tlcore.import_weights(spec, right)
-    assert cached.exists() and spec.availability() == "cached"
+    other = tmp_path / "resnet18-mine.pth"  # a real resnet18 state_dict, but not the published weights
+    torch.save(torchvision.models.resnet18().state_dict(), other)
+    with pytest.raises(tlcore.TLError, match="not resnet18-f37072fd.pth: its SHA-256"):
+        tlcore.import_weights(spec, other)
+    assert spec.availability() == "download"  # nothing reached the shared cache
+    right, sd = _tiny_weights(tmp_path, seed=3)  # its name carries its digest, as torchvision's do
+    tiny = _register_download_spec("tiny-import", f"http://127.0.0.1:9/{right.name}")
+    cached = tlcore.import_weights(tiny, right)
+    assert cached.read_bytes() == right.read_bytes() and tiny.availability() == "cached"
+    assert not list(cached.parent.glob("*.partial"))
+    cached.write_bytes(b"damaged on disk")  # ensure_weights verifies what it finds: it fetches again (offline here)
+    with pytest.raises(tlcore.WeightsUnavailableError, match="offline"):
+        tlcore.ensure_weights(tiny, timeout=2)
     text = tmp_path / "notes.pth"
     text.write_text("hello")
+    with pytest.raises(tlcore.TLError, match="SHA-256"):
+        tlcore.import_weights(tiny, text)
     with pytest.raises(tlcore.TLError, match="cannot be loaded safely|not a PyTorch"):
-        tlcore.import_weights(spec, text)
+        tlcore.import_weights(nameless, text)
 
 
 def test_metadata_comes_from_the_libraries_public_configs():
