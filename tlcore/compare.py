@@ -71,7 +71,7 @@ def plan(strategies: list[str], base: TrainConfig, shots: list[int | None] | Non
             if s == "zero-shot":
                 continue
             label = s if shot is None else f"{s} @ {shot}/class"
-            # Every strategy is scored on every image: frozen-body ones by repeated 5-fold (milliseconds), the
+            # Every strategy is scored on every image: frozen-body ones by one-image-per-class folds (milliseconds), the
             # others by LADDER_FOLDS folds on the ladder; in a study each on every image outside its k per class.
             folds = None if s in FROZEN_BODY_MODES or shot is not None else LADDER_FOLDS
             runs.append(PlannedRun(label, dataclasses.replace(base, mode=s, max_images_per_class=shot,

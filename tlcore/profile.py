@@ -149,15 +149,15 @@ def estimate_epoch_seconds(profile: SpeedProfile, num_images: int, mode: str, fr
     """(seconds once before the first epoch, seconds per epoch) of training on ``num_images``.
 
     Frozen work runs once, on the fast runtime: the whole body for feature extraction, the frozen
-    leading stages (``views`` augmented views per image) for a fine-tune. Stages that learn cost
-    their torch forward pass and about twice that again for backward and update, plus 45 % for
-    train-mode overhead (augmentation, dropout, batch-norm statistics): measured on EfficientNet-Lite0,
-    2-core CPU, on the Compare page's ladder (fine-tune half frozen and from scratch, through the
-    workers); ``Calibration`` follows the server's real runs from there.
+    leading stages (``views`` augmented views per image) for a fine-tune. Stages that learn cost 3.5
+    times their torch forward pass (backward, update and train-mode overhead: augmentation, dropout,
+    batch-norm statistics): fitted on EfficientNet-Lite0, 2-core CPU, to the Compare page's ladder through
+    the workers (55.7 s measured, 75.6 s estimated at 4.35) and to single fine-tune and scratch runs
+    (benchmark section 9); ``Calibration`` follows the server's real runs from there.
     """
     if mode in FROZEN_BODY_MODES:
         return num_images * profile.ms_per_image / 1000, 0.0
     frozen_share = 0.0 if mode == "scratch" else sum(profile.stage_share[:freeze_depth])
     once = num_images * views * profile.ms_per_image / 1000 * frozen_share if frozen_share else 0.0
-    per_epoch = num_images * profile.torch_ms_per_image / 1000 * (1 - frozen_share) * 3.0 * 1.45
+    per_epoch = num_images * profile.torch_ms_per_image / 1000 * (1 - frozen_share) * 3.5
     return once, per_epoch

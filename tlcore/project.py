@@ -378,8 +378,9 @@ def familiarity(project: Project, record: RunRecord) -> Familiarity:
         assert record.result is not None
         if record.images is not None and record.result.train_indices:
             items = [trainable_subset(record.images).items[i] for i in record.result.train_indices]
-        else:  # reopened: its images minus its validation images
-            val = set(record.val_digests)
+        else:  # reopened: the images it was fitted on (a frozen body's final head: every image)
+            val = (set() if record.config.mode in FROZEN_BODY_MODES and record.config.max_images_per_class is None
+                   else set(record.val_digests))
             items = [i for i in (record.images or project.images).items if i.digest not in val]
         spec = get_backbone_spec(record.config.backbone)
         record.cache["familiarity"] = Familiarity.of(record.result.model, ImageSet(items), record.result.classes,

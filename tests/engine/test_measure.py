@@ -111,7 +111,7 @@ def test_fit_logistic_in_the_images_span_and_all_folds_at_once_match_scikit_lear
 def test_feature_extraction_is_scored_on_every_image_and_trained_on_all(tiny_set):
     cfg = TrainConfig(backbone="tiny-test", mode="feature-extraction", epochs=5)
     r = run_to_end(tiny_set, cfg).result
-    assert r.score.n == 24 and "5-fold" in r.score.method
+    assert r.score.n == 24 and "8-fold" in r.score.method  # 8 images per class: one of each out per fold
     assert sorted(r.train_indices) == list(range(24))
     assert sorted(d for d, _, _ in r.heldout) == sorted(i.digest for i in tiny_set.items)
     assert "refitted on all 24 images" in r.how
