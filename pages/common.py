@@ -37,6 +37,14 @@ def session_id() -> str:
     return ctx.session_id if ctx is not None else "no-session"
 
 
+def student() -> str:
+    """Who a run is for, so that every tab and project of one student share one turn for the workers and one
+    queue limit: the browser's network address (one laptop, one student), or on this machine's own browsers
+    (the teacher's laptop, the tests) the project."""
+    ip = st.context.ip_address
+    return f"project:{st.session_state[STATE_KEY].name}" if not ip or ip in ("127.0.0.1", "::1") else f"ip:{ip}"
+
+
 VIEW_PAGES = ("pages/evaluate.py", "pages/test.py")  # all a read-only link offers: looking and testing
 READONLY_KEY = "tls_readonly"
 

@@ -7,7 +7,7 @@ from plotly.subplots import make_subplots
 import streamlit as st
 
 import tlcore
-from pages.common import ASSETS, explain, format_seconds, project, require_data
+from pages.common import ASSETS, explain, format_seconds, project, require_data, student
 from tlcore import COMPARE_EPOCHS, DEFAULT_SHOTS, STRATEGY_TITLES, available_shots, shared_split
 from tlcore import describe, embedding_map
 
@@ -74,7 +74,7 @@ if chosen:
 if st.button("Run comparison", type="primary", icon=":material/play_arrow:", key="compare_go",
              disabled=not chosen or busy, help="Runs in the background, one after another."):
     try:
-        st.session_state["compare_group"] = proj.start_comparison(chosen, epochs=epochs)
+        st.session_state["compare_group"] = proj.start_comparison(chosen, epochs=epochs, owner=student())
         st.rerun()
     except tlcore.TLError as e:
         st.error(str(e), icon=":material/error:")
@@ -205,7 +205,7 @@ if shots and eff_strats:
 if st.button("Run data-efficiency study", key="compare_eff_go", disabled=busy or not shots or not eff_strats,
              icon=":material/stacked_line_chart:"):
     try:
-        st.session_state["compare_eff_group"] = proj.start_comparison(eff_strats, shots, epochs)
+        st.session_state["compare_eff_group"] = proj.start_comparison(eff_strats, shots, epochs, owner=student())
         st.rerun()
     except tlcore.TLError as e:
         st.error(str(e), icon=":material/error:")

@@ -47,7 +47,7 @@ def add_zip() -> None:
         return
     before = len(images)
     try:
-        rejected = images.merge(tlcore.load_zip(file.getvalue()))
+        rejected = images.merge(tlcore.load_zip(file.getvalue(), room=images.room()))
     except tlcore.TLError as e:
         report([tlcore.Rejected(file.name, str(e))], 0)
     else:
@@ -108,7 +108,7 @@ def record_frames(label: str) -> None:
     if "insecure" in state:
         st.warning(live_camera.INSECURE.format(origin=state["insecure"]), icon=":material/no_photography:")
     count = images.counts().get(label, 0)
-    live_camera.show("data_rec", "record", interval_ms=300, size=480, note=state["note"],
+    live_camera.show("data_rec", "record", interval_ms=round(1000 / tlcore.Limits.from_env().camera_fps), size=480, note=state["note"],
                      count_text=f"{state['added']} recorded now · '{label}' has {count} image{'s' * (count != 1)}")
 
 

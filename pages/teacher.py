@@ -78,6 +78,7 @@ def projects() -> None:
         st.info("No student has added images yet.")
     if len(live) > len(shown):
         st.caption(f"…and {len(live) - len(shown)} open project(s) with nothing in them yet.")
+    limits = tlcore.Limits.from_env()
     for proj in shown:
         finished = [r for r in proj.finished_runs() if r.result.val_accuracy is not None]
         best = max(finished, key=lambda r: r.result.val_accuracy, default=None)
@@ -87,6 +88,10 @@ def projects() -> None:
             a.markdown(f"**{proj.name}** · {len(counts)} classes, {sum(counts.values())} images"
                        + (f" ({', '.join(f'{c}: {n}' for c, n in counts.items())})" if counts else ""))
             b.markdown("best: " + (f"{best.label} · **{best.result.val_accuracy:.0%}**" if best else "no model yet"))
+            st.caption(f"Uses {len(proj.images)} of {limits.images_per_project:,} images · "
+                       f"{tlcore.folder_mb(proj.folder):,.0f} of {limits.project_mb:,} MB · "
+                       f"{len(proj.active_runs())} of {limits.queued_runs} runs queued or training · "
+                       f"{len(proj.runs)} runs in all (limits: README, *Settings*)")
             for r in proj.active_runs():
                 c, d = st.columns([4, 1], vertical_alignment="center")
                 c.caption(f"{r.label}: {describe_snapshot(r.job.snapshot())[1]}")

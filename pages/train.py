@@ -5,7 +5,7 @@ import streamlit as st
 
 import tlcore
 
-from pages.common import (describe_snapshot, explain, project, require_data, run_title, score_note, setting,
+from pages.common import (describe_snapshot, explain, project, require_data, run_title, score_note, setting, student,
                           training_figures)
 from tlcore import describe
 
@@ -49,7 +49,7 @@ if c1.button("Start training", type="primary", icon=":material/play_arrow:", key
              help="One run at a time per project: stop the current one or wait for it." if active else None):
     if not proj.active_runs():  # a double click arrives as a second press after the first started a run
         try:
-            proj.start_run(dataclasses.replace(proj.settings, backbone=proj.backbone))
+            proj.start_run(dataclasses.replace(proj.settings, backbone=proj.backbone), owner=student())
             st.session_state.pop("train_pick", None)  # the new run is the one shown
             st.rerun()
         except tlcore.TLError as e:

@@ -14,6 +14,8 @@ from PIL import Image
 # test backbone is offered by the app.
 os.environ.setdefault("TLS_HOME", tempfile.mkdtemp(prefix="tls-test-home-"))
 os.environ["TLS_TEST_BACKBONES"] = "1"
+# Tests start "endless" runs (10,000 epochs) to stop them; test_limits sets the limits it checks.
+os.environ.setdefault("TLS_MAX_EPOCHS", "1000000")
 # Exports of pretrained bodies go to a fresh cache; fixed f32 precision keeps results deterministic.
 os.environ.setdefault("TLCORE_CACHE_DIR", tempfile.mkdtemp(prefix="tls-test-cache-"))
 os.environ["TLCORE_INFERENCE_PRECISION"] = "f32"

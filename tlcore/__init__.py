@@ -28,6 +28,7 @@ from .compare import COMPARE_EPOCHS, DEFAULT_SHOTS, STRATEGY_TITLES, available_s
 from .data import (IMAGE_SUFFIXES, ImageItem, ImageSet, Rejected, check_trainable, decode_image, load_data,
                    load_folder, load_zip, stratified_split, thumbnail)
 from .errors import BadImageError, TLError, WeightsUnavailableError
+from .limits import LimitError, Limits, folder_mb
 from .measure import Score, separation, wilson_interval
 from .evaluate import Evaluation, Familiarity, Prediction, evaluate, grad_cam, imagenet_top, overlay_cam, predict
 from .model import TransferModel, build_model, count_params, freeze
@@ -51,6 +52,8 @@ __all__ = [
     "load_folder", "load_zip", "stratified_split", "thumbnail",
     # errors
     "BadImageError", "TLError", "WeightsUnavailableError",
+    # what one student may use of a shared server
+    "LimitError", "Limits", "folder_mb",
     # model and training
     "FEATURES", "FROZEN_BODY_MODES", "MODES", "BatchEnd", "EpochEnd", "Event", "Progress", "RunFinished", "RunResult", "TrainConfig",
     "TransferModel", "build_model", "count_params", "freeze", "run_to_end", "train",

@@ -7,6 +7,7 @@ outside anything. Decoded images are stored as uint8 tensors with their shorter 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -226,6 +227,15 @@ def preprocess_pixels(pixels: torch.Tensor, pre: Preprocess) -> torch.Tensor:
     return TF.center_crop(out, [pre.input_size, pre.input_size])
 
 
+def _locked(method: Callable) -> Callable:
+    """An ``ImageSet`` edit, done under the set's edit lock (two sessions may edit one project's set)."""
+    @functools.wraps(method)
+    def locked(self: ImageSet, *args, **kwargs):
+        with self._edit:
+            return method(self, *args, **kwargs)
+    return locked
+
+
 class ImageSet:
     """Labelled decoded images plus the files that were rejected.
 
@@ -240,6 +250,9 @@ class ImageSet:
         self._classes: list[str] = list(dict.fromkeys(list(classes) + [i.label for i in self.items]))
         self._stacks: dict[str, torch.Tensor] = {}
         self._lock = threading.Lock()
+        self._edit = threading.RLock()  # edits from two tabs of one project never interleave
+        #: At most this many images (a project's limit, ``Limits.images_per_project``); None: no limit.
+        self.capacity: int | None = None
 
     def __getstate__(self) -> dict:
         """Pickled (to a training worker) without its lock and preprocessed stacks."""
@@ -266,6 +279,7 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.items)
 
+    @_locked
     def snapshot(self) -> ImageSet:
         """A copy that later edits of this set do not change (it shares the preprocessed stacks so far)."""
         copy = ImageSet(self.items, self.rejected, self._classes)
@@ -299,20 +313,34 @@ class ImageSet:
 
     # --------------------------------------------------------------------- editing (the Data page)
 
+    def room(self) -> int | None:
+        """How many more images this set takes (None: no limit)."""
+        return None if self.capacity is None else max(0, self.capacity - len(self.items))
+
+    def _full(self) -> str:
+        from .limits import Limits
+
+        return (f"not added: {Limits.from_env().message('images_per_project', 'The number of images in one project')}"
+                " Remove images you do not need, or start another project.")
+
+    @_locked
     def add_class(self, name: str) -> None:
         name = validate_class_name(name, self._classes)
         self._classes.append(name)
 
+    @_locked
     def rename_class(self, old: str, new: str) -> None:
         new = validate_class_name(new, [c for c in self._classes if c != old])
         self._classes[self._classes.index(old)] = new
         self.items = [ImageItem(i.name, new, i.digest, i.pixels) if i.label == old else i for i in self.items]
 
+    @_locked
     def remove_class(self, name: str) -> None:
         self._classes.remove(name)
         self.items = [i for i in self.items if i.label != name]
         self._stacks.clear()
 
+    @_locked
     def add(self, files: Iterable[tuple[str, bytes, str]]) -> list[Rejected]:
         """Add ``(file name, bytes, label)`` uploads; returns what was rejected (also recorded).
 
@@ -323,6 +351,9 @@ class ImageSet:
         for name, data, label in files:
             if label not in self._classes:
                 self.add_class(label)
+            if self.capacity is not None and len(self.items) >= self.capacity:
+                rejected.append(Rejected(name, self._full()))  # refused before it is decoded
+                continue
             try:
                 item = make_item(name, data, label)
             except BadImageError as e:
@@ -337,6 +368,7 @@ class ImageSet:
         self._stacks.clear()
         return rejected
 
+    @_locked
     def merge(self, other: ImageSet) -> list[Rejected]:
         """Add another set's classes and images (duplicates within a class skipped) and its rejections."""
         existing = {k.casefold(): k for k in self._classes}
@@ -350,6 +382,8 @@ class ImageSet:
         for i in incoming:
             if i.digest in owner:
                 rejected.append(Rejected(i.name, _duplicate_reason(owner[i.digest], i.label)))
+            elif self.capacity is not None and len(self.items) + len(new) >= self.capacity:
+                rejected.append(Rejected(i.name, self._full()))
             else:
                 owner[i.digest] = i.label
                 new.append(i)
@@ -358,10 +392,12 @@ class ImageSet:
         self._stacks.clear()
         return rejected
 
+    @_locked
     def remove(self, index: int) -> None:
         del self.items[index]
         self._stacks.clear()
 
+    @_locked
     def discard(self, digests: Iterable[str]) -> int:
         """Remove the images with these digests; returns how many went."""
         gone = set(digests)
@@ -370,6 +406,7 @@ class ImageSet:
         self._stacks.clear()
         return before - len(self.items)
 
+    @_locked
     def move(self, digests: Iterable[str], label: str) -> int:
         """Put the images with these digests into class ``label``; returns how many moved."""
         if label not in self._classes:
@@ -447,7 +484,7 @@ def _ignored(parts: tuple[str, ...]) -> bool:
 Entry = tuple[str, tuple[str, ...], Callable[[], bytes] | BadImageError]
 
 
-def _files_to_set(entries: Iterator[Entry]) -> ImageSet:
+def _files_to_set(entries: Iterator[Entry], room: int | None = None) -> ImageSet:
     """Entries are (display name, path parts relative to the dataset root, a reader of the file's bytes
     or the error that refused it). Files are read and decoded one at a time: memory holds one file's
     bytes at once, never the whole upload's."""
@@ -460,6 +497,7 @@ def _files_to_set(entries: Iterator[Entry]) -> ImageSet:
                    for n, p, d in entries]
         valid = [p[1:] for p in valid]
     imageset = ImageSet()
+    imageset.capacity = room
     uploads = []
     for name, parts, data in entries:
         if isinstance(data, BadImageError):
@@ -479,6 +517,7 @@ def _files_to_set(entries: Iterator[Entry]) -> ImageSet:
             except BadImageError as e:
                 imageset.rejected.append(Rejected(name, e.reason))
     imageset.add(read())
+    imageset.capacity = None  # its owner's limit applies when it is merged
     if not imageset.classes:
         raise TLError("No class folders with images were found. The data must hold one folder per class, "
                       "each with that class's images.")
@@ -506,8 +545,9 @@ def load_folder(root: str | Path) -> ImageSet:
     return _files_to_set(entries())
 
 
-def load_zip(source: str | Path | bytes) -> ImageSet:
-    """A zip holding one folder per class. Nothing is extracted to disk; unsafe entries are refused."""
+def load_zip(source: str | Path | bytes, room: int | None = None) -> ImageSet:
+    """A zip holding one folder per class. Nothing is extracted to disk; unsafe entries are refused. With
+    ``room`` (what a project still takes, ``ImageSet.room()``), images beyond it are refused undecoded."""
     name = "the zip file" if isinstance(source, bytes) else Path(source).name
     with open_zip(source, IMAGE_ZIP_LIMITS, name) as zf:
         infos = [i for i in zf.infolist() if not i.is_dir()]
@@ -530,7 +570,7 @@ def load_zip(source: str | Path | bytes) -> ImageSet:
                 else:
                     yield fname, parts, reader(info)
 
-        return _files_to_set(entries())
+        return _files_to_set(entries(), room)
 
 
 def load_data(path: str | Path) -> ImageSet:

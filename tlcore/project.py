@@ -33,6 +33,7 @@ from .data import (ImageItem, ImageSet, Rejected, image_to_tensor, stratified_sp
                    trainable_subset)
 from .evaluate import Evaluation, Familiarity, evaluate
 from .errors import TLError
+from .limits import LimitError, Limits, folder_mb
 from .runner import JobHandle, JobSpec, get_runner
 from .train import FROZEN_BODY_MODES, RunFinished, RunResult, TrainConfig, run_split
 
@@ -108,6 +109,12 @@ class Project:
     def folder(self) -> Path:
         return projects_root() / self.name
 
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "images":  # whatever set a project holds (reopened, a sample, a new one) has its limit
+            assert isinstance(value, ImageSet)
+            value.capacity = Limits.from_env().images_per_project
+        super().__setattr__(name, value)
+
     # ----------------------------------------------------------------- runs
 
     def run(self, run_id: str | None) -> RunRecord | None:
@@ -125,14 +132,38 @@ class Project:
     def active_runs(self) -> list[RunRecord]:
         return [r for r in self._refreshed() if r.job is not None]
 
+    def check_room(self, config: TrainConfig, runs: int = 1, owner: str | None = None) -> None:
+        """Raise ``LimitError`` if starting ``runs`` runs of ``config`` for ``owner`` (a student: every tab and
+        project of theirs together) would pass one of this server's limits (``Limits``)."""
+        limits = Limits.from_env()
+        if config.epochs > limits.epochs:
+            raise LimitError(limits.message("epochs", "The number of epochs of one run") + " Choose fewer.")
+        mine = len(self.active_runs())
+        if mine + runs > limits.queued_runs:
+            raise LimitError(limits.message("queued_runs", "The number of runs queued or training at once") +
+                             f" This project has {mine}: wait for one to finish, or stop one.")
+        theirs = PROJECTS.active_runs_of(owner or self.name)
+        if theirs + runs > limits.queued_runs:
+            raise LimitError(limits.message("queued_runs", "The number of runs queued or training at once") +
+                             f" You have {theirs} in all your projects and tabs: wait for one to finish, or stop one.")
+        used = folder_mb(self.folder)
+        if used > limits.project_mb:
+            raise LimitError(limits.message("project_mb", "The disk space of one project, in MB,") +
+                             f" This project uses {used:,.0f} MB: delete runs you no longer need (Train page).")
+
     def start_run(self, config: TrainConfig, label: str = "", group: str = "", shots: int | None = None,
-                  after: RunRecord | None = None, split: tuple[list[int], list[int]] | None = None) -> RunRecord:
+                  after: RunRecord | None = None, split: tuple[list[int], list[int]] | None = None,
+                  owner: str | None = None, checked: bool = False) -> RunRecord:
         """Start training ``config`` on this project's images in the background.
 
         ``after`` makes the run wait for another to finish (comparisons run one at a time so
         their wall-clock times compare); best epochs are checkpointed into the run's folder.
+        ``owner`` is the student it is for (default: this project): owners take turns for the
+        workers, and the server's limits (``check_room``; skipped when ``checked``) count per owner.
         """
         config.validate()
+        if not checked:
+            self.check_room(config, 1, owner)
         run_id = f"run-{len(self.runs) + 1:03d}-{secrets.token_hex(2)}"
         images = self.images.snapshot()  # the set as it is now; later edits do not change this run
         data = trainable_subset(images)
@@ -150,7 +181,8 @@ class Project:
                 record.reason += " Its best epoch before that is kept."
             self.save()
 
-        spec = JobSpec(record.label, self.name, images, config, (list(split[0]), list(split[1])), folder, meta)
+        spec = JobSpec(record.label, owner or self.name, images, config, (list(split[0]), list(split[1])), folder,
+                       meta, max_seconds=Limits.from_env().run_minutes * 60)
         with self._lock:
             self.runs.append(record)
             self.selected_run = record.id
@@ -163,19 +195,21 @@ class Project:
         return base if epochs is None else dataclasses.replace(base, epochs=epochs)
 
     def start_comparison(self, strategies: list[str], shots: list[int | None] | None = None,
-                         epochs: int | None = None) -> str:
+                         epochs: int | None = None, owner: str | None = None) -> str:
         """Queue one run per strategy (and shot count), one after another on one shared split; ``epochs``
         (default: the project's setting) bounds every run's epochs.
 
         Returns the group id that tags the runs.
         """
         base = self._comparison_base(epochs)
+        planned_runs = plan(strategies, base, shots)
+        self.check_room(base, len(planned_runs), owner)  # all of it, or none
         split = shared_split(self.images, base)
         group = f"{'shots' if shots else 'compare'}-{secrets.token_hex(3)}"
         previous = None
-        for planned in plan(strategies, base, shots):
+        for planned in planned_runs:
             previous = self.start_run(planned.config, planned.label, group, planned.shots, previous,
-                                      None if planned.shots else split)
+                                      None if planned.shots else split, owner, checked=True)
         return group
 
     def comparison_seconds(self, strategies: list[str], shots: list[int | None] | None = None,
@@ -553,6 +587,12 @@ class ProjectRegistry:
     def live(self) -> list[str]:
         with self._lock:
             return sorted(self._live)
+
+    def active_runs_of(self, owner: str) -> int:
+        """Runs queued or training for ``owner`` (see ``Project.start_run``) in every live project."""
+        with self._lock:
+            projects = list(self._live.values())
+        return sum(1 for p in projects for r in p.active_runs() if r.job is not None and r.job.spec.owner == owner)
 
     def sweep(self, is_alive: Callable[[str], bool], grace_s: float) -> list[str]:
         """Release projects no live session has held for ``grace_s`` seconds; returns their names."""

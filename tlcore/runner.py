@@ -42,6 +42,7 @@ from .train import FROZEN_BODY_MODES, BatchEnd, EpochEnd, Event, Progress, RunFi
 
 JobState = Literal["queued", "running", "completed", "stopped", "failed"]
 log = logging.getLogger(__name__)
+TIME_LIMIT_STOP = "Stopped at this server's limit"  # how a run stopped by ``JobSpec.max_seconds`` says so
 MAX_CURVE_POINTS = 300  # per-batch losses kept for the live chart (older ones are thinned out)
 
 
@@ -56,6 +57,7 @@ class JobSpec:
     split: tuple[list[int], list[int]]
     folder: Path  # checkpoints and the finished run go here
     meta: dict = field(default_factory=dict)  # extra run.json entries (label, validation digests)
+    max_seconds: float | None = None  # wall clock it may hold a worker (``Limits.run_minutes``); None: no limit
 
     @property
     def short(self) -> bool:
@@ -125,7 +127,8 @@ class JobHandle:
 
     def record(self, event: Event) -> None:
         """Take one event (called by the runner, never by pages)."""
-        if isinstance(event, RunFinished) and event.status == "stopped" and event.reason.startswith("Stopped "):
+        if (isinstance(event, RunFinished) and event.status == "stopped" and event.reason.startswith("Stopped ")
+                and not event.reason.startswith(TIME_LIMIT_STOP)):
             rest = event.reason.removeprefix("Stopped ").removeprefix("by the user ")
             event = dataclasses.replace(event, reason=f"Stopped {self.stopped_by} {rest}")  # who stopped it
         if isinstance(event, RunFinished) and self._on_finish is not None:
@@ -216,9 +219,19 @@ def run_job(spec: JobSpec, should_stop: Callable[[], bool], emit: Callable[[Even
     from .checkpoint import Checkpointer, save_run
     from .train import train
 
+    deadline = None if spec.max_seconds is None else time.monotonic() + spec.max_seconds
+
+    def out_of_time() -> bool:
+        return deadline is not None and time.monotonic() > deadline
+
     try:
         checkpoint = Checkpointer(spec.folder, spec.config, list(spec.images.classes), spec.meta)
-        for event in train(spec.images, spec.config, should_stop, split=spec.split):
+        for event in train(spec.images, spec.config, lambda: should_stop() or out_of_time(), split=spec.split):
+            if isinstance(event, RunFinished) and event.status == "stopped" and out_of_time() and not should_stop():
+                rest = event.reason.removeprefix("Stopped by the user ")
+                event = dataclasses.replace(event, reason=(
+                    f"{TIME_LIMIT_STOP} of {spec.max_seconds / 60:g} min per run (TLS_MAX_RUN_MINUTES, "
+                    f"which whoever starts the server can change) {rest}"))
             checkpoint(event)
             if isinstance(event, RunFinished):
                 if event.result is not None:

@@ -500,6 +500,23 @@ def test_class_challenge_from_hidden_set_to_leaderboard(monkeypatch):
     assert yard["challenge accuracy"][0] == board["accuracy"][0] and "of 12; likely" in yard["on the challenge"][0]
 
 
+def test_a_limit_that_is_hit_says_what_it_is_and_the_teacher_sees_each_projects_usage(monkeypatch):
+    monkeypatch.setenv("TLS_TEACHER_PASSWORD", "s3cret")
+    monkeypatch.setenv("TLS_MAX_EPOCHS", "40")
+    student = with_sample(new_app())
+    student.switch_page("pages/train.py").run()
+    student.number_input(key="train_epochs").set_value(41).run()
+    student.button(key="train_start").click().run()
+    assert "limited to 40 on this server (TLS_MAX_EPOCHS" in texts(student.error)
+    assert student.session_state["tls_project"].runs == []
+    teacher = new_app()
+    teacher.switch_page("pages/teacher.py").run()
+    teacher.text_input(key="teacher_password").set_value("s3cret")
+    teacher.button[0].click().run()
+    assert not teacher.exception
+    assert "Uses 200 of 1,000 images" in texts(teacher.caption) and "runs queued or training" in texts(teacher.caption)
+
+
 def test_teacher_stops_a_run_that_hogs_the_server(monkeypatch):
     monkeypatch.setenv("TLS_TEACHER_PASSWORD", "s3cret")
     student = with_sample(new_app())
