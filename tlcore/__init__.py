@@ -29,7 +29,7 @@ from .data import (IMAGE_SUFFIXES, ImageItem, ImageSet, Rejected, check_trainabl
                    load_folder, load_zip, stratified_split, thumbnail)
 from .errors import BadImageError, TLError, WeightsUnavailableError
 from .limits import LimitError, Limits, folder_mb
-from .measure import Score, separation, wilson_interval
+from .measure import Score, separation, accuracy_interval
 from .evaluate import Evaluation, Familiarity, Prediction, evaluate, grad_cam, imagenet_top, overlay_cam, predict
 from .model import TransferModel, build_model, count_params, freeze
 from .profile import SpeedProfile, estimate_epoch_seconds, estimate_run_seconds, measure_speed
@@ -64,7 +64,7 @@ __all__ = [
     # zero-shot
     "mapping_method", "suggest_mapping", "unmapped",
     # honest numbers
-    "Score", "separation", "wilson_interval",
+    "Score", "separation", "accuracy_interval",
     # evaluation
     "Evaluation", "Familiarity", "Prediction", "evaluate", "grad_cam", "imagenet_top", "overlay_cam", "predict",
     # runs on disk

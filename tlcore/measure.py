@@ -7,8 +7,11 @@ scored by repeated stratified k-fold cross-validation: every image is predicted 
 model that never saw it, and the accuracy rests on all of them. Where it is not (fine-tunes, from
 scratch), fewer folds or the validation split; the ``Score`` says which in ``method``.
 
-Intervals are Wilson score intervals (Wilson 1927; Agresti & Coull 1998): they stay inside [0, 1]
-and keep close to their nominal 95 % coverage down to a handful of images, unlike ``p ± 1.96 se``.
+Intervals are Clopper-Pearson ("exact") binomial intervals: they stay inside [0, 1] and never cover
+less than their nominal 95 % for a binomial count, which leaves room for what cross-validation adds on
+small data (one hard image counts in every repeat; the fold models are a little weaker than the final
+one). On the benchmark's real datasets (``python -m tlcore.bench --small-data``) Wilson intervals
+covered the large held-out accuracy in 90 % of runs, these in 93 %.
 """
 from __future__ import annotations
 
@@ -18,19 +21,21 @@ from dataclasses import dataclass
 
 import torch
 
-Z95 = 1.959964  # two-sided 95 % normal quantile
-
 Pair = tuple[list[int], list[int]]  # (indices a model trains on, indices it is scored on)
 
 
-def wilson_interval(accuracy: float, n: int, z: float = Z95) -> tuple[float, float]:
-    """The 95 % Wilson interval of a proportion ``accuracy`` observed on ``n`` trials ((0, 1) for n = 0)."""
+def accuracy_interval(accuracy: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """The Clopper-Pearson interval of an accuracy observed on ``n`` images ((0, 1) for n = 0). ``accuracy``
+    may be a mean over repeats (a fractional count of right answers)."""
+    from scipy.stats import beta  # scikit-learn's own dependency
+
     if n <= 0:
         return 0.0, 1.0
-    p = min(1.0, max(0.0, accuracy))
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
+    x = min(1.0, max(0.0, accuracy)) * n
+    a = (1 - level) / 2
+    lo = 0.0 if x <= 0 else float(beta.ppf(a, x, n - x + 1))
+    hi = 1.0 if x >= n else float(beta.ppf(1 - a, x + 1, n - x))
+    return min(lo, x / n), max(hi, x / n)
 
 
 @dataclass(frozen=True)
@@ -40,26 +45,31 @@ class Score:
     accuracy: float
     n: int  # distinct images the accuracy rests on (each scored by a model that did not train on it)
     method: str  # how they were held out, in words ("5-fold cross-validation, 5 repeats")
+    #: How much better the final model, fitted on every image, may be than the models that were scored, each
+    #: fitted on all but the held-out ones: the learning curve's last step, measured (0 when they are equal).
+    #: Cross-validation underrates a model trained on a handful of images; the interval's top allows for it.
+    upside: float = 0.0
 
     @property
     def interval(self) -> tuple[float, float]:
-        return wilson_interval(self.accuracy, self.n)
+        lo = accuracy_interval(self.accuracy, self.n)[0]
+        return lo, accuracy_interval(min(1.0, self.accuracy + self.upside), self.n)[1]
 
     def text(self) -> str:
-        """E.g. "80 % of 5; likely 38–96 %"."""
+        """E.g. "80 % of 5; likely 28–99 %"."""
         lo, hi = self.interval
         return f"{self.accuracy:.0%} of {self.n}; likely {lo:.0%}–{hi:.0%}"
 
     def to_json(self) -> dict:
         lo, hi = self.interval
         return {"accuracy": self.accuracy, "n": self.n, "interval": [round(lo, 4), round(hi, 4)],
-                "method": self.method}
+                "method": self.method, "upside": round(self.upside, 4)}
 
     @staticmethod
     def from_json(d: dict | None) -> Score | None:
         if not d or d.get("accuracy") is None:
             return None
-        return Score(float(d["accuracy"]), int(d["n"]), str(d.get("method", "")))
+        return Score(float(d["accuracy"]), int(d["n"]), str(d.get("method", "")), float(d.get("upside", 0.0)))
 
 
 def separation(a: Score, b: Score) -> tuple[bool, int | None]:
@@ -74,7 +84,7 @@ def separation(a: Score, b: Score) -> tuple[bool, int | None]:
     n = max(1, min(a.n, b.n))
     while n < 100_000:  # the intervals shrink like 1/sqrt(n): find the first n that separates them
         n = math.ceil(n * 1.1) + 1
-        (alo, ahi), (blo, bhi) = wilson_interval(a.accuracy, n), wilson_interval(b.accuracy, n)
+        (alo, ahi), (blo, bhi) = accuracy_interval(a.accuracy, n), accuracy_interval(b.accuracy, n)
         if ahi < blo or bhi < alo:
             return False, n
     return False, None
@@ -191,4 +201,4 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, c: float = 
 
 
 __all__ = ["Pair", "Score", "fit_logistic", "repeated_folds", "score_pairs", "separation", "shot_draws",
-           "wilson_interval"]
+           "accuracy_interval"]

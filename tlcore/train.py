@@ -681,7 +681,23 @@ def _frozen_score(cfg: TrainConfig, labels: torch.Tensor, digests: list[str], pr
 
     score = score_pairs(pairs, predicted, y, method, repeats if cfg.max_images_per_class is None else len(pairs))
     heldout = tuple((digests[i], int(y[i]), first[i]) for i in sorted(first))
+    if score is not None and cfg.max_images_per_class is None and not cfg.score_folds and len(y) <= MANY_FOLDS_MAX_IMAGES:
+        score = dataclasses.replace(score, upside=_last_step(y, pairs, repeats, cfg.seed, predict, score.accuracy))
     return score, heldout
+
+
+def _last_step(y: torch.Tensor, pairs: list[Pair], repeats: int, seed: int, predict: Predictor, accuracy: float
+               ) -> float:
+    """The learning curve's last measured step: ``accuracy`` (models trained on all but one image per class)
+    less the accuracy of models trained on all but two per class (folds half as many), at least 0. The final
+    model has one more image per class than the scored ones; its gain is likely no larger than this step."""
+    most = int(torch.bincount(y).max())
+    test_folds = len(pairs) // max(1, repeats)
+    if most < 3 or test_folds < 2:
+        return 0.0
+    fewer = repeated_folds(y, max(2, (test_folds + 1) // 2), repeats, seed + 1)
+    right = sum(int((logits.argmax(1).cpu() == y[te]).sum()) for (_tr, te), logits in zip(fewer, predict(fewer)))
+    return max(0.0, accuracy - right / sum(len(te) for _tr, te in fewer))
 
 
 def _logistic_folds(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> Predictor:

@@ -10,23 +10,24 @@ import torch
 from tlcore import TrainConfig, run_to_end
 from tlcore.compare import plan
 from tlcore.measure import (Score, fit_logistic, repeated_folds, score_pairs, separation, shot_draws,
-                            wilson_interval)
+                            accuracy_interval)
 
 
-def test_wilson_interval_matches_the_textbook_values():
-    lo, hi = wilson_interval(0.8, 5)  # 4 of 5: the example, "likely 38-96 %"
-    assert round(lo, 2) == 0.38 and round(hi, 2) == 0.96
-    assert wilson_interval(1.0, 4)[1] == 1.0 and wilson_interval(0.0, 4)[0] == 0.0
-    assert wilson_interval(0.5, 0) == (0.0, 1.0)
-    assert Score(0.8, 5, "x").text() == "80% of 5; likely 38%–96%"
+def test_accuracy_interval_matches_the_textbook_values():
+    lo, hi = accuracy_interval(0.8, 5)  # 4 of 5: Clopper-Pearson's exact interval, 28-99 %
+    assert round(lo, 3) == 0.284 and round(hi, 3) == 0.995
+    assert abs(accuracy_interval(1.0, 4)[0] - 0.025 ** 0.25) < 1e-9 and accuracy_interval(0.0, 4)[0] == 0.0
+    assert accuracy_interval(0.5, 0) == (0.0, 1.0)
+    assert Score(0.8, 5, "x").text() == "80% of 5; likely 28%–99%"
+    assert Score(0.8, 5, "x", upside=0.1).interval == (lo, accuracy_interval(0.9, 5)[1])
 
 
-def test_wilson_interval_covers_about_95_percent():
+def test_accuracy_interval_covers_at_least_95_percent():
     rng = np.random.default_rng(0)
     for p, n in ((0.6, 10), (0.85, 20), (0.95, 40)):
-        hits = [wilson_interval(k / n, n) for k in rng.binomial(n, p, 4000)]
+        hits = [accuracy_interval(k / n, n) for k in rng.binomial(n, p, 4000)]
         coverage = np.mean([lo <= p <= hi for lo, hi in hits])
-        assert 0.92 <= coverage <= 0.99, (p, n, coverage)
+        assert 0.945 <= coverage <= 0.995, (p, n, coverage)
 
 
 def test_separation_says_when_the_data_cannot_tell():
@@ -34,8 +35,8 @@ def test_separation_says_when_the_data_cannot_tell():
     assert apart
     apart, needed = separation(Score(0.75, 4, ""), Score(0.5, 4, ""))
     assert not apart and needed is not None and needed > 4
-    lo_a, _ = wilson_interval(0.75, needed)
-    _, hi_b = wilson_interval(0.5, needed)
+    lo_a, _ = accuracy_interval(0.75, needed)
+    _, hi_b = accuracy_interval(0.5, needed)
     assert hi_b < lo_a  # at that many images the intervals are apart
 
 
