@@ -1,0 +1,122 @@
+"""The data check: planted label flips, duplicates (exact and resized, across classes) and an outlier are
+found; a clean set is left alone; the review's marks are saved, survive a reopen, and every action undoes."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from tlcore import ImageItem, ImageSet, Project
+from tlcore.clean import Review, check, check_key, review_summary
+from tlcore.data import make_item, tensor_to_image
+from tests.conftest import class_files
+
+BACKBONE = "tiny-test"
+
+
+def _set(n_per_class: int = 10) -> ImageSet:
+    s = ImageSet()
+    assert s.add(class_files(n_per_class)) == []
+    return s
+
+
+def _relabel(s: ImageSet, index: int, label: str) -> ImageSet:
+    items = list(s.items)
+    i = items[index]
+    items[index] = ImageItem(i.name, label, i.digest, i.pixels)
+    return ImageSet(items, (), s.classes)
+
+
+def _png(img: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG", **kw)
+    return buf.getvalue()
+
+
+def test_a_clean_set_is_left_alone():
+    result = check(_set(), BACKBONE)
+    assert result.images == result.judged == 30
+    assert result.findings() == []
+
+
+def test_planted_label_flips_are_found_with_the_right_suggestion():
+    s = _set()
+    flipped = _relabel(_relabel(s, 3, "class1"), 25, "class0")  # a class0 image in class1, a class2 one in class0
+    result = check(flipped, BACKBONE)
+    found = {f.digest: f for f in result.label_errors}
+    assert set(found) == {s.items[3].digest, s.items[25].digest}
+    assert found[s.items[3].digest].suggested == "class0" and found[s.items[25].digest].suggested == "class2"
+    assert found[s.items[3].digest].given == "class1" and "'class1'" in found[s.items[3].digest].reason
+    assert all(0.5 < f.doubt <= 1 for f in result.label_errors)
+    assert result.findings()[0].kind == "label"  # largest doubt first
+
+
+def test_exact_and_resized_duplicates_across_classes_are_found():
+    s = _set()
+    a, b = s.items[0], s.items[12]  # class0, class1
+    exact = make_item("copy.png", _png(tensor_to_image(a.pixels), compress_level=0), "class2")  # other bytes
+    resized = make_item("big.png", _png(tensor_to_image(b.pixels).resize((96, 96), Image.BICUBIC)), "class2")
+    assert exact.digest != a.digest
+    s.items += [exact, resized]
+    result = check(s, BACKBONE)
+    pairs = {frozenset((f.digest, f.other)): f for f in result.duplicates}
+    assert set(pairs) == {frozenset((a.digest, exact.digest)), frozenset((b.digest, resized.digest))}
+    assert "identical pixels" in pairs[frozenset((a.digest, exact.digest))].reason
+    assert "resized" in pairs[frozenset((b.digest, resized.digest))].reason
+    assert all("two classes" in f.reason and f.doubt == 1.0 for f in result.duplicates)
+    assert len(check(_set(), BACKBONE).duplicates) == 0
+
+
+def test_an_image_unlike_every_class_is_an_outlier():
+    s = _set()
+    board = np.kron((np.indices((8, 8)).sum(0) % 2) * 255, np.ones((5, 5))).astype(np.uint8)
+    odd = make_item("board.png", _png(Image.fromarray(board).convert("RGB")), "class1")
+    s.items.append(odd)
+    result = check(s, BACKBONE)
+    assert [f.digest for f in result.outliers] == [odd.digest]
+    assert "unlike every class" in result.outliers[0].reason
+
+
+def test_review_marks_are_saved_and_every_action_undoes():
+    p = Project.create()
+    p.images = _relabel(_set(), 3, "class1")
+    p.images.items.append(make_item("copy.png", _png(tensor_to_image(p.images.items[20].pixels), compress_level=0),
+                                    "class1"))
+    p.save()
+    pixels = p.images.items[20].pixels  # the duplicate's copies both have these
+    result = check(p.images, BACKBONE)
+    review = Review.load(p.folder)
+    assert review.announce(result) == len(result.findings()) >= 2 and review.announce(result) == 0
+    wrong = next(f for f in result.label_errors if f.digest == p.images.items[3].digest)
+    dup = result.duplicates[0]
+    keep = review.keep(wrong)
+    assert wrong.digest not in {f.digest for f in review.pending(result, p.images)}
+    assert wrong.digest not in {f.digest for f in Review.load(p.folder).pending(result, p.images)}  # saved
+    review.undo(p, keep.id)
+    assert wrong.digest in {f.digest for f in Review.load(p.folder).pending(result, p.images)}
+
+    move = review.move(p, wrong, wrong.suggested)
+    assert Project.open(p.name).images.counts()["class0"] == 10  # saved with the project
+    removed = review.remove(p, dup)
+    reopened = Project.open(p.name)
+    assert dup.digest not in {i.digest for i in reopened.images.items}
+    assert review_summary(p.folder).startswith("The data check flagged")
+    assert "2 fixed (1 moved to another class, 1 removed)" in review_summary(p.folder)
+    assert review.pending(result, p.images) == [f for f in result.findings() if f.digest not in (wrong.digest, dup.digest)]
+
+    review = Review.load(p.folder)  # a reload: the marks are on disk
+    assert [a.id for a in review.actions] == [move.id, removed.id]
+    review.undo(p, removed.id)  # the removed copy comes back, same content
+    back = next(i for i in Project.open(p.name).images.items if i.digest == dup.digest)
+    assert back.label == dup.given and (back.pixels == pixels).all()
+    review.undo(p, move.id)
+    assert next(i for i in Project.open(p.name).images.items if i.digest == wrong.digest).label == "class1"
+    assert Review.load(p.folder).actions == [] and "0 fixed" in review_summary(p.folder)
+
+
+def test_check_key_follows_images_and_labels():
+    s = _set()
+    assert check_key(s, BACKBONE) == check_key(_set(), BACKBONE)
+    assert check_key(_relabel(s, 0, "class1"), BACKBONE) != check_key(s, BACKBONE)
+    assert check_key(s, "other") != check_key(s, BACKBONE)
