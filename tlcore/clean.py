@@ -73,13 +73,14 @@ class Finding:
     reason: str  # in words, for the user
     suggested: str | None = None  # the class the model suggests (label errors)
     other: str | None = None  # the other copy's digest (duplicates)
+    other_name: str | None = None
 
     def to_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass(frozen=True)
-class Check:
+class DataCheck:
     """What a check of one image set found: each list ranked, largest doubt first."""
 
     label_errors: tuple[Finding, ...]
@@ -106,7 +107,7 @@ class Check:
             if f.suggested is not None:
                 out["suggested"] = f.suggested
             if f.other is not None:
-                out["other"] = name(f.other, f.other)
+                out["other"] = name(f.other, f.other_name)
             return out
 
         return {"images": self.images, "judged": self.judged, "seconds": round(self.seconds, 3),
@@ -203,7 +204,7 @@ def outlier_ratios(feats: torch.Tensor, y: torch.Tensor, num_classes: int) -> tu
     return nearest / own.median().clamp(min=1e-6), cls
 
 
-def check(imageset: ImageSet, backbone: str, seed: int = 0) -> Check:
+def check_data(imageset: ImageSet, backbone: str, seed: int = 0) -> DataCheck:
     """Check every image of ``imageset`` with ``backbone``'s pretrained features (computed once per image and
     cached; the rest takes about a second for 500 images). Changes nothing."""
     start = time.perf_counter()
@@ -211,7 +212,7 @@ def check(imageset: ImageSet, backbone: str, seed: int = 0) -> Check:
     items = data.items
     classes = data.classes
     if not items:
-        return Check((), (), (), 0, 0, 0.0)
+        return DataCheck((), (), (), 0, 0, 0.0)
     feats = features_of(None, data, backbone).float()
     y = data.labels()
     x = F.normalize(feats - feats.mean(0), dim=1) * FEATURE_SCALE
@@ -240,7 +241,7 @@ def check(imageset: ImageSet, backbone: str, seed: int = 0) -> Check:
         why = (f"{how} as '{second.name}' in class '{second.label}': one picture cannot teach two classes"
                if across else f"{how} as '{second.name}', also in '{second.label}': it counts twice")
         duplicates.append(Finding("duplicate", first.digest, first.name, first.label, 1.0 if across else 0.6, why,
-                                  other=second.digest))
+                                  other=second.digest, other_name=second.name))
     duplicates.sort(key=lambda f: -f.doubt)
 
     outliers = []
@@ -251,7 +252,7 @@ def check(imageset: ImageSet, backbone: str, seed: int = 0) -> Check:
                                 f"unlike every class: {ratio:.1f} times farther from the nearest class "
                                 f"('{classes[int(near_cls[i])]}') than the typical image is from its own"))
     outliers.sort(key=lambda f: -f.doubt)
-    return Check(tuple(labels), tuple(duplicates), tuple(outliers), len(items), int(judged.sum()),
+    return DataCheck(tuple(labels), tuple(duplicates), tuple(outliers), len(items), int(judged.sum()),
                  time.perf_counter() - start)
 
 
@@ -337,13 +338,13 @@ class Review:
     def fixed(self) -> list[Action]:
         return [a for a in self.actions if a.action != "keep"]
 
-    def pending(self, result: Check, images: ImageSet) -> list[Finding]:
+    def pending(self, result: DataCheck, images: ImageSet) -> list[Finding]:
         """The findings still to look at, largest doubt first: not kept, image still there in the same class."""
         now = {i.digest: i.label for i in images.items}
         kept = self.kept
         return [f for f in result.findings() if f.digest not in kept and now.get(f.digest) == f.given]
 
-    def announce(self, result: Check) -> int:
+    def announce(self, result: DataCheck) -> int:
         """Note what ``result`` flags; returns how many images it flags that no check had flagged before."""
         new = {f.digest for f in result.findings()} - self.flagged - self.kept
         if new:
@@ -449,5 +450,5 @@ def review_summary(folder: Path) -> str | None:
     return Review.load(folder).summary() if (Path(folder) / REVIEW_FILE).exists() else None
 
 
-__all__ = ["Action", "Check", "Finding", "Review", "check", "check_key", "confident_label_errors",
+__all__ = ["Action", "DataCheck", "Finding", "Review", "check_data", "check_key", "confident_label_errors",
            "out_of_fold_probabilities", "review_summary", "similar_pairs"]

@@ -1,4 +1,4 @@
-"""Command line: ``python -m tlcore {backbones,train,evaluate,predict,compare,report,cert}``.
+"""Command line: ``python -m tlcore {backbones,train,evaluate,predict,compare,check,report,cert}``.
 
 Progress goes to stderr; results go to stdout as JSON (the last line of ``train``). A user
 error prints one line, ``error: ...``, and exits with status 2; never a traceback.
@@ -219,6 +219,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from .clean import check_data
+    from .data import load_data
+    from .train import set_threads
+
+    set_threads()
+    imageset = load_data(args.data)
+    _report_rejected(imageset)
+    result = check_data(imageset, args.backbone, args.seed)
+    # Files identical to one already loaded (in another class too) were not loaded; they are listed here.
+    _emit({"data": args.data, "backbone": args.backbone, "classes": imageset.classes, **result.to_json(),
+           "not_loaded": [{"file": r.file, "reason": r.reason} for r in imageset.rejected]})
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import report_for_folder
 
@@ -284,6 +299,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--shots", default="", help="comma-separated images per class, e.g. 1,5,10,all")
     training_args(c)
     c.set_defaults(fn=cmd_compare)
+    ck = sub.add_parser("check", help="likely wrong labels, duplicates and outliers in DATA (changes nothing)")
+    ck.add_argument("data")
+    ck.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    ck.add_argument("--seed", type=int, default=0, help="seed of the cross-validation folds")
+    ck.set_defaults(fn=cmd_check)
     rp = sub.add_parser("report", help="a self-contained HTML report of a run, to hand to a stakeholder")
     rp.add_argument("run_dir")
     rp.add_argument("--data", help="the DATA it was trained on (a run of an app project finds its own images)")

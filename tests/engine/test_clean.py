@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from tlcore import ImageItem, ImageSet, Project
-from tlcore.clean import Review, check, check_key, review_summary
+from tlcore.clean import Review, check_data, check_key, review_summary
 from tlcore.data import make_item, tensor_to_image
 from tests.conftest import class_files
 
@@ -35,7 +35,7 @@ def _png(img: Image.Image, **kw) -> bytes:
 
 
 def test_a_clean_set_is_left_alone():
-    result = check(_set(), BACKBONE)
+    result = check_data(_set(), BACKBONE)
     assert result.images == result.judged == 30
     assert result.findings() == []
 
@@ -43,7 +43,7 @@ def test_a_clean_set_is_left_alone():
 def test_planted_label_flips_are_found_with_the_right_suggestion():
     s = _set()
     flipped = _relabel(_relabel(s, 3, "class1"), 25, "class0")  # a class0 image in class1, a class2 one in class0
-    result = check(flipped, BACKBONE)
+    result = check_data(flipped, BACKBONE)
     found = {f.digest: f for f in result.label_errors}
     assert set(found) == {s.items[3].digest, s.items[25].digest}
     assert found[s.items[3].digest].suggested == "class0" and found[s.items[25].digest].suggested == "class2"
@@ -59,13 +59,13 @@ def test_exact_and_resized_duplicates_across_classes_are_found():
     resized = make_item("big.png", _png(tensor_to_image(b.pixels).resize((96, 96), Image.BICUBIC)), "class2")
     assert exact.digest != a.digest
     s.items += [exact, resized]
-    result = check(s, BACKBONE)
+    result = check_data(s, BACKBONE)
     pairs = {frozenset((f.digest, f.other)): f for f in result.duplicates}
     assert set(pairs) == {frozenset((a.digest, exact.digest)), frozenset((b.digest, resized.digest))}
     assert "identical pixels" in pairs[frozenset((a.digest, exact.digest))].reason
     assert "resized" in pairs[frozenset((b.digest, resized.digest))].reason
     assert all("two classes" in f.reason and f.doubt == 1.0 for f in result.duplicates)
-    assert len(check(_set(), BACKBONE).duplicates) == 0
+    assert len(check_data(_set(), BACKBONE).duplicates) == 0
 
 
 def test_an_image_unlike_every_class_is_an_outlier():
@@ -73,7 +73,7 @@ def test_an_image_unlike_every_class_is_an_outlier():
     board = np.kron((np.indices((8, 8)).sum(0) % 2) * 255, np.ones((5, 5))).astype(np.uint8)
     odd = make_item("board.png", _png(Image.fromarray(board).convert("RGB")), "class1")
     s.items.append(odd)
-    result = check(s, BACKBONE)
+    result = check_data(s, BACKBONE)
     assert [f.digest for f in result.outliers] == [odd.digest]
     assert "unlike every class" in result.outliers[0].reason
 
@@ -85,7 +85,7 @@ def test_review_marks_are_saved_and_every_action_undoes():
                                     "class1"))
     p.save()
     pixels = p.images.items[20].pixels  # the duplicate's copies both have these
-    result = check(p.images, BACKBONE)
+    result = check_data(p.images, BACKBONE)
     review = Review.load(p.folder)
     assert review.announce(result) == len(result.findings()) >= 2 and review.announce(result) == 0
     wrong = next(f for f in result.label_errors if f.digest == p.images.items[3].digest)

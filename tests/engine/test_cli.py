@@ -97,3 +97,27 @@ def test_cert_makes_a_certificate_a_tls_server_accepts(tmp_path):
     assert "teacher-laptop" in names.get_values_for_type(x509.DNSName)
     assert [str(a) for a in names.get_values_for_type(x509.IPAddress)] == ["10.0.0.7"]
     assert "--server.sslCertFile" in out.stderr
+
+
+def test_check_lists_label_errors_duplicates_and_what_was_not_loaded(class_folder):
+    import io
+
+    from PIL import Image
+
+    (class_folder / "class2" / "c0_1.png").write_bytes((class_folder / "class0" / "c0_1.png").read_bytes())
+    (class_folder / "class0" / "c0_1.png").rename(class_folder / "class1" / "flipped.png")  # a class0 image in class1
+    buf = io.BytesIO()
+    Image.open(class_folder / "class0" / "c0_2.png").resize((80, 80)).save(buf, "PNG")
+    (class_folder / "class2" / "big.png").write_bytes(buf.getvalue())  # a resized copy, in another class
+    out = cli("check", str(class_folder), "--backbone", "tiny-test")
+    assert out.returncode == 0, out.stderr
+    [line] = out.stdout.splitlines()
+    report = json.loads(line)
+    assert report["images"] == 25 and report["classes"] == ["class0", "class1", "class2"]
+    assert {(r["file"], r["given"], r["suggested"]) for r in report["label_errors"]} == {
+        ("class1/flipped.png", "class1", "class0"), ("class2/big.png", "class2", "class0")}  # the copy is class0 too
+    assert 0.5 < report["label_errors"][0]["score"] <= 1
+    [dup] = report["duplicates"]
+    assert {dup["file"], dup["other"]} == {"class0/c0_2.png", "class2/big.png"} and "two classes" in dup["reason"]
+    assert report["not_loaded"][0]["file"] == "class2/c0_1.png" and "already in class" in report["not_loaded"][0]["reason"]
+    assert cli("check", str(class_folder / "nope")).returncode == 2
