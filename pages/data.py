@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import tlcore
-from pages import live_camera
+from pages import data_check, live_camera
 from pages.common import ASSETS, explain, project, switch_project
 from tlcore import IMAGE_SUFFIXES, thumbnail
 
@@ -218,6 +218,9 @@ for k, label in enumerate(images.classes):
                     st.rerun()
         else:
             st.caption("No images yet.")
+
+if sum(n > 0 for n in counts.values()) >= 2:
+    data_check.panel(proj)
 
 st.subheader("Class balance")
 fig = go.Figure(go.Bar(x=list(counts), y=list(counts.values()), text=list(counts.values())))

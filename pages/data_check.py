@@ -1,0 +1,113 @@
+"""The Data page's review panel: images the model doubts, largest doubt first, each fixed or kept in one click.
+
+The check (``tlcore.check_data``) changes nothing; it is computed once per set of images, classes and
+backbone (the features once per image). The marks live in the project's folder (``tlcore.Review``): a
+kept image is not shown again, every action can be undone, and both survive class filters and reloads.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+import tlcore
+from pages.common import explain
+from tlcore import thumbnail
+
+SHOWN = 12  # findings shown at once (the rest follow as these are dealt with)
+ALL = "All classes"
+TITLES = {"label": "Maybe in the wrong class", "duplicate": "The same picture twice",
+          "outlier": "Unlike every class"}
+ICONS = {"label": ":material/swap_horiz:", "duplicate": ":material/content_copy:", "outlier": ":material/help:"}
+
+
+def _result(proj: tlcore.Project) -> tlcore.DataCheck:
+    """The check of the images as they are now (recomputed only when an image, a class or the backbone changes)."""
+    key = tlcore.check_key(proj.images, proj.backbone)
+    cached = st.session_state.get("data_check")
+    if cached is None or cached[0] != key:
+        with st.spinner("Checking your images with the backbone…"):
+            st.session_state["data_check"] = (key, tlcore.check_data(proj.images, proj.backbone))
+    return st.session_state["data_check"][1]
+
+
+def _act(proj: tlcore.Project, action: str, finding: tlcore.Finding, target: str | None = None) -> None:
+    """A click on Move / Remove / Keep (a widget callback: the page then shows the data as it is now)."""
+    review = tlcore.Review.load(proj.folder)
+    try:
+        if action == "move":
+            review.move(proj, finding, target)
+        elif action == "remove":
+            review.remove(proj, finding)
+        else:
+            review.keep(finding)
+    except tlcore.TLError as e:
+        st.session_state["data_check_error"] = str(e)
+    st.session_state.pop("data_last_report", None)  # the last upload's report is no longer news
+
+
+def _undo(proj: tlcore.Project, action_id: int) -> None:
+    try:
+        tlcore.Review.load(proj.folder).undo(proj, action_id)
+    except tlcore.TLError as e:
+        st.session_state["data_check_error"] = str(e)
+
+
+def panel(proj: tlcore.Project) -> None:
+    """The review panel of ``proj``'s images (call it once the project has two classes with images)."""
+    st.subheader("Check your data")
+    explain("The model looks for images that may be in the **wrong class** (each judged by a model trained "
+            "without it), the **same picture twice** (in two classes it contradicts itself), and pictures "
+            "**unlike every class**. Nothing changes until you click; every click can be undone below.")
+    try:
+        result = _result(proj)
+    except tlcore.TLError as e:
+        st.info(f"The data check needs the backbone's features: {e}", icon=":material/info:")
+        return
+    review = tlcore.Review.load(proj.folder)
+    if new := review.announce(result):
+        st.toast(f"The data check found {new} new image{'s' * (new != 1)} to look at: see **Check your data**.",
+                 icon=":material/rule:")
+    if msg := st.session_state.pop("data_check_error", None):
+        st.error(msg, icon=":material/error:")
+    images = proj.images
+    pending = review.pending(result, images)
+    if images.classes and st.session_state.get("data_check_class", ALL) not in [ALL, *images.classes]:
+        st.session_state["data_check_class"] = ALL  # its class was renamed or deleted
+    show = st.selectbox("Show", [ALL, *images.classes], key="data_check_class",
+                        format_func=lambda c: c if c == ALL else f"class '{c}'")
+    shown = [f for f in pending if show == ALL or f.given == show]
+    if not pending:
+        st.success(f"Nothing to check: the model finds no doubtful image among {result.images}.",
+                   icon=":material/verified:")
+    elif not shown:
+        st.caption(f"Nothing to check in '{show}'; {len(pending)} in other classes.")
+    else:
+        st.markdown(f"**{len(shown)} image{'s' * (len(shown) != 1)} to check**, largest doubt first.")
+    by_digest = {i.digest: i for i in images.items}
+    for f in shown[:SHOWN]:
+        item = by_digest[f.digest]
+        with st.container(border=True):
+            pic, twin, text = st.columns([1, 1, 5], vertical_alignment="center")
+            pic.image(thumbnail(item, 96), width=96)
+            if f.other in by_digest:
+                twin.image(thumbnail(by_digest[f.other], 96), width=96, caption="the other copy")
+            text.markdown(f"{ICONS[f.kind]} **{TITLES[f.kind]}** · **{item.name}** in **{f.given}** "
+                          f"(doubt {f.doubt:.0%})  \n{f.reason}")
+            b1, b2, b3 = text.columns(3)
+            if f.suggested is not None and f.suggested in images.classes:
+                b1.button(f"Move to {f.suggested}", key=f"data_check_move_{f.digest}", on_click=_act,
+                          args=(proj, "move", f, f.suggested), icon=":material/drive_file_move:")
+            b2.button("Remove", key=f"data_check_remove_{f.digest}", on_click=_act, args=(proj, "remove", f),
+                      icon=":material/delete:")
+            b3.button("Keep", key=f"data_check_keep_{f.digest}", on_click=_act, args=(proj, "keep", f),
+                      icon=":material/check:", help="It is right as it is: it will not be shown again.")
+    if len(shown) > SHOWN:
+        st.caption(f"…and {len(shown) - SHOWN} more, shown as you deal with these.")
+    if review.actions:
+        fixed, kept = len(review.fixed), len(review.kept)
+        with st.expander(f"Your review: {fixed} fixed, {kept} kept · undo any", icon=":material/undo:"):
+            for a in reversed(review.actions):
+                what, undo = st.columns([5, 1], vertical_alignment="center")
+                what.markdown(a.text())
+                undo.button("Undo", key=f"data_check_undo_{a.id}", on_click=_undo, args=(proj, a.id))
+    if summary := review.summary():
+        st.caption(summary)
