@@ -43,6 +43,8 @@ held = record.result.score
 st.metric("Validation accuracy", f"{ev.accuracy:.0%}", score_note(ev.score()), delta_color="off", delta_arrow="off",
           help="Each image here was predicted by a model that had not trained on it"
                + (f" ({held.method})." if record.result.heldout and held is not None else " (the validation split)."))
+if data_summary := tlcore.review_summary(proj.folder):
+    st.caption(f":material/rule: {data_summary} (Data page, *Check your data*)")
 rows = [{"class": n, "precision": p, "recall": r, "images": s} for n, p, r, s in ev.precision_recall()]
 st.dataframe(rows, hide_index=True, key="evaluate_table",
              column_config={"precision": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1),

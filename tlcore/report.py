@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from .backbones import get_backbone_spec
+from .clean import review_summary
 from .data import ImageItem, ImageSet, load_data, thumbnail
 from .errors import TLError
 from .project import Project, RunRecord, describe, model_card, validation_report
@@ -157,6 +158,12 @@ def _comparisons(project: Project) -> str:
     return "".join(out) + "</section>"
 
 
+def _data_check(project: Project) -> str:
+    """How many images the data check flagged and how many of them were fixed (nothing before a check)."""
+    summary = review_summary(project.folder)
+    return f"<p>{html.escape(summary)}</p>" if summary else ""
+
+
 def report_html(project: Project, record: RunRecord) -> str:
     """The report of one finished run of ``project`` as a complete, self-contained HTML page."""
     r = record.result
@@ -174,7 +181,7 @@ def report_html(project: Project, record: RunRecord) -> str:
 <p class="sub">Transfer Learning Studio report · {time.strftime('%Y-%m-%d %H:%M')} · project {html.escape(project.name)}</p>
 <section><h2>The task</h2><p>Tell apart {len(r.classes)} classes: <b>{html.escape(', '.join(r.classes))}</b>.
 {r.num_images} labelled images: {r.num_images - n_val} to train on, {n_val} held out for validation (the same
-share of every class; never trained on).</p>{samples}</section>
+share of every class; never trained on).</p>{_data_check(project)}{samples}</section>
 <section><h2>How it was trained</h2><p><b>{html.escape(describe(r.config))}</b>: {r.trainable_params:,} of
 {r.total_params:,} parameters trained, {len(r.history)} epoch(s), best epoch {r.best_epoch}, {r.train_seconds:.1f} s.
 The backbone ({html.escape(spec.title)}) was pretrained on ImageNet-1k.</p>{_freeze_picture(record)}{_curves(record)}</section>

@@ -8,7 +8,7 @@ import zipfile
 
 from PIL import Image
 
-from tests.app.test_pages import link_key, new_app, texts
+from tests.app.test_pages import link_key, new_app, texts, wait_for
 from tests.conftest import COLORS, class_files, png_bytes
 
 
@@ -82,3 +82,12 @@ def test_review_panel_moves_removes_keeps_and_undoes_and_its_marks_survive():
     assert "0 fixed, 1 kept" in " ".join(e.label for e in reloaded.expander)
     reloaded.button(key=_keys(reloaded, "data_check_undo_")[0]).click().run()  # undo the keep: shown again
     assert len(_keys(reloaded, "data_check_keep_")) == 2
+
+    reloaded.switch_page("pages/train.py").run()  # the Evaluate page and the report say what the check found
+    reloaded.button(key="train_start").click().run()
+    wait_for(reloaded, lambda a: "best epoch" in texts(a.success))
+    reloaded.switch_page("pages/evaluate.py").run()
+    assert "The data check flagged 2 images: 0 fixed" in texts(reloaded.caption)
+    reloaded.switch_page("pages/export.py").run()
+    reloaded.button(key="export_report").click().run()
+    assert "The data check flagged 2 images: 0 fixed" in reloaded.session_state["export_report_html"][1]
