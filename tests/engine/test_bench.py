@@ -13,7 +13,7 @@ def test_quick_benchmark_reports_every_figure():
     report = json.loads(out.stdout.strip().splitlines()[-1])
     for key in ("forward_seconds", "runtime", "fe_over_floor", "fe_speedup_vs_old", "speedup_vs_textbook",
                 "second_run_speedup", "finetune_depth0_efficiency", "finetune_half_frozen", "peak_rss_mb",
-                "rss_mb_per_extra_image", "app_startup_seconds", "rerun_seconds", "eval_speedup"):
+                "rss_mb_per_extra_image", "app_startup_seconds", "rerun_seconds", "eval_speedup", "data_check"):
         assert key in report, key
     assert "torch" in report["forward_seconds"] and report["runtime"] in report["forward_seconds"]
     assert report["eval_same_predictions"] is True
@@ -24,3 +24,15 @@ def test_quick_benchmark_reports_every_figure():
     for line in ("0. one forward pass", "1. feature extraction", "2. textbook loop", "3. second run", "4. fine-tune",
                  "5. peak memory", "6. app start", "7. evaluation"):
         assert line in out.stderr
+
+
+def test_data_check_section_reports_its_figures():
+    out = subprocess.run([sys.executable, "-m", "tlcore.bench", "--data-check", "--quick"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = json.loads(out.stdout.strip().splitlines()[-1])["data_check"]
+    digits = figures["bundled digits"]
+    assert digits["flipped"] == 10 and len(digits["top_k_precision"]) == 1
+    assert digits["planted_found"] == digits["planted_duplicates"] == 10  # every planted copy across classes
+    assert 0 <= digits["clean_flagged_share"] <= 1 and figures["seconds"]["images"] == 100
+    assert "10. data check" in out.stderr
