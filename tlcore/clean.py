@@ -325,6 +325,11 @@ class Review:
         except (OSError, ValueError, TypeError):
             return cls(Path(folder))
 
+    def _fresh(self) -> None:
+        """Take what is on disk now (another tab may have acted since this review was loaded); under ``_LOCK``."""
+        disk = Review.load(self.folder)
+        self.actions, self.flagged, self.next_id = disk.actions, disk.flagged, disk.next_id
+
     def save(self) -> None:
         text = json.dumps({"format": "tls-review/1", "actions": [asdict(a) for a in self.actions],
                            "flagged": sorted(self.flagged), "next_id": self.next_id}, indent=1)
@@ -346,10 +351,12 @@ class Review:
 
     def announce(self, result: DataCheck) -> int:
         """Note what ``result`` flags; returns how many images it flags that no check had flagged before."""
-        new = {f.digest for f in result.findings()} - self.flagged - self.kept
-        if new:
-            self.flagged |= new
-            self.save()
+        with _LOCK:
+            self._fresh()
+            new = {f.digest for f in result.findings()} - self.flagged - self.kept
+            if new:
+                self.flagged |= new
+                self.save()
         return len(new)
 
     def summary(self) -> str | None:
@@ -375,6 +382,7 @@ class Review:
     def keep(self, f: Finding) -> Action:
         """The image is right as it is: it is not shown again."""
         with _LOCK:
+            self._fresh()
             a = self._add("keep", f)
             self.save()
         return a
@@ -382,6 +390,7 @@ class Review:
     def move(self, project: HasImages, f: Finding, target: str) -> Action:
         """Put the image into class ``target`` (the model's suggestion)."""
         with _LOCK:
+            self._fresh()
             item = _item(project.images, f)
             if target not in project.images.classes:
                 raise TLError(f"There is no class called '{target}' any more: choose another.")
@@ -394,6 +403,7 @@ class Review:
     def remove(self, project: HasImages, f: Finding) -> Action:
         """Take the image out of the project (a lossless copy stays beside the review, for Undo)."""
         with _LOCK:
+            self._fresh()
             item = _item(project.images, f)
             image = tensor_to_image(item.pixels)
             atomic_write(self.folder / REMOVED_DIR / f"{item.digest}.png", lambda p: image.save(p, "PNG"))
@@ -407,6 +417,7 @@ class Review:
         """Undo one action (any of them, not only the last): a kept image is shown again, a moved one goes
         back to its class, a removed one comes back."""
         with _LOCK:
+            self._fresh()
             a = next((x for x in self.actions if x.id == action_id), None)
             if a is None:
                 raise TLError("That review action was already undone.")

@@ -120,3 +120,22 @@ def test_check_key_follows_images_and_labels():
     assert check_key(s, BACKBONE) == check_key(_set(), BACKBONE)
     assert check_key(_relabel(s, 0, "class1"), BACKBONE) != check_key(s, BACKBONE)
     assert check_key(s, "other") != check_key(s, BACKBONE)
+
+
+def test_two_tabs_reviewing_at_once_lose_no_mark_and_a_gone_image_is_said_so():
+    import pytest
+
+    from tlcore import TLError
+
+    p = Project.create()
+    p.images = _relabel(_relabel(_set(), 3, "class1"), 25, "class0")
+    p.save()
+    result = check_data(p.images, BACKBONE)
+    first, second = result.label_errors[:2]
+    tab1, tab2 = Review.load(p.folder), Review.load(p.folder)  # both loaded before either acts
+    tab1.keep(first)
+    tab2.keep(second)
+    assert Review.load(p.folder).kept == {first.digest, second.digest}
+    tab1.remove(p, first)
+    with pytest.raises(TLError, match=f"'{first.name}' is no longer in the project"):
+        tab2.move(p, first, "class0")
