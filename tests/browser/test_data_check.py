@@ -1,0 +1,47 @@
+"""The data check in a real browser: a zip with a misfiled digit and a resized copy in the other class is
+uploaded; the toast and the review panel name both; Move fixes the misfiled one, Undo puts it back.
+Saves test-output/screenshots/2b-data-check.png."""
+from __future__ import annotations
+
+import io
+import zipfile
+
+from PIL import Image
+
+from tests.browser.test_main_flow import app_url, browser, page, shot  # noqa: F401  (fixtures)
+from tests.conftest import ROOT
+
+DIGITS = ROOT / "assets" / "samples" / "digits"
+
+
+def _zip(path) -> None:
+    zeros, ones = sorted((DIGITS / "0").glob("*.png"))[:15], sorted((DIGITS / "1").glob("*.png"))[:16]
+    with zipfile.ZipFile(path, "w") as zf:
+        for f in zeros:
+            zf.write(f, f"digits/0/{f.name}")
+        for f in ones[:15]:
+            zf.write(f, f"digits/1/{f.name}")
+        zf.write(ones[15], "digits/0/misfiled.png")  # a one among the zeros
+        buf = io.BytesIO()
+        Image.open(zeros[0]).resize((96, 96)).save(buf, "PNG")
+        zf.writestr("digits/1/bigger.png", buf.getvalue())  # a zero, resized, among the ones
+
+
+def test_the_review_panel_in_a_real_browser(app_url, page, tmp_path):  # noqa: F811
+    _zip(tmp_path / "digits.zip")
+    page.goto(f"{app_url}/data")
+    page.get_by_role("heading", name="2 · Your data").wait_for()
+    page.get_by_role("tab", name="Upload a zip").click()
+    page.locator("[data-testid='stFileUploader'] input[type=file]").first.set_input_files(str(tmp_path / "digits.zip"))
+    page.get_by_role("heading", name="0 · 16 images").wait_for()
+    page.get_by_text("new images to look at").first.wait_for()  # the toast
+    page.get_by_role("heading", name="Check your data").wait_for()
+    page.get_by_text("The same picture twice").first.wait_for()
+    page.get_by_text("0/misfiled.png").first.wait_for()
+    page.get_by_text("0/misfiled.png").first.scroll_into_view_if_needed()
+    shot(page, "2b-data-check")
+    page.get_by_role("button", name="Move to 1").first.click()
+    page.get_by_role("heading", name="1 · 17 images").wait_for()
+    page.get_by_text("Your review: 1 fixed, 0 kept").click()
+    page.get_by_role("button", name="Undo").first.click()
+    page.get_by_role("heading", name="0 · 16 images").wait_for()
