@@ -40,9 +40,9 @@ from .compare import features_of
 from .data import ImageItem, ImageSet, image_to_tensor, tensor_to_image, trainable_subset
 from .errors import TLError
 from .measure import fit_logistic, repeated_folds
+from .train import HEAD_C  # the feature-extraction head's regularisation: the model the user would train
 
 CHECK_FOLDS = 5  # out-of-fold probabilities by 5-fold cross-validation (as cleanlab does)
-HEAD_C = 1.0  # the feature-extraction head's regularisation (train.HEAD_C): the model the user would train
 SIGNATURE_SIDE = 16  # pixel signature: grey levels at 16 x 16
 # Signatures at least this alike: the same picture (resized, re-encoded). Measured: resized and JPEG copies of the
 # bundled digits and faces >= 0.9996; distinct images of one class <= 0.987 (digits are 8 x 8 scans, much alike).
@@ -58,9 +58,6 @@ FEATURE_SCALE = 10.0
 OUTLIER_RATIO = 2.5
 MIN_OUTLIER_IMAGES = 6  # fewer images say nothing about what is typical
 
-KINDS = ("label", "duplicate", "outlier")
-
-
 @dataclass(frozen=True)
 class Finding:
     """One image the check asks the user to look at, and why."""
@@ -74,9 +71,6 @@ class Finding:
     suggested: str | None = None  # the class the model suggests (label errors)
     other: str | None = None  # the other copy's digest (duplicates)
     other_name: str | None = None
-
-    def to_json(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -98,16 +92,14 @@ class DataCheck:
                 best[f.digest] = f
         return sorted(best.values(), key=lambda f: -f.doubt)
 
-    def to_json(self, names: dict[str, str] | None = None) -> dict:
-        """The CLI's line: ``file`` is the image's name (``names`` maps digests to other names)."""
-        name = (names or {}).get
-
+    def to_json(self) -> dict:
+        """The CLI's line (``file``: the image's name; ``score``: its doubt)."""
         def row(f: Finding) -> dict:
-            out = {"file": name(f.digest, f.name), "given": f.given, "score": round(f.doubt, 4), "reason": f.reason}
+            out = {"file": f.name, "given": f.given, "score": round(f.doubt, 4), "reason": f.reason}
             if f.suggested is not None:
                 out["suggested"] = f.suggested
             if f.other is not None:
-                out["other"] = name(f.other, f.other_name)
+                out["other"] = f.other_name
             return out
 
         return {"images": self.images, "judged": self.judged, "seconds": round(self.seconds, 3),
@@ -253,7 +245,7 @@ def check_data(imageset: ImageSet, backbone: str, seed: int = 0) -> DataCheck:
                                 f"('{classes[int(near_cls[i])]}') than the typical image is from its own"))
     outliers.sort(key=lambda f: -f.doubt)
     return DataCheck(tuple(labels), tuple(duplicates), tuple(outliers), len(items), int(judged.sum()),
-                 time.perf_counter() - start)
+                     time.perf_counter() - start)
 
 
 def check_key(imageset: ImageSet, backbone: str) -> str:
