@@ -21,11 +21,15 @@ ICONS = {"label": ":material/swap_horiz:", "duplicate": ":material/content_copy:
 
 def _result(proj: tlcore.Project) -> tlcore.DataCheck:
     """The check of the images as they are now (recomputed only when an image, a class or the backbone changes)."""
-    key = tlcore.check_key(proj.images, proj.backbone)
+    backbone = tlcore.check_backbone(proj.backbone)
+    if backbone != proj.backbone:
+        st.caption(f"Checked with {tlcore.get_backbone_spec(backbone).title}: the chosen backbone's weights are "
+                   "not on this server yet (they download when you train).")
+    key = tlcore.check_key(proj.images, backbone)
     cached = st.session_state.get("data_check")
     if cached is None or cached[0] != key:
         with st.spinner("Checking your images with the backbone…"):
-            st.session_state["data_check"] = (key, tlcore.check_data(proj.images, proj.backbone))
+            st.session_state["data_check"] = (key, tlcore.check_data(proj.images, backbone))
     return st.session_state["data_check"][1]
 
 

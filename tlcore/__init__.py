@@ -25,7 +25,7 @@ from .backbones import (DEFAULT_BACKBONE, BackboneSpec, Body, Preprocess, create
                         register_backbone, stage_param_counts)
 from .checkpoint import (SavedRun, archive_run, export_onnx, export_torchscript, load_run, read_meta, save_run,
                          unpack_run_archive)
-from .clean import Action, DataCheck, Finding, Review, check_data, check_key, review_summary
+from .clean import Action, DataCheck, Finding, Review, check_backbone, check_data, check_key, review_summary
 from .compare import COMPARE_EPOCHS, DEFAULT_SHOTS, STRATEGY_TITLES, available_shots, shared_split
 from .data import (IMAGE_SUFFIXES, ImageItem, ImageSet, Rejected, check_trainable, decode_image, load_data,
                    load_folder, load_zip, stratified_split, thumbnail)
@@ -75,7 +75,7 @@ __all__ = [
     # training in worker processes
     "JobHandle", "JobSnapshot", "JobSpec", "LocalRunner", "Runner", "get_runner", "set_runner",
     # the data check and its review
-    "Action", "DataCheck", "Finding", "Review", "check_data", "check_key", "review_summary",
+    "Action", "DataCheck", "Finding", "Review", "check_backbone", "check_data", "check_key", "review_summary",
     # comparisons and speed
     "COMPARE_EPOCHS", "DEFAULT_SHOTS", "STRATEGY_TITLES", "SpeedProfile", "available_shots", "estimate_epoch_seconds", "estimate_run_seconds",
     "measure_speed", "shared_split",

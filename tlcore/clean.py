@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
+from .backbones import DEFAULT_BACKBONE, get_backbone_spec
 from .checkpoint import atomic_write
 from .compare import features_of
 from .data import ImageItem, ImageSet, image_to_tensor, tensor_to_image, trainable_subset
@@ -248,6 +249,12 @@ def check_data(imageset: ImageSet, backbone: str, seed: int = 0) -> DataCheck:
                      time.perf_counter() - start)
 
 
+def check_backbone(preferred: str) -> str:
+    """The backbone a check uses: ``preferred`` when its weights are on this machine, else the bundled default
+    (the Data page's check never starts a download)."""
+    return preferred if get_backbone_spec(preferred).availability() != "download" else DEFAULT_BACKBONE
+
+
 def check_key(imageset: ImageSet, backbone: str) -> str:
     """What a check's result depends on (the backbone, every image and its class): equal keys, equal checks."""
     h = hashlib.sha1(backbone.encode())
@@ -453,5 +460,5 @@ def review_summary(folder: Path) -> str | None:
     return Review.load(folder).summary() if (Path(folder) / REVIEW_FILE).exists() else None
 
 
-__all__ = ["Action", "DataCheck", "Finding", "Review", "check_data", "check_key", "confident_label_errors",
+__all__ = ["Action", "DataCheck", "Finding", "Review", "check_backbone", "check_data", "check_key", "confident_label_errors",
            "out_of_fold_probabilities", "review_summary", "similar_pairs"]

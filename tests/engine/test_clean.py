@@ -139,3 +139,11 @@ def test_two_tabs_reviewing_at_once_lose_no_mark_and_a_gone_image_is_said_so():
     tab1.remove(p, first)
     with pytest.raises(TLError, match=f"'{first.name}' is no longer in the project"):
         tab2.move(p, first, "class0")
+
+
+def test_a_check_never_starts_a_download(monkeypatch):
+    from tlcore import DEFAULT_BACKBONE, BackboneSpec, check_backbone
+
+    assert check_backbone(BACKBONE) == BACKBONE  # bundled: used as chosen
+    monkeypatch.setattr(BackboneSpec, "availability", lambda self: "bundled" if self.bundled_file else "download")
+    assert check_backbone("resnet18") == DEFAULT_BACKBONE
