@@ -1,4 +1,9 @@
-"""Step 7: take the model away (weights, TorchScript, ONNX), load one back, or open another project."""
+"""Step 7: take the model away (a web app, weights, TorchScript, ONNX), load one back, or open another project."""
+import io
+import os
+from pathlib import Path
+
+import segno
 import streamlit as st
 
 import tlcore
@@ -8,7 +13,48 @@ from tlcore import export_model, import_run, model_card, run_archive
 proj = project()
 st.title("7 · Export and projects")
 explain("A trained model is just numbers. Download them with a description of how to feed images in, and use the "
-        "model anywhere: in Python, or through TorchScript and ONNX in apps that do not use Python.")
+        "model anywhere: as a web app in any browser (phones too), in Python, or through TorchScript and ONNX in "
+        "apps that do not use Python.")
+# Served at /app/static/ (server.enableStaticServing); TLS_STATIC_DIR moves it (tests)
+STATIC = Path(os.environ.get("TLS_STATIC_DIR") or Path(__file__).resolve().parent.parent / "static")
+
+
+def web_app(proj, record, folder: Path) -> None:
+    """Make, download and share the run's web app (a QR code for phones on this network)."""
+    st.markdown("**A web app**: one folder with `index.html` that runs the model in any browser, offline, with no "
+                "install: pick or drop images, or use the camera, and see the confidence for every class. Open it "
+                "from disk, put it on any web server, or open it on a phone from this server.")
+    quantize = st.toggle("Smaller model (int8 weights)", key="export_web_int8",
+                         help="About a quarter of the size; the page says how often it agrees with the full model.")
+    if st.button("Make the web app", key="export_web", icon=":material/language:"):
+        with st.spinner("Exporting to ONNX, checking it against the app's model and writing the web app…"):
+            try:
+                web = tlcore.export_web(proj, record, folder / "web", quantize=quantize)
+                path = tlcore.publish_web(web, STATIC, folder)
+                st.session_state["export_web_made"] = (record.id, web, path)
+            except tlcore.TLError as e:
+                st.error(str(e), icon=":material/error:")
+    made = st.session_state.get("export_web_made")
+    if not made or made[0] != record.id:
+        return
+    _, web, path = made
+    note = (f"Checked: the model in the page gives the app's probabilities (largest difference {web.max_diff:.1e}) "
+            f"on the check images. {web.bytes / 1e6:.1f} MB.")
+    if web.agreement is not None:
+        same = round(web.agreement.accuracy * web.agreement.n)
+        note += f" int8: the same class as the full model on {same} of {web.agreement.n} images."
+        if web.accuracy:
+            note += f" Accuracy on them {web.accuracy[0].text()} (full) -> {web.accuracy[1].text()} (int8)."
+    st.info(note, icon=":material/verified:")
+    st.download_button("Download the web app (.zip)", web.zip_path.read_bytes(), f"{record.id}-web.zip",
+                       "application/zip", icon=":material/download:", key="export_web_dl", type="primary")
+    link = tlcore.lan_url(st.context.url or "", f"app/static/{path}")
+    c1, c2 = st.columns([1, 3])
+    qr = io.BytesIO()
+    segno.make(link, error="m").save(qr, kind="png", scale=5, border=2)
+    c1.image(qr.getvalue(), caption="Scan with a phone", width=180)
+    c2.markdown(f"On a phone or laptop on this network: [{link}]({link})\n\nOver plain `http://` phones allow "
+                "photos but not the live camera; serve the app over HTTPS (`python -m tlcore cert`) for the camera.")
 
 
 runs = proj.finished_runs()
@@ -44,6 +90,8 @@ else:
             st.rerun()
     if msg := st.session_state.pop("export_msg", None):
         st.info(msg, icon=":material/verified:")
+    with st.container(border=True):
+        web_app(proj, record, folder)
     spec = tlcore.get_backbone_spec(record.config.backbone)
     st.code(tlcore.USAGE.format(folder=record.id, size=spec.preprocess.input_size), language="python")
     with st.container(border=True):

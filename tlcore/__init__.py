@@ -17,6 +17,7 @@ here (a test holds the pages to it). Modules, one job each:
 * ``profile``    measured speed, epoch-time estimates;
 * ``project``    a user's saved work (images, settings, runs) and the live projects of a server;
 * ``report``     a self-contained HTML report of a run;
+* ``webexport``  a run's model as a web app that runs in any browser, offline (ONNX Runtime Web);
 * ``challenge``  the teacher's hidden test set and the class leaderboard;
 * ``cli``, ``bench``.
 """
@@ -40,6 +41,7 @@ from .project import (PROJECTS, Project, RunRecord, describe, embedding_map, exp
                       model_card, run_archive, validation_report)
 from .challenge import Challenge, Entry, create_challenge, current_challenge
 from .report import USAGE, report_html
+from .webexport import WebExport, export_web, lan_url, publish_web
 from .zeroshot import mapping_method, suggest_mapping, unmapped
 from .train import (FEATURES, FROZEN_BODY_MODES, MODES, BatchEnd, EpochEnd, Event, Progress, RunFinished, RunResult, TrainConfig,
                     frozen_body, run_to_end, train)
@@ -63,6 +65,8 @@ __all__ = [
     "Challenge", "Entry", "create_challenge", "current_challenge",
     # the stakeholder report
     "USAGE", "report_html",
+    # the web app export
+    "WebExport", "export_web", "lan_url", "publish_web",
     # zero-shot
     "mapping_method", "suggest_mapping", "unmapped",
     # honest numbers

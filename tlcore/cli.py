@@ -1,4 +1,4 @@
-"""Command line: ``python -m tlcore {backbones,train,evaluate,predict,compare,check,report,cert}``.
+"""Command line: ``python -m tlcore {backbones,train,evaluate,predict,compare,check,report,export,cert}``.
 
 Progress goes to stderr; results go to stdout as JSON (the last line of ``train``). A user
 error prints one line, ``error: ...``, and exits with status 2; never a traceback.
@@ -244,6 +244,37 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .checkpoint import archive_run, export_onnx, export_torchscript
+    from .report import open_run_folder
+    from .webexport import check_images, export_web
+
+    project, record = open_run_folder(Path(args.run_dir), Path(args.data) if args.data else None)
+    if args.format == "web":
+        web = export_web(project, record, Path(args.out or Path(args.run_dir) / "web"), quantize=args.quantize)
+        print(f"Wrote {web.folder} ({web.bytes / 1e6:.1f} MB) and {web.zip_path}: open index.html in any browser, "
+              "or put the folder on any web server.", file=sys.stderr)
+        _emit({"format": "web", **web.to_json()})
+        return 0
+    if args.quantize:
+        raise TLError("--quantize is for --format web only.")
+    names = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "zip": f"{Path(args.run_dir).name}.zip"}
+    out = Path(args.out or Path(args.run_dir) / names[args.format])
+    if args.format == "zip":
+        data = archive_run(args.run_dir)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(data)
+        _emit({"format": "zip", "file": str(out), "bytes": len(data)})
+        return 0
+    check = check_images(project, record)[0].float().div(255)
+    export = export_onnx if args.format == "onnx" else export_torchscript
+    diff = export(record.result.model, out, check)
+    print(f"Wrote {out}: checked against the app's model on {len(check)} images.", file=sys.stderr)
+    _emit({"format": args.format, "file": str(out), "bytes": out.stat().st_size, "max_diff": diff,
+           "checked_on": len(check)})
+    return 0
+
+
 def cmd_cert(args: argparse.Namespace) -> int:
     from .certs import local_names, make_certificate
 
@@ -309,6 +340,15 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--data", help="the DATA it was trained on (a run of an app project finds its own images)")
     rp.add_argument("--out", help="output file (default: RUN_DIR/report.html)")
     rp.set_defaults(fn=cmd_report)
+    ex = sub.add_parser("export", help="a run's model to take away: a web app, ONNX, TorchScript or the run zip")
+    ex.add_argument("run_dir")
+    ex.add_argument("--format", choices=["web", "onnx", "torchscript", "zip"], default="web",
+                    help="web: a folder (and zip) with index.html that runs in any browser, offline")
+    ex.add_argument("--out", help="output folder (web) or file (default: inside RUN_DIR)")
+    ex.add_argument("--data", help="the DATA it was trained on: the export is checked on its validation images "
+                                   "(else on random pixels)")
+    ex.add_argument("--quantize", action="store_true", help="web: int8 weights (smaller; the change is measured)")
+    ex.set_defaults(fn=cmd_export)
     ce = sub.add_parser("cert", help="make a self-signed HTTPS certificate for this machine (cameras on a LAN)")
     ce.add_argument("--out", default=".", help="folder for tls-cert.pem and tls-key.pem")
     ce.add_argument("--host", action="append", help="a name or address students use (repeatable; default: all)")

@@ -196,8 +196,13 @@ The backbone ({html.escape(spec.title)}) was pretrained on ImageNet-1k.</p>{_fre
 
 
 def report_for_folder(run_dir: Path, data: Path | None = None) -> str:
-    """The report of a run folder: one inside an app project (its images are found there), or one made by
-    ``python -m tlcore train`` (pass the same ``data`` to include images and the validation measurement)."""
+    """The report of a run folder (see ``open_run_folder``)."""
+    return report_html(*open_run_folder(run_dir, data))
+
+
+def open_run_folder(run_dir: Path, data: Path | None = None) -> tuple[Project, RunRecord]:
+    """A run folder as a project and its run: one inside an app project (its images are found there), or one
+    made by ``python -m tlcore train`` (pass the same ``data`` to include images and the validation measurement)."""
     from .checkpoint import lazy_result, read_meta
 
     run_dir = Path(run_dir)
@@ -207,9 +212,9 @@ def report_for_folder(run_dir: Path, data: Path | None = None) -> str:
         record = project.run(run_dir.name)
         if record is None or record.result is None:
             raise TLError(f"{run_dir} is not a finished run of project {project.name}.")
-        return report_html(project, record)
+        return project, record
     result = lazy_result(run_dir)
     project = Project(run_dir.name, load_data(data) if data is not None else ImageSet())
     record = RunRecord(run_dir.name, describe(result.config), result.config, read_meta(run_dir).get("status", ""),
                        result=result, images=project.images if data is not None else None)
-    return report_html(project, record)
+    return project, record

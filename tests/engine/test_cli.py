@@ -121,3 +121,24 @@ def test_check_lists_label_errors_duplicates_and_what_was_not_loaded(class_folde
     assert {dup["file"], dup["other"]} == {"class0/c0_2.png", "class2/big.png"} and "two classes" in dup["reason"]
     assert report["not_loaded"][0]["file"] == "class2/c0_1.png" and "already in class" in report["not_loaded"][0]["reason"]
     assert cli("check", str(class_folder / "nope")).returncode == 2
+
+
+def test_export_every_format(class_folder, tmp_path):
+    run = tmp_path / "run"
+    assert cli("train", str(class_folder), "--out", str(run), "--backbone", "tiny-test", "--epochs", "2").returncode == 0
+    outs = {}
+    for fmt in ("onnx", "torchscript", "zip", "web"):
+        out = cli("export", str(run), "--format", fmt, "--data", str(class_folder))
+        assert out.returncode == 0, out.stderr
+        outs[fmt] = json.loads(out.stdout.splitlines()[-1])
+    assert outs["onnx"]["file"].endswith("model.onnx") and outs["onnx"]["max_diff"] <= 1e-4
+    assert outs["onnx"]["checked_on"] == outs["torchscript"]["checked_on"] > 0
+    with zipfile.ZipFile(outs["zip"]["file"]) as zf:
+        assert {"run.json", "model.safetensors"} <= set(zf.namelist())
+    assert (run / "web" / "index.html").exists() and outs["web"]["bytes"] > 1e6 and outs["web"]["zip"].endswith(".zip")
+    random = cli("export", str(run), "--format", "onnx", "--out", str(tmp_path / "m.onnx"))  # no DATA: random pixels
+    assert random.returncode == 0 and json.loads(random.stdout)["checked_on"] == 8
+    bad = cli("export", str(run), "--format", "onnx", "--quantize")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --quantize is for --format web")
+    missing = cli("export", str(tmp_path / "nothing"), "--format", "web")
+    assert missing.returncode == 2 and "not a Transfer Learning Studio run" in missing.stderr

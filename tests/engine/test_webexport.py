@@ -1,0 +1,89 @@
+"""The web app export: the folder's files, its embedded model (checked against the app's) and its zip."""
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+import tlcore
+from tlcore.data import BASE_SIZE, MAX_ASPECT
+from tlcore.report import open_run_folder
+from tlcore.webexport import check_images
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from tests.conftest import class_files
+
+    data = tmp_path_factory.mktemp("data")
+    for name, content, label in class_files():
+        (data / label).mkdir(exist_ok=True)
+        (data / label / name).write_bytes(content)
+    out = subprocess.run([sys.executable, "-m", "tlcore", "train", str(data), "--out", str(data.parent / "run"),
+                          "--backbone", "tiny-test", "--epochs", "2"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    return open_run_folder(data.parent / "run", data)
+
+
+def _script_value(path, name):
+    text = path.read_text()
+    assert text.startswith(f"window.{name} = ")
+    return json.loads(text[len(f"window.{name} = "):].rstrip().rstrip(";"))
+
+
+def test_the_folder_holds_the_page_the_runtime_and_a_model_that_matches_the_app(run, tmp_path):
+    project, record = run
+    web = tlcore.export_web(project, record, tmp_path / "web")
+    names = {f.name for f in web.folder.iterdir()}
+    assert names == {"index.html", "config.js", "model.js", "ort.wasm.min.js", "ort-runtime.js",
+                     "LICENSE-onnxruntime-web.txt"}
+    assert web.bytes == sum(f.stat().st_size for f in web.folder.iterdir()) and web.bytes < 7e6
+    config = _script_value(web.folder / "config.js", "TLS_CONFIG")
+    pre = tlcore.get_backbone_spec("tiny-test").preprocess
+    assert config["classes"] == list(record.result.classes) and config["preprocess"]["input_size"] == pre.input_size
+    assert (config["base_size"], config["max_aspect"]) == (BASE_SIZE, MAX_ASPECT)
+    assert "Accuracy on held-out images" in config["card"] and not config["quantized"]
+    assert "tlsClassify" in (web.folder / "index.html").read_text()
+    # the embedded model is an ONNX model giving the app's probabilities
+    model = gzip.decompress(base64.b64decode(_script_value(web.folder / "model.js", "TLS_MODEL")))
+    pixels, labels = check_images(project, record)
+    assert labels is not None and len(labels) == len(pixels) > 0
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    got = torch.softmax(torch.from_numpy(session.run(None, {"pixels": pixels.float().div(255).numpy()})[0]), 1)
+    with torch.inference_mode():
+        want = torch.softmax(record.result.model.eval()(pixels.float().div(255)), 1)
+    assert np.abs(got.numpy() - want.numpy()).max() <= 1e-4 and web.max_diff <= 1e-4
+    runtime = _script_value(web.folder / "ort-runtime.js", "TLS_ORT")
+    assert gzip.decompress(base64.b64decode(runtime["wasm"]))[:4] == b"\0asm"
+    with zipfile.ZipFile(web.zip_path) as zf:
+        assert {n.split("/", 1)[1] for n in zf.namelist()} == names and zf.namelist()[0].startswith("web/")
+
+
+def test_quantized_export_measures_what_it_changes(run, tmp_path):
+    project, record = run
+    f32 = tlcore.export_web(project, record, tmp_path / "f32")
+    int8 = tlcore.export_web(project, record, tmp_path / "int8", quantize=True)
+    assert int8.quantized and int8.agreement is not None and int8.agreement.n == len(check_images(project, record)[0])
+    assert int8.accuracy is not None and all(0 <= s.accuracy <= 1 for s in int8.accuracy)
+    assert "int8" in _script_value(int8.folder / "config.js", "TLS_CONFIG")["card"]
+    assert f32.agreement is None and f32.accuracy is None
+    again = tlcore.export_web(project, record, tmp_path / "int8")  # replaces the folder
+    assert not again.quantized and (tmp_path / "int8" / "index.html").exists()
+
+
+def test_a_run_without_a_model_is_refused(run, tmp_path):
+    project, record = run
+    import dataclasses
+
+    with pytest.raises(tlcore.TLError, match="train it first"):
+        tlcore.export_web(project, dataclasses.replace(record, result=None), tmp_path / "web")
