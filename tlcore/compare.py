@@ -137,11 +137,10 @@ def features_of(model: TransferModel | None, imageset: ImageSet, backbone: str) 
     pre = get_backbone_spec(backbone).preprocess
     model.eval()
     out = []
-    stack = imageset.stack(pre)
     with torch.inference_mode():
-        for lo in range(0, len(stack), 64):
-            x = stack[lo:lo + 64].to(next(model.parameters()).device).float().div(255.0)
-            out.append(model.features(x).float().cpu())
+        for lo in range(0, len(imageset), 64):
+            batch = imageset.preprocessed(pre, list(range(lo, min(lo + 64, len(imageset)))))
+            out.append(model.features(batch.to(next(model.parameters()).device).float().div(255.0)).float().cpu())
     return torch.cat(out)
 
 

@@ -311,6 +311,18 @@ class ImageSet:
         STACKS.touch(self, pre.key, out.nbytes)
         return out
 
+    def preprocessed(self, pre: Preprocess, indices: list[int]) -> torch.Tensor:
+        """uint8 ``[len(indices), 3, S, S]``: those items preprocessed with ``pre``, from the kept stack when
+        there is one, else computed now and not kept. Frozen work streams through this in batches, so what
+        stays of a large set is its features (kilobytes an image), never a whole preprocessed stack."""
+        with self._lock:
+            cached = self._stacks.get(pre.key)
+        if cached is not None and cached.shape[0] == len(self.items):
+            return cached[indices]
+        if not indices:
+            return torch.empty((0, 3, pre.input_size, pre.input_size), dtype=torch.uint8)
+        return torch.stack([preprocess_pixels(self.items[k].pixels, pre) for k in indices])
+
     # --------------------------------------------------------------------- editing (the Data page)
 
     def room(self) -> int | None:

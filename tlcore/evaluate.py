@@ -93,7 +93,8 @@ def evaluate(model: TransferModel, imageset: ImageSet, classes: tuple[str, ...] 
     unknown = sorted({i.label for i in imageset.items} - set(index))
     if unknown:
         raise TLError(f"The data has classes the model was not trained on: {', '.join(unknown)}.")
-    probs = _probabilities(model, imageset.stack(pre))
+    probs = torch.cat([_probabilities(model, imageset.preprocessed(pre, list(range(lo, min(lo + 64, len(imageset))))))
+                       for lo in range(0, len(imageset), 64)] or [torch.zeros((0, len(classes)))])
     return Evaluation(
         classes=tuple(classes), labels=tuple(index[i.label] for i in imageset.items),
         predictions=tuple(probs.argmax(1).tolist()) if len(probs) else (),

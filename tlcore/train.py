@@ -284,14 +284,13 @@ def embed(imageset: ImageSet, backbone: str, device: torch.device | str = "cpu",
     cached = FEATURES.get(key, digests)
     missing = [k for k, f in enumerate(cached) if f is None]
     if missing:
-        stack = imageset.stack(pre)
         start = time.perf_counter()
         yield Progress("Computing features", 0, len(missing), math.nan)
         for lo in range(0, len(missing), batch_size):
             if should_stop():
                 return None
             idx = missing[lo:lo + batch_size]
-            feats = frozen_forward(backbone, stack[idx], device=device, batch_size=batch_size)
+            feats = frozen_forward(backbone, imageset.preprocessed(pre, idx), device=device, batch_size=batch_size)
             FEATURES.put(key, [digests[k] for k in idx], feats)
             for k, f in zip(idx, feats):
                 cached[k] = f
