@@ -34,6 +34,14 @@ import torch
 model = torch.jit.load("model.torchscript.pt")
 '''
 
+WEB_USAGE = ("<p><b>With no install, in any browser (phones too):</b> the <i>Web app</i> export (Export page, or "
+             "<code>python -m tlcore export RUN_DIR --format web</code>) is a folder with <code>index.html</code>: open it "
+             "from disk or put it on any web server; pick, photograph or drop images, or use the camera, and see the "
+             "confidence for every class. It runs the model with ONNX Runtime Web, offline, preprocesses images as the app "
+             "does and is checked against the app's predictions. In a page or a p5.js sketch of your own, "
+             "<code>await window.tlsClassify(dataUrl)</code> gives <code>{label, probabilities}</code>.</p>"
+             "<p><b>In Python, or through TorchScript and ONNX:</b></p>")
+
 STAGE_COLOURS = {"frozen": "#4c78a8", "learns": "#f58518", "random": "#9d9d9d", "head": "#54a24b"}
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:24px auto;padding:0 16px;color:#222}
 h1{margin-bottom:0}.sub{color:#666;margin-top:4px}section{margin:28px 0}table{border-collapse:collapse}
@@ -190,7 +198,7 @@ The backbone ({html.escape(spec.title)}) was pretrained on ImageNet-1k.</p>{_fre
  "run: pass --data to include the per-class figures and examples.</p>"}</section>
 {_comparisons(project)}
 <section>{_markdown(model_card(record))}</section>
-<section><h2>Using the exported model</h2><pre>{html.escape(USAGE.format(folder=record.id, size=spec.preprocess.input_size))}</pre></section>"""
+<section><h2>Using the exported model</h2>{WEB_USAGE}<pre>{html.escape(USAGE.format(folder=record.id, size=spec.preprocess.input_size))}</pre></section>"""
     return (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(record.label)}</title>'
             f'<style>{CSS}</style><script>{get_plotlyjs()}</script></head><body>{body}</body></html>')
 

@@ -87,3 +87,9 @@ def test_a_run_without_a_model_is_refused(run, tmp_path):
 
     with pytest.raises(tlcore.TLError, match="train it first"):
         tlcore.export_web(project, dataclasses.replace(record, result=None), tmp_path / "web")
+
+
+def test_the_report_says_how_to_use_the_web_app(run):
+    project, record = run
+    page = tlcore.report_html(project, record)
+    assert "--format web" in page and "window.tlsClassify" in page and "load_run" in page
