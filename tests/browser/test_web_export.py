@@ -48,6 +48,7 @@ def _page_predictions(index, url: str | None = None, phone: bool = False
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
             "--no-first-run", "--disable-sync", "--disable-quic",
+            "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",  # a test-pattern webcam
             *(["--host-resolver-rules=MAP phone.test 127.0.0.1"] if phone else [])])
         context = browser.new_context(offline=url is None, viewport={"width": 412, "height": 900})  # a phone's width
         page = context.new_page()
@@ -65,7 +66,11 @@ def _page_predictions(index, url: str | None = None, phone: bool = False
             out[f.name] = r["probabilities"]
             assert r["label"] == max(r["probabilities"], key=r["probabilities"].get)
             times.append((r["ms"], r["run"]))
-        page.set_input_files("#pick", [str(FILES[0]), str(FILES[-1])])  # the page's own picker shows bars
+        if not phone:  # from disk the camera is allowed: live bars follow it
+            page.click("#cam")
+            page.wait_for_function("document.querySelectorAll('#livebars .bar').length === "
+                                   "window.TLS_CONFIG.classes.length", timeout=20_000)
+        page.set_input_files("#pick", [str(FILES[0]), str(FILES[-1])])  # the page's own picker, camera running
         page.wait_for_function("document.querySelectorAll('.result .bars').length === 2")
         assert "Model card" in page.inner_text("body")
         if phone:  # plain http on a network address: no camera, and the page says why and what works instead
