@@ -123,9 +123,10 @@ def export_web(project: Project, record: RunRecord, out_dir: str | Path, quantiz
         if agreement is not None:
             same = round(agreement.accuracy * agreement.n)
             card += (f"- **Weights:** int8 (ONNX Runtime's dynamic quantization): the same class as the float32 model "
-                     f"on {same} of {agreement.n} images" + (
-                         f"; on their labels {accuracy[0].text()} (float32) -> {accuracy[1].text()} (int8)" if accuracy else
-                         "") + "\n")
+                     f"on {same} of {agreement.n} images")
+            if accuracy:
+                card += f"; on their labels {accuracy[0].text()} (float32) -> {accuracy[1].text()} (int8)"
+            card += "\n"
         config = {"title": record.label, "classes": list(record.result.classes), "card": card,
                   "preprocess": dataclasses.asdict(spec.preprocess), "base_size": BASE_SIZE,
                   "max_aspect": MAX_ASPECT, "quantized": quantize}

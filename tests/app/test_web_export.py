@@ -25,4 +25,5 @@ def test_export_page_makes_the_web_app(monkeypatch, tmp_path):
     with zipfile.ZipFile(web.zip_path) as zf:
         assert any(n.endswith("/index.html") for n in zf.namelist())
     at.button(key="export_web").click().run()  # again: the same address (one copy per run)
-    assert at.session_state["export_web_made"][2] == path and len(list((tmp_path / "static" / "tls-web").iterdir())) == 1
+    assert at.session_state["export_web_made"][2] == path
+    assert len(list((tmp_path / "static" / "tls-web").iterdir())) == 1

@@ -80,7 +80,8 @@ def _page_predictions(index, url: str | None = None, phone: bool = False
         page.screenshot(path=str(SHOTS / "web-export.png"), full_page=True)
         load_ms = page.evaluate("window.tlsLoadMs")
         whole, model = sorted(t for t, _ in times), sorted(m for _, m in times)
-        print(f"{index.parent.name if url is None else 'served'}: load {load_ms:.0f} ms; a prediction {whole[len(whole) // 2]:.0f} ms median, "
+        where = index.parent.name if url is None else "served"
+        print(f"{where}: load {load_ms:.0f} ms; a prediction {whole[len(whole) // 2]:.0f} ms median, "
               f"{whole[-1]:.0f} ms slowest (the model alone {model[len(model) // 2]:.0f} / {model[-1]:.0f} ms)")
         browser.close()
     assert errors == []
