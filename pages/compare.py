@@ -149,8 +149,14 @@ def comparison_view() -> None:
 
 
 def verdicts(scored) -> None:
-    """Say which differences the data can show, and how many images would settle the others."""
-    for a, b in zip(scored, scored[1:]):
+    """Say which differences the data can show, and how many images would settle the others: each rung of the
+    ladder against the next, and the lesson's own pair (feature extraction against from scratch)."""
+    pairs = list(zip(scored, scored[1:]))
+    by_mode = {r.config.mode: r for r in scored}
+    lesson = (by_mode.get("feature-extraction"), by_mode.get("scratch"))
+    if all(lesson) and lesson not in pairs:
+        pairs.append(lesson)
+    for a, b in pairs:
         apart, needed = tlcore.separation(a.result.score, b.result.score)
         if apart:
             st.caption(f"**{a.label}** and **{b.label}**: the intervals do not overlap; the data shows the difference.")

@@ -193,6 +193,7 @@ def test_compare_page_runs_all_strategies_on_one_split():
     assert len(table) == 5 and set(table["status"]) == {"completed"}
     assert table["run"][0] == "zero-shot"  # the ladder's first rung
     assert len(at.get("plotly_chart")) >= 2
+    assert "**feature-extraction** and **scratch**: the intervals" in texts(at.caption)  # the lesson's pair, said
 
 
 def test_zero_shot_mapping_is_shown_editable_and_honest_about_digits():
