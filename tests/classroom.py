@@ -19,6 +19,7 @@ tests run short versions in CI (they check outcomes, never timings).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
@@ -71,10 +72,54 @@ def _spread(values: list[float]) -> dict:
 # ----------------------------------------------------------------------------- engine-level
 
 
-def simulate(sessions: int, images: int, backbone: str = "efficientnet_lite0", timeout: float = 600,
-             throughput: bool = True) -> dict:
-    """``sessions`` students start feature extraction together; pollers read snapshots once a second."""
+def abuse(backbone: str) -> tuple[dict, list]:
+    """One student who does everything a class must survive, from one laptop: a 200,000 x 40 strip, a zip
+    bomb, a 500-epoch run, ten extra projects each asking for runs. Returns what the limits did and the
+    projects (their runs are stopped at the end)."""
+    import io
+
+    from PIL import Image
+
     import tlcore
+
+    me = "ip:10.9.9.9"
+    out = {"limited": [], "runs_accepted": 0}
+    mine = [tlcore.Project.create() for _ in range(11)]
+    for p in mine:
+        p.images.add(student_files(99, 6))
+        p.backbone = backbone
+        tlcore.PROJECTS.hold(p, f"abuser-{p.name}")
+    buf = io.BytesIO()
+    Image.new("RGB", (200_000, 40), (200, 30, 30)).save(buf, "PNG")
+    out["strip_rejected"] = mine[0].images.add([("strip.png", buf.getvalue(), "c0")])
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        for k in range(2000):
+            z.writestr(f"a/{k}.png", b"\0" * 2**20)
+    try:
+        incoming = tlcore.load_zip(bomb.getvalue(), room=mine[0].images.room())
+        out["bomb"] = f"{len(incoming)} images kept, {len(incoming.rejected)} refused"
+    except tlcore.TLError as e:
+        out["bomb"] = str(e)
+    long = tlcore.TrainConfig(backbone=backbone, mode="scratch", epochs=500, batch_size=1)
+    for p in mine:
+        for config in (long, dataclasses.replace(long, epochs=200), dataclasses.replace(long, epochs=200),
+                       dataclasses.replace(long, epochs=200)):
+            try:
+                p.start_run(config, owner=me)
+                out["runs_accepted"] += 1
+            except tlcore.LimitError as e:
+                out["limited"].append(str(e).split(" on this server")[0])
+    return out, mine
+
+
+def simulate(sessions: int, images: int, backbone: str = "efficientnet_lite0", timeout: float = 600,
+             throughput: bool = True, abuser: bool = False) -> dict:
+    """``sessions`` students start feature extraction together; pollers read snapshots once a second. With
+    ``abuser``, one more student first does everything the server's limits are for (``abuse``)."""
+    import tlcore
+
+    abused, mine = abuse(backbone) if abuser else ({}, [])
 
     projects = []
     for k in range(sessions):
@@ -124,6 +169,11 @@ def simulate(sessions: int, images: int, backbone: str = "efficientnet_lite0", t
         "server_peak_rss_mb": _peak_rss_mb(),
         "failed": [r.reason for r in records if r.status not in ("completed",) and r.result is None],
     }
+    if abuser:
+        for p in mine:
+            p.stop_all("by the load test")
+        report["abuser"] = {**abused, "strip_rejected": [r.reason for r in abused["strip_rejected"]],
+                            "limited": sorted(set(abused["limited"]))}
     if throughput:
         report["throughput"] = watched_vs_unwatched(projects[0], backbone)
     return report
@@ -318,6 +368,7 @@ def main() -> None:
     ap.add_argument("--browsers", type=int, default=6, help="real browser students (0: skip)")
     ap.add_argument("--images", type=int, default=60, help="images per student")
     ap.add_argument("--watch", type=int, default=3, help="tabs watching one run, for the cost of watching (0: skip)")
+    ap.add_argument("--abuser", action="store_true", help="one more student who tries everything the limits stop")
     args = ap.parse_args()
     os.environ.setdefault("TLS_HOME", __import__("tempfile").mkdtemp(prefix="tls-classroom-"))
     out: dict = {}
@@ -332,7 +383,9 @@ def main() -> None:
                     f"stuck {r[part]['stuck']}")
         log(f"server peak RSS {r['server_peak_rss_mb']:.0f} MB; tracebacks {r['server_tracebacks']}")
     if args.sessions:
-        r = out["simulated"] = simulate(args.sessions, args.images)
+        r = out["simulated"] = simulate(args.sessions, args.images, abuser=args.abuser)
+        if args.abuser:
+            log(f"abuser: {json.dumps(r['abuser'])}")
         s = r["start_to_model_s"]
         log(f"{args.sessions} simulated sessions: Start -> model min/median/max {s['min']:.1f}/{s['median']:.1f}/"
             f"{s['max']:.1f} s; all done {r['all_done_s']:.1f} s; stuck {r['stuck']}; exceptions {r['exceptions']}; "

@@ -531,8 +531,10 @@ def _files_to_set(entries: Iterator[Entry], room: int | None = None) -> ImageSet
     imageset.add(read())
     imageset.capacity = None  # its owner's limit applies when it is merged
     if not imageset.classes:
+        refused = (f" {len(imageset.rejected):,} file(s) were refused, for example {imageset.rejected[0].file}: "
+                   f"{imageset.rejected[0].reason}." if imageset.rejected else "")
         raise TLError("No class folders with images were found. The data must hold one folder per class, "
-                      "each with that class's images.")
+                      "each with that class's images." + refused)
     return imageset
 
 
