@@ -43,6 +43,7 @@ from .train import FROZEN_BODY_MODES, BatchEnd, EpochEnd, Event, Progress, RunFi
 JobState = Literal["queued", "running", "completed", "stopped", "failed"]
 log = logging.getLogger(__name__)
 TIME_LIMIT_STOP = "Stopped at this server's limit"  # how a run stopped by ``JobSpec.max_seconds`` says so
+WORKER_NICENESS = 10  # training workers run below the web server's priority (Unix niceness)
 MAX_CURVE_POINTS = 300  # per-batch losses kept for the live chart (older ones are thinned out)
 
 
@@ -253,6 +254,11 @@ def _worker_main(index: int, threads: int, max_threads: int, busy, inbox: mp.Que
     Before every batch it takes the cores the other busy workers leave free (``busy``: how many are
     training): all ``max_threads`` on a quiet server, its share of them when the class is training."""
     import torch
+
+    try:  # training yields the cores to the web server: pages and a teacher's clicks stay quick however busy
+        os.nice(WORKER_NICENESS)
+    except (AttributeError, OSError):
+        pass
 
     def share() -> None:
         want = max(threads, max_threads // max(1, busy.value))
