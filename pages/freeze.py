@@ -62,7 +62,8 @@ total = sum(counts) + head_params
 num_images = max(1, len(proj.images))
 speed = measure_speed(spec.name)
 views = settings.augment_views if settings.augment else 1
-once_s, epoch_s = estimate_epoch_seconds(speed, num_images, mode, depth, views)
+forwards = num_images * (1 + tlcore.fe_views(settings, num_images)) if mode == "feature-extraction" else num_images
+once_s, epoch_s = estimate_epoch_seconds(speed, forwards, mode, depth, views)
 c1, c2, c3 = st.columns(3)
 c1.metric("Trainable parameters", f"{trainable:,}", f"{trainable / total:.1%} of {total:,}", delta_color="off", delta_arrow="off")
 if mode == "feature-extraction":

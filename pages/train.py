@@ -34,14 +34,16 @@ with st.expander("Advanced settings", icon=":material/tune:"):
     c4, c5, c6 = st.columns(3)
     c4.toggle("Augmentation", s.augment, **setting("augment", "train_augment"),
               help="Random flips, crops and colour changes make the few images you have go further "
-                   "(used when the backbone learns).")
+                   "(feature extraction: its head also learns from augmented views of each image).")
     c5.number_input("Early stopping patience (0 = off)", 0, 100, s.patience, **setting("patience", "train_patience", int),
                     help="Stop when validation accuracy has not improved for this many epochs.")
     c6.slider("Validation share", 0.0, 0.5, s.val_fraction, 0.05, **setting("val_fraction", "train_val", float))
     c4.number_input("Augmented views per image", 1, 32, s.augment_views, **setting("augment_views", "train_views", int),
-                    disabled=not s.augment or s.mode != "fine-tune",
-                    help="Fine-tuning runs the frozen stages once, on this many augmented copies of each "
-                         "image, and shows one of them each epoch: more views, more variety, more memory.")
+                    disabled=not s.augment or s.mode not in ("fine-tune", "feature-extraction"),
+                    help="The frozen part runs once on this many copies of each image (one unchanged, the others "
+                         "augmented): fine-tuning shows one of them each epoch; feature extraction (up to "
+                         f"{tlcore.VIEWS_MAX_IMAGES} images) fits its head on them all. More views, more variety, "
+                         "more time once.")
 
 active = proj.active_runs()
 c1, c2 = st.columns([1, 1])

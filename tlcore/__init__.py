@@ -43,7 +43,7 @@ from .challenge import Challenge, Entry, create_challenge, current_challenge
 from .report import USAGE, report_html
 from .webexport import WebExport, export_web, lan_url, publish_web
 from .zeroshot import mapping_method, suggest_mapping, unmapped
-from .train import (FEATURES, FROZEN_BODY_MODES, MODES, BatchEnd, EpochEnd, Event, Progress, RunFinished, RunResult, TrainConfig,
+from .train import (FEATURES, FROZEN_BODY_MODES, MODES, BatchEnd, EpochEnd, Event, Progress, RunFinished, RunResult, TrainConfig, VIEWS_MAX_IMAGES, fe_views,
                     frozen_body, run_to_end, train)
 
 __all__ = [
@@ -59,7 +59,7 @@ __all__ = [
     # what one student may use of a shared server
     "LimitError", "Limits", "folder_mb",
     # model and training
-    "FEATURES", "FROZEN_BODY_MODES", "MODES", "BatchEnd", "EpochEnd", "Event", "Progress", "RunFinished", "RunResult", "TrainConfig",
+    "FEATURES", "FROZEN_BODY_MODES", "MODES", "BatchEnd", "EpochEnd", "Event", "Progress", "RunFinished", "RunResult", "TrainConfig", "VIEWS_MAX_IMAGES", "fe_views",
     "TransferModel", "build_model", "count_params", "freeze", "run_to_end", "train",
     # the class challenge
     "Challenge", "Entry", "create_challenge", "current_challenge",

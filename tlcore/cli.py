@@ -305,7 +305,7 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--patience", type=int, default=0, help="early stopping patience in epochs (0: off)")
         q.add_argument("--no-augment", action="store_true", help="no flips/crops/colour jitter")
         q.add_argument("--augment-views", type=int, default=4,
-                       help="fine-tune with frozen stages: augmented views per image, computed once")
+                       help="views per image (one unaugmented) the frozen part computes once: fine-tune, feature extraction")
         q.add_argument("--runner", choices=["local", "ray"], default="local",
                        help="ray: train on Ray (TLS_RAY_ADDRESS, default a local Ray instance)")
 

@@ -10,7 +10,7 @@ import torch
 
 from .backbones import get_backbone_spec
 from .runtime import frozen_forward, runtime_for
-from .train import FROZEN_BODY_MODES, TrainConfig, resolve_device
+from .train import FROZEN_BODY_MODES, TrainConfig, fe_views, resolve_device
 
 
 @dataclass(frozen=True)
@@ -139,8 +139,9 @@ def estimate_run_seconds(config: TrainConfig, num_images: int, features_cached: 
     an earlier run (of the same comparison)."""
     if config.mode in FROZEN_BODY_MODES:  # the head (or prototypes) and its cross-validation: milliseconds
         speed = measure_speed(config.backbone)
-        once = 0.0 if features_cached else estimate_epoch_seconds(speed, num_images, config.mode, 0)[0]
-        return RUN_OVERHEAD_S + once
+        views = fe_views(config, num_images) if config.mode == "feature-extraction" else 0  # never cached before
+        forwards = (0 if features_cached else num_images) + num_images * views
+        return RUN_OVERHEAD_S + estimate_epoch_seconds(speed, forwards, config.mode, 0)[0]
     return RUN_OVERHEAD_S + _trained_seconds(config, num_images) * CALIBRATION.factor()
 
 

@@ -251,3 +251,44 @@ for mode in ("feature-extraction", "fine-tune", "scratch"):
 """
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_feature_extraction_fits_on_augmented_views_computed_once(tiny_set):
+    from tlcore.train import embed_views
+
+    FEATURES.clear()
+    fe = dataclasses.replace(TINY, mode="feature-extraction")
+    first = run_to_end(tiny_set, fe).result
+    assert "each of its 3 augmented views" in first.how
+    views = list(embed_views(tiny_set, "tiny-test", 3))  # every view now comes from the cache: no progress
+    assert views == []
+    FEATURES.clear()  # recomputed views are the same views: each is drawn from its image's content
+    gen = embed_views(tiny_set, "tiny-test", 3)
+    try:
+        while True:
+            next(gen)
+    except StopIteration as done:
+        again = done.value
+    assert again.shape[:2] == (3, 24) and not torch.equal(again[0], again[1])
+    assert run_to_end(tiny_set, fe).result.score == first.score
+    plain = run_to_end(tiny_set, dataclasses.replace(fe, augment=False)).result
+    assert "augmented" not in plain.how
+
+
+def test_a_fold_never_fits_on_a_view_of_an_image_it_is_scored_on():
+    """Views identical to their image, labels that are noise: a fold that saw a held-out image's views would
+    recognise it (about 100 %); without them it is at chance."""
+    from tlcore.measure import repeated_folds
+    from tlcore.train import _logistic_folds
+
+    torch.manual_seed(0)
+    x = torch.randn(40, 64)
+    y = torch.randint(0, 2, (40,))
+    pairs = repeated_folds(y, 10, 1, 0)
+    predict = _logistic_folds(x, y, 2, torch.stack([x, x, x]))
+    right = sum(int((logits.argmax(1) == y[te]).sum()) for (_tr, te), logits in zip(pairs, predict(pairs)))
+    assert right / 40 < 0.8
+    leaky = _logistic_folds(torch.cat([x, x]), torch.cat([y, y]), 2)  # the held-out image's copy trained on
+    copies = [(tr + [i + 40 for i in te], te) for tr, te in pairs]
+    right = sum(int((logits.argmax(1) == y[te]).sum()) for (_tr, te), logits in zip(copies, leaky(copies)))
+    assert right / 40 > 0.95  # the test can fail: a leak would show
