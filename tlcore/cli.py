@@ -1,4 +1,4 @@
-"""Command line: ``python -m tlcore {backbones,train,evaluate,predict,compare,check,report,export,cert}``.
+"""Command line: ``python -m tlcore {backbones,train,evaluate,predict,compare,check,stages,lr-find,report,export,cert}``.
 
 Progress goes to stderr; results go to stdout as JSON (the last line of ``train``). A user
 error prints one line, ``error: ...``, and exits with status 2; never a traceback.
@@ -287,6 +287,46 @@ def cmd_cert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _drive(gen, bar: _Bar):
+    """Run an engine generator to its end, its ``Progress`` on a bar; returns its result."""
+    while True:
+        try:
+            bar(next(gen))
+        except StopIteration as done:
+            if bar.bar is not None:
+                bar.bar.close()
+            return done.value
+
+
+def cmd_stages(args: argparse.Namespace) -> int:
+    """How general each stage of a backbone is for DATA: a cross-validated linear probe on every stage."""
+    from .data import load_data
+    from .train import set_threads
+    from .transfer import probe_stages
+
+    set_threads()
+    imageset = load_data(args.data)
+    _report_rejected(imageset)
+    probe = _drive(probe_stages(imageset, args.backbone, seed=args.seed), _Bar())
+    _emit({"data": args.data, "num_images": len(imageset), "classes": imageset.classes, **probe.to_json()})
+    return 0
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    """The learning-rate range test of a strategy on DATA: loss against rate, and the suggested rate."""
+    from .data import load_data
+    from .lrfind import lr_find
+    from .train import set_threads
+
+    set_threads()
+    config = _config(args)
+    imageset = load_data(args.data)
+    _report_rejected(imageset)
+    found = _drive(lr_find(imageset, config, num_it=args.steps), _Bar())
+    _emit({"data": args.data, "num_images": len(imageset), **found.to_json()})
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tlcore", description="Transfer Learning Studio engine.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -349,6 +389,17 @@ def _parser() -> argparse.ArgumentParser:
                                    "(else on random pixels)")
     ex.add_argument("--quantize", action="store_true", help="web: int8 weights (smaller; the change is measured)")
     ex.set_defaults(fn=cmd_export)
+    st = sub.add_parser("stages", help="how general each stage is for DATA: a linear probe on every stage (JSON)")
+    st.add_argument("data")
+    st.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    st.add_argument("--seed", type=int, default=0, help="seed of the cross-validation folds")
+    st.set_defaults(fn=cmd_stages)
+    lf = sub.add_parser("lr-find", help="learning-rate range test of a strategy on DATA: the suggested rate (JSON)")
+    lf.add_argument("data")
+    lf.add_argument("--mode", default="fine-tune", choices=["fine-tune", "scratch"])
+    lf.add_argument("--steps", type=int, default=40, help="mini-batches of the sweep")
+    training_args(lf)
+    lf.set_defaults(fn=cmd_lr_find)
     ce = sub.add_parser("cert", help="make a self-signed HTTPS certificate for this machine (cameras on a LAN)")
     ce.add_argument("--out", default=".", help="folder for tls-cert.pem and tls-key.pem")
     ce.add_argument("--host", action="append", help="a name or address students use (repeatable; default: all)")

@@ -237,6 +237,9 @@ class Project:
         for r in self.active_runs():
             assert r.job is not None
             r.job.stop(by)
+        from .analysis import stop_analyses
+
+        stop_analyses(self.folder)  # its transferability scores, stage probes and learning-rate finders too
 
     def delete_run(self, run_id: str) -> None:
         record = self.run(run_id)

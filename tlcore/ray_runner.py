@@ -56,7 +56,8 @@ class _Job:
         return os.getpid()
 
     def run(self, spec: JobSpec) -> None:
-        spec = JobSpec(spec.name, spec.owner, spec.images, spec.config, spec.split, self.folder, spec.meta)
+        spec = JobSpec(spec.name, spec.owner, spec.images, spec.config, spec.split, self.folder, spec.meta,
+                       task=spec.task)
 
         def emit(event: Event) -> None:
             with self._lock:

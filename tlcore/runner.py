@@ -59,6 +59,9 @@ class JobSpec:
     folder: Path  # checkpoints and the finished run go here
     meta: dict = field(default_factory=dict)  # extra run.json entries (label, validation digests)
     max_seconds: float | None = None  # wall clock it may hold a worker (``Limits.run_minutes``); None: no limit
+    # "train", or one of ``tlcore.analysis.TASKS`` (a transferability score, a stage probe, a learning-rate
+    # range test on ``images`` with ``config``): its result goes to ``folder``/result.json, no run is saved.
+    task: str = "train"
 
     @property
     def short(self) -> bool:
@@ -156,7 +159,8 @@ class JobHandle:
                 self._finished = event
                 self._state = event.status
         if isinstance(event, RunFinished):
-            if event.status == "completed" and self.started is not None:  # estimates learn from real runs
+            # estimates learn from real runs (not from analyses, which train no run)
+            if event.status == "completed" and self.started is not None and self.spec.task == "train":
                 from .profile import CALIBRATION
 
                 CALIBRATION.observe(self.spec.config, len(self.spec.split[0]) + len(self.spec.split[1]),
@@ -220,6 +224,10 @@ def run_job(spec: JobSpec, should_stop: Callable[[], bool], emit: Callable[[Even
     from .checkpoint import Checkpointer, save_run
     from .train import train
 
+    if spec.task != "train":
+        from .analysis import run_analysis
+
+        return run_analysis(spec, should_stop, emit)
     deadline = None if spec.max_seconds is None else time.monotonic() + spec.max_seconds
 
     def out_of_time() -> bool:
