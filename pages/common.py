@@ -125,6 +125,7 @@ def start_workers() -> bool:
     runner = tlcore.get_runner()
     if isinstance(runner, tlcore.LocalRunner):
         runner.start()
+    tlcore.measure_speed_elsewhere()  # the one-off export and timing never hold this server's interpreter
 
     def measure() -> None:  # once the workers' warm-up no longer keeps the cores busy
         if isinstance(runner, tlcore.LocalRunner):

@@ -19,6 +19,9 @@ here (a test holds the pages to it). Modules, one job each:
 * ``report``     a self-contained HTML report of a run;
 * ``webexport``  a run's model as a web app that runs in any browser, offline (ONNX Runtime Web);
 * ``challenge``  the teacher's hidden test set and the class leaderboard;
+* ``transfer``   before training: LogME, ImageNet closeness, a linear probe per stage, each stage's maps;
+* ``lrfind``     the learning-rate range test;
+* ``analysis``   those as runner jobs, their results on disk;
 * ``cli``, ``bench``.
 """
 from .backbones import (DEFAULT_BACKBONE, BackboneSpec, Body, Preprocess, create_body, ensure_weights,
@@ -35,7 +38,7 @@ from .limits import LimitError, Limits, folder_mb
 from .measure import Score, separation, accuracy_interval
 from .evaluate import Evaluation, Familiarity, Prediction, evaluate, grad_cam, imagenet_top, overlay_cam, predict
 from .model import TransferModel, build_model, count_params, freeze
-from .profile import SpeedProfile, estimate_epoch_seconds, estimate_run_seconds, measure_speed
+from .profile import SpeedProfile, estimate_epoch_seconds, estimate_run_seconds, measure_speed, measure_speed_elsewhere
 from .runner import JobHandle, JobSnapshot, JobSpec, LocalRunner, Runner, get_runner, set_runner
 from .project import (PROJECTS, Project, RunRecord, describe, embedding_map, export_model, familiarity, import_run,
                       model_card, run_archive, validation_report)
@@ -43,6 +46,9 @@ from .challenge import Challenge, Entry, create_challenge, current_challenge
 from .report import USAGE, report_html
 from .webexport import WebExport, export_web, lan_url, publish_web
 from .zeroshot import mapping_method, suggest_mapping, unmapped
+from .transfer import StageProbe, TransferScore, logme, probe_stages, stage_maps, transfer_score
+from .lrfind import LrFind, lr_find
+from .analysis import AnalysisState, analysis_state, forget_analysis, start_analysis
 from .train import (FEATURES, FROZEN_BODY_MODES, MODES, BatchEnd, EpochEnd, Event, Progress, RunFinished, RunResult, TrainConfig, VIEWS_MAX_IMAGES, fe_views,
                     frozen_body, run_to_end, train)
 
@@ -82,7 +88,10 @@ __all__ = [
     "Action", "DataCheck", "Finding", "Review", "check_backbone", "check_data", "check_key", "review_summary",
     # comparisons and speed
     "COMPARE_EPOCHS", "DEFAULT_SHOTS", "STRATEGY_TITLES", "SpeedProfile", "available_shots", "estimate_epoch_seconds", "estimate_run_seconds",
-    "measure_speed", "shared_split",
+    "measure_speed", "measure_speed_elsewhere", "shared_split",
+    # before training: which backbone fits, how general each stage is, what each sees, the learning rate
+    "AnalysisState", "LrFind", "StageProbe", "TransferScore", "analysis_state", "forget_analysis", "logme", "lr_find",
+    "probe_stages", "stage_maps", "start_analysis", "transfer_score",
     # projects (what the app's pages work on)
     "PROJECTS", "Project", "RunRecord", "describe", "embedding_map", "export_model", "familiarity", "import_run",
     "model_card",

@@ -287,6 +287,16 @@ def cmd_cert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_speed(args: argparse.Namespace) -> int:
+    """How fast a backbone runs here (what the app's estimates use; the web server measures through this)."""
+    import dataclasses
+
+    from .profile import measure_speed
+
+    _emit(dataclasses.asdict(measure_speed(args.backbone, args.batch, args.repeats)))
+    return 0
+
+
 def _drive(gen, bar: _Bar):
     """Run an engine generator to its end, its ``Progress`` on a bar; returns its result."""
     while True:
@@ -333,6 +343,11 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("backbones", help="list backbones and whether their weights are on this machine")
     b.add_argument("--all", action="store_true", help="include test-only backbones")
     b.set_defaults(fn=cmd_backbones)
+    sp = sub.add_parser("speed", help="time a backbone's forward pass on this machine (ms per image, by stage)")
+    sp.add_argument("backbone")
+    sp.add_argument("--batch", type=int, default=8)
+    sp.add_argument("--repeats", type=int, default=3)
+    sp.set_defaults(fn=cmd_speed)
 
     def training_args(q: argparse.ArgumentParser) -> None:
         q.add_argument("--backbone", default=DEFAULT_BACKBONE)

@@ -101,3 +101,21 @@ def test_evaluation_of_a_frozen_body_model_uses_the_runtime_and_agrees_with_torc
     with torch.inference_mode():
         ref = model(tiny_set.stack(pre).float() / 255).argmax(1).tolist()
     assert list(ev.predictions) == ref
+
+
+def test_the_web_server_measures_speed_in_a_child_process(monkeypatch):
+    """The one-off export and timing once held the web server's interpreter (a teacher's click waited
+    behind it): after ``measure_speed_elsewhere()`` nothing of it runs in this process."""
+    from tlcore import profile
+
+    def here(*_a):
+        raise AssertionError("measured in the server's own process")
+
+    monkeypatch.setattr(profile, "_measure_speed", here)
+    profile.measure_speed_elsewhere()
+    try:
+        speed = profile.measure_speed("tiny-test", 4, 1)
+    finally:
+        profile.measure_speed_elsewhere(False)
+    assert speed.backbone == "tiny-test" and speed.ms_per_image > 0 and len(speed.stage_share) == 3
+    assert abs(sum(speed.stage_share) - 1) < 1e-6
