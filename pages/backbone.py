@@ -6,6 +6,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import tlcore
+from pages import insight
 from pages.common import ASSETS, explain, project
 from tlcore import measure_speed
 
@@ -79,6 +80,69 @@ for k, spec in enumerate(specs):
         st.button("Selected" if selected else "Use this backbone", key=f"backbone_use_{spec.name}",
                   disabled=selected, type="primary" if not selected else "secondary",
                   on_click=choose, args=(spec.name,))
+
+
+def fit_states() -> dict[str, tlcore.AnalysisState]:
+    """The score of each backbone offline here on the project's images, queued for a training worker when it
+    is not on disk yet (once per set of images; a failed one waits for the Data page to change the images)."""
+    available = [s for s in specs if s.availability() != "download"]
+    states = {}
+    for s in available:
+        config = tlcore.TrainConfig(backbone=s.name)
+        state = insight.state(proj, "transfer-score", config)
+        if state.result is None and not state.running and state.error is None:  # new images: score them once
+            insight.start(proj, "transfer-score", config)
+            state = insight.state(proj, "transfer-score", config)
+        states[s.name] = state
+    return states
+
+
+def fits_view() -> None:
+    """The scores (LogME and ImageNet closeness) as they come in; reruns itself every second while one is
+    being computed."""
+    states = fit_states()
+    running = [n for n, state in states.items() if state.running]
+    if fits_polling and not running:
+        st.rerun()  # every score is in: one full rerun stops the polling
+    for name in running:
+        insight.show_progress(states[name], f"Scoring {tlcore.get_backbone_spec(name).title}")
+    for name, state in states.items():
+        if state.error:
+            st.warning(f"{tlcore.get_backbone_spec(name).title}: {state.error}", icon=":material/warning:")
+    done = {n: state.result for n, state in states.items() if state.result is not None}
+    if not done:
+        return
+    best = max(done, key=lambda n: done[n].logme)
+    st.dataframe(
+        [{"Backbone": tlcore.get_backbone_spec(n).title + (" ★" if n == best else ""),
+          "LogME (higher fits better)": round(r.logme, 3),
+          "ImageNet confidence": r.imagenet_confidence,
+          "ImageNet top-1": tlcore.get_backbone_spec(n).imagenet_top1} for n, r in done.items()],
+        key="backbone_fit_table", hide_index=True,
+        column_config={"ImageNet confidence": st.column_config.ProgressColumn(format="percent", min_value=0,
+                                                                              max_value=1),
+                       "ImageNet top-1": st.column_config.NumberColumn(format="%.1f %%")})
+    r = done[best]
+    st.markdown(f"**{tlcore.get_backbone_spec(best).title} fits your {r.num_images} images best** "
+                f"(LogME {r.logme:.3f}, computed in {r.seconds * 1000:.0f} ms from its features).")
+    explain("**LogME** (You et al., 2021) measures how well the best linear head on a backbone's frozen features "
+            "could explain your classes, penalising heads that need huge weights: a higher score predicts better "
+            "accuracy after transfer, without training anything. Compare it between backbones on the same images.")
+    explain("**ImageNet confidence** is how sure the backbone's own ImageNet classifier is about your images: high "
+            "means they look like its pre-training photos, so even its late, specific stages fit as they are; low "
+            "means your task differs from ImageNet, transfer rests on the early, general stages, and letting more "
+            "stages learn (Freeze page) tends to help. Transfer depends on how similar the new task is.")
+
+
+st.subheader("Which backbone fits your images?")
+try:
+    tlcore.check_trainable(proj.images)
+except tlcore.TLError:
+    st.caption("Add images to at least two classes on the Data page: every backbone that works offline here is then "
+               "scored on them, before any training.")
+else:
+    fits_polling = any(state.running for state in fit_states().values())
+    st.fragment(fits_view, run_every=1.0 if fits_polling else None)()
 
 
 def import_weights_form() -> None:

@@ -2,9 +2,11 @@
 import dataclasses
 
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 import streamlit as st
 
 import tlcore
+from pages import insight
 from pages.common import explain, format_seconds, project, save_settings
 from tlcore import stage_param_counts
 from tlcore import estimate_epoch_seconds, measure_speed
@@ -57,6 +59,69 @@ st.plotly_chart(fig, key="freeze_diagram")
 st.caption(":blue[■ frozen: pretrained, unchanged] · :orange[■ learns from your images] · "
            ":gray[■ random start (from scratch)] · :green[■ the new head, always trained]")
 
+
+
+def freeze_from(stage: int) -> None:
+    """The probe's suggestion, on the slider: stages up to ``stage`` frozen, the rest learn (a callback)."""
+    st.session_state["freeze_scratch"] = False
+    st.session_state["freeze_trained"] = n - stage - 1
+    save_strategy()
+
+
+def probe_view() -> None:
+    """The stage probe of the project's images: started on a click, computed by a training worker, shown as
+    accuracy against depth; reruns itself every second while it runs."""
+    state = insight.state(proj, "stage-probe", probe_config)
+    if probe_polling and not state.running:
+        st.rerun()  # it has finished: one full rerun stops the polling
+    insight.show_error("stage-probe", state)
+    if state.running:
+        insight.show_progress(state, "Probing each stage")
+        return
+    if state.result is None:
+        st.button("Probe each stage with my images", icon=":material/query_stats:", key="freeze_probe_start",
+                  on_click=insight.start, args=(proj, "stage-probe", probe_config),
+                  help="A few seconds to a minute, in a training worker: every image goes through the backbone once.")
+        return
+    probe = state.result
+    accs = [sc.accuracy for sc in probe.scores]
+    lows = [a - sc.interval[0] for a, sc in zip(accs, probe.scores)]
+    highs = [sc.interval[1] - a for a, sc in zip(accs, probe.scores)]
+    fig = go.Figure(go.Scatter(x=list(probe.stages), y=accs, mode="lines+markers", name="linear probe",
+                               error_y=dict(type="data", array=highs, arrayminus=lows, visible=True),
+                               hovertext=[sc.text() for sc in probe.scores]))
+    fig.add_scatter(x=[probe.stages[probe.best]], y=[accs[probe.best]], mode="markers", name="best",
+                    marker=dict(size=14, symbol="star", color="#ff7f0e"))
+    fig.update_layout(title="How well your classes separate after each stage", yaxis_title="accuracy (95 % interval)",
+                      yaxis_tickformat=".0%", yaxis_range=[0, 1.05], height=320, showlegend=False,
+                      xaxis_title="depth: stem → last stage", margin=dict(t=40, b=30, l=10, r=10))
+    st.plotly_chart(fig, key="freeze_probe_chart")
+    k = probe.best
+    st.markdown(f"**Your data is best served from stage {k + 1} of {n} ({probe.stages[k]})**: "
+                f"{probe.scores[k].text()} with a linear head on its output ({probe.scores[k].method}).")
+    explain("Each point is a logistic regression trained on the averaged output of one stage of the frozen "
+            "backbone. Early stages hold general features (edges, colours, textures) that suit almost any images; "
+            "later ones grow specific to ImageNet's 1,000 classes (Yosinski et al., 2014, *How transferable are "
+            "features in deep neural networks?*). Where the curve peaks, the features fit your classes best: keep "
+            "the stages up to there frozen and let the ones after it learn.")
+    target = n - k - 1
+    st.button(f"Freeze stages 1–{k + 1}, train the rest" if target else "Freeze everything (feature extraction)",
+              key="freeze_probe_use", on_click=freeze_from, args=(k,), icon=":material/ac_unit:",
+              disabled=not scratch and trained == target)
+
+
+st.subheader("How general is each stage for your images?")
+try:
+    tlcore.check_trainable(proj.images)
+except tlcore.TLError:
+    st.caption("Add images to at least two classes on the Data page to see how well each stage separates them.")
+    has_images = False
+else:
+    has_images = True
+    probe_config = tlcore.TrainConfig(backbone=spec.name)
+    probe_polling = insight.state(proj, "stage-probe", probe_config).running
+    st.fragment(probe_view, run_every=1.0 if probe_polling else None)()
+
 trainable = sum(counts[depth:]) + head_params
 total = sum(counts) + head_params
 num_images = max(1, len(proj.images))
@@ -79,3 +144,41 @@ c3.metric("Mode", {"feature-extraction": "Feature extraction", "fine-tune": "Fin
 if mode == "scratch":
     st.warning("From scratch, the network knows nothing about images: with a few dozen pictures expect poor "
                "accuracy. That is the point of the comparison on the Compare page.", icon=":material/school:")
+
+st.subheader("What each stage sees")
+if not has_images:
+    st.caption("Add images on the Data page to see what each stage of the backbone picks up in one of them.")
+elif spec.availability() == "download":
+    st.caption(f"{spec.title}'s weights are not on this machine yet: choose it on the Backbone page to download them.")
+else:
+    explain("The four strongest activation maps of each stage for one of your images (bright: the channel responds "
+            "there). The stem's channels fire on edges and colours anywhere; deeper stages respond to larger parts "
+            "and patterns, on a coarser grid.")
+    items = proj.images.items
+    pick = st.selectbox("Image", range(len(items)), key="freeze_maps_image",
+                        format_func=lambda i: f"{items[i].label} · {items[i].name}")
+    cache_key = (spec.name, items[pick].digest)
+    if st.session_state.get("freeze_maps", (None,))[0] != cache_key:
+        try:
+            with st.spinner("Running the image through each stage…"):
+                st.session_state["freeze_maps"] = (cache_key, tlcore.stage_maps(spec.name, proj.images, pick))
+        except tlcore.TLError as e:
+            st.session_state["freeze_maps"] = (cache_key, str(e))
+    maps = st.session_state["freeze_maps"][1]
+    if isinstance(maps, str):
+        st.info(maps, icon=":material/info:")
+    else:
+        top = max(len(m) for _, m in maps)
+        fig = make_subplots(rows=top, cols=len(maps), column_titles=[name for name, _ in maps],
+                            horizontal_spacing=0.01, vertical_spacing=0.01)
+        for c, (name, stage) in enumerate(maps, start=1):
+            for r, channel in enumerate(stage, start=1):
+                fig.add_heatmap(z=channel[::-1].tolist(), row=r, col=c, colorscale="Viridis", showscale=False,
+                                zmin=0, zmax=1, hovertemplate=f"{name}, channel map {r}<extra></extra>")
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False, scaleanchor=None)
+        fig.update_layout(height=110 * top + 40, margin=dict(t=40, b=10, l=10, r=10),
+                          font=dict(size=10))
+        left, right = st.columns([1, 6])
+        left.image(tlcore.thumbnail(items[pick], 160), caption=items[pick].label)
+        right.plotly_chart(fig, key="freeze_maps_chart")

@@ -1,12 +1,14 @@
 """Step 4: train in the background with live curves; stop any time and keep the best epoch."""
 import dataclasses
 
+import plotly.graph_objects as go
 import streamlit as st
 
 import tlcore
+from pages import insight
 
-from pages.common import (describe_snapshot, explain, project, require_data, run_title, score_note, setting, student,
-                          training_figures)
+from pages.common import (describe_snapshot, explain, project, require_data, run_title, save_settings, score_note,
+                          setting, student, training_figures)
 from tlcore import describe
 
 proj = project()
@@ -44,6 +46,57 @@ with st.expander("Advanced settings", icon=":material/tune:"):
                          "augmented): fine-tuning shows one of them each epoch; feature extraction (up to "
                          f"{tlcore.VIEWS_MAX_IMAGES} images) fits its head on them all. More views, more variety, "
                          "more time once.")
+
+
+
+def use_lr(value: float) -> None:
+    """The range test's suggestion as the run's learning rate, through the setting's own path (a callback)."""
+    st.session_state[f"train_lr_{proj.settings.mode}"] = value
+    save_settings(lr=value)
+
+
+def lr_find_view() -> None:
+    """The learning-rate range test of the current strategy, run by a training worker; reruns itself every
+    second while it runs."""
+    state = insight.state(proj, "lr-find", lr_config)
+    if lr_polling and not state.running:
+        st.rerun()  # it has finished: one full rerun stops the polling
+    insight.show_error("lr-find", state)
+    if state.running:
+        insight.show_progress(state, "Finding the learning rate")
+        return
+    if state.result is None:
+        st.button("Find the learning rate", icon=":material/troubleshoot:", key="train_lr_find",
+                  on_click=insight.start, args=(proj, "lr-find", lr_config),
+                  help="Trains a throwaway copy of this strategy for a few dozen batches, the rate growing each "
+                       "batch; your settings and runs do not change.")
+        return
+    found = state.result
+    fig = go.Figure()
+    fig.add_scatter(x=list(found.lrs), y=list(found.losses), mode="markers", name="loss per batch",
+                    marker=dict(size=4, color="rgba(99,110,250,0.4)"))
+    fig.add_scatter(x=list(found.lrs), y=list(found.smoothed), mode="lines", name="smoothed")
+    fig.add_vline(x=found.suggestion, line_dash="dash", line_color="#ff7f0e",
+                  annotation_text=f"suggested {found.suggestion:.2g}")
+    fig.update_layout(title="Loss against learning rate", xaxis_type="log", xaxis_title="learning rate (log scale)",
+                      yaxis_title="training loss", height=320, margin=dict(t=40, b=30, l=10, r=10))
+    st.plotly_chart(fig, key="train_lr_chart")
+    st.markdown(f"**Suggested learning rate: {found.suggestion:.2g}**, where the loss falls fastest (the minimum's "
+                f"rate ÷ 10 is {found.min_over_10:.2g}); measured in {found.seconds:.0f} s on {len(found.lrs)} batches"
+                + (", until the loss blew up." if found.diverged else "."))
+    explain("Too low a rate crawls: each step moves the weights so little that the loss barely changes (the flat "
+            "left of the curve). Too high a rate diverges: each step overshoots the valley it aims for and lands "
+            "higher up, so the loss climbs and explodes (the right). The best rates are on the steep slope between.")
+    current = proj.settings.resolved_lr()
+    st.button(f"Use {found.suggestion:.2g}", key="train_lr_use", on_click=use_lr, args=(float(found.suggestion),),
+              icon=":material/check:", disabled=abs(current - found.suggestion) < 1e-12 * max(1.0, current))
+
+
+if s.mode not in tlcore.FROZEN_BODY_MODES:
+    with st.expander("Find the learning rate", icon=":material/troubleshoot:"):
+        lr_config = dataclasses.replace(proj.settings, backbone=proj.backbone)
+        lr_polling = insight.state(proj, "lr-find", lr_config).running
+        st.fragment(lr_find_view, run_every=1.0 if lr_polling else None)()
 
 active = proj.active_runs()
 c1, c2 = st.columns([1, 1])

@@ -145,11 +145,11 @@ def stop_analyses(root: Path) -> None:
         job.stop()  # type: ignore[attr-defined]
 
 
-def forget(root: Path, task: Task, images: ImageSet, config: TrainConfig) -> None:
+def forget_analysis(root: Path, task: Task, images: ImageSet, config: TrainConfig) -> None:
     """Drop a failed job so that the next ``start_analysis`` tries again."""
     with _lock:
         _LIVE.pop(analysis_folder(root, task, images, config), None)
 
 
 __all__ = ["AnalysisState", "TASKS", "Task", "analysis_folder", "analysis_key", "analysis_state", "compute",
-           "forget", "read_result", "run_analysis", "start_analysis", "stop_analyses"]
+           "forget_analysis", "read_result", "run_analysis", "start_analysis", "stop_analyses"]

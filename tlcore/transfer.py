@@ -218,10 +218,11 @@ def probe_stages(imageset: ImageSet, backbone: str, should_stop: Callable[[], bo
 # ----------------------------------------------------------------------------- what each stage sees
 
 
-def stage_maps(backbone: str, pixels: torch.Tensor, top: int = 4) -> list[tuple[str, np.ndarray]]:
-    """For one preprocessed uint8 image ``[3, S, S]``: per stage (stem first), its ``top`` channels of
-    highest mean activation, each map scaled to [0, 1]: ``(stage name, [top, h, w])``."""
+def stage_maps(backbone: str, imageset: ImageSet, index: int, top: int = 4) -> list[tuple[str, np.ndarray]]:
+    """For image ``index`` of ``imageset``: per stage of ``backbone`` (stem first), its ``top`` channels of
+    highest mean activation, each map scaled to [0, 1]: ``(stage name, [top, h, w])``. One forward pass."""
     spec = get_backbone_spec(backbone)
+    pixels = imageset.preprocessed(spec.preprocess, [index])[0]
     body = frozen_body(backbone)
     if not body.splittable:
         raise TLError(f"{spec.title} cannot be run stage by stage: choose a convolutional backbone to see its stages.")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, class_files
-from tlcore import ImageSet, TLError, TrainConfig, get_backbone_spec
+from tlcore import ImageSet, TLError, TrainConfig
 from tlcore.analysis import analysis_folder, read_result
 from tlcore.lrfind import lr_find, suggest
 from tlcore.runner import JobSpec, run_job
@@ -87,8 +87,7 @@ def test_stage_probe_on_tiny_images(tiny_set):
 
 
 def test_stage_maps_of_one_image(tiny_set):
-    pixels = tiny_set.stack(get_backbone_spec("tiny-test").preprocess)[0]
-    maps = stage_maps("tiny-test", pixels, top=4)
+    maps = stage_maps("tiny-test", tiny_set, 0, top=4)
     assert [name for name, _ in maps] == ["stem", "block 1", "block 2"]
     assert [m.shape for _, m in maps] == [(4, 16, 16), (4, 8, 8), (4, 4, 4)]
     assert all(0 <= m.min() and m.max() <= 1 for _, m in maps)

@@ -1,0 +1,36 @@
+"""What the Backbone, Freeze and Train pages share for the jobs that look before training (``tlcore.analysis``):
+start one on the runner, show its progress while it runs, its reason if it failed. Never computes anything."""
+from __future__ import annotations
+
+import streamlit as st
+
+import tlcore
+from pages.common import format_seconds, student
+
+
+def state(proj: tlcore.Project, task: str, config: tlcore.TrainConfig) -> tlcore.AnalysisState:
+    return tlcore.analysis_state(proj.folder, task, proj.images, config)
+
+
+def start(proj: tlcore.Project, task: str, config: tlcore.TrainConfig) -> None:
+    """Queue the job (once: a second click, tab or rerun finds it queued or done)."""
+    tlcore.forget_analysis(proj.folder, task, proj.images, config)  # a failed one is tried again
+    try:
+        tlcore.start_analysis(proj.folder, task, proj.images, config, student())
+    except tlcore.TLError as e:
+        st.session_state[f"insight_error_{task}"] = str(e)
+
+
+def show_progress(s: tlcore.AnalysisState, what: str) -> None:
+    """A progress bar while the job runs (it runs in a training worker, not in this server)."""
+    p = s.progress
+    if p is None:
+        st.progress(0.0, text=f"{what}: waiting for a free worker…")
+    else:
+        eta = "" if p.eta_s != p.eta_s else f" · about {format_seconds(p.eta_s)} left"  # NaN until measured
+        st.progress(min(1.0, p.done / max(1, p.total)), text=f"{what}: {p.what.lower()} {p.done}/{p.total}{eta}")
+
+
+def show_error(task: str, s: tlcore.AnalysisState) -> None:
+    if message := st.session_state.pop(f"insight_error_{task}", None) or s.error:
+        st.error(message, icon=":material/error:")
