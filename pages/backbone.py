@@ -83,18 +83,16 @@ for k, spec in enumerate(specs):
 
 
 def fit_states() -> dict[str, tlcore.AnalysisState]:
-    """The score of each backbone offline here on the project's images, queued for a training worker when it
-    is not on disk yet (once per set of images; a failed one waits for the Data page to change the images)."""
-    available = [s for s in specs if s.availability() != "download"]
-    states = {}
-    for s in available:
-        config = tlcore.TrainConfig(backbone=s.name)
-        state = insight.state(proj, "transfer-score", config)
-        if state.result is None and not state.running and state.error is None:  # new images: score them once
-            insight.start(proj, "transfer-score", config)
-            state = insight.state(proj, "transfer-score", config)
-        states[s.name] = state
-    return states
+    """The score of each backbone offline here on the project's images (on disk once computed)."""
+    return {s.name: insight.state(proj, "transfer-score", tlcore.TrainConfig(backbone=s.name))
+            for s in specs if s.availability() != "download"}
+
+
+def score_all() -> None:
+    """Queue a training worker's score of every offline backbone not scored on these images yet (a callback)."""
+    for name, state in fit_states().items():
+        if state.result is None and not state.running:
+            insight.start(proj, "transfer-score", tlcore.TrainConfig(backbone=name))
 
 
 def fits_view() -> None:
@@ -109,7 +107,13 @@ def fits_view() -> None:
     for name, state in states.items():
         if state.error:
             st.warning(f"{tlcore.get_backbone_spec(name).title}: {state.error}", icon=":material/warning:")
+    if message := st.session_state.pop("insight_error_transfer-score", None):
+        st.error(message, icon=":material/error:")  # e.g. this student's limit of queued work
     done = {n: state.result for n, state in states.items() if state.result is not None}
+    if not running and len(done) < len(states):
+        st.button(f"Score {'the other' if done else 'every'} backbone{'s' if len(states) - len(done) > 1 else ''} "
+                  "on my images", key="backbone_fit_start", icon=":material/query_stats:", on_click=score_all,
+                  help="A few seconds per backbone, in a training worker: each image goes through it once.")
     if not done:
         return
     best = max(done, key=lambda n: done[n].logme)

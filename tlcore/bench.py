@@ -28,7 +28,10 @@ taken in the same run, so that a busy or slow machine still gives comparable num
 10. the data check (``tlcore.clean``, alone with ``--data-check``): on the bundled digits with 10 % of the labels
    flipped at random (five seeds), the share of flipped images among the top k flagged (k = the number flipped);
    the share of a clean set flagged; exact and resized copies planted across classes, how many found; the time
-   of a check on 500 images once their features exist.
+   of a check on 500 images once their features exist;
+11. which backbone, which stage, which rate (``tlcore.bench_race``, alone with ``--race``): the race of every
+   offline backbone on three real 200-image datasets, its time, each backbone's LogME against its accuracy
+   (rank correlation), the stage probe and the learning-rate range test timed, the weight packages' install size.
 """
 from __future__ import annotations
 
@@ -50,6 +53,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from .backbones import DEFAULT_BACKBONE, get_backbone_spec
+from .bench_race import race_figures
 from .bench_small import sklearn_digits, small_data
 from .clean import check_data
 from .compare import features_of
@@ -376,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backbone", default=DEFAULT_BACKBONE)
     ap.add_argument("--small-data", action="store_true", help="only section 9: honest numbers on small data")
     ap.add_argument("--data-check", action="store_true", help="only section 10: the data check")
+    ap.add_argument("--race", action="store_true", help="only section 11: the backbone race, probe and rate finder")
     ap.add_argument("--memory-child", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.memory_child:
@@ -385,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     q = args.quick
     if args.small_data:
         print(json.dumps({"small_data": small_data(q, args.backbone)}))
+        return 0
+    if args.race:
+        print(json.dumps({"race": race_figures(q, lambda m: print(m, file=sys.stderr, flush=True))}))
         return 0
     if args.data_check:
         print(json.dumps({"data_check": data_check_figures(q, args.backbone, lambda m: print(m, file=sys.stderr))}))
@@ -498,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Data {reruns['data'] * 1000:.0f} ms, Train {reruns['train'] * 1000:.0f} ms (target <= 300 ms)")
     r["small_data"] = small_data(q, backbone, log)
     r["data_check"] = data_check_figures(q, backbone, log)
+    r["race"] = race_figures(q, log)
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}))
     return 0
 

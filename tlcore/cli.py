@@ -186,9 +186,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import available_shots, plan, run_plan, shared_split, summary_row
+    from .compare import available_shots, plan, race_facts, run_plan, shared_split, summary_row
     from .data import load_data
     from .train import RunFinished, set_threads
+    from .transfer import transfer_score
 
     set_threads()
     base = _config(args, mode="feature-extraction")
@@ -200,7 +201,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.shots:
         wanted = tuple(None if s == "all" else int(s) for s in args.shots.split(","))
         shots = available_shots(imageset, split, wanted)
-    runs = plan(args.strategies.split(","), base, shots)
+    backbones = [b for b in args.backbones.split(",") if b] if args.backbones else None
+    strategies = (args.strategies or ("feature-extraction" if backbones else ",".join(MODES))).split(",")
+    runs = plan(strategies, base, shots, backbones)
     rows = []
     if args.runner == "ray":  # every run at once, each timed in its own worker
         import tempfile
@@ -214,6 +217,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
             bars[run.label](event)
             if isinstance(event, RunFinished):
                 rows.append(summary_row(run, event))
+    if backbones:  # the race: each backbone's size, speed and its transferability score beside its accuracy
+        scores = {b: _drive(transfer_score(imageset, b), _Bar(f"[LogME {b}] ")) for b in dict.fromkeys(backbones)}
+        for row in rows:
+            row.update(race_facts(row["backbone"]), logme=round(scores[row["backbone"]].logme, 4),
+                       imagenet_confidence=scores[row["backbone"]].imagenet_confidence)
     _emit({"runner": args.runner, "backbone": base.backbone, "epochs": base.epochs, "seed": base.seed, "num_images": len(imageset),
            "classes": imageset.classes, "val_size": len(split[1]), "runs": rows})
     return 0
@@ -379,9 +387,12 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("run_dir")
     pr.add_argument("images", nargs="+")
     pr.set_defaults(fn=cmd_predict)
-    c = sub.add_parser("compare", help="strategies side by side on one split (and per shot count)")
+    c = sub.add_parser("compare", help="strategies (or backbones) side by side on one split (and per shot count)")
     c.add_argument("data")
-    c.add_argument("--strategies", default=",".join(MODES), help="any of " + ", ".join(MODES))
+    c.add_argument("--strategies", default=None, help="any of " + ", ".join(MODES) +
+                   " (default: all; feature-extraction in a race)")
+    c.add_argument("--backbones", default="", help="the backbone race: comma-separated backbones, each trained with "
+                   "the same strategies on the same split, e.g. efficientnet_lite0,efficientnet_lite1,mobilenet_v2")
     c.add_argument("--shots", default="", help="comma-separated images per class, e.g. 1,5,10,all")
     training_args(c)
     c.set_defaults(fn=cmd_compare)

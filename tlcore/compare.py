@@ -57,11 +57,22 @@ def available_shots(imageset: ImageSet, split: tuple[list[int], list[int]],
     return [s for s in wanted if s is None or s <= smallest]
 
 
-def plan(strategies: list[str], base: TrainConfig, shots: list[int | None] | None = None) -> list[PlannedRun]:
-    """Runs for each strategy (and each shot count, when given), all from the same base config."""
+def plan(strategies: list[str], base: TrainConfig, shots: list[int | None] | None = None,
+         backbones: list[str] | None = None) -> list[PlannedRun]:
+    """Runs for each strategy (and each shot count, when given), all from the same base config; with
+    ``backbones``, the backbone race: each strategy once per backbone, on the same split and settings."""
     unknown = [s for s in strategies if s not in MODES]
     if unknown:
         raise TLError(f"Unknown strategies: {', '.join(unknown)}. Use: {', '.join(MODES)}.")
+    if backbones:
+        if shots:
+            raise TLError("A backbone race compares backbones on all the images: leave out the shot counts.")
+        runs = []
+        for name in dict.fromkeys(backbones):
+            title = get_backbone_spec(name).title  # raises for an unknown name, with the known ones
+            for p in plan(strategies, dataclasses.replace(base, backbone=name)):
+                runs.append(dataclasses.replace(p, label=title if len(strategies) == 1 else f"{title} · {p.label}"))
+        return runs
     runs = []
     if "zero-shot" in strategies:  # it uses no training image: one run, at 0 images per class in a study
         runs.append(PlannedRun("zero-shot" if not shots else "zero-shot @ 0/class",
@@ -77,6 +88,16 @@ def plan(strategies: list[str], base: TrainConfig, shots: list[int | None] | Non
             runs.append(PlannedRun(label, dataclasses.replace(base, mode=s, max_images_per_class=shot,
                                                               score_folds=folds), shot))
     return runs
+
+
+def race_facts(backbone: str) -> dict:
+    """What a race row shows beside the accuracy: the backbone's size, ImageNet top-1 and its measured speed
+    per image here (through the fast runtime, as feature extraction and prediction run it)."""
+    from .profile import measure_speed
+
+    spec = get_backbone_spec(backbone)
+    return {"backbone": backbone, "title": spec.title, "parameters": spec.num_params,
+            "imagenet_top1": spec.imagenet_top1, "ms_per_image": round(measure_speed(backbone).ms_per_image, 2)}
 
 
 def run_plan(imageset: ImageSet, runs: list[PlannedRun], split: tuple[list[int], list[int]],
@@ -95,7 +116,8 @@ def summary_row(run: PlannedRun, finished: RunFinished) -> dict:
     ``interval`` and how it was measured (``method``)."""
     r = finished.result
     score = None if r is None or r.score is None else r.score.to_json()
-    return {"label": run.label, "strategy": run.config.mode, "shots": run.shots, "status": finished.status,
+    return {"label": run.label, "backbone": run.config.backbone, "strategy": run.config.mode, "shots": run.shots,
+            "status": finished.status,
             "accuracy": None if score is None else score["accuracy"], "n": None if score is None else score["n"],
             "interval": None if score is None else score["interval"],
             "method": None if score is None else score["method"],
@@ -145,4 +167,4 @@ def features_of(model: TransferModel | None, imageset: ImageSet, backbone: str) 
 
 
 __all__ = ["COMPARE_EPOCHS", "DEFAULT_SHOTS", "FROZEN_BODY_MODES", "STRATEGY_TITLES", "PlannedRun", "available_shots",
-           "features_of", "plan", "project_2d", "run_plan", "shared_split", "summary_row"]
+           "features_of", "plan", "project_2d", "race_facts", "run_plan", "shared_split", "summary_row"]

@@ -195,17 +195,18 @@ class Project:
         return base if epochs is None else dataclasses.replace(base, epochs=epochs)
 
     def start_comparison(self, strategies: list[str], shots: list[int | None] | None = None,
-                         epochs: int | None = None, owner: str | None = None) -> str:
-        """Queue one run per strategy (and shot count), one after another on one shared split; ``epochs``
-        (default: the project's setting) bounds every run's epochs.
+                         epochs: int | None = None, owner: str | None = None,
+                         backbones: list[str] | None = None) -> str:
+        """Queue one run per strategy (and shot count, or backbone: the race), one after another on one
+        shared split; ``epochs`` (default: the project's setting) bounds every run's epochs.
 
-        Returns the group id that tags the runs.
+        Returns the group id that tags the runs (``compare-``, ``shots-`` or ``race-``).
         """
         base = self._comparison_base(epochs)
-        planned_runs = plan(strategies, base, shots)
+        planned_runs = plan(strategies, base, shots, backbones)
         self.check_room(base, len(planned_runs), owner)  # all of it, or none
         split = shared_split(self.images, base)
-        group = f"{'shots' if shots else 'compare'}-{secrets.token_hex(3)}"
+        group = f"{'race' if backbones else 'shots' if shots else 'compare'}-{secrets.token_hex(3)}"
         previous = None
         for planned in planned_runs:
             previous = self.start_run(planned.config, planned.label, group, planned.shots, previous,
@@ -213,7 +214,7 @@ class Project:
         return group
 
     def comparison_seconds(self, strategies: list[str], shots: list[int | None] | None = None,
-                           epochs: int | None = None) -> float:
+                           epochs: int | None = None, backbones: list[str] | None = None) -> float:
         """About how long ``start_comparison(strategies, shots, epochs)`` takes here, from now: the runs one
         after another (the features computed once, by its first frozen-body run), after what the server's
         workers already have to do."""
@@ -222,11 +223,12 @@ class Project:
         base = self._comparison_base(epochs)
         train, val = shared_split(self.images, base)
         classes = sum(1 for n in self.images.counts().values() if n)
-        total, cached = 0.0, False
-        for p in plan(strategies, base, shots):
+        total, cached = 0.0, set()
+        for p in plan(strategies, base, shots, backbones):
             n = len(val) + len(train) if p.shots is None else min(len(train) + len(val), p.shots * classes)
-            total += estimate_run_seconds(p.config, n, features_cached=cached)
-            cached = cached or p.config.mode in FROZEN_BODY_MODES
+            total += estimate_run_seconds(p.config, n, features_cached=p.config.backbone in cached)
+            if p.config.mode in FROZEN_BODY_MODES:
+                cached.add(p.config.backbone)
         backlog = getattr(get_runner(), "backlog_seconds", lambda: 0.0)()
         return backlog + total
 

