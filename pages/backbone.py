@@ -100,8 +100,8 @@ def fits_view() -> None:
     being computed."""
     states = fit_states()
     running = [n for n, state in states.items() if state.running]
-    if fits_polling and not running:
-        st.rerun()  # every score is in: one full rerun stops the polling
+    if fits_polling != bool(running):
+        st.rerun()  # started (a click in this fragment reruns only it) or every score is in: poll or stop
     for name in running:
         insight.show_progress(states[name], f"Scoring {tlcore.get_backbone_spec(name).title}")
     for name, state in states.items():
@@ -111,8 +111,9 @@ def fits_view() -> None:
         st.error(message, icon=":material/error:")  # e.g. this student's limit of queued work
     done = {n: state.result for n, state in states.items() if state.result is not None}
     if not running and len(done) < len(states):
-        st.button(f"Score {'the other' if done else 'every'} backbone{'s' if len(states) - len(done) > 1 else ''} "
-                  "on my images", key="backbone_fit_start", icon=":material/query_stats:", on_click=score_all,
+        left = len(states) - len(done)
+        st.button("Score every offline backbone on my images" if not done else
+                  f"Score the other {left} backbone{'s' * (left > 1)} on my images", key="backbone_fit_start", icon=":material/query_stats:", on_click=score_all,
                   help="A few seconds per backbone, in a training worker: each image goes through it once.")
     if not done:
         return

@@ -72,8 +72,8 @@ def probe_view() -> None:
     """The stage probe of the project's images: started on a click, computed by a training worker, shown as
     accuracy against depth; reruns itself every second while it runs."""
     state = insight.state(proj, "stage-probe", probe_config)
-    if probe_polling and not state.running:
-        st.rerun()  # it has finished: one full rerun stops the polling
+    if probe_polling != state.running:
+        st.rerun()  # started (a click in this fragment reruns only it) or finished: a full rerun polls or stops
     insight.show_error("stage-probe", state)
     if state.running:
         insight.show_progress(state, "Probing each stage")

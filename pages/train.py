@@ -59,8 +59,8 @@ def lr_find_view() -> None:
     """The learning-rate range test of the current strategy, run by a training worker; reruns itself every
     second while it runs."""
     state = insight.state(proj, "lr-find", lr_config)
-    if lr_polling and not state.running:
-        st.rerun()  # it has finished: one full rerun stops the polling
+    if lr_polling != state.running:
+        st.rerun()  # started (a click in this fragment reruns only it) or finished: a full rerun polls or stops
     insight.show_error("lr-find", state)
     if state.running:
         insight.show_progress(state, "Finding the learning rate")

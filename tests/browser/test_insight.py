@@ -1,0 +1,34 @@
+"""In a real browser, the looks before training poll until their worker job is done. Their buttons sit inside
+fragments, and a click there reruns only the fragment: the page must start polling all the same (it did not:
+"waiting for a free worker…" stayed on screen with the result on disk)."""
+from __future__ import annotations
+
+import pytest
+
+from tests.browser.test_main_flow import app_url, browser, shot  # noqa: F401  (fixtures)
+
+
+@pytest.fixture(scope="module")
+def page(browser):  # noqa: F811
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    pg.set_default_timeout(60_000)
+    yield pg
+    pg.close()
+
+
+def test_backbone_scores_and_stage_probe_show_when_their_jobs_end(app_url, page):  # noqa: F811
+    page.goto(app_url)
+    page.get_by_role("heading", name="1 · Choose a backbone").wait_for()
+    page.get_by_role("link", name="Data").first.click()
+    page.get_by_role("button", name="Load digits").click()
+    page.get_by_role("heading", name="0 · 40 images").wait_for()
+
+    page.get_by_role("link", name="Backbone").first.click()
+    page.get_by_role("button", name="Score every offline backbone on my images").click()
+    page.get_by_text("images best").first.wait_for(timeout=120_000)  # "X fits your 200 images best"
+    shot(page, "insight-backbone")
+
+    page.get_by_role("link", name="Freeze").first.click()
+    page.get_by_role("button", name="Probe each stage with my images").click()
+    page.get_by_text("Your data is best served from stage").first.wait_for(timeout=120_000)
+    shot(page, "insight-freeze")
