@@ -315,7 +315,7 @@ def race_view() -> None:
     for row, r in zip(rows, scored):
         lo, hi = r.result.score.interval
         fig.add_scatter(x=[row["ms per image"]], y=[row["accuracy"]], mode="markers+text", name=row["backbone"],
-                        text=[row["backbone"]], textposition="top center", marker=dict(size=14),
+                        text=[row["backbone"]], textposition="bottom center", marker=dict(size=14),
                         error_y=dict(type="data", symmetric=False, array=[hi - row["accuracy"]],
                                      arrayminus=[row["accuracy"] - lo]))
     fig.update_layout(title="Accuracy on every image against the time each image costs (95 % intervals)",
