@@ -101,8 +101,9 @@ def test_a_wifi_blip_mid_training_costs_nothing(browser):  # noqa: F811
         assert after > before, "the page did not show the run going on after the connection came back"
         time.sleep(grace + 5)  # past the grace period after the blip: a non-holder's run would be stopped now
         runs = json.loads(manifest.read_text())["runs"]
-        assert runs[0]["status"] in ("queued", "running"), runs[0]
-        assert _epoch(pg.inner_text("[data-testid='stMain']")) > after
+        assert runs[0]["status"] in ("queued", "running", "completed"), runs[0]  # never stopped nor failed
+        if runs[0]["status"] != "completed":  # a long outage's wait may see the run end, by itself
+            assert _epoch(pg.inner_text("[data-testid='stMain']")) > after
         assert "Stopped" not in pg.inner_text("[data-testid='stMain']")
     finally:
         proxy.close()
