@@ -18,6 +18,8 @@ studies fan out: their runs train at the same time on different workers, each ti
 """
 from __future__ import annotations
 
+import dataclasses
+
 import itertools
 import logging
 import os
@@ -56,8 +58,7 @@ class _Job:
         return os.getpid()
 
     def run(self, spec: JobSpec) -> None:
-        spec = JobSpec(spec.name, spec.owner, spec.images, spec.config, spec.split, self.folder, spec.meta,
-                       task=spec.task)
+        spec = dataclasses.replace(spec, folder=self.folder)  # everything else as sent: the time limit too
 
         def emit(event: Event) -> None:
             with self._lock:

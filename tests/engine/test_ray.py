@@ -2,6 +2,8 @@
 same results as the local pool, Stop, a killed worker, the CLI, and the Train page showing a Ray run."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import signal
@@ -15,7 +17,7 @@ import pytest
 import tlcore
 from tlcore import ImageSet, TrainConfig, run_to_end, stratified_split
 from tlcore.checkpoint import lazy_result
-from tlcore.runner import JobSpec
+from tlcore.runner import TIME_LIMIT_STOP, JobSpec
 from tests.app.conftest import no_legacy_pages_mode  # noqa: F401  (the AppTest below needs it)
 from tests.conftest import ROOT, class_files
 
@@ -68,6 +70,15 @@ def test_stop_ends_a_ray_run_within_a_batch_keeping_its_best_epoch(runner, tmp_p
     snap = job.snapshot()
     assert snap.state == "stopped" and "best epoch" in snap.finished.reason
     assert lazy_result(tmp_path / "run").best_epoch >= 1
+
+
+def test_a_ray_run_keeps_the_servers_time_limit(runner, tmp_path):
+    """The actor once rebuilt the job without ``max_seconds``: on a cluster no run ever hit its time limit."""
+    job = runner.submit(dataclasses.replace(spec(tmp_path, TrainConfig(backbone="tiny-test", epochs=5000,
+                                                                       mode="fine-tune")), max_seconds=3))
+    assert job.join(90)
+    snap = job.snapshot()
+    assert snap.state == "stopped" and snap.finished.reason.startswith(TIME_LIMIT_STOP), snap.finished
 
 
 def test_a_killed_ray_worker_fails_the_run_and_keeps_the_best_epoch(runner, tmp_path):
