@@ -71,19 +71,11 @@ def freeze_from(stage: int) -> None:
 def probe_view() -> None:
     """The stage probe of the project's images: started on a click, computed by a training worker, shown as
     accuracy against depth; reruns itself every second while it runs."""
-    state = insight.state(proj, "stage-probe", probe_config)
-    if probe_polling != state.running:
-        st.rerun()  # started (a click in this fragment reruns only it) or finished: a full rerun polls or stops
-    insight.show_error("stage-probe", state)
-    if state.running:
-        insight.show_progress(state, "Probing each stage")
+    probe = insight.result_or_start(proj, "stage-probe", probe_config, probe_polling, "Probing each stage", dict(
+        label="Probe each stage with my images", icon=":material/query_stats:", key="freeze_probe_start",
+        help="A few seconds to a minute, in a training worker: every image goes through the backbone once."))
+    if probe is None:
         return
-    if state.result is None:
-        st.button("Probe each stage with my images", icon=":material/query_stats:", key="freeze_probe_start",
-                  on_click=insight.start, args=(proj, "stage-probe", probe_config),
-                  help="A few seconds to a minute, in a training worker: every image goes through the backbone once.")
-        return
-    probe = state.result
     accs = [sc.accuracy for sc in probe.scores]
     lows = [a - sc.interval[0] for a, sc in zip(accs, probe.scores)]
     highs = [sc.interval[1] - a for a, sc in zip(accs, probe.scores)]

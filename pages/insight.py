@@ -34,3 +34,20 @@ def show_progress(s: tlcore.AnalysisState, what: str) -> None:
 def show_error(task: str, s: tlcore.AnalysisState) -> None:
     if message := st.session_state.pop(f"insight_error_{task}", None) or s.error:
         st.error(message, icon=":material/error:")
+
+
+def result_or_start(proj: tlcore.Project, task: str, config: tlcore.TrainConfig, polling: bool, what: str,
+                    button: dict) -> object | None:
+    """The shared top of a look's polling fragment: its result once on disk; until then its error, its
+    progress while a worker runs it, or the button (``st.button`` arguments) that queues it. A click inside a
+    fragment reruns only the fragment, so the whole page reruns when the job starts or ends, to poll or stop."""
+    s = state(proj, task, config)
+    if polling != s.running:
+        st.rerun()
+    show_error(task, s)
+    if s.running:
+        show_progress(s, what)
+    elif s.result is None:
+        st.button(**button, on_click=start, args=(proj, task, config))
+    return s.result
+

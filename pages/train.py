@@ -58,20 +58,12 @@ def use_lr(value: float) -> None:
 def lr_find_view() -> None:
     """The learning-rate range test of the current strategy, run by a training worker; reruns itself every
     second while it runs."""
-    state = insight.state(proj, "lr-find", lr_config)
-    if lr_polling != state.running:
-        st.rerun()  # started (a click in this fragment reruns only it) or finished: a full rerun polls or stops
-    insight.show_error("lr-find", state)
-    if state.running:
-        insight.show_progress(state, "Finding the learning rate")
+    found = insight.result_or_start(proj, "lr-find", lr_config, lr_polling, "Finding the learning rate", dict(
+        label="Find the learning rate", icon=":material/troubleshoot:", key="train_lr_find",
+        help="Trains a throwaway copy of this strategy for a few dozen batches, the rate growing each batch; your "
+             "settings and runs do not change."))
+    if found is None:
         return
-    if state.result is None:
-        st.button("Find the learning rate", icon=":material/troubleshoot:", key="train_lr_find",
-                  on_click=insight.start, args=(proj, "lr-find", lr_config),
-                  help="Trains a throwaway copy of this strategy for a few dozen batches, the rate growing each "
-                       "batch; your settings and runs do not change.")
-        return
-    found = state.result
     fig = go.Figure()
     fig.add_scatter(x=list(found.lrs), y=list(found.losses), mode="markers", name="loss per batch",
                     marker=dict(size=4, color="rgba(99,110,250,0.4)"))
