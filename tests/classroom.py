@@ -328,6 +328,7 @@ def watch_cost(tabs: int = 3, window: float = 20.0) -> dict:
             out["server_cpu_unwatched"] = measure()
             viewers = [b.new_page(viewport={"width": 1300, "height": 900}) for _ in range(tabs)]
             for v in viewers:
+                v.set_default_timeout(120_000)  # as the first tab's: a busy server opens a fresh tab slowly
                 v.goto(project_url.replace("/data", "/train"))
                 v.get_by_text(re.compile(r"Epoch \d+, batch")).first.wait_for()
             out["server_cpu_watched"] = measure()
