@@ -19,7 +19,7 @@ from typing import Literal, Union
 from .data import ImageSet, trainable_subset
 from .errors import TLError
 from .lrfind import LrFind, lr_find
-from .train import Event, Progress, RunFinished, TrainConfig
+from .train import Event, Progress, RunFinished, TrainConfig, drive
 from .transfer import StageProbe, TransferScore, probe_stages, transfer_score
 
 Task = Literal["transfer-score", "stage-probe", "lr-find"]
@@ -72,13 +72,7 @@ def run_analysis(spec, should_stop: Callable[[], bool], emit: Callable[[Event], 
     from .checkpoint import atomic_write
 
     try:
-        gen = compute(spec.task, spec.images, spec.config, should_stop)
-        while True:
-            try:
-                emit(next(gen))
-            except StopIteration as done:
-                result = done.value
-                break
+        result = drive(compute(spec.task, spec.images, spec.config, should_stop), emit)
         if result is None:
             emit(RunFinished("stopped", "Stopped before it finished; nothing was kept."))
             return

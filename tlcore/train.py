@@ -931,6 +931,18 @@ def _validate(plan: Plan, y_all: torch.Tensor, val_idx: list[int] | tuple[int, .
     return loss_sum / len(val_idx), correct / len(val_idx)
 
 
+def drive(gen: Generator, on_event: Callable[[Event], None] | None = None):
+    """Run an engine generator (``embed``, ``probe_stages``, ``lr_find``...) to its end, each event it yields
+    to ``on_event``; returns the generator's return value."""
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as done:
+            return done.value
+        if on_event is not None:
+            on_event(event)
+
+
 def run_to_end(imageset: ImageSet, config: TrainConfig, on_event: Callable[[Event], None] | None = None,
                split: tuple[list[int], list[int]] | None = None) -> RunFinished:
     """Drive ``train`` to its end (for scripts and tests); returns the final event."""

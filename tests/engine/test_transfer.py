@@ -14,16 +14,8 @@ from tlcore import ImageSet, TLError, TrainConfig
 from tlcore.analysis import analysis_folder, read_result
 from tlcore.lrfind import lr_find, suggest
 from tlcore.runner import JobSpec, run_job
+from tlcore.train import drive
 from tlcore.transfer import StageProbe, class_evidence, logme, probe_stages, stage_maps, transfer_score
-
-
-def drive(gen):
-    """Run an engine generator to its end; its return value."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as done:
-            return done.value
 
 
 def reference_evidence(f: np.ndarray, t: np.ndarray, alpha: float, beta: float) -> float:
