@@ -19,6 +19,7 @@ here (a test holds the pages to it). Modules, one job each:
 * ``report``     a self-contained HTML report of a run;
 * ``webexport``  a run's model as a web app that runs in any browser, offline (ONNX Runtime Web);
 * ``challenge``  the teacher's hidden test set and the class leaderboard;
+* ``lesson``     the server's addresses for students, the class kit, the class's progress, teacher links;
 * ``transfer``   before training: LogME, ImageNet closeness, a linear probe per stage, each stage's maps;
 * ``lrfind``     the learning-rate range test;
 * ``analysis``   those as runner jobs, their results on disk;
@@ -43,6 +44,8 @@ from .runner import JobHandle, JobSnapshot, JobSpec, LocalRunner, Runner, get_ru
 from .project import (PROJECTS, Project, RunRecord, describe, embedding_map, export_model, familiarity, import_run,
                       model_card, run_archive, validation_report)
 from .challenge import Challenge, Entry, create_challenge, current_challenge
+from .lesson import (ClassKit, StudentProgress, class_progress, create_kit, current_kit, folder_zip, lan_addresses,
+                     server_urls, teacher_key_ok, teacher_login, teacher_logout)
 from .report import USAGE, report_html
 from .webexport import WebExport, export_web, lan_url, publish_web
 from .zeroshot import mapping_method, suggest_mapping, unmapped
@@ -69,6 +72,9 @@ __all__ = [
     "TransferModel", "build_model", "count_params", "freeze", "run_to_end", "train",
     # the class challenge
     "Challenge", "Entry", "create_challenge", "current_challenge",
+    # running a lesson: addresses for students, the class kit, the class's progress, teacher links
+    "ClassKit", "StudentProgress", "class_progress", "create_kit", "current_kit", "folder_zip", "lan_addresses",
+    "server_urls", "teacher_key_ok", "teacher_login", "teacher_logout",
     # the stakeholder report
     "USAGE", "report_html",
     # the web app export

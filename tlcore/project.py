@@ -99,6 +99,8 @@ class Project:
     settings: TrainConfig = field(default_factory=TrainConfig)  # mode, freeze depth, epochs, ...
     runs: list[RunRecord] = field(default_factory=list)
     selected_run: str | None = None
+    student: str = ""  # the student's name (given once, in the sidebar): the teacher's page and the board show it
+    created: float = field(default_factory=time.time)  # the teacher's page flags who has no images after a while
     # Projects are reached by unguessable links, never by their (displayed) name: ``key`` lets its holder
     # work on the project, ``view_key`` only look at it and test its models.
     key: str = field(default_factory=lambda: secrets.token_urlsafe(16), repr=False)
@@ -278,7 +280,7 @@ class Project:
                 "images": [{"name": i.name, "label": i.label, "digest": i.digest} for i in items],
                 "rejected": [dataclasses.asdict(r) for r in rejected],
                 "backbone": self.backbone, "settings": dataclasses.asdict(self.settings),
-                "selected_run": self.selected_run,
+                "selected_run": self.selected_run, "student": self.student, "created": self.created,
                 "runs": [{"id": r.id, "label": r.label, "status": r.status, "reason": r.reason,
                           "group": r.group, "shots": r.shots, "created": r.created,
                           "config": dataclasses.asdict(r.config)} for r in self.runs],
@@ -344,7 +346,8 @@ class Project:
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         settings = TrainConfig(**{k: v for k, v in manifest.get("settings", {}).items() if k in known})
         project = cls(name, ImageSet(items, rejected, manifest.get("classes", [])),
-                      manifest.get("backbone", DEFAULT_BACKBONE), settings, selected_run=manifest.get("selected_run"))
+                      manifest.get("backbone", DEFAULT_BACKBONE), settings, selected_run=manifest.get("selected_run"),
+                      student=str(manifest.get("student", "")), created=float(manifest.get("created", 0.0)))
         for k in ("key", "view_key"):  # projects saved before links had keys get them now
             if isinstance(manifest.get(k), str) and len(manifest[k]) >= 16:
                 setattr(project, k, manifest[k])

@@ -14,6 +14,7 @@ import base64
 import dataclasses
 import gzip
 import json
+import os
 import shutil
 import tempfile
 import zipfile
@@ -180,16 +181,17 @@ def publish_web(web: WebExport, static_root: str | Path, run_folder: str | Path)
 
 def lan_url(page_url: str, path: str) -> str:
     """The address of ``path`` on the server of ``page_url`` (``http://host:port/...``) as another device on
-    the network reaches it: a ``localhost`` host becomes this machine's network address."""
+    the network reaches it: a ``localhost`` host becomes this machine's network address (``TLS_PUBLIC_URL``,
+    when set, replaces the whole server address)."""
     from urllib.parse import urlsplit
 
-    from .certs import local_names
+    from .lesson import PUBLIC_URL_ENV, lan_addresses
 
+    if public := os.environ.get(PUBLIC_URL_ENV, "").strip():
+        return f"{public.rstrip('/')}/{path.lstrip('/')}"
     parts = urlsplit(page_url or "http://localhost:8501/")
     host = parts.hostname or "localhost"
     if host in ("localhost", "::1") or host.startswith("127."):
-        lan = [n for n in local_names() if n.count(".") == 3 and n.replace(".", "").isdigit()
-               and not n.startswith("127.")]
-        host = lan[0] if lan else host
+        host = next(iter(lan_addresses()), host)
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme or 'http'}://{host}{port}/{path.lstrip('/')}"
