@@ -7,7 +7,6 @@ import threading
 import time
 from pathlib import Path
 
-import plotly.graph_objects as go
 import streamlit as st
 from streamlit.runtime import Runtime
 from streamlit.runtime.pages_manager import PagesManager
@@ -240,28 +239,6 @@ def score_note(score: tlcore.Score) -> str:
 
 def explain(text: str) -> None:
     st.markdown(f":gray[{text}]")
-
-
-# ----------------------------------------------------------------------------- charts
-
-
-def training_figures(snap_epochs: tuple[tlcore.EpochEnd, ...],
-                     batch_losses: tuple[tuple[float, float], ...] = ()) -> tuple[go.Figure, go.Figure]:
-    """Loss and accuracy per epoch (train and validation), with per-batch loss as a thin line."""
-    loss, acc = go.Figure(), go.Figure()
-    if batch_losses:
-        loss.add_scatter(x=[b[0] for b in batch_losses], y=[b[1] for b in batch_losses], mode="lines",
-                         name="train (per batch)", line=dict(width=1, color="rgba(99,110,250,0.35)"))
-    xs = [e.epoch for e in snap_epochs]
-    loss.add_scatter(x=xs, y=[e.train_loss for e in snap_epochs], name="train", mode="lines+markers")
-    acc.add_scatter(x=xs, y=[e.train_acc for e in snap_epochs], name="train", mode="lines+markers")
-    if any(e.val_loss is not None for e in snap_epochs):
-        loss.add_scatter(x=xs, y=[e.val_loss for e in snap_epochs], name="validation", mode="lines+markers")
-        acc.add_scatter(x=xs, y=[e.val_acc for e in snap_epochs], name="validation", mode="lines+markers")
-    loss.update_layout(title="Loss", xaxis_title="epoch", height=320, margin=dict(t=40, b=30, l=10, r=10))
-    acc.update_layout(title="Accuracy", xaxis_title="epoch", yaxis_range=[0, 1.02], yaxis_tickformat=".0%",
-                      height=320, margin=dict(t=40, b=30, l=10, r=10))
-    return loss, acc
 
 
 def describe_snapshot(snap: tlcore.JobSnapshot) -> tuple[float, str]:

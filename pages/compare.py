@@ -110,11 +110,11 @@ def comparison_view() -> None:
         st.info("Press **Run comparison**. Each strategy trains in turn; the curves appear as they go.")
         return
     curves = go.Figure()
-    for r in records:
+    for k, r in enumerate(records):
         epochs = r.job.snapshot().epochs if r.job is not None else (r.result.history if r.result else ())
-        if epochs:
+        if epochs:  # a strategy's colour is fixed by its place, not by how many curves have started yet
             curves.add_scatter(x=[e.epoch for e in epochs], y=[e.val_acc for e in epochs], mode="lines+markers",
-                               name=r.label)
+                               name=r.label, line_color=px.colors.qualitative.Plotly[k % 10])
         if r.job is not None:
             snap = r.job.snapshot()
             state = f"queued ({snap.queue_position} in line)" if snap.state == "queued" else snap.state

@@ -8,7 +8,7 @@ import tlcore
 from pages import insight
 
 from pages.common import (describe_snapshot, explain, project, require_data, run_title, save_settings, score_note,
-                          setting, student, training_figures)
+                          setting, student)
 from tlcore import describe
 
 proj = project()
@@ -124,7 +124,7 @@ def live_view() -> None:
         st.progress(min(1.0, fraction), text=text)
         cached = record.cache.get("live_figures")
         if cached is None or cached[0] != snap.version:  # rebuilt only when the run has moved on
-            cached = (snap.version, training_figures(snap.epochs, snap.batch_losses))
+            cached = (snap.version, tlcore.training_figures(snap.epochs, snap.batch_losses))
             record.cache["live_figures"] = cached
         loss, acc = cached[1]
     else:
@@ -137,7 +137,7 @@ def live_view() -> None:
         if record.result is None:
             return
         if "final_figures" not in record.cache:  # a finished run's curves never change: built once
-            record.cache["final_figures"] = training_figures(record.result.history)
+            record.cache["final_figures"] = tlcore.training_figures(record.result.history)
         loss, acc = record.cache["final_figures"]
         r = record.result
         m = st.columns(4)

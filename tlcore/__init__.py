@@ -17,6 +17,7 @@ here (a test holds the pages to it). Modules, one job each:
 * ``profile``    measured speed, epoch-time estimates;
 * ``project``    a user's saved work (images, settings, runs) and the live projects of a server;
 * ``report``     a self-contained HTML report of a run;
+* ``charts``     the training curves, one colour per series in the app and the report;
 * ``webexport``  a run's model as a web app that runs in any browser, offline (ONNX Runtime Web);
 * ``challenge``  the teacher's hidden test set and the class leaderboard;
 * ``lesson``     the server's addresses for students, the class kit, the class's progress, teacher links;
@@ -47,6 +48,7 @@ from .challenge import Challenge, Entry, create_challenge, current_challenge
 from .lesson import (ClassKit, StudentProgress, class_progress, create_kit, current_kit, folder_zip, lan_addresses,
                      server_urls, teacher_key_ok, teacher_login, teacher_logout)
 from .report import USAGE, report_html
+from .charts import SERIES_COLOURS, training_figures
 from .webexport import WebExport, export_web, lan_url, publish_web
 from .zeroshot import mapping_method, suggest_mapping, unmapped
 from .transfer import StageProbe, TransferScore, logme, probe_stages, stage_maps, transfer_score
@@ -77,6 +79,8 @@ __all__ = [
     "server_urls", "teacher_key_ok", "teacher_login", "teacher_logout",
     # the stakeholder report
     "USAGE", "report_html",
+    # the training curves (one colour per series, in the app and the report)
+    "SERIES_COLOURS", "training_figures",
     # the web app export
     "WebExport", "export_web", "lan_url", "publish_web",
     # zero-shot

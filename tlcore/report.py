@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from .backbones import get_backbone_spec
+from .charts import training_figures
 from .clean import review_summary
 from .data import ImageItem, ImageSet, load_data, thumbnail
 from .errors import TLError
@@ -60,6 +61,11 @@ def _img(item_or_image, size: int = 104) -> str:
 
 
 def _fig(fig: go.Figure) -> str:
+    # plotly's own white theme, whoever imported what: inside the app, streamlit's template is the default
+    # and its placeholder colours (#000001, ...) draw every trace black outside streamlit
+    fig.update_layout(template="plotly_white")
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)  # room for every tick label and class name
     return fig.to_html(full_html=False, include_plotlyjs=False, config={"displayModeBar": False})
 
 
@@ -90,22 +96,19 @@ def _freeze_picture(record: RunRecord) -> str:
     return f'<div class="stages">{"".join(boxes)}</div><p class="sub">{legend}</p>'
 
 
+def _curve_figures(hist) -> tuple[go.Figure, go.Figure]:
+    loss, acc = training_figures(hist, height=300)
+    for fig in (loss, acc):
+        fig.update_layout(template="plotly_white", width=520)  # two fit side by side in the page's 1100 px
+    return loss, acc
+
+
 def _curves(record: RunRecord) -> str:
     hist = record.result.history
     if len(hist) < 2:
         return "<p>No training curve: this strategy computes its classifier in one step, without epochs.</p>"
-    xs = [e.epoch for e in hist]
-    loss, acc = go.Figure(), go.Figure()
-    loss.add_scatter(x=xs, y=[e.train_loss for e in hist], name="train")
-    acc.add_scatter(x=xs, y=[e.train_acc for e in hist], name="train")
-    if any(e.val_acc is not None for e in hist):
-        loss.add_scatter(x=xs, y=[e.val_loss for e in hist], name="validation")
-        acc.add_scatter(x=xs, y=[e.val_acc for e in hist], name="validation")
-    loss.update_layout(title="Loss", xaxis_title="epoch", height=300, margin=dict(t=40, b=30, l=10, r=10))
-    acc.update_layout(title="Accuracy", xaxis_title="epoch", yaxis_tickformat=".0%", yaxis_range=[0, 1.02],
-                      height=300, margin=dict(t=40, b=30, l=10, r=10))
-    return f'<div style="display:flex"><div style="flex:1;min-width:0">{_fig(loss)}</div>' \
-           f'<div style="flex:1;min-width:0">{_fig(acc)}</div></div>'
+    loss, acc = _curve_figures(hist)
+    return f'<div style="display:flex;flex-wrap:wrap;gap:16px"><div>{_fig(loss)}</div><div>{_fig(acc)}</div></div>'
 
 
 def _evaluation(project: Project, record: RunRecord) -> str:
