@@ -318,3 +318,19 @@ def test_a_run_history_with_unknown_fields_still_loads(tiny_set):
     meta_path.write_text(json.dumps(meta))
     [r] = Project.open(p.name).runs
     assert r.result is not None and len(r.result.history) == 2
+
+
+def test_a_run_the_teacher_stopped_says_so(pool, tiny_set):
+    """The Teacher page stops a student's run with ``job.stop("by the teacher")``; the run read "Stopped by the
+    user" (issue 21), queued or training."""
+    running = pool.submit(spec(tiny_set, dataclasses.replace(TINY, epochs=200)))
+    waiting = pool.submit(spec(tiny_set, TINY, name="second"), after=running)  # queued behind the first
+    deadline = time.time() + 60
+    while not running.snapshot().epochs and time.time() < deadline:
+        time.sleep(0.05)
+    waiting.stop("by the teacher")
+    running.stop("by the teacher")
+    wait_all([running, waiting], timeout=30)
+    for job in (running, waiting):
+        reason = job.snapshot().finished.reason
+        assert reason.startswith("Stopped by the teacher") and "user" not in reason, reason
