@@ -34,7 +34,6 @@ from typing import Literal, Protocol
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms import v2
 
 from .backbones import DEFAULT_BACKBONE, Preprocess, frozen_body, get_backbone_spec, weights_digest
 from .data import ImageSet, check_trainable, memory_budget_mb, stratified_split, trainable_subset
@@ -301,10 +300,34 @@ def embed(imageset: ImageSet, backbone: str, device: torch.device | str = "cpu",
     return torch.stack(cached) if cached else torch.zeros((0, get_backbone_spec(backbone).feature_dim))  # type: ignore[arg-type]
 
 
-def _augmenter(size: int) -> v2.Transform:
-    return v2.Compose([v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True),
-                       v2.RandomHorizontalFlip(),
-                       v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2)])
+AUGMENT_DRAWS = 8  # uniform numbers one augmented view is drawn from (crop area, aspect, x, y, flip, colour x3)
+
+
+def augment(batch: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+    """Augmented views of a uint8 batch ``[B, 3, H, W]``: a random resized crop (60-100 % of the area, aspect
+    3:4 to 4:3, resized back to H x W), a horizontal flip (half of the time) and colour jitter (brightness,
+    contrast and saturation each times 0.8-1.2), image ``i`` drawn from ``draws[i]`` (``[B, AUGMENT_DRAWS]``
+    uniform in [0, 1)). One vectorised pass for the whole batch (an affine grid, then per-image factors):
+    torchvision's per-image ``ColorJitter`` on uint8 cost several times the backbone's forward pass."""
+    n = len(batch)
+    area = 0.6 + 0.4 * draws[:, 0]
+    aspect = torch.exp(math.log(3 / 4) + math.log(16 / 9) * draws[:, 1])
+    w, h = (area * aspect).sqrt().clamp(max=1.0), (area / aspect).sqrt().clamp(max=1.0)  # fractions of the side
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = w * torch.where(draws[:, 4] < 0.5, -1.0, 1.0)
+    theta[:, 0, 2] = (1 - w) * (2 * draws[:, 2] - 1)
+    theta[:, 1, 1] = h
+    theta[:, 1, 2] = (1 - h) * (2 * draws[:, 3] - 1)
+    x = batch.float()
+    x = F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False), mode="bilinear",
+                      padding_mode="border", align_corners=False)
+    bright, contrast, saturation = (0.8 + 0.4 * draws[:, 5:8]).T.reshape(3, n, 1, 1, 1)
+    x = x * bright
+    grey = lambda t: (t * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)  # noqa: E731
+    mean = grey(x).mean((2, 3), keepdim=True)
+    x = (x - mean) * contrast + mean
+    x = (x - grey(x)) * saturation + grey(x)
+    return x.clamp(0, 255).round().to(torch.uint8)
 
 
 #: Feature extraction on up to this many images also fits its head on ``augment_views - 1`` augmented views
@@ -315,12 +338,10 @@ def _augmenter(size: int) -> v2.Transform:
 VIEWS_MAX_IMAGES = 120
 
 
-def _view(img: torch.Tensor, augment: v2.Transform, digest: str, k: int) -> torch.Tensor:
-    """View ``k`` of one preprocessed image, drawn from a seed of its content and ``k``: the same view
-    whenever and wherever it is computed (so a cached view and a recomputed one agree)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(digest[:12], 16) * 64 + k)
-        return augment(img)
+def _view_draws(digest: str, k: int) -> torch.Tensor:
+    """The draws of view ``k`` of one image, from a seed of its content and ``k``: the same view whenever and
+    wherever it is computed (so a cached view and a recomputed one agree)."""
+    return torch.rand(AUGMENT_DRAWS, generator=torch.Generator().manual_seed(int(digest[:12], 16) * 64 + k))
 
 
 def embed_views(imageset: ImageSet, backbone: str, views: int, device: torch.device | str = "cpu",
@@ -330,7 +351,7 @@ def embed_views(imageset: ImageSet, backbone: str, views: int, device: torch.dev
     ``embed``'s. Yields ``Progress`` while it computes; returns None if stopped."""
     pre = get_backbone_spec(backbone).preprocess
     base = feature_key(backbone, pre, runtime_for(device))
-    keys = [f"{base}|view{k}" for k in range(views)]
+    keys = [f"{base}|view{k}|v2" for k in range(views)]  # v2: views of ``augment``
     digests = [i.digest for i in imageset.items]
     cached = [FEATURES.get(key, digests) for key in keys]
     todo = [i for i in range(len(digests)) if any(c[i] is None for c in cached)]
@@ -342,9 +363,8 @@ def embed_views(imageset: ImageSet, backbone: str, views: int, device: torch.dev
                 return None
             idx = todo[lo:lo + batch_size]
             stack = imageset.preprocessed(pre, idx)
-            augment = _augmenter(stack.shape[-1])
             for k, key in enumerate(keys):
-                batch = torch.stack([_view(img, augment, digests[i], k) for i, img in zip(idx, stack)])
+                batch = augment(stack, torch.stack([_view_draws(digests[i], k) for i in idx]))
                 feats = frozen_forward(backbone, batch, device=device, batch_size=batch_size)
                 FEATURES.put(key, [digests[i] for i in idx], feats)
                 for i, f in zip(idx, feats):
@@ -422,12 +442,11 @@ def _body_groups(model: TransferModel, cfg: TrainConfig) -> list[dict]:
 
 def _pixel_plan(model: TransferModel, data: ImageSet, cfg: TrainConfig, device: torch.device) -> Plan:
     stack = data.stack(get_backbone_spec(cfg.backbone).preprocess)
-    augment = _augmenter(stack.shape[-1]) if cfg.augment else None
 
     def get_batch(idx: list[int], train: bool) -> torch.Tensor:
         batch = stack[idx]
-        if train and augment is not None:
-            batch = torch.stack([augment(img) for img in batch])
+        if train and cfg.augment:
+            batch = augment(batch, torch.rand(len(idx), AUGMENT_DRAWS))
         return to_float(batch, device)
 
     return Plan(model, get_batch, _body_groups(model, cfg), model, lambda: set_train_mode(model),
@@ -465,7 +484,6 @@ def _prefix_plan(model: TransferModel, data: ImageSet, train_idx: list[int], val
     views = min(views, (prefix_cache_budget() // per_view - len(val_idx)) // max(1, len(train_idx)))
     if views < 1:
         return _pixel_plan(model, data, cfg, device)
-    augment = _augmenter(stack.shape[-1]) if cfg.augment else None
     torch.manual_seed(cfg.seed + 1)  # the views do not depend on whether the prefix was exported just now
     jobs = [(val_idx, None)] + [(train_idx, v) for v in range(views)]
     total = len(val_idx) + views * len(train_idx)
@@ -479,8 +497,8 @@ def _prefix_plan(model: TransferModel, data: ImageSet, train_idx: list[int], val
                 return None
             idx = indices[lo:lo + 32]
             batch = stack[idx]
-            if view is not None and augment is not None:
-                batch = torch.stack([augment(img) for img in batch])
+            if view is not None and cfg.augment:
+                batch = augment(batch, torch.rand(len(idx), AUGMENT_DRAWS))
             cache[done:done + len(idx)] = frozen_forward(cfg.backbone, batch, stages=depth, device=device).half()
             rows.update({(i, view): done + k for k, i in enumerate(idx)})
             done += len(idx)

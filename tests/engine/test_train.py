@@ -292,3 +292,19 @@ def test_a_fold_never_fits_on_a_view_of_an_image_it_is_scored_on():
     copies = [(tr + [i + 40 for i in te], te) for tr, te in pairs]
     right = sum(int((logits.argmax(1) == y[te]).sum()) for (_tr, te), logits in zip(copies, leaky(copies)))
     assert right / 40 > 0.95  # the test can fail: a leak would show
+
+
+def test_augment_draws_each_image_its_own_view_and_identity_draws_change_nothing():
+    from tlcore.train import AUGMENT_DRAWS, augment
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    identity = torch.tensor([[1.0, 0.5, 0.5, 0.5, 0.9, 0.5, 0.5, 0.5]]).repeat(4, 1)  # whole image, no flip, x1
+    assert torch.equal(augment(x, identity), x)
+    flipped = identity.clone()
+    flipped[:, 4] = 0.1
+    assert torch.equal(augment(x, flipped), x.flip(-1))
+    same = x[:1].repeat(4, 1, 1, 1)  # one image, four draws: four different views
+    views = augment(same, torch.rand(4, AUGMENT_DRAWS))
+    assert views.shape == same.shape and views.dtype == torch.uint8
+    assert len({v.numpy().tobytes() for v in views}) == 4
