@@ -39,6 +39,11 @@ MAX_ZIP_TOTAL_BYTES = 2 * 2**30  # sum of uncompressed sizes a zip may declare
 MAX_ZIP_RATIO = 200  # a member compressing better than this is treated as a zip bomb
 MAX_ZIP_MEMBERS = 20_000  # files in one zip (its directory alone costs memory per member)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+NOT_AN_IMAGE = "this is not an image file (or not a format we can read: use JPEG, PNG, GIF, BMP, WebP or TIFF)"
+
+
+def _is_image_name(name: str) -> bool:
+    return PurePosixPath(name.replace("\\", "/")).suffix.lower() in IMAGE_SUFFIXES
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # PIL's own guard, in case a format hides its size
 
@@ -167,8 +172,7 @@ def decode_image(name: str, data: bytes, max_side: int | None = BASE_SIZE) -> Im
     except BadImageError:
         raise
     except UnidentifiedImageError:
-        raise BadImageError(name, "this is not an image file (or not a format we can read: use JPEG, PNG, "
-                                  "GIF, BMP, WebP or TIFF)") from None
+        raise BadImageError(name, NOT_AN_IMAGE) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise BadImageError(name, f"the image claims to be far too large (possible decompression bomb); "
                                   f"the limit is {MAX_PIXELS // 1_000_000} megapixels") from None
@@ -501,13 +505,14 @@ def _files_to_set(entries: Iterator[Entry], room: int | None = None) -> ImageSet
     or the error that refused it). Files are read and decoded one at a time: memory holds one file's
     bytes at once, never the whole upload's."""
     entries = [e for e in entries if not _ignored(e[1])]
-    # A zip of a folder that holds the class folders: look through the single top folder.
-    valid = [e[1] for e in entries if not isinstance(e[2], BadImageError)]
-    while valid and len({p[0] for p in valid}) == 1 and any(len(p) > 2 for p in valid) and all(len(p) > 1 for p in valid):
-        top = valid[0][0]
-        entries = [(n, p[1:] if p and p[0] == top and not isinstance(d, BadImageError) else p, d)
+    # A zip of a folder that holds the class folders: look through the single top folder. Loose files beside
+    # it (a stray notes.txt or photo) do not count: they are refused below, and never make the wrapper a class.
+    nested = [e[1] for e in entries if not isinstance(e[2], BadImageError) and len(e[1]) > 1]
+    while nested and len({p[0] for p in nested}) == 1 and any(len(p) > 2 for p in nested):
+        top = nested[0][0]
+        entries = [(n, p[1:] if len(p) > 1 and p[0] == top and not isinstance(d, BadImageError) else p, d)
                    for n, p, d in entries]
-        valid = [p[1:] for p in valid]
+        nested = [p[1:] for p in nested if len(p) > 2]
     imageset = ImageSet()
     imageset.capacity = room
     uploads = []
@@ -516,7 +521,7 @@ def _files_to_set(entries: Iterator[Entry], room: int | None = None) -> ImageSet
             imageset.rejected.append(Rejected(name, data.reason))
         elif len(parts) < 2:
             imageset.rejected.append(Rejected(name, "not inside a class folder (put each image in a folder "
-                                                    "named after its class)"))
+                                                    "named after its class)" if _is_image_name(name) else NOT_AN_IMAGE))
         else:
             uploads.append((name, data, parts[0]))
     for label in sorted({u[2] for u in uploads}):
@@ -530,6 +535,9 @@ def _files_to_set(entries: Iterator[Entry], room: int | None = None) -> ImageSet
                 imageset.rejected.append(Rejected(name, e.reason))
     imageset.add(read())
     imageset.capacity = None  # its owner's limit applies when it is merged
+    for label, n in imageset.counts().items():
+        if not n:  # a folder of notes or broken files is no class (each of its files is listed as refused)
+            imageset.remove_class(label)
     if not imageset.classes:
         refused = (f" {len(imageset.rejected):,} file(s) were refused, for example {imageset.rejected[0].file}: "
                    f"{imageset.rejected[0].reason}." if imageset.rejected else "")

@@ -153,8 +153,21 @@ def test_zip_layout_and_unsafe_entries(tmp_path, monkeypatch):
     reasons = {r.file: r.reason for r in s.rejected}
     assert "unsafe path" in reasons["../evil.png"] and "unsafe path" in reasons["/abs/evil.png"]
     assert "symbolic link" in reasons["dataset/class0/link.png"]
-    assert "not inside a class folder" in reasons["dataset/readme.txt"]
+    assert "not an image file" in reasons["dataset/readme.txt"]
     assert not any("MACOSX" in f or "DS_Store" in f or "hidden" in f for f in reasons)
+
+
+def test_a_stray_file_beside_the_wrapper_folder_and_notes_in_a_zip_are_listed_not_mixed_in():
+    """Issue 21: a zip with one stray file next to its wrapper folder became one mixed class named after the
+    wrapper, and a notes.txt was dropped without being listed among the refused files."""
+    good = {f"photos/{label}/{name}": data for name, data, label in class_files(3, 2)}
+    s = load_zip(_zip({**good, "stray.png": png_bytes(COLORS[0], seed=77), "notes.txt": b"my notes",
+                       "photos/class0/notes.txt": b"more notes", "photos/docs/notes.txt": b"a folder of notes"}))
+    assert s.classes == ["class0", "class1"] and s.counts() == {"class0": 3, "class1": 3}  # no 'photos', no 'docs'
+    reasons = {r.file: r.reason for r in s.rejected}
+    assert "not inside a class folder" in reasons["stray.png"]
+    for notes in ("notes.txt", "photos/class0/notes.txt", "photos/docs/notes.txt"):
+        assert "not an image file" in reasons[notes], notes
 
 
 def test_zip_bomb_and_non_zip_are_refused():
