@@ -58,7 +58,7 @@ def add_zip() -> None:
 
 def load_sample(name: str, where: str = "here") -> None:
     """Load a sample; into a project that has images only once the user has chosen (never by one click)."""
-    if where == "ask" and len(images):
+    if where == "ask" and images.classes:  # images, or classes named and not filled yet
         st.session_state["data_confirm_sample"] = name
         return
     st.session_state.pop("data_confirm_sample", None)
@@ -122,12 +122,14 @@ with st.container(border=True):
 
 if pending := st.session_state.get("data_confirm_sample"):
     with st.container(border=True):
-        st.warning(f"This project already has {len(images)} images in {len(images.classes)} classes. Loading the "
-                   f"{pending} sample here would replace them.", icon=":material/warning:")
+        has = (f"{len(images)} images in {len(images.classes)} classes" if len(images) else
+               f"the class{'es' * (len(images.classes) != 1)} {', '.join(images.classes)} (no images yet)")
+        st.warning(f"This project already has {has}. Loading the {pending} sample here would replace them.",
+                   icon=":material/warning:")
         a, b, c = st.columns(3)
         a.button(f"Open {pending} in a new project", type="primary", key="data_sample_new", on_click=load_sample,
                  args=(pending, "new"), icon=":material/create_new_folder:")
-        b.button(f"Replace my {len(images)} images", key="data_sample_replace", on_click=load_sample,
+        b.button(f"Replace my {len(images)} images" if len(images) else "Replace my classes", key="data_sample_replace", on_click=load_sample,
                  args=(pending, "here"), icon=":material/delete_sweep:")
         c.button("Cancel", key="data_sample_cancel",
                  on_click=lambda: st.session_state.pop("data_confirm_sample", None))

@@ -327,6 +327,19 @@ def test_a_sample_never_replaces_data_by_one_click():
     assert Project.open(first).images.counts()["0"] == 40  # the first project kept its digits
 
 
+def test_a_sample_asks_before_replacing_classes_that_have_no_images_yet():
+    """Issue 21: loading a sample into a project with classes but no images replaced them without asking."""
+    at = new_app()
+    at.switch_page("pages/data.py").run()
+    at.text_input(key="data_new_class").set_value("carrot")
+    at.button(key="data_add_class").click().run()
+    at.button(key="data_sample_digits").click().run()
+    assert "already has the class carrot (no images yet)" in texts(at.warning)
+    assert at.session_state["tls_project"].images.classes == ["carrot"]  # nothing replaced yet
+    at.button(key="data_sample_replace").click().run()
+    assert not at.exception and "0 · 40 images" in texts(at.markdown) and "carrot" not in texts(at.markdown)
+
+
 def frame_message(seq: int, digit: str = "1", **extra) -> dict:
     """What the live camera component sends: a JPEG frame as a data URL."""
     import base64
