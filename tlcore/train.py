@@ -321,12 +321,11 @@ def augment(batch: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
     x = batch.float()
     x = F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False), mode="bilinear",
                       padding_mode="border", align_corners=False)
-    bright, contrast, saturation = (0.8 + 0.4 * draws[:, 5:8]).T.reshape(3, n, 1, 1, 1)
-    x = x * bright
-    grey = lambda t: (t * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)  # noqa: E731
-    mean = grey(x).mean((2, 3), keepdim=True)
-    x = (x - mean) * contrast + mean
-    x = (x - grey(x)) * saturation + grey(x)
+    # Brightness b, then contrast c about the mean grey m, then saturation s about each pixel's grey g: all
+    # linear, so together x -> s c b x + (1 - s) c b g + (1 - c) b m, one pass.
+    b, c, s = (0.8 + 0.4 * draws[:, 5:8]).T.reshape(3, n, 1, 1, 1)
+    grey = 0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:]
+    x = x * (s * c * b) + grey * ((1 - s) * c * b) + grey.mean((2, 3), keepdim=True) * ((1 - c) * b)
     return x.clamp(0, 255).round().to(torch.uint8)
 
 
