@@ -48,6 +48,9 @@ def choose(name: str) -> None:
 
 
 measured = st.session_state.setdefault("backbone_measured", set())
+explain("Speed here: milliseconds per image, timed as one pass over a batch of 8 images divided by 8. The **torch** "
+        "figure is measured the same way for every backbone: compare backbones by it. Where a backbone's weights are "
+        "installed, the fast runtime that feature extraction uses (OpenVINO or ONNX Runtime) is timed on the same batch too.")
 if st.button("Measure speed on this machine", icon=":material/speed:", key="backbone_measure"):
     bar = st.progress(0.0, text="Timing each backbone…")
     for k, spec in enumerate(specs):
@@ -70,7 +73,7 @@ for k, spec in enumerate(specs):
         top1 = "n/a" if spec.imagenet_top1 is None else f"{spec.imagenet_top1:.1f}%"
         if spec.name in measured:
             speed = measure_speed(spec.name)
-            ms = f"{speed.ms_per_image:.0f} ms/image ({speed.runtime})"
+            ms = speed.text()
         else:
             ms = "not measured"
         body_params = sum(tlcore.stage_param_counts(spec.name))

@@ -133,6 +133,8 @@ def test_backbone_page_preview_and_choice():
     assert "installed, works offline" in texts(at.markdown)
     at.button(key="backbone_use_tiny-test").click().run()
     assert at.button(key="backbone_use_tiny-test").disabled
+    # issue 21: speeds said per image, on one batch size, in torch for every backbone (comparable across cards)
+    assert "ms/image in torch" in texts(at.markdown) and "(batches of 8)" in texts(at.markdown)
 
 
 def test_training_survives_page_switches_and_stop_keeps_best():

@@ -119,3 +119,14 @@ def test_the_web_server_measures_speed_in_a_child_process(monkeypatch):
         profile.measure_speed_elsewhere(False)
     assert speed.backbone == "tiny-test" and speed.ms_per_image > 0 and len(speed.stage_share) == 3
     assert abs(sum(speed.stage_share) - 1) < 1e-6
+
+
+def test_speeds_are_said_per_image_on_one_batch_in_both_runtimes():
+    """Issue 21: the Backbone page put OpenVINO's figure beside another backbone's torch figure; both are now
+    per image over the same batch, the torch one given for every backbone."""
+    from tlcore.profile import SpeedProfile, measure_speed
+
+    both = SpeedProfile("b", 23.4, 3.2, (1.0,), "openvino", 8)
+    assert both.text() == "3.2 ms/image in torch · 23 ms/image on openvino (batches of 8)"
+    speed = measure_speed("tiny-test", 4, 1)
+    assert speed.batch == 4 and "ms/image in torch" in speed.text() and speed.text().endswith("(batches of 4)")
