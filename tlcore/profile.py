@@ -16,7 +16,7 @@ import torch
 
 from .backbones import get_backbone_spec
 from .runtime import frozen_forward, runtime_for
-from .train import FROZEN_BODY_MODES, TrainConfig, fe_views, resolve_device
+from .train import AUGMENT_DRAWS, FROZEN_BODY_MODES, TrainConfig, augment, fe_views, resolve_device
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class SpeedProfile:
     stage_share: tuple[float, ...]  # fraction of the torch forward time spent in each stage
     runtime: str  # what ran ``ms_per_image`` (torch where the weights are not on this machine)
     batch: int = 8  # both figures: one pass over a batch of this many images, divided by it
+    augment_ms_per_image: float = 0.0  # one augmented view (``train.augment``), what views pay besides the forward
 
     def text(self) -> str:
         """Both figures, said as what they are: "3 ms/image in torch · 23 ms/image on openvino (batches of 8)".
@@ -125,7 +126,13 @@ def _measure_speed(backbone: str, batch: int, repeats: int) -> SpeedProfile:
             frozen_forward(backbone, pixels, device=device)
             passes.append(time.perf_counter() - t0)
         fast_ms, runtime = 1000 * min(passes) / batch, runtime_for(device)
-    return SpeedProfile(backbone, fast_ms, torch_ms, tuple(s / staged for s in spent), runtime, batch)
+    passes = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        augment(pixels, torch.rand(batch, AUGMENT_DRAWS))
+        passes.append(time.perf_counter() - t0)
+    return SpeedProfile(backbone, fast_ms, torch_ms, tuple(s / staged for s in spent), runtime, batch,
+                        1000 * min(passes) / batch)
 
 
 RUN_OVERHEAD_S = 1.5  # a worker taking a job, loading and saving the run
@@ -186,7 +193,8 @@ def estimate_run_seconds(config: TrainConfig, num_images: int, features_cached: 
         speed = measure_speed(config.backbone)
         views = fe_views(config, num_images) if config.mode == "feature-extraction" else 0  # never cached before
         forwards = (0 if features_cached else num_images) + num_images * views
-        return RUN_OVERHEAD_S + estimate_epoch_seconds(speed, forwards, config.mode, 0)[0]
+        return (RUN_OVERHEAD_S + estimate_epoch_seconds(speed, forwards, config.mode, 0)[0]
+                + num_images * views * speed.augment_ms_per_image / 1000)
     return RUN_OVERHEAD_S + _trained_seconds(config, num_images) * CALIBRATION.factor()
 
 
@@ -204,6 +212,7 @@ def estimate_epoch_seconds(profile: SpeedProfile, num_images: int, mode: str, fr
     if mode in FROZEN_BODY_MODES:
         return num_images * profile.ms_per_image / 1000, 0.0
     frozen_share = 0.0 if mode == "scratch" else sum(profile.stage_share[:freeze_depth])
-    once = num_images * views * profile.ms_per_image / 1000 * frozen_share if frozen_share else 0.0
+    once = (num_images * views * (profile.ms_per_image * frozen_share + profile.augment_ms_per_image) / 1000
+            if frozen_share else 0.0)
     per_epoch = num_images * profile.torch_ms_per_image / 1000 * (1 - frozen_share) * 3.5
     return once, per_epoch
