@@ -105,7 +105,11 @@ def baseline(pool_feats: torch.Tensor, labels: torch.Tensor, train: list[int], t
     clf = LogisticRegression(max_iter=1000).fit(pool_feats[train].numpy(), labels[train].numpy())
     seconds = time.perf_counter() - start
     acc = float((clf.predict(pool_feats[test].numpy()) == labels[test].numpy()).mean())
-    return {"accuracy": acc, "seconds": seconds}
+    # The same objective solved to convergence (scikit-learn's default tol stops early, by up to 2 held-out
+    # images of 100 on the bundled digits): what the head's own L-BFGS fit reaches.
+    tight = LogisticRegression(max_iter=20000, tol=1e-10).fit(pool_feats[train].double().numpy(), labels[train].numpy())
+    converged = float((tight.predict(pool_feats[test].double().numpy()) == labels[test].numpy()).mean())
+    return {"accuracy": acc, "seconds": seconds, "converged_accuracy": converged}
 
 
 def heldout_accuracy(finished, pool: ImageSet, pool_feats: torch.Tensor, test: list[int], backbone: str) -> float:
@@ -270,16 +274,18 @@ def summary(frozen: dict, trained: dict, log) -> dict:
     covered = [r["covered"] for r in rows]
     fe = [r for r in frozen["rows"] if r["strategy"] == "feature-extraction"]
     worst = min(r["heldout_accuracy"] - r["baseline"]["accuracy"] for r in fe)
+    worst_converged = min(r["heldout_accuracy"] - r["baseline"]["converged_accuracy"] for r in fe)
     ratios = [r["estimate_seconds"] / r["seconds"] for r in trained["rows"]]
     # Frozen-body runs take a fraction of a second here: their error is shown in seconds, not as a ratio.
     frozen_error = max(abs(r["estimate_seconds"] - r["seconds"]) for r in frozen["rows"] if r["cold"])
     out = {"coverage": sum(covered) / len(covered), "runs": len(covered),
-           "fe_minus_baseline_worst": worst,
+           "fe_minus_baseline_worst": worst, "fe_minus_converged_baseline_worst": worst_converged,
            "fe_faster_than_baseline": sum(r["seconds"] < r["baseline"]["seconds"] for r in fe) / len(fe),
            "estimate_over_measured": [min(ratios), statistics.median(ratios), max(ratios)],
            "frozen_estimate_error_s": frozen_error}
     log(f"9. the app's 95 % intervals covered the large held-out accuracy in {out['coverage']:.0%} of {len(covered)} "
-        f"runs (target 90-98 %); feature extraction minus the baseline, worst seed: {worst:+.1%}; faster than the "
+        f"runs (target 90-98 %); feature extraction minus the baseline, worst seed: {worst:+.1%} "
+        f"(minus the same regression solved to convergence: {worst_converged:+.1%}); faster than the "
         f"baseline in {out['fe_faster_than_baseline']:.0%} of settings; estimate / measured per trained run: min "
         f"{min(ratios):.2f}, median {statistics.median(ratios):.2f}, max {max(ratios):.2f}; frozen-body runs "
         f"within {frozen_error:.2f} s of their estimate")
