@@ -160,9 +160,12 @@ class Familiarity:
     """What "like the training images" means for one model: in its feature space (unit length), the mean
     of each class's training images, and how far training images lie from their own class's mean.
 
-    An image farther from every class mean than ``margin`` times the 95th percentile of those distances
-    is unlike anything the model was trained on: a softmax still picks a class (at 100 % sometimes), so
-    this is what tells the user "none of these".
+    Each training image's distance is measured leave-one-out: to the mean of its class's *other* images,
+    as a new image of the class would be (measured with itself inside, a training image sits closer to
+    its mean than any new one, and the 1.25 margin that made up for it let a carrot through as "fish 78 %").
+    An image farther from every class mean than the ``quantile`` of those distances is unlike anything the
+    model was trained on: about 1 in 20 new images of a class is flagged too (said as "not sure"). A softmax
+    still picks a class (at 100 % sometimes), so this is what tells the user "none of these".
     """
 
     prototypes: torch.Tensor  # [C, D], unit length
@@ -170,7 +173,7 @@ class Familiarity:
 
     @classmethod
     def of(cls, model: TransferModel, train: ImageSet, classes: tuple[str, ...] | list[str], pre: Preprocess,
-           margin: float = 1.25) -> Familiarity:
+           quantile: float = 0.95) -> Familiarity:
         index = {c: k for k, c in enumerate(classes)}
         items = [i for i in train.items if i.label in index]
         if not items:
@@ -178,9 +181,15 @@ class Familiarity:
         feats = F.normalize(model_features(model, ImageSet(items, (), classes).stack(pre)), dim=1)
         labels = torch.tensor([index[i.label] for i in items])
         present = sorted(set(labels.tolist()))
-        protos = torch.stack([feats[labels == c].mean(0) for c in present])
-        own = (feats - protos[[present.index(c) for c in labels.tolist()]]).norm(dim=1)
-        return cls(protos, float(torch.quantile(own, 0.95)) * margin)
+        own_class = torch.tensor([present.index(c) for c in labels.tolist()])
+        sums = torch.stack([feats[labels == c].sum(0) for c in present])  # [C, D]
+        n = torch.bincount(own_class, minlength=len(present)).float()
+        protos = sums / n[:, None]
+        others = (n[own_class] - 1).clamp(min=1)[:, None]
+        loo = (feats - (sums[own_class] - feats) / others).norm(dim=1)[n[own_class] > 1]  # each without itself
+        if not len(loo):  # one image per class: no spread to calibrate on, so distance never flags (softmax may)
+            return cls(protos, float("inf"))
+        return cls(protos, float(torch.quantile(loo, quantile)))
 
     def distances(self, feats: torch.Tensor) -> torch.Tensor:
         """Distance of each image (its model features, ``model_features``) to its nearest class mean ``[N]``."""
