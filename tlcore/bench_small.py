@@ -237,6 +237,20 @@ def app_ladder(quick: bool, backbone: str, log) -> dict:
         CALIBRATION.reset()  # the sections above ran in this process: the first estimate is uncalibrated
         warm = project()  # workers started and the backbone exported, as on a server that has been up
         wait([warm], [warm.start_comparison(["feature-extraction"], epochs=epochs)])
+        from .profile import estimate_run_seconds
+        singles = {}
+        for mode in ("feature-extraction", "fine-tune"):  # one run each, as the Train page starts it
+            p = project()
+            cfg = TrainConfig(backbone=backbone, mode=mode, epochs=2 if quick else 10)
+            est = estimate_run_seconds(cfg, len(data)) + getattr(get_runner(), "backlog_seconds", lambda: 0.0)()
+            t0 = time.perf_counter()
+            record = p.start_run(cfg, mode)
+            while any(r.id == record.id for r in p.active_runs()):
+                time.sleep(0.2)
+            singles[mode] = {"seconds": time.perf_counter() - t0, "estimate_seconds": est}
+            log(f"9. one {mode} run through the workers, 21 photos, {cfg.epochs} epochs: "
+                f"{singles[mode]['seconds']:.1f} s (estimated {est:.1f} s)")
+        out["single_runs"] = singles
         alone = project()
         estimate = alone.comparison_seconds(strategies, epochs=epochs)
         [seconds] = wait([alone], [alone.start_comparison(strategies, epochs=epochs)])
