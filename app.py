@@ -1,7 +1,9 @@
 """Transfer Learning Studio: `streamlit run app.py`."""
 import streamlit as st
 
-from pages.common import PAGES, VIEW_PAGES, project, read_only, step_bar, view_link
+import tlcore
+from pages.common import (PAGES, VIEW_PAGES, project, read_only, save_student, start_from_kit, step_bar,
+                          view_link)
 
 st.set_page_config(page_title="Transfer Learning Studio", page_icon=":material/school:", layout="wide")
 
@@ -9,18 +11,35 @@ proj = project()
 files = [f for f in PAGES if f in VIEW_PAGES] if read_only() else list(PAGES)  # read-only: look and test only
 pages = [st.Page(f, title=PAGES[f][0], icon=PAGES[f][1], default=i == 0) for i, f in enumerate(files)]
 if not read_only():
-    pages = {"Steps": pages, "Class": [st.Page("pages/teacher.py", title="Teacher", icon=":material/school:")]}
-page = st.navigation(pages)
+    pages.append(st.Page("pages/teacher.py", title="Teacher", icon=":material/school:"))
+# No sidebar menu: the step bar is the menu. (.streamlit/config.toml hides it from the first visit on, when
+# Streamlit would otherwise list the raw pages/ files for as long as the first run takes.)
+page = st.navigation(pages, position="hidden")
 st.session_state["_page"] = page.url_path
+if page.url_path == "teacher" and st.query_params.get("board"):  # the projector view: the board alone
+    page.run()
+    st.stop()
+kit = None if read_only() else tlcore.current_kit()
 with st.sidebar:
     if read_only():
         st.caption(f"Project **{proj.name}**, read-only: you can look at its models and test them, not change it.")
+        for f in files:
+            st.page_link(f, label=PAGES[f][0], icon=PAGES[f][1])
     else:
+        st.text_input("Your name", value=proj.student, max_chars=40, key=f"student_name_{proj.name}",
+                      on_change=save_student, args=(f"student_name_{proj.name}",),
+                      help="Your teacher sees your work under this name; the leaderboard shows it too.")
         st.caption(f"Project **{proj.name}**: saved on this server as you work. Bookmark this address to come "
                    f"back; only people you give it to can open it.")
         with st.popover("Share read-only", icon=":material/share:"):
             st.markdown("Anyone with this link can look at the models and test them, but not change anything:")
             st.code(view_link(proj), language=None)
         st.page_link("pages/export.py", label="Open another project", icon=":material/folder_open:")
+        if kit is not None:
+            st.button("Start from the class kit", key="kit_start", on_click=start_from_kit, icon=":material/school:",
+                      help=f"A new project of your own with the class's data ({kit.name}).")
+        st.page_link("pages/teacher.py", label="Teacher", icon=":material/school:")
+if kit is not None and not proj.student and page.url_path != "teacher":
+    st.info("Type your name in the sidebar (*Your name*) so your teacher can find your work.", icon=":material/badge:")
 step_bar(next((f for f in PAGES if PAGES[f][0] == page.title), ""))
 page.run()

@@ -64,6 +64,8 @@ def project() -> Project:
                 proj, readonly = PROJECTS.open_link(key, session_id())
             except tlcore.TLError as e:
                 st.toast(f"Could not open the project: {e}", icon=":material/warning:")
+        elif "kit" in st.query_params and (kit := tlcore.current_kit()) is not None:  # the join link
+            kit.start(proj := PROJECTS.create(session_id()))
         st.session_state[STATE_KEY] = proj or PROJECTS.create(session_id())
         st.session_state[READONLY_KEY] = readonly
         start_sweeper()
@@ -91,10 +93,14 @@ def read_only() -> bool:
     return bool(st.session_state.get(READONLY_KEY))
 
 
+KEEP_PARAMS = ("t", "board")  # the teacher's key and the projector view survive a reload of the Teacher page
+
+
 def _show_link(proj: Project) -> None:
     param, value = ("view", proj.view_key) if read_only() else ("p", proj.key)
-    if st.query_params.get(param) != value or len(st.query_params) != 1:
-        st.query_params.from_dict({param: value})
+    want = {param: value, **{k: st.query_params[k] for k in KEEP_PARAMS if k in st.query_params}}
+    if st.query_params.to_dict() != want:
+        st.query_params.from_dict(want)
 
 
 def switch_project(link: str | None, create: bool = False) -> None:
@@ -109,13 +115,28 @@ def switch_project(link: str | None, create: bool = False) -> None:
     _show_link(proj)
 
 
+def save_student(key: str) -> None:
+    """The name the student typed (widget ``key``), on their project."""
+    proj = st.session_state[STATE_KEY]
+    proj.student = " ".join(str(st.session_state[key]).split())[:40]
+    proj.save()
+
+
+def start_from_kit() -> None:
+    """A new project for this session holding its own copy of the class kit."""
+    switch_project(None, create=True)
+    tlcore.current_kit().start(st.session_state[STATE_KEY])
+
+
+def public_url(path: str = "") -> str:
+    """``path`` on this server as a student's device reaches it (never localhost; see tlcore.server_urls)."""
+    return tlcore.server_urls(st.get_option("server.port"), bool(st.get_option("server.sslCertFile")), path)[0]
+
+
 def view_link(proj: Project) -> str:
-    """The project's read-only link, as a full address where the browser's is known."""
-    url = st.context.url or ""
-    root = url.split("?")[0].rstrip("/")
-    if st.session_state.get("_page"):
-        root = root.rsplit("/", 1)[0] if root.endswith("/" + st.session_state["_page"]) else root
-    return f"{root}/evaluate?view={proj.view_key}"
+    """The project's read-only link. It opens the app's main page, which is Evaluate for a read-only visitor
+    (a path such as /evaluate is not among a read-only session's pages: Streamlit said "Page not found")."""
+    return public_url(f"?view={proj.view_key}")
 
 
 @st.cache_resource

@@ -20,7 +20,8 @@ if not read_only() and (challenge := tlcore.current_challenge()) is not None:
                     "your score goes on the class leaderboard.")
         with st.form("evaluate_challenge", border=False):
             a, b = st.columns([3, 1], vertical_alignment="bottom")
-            student = a.text_input("Your name on the leaderboard", key="evaluate_student", max_chars=40)
+            student = a.text_input("Your name on the leaderboard", value=proj.student, key="evaluate_student",
+                                   max_chars=40)
             if b.form_submit_button("Enter this model", icon=":material/flag:"):
                 try:
                     with st.spinner("Scoring on the hidden images…"):

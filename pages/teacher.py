@@ -1,34 +1,52 @@
-"""The teacher's page: every project on this server, runs to stop, and the class challenge."""
-import hmac
+"""The teacher's page: how students join, the class kit, the class's progress, runs to stop, the challenge."""
+import io
 import os
 
+import segno
 import streamlit as st
 
 import tlcore
-from pages.common import describe_snapshot, explain
+from pages.common import ASSETS, describe_snapshot, explain, project
 from tlcore import PROJECTS
 
-st.title("Teacher")
+project()  # a deep link to /teacher on a freshly started server runs this page alone: app.py takes over
 password = os.environ.get("TLS_TEACHER_PASSWORD", "")
+projector = bool(st.query_params.get("board"))
 if not password:
+    st.title("Teacher")
     st.info("The teacher page is off. To turn it on, start the server with a password, e.g. "
             "`TLS_TEACHER_PASSWORD=choose-one streamlit run app.py`, then open this page and type it.",
             icon=":material/lock:")
     st.stop()
-if not st.session_state.get("tls_teacher"):
+if not tlcore.teacher_key_ok(st.session_state.get("tls_teacher")) and tlcore.teacher_key_ok(st.query_params.get("t")):
+    st.session_state["tls_teacher"] = st.query_params["t"]  # the teacher's own link: a reload needs no password
+if not tlcore.teacher_key_ok(st.session_state.get("tls_teacher")):
+    st.title("Teacher")
     with st.form("teacher_login"):
         typed = st.text_input("Teacher password", type="password", key="teacher_password")
         if st.form_submit_button("Open", icon=":material/lock_open:"):
-            if hmac.compare_digest(typed.encode(), password.encode()):
-                st.session_state["tls_teacher"] = True
+            if key := tlcore.teacher_login(typed, password):
+                st.session_state["tls_teacher"] = st.query_params["t"] = key
                 st.rerun()
             st.error("That is not the teacher password.")
     st.stop()
 
 
+def log_out() -> None:
+    tlcore.teacher_logout(st.session_state.pop("tls_teacher", None))
+    for k in ("t", "board"):
+        st.query_params.pop(k, None)
+
+
+def board_rows(challenge: tlcore.Challenge, pct) -> list[dict]:
+    return [{"rank": k + 1, "student": e.student, "accuracy": pct(e.accuracy), "strategy": e.strategy,
+             "training images": e.train_images, **{f"recall · {c}": pct(e.recall.get(c)) for c in challenge.classes}}
+            for k, e in enumerate(challenge.leaderboard())]
+
+
 @st.fragment(run_every=3.0)
 def board() -> None:
-    """The live leaderboard (for the projector): refreshed every 3 s."""
+    """The live leaderboard, refreshed every 3 s; on the projector, a large table that wraps instead of cutting."""
     challenge = tlcore.current_challenge()
     if challenge is None:
         st.info("No challenge yet: upload a hidden test set below.", icon=":material/emoji_events:")
@@ -37,21 +55,88 @@ def board() -> None:
     st.caption(f"Hidden test set: {sum(challenge.counts.values())} images of "
                f"{', '.join(f'{c} ({n})' for c, n in challenge.counts.items())}. Students enter a model from their "
                "Evaluate page; nobody sees these images.")
-    rows = [{"rank": k + 1, "student": e.student, "accuracy": e.accuracy, "strategy": e.strategy,
-             "training images": e.train_images,
-             **{f"recall · {c}": e.recall.get(c) for c in challenge.classes}}
-            for k, e in enumerate(challenge.leaderboard())]
-    if not rows:
+    if not challenge.entries:
         st.info("No entries yet.")
-        return
-    pct = st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1)
-    st.dataframe(rows, hide_index=True, key="teacher_board",
-                 column_config={"accuracy": pct, **{f"recall · {c}": pct for c in challenge.classes}})
+    elif projector:
+        st.table(board_rows(challenge, lambda v: "–" if v is None else f"{v:.0%}"))
+    else:
+        pct = st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1)
+        st.dataframe(board_rows(challenge, lambda v: v), hide_index=True, key="teacher_board",
+                     column_config={"accuracy": pct, **{f"recall · {c}": pct for c in challenge.classes}})
     st.caption("Look at the strategy and the number of training images beside each score: a pretrained backbone "
                "with a few images usually beats a network trained from scratch.")
 
 
+if projector:  # app.py draws no sidebar or step bar for it
+    st.html("<style>header, [data-testid='stToolbar'] {display: none !important}"
+            ".block-container {padding: 1rem 2rem !important; max-width: 100% !important}"
+            "[data-testid='stTable'] table {font-size: 1.5rem; width: 100%}"
+            "[data-testid='stMarkdownContainer'] p, [data-testid='stCaptionContainer'] {font-size: 1.3rem}"
+            "h3 {font-size: 2.2rem !important}</style>")
+    board()
+    st.page_link("pages/teacher.py", label="Back to the Teacher page", icon=":material/arrow_back:",
+                 query_params={"t": st.session_state["tls_teacher"]})
+    st.stop()
+
+a, b = st.columns([5, 1], vertical_alignment="bottom")
+a.title("Teacher")
+b.button("Log out", key="teacher_logout", on_click=log_out, icon=":material/logout:",
+         help="Forgets this tab's teacher link: the password is needed again.")
+
+# ----------------------------------------------------------------------------- how students join
+https = bool(st.get_option("server.sslCertFile"))
+join = tlcore.server_urls(st.get_option("server.port"), https, "?kit=1")
+with st.container(border=True):
+    text, qr = st.columns([3, 2], vertical_alignment="center")
+    text.markdown(f"### :material/group_add: Join the class\nOn your laptop, tablet or phone, open\n\n"
+                  f"## `{join[0]}`")
+    if len(join) > 1:
+        text.caption("Or, on another network of this machine: " + " · ".join(f"`{u}`" for u in join[1:]))
+    text.markdown(":material/photo_camera: The camera works only over **HTTPS** or on localhost: "
+                  + ("this server has a certificate; each browser accepts it once." if https else
+                     "start the server with a certificate (`python -m tlcore cert`, see the README) to use it."))
+    png = io.BytesIO()
+    segno.make(join[0], error="m").save(png, kind="png", scale=10, border=2)
+    qr.image(png.getvalue(), caption="Scan to join", width=320)
+
+# ----------------------------------------------------------------------------- the class kit
+kit = tlcore.current_kit()
+with st.expander("Class kit" + (f": {kit.name}" if kit else ""), icon=":material/inventory_2:", expanded=kit is None):
+    if kit:
+        st.markdown(f"Every student who joins gets their own copy of **{kit.name}**: "
+                    f"{', '.join(f'{c} ({n})' for c, n in kit.counts.items())}"
+                    + (f" · backbone {tlcore.get_backbone_spec(kit.backbone).title}" if kit.backbone else "")
+                    + (f" · {tlcore.STRATEGY_TITLES[kit.mode]}" if kit.mode else "") + ".")
+    explain("The data (and optionally the backbone and strategy) every student starts from: the join link and "
+            "the sidebar's *Start from the class kit* open a new project with a copy of it.")
+    samples = sorted(p.name for p in (ASSETS / "samples").iterdir() if p.is_dir())
+    backbones = tlcore.list_backbones(include_test=bool(os.environ.get("TLS_TEST_BACKBONES")))
+    with st.form("teacher_kit"):
+        source = st.selectbox("Data", [*samples, "a zip of my own"], key="teacher_kit_source",
+                              format_func=lambda s: s if s.startswith("a zip") else f"the {s} sample")
+        upload = st.file_uploader("Your zip (one folder per class)", type=["zip"], key="teacher_kit_zip")
+        c, d = st.columns(2)
+        backbone = c.selectbox("Backbone", [None, *(s.name for s in backbones)], key="teacher_kit_backbone",
+                               format_func=lambda n: "the students choose" if n is None else
+                               tlcore.get_backbone_spec(n).title)
+        mode = d.selectbox("Strategy", [None, *tlcore.STRATEGY_TITLES], key="teacher_kit_mode",
+                           format_func=lambda m: "the students choose" if m is None else tlcore.STRATEGY_TITLES[m])
+        if st.form_submit_button("Use as the class kit", type="primary", icon=":material/inventory_2:"):
+            try:
+                if source in samples:
+                    made = tlcore.create_kit(source, tlcore.folder_zip(ASSETS / "samples" / source), backbone, mode)
+                elif upload is None:
+                    raise tlcore.TLError("Choose the zip first.")
+                else:
+                    made = tlcore.create_kit(upload.name.removesuffix(".zip"), upload.getvalue(), backbone, mode)
+                st.success(f"The class kit is **{made.name}**: students who join now start from it.")
+            except tlcore.TLError as e:
+                st.error(str(e), icon=":material/error:")
+
+# ----------------------------------------------------------------------------- the challenge
 board()
+st.page_link("pages/teacher.py", label="Projector view of the leaderboard", icon=":material/fit_screen:",
+             query_params={"t": st.session_state["tls_teacher"], "board": "1"})
 
 with st.expander("New challenge", icon=":material/upload:", expanded=tlcore.current_challenge() is None):
     explain("A .zip with one folder per class of images the students never see (e.g. 10 photos per class). "
@@ -68,35 +153,42 @@ with st.expander("New challenge", icon=":material/upload:", expanded=tlcore.curr
             except tlcore.TLError as e:
                 st.error(str(e), icon=":material/error:")
 
+# ----------------------------------------------------------------------------- the class's progress
+stuck_min = st.number_input("Flag students without images after (minutes)", 1, 90, 5, key="teacher_stuck_min")
+
+
 @st.fragment(run_every=3.0)
 def projects() -> None:
-    """Every project with images on this server, refreshed every 3 s: best run, runs training or queued."""
+    """Every project on this server, refreshed every 3 s: each student's progress, then runs to stop."""
     live = [p for p in (PROJECTS.get(n) for n in PROJECTS.live()) if p is not None]
-    shown = [p for p in live if len(p.images) or p.runs]
-    st.subheader("Projects on this server")
-    if not shown:
-        st.info("No student has added images yet.")
-    if len(live) > len(shown):
-        st.caption(f"…and {len(live) - len(shown)} open project(s) with nothing in them yet.")
+    challenge = tlcore.current_challenge()
+    entered = {e.project for e in challenge.entries} if challenge else set()
+    st.subheader("Class progress")
+    rows = tlcore.class_progress(live, entered, stuck_min * 60)
+    st.dataframe([{"student": r.student, "step": r.step, "images": r.images, "runs": r.runs,
+                   "best accuracy": r.best_accuracy,
+                   "needs help": f"no images after {stuck_min} min" if r.idle else ""} for r in rows],
+                 hide_index=True, key="teacher_progress",
+                 column_config={"best accuracy": st.column_config.NumberColumn(format="percent")})
     limits = tlcore.Limits.from_env()
-    for proj in shown:
+    for proj in (p for p in live if len(p.images) or p.runs):
         finished = [r for r in proj.finished_runs() if r.result.val_accuracy is not None]
         best = max(finished, key=lambda r: r.result.val_accuracy, default=None)
         counts = proj.images.counts()
         with st.container(border=True):
             a, b = st.columns([3, 2])
-            a.markdown(f"**{proj.name}** · {len(counts)} classes, {sum(counts.values())} images"
+            a.markdown(f"**{proj.student or proj.name}** · {len(counts)} classes, {sum(counts.values())} images"
                        + (f" ({', '.join(f'{c}: {n}' for c, n in counts.items())})" if counts else ""))
             b.markdown("best: " + (f"{best.label} · **{best.result.val_accuracy:.0%}**" if best else "no model yet"))
             st.caption(f"Uses {len(proj.images)} of {limits.images_per_project:,} images · "
                        f"{tlcore.folder_mb(proj.folder):,.0f} of {limits.project_mb:,} MB · "
                        f"{len(proj.active_runs())} of {limits.queued_runs} runs queued or training · "
-                       f"{len(proj.runs)} runs in all (limits: README, *Settings*)")
+                       f"{len(proj.runs)} runs in all (limits: README, *Settings*) · project {proj.name}")
             for r in proj.active_runs():
                 c, d = st.columns([4, 1], vertical_alignment="center")
                 c.caption(f"{r.label}: {describe_snapshot(r.job.snapshot())[1]}")
-                d.button("Stop", key=f"teacher_stop_{proj.name}_{r.id}", on_click=r.job.stop, args=("by the teacher",), icon=":material/stop:",
-                         help="Stops this run (its best epoch is kept) to free the server for others.")
+                d.button("Stop", key=f"teacher_stop_{proj.name}_{r.id}", on_click=r.job.stop, args=("by the teacher",),
+                         icon=":material/stop:", help="Stops this run (its best epoch is kept) to free the server for others.")
 
 
 projects()

@@ -83,8 +83,9 @@ class ClassKit:
         """Give ``project`` its own copy of the kit: the images (replacing any), the backbone, the strategy."""
         kit = self.images()
         project.images = ImageSet(kit.items, (), kit.classes)
-        if self.backbone:
+        if self.backbone:  # as the Backbone page sets it
             project.backbone = self.backbone
+            project.settings = dataclasses.replace(project.settings, backbone=self.backbone, freeze_depth=None)
         if self.mode:
             project.settings = dataclasses.replace(project.settings, mode=self.mode)
         project.save()

@@ -33,11 +33,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(**env_extra: str):
+def start_app(address: str = "127.0.0.1", **env_extra: str):
+    """Streamlit on a free port, listening on ``address`` (0.0.0.0: also on this machine's network address,
+    as in a classroom); returns the process, its local URL and its home folder."""
     port = _free_port()
     env = {**os.environ, "TLS_HOME": tempfile.mkdtemp(prefix="tls-browser-"), "TLS_TEST_BACKBONES": "1", **env_extra}
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true",
-                             "--server.address=127.0.0.1", f"--server.port={port}",
+                             f"--server.address={address}", f"--server.port={port}",
                              "--browser.gatherUsageStats=false"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     https = "STREAMLIT_SERVER_SSL_CERT_FILE" in env_extra

@@ -50,7 +50,8 @@ def test_a_class_kit_gives_each_project_its_own_copy_and_survives_a_restart():
     a.images.remove(0)
     assert len(a.images) == 199 and len(b.images) == 200 and len(kit.images()) == 200  # copies, not one set
     again = Project.open(b.name)
-    assert (again.backbone, again.settings.mode, len(again.images)) == ("tiny-test", "fine-tune", 200)
+    assert (again.backbone, again.settings.backbone, again.settings.mode, len(again.images)) == \
+        ("tiny-test", "tiny-test", "fine-tune", 200)
 
 
 def test_a_kit_needs_two_classes_and_a_known_strategy():
