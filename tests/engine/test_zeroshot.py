@@ -96,3 +96,32 @@ def test_without_the_sentence_model_names_match_by_words(monkeypatch):
     m = suggest_mapping(["cats", "Coffee", "7"])
     assert "tiger cat" in m["cats"] and "coffee mug" in m["Coffee"] and m["7"] == []
     assert zeroshot.mapping_method() == "word overlap"
+
+
+def test_a_general_name_reaches_every_imagenet_class_under_it():
+    """Issue 21: "bird" suggested birdhouse and "fish" starfish (names that look alike); ImageNet's classes are
+    WordNet synsets, and a general name now maps to the classes under it (tlcore/imagenet_groups.json)."""
+    m = suggest_mapping(["bird", "Fish", "dogs", "mushroom"])
+    assert "birdhouse" not in m["bird"] and {"ostrich", "goldfinch", "bald eagle", "king penguin", "black swan"} <= set(m["bird"])
+    assert len(m["bird"]) == 59 and "starfish" not in m["Fish"] and {"goldfish", "tench", "puffer", "eel"} <= set(m["Fish"])
+    assert len(m["dogs"]) == 118 and "dogsled" not in m["dogs"]
+    assert {"agaric", "bolete", "mushroom"} <= set(m["mushroom"])
+
+
+def test_the_groups_are_wordnet_synsets_over_their_imagenet_classes():
+    """Every group's synset exists (timm's lemma table of 21,843 synsets) and names the group; ranges are
+    ImageNet-1k indices, and the names a class is matched on belong to one group only."""
+    import json
+    from pathlib import Path
+
+    import timm
+
+    lemmas = dict(line.rstrip("\n").split("\t", 1) for line in
+                  (Path(timm.__file__).parent / "data/_info/imagenet_synset_to_lemma.txt").open())
+    groups = json.loads((ROOT / "tlcore/imagenet_groups.json").read_text())["groups"]
+    names = [n for g in groups.values() for n in g["names"]]
+    assert len(names) == len(set(names))
+    for title, g in groups.items():
+        found = " ".join(lemmas[s] for s in g["wordnet"])
+        assert any(w in found for w in title.replace(" or ", " ").split() if w != "big") or title == "mushroom", (title, found)
+        assert all(0 <= lo <= hi < 1000 for lo, hi in g["ranges"])
