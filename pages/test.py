@@ -89,7 +89,7 @@ for name, data in files[:24]:
         a, b, c = st.columns([1, 1, 1.4])
         a.image(image, caption=name, width=240)
         if show_cam:
-            b.image(overlay, caption="Grad-CAM: red = looked here", width=240)
+            b.image(overlay, caption="Grad-CAM: red = looked here; dimmed = cut off, never seen by the model", width=240)
         probs = pred.probabilities
         fig = go.Figure(go.Bar(x=list(probs.values())[::-1], y=list(probs)[::-1], orientation="h",
                                text=[f"{v:.0%}" for v in list(probs.values())[::-1]]))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from .backbones import Preprocess, frozen_body, get_backbone_spec, imagenet_categories
 from .data import ImageSet, image_to_tensor, preprocess_pixels, tensor_to_image
@@ -263,12 +263,35 @@ def imagenet_top(backbone: str, image: Image.Image, k: int = 5) -> list[tuple[st
     return [(names[i], v) for i, v in zip(indices.tolist(), values.tolist())]
 
 
-def overlay_cam(image: Image.Image, cam: np.ndarray, pre: Preprocess, alpha: float = 0.45) -> Image.Image:
-    """The centre crop the model saw, with the Grad-CAM map laid over it (red = looked here)."""
-    crop = tensor_to_image(prepare([image], pre)[0])
+def crop_box(size: tuple[int, int], pre: Preprocess) -> tuple[int, int, int, int]:
+    """Where the centre crop the model sees lies in an image of ``size`` (width, height): (left, top, right,
+    bottom). ``preprocess_pixels`` scales the shorter side to ``resize_size`` and keeps the centre
+    ``input_size`` square (a strip's long side is first cut to twice the short one, about the same centre)."""
+    w, h = size
+    side = min(w, h) * pre.input_size / pre.resize_size
+    left, top = (w - side) / 2, (h - side) / 2
+    return round(left), round(top), round(left + side), round(top + side)
+
+
+def overlay_cam(image: Image.Image, cam: np.ndarray, pre: Preprocess, alpha: float = 0.45,
+                max_side: int = 480, dim: float = 0.35) -> Image.Image:
+    """The whole image with the Grad-CAM map laid over the centre crop the model saw (red = looked here). What
+    the crop cut off (a long fish's head and tail) is dimmed and the crop outlined: the model never saw it."""
+    img = image.convert("RGB")
+    scale = min(1.0, max_side / max(img.size))
+    if scale < 1.0:
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BICUBIC)
+    left, top, right, bottom = crop_box(img.size, pre)
+    cam = np.asarray(Image.fromarray(cam.astype(np.float32), mode="F").resize((right - left, bottom - top),
+                                                                                 Image.BILINEAR)).clip(0, 1)
     heat = np.zeros((*cam.shape, 3), dtype=np.float32)
     heat[..., 0] = np.clip(cam * 2.0, 0, 1)  # red rises first, then yellow for the strongest areas
     heat[..., 1] = np.clip(cam * 2.0 - 1.0, 0, 1)
-    base = np.asarray(crop, dtype=np.float32) / 255.0
+    base = np.asarray(img, dtype=np.float32) / 255.0
+    out = base * dim  # unseen: dimmed
     weight = alpha * cam[..., None]
-    return Image.fromarray(((base * (1 - weight) + heat * weight) * 255).astype(np.uint8))
+    out[top:bottom, left:right] = base[top:bottom, left:right] * (1 - weight) + heat * weight
+    picture = Image.fromarray((out * 255).astype(np.uint8))
+    if (left, top, right, bottom) != (0, 0, *img.size):
+        ImageDraw.Draw(picture).rectangle((left, top, right - 1, bottom - 1), outline=(255, 255, 255), width=2)
+    return picture

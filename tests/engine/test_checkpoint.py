@@ -123,7 +123,29 @@ def test_predict_and_grad_cam(trained):
     assert list(pred.probabilities.values()) == sorted(pred.probabilities.values(), reverse=True)
     cam = tlcore.grad_cam(r.model, image, pre)
     assert cam.shape == (32, 32) and 0 <= cam.min() and cam.max() <= 1
-    assert tlcore.overlay_cam(image, cam, pre).size == (32, 32)
+    assert tlcore.overlay_cam(image, cam, pre).size == image.size  # the whole image, not the crop
+
+
+def test_grad_cam_is_shown_over_the_whole_image_with_the_unseen_parts_dimmed():
+    """Issue 21: Grad-CAM was drawn on the centre crop, so a long fish lost head and tail without the user
+    seeing that the model never saw them. The map covers the crop's place in the whole image; the rest is dimmed."""
+    import numpy as np
+    from PIL import Image
+
+    from tlcore.evaluate import crop_box
+
+    pre = tlcore.get_backbone_spec("efficientnet_lite0").preprocess  # 256 px shorter side, 224 px crop
+    fish = Image.fromarray(np.full((100, 300, 3), 200, np.uint8))  # a long, flat picture
+    cam = np.zeros((pre.input_size, pre.input_size), np.float32)
+    cam[100:120, 100:120] = 1.0  # looked at the middle only
+    out = np.asarray(tlcore.overlay_cam(fish, cam, pre)).astype(int)
+    left, top, right, bottom = crop_box(fish.size, pre)
+    assert out.shape == (100, 300, 3) and (right - left, bottom - top) == (88, 88) and (left, top) == (106, 6)
+    assert (out[50, 5] < 100).all() and (out[50, 295] < 100).all()  # head and tail: dimmed, not lost
+    assert (out[3, 150] < 100).all()  # the top strip the crop also cut off
+    assert (out[50, 120] == 200).all()  # inside the crop where it did not look: as it is
+    assert out[50, 150, 0] > out[50, 150, 2]  # where it looked: red
+    assert (out[50, left] == 255).all()  # the crop outlined
 
 
 def test_grad_cam_on_a_transformer_and_a_real_cnn():
