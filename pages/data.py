@@ -167,6 +167,17 @@ if report_ := st.session_state.get("data_last_report"):
             if len(rejected) > 100:
                 st.caption(f"…and {len(rejected) - 100} more.")
 
+undo = st.session_state.get("data_undo")  # the last removal, until it is undone or another comes
+if undo and undo[0] == proj.name:
+    _, label, removed = undo
+    u1, u2 = st.columns([4, 1], vertical_alignment="center")
+    u1.info(f"Removed {len(removed)} image{'s' * (len(removed) != 1)} from '{label}'.", icon=":material/delete:")
+    if u2.button("Undo", key="data_undo_go", icon=":material/undo:"):
+        images.restore(removed)
+        proj.save()
+        st.session_state.pop("data_undo")
+        st.rerun()
+
 if not images.classes:
     st.info("No classes yet: load a sample above, upload a zip, or add a class.", icon=":material/info:")
     st.stop()
@@ -199,12 +210,14 @@ for k, label in enumerate(images.classes):
         items = [i for i in images.items if i.label == label]
         if items:
             shown = items[:48]
-            st.image([thumbnail(i, 72) for i in shown], caption=[Path(i.name).name[:12] for i in shown], width=72)
-            if len(items) > len(shown):
-                st.caption(f"…and {len(items) - len(shown)} more.")
-            with st.expander("Remove or move images", icon=":material/drive_file_move:"):
-                names = {i.digest: i.name for i in items}
-                picked = st.multiselect("Images", list(names), format_func=names.get, key=f"data_pick_{k}")
+            if not st.toggle("Pick images to remove or move", key=f"data_picking_{k}"):
+                st.image([thumbnail(i, 72) for i in shown], caption=[Path(i.name).name[:12] for i in shown], width=72)
+            else:  # each thumbnail with its own tick box: pick what you see, not a file name
+                grid = st.columns(8)
+                for n, item in enumerate(shown):
+                    grid[n % 8].image(thumbnail(item, 72), width=72)
+                    grid[n % 8].checkbox(Path(item.name).name[:10], key=f"data_pick_{k}_{item.digest[:12]}")
+                picked = [i.digest for i in shown if st.session_state.get(f"data_pick_{k}_{i.digest[:12]}")]
                 m1, m2, m3 = st.columns([2, 1, 1], vertical_alignment="bottom")
                 others = [c for c in images.classes if c != label]
                 to = m1.selectbox("Move to class", others, key=f"data_move_to_{k}") if others else None
@@ -214,10 +227,13 @@ for k, label in enumerate(images.classes):
                     edited()
                     st.rerun()
                 if m3.button("Remove", key=f"data_remove_{k}", disabled=not picked):
+                    st.session_state["data_undo"] = (proj.name, label, [i for i in items if i.digest in set(picked)])
                     images.discard(picked)
                     proj.save()
                     edited()
                     st.rerun()
+            if len(items) > len(shown):
+                st.caption(f"…and {len(items) - len(shown)} more.")
         else:
             st.caption("No images yet.")
 

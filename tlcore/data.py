@@ -423,6 +423,18 @@ class ImageSet:
         return before - len(self.items)
 
     @_locked
+    def restore(self, items: Iterable[ImageItem]) -> int:
+        """Put removed images back (Undo), their classes too if those went meanwhile; returns how many came back."""
+        have = {i.digest for i in self.items}
+        back = [i for i in items if i.digest not in have]
+        for label in dict.fromkeys(i.label for i in back):
+            if label not in self._classes:
+                self._classes.append(label)
+        self.items.extend(back)
+        self._stacks.clear()
+        return len(back)
+
+    @_locked
     def move(self, digests: Iterable[str], label: str) -> int:
         """Put the images with these digests into class ``label``; returns how many moved."""
         if label not in self._classes:

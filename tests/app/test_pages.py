@@ -342,6 +342,22 @@ def test_a_sample_asks_before_replacing_classes_that_have_no_images_yet():
     assert not at.exception and "0 · 40 images" in texts(at.markdown) and "carrot" not in texts(at.markdown)
 
 
+def test_images_are_picked_by_their_thumbnails_and_a_removal_can_be_undone():
+    """Issue 21: images were picked by file name, and a removal had neither confirmation nor undo."""
+    at = with_sample(new_app())  # digits, 40 per class
+    at.toggle(key="data_picking_0").set_value(True).run()
+    boxes = [c for c in at.checkbox if str(c.key).startswith("data_pick_0_")]
+    assert len(boxes) == 40 and len(at.image) >= 40  # one tick box under each thumbnail
+    boxes[0].check()
+    boxes[1].check()
+    at.run()
+    at.button(key="data_remove_0").click().run()
+    assert "0 · 38 images" in texts(at.markdown) and "Removed 2 images from '0'" in texts(at.info)
+    at.button(key="data_undo_go").click().run()
+    assert not at.exception and "0 · 40 images" in texts(at.markdown) and "Removed 2" not in texts(at.info)
+    assert at.session_state["tls_project"].images.counts()["0"] == 40
+
+
 def frame_message(seq: int, digit: str = "1", **extra) -> dict:
     """What the live camera component sends: a JPEG frame as a data URL."""
     import base64
