@@ -38,7 +38,10 @@ def measure(per_photo: int = 12, hierarchy: bool = True) -> dict:
     preds = tlcore.predict(model, images, classes, tlcore.get_backbone_spec(backbone).preprocess)
     right = sum(p.label == y for p, y in zip(preds, labels))
     per_class = {c: sum(p.label == y for p, y in zip(preds, labels) if y == c) for c in classes}
+    true_p = {c: round(sum(p.probabilities[y] for p, y in zip(preds, labels) if y == c) / labels.count(c), 3)
+              for c in classes}  # how sure of the right class, on average
     return {"hierarchy": hierarchy, "right": right, "of": len(images), "accuracy": round(right / len(images), 3),
+            "mean_probability_of_the_true_class": true_p,
             "per_class": per_class, "mapping": {c: mapping[c][:6] + (["…"] if len(mapping[c]) > 6 else []) for c in classes}}
 
 
