@@ -1,0 +1,119 @@
+"""A lesson in real browsers: the teacher sets a class kit and a challenge; three students join from the address
+the Teacher page shows, give their names, train and enter; the teacher follows them and puts the board on a
+1024x768 projector (whole board in view, a reload needs no password)."""
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.browser.test_main_flow import (CHROMIUM, SHOTS, browser, pytestmark, shot, start_app,  # noqa: F401
+                                          stop_app)
+from tests.engine.test_challenge import hidden_zip
+
+STUDENTS = ("Ada", "Bea", "Chen")
+
+
+def tried(action) -> bool:
+    try:
+        action()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="module")
+def server():
+    proc, url, _ = start_app(address="0.0.0.0", TLS_TEACHER_PASSWORD="class-2b")  # reachable on the network
+    yield url
+    stop_app(proc)
+
+
+def test_a_lesson_from_join_link_to_projector(server, browser, tmp_path):
+    hidden = tmp_path / "hidden.zip"
+    hidden.write_bytes(hidden_zip(("0", "1")))
+    teacher = browser.new_page(viewport={"width": 1400, "height": 1000})
+    teacher.set_default_timeout(90_000)
+    teacher.goto(server + "/teacher")
+    for _ in range(3):  # a busy server's first session may redraw the form under the click: try again
+        teacher.get_by_label("Teacher password").fill("class-2b")
+        teacher.get_by_role("button", name="Open").click()
+        if tried(lambda: teacher.get_by_text("Join the class").wait_for(timeout=20_000)):
+            break
+    backbone = teacher.locator("[data-testid='stSelectbox']").filter(has_text="Backbone").locator("input")
+    for _ in range(3):  # the open list can close under a redraw of the page's live parts
+        backbone.click()
+        if tried(lambda: teacher.get_by_role("option", name="Tiny test net").click(timeout=10_000)):
+            break
+    expect(backbone).to_have_value("Tiny test net")
+    teacher.get_by_role("button", name="Use as the class kit").click()
+    teacher.get_by_text("students who join now start from it").wait_for()
+    teacher.get_by_label("Challenge name").fill("Zero or one?")
+    uploader = teacher.locator("[data-testid='stFileUploader']").filter(has_text="Hidden test set")
+    uploader.locator("input[type=file]").set_input_files(str(hidden))
+    uploader.get_by_text("hidden.zip").wait_for()  # uploaded before the form is sent
+    teacher.get_by_role("button", name="Start the challenge").click()
+    try:
+        teacher.get_by_text("is open").wait_for()
+    except Exception:
+        shot(teacher, "lesson-failed-challenge")
+        raise
+    join = teacher.locator("code", has_text="?kit=1").first.inner_text().strip()
+    assert join.startswith("http://") and "127.0.0.1" not in join and "localhost" not in join
+    assert join.split("//")[1].split("/")[0].endswith(":" + server.rsplit(":", 1)[1])  # the server's real port
+    teacher.locator("[data-testid='stImage'] img").first.wait_for()  # the QR code
+    teacher.get_by_text("Join the class").scroll_into_view_if_needed()
+    shot(teacher, "lesson-1-teacher-join")
+
+    students = []
+    for name in STUDENTS:  # each on their own device: a fresh browser context, from the address shown
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        pg = context.new_page()
+        pg.set_default_timeout(120_000)
+        pg.goto(join)
+        pg.get_by_text("Type your name in the sidebar").wait_for()
+        box = pg.get_by_label("Your name", exact=True)
+        box.fill(name)
+        box.press("Enter")
+        pg.get_by_text("Type your name in the sidebar").wait_for(state="detached")
+        students.append((name, context, pg))
+    for name in STUDENTS:
+        teacher.get_by_text(f"{name} · 5 classes, 200 images").wait_for()  # named, with the kit's images
+    shot(teacher, "lesson-2-teacher-progress")
+
+    for name, _, pg in students:
+        pg.get_by_role("link", name="Train").first.click()
+        pg.get_by_role("button", name="Start training").click()
+    for name, _, pg in students:
+        try:
+            pg.get_by_text("the best epoch", exact=False).first.wait_for(timeout=400_000)  # a busy machine
+        except Exception:
+            shot(pg, f"lesson-failed-train-{name}")
+            raise
+        pg.get_by_role("link", name="Evaluate").first.click()
+        expect(pg.get_by_label("Your name on the leaderboard")).to_have_value(name, timeout=90_000)  # given once
+        pg.get_by_role("button", name="Enter this model").click()
+        pg.get_by_text("Rank ", exact=False).first.wait_for()
+    progress = teacher.locator("[data-testid='stDataFrame']").filter(has_text="needs help")
+    for name in STUDENTS:  # by name, each on the last step (the grid's accessible cells)
+        progress.locator("[role='gridcell']", has_text=name).first.wait_for(state="attached")
+    expect(progress.locator("[role='gridcell']", has_text="Challenge")).to_have_count(3, timeout=30_000)
+    progress.scroll_into_view_if_needed()
+    shot(teacher, "lesson-3-teacher-after")
+
+    href = teacher.get_by_role("link", name="Projector view of the leaderboard").get_attribute("href")
+    projector = browser.new_page(viewport={"width": 1024, "height": 768})
+    projector.set_default_timeout(90_000)
+    projector.goto(href if href.startswith("http") else server + "/" + href.lstrip("/"))
+    for attempt in ("first", "after a reload"):  # the teacher's link: no password on a reload
+        table = projector.locator("[data-testid='stTable']")
+        for name in STUDENTS:
+            table.get_by_text(name, exact=True).wait_for()
+        projector.wait_for_timeout(800)
+        box = table.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 1024 and box["y"] + box["height"] <= 768, (attempt, box)
+        assert not projector.locator("[data-testid='stSidebar']").is_visible()
+        assert projector.get_by_label("Teacher password").count() == 0
+        projector.screenshot(path=str(SHOTS / f"lesson-4-projector-{attempt.split()[0]}.png"))
+        projector.reload()
+    for _, context, _ in students:
+        context.close()
