@@ -1,0 +1,43 @@
+"""Train and validation keep one colour each in the Train page's curves, live and finished, as the browser
+draws them under Streamlit's theme (issue 21: validation was red in Loss and light blue in Accuracy while
+training, light blue was "train" in Loss, and the colours swapped when the run ended)."""
+from __future__ import annotations
+
+from tests.browser.test_main_flow import SHOTS, browser, pytestmark, start_app, start_long_training, stop_app  # noqa: F401
+
+# each chart's title and its drawn lines (name -> colour), as plotly.js resolved them
+DRAWN = """() => Object.fromEntries([...document.querySelectorAll('.js-plotly-plot')].map(gd => [
+  gd._fullLayout.title.text.replace(/<[^>]+>/g, ''), Object.fromEntries(gd._fullData.map(t => [t.name, t.line && t.line.color]))]))"""
+
+
+def _curves(pg) -> dict:
+    pg.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')].some(gd => gd._fullData && "
+                         "gd._fullData.some(t => t.name === 'validation'))", timeout=120_000)
+    charts = pg.evaluate(DRAWN)
+    return {title: lines for title, lines in charts.items() if title in ("Loss", "Accuracy")}
+
+
+def test_train_and_validation_keep_their_colours_live_and_finished(browser):  # noqa: F811
+    proc, url, _ = start_app()
+    try:
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.set_default_timeout(60_000)
+        start_long_training(pg, url)
+        live = _curves(pg)
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        pg.screenshot(path=str(SHOTS / "4-train-live-curves.png"), full_page=True)
+        pg.get_by_role("button", name="Stop", exact=True).click()
+        pg.get_by_text("Stopped by the user").first.wait_for(timeout=60_000)
+        finished = _curves(pg)
+        pg.screenshot(path=str(SHOTS / "4-train-finished-curves.png"), full_page=True)
+        pg.close()
+    finally:
+        stop_app(proc)
+    assert set(live) == {"Loss", "Accuracy"} and set(finished) == {"Loss", "Accuracy"}, (live, finished)
+    colours = {}
+    for charts in (live, finished):
+        for lines in charts.values():
+            for name in ("train", "validation"):
+                colours.setdefault(name, set()).add(lines[name])
+    assert len(colours["train"]) == 1 and len(colours["validation"]) == 1, (live, finished)
+    assert colours["train"] != colours["validation"]
