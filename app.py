@@ -16,7 +16,7 @@ if not read_only():
 # Streamlit would otherwise list the raw pages/ files for as long as the first run takes.)
 page = st.navigation(pages, position="hidden")
 st.session_state["_page"] = page.url_path
-if page.url_path == "teacher" and st.query_params.get("board"):  # the projector view: the board alone
+if page.url_path == "teacher" and tlcore.board_key_ok(st.query_params.get("board")):  # the projector: the board alone
     page.run()
     st.stop()
 kit = None if read_only() else tlcore.current_kit()

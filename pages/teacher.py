@@ -11,24 +11,12 @@ from tlcore import PROJECTS
 
 project()  # a deep link to /teacher on a freshly started server runs this page alone: app.py takes over
 password = os.environ.get("TLS_TEACHER_PASSWORD", "")
-projector = bool(st.query_params.get("board"))
+projector = tlcore.board_key_ok(st.query_params.get("board"))  # the projector's own key: the board, nothing else
 if not password:
     st.title("Teacher")
     st.info("The teacher page is off. To turn it on, start the server with a password, e.g. "
             "`TLS_TEACHER_PASSWORD=choose-one streamlit run app.py`, then open this page and type it.",
             icon=":material/lock:")
-    st.stop()
-if not tlcore.teacher_key_ok(st.session_state.get("tls_teacher")) and tlcore.teacher_key_ok(st.query_params.get("t")):
-    st.session_state["tls_teacher"] = st.query_params["t"]  # the teacher's own link: a reload needs no password
-if not tlcore.teacher_key_ok(st.session_state.get("tls_teacher")):
-    st.title("Teacher")
-    with st.form("teacher_login"):
-        typed = st.text_input("Teacher password", type="password", key="teacher_password")
-        if st.form_submit_button("Open", icon=":material/lock_open:"):
-            if key := tlcore.teacher_login(typed, password):
-                st.session_state["tls_teacher"] = st.query_params["t"] = key
-                st.rerun()
-            st.error("That is not the teacher password.")
     st.stop()
 
 
@@ -74,8 +62,20 @@ if projector:  # app.py draws no sidebar or step bar for it
             "[data-testid='stMarkdownContainer'] p, [data-testid='stCaptionContainer'] {font-size: 1.3rem}"
             "h3 {font-size: 2.2rem !important}</style>")
     board()
-    st.page_link("pages/teacher.py", label="Back to the Teacher page", icon=":material/arrow_back:",
-                 query_params={"t": st.session_state["tls_teacher"]})
+    st.page_link("pages/teacher.py", label="Back to the Teacher page", icon=":material/arrow_back:")
+    st.stop()
+
+if not tlcore.teacher_key_ok(st.session_state.get("tls_teacher")) and tlcore.teacher_key_ok(st.query_params.get("t")):
+    st.session_state["tls_teacher"] = st.query_params["t"]  # the teacher's own link: a reload needs no password
+if not tlcore.teacher_key_ok(st.session_state.get("tls_teacher")):
+    st.title("Teacher")
+    with st.form("teacher_login"):
+        typed = st.text_input("Teacher password", type="password", key="teacher_password")
+        if st.form_submit_button("Open", icon=":material/lock_open:"):
+            if key := tlcore.teacher_login(typed, password):
+                st.session_state["tls_teacher"] = st.query_params["t"] = key
+                st.rerun()
+            st.error("That is not the teacher password.")
     st.stop()
 
 a, b = st.columns([5, 1], vertical_alignment="bottom")
@@ -136,7 +136,8 @@ with st.expander("Class kit" + (f": {kit.name}" if kit else ""), icon=":material
 # ----------------------------------------------------------------------------- the challenge
 board()
 st.page_link("pages/teacher.py", label="Projector view of the leaderboard", icon=":material/fit_screen:",
-             query_params={"t": st.session_state["tls_teacher"], "board": "1"})
+             query_params={"board": tlcore.board_key()},
+             help="The leaderboard alone, large, for the projector. Its address opens the board only, never this page.")
 
 with st.expander("New challenge", icon=":material/upload:", expanded=tlcore.current_challenge() is None):
     explain("A .zip with one folder per class of images the students never see (e.g. 10 photos per class). "

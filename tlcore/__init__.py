@@ -46,7 +46,7 @@ from .project import (PROJECTS, Project, RunRecord, describe, embedding_map, exp
                       model_card, run_archive, validation_report)
 from .challenge import Challenge, Entry, create_challenge, current_challenge
 from .lesson import (ClassKit, StudentProgress, class_progress, create_kit, current_kit, folder_zip, lan_addresses,
-                     server_urls, teacher_key_ok, teacher_login, teacher_logout)
+                     server_urls, teacher_key_ok, teacher_login, teacher_logout, board_key, board_key_ok)
 from .report import USAGE, report_html
 from .charts import SERIES_COLOURS, training_figures
 from .webexport import WebExport, export_web, lan_url, publish_web
@@ -76,7 +76,7 @@ __all__ = [
     "Challenge", "Entry", "create_challenge", "current_challenge",
     # running a lesson: addresses for students, the class kit, the class's progress, teacher links
     "ClassKit", "StudentProgress", "class_progress", "create_kit", "current_kit", "folder_zip", "lan_addresses",
-    "server_urls", "teacher_key_ok", "teacher_login", "teacher_logout",
+    "server_urls", "teacher_key_ok", "teacher_login", "teacher_logout", "board_key", "board_key_ok",
     # the stakeholder report
     "USAGE", "report_html",
     # the training curves (one colour per series, in the app and the report)

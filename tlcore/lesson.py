@@ -183,3 +183,16 @@ def teacher_key_ok(key: str | None) -> bool:
 
 def teacher_logout(key: str | None) -> None:
     _TEACHER_KEYS.discard(key or "")
+
+
+_BOARD_KEY = secrets.token_urlsafe(12)
+
+
+def board_key() -> str:
+    """The projector view's key (one per server run): it opens the leaderboard alone, what the room sees
+    anyway, never the Teacher page. The projector's address bar, in every student's view, gives nothing away."""
+    return _BOARD_KEY
+
+
+def board_key_ok(key: str | None) -> bool:
+    return bool(key) and hmac.compare_digest(str(key).encode(), _BOARD_KEY.encode())

@@ -87,7 +87,7 @@ def test_the_projector_view_shows_only_the_board_as_a_large_table(teacher):
     proj, record = trained("projector-student")
     challenge.enter(proj, record, "Ada")
     board = new_app()
-    board.query_params.update({"t": link_key(teacher, "t"), "board": "1"})
+    board.query_params.update({"board": tlcore.board_key()})  # the projector's own key: no teacher key in sight
     board.switch_page("pages/teacher.py").run()
     assert not board.exception
     table = board.table[0].value
@@ -96,3 +96,8 @@ def test_the_projector_view_shows_only_the_board_as_a_large_table(teacher):
     assert not board.sidebar.children  # no sidebar, and of the step bar's links none: only the way back
     assert [link.proto.label for link in board.get("page_link")] == ["Back to the Teacher page"]
     assert "Join the class" not in texts(board.markdown)
+    guess = new_app()  # the board's key opens nothing else, and a made-up one not even the board
+    guess.query_params.update({"board": "1"})
+    guess.switch_page("pages/teacher.py").run()
+    assert not guess.table and guess.get("form")  # the password form
+    assert tlcore.board_key() not in link_key(teacher, "t")

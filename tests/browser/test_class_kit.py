@@ -104,7 +104,8 @@ def test_a_lesson_from_join_link_to_projector(server, browser, tmp_path):
     projector = browser.new_page(viewport={"width": 1024, "height": 768})
     projector.set_default_timeout(90_000)
     projector.goto(href if href.startswith("http") else server + "/" + href.lstrip("/"))
-    for attempt in ("first", "after a reload"):  # the teacher's link: no password on a reload
+    assert "t=" not in href  # the projector's address holds the board's key, not the teacher's
+    for attempt in ("first", "after a reload"):  # its own key: no password on a reload
         table = projector.locator("[data-testid='stTable']")
         for name in STUDENTS:
             table.get_by_text(name, exact=True).wait_for()
