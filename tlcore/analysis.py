@@ -69,7 +69,7 @@ def compute(task: Task, images: ImageSet, config: TrainConfig, should_stop: Call
 def run_analysis(spec, should_stop: Callable[[], bool], emit: Callable[[Event], None]) -> None:
     """In a worker: compute ``spec.task`` on ``spec.images`` and write the result into ``spec.folder``; events
     (``Progress``, then ``RunFinished``) go to ``emit``. Never raises."""
-    from .checkpoint import atomic_write
+    from .storage import atomic_write
 
     try:
         result = drive(compute(spec.task, spec.images, spec.config, should_stop), emit)

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .errors import TLError, WeightsUnavailableError
+from .storage import atomic_write
 
 ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total; 0 when unknown)
 Availability = Literal["bundled", "cached", "download"]
@@ -226,11 +227,8 @@ def ensure_weights(spec: BackboneSpec, progress: ProgressFn | None = None, timeo
     mirror = os.environ.get(MIRROR_ENV)
     if mirror:
         url = mirror.rstrip("/") + "/" + os.path.basename(url)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".partial")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+    def fetch(tmp: str) -> None:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             total = int(resp.headers.get("Content-Length") or 0)
             done = 0
             while chunk := resp.read(1 << 16):
@@ -238,18 +236,18 @@ def ensure_weights(spec: BackboneSpec, progress: ProgressFn | None = None, timeo
                 done += len(chunk)
                 if progress:
                     progress(done, total)
-        if not _digest_fits(tmp, path.name):
+        if not _digest_fits(Path(tmp), path.name):
             raise WeightsUnavailableError(
                 f"The download of {path.name} from {url} is corrupt (checksum mismatch). Try again, "
                 f"or import the file with 'Import weights'.")
-        os.replace(tmp, path)
+
+    try:
+        atomic_write(path, fetch)
     except OSError as e:
         raise WeightsUnavailableError(
             f"Could not download the weights of {spec.title} from {url} ({e}). This machine may be "
             f"offline: use a bundled backbone such as EfficientNet-Lite0, or import the weights "
             f"file {path.name} if you have it.") from e
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -281,14 +279,7 @@ def import_weights(spec: BackboneSpec, file: Path) -> Path:
                       f"Copy the original file, unchanged.")
     body = spec.build()
     _load_into(spec, body, _read_state_dict(file))  # raises with a clear message if it does not fit
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".partial")
-    os.close(fd)
-    try:
-        shutil.copyfile(file, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: shutil.copyfile(file, tmp))
     _pretrained_state.cache_clear()
     return path
 
@@ -584,9 +575,7 @@ def _tiny_weights_file() -> Path:
         body = _tiny_body()
         sd = {f"{k}": v for k, v in body.net.state_dict().items()}
         sd.update({f"fc.{k}": v for k, v in body.imagenet_head.state_dict().items()})
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(sd, tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: torch.save(sd, tmp))
     return path
 
 

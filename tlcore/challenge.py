@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .backbones import get_backbone_spec
-from .checkpoint import atomic_write
+from .storage import atomic_write
 from .data import ImageItem, ImageSet, load_zip
 from .errors import TLError
 from .evaluate import evaluate

@@ -11,17 +11,11 @@ import dataclasses
 import io
 import json
 import math
-import os
 import shutil
-import tempfile
-import threading
 import time
 import zipfile
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -29,13 +23,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .backbones import Preprocess, frozen_body, get_backbone_spec, weights_digest
-from .data import ZipLimits, check_zip_total, memory_budget_mb, open_zip, zip_member_problem
+from .data import ZipLimits, check_zip_total, open_zip, zip_member_problem
 from .errors import TLError
 from .measure import Score
 from .model import TransferModel, build_model
+from .storage import ByteLRU, atomic_write, budgeted
 from .train import FROZEN_BODY_MODES, EpochEnd, RunResult, TrainConfig
 
-T = TypeVar("T")
 FORMAT = "tlcore-run/1"
 WEIGHTS = "model.safetensors"
 META = "run.json"
@@ -133,22 +127,6 @@ class Checkpointer:
         self.writes += 1
 
 
-def atomic_write(path: Path, write: Callable[[str], T]) -> T:
-    """Make ``path`` appear complete or not at all: ``write(tmp)`` next to it, flush to disk, rename.
-    A ``write`` that raises (a failed check included) leaves nothing; its result is returned."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        result = write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        return result
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def _write(folder: Path, state: dict[str, torch.Tensor], meta: dict) -> Path:
     """Write a state_dict and its metadata into ``folder``, each file atomically (weights first)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -242,38 +220,29 @@ def _load(folder: Path, module: torch.nn.Module, state: dict[str, torch.Tensor],
 
 
 class ModelCache:
-    """Models of saved runs, loaded from their folders on first use; beyond ``max_bytes`` (what they
-    hold of their own: a model on the shared pretrained body holds only its head) the least recently
-    used are dropped, and load again from disk when needed."""
+    """Models of saved runs, loaded from their folders on first use and kept in a ``ByteLRU`` (sized by
+    what they hold of their own: a model on the shared pretrained body holds only its head); dropped
+    ones load again from disk when needed."""
 
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._models: OrderedDict[tuple[str, int], tuple[TransferModel, int]] = OrderedDict()
-        self._lock = threading.Lock()
+    def __init__(self, lru: ByteLRU[tuple[str, int], TransferModel]) -> None:
+        self._models = lru
         self.loads = 0
 
     def get(self, folder: Path) -> TransferModel:
         key = (str(folder), (folder / WEIGHTS).stat().st_mtime_ns if (folder / WEIGHTS).exists() else 0)
-        with self._lock:
-            if key in self._models:
-                self._models.move_to_end(key)
-                return self._models[key][0]
-        model = load_run(folder).model  # outside the lock: loads take time
-        own = model.head if model.body.shared_pretrained else model
-        size = sum(t.nbytes for t in [*own.parameters(), *own.buffers()])
-        with self._lock:
+        model = self._models.get(key)
+        if model is None:
+            model = load_run(folder).model  # outside any lock: loads take time
+            own = model.head if model.body.shared_pretrained else model
             self.loads += 1
-            self._models[key] = (model, size)
-            while sum(s for _, s in self._models.values()) > self.max_bytes and len(self._models) > 1:
-                self._models.popitem(last=False)
+            self._models.put(key, model, sum(t.nbytes for t in [*own.parameters(), *own.buffers()]))
         return model
 
     def clear(self) -> None:
-        with self._lock:
-            self._models.clear()
+        self._models.clear()
 
 
-MODELS = ModelCache(int(memory_budget_mb() * 2**20 / 2))
+MODELS = ModelCache(budgeted("models", 1 / 2, keep_one=True))  # the web server's: half its budget
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from .backbones import DEFAULT_BACKBONE, get_backbone_spec
-from .checkpoint import atomic_write
+from .storage import atomic_write
 from .compare import features_of
 from .data import ImageItem, ImageSet, image_to_tensor, tensor_to_image, trainable_subset
 from .errors import TLError

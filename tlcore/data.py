@@ -17,7 +17,6 @@ import threading
 import warnings
 import weakref
 import zipfile
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -28,6 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
 from .backbones import Preprocess
+from .storage import ByteLRU, budgeted
 from .errors import BadImageError, TLError
 
 BASE_SIZE = 320  # decoded images keep at most this shorter side (enough for a 300 px crop)
@@ -305,14 +305,14 @@ class ImageSet:
         with self._lock:
             cached = self._stacks.get(pre.key)
             if cached is not None and cached.shape[0] == len(self.items):
-                STACKS.touch(self, pre.key, cached.nbytes)
+                STACKS.put((id(self), pre.key), weakref.ref(self), cached.nbytes)
                 return cached
             size = pre.input_size
             out = torch.empty((len(self.items), 3, size, size), dtype=torch.uint8)
             for k, item in enumerate(self.items):
                 out[k] = preprocess_pixels(item.pixels, pre)
             self._stacks[pre.key] = out
-        STACKS.touch(self, pre.key, out.nbytes)
+        STACKS.put((id(self), pre.key), weakref.ref(self), out.nbytes)
         return out
 
     def preprocessed(self, pre: Preprocess, indices: list[int]) -> torch.Tensor:
@@ -452,44 +452,14 @@ def _duplicate_reason(existing: str, label: str) -> str:
             f"not added to '{label}'")
 
 
-def memory_budget_mb() -> float:
-    """The web server's budget for what it keeps in memory (``TLS_MEMORY_BUDGET_MB``, default 2048): a
-    quarter for preprocessed stacks (``STACKS``), a quarter for pretrained features
-    (``train.FEATURES``), half for the models of finished runs (``checkpoint.MODELS``)."""
-    return float(os.environ.get("TLS_MEMORY_BUDGET_MB", 2048))
+def _drop_stack(slot: tuple[int, str], owner: weakref.ref) -> None:
+    """``STACKS`` let go of a set's preprocessed stack: the set recomputes it if it needs it again."""
+    if (set_ := owner()) is not None:
+        set_._stacks.pop(slot[1], None)
 
 
-class StackBudget:
-    """Byte bound on the preprocessed stacks all image sets keep: beyond ``max_bytes`` the least recently
-    used stack is dropped from its set (it is recomputed if that set needs it again)."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._lru: OrderedDict[tuple[int, str], tuple[weakref.ref, int]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def touch(self, owner: ImageSet, key: str, nbytes: int) -> None:
-        dropped = []
-        with self._lock:
-            slot = (id(owner), key)
-            self._lru.pop(slot, None)
-            self._lru[slot] = (weakref.ref(owner), nbytes)
-            total = sum(n for _, n in self._lru.values())
-            while total > self.max_bytes and len(self._lru) > 1:
-                (_, old_key), (ref, n) = self._lru.popitem(last=False)
-                total -= n
-                dropped.append((ref(), old_key))
-        for set_, old_key in dropped:
-            if set_ is not None:
-                set_._stacks.pop(old_key, None)
-
-    @property
-    def bytes(self) -> int:
-        with self._lock:
-            return sum(n for ref, n in self._lru.values() if ref() is not None)
-
-
-STACKS = StackBudget(int(memory_budget_mb() * 2**20 / 4))
+# Preprocessed stacks every image set keeps: (set id, preprocessing key) -> the set, a quarter of the budget.
+STACKS: ByteLRU[tuple[int, str], weakref.ref] = budgeted("stacks", 1 / 4, keep_one=True, on_evict=_drop_stack)
 
 
 def validate_class_name(name: str, existing: Iterable[str]) -> str:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from .backbones import Preprocess, frozen_body, get_backbone_spec, imagenet_categories
-from .data import ImageSet, image_to_tensor, preprocess_pixels, tensor_to_image
+from .data import ImageSet, image_to_tensor, preprocess_pixels
 from .errors import TLError
 from .measure import Score
 from .model import TransferModel

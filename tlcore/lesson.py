@@ -23,7 +23,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import atomic_write
+from .storage import atomic_write
 from .data import IMAGE_SUFFIXES, ImageSet, load_zip
 from .errors import TLError
 from .project import Project, projects_root

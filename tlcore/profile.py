@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .backbones import get_backbone_spec
+from .errors import TLError
 from .runtime import frozen_forward, runtime_for
 from .train import AUGMENT_DRAWS, FROZEN_BODY_MODES, TrainConfig, augment, fe_views, resolve_device
 
@@ -63,7 +64,41 @@ def measure_speed(backbone: str, batch: int = 8, repeats: int = 3) -> SpeedProfi
     (other work on the machine only ever slows a pass down); ``Calibration`` corrects the rest from the
     runs that finish. After ``measure_speed_elsewhere()`` the timing runs in a child process."""
     with _measuring:
-        return _measured(backbone, batch, repeats, _elsewhere)
+        profile = _measured(backbone, batch, repeats, _elsewhere)
+    if (batch, repeats) == (8, 3):
+        _known[backbone] = profile
+    return profile
+
+
+class SpeedUnknown(TLError):
+    """The backbone's speed is not measured in this process yet (a measurement has started)."""
+
+
+_known: dict[str, SpeedProfile] = {}
+_started: set[str] = set()
+
+
+def known_speed(backbone: str) -> SpeedProfile:
+    """The backbone's measured speed without waiting for it: a click's path (queueing a run, its wait
+    estimate) never builds a backbone. Raises ``SpeedUnknown`` until it is measured, having started the
+    measurement off this thread once."""
+    if (profile := _known.get(backbone)) is not None:
+        return profile
+    with _measuring_started:
+        if backbone not in _started:
+            _started.add(backbone)
+            threading.Thread(target=_measure_quietly, args=(backbone,), name="tlcore-speed", daemon=True).start()
+    raise SpeedUnknown(f"The speed of {backbone} on this server is being measured.")
+
+
+def _measure_quietly(backbone: str) -> None:
+    try:
+        measure_speed(backbone)
+    except Exception as e:  # a backbone that cannot be timed here: estimates stay guesses
+        log.warning("could not measure the speed of %s: %s", backbone, e)
+
+
+_measuring_started = threading.Lock()
 
 
 @functools.lru_cache(maxsize=32)
@@ -153,7 +188,10 @@ class Calibration:
         """A completed run of ``config`` on ``num_images`` images took ``seconds`` from start to saved."""
         if config.mode in FROZEN_BODY_MODES:
             return  # seconds of work, mostly cached features: nothing to learn about training speed
-        modelled = _trained_seconds(config, num_images)
+        try:  # on the runner's event thread: never a measurement there
+            modelled = _trained_seconds(config, num_images, known_speed(config.backbone))
+        except SpeedUnknown:
+            return
         if modelled <= 0:
             return
         ratio = min(10.0, max(0.1, (seconds - RUN_OVERHEAD_S) / modelled))
@@ -172,10 +210,9 @@ class Calibration:
 CALIBRATION = Calibration()
 
 
-def _trained_seconds(config: TrainConfig, num_images: int) -> float:
+def _trained_seconds(config: TrainConfig, num_images: int, speed: SpeedProfile) -> float:
     """The speed model's seconds of a run that trains the body: its trainings (one, plus one per fold of
     its cross-validation, each on (k - 1) / k of the images) before calibration."""
-    speed = measure_speed(config.backbone)
     views = config.augment_views if config.augment else 1
     folds = config.resolved_score_folds()
     total = 0.0
@@ -185,17 +222,19 @@ def _trained_seconds(config: TrainConfig, num_images: int) -> float:
     return total
 
 
-def estimate_run_seconds(config: TrainConfig, num_images: int, features_cached: bool = False) -> float:
+def estimate_run_seconds(config: TrainConfig, num_images: int, features_cached: bool = False,
+                         wait: bool = True) -> float:
     """Seconds a whole run of ``config`` on ``num_images`` images should take here, from a worker taking
     it to the run saved; ``features_cached``: a frozen-body run whose images' features were computed by
-    an earlier run (of the same comparison)."""
+    an earlier run (of the same comparison). ``wait=False`` (a click's path) raises ``SpeedUnknown``
+    rather than measure the backbone."""
+    speed = measure_speed(config.backbone) if wait else known_speed(config.backbone)
     if config.mode in FROZEN_BODY_MODES:  # the head (or prototypes) and its cross-validation: milliseconds
-        speed = measure_speed(config.backbone)
         views = fe_views(config, num_images) if config.mode == "feature-extraction" else 0  # never cached before
         forwards = (0 if features_cached else num_images) + num_images * views
         return (RUN_OVERHEAD_S + estimate_epoch_seconds(speed, forwards, config.mode, 0)[0]
                 + num_images * views * speed.augment_ms_per_image / 1000)
-    return RUN_OVERHEAD_S + _trained_seconds(config, num_images) * CALIBRATION.factor()
+    return RUN_OVERHEAD_S + _trained_seconds(config, num_images, speed) * CALIBRATION.factor()
 
 
 def estimate_epoch_seconds(profile: SpeedProfile, num_images: int, mode: str, freeze_depth: int,

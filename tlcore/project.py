@@ -26,15 +26,16 @@ from pathlib import Path
 from PIL import Image
 
 from .backbones import DEFAULT_BACKBONE, get_backbone_spec
-from .checkpoint import (WEIGHTS, archive_run, atomic_write, export_onnx, export_torchscript, lazy_result, read_meta,
+from .checkpoint import (WEIGHTS, archive_run, export_onnx, export_torchscript, lazy_result, read_meta,
                          result_from_saved, unpack_run_archive)
 from .compare import features_of, plan, project_2d, shared_split
-from .data import (ImageItem, ImageSet, Rejected, image_to_tensor, stratified_split, tensor_to_image,
+from .data import (ImageItem, ImageSet, Rejected, image_to_tensor, tensor_to_image,
                    trainable_subset)
 from .evaluate import Evaluation, Familiarity, evaluate
 from .errors import TLError
 from .limits import LimitError, Limits, folder_mb
 from .runner import JobHandle, JobSpec, get_runner
+from .storage import atomic_write
 from .train import FROZEN_BODY_MODES, RunFinished, RunResult, TrainConfig, run_split
 
 HOME_ENV = "TLS_HOME"

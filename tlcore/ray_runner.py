@@ -221,7 +221,7 @@ class RayRunner:
 
 def _write_files(folder: Path, files: dict[str, bytes]) -> None:
     """The run folder's files from the actor, each replaced atomically (metadata last: it names the weights)."""
-    from .checkpoint import atomic_write
+    from .storage import atomic_write
 
     if not files:
         return

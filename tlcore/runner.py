@@ -196,12 +196,13 @@ class Runner(Protocol):
 
 
 def estimate_seconds(spec: JobSpec) -> float:
-    """A rough duration for wait estimates: measured speed of the backbone times the work."""
+    """A rough duration for wait estimates: measured speed of the backbone times the work. On a click's
+    path: it never measures (a backbone not timed yet gets a guess while it is timed off this thread)."""
     from .profile import estimate_run_seconds
 
     try:
-        return estimate_run_seconds(spec.config, len(spec.split[0]) + len(spec.split[1]))
-    except Exception:  # a backbone that cannot be timed here: a guess beats no estimate
+        return estimate_run_seconds(spec.config, len(spec.split[0]) + len(spec.split[1]), wait=False)
+    except Exception:  # not timed yet, or a backbone that cannot be timed here: a guess beats no estimate
         return 10.0
 
 
@@ -493,6 +494,7 @@ class LocalRunner:
                 self._served[job.spec.owner] = time.time()
                 self._stop_flags[i] = 0
                 job.mark_running()
+                job.estimate_s = estimate_seconds(job.spec)  # its backbone may have been timed since
                 self._count_busy()
                 self._inboxes[i].put((job.id, job.spec))
 

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .backbones import frozen_body, get_backbone_spec, sha256_file, weights_digest
+from .storage import atomic_write
 
 Runtime = Literal["openvino", "onnxruntime", "torch"]
 RUNTIME_ENV = "TLCORE_RUNTIME"
@@ -100,18 +101,17 @@ def exported(backbone: str, stages: int | None) -> Path:
         except (OSError, ValueError, KeyError, TypeError):
             pass
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
         model = FrozenPart(backbone, stages).eval()
         x = torch.rand(2, 3, size, size)
-        try:
+
+        def export(tmp: str) -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 # The TorchScript-based exporter takes about a second here; the dynamo one ten times that.
-                torch.onnx.export(model, (x,), str(tmp), input_names=["pixels"], output_names=["out"],
+                torch.onnx.export(model, (x,), tmp, input_names=["pixels"], output_names=["out"],
                                   dynamic_axes={"pixels": {0: "batch"}, "out": {0: "batch"}}, dynamo=False)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+
+        atomic_write(path, export)
         check.write_text(json.dumps({"sha256": sha256_file(path), "backbone": backbone, "stages": stages,
                                      "input_size": size}))
         return path

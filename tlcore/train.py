@@ -23,9 +23,7 @@ import copy
 import dataclasses
 import math
 import os
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -36,11 +34,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import DEFAULT_BACKBONE, Preprocess, frozen_body, get_backbone_spec, weights_digest
-from .data import ImageSet, check_trainable, memory_budget_mb, stratified_split, trainable_subset
+from .data import ImageSet, check_trainable, stratified_split, trainable_subset
 from .errors import TLError
 from .measure import Pair, Score, fit_logistic, repeated_folds, score_pairs, shot_draws
 from .model import CHANNELS_LAST, TransferModel, build_model, count_params, freeze, set_train_mode
 from .runtime import frozen_forward, runtime_for
+from .storage import ByteLRU, budgeted
 
 Mode = Literal["zero-shot", "few-shot", "feature-extraction", "fine-tune", "scratch"]
 MODES: tuple[Mode, ...] = ("zero-shot", "few-shot", "feature-extraction", "fine-tune", "scratch")  # the ladder
@@ -227,45 +226,21 @@ def to_float(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
 # ----------------------------------------------------------------------------- feature cache
 
 
-class FeatureCache:
-    """Process-wide embeddings of pretrained bodies: ``(backbone key, image digest) -> [D]``, least
-    recently used first out once ``max_bytes`` is reached.
-
-    Pretrained weights never change, so an image's features are computed once per backbone,
-    preprocessing and runtime and then reused by every later epoch, run, comparison and session.
-    """
-
-    def __init__(self, max_bytes: int = 512 * 2**20) -> None:
-        self._data: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
-        self._lock = threading.Lock()
-        self.max_bytes = max_bytes
-        self.bytes = 0
-
-    def get(self, key: str, digests: list[str]) -> list[torch.Tensor | None]:
-        with self._lock:
-            out = [self._data.get((key, d)) for d in digests]
-            for d, f in zip(digests, out):
-                if f is not None:
-                    self._data.move_to_end((key, d))
-            return out
-
-    def put(self, key: str, digests: list[str], feats: torch.Tensor) -> None:
-        with self._lock:
-            for d, f in zip(digests, feats):
-                f = f.clone()  # not a view that would keep the whole batch alive
-                old = self._data.pop((key, d), None)
-                self.bytes += f.nbytes - (old.nbytes if old is not None else 0)
-                self._data[(key, d)] = f
-            while self.bytes > self.max_bytes and self._data:
-                self.bytes -= self._data.popitem(last=False)[1].nbytes
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
-            self.bytes = 0
+# Embeddings of pretrained bodies, ``(feature key, image digest) -> [D]``, a quarter of the process's budget.
+# Pretrained weights never change, so an image's features are computed once per backbone, preprocessing
+# and runtime and then reused by every later epoch, run, comparison and session.
+FEATURES: ByteLRU[tuple[str, str], torch.Tensor] = budgeted("features", 1 / 4)
 
 
-FEATURES = FeatureCache(int(memory_budget_mb() * 2**20 / 4))
+def cached_features(key: str, digests: list[str]) -> list[torch.Tensor | None]:
+    """Each image's features under ``key`` if ``FEATURES`` holds them."""
+    return [FEATURES.get((key, d)) for d in digests]
+
+
+def keep_features(key: str, digests: list[str], feats: torch.Tensor) -> None:
+    for d, f in zip(digests, feats):
+        f = f.clone()  # not a view that would keep the whole batch alive
+        FEATURES.put((key, d), f, f.nbytes)
 
 
 def feature_key(backbone: str, pre: Preprocess, runtime: str) -> str:
@@ -281,7 +256,7 @@ def embed(imageset: ImageSet, backbone: str, device: torch.device | str = "cpu",
     pre = get_backbone_spec(backbone).preprocess
     key = feature_key(backbone, pre, runtime_for(device))
     digests = [i.digest for i in imageset.items]
-    cached = FEATURES.get(key, digests)
+    cached = cached_features(key, digests)
     missing = [k for k, f in enumerate(cached) if f is None]
     if missing:
         start = time.perf_counter()
@@ -291,7 +266,7 @@ def embed(imageset: ImageSet, backbone: str, device: torch.device | str = "cpu",
                 return None
             idx = missing[lo:lo + batch_size]
             feats = frozen_forward(backbone, imageset.preprocessed(pre, idx), device=device, batch_size=batch_size)
-            FEATURES.put(key, [digests[k] for k in idx], feats)
+            keep_features(key, [digests[k] for k in idx], feats)
             for k, f in zip(idx, feats):
                 cached[k] = f
             done = lo + len(idx)
@@ -352,7 +327,7 @@ def embed_views(imageset: ImageSet, backbone: str, views: int, device: torch.dev
     base = feature_key(backbone, pre, runtime_for(device))
     keys = [f"{base}|view{k}|v2" for k in range(views)]  # v2: views of ``augment``
     digests = [i.digest for i in imageset.items]
-    cached = [FEATURES.get(key, digests) for key in keys]
+    cached = [cached_features(key, digests) for key in keys]
     todo = [i for i in range(len(digests)) if any(c[i] is None for c in cached)]
     if todo:
         start = time.perf_counter()
@@ -365,7 +340,7 @@ def embed_views(imageset: ImageSet, backbone: str, views: int, device: torch.dev
             for k, key in enumerate(keys):
                 batch = augment(stack, torch.stack([_view_draws(digests[i], k) for i in idx]))
                 feats = frozen_forward(backbone, batch, device=device, batch_size=batch_size)
-                FEATURES.put(key, [digests[i] for i in idx], feats)
+                keep_features(key, [digests[i] for i in idx], feats)
                 for i, f in zip(idx, feats):
                     cached[k][i] = f
             done = lo + len(idx)

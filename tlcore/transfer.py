@@ -29,7 +29,7 @@ from .backbones import frozen_body, get_backbone_spec
 from .data import ImageSet, check_trainable, trainable_subset
 from .errors import TLError
 from .measure import Score, repeated_folds, score_pairs
-from .train import FEATURES, Progress, _logistic_folds, embed, feature_key
+from .train import Progress, _logistic_folds, cached_features, embed, feature_key, keep_features
 
 # ----------------------------------------------------------------------------- LogME
 
@@ -160,7 +160,7 @@ def pooled_stages(imageset: ImageSet, backbone: str, should_stop: Callable[[], b
     n = len(body.stages)
     keys = [f"{feature_key(backbone, spec.preprocess, 'torch')}|pooled-stage{k}" for k in range(n)]
     digests = [i.digest for i in imageset.items]
-    cached = [FEATURES.get(key, digests) for key in keys]
+    cached = [cached_features(key, digests) for key in keys]
     todo = [i for i in range(len(digests)) if any(c[i] is None for c in cached)]
     mean = torch.tensor(spec.preprocess.mean).view(1, 3, 1, 1)
     std = torch.tensor(spec.preprocess.std).view(1, 3, 1, 1)
@@ -177,7 +177,7 @@ def pooled_stages(imageset: ImageSet, backbone: str, should_stop: Callable[[], b
             for k in range(n):
                 x = body.forward_range(x, k, k + 1)
                 pooled = x.float().mean((2, 3)) if x.ndim == 4 else x.float()
-                FEATURES.put(keys[k], [digests[i] for i in idx], pooled)
+                keep_features(keys[k], [digests[i] for i in idx], pooled)
                 for i, p in zip(idx, pooled):
                     cached[k][i] = p.clone()
         done = lo + len(idx)

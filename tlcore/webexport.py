@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from .backbones import get_backbone_spec
-from .checkpoint import atomic_write, export_onnx
+from .checkpoint import export_onnx
+from .storage import atomic_write
 from .data import BASE_SIZE, MAX_ASPECT, ImageSet
 from .errors import TLError
 from .measure import Score

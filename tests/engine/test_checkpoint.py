@@ -281,6 +281,7 @@ def test_grad_cam_on_a_shared_body_is_per_call_and_thread_safe(tiny_set):
 
 def test_saved_models_load_lazily_and_are_evicted_beyond_the_budget(tiny_set, tmp_path):
     from tlcore.checkpoint import ModelCache, lazy_result
+    from tlcore.storage import ByteLRU
 
     pre = tlcore.get_backbone_spec("tiny-test").preprocess
     x = tiny_set.stack(pre).float() / 255
@@ -290,7 +291,7 @@ def test_saved_models_load_lazily_and_are_evicted_beyond_the_budget(tiny_set, tm
         folders.append(tlcore.save_run(finished.result, tmp_path / f"run{k}"))
         with torch.inference_mode():
             expected.append(finished.result.model.eval()(x))
-    cache = ModelCache(max_bytes=1)  # room for one model at a time
+    cache = ModelCache(ByteLRU(1, keep_one=True))  # room for one model at a time
     tlcore.checkpoint.MODELS, saved = cache, tlcore.checkpoint.MODELS
     try:
         results = [lazy_result(f) for f in folders]

@@ -263,9 +263,10 @@ def test_one_image_in_two_classes_is_refused_by_name_and_images_can_be_moved_or_
 
 
 def test_preprocessed_stacks_stay_within_their_byte_budget(monkeypatch):
-    from tlcore.data import StackBudget
+    from tlcore.data import _drop_stack
+    from tlcore.storage import ByteLRU
 
-    budget = StackBudget(max_bytes=2 * 8 * 3 * 32 * 32)  # two stacks of 8 tiny images
+    budget = ByteLRU(2 * 8 * 3 * 32 * 32, keep_one=True, on_evict=_drop_stack)  # two stacks of 8 tiny images
     monkeypatch.setattr(tlcore.data, "STACKS", budget)
     pre = tlcore.get_backbone_spec("tiny-test").preprocess
     sets = []
