@@ -1,5 +1,4 @@
 """Step 3: how much of the backbone to keep frozen, from feature extraction to learning from scratch."""
-import dataclasses
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots

@@ -41,7 +41,8 @@ from .measure import Score, separation, accuracy_interval
 from .evaluate import Evaluation, Familiarity, Prediction, evaluate, grad_cam, imagenet_top, overlay_cam, predict
 from .model import TransferModel, build_model, count_params, freeze
 from .profile import SpeedProfile, estimate_epoch_seconds, estimate_run_seconds, measure_speed, measure_speed_elsewhere
-from .runner import JobHandle, JobSnapshot, JobSpec, LocalRunner, Runner, get_runner, set_runner
+from .jobs import JobHandle, JobSnapshot, JobSpec, Runner
+from .runner import LocalRunner, get_runner, set_runner
 from .project import (PROJECTS, Project, RunRecord, describe, embedding_map, export_model, familiarity, import_run,
                       model_card, run_archive, validation_report)
 from .challenge import Challenge, Entry, create_challenge, current_challenge
@@ -53,7 +54,7 @@ from .webexport import WebExport, export_web, lan_url, publish_web
 from .zeroshot import mapping_method, suggest_mapping, unmapped
 from .transfer import StageProbe, TransferScore, logme, probe_stages, stage_maps, transfer_score
 from .lrfind import LrFind, lr_find
-from .analysis import AnalysisState, analysis_state, forget_analysis, start_analysis
+from .analysis_jobs import AnalysisState, analysis_state, forget_analysis, start_analysis
 from .train import (FEATURES, FROZEN_BODY_MODES, MODES, BatchEnd, EpochEnd, Event, Progress, RunFinished, RunResult, TrainConfig, VIEWS_MAX_IMAGES, fe_views,
                     frozen_body, run_to_end, train)
 

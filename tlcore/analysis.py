@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Union
 
@@ -85,65 +83,4 @@ def run_analysis(spec, should_stop: Callable[[], bool], emit: Callable[[Event], 
         emit(RunFinished("failed", f"{spec.task} failed unexpectedly: {type(e).__name__}: {e}"))
 
 
-# ----------------------------------------------------------------------------- the web server's side
-
-_LIVE: dict[Path, object] = {}  # result folder -> its job (a JobHandle) while queued, running or just failed
-_lock = threading.RLock()
-
-
-@dataclass(frozen=True)
-class AnalysisState:
-    """What a page shows of one analysis: its result, else its live progress, else why it failed."""
-
-    result: Result | None
-    running: bool
-    progress: Progress | None  # while running, once it has reported
-    error: str | None  # it failed (it is not retried by itself)
-
-
-def analysis_state(root: Path, task: Task, images: ImageSet, config: TrainConfig) -> AnalysisState:
-    folder = analysis_folder(root, task, images, config)
-    result = read_result(folder, task)
-    with _lock:
-        job = _LIVE.get(folder)
-    if result is not None or job is None:
-        return AnalysisState(result, False, None, None)
-    snap = job.snapshot()  # type: ignore[attr-defined]
-    if snap.finished is None:
-        return AnalysisState(None, True, snap.progress, None)
-    return AnalysisState(None, False, None, None if snap.finished.status == "stopped" else snap.finished.reason)
-
-
-def start_analysis(root: Path, task: Task, images: ImageSet, config: TrainConfig, owner: str) -> AnalysisState:
-    """Submit ``task`` to the runner unless its result is on disk or it is already queued or running (so a
-    double click, a second tab or a rerun starts it once)."""
-    from .runner import JobSpec, get_runner
-
-    folder = analysis_folder(root, task, images, config)
-    with _lock:
-        state = analysis_state(root, task, images, config)
-        if state.result is not None or state.running:
-            return state
-        config.validate()
-        spec = JobSpec(f"{task} of {config.backbone}", owner, images.snapshot(), config, ([], []), folder,
-                       task=task)
-        _LIVE[folder] = get_runner().submit(spec)
-    return analysis_state(root, task, images, config)
-
-
-def stop_analyses(root: Path) -> None:
-    """Stop every analysis of the project in ``root`` (its sessions have gone)."""
-    with _lock:
-        jobs = [job for folder, job in _LIVE.items() if Path(root) in folder.parents]
-    for job in jobs:
-        job.stop()  # type: ignore[attr-defined]
-
-
-def forget_analysis(root: Path, task: Task, images: ImageSet, config: TrainConfig) -> None:
-    """Drop a failed job so that the next ``start_analysis`` tries again."""
-    with _lock:
-        _LIVE.pop(analysis_folder(root, task, images, config), None)
-
-
-__all__ = ["AnalysisState", "TASKS", "Task", "analysis_folder", "analysis_key", "analysis_state", "compute",
-           "forget_analysis", "read_result", "run_analysis", "start_analysis", "stop_analyses"]
+__all__ = ["TASKS", "Result", "Task", "analysis_folder", "analysis_key", "compute", "read_result", "run_analysis"]

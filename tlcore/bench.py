@@ -266,7 +266,8 @@ def runner_comparison(quick: bool) -> dict:
     import tempfile
 
     from .compare import plan, shared_split
-    from .runner import JobSpec, LocalRunner
+    from .jobs import JobSpec
+    from .runner import LocalRunner
 
     data = load_folder(ROOT / "assets" / "samples" / "faces")
     base = TrainConfig(backbone="tiny-test" if quick else DEFAULT_BACKBONE, epochs=1 if quick else 2)

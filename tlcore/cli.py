@@ -122,7 +122,7 @@ def _on_ray(imageset, jobs: list[tuple[str, object]], split) -> list[tuple[objec
     ``(RunFinished, RunResult)``, the result loaded from the folder the run was copied into."""
     from .checkpoint import lazy_result
     from .ray_runner import RayRunner
-    from .runner import JobSpec
+    from .jobs import JobSpec
 
     from .data import trainable_subset
     from .train import run_split

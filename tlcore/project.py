@@ -33,8 +33,10 @@ from .data import (ImageItem, ImageSet, Rejected, image_to_tensor, tensor_to_ima
                    trainable_subset)
 from .evaluate import Evaluation, Familiarity, evaluate
 from .errors import TLError
+from .analysis_jobs import stop_analyses
 from .limits import LimitError, Limits, folder_mb
-from .runner import JobHandle, JobSpec, get_runner
+from .jobs import JobHandle, JobSpec
+from .runner import get_runner
 from .storage import atomic_write
 from .train import FROZEN_BODY_MODES, RunFinished, RunResult, TrainConfig, run_split
 
@@ -242,8 +244,6 @@ class Project:
         for r in self.active_runs():
             assert r.job is not None
             r.job.stop(by)
-        from .analysis import stop_analyses
-
         stop_analyses(self.folder)  # its transferability scores, stage probes and learning-rate finders too
 
     def delete_run(self, run_id: str) -> None:

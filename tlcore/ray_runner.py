@@ -4,8 +4,8 @@ Used when ``TLS_RAY_ADDRESS`` is set: ``local`` starts a Ray instance on this ma
 is a cluster address (``ray://head:10001`` or ``head:6379``). Each job is one Ray actor:
 
 * the job (its images included) goes through Ray's object store, never through the pages;
-* the actor runs ``runner.run_job`` (the same code as a local worker) into a folder of its own node,
-  and the server polls it a few times a second for events and for the checkpoint files, which it
+* the actor runs ``jobs.run_job`` (the same code as a local worker) into a folder of its own node,
+  and the server's one loop polls it a few times a second for events and for the checkpoint files, which it
   writes into the run's folder here: the best epoch is on the server as soon as it is saved there;
 * Stop sets a flag the training loop checks before every batch;
 * a lost actor or node (killed, out of memory, a node gone) ends the run as failed, keeping the best
@@ -19,7 +19,6 @@ studies fan out: their runs train at the same time on different workers, each ti
 from __future__ import annotations
 
 import dataclasses
-
 import itertools
 import logging
 import os
@@ -27,12 +26,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
 
 from .errors import TLError
-from .runner import JobHandle, JobSpec, estimate_seconds, run_job
+from .jobs import JobHandle, JobSpec, estimate_seconds, run_job
 from .train import Event, RunFinished
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,11 @@ class _Job:
 
 
 class RayRunner:
-    """Runs training jobs as Ray actors on a local Ray instance or a cluster."""
+    """Runs training jobs as Ray actors on a local Ray instance or a cluster.
+
+    One thread (``_loop``) drives every job with one ``ray.wait`` over the calls in flight: an actor being
+    placed (its ``pid`` call returns once Ray has found it room), or a poll of a training actor. A job
+    whose ``after`` is still alive waits in ``_waiting`` without an actor."""
 
     def __init__(self, address: str = "local", cpus_per_run: int | None = None, gpus_per_run: float | None = None,
                  fan_out: bool | None = None) -> None:
@@ -110,10 +114,12 @@ class RayRunner:
                          configure_logging=False)
         self._actor = ray.remote(_Job)
         self._lock = threading.Lock()
+        self._wake = threading.Event()
         self._ids = itertools.count(1)
-        self._waiting: list[JobHandle] = []  # submitted, not yet placed on a node
-        self._actors: dict[int, object] = {}
+        self._waiting: list[JobHandle] = []  # submitted, not yet placed on a node (queue_info's line)
+        self._live: dict[int, _Live] = {}  # jobs with an actor: being placed, or training
         self._stopped: set[int] = set()
+        threading.Thread(target=self._loop, name="tlcore-ray-loop", daemon=True).start()
 
     # -- the Runner interface
 
@@ -124,15 +130,16 @@ class RayRunner:
         job.estimate_s = estimate_seconds(spec)
         with self._lock:
             self._waiting.append(job)
-        threading.Thread(target=self._drive, args=(job,), name=f"tlcore-ray-{job.id}", daemon=True).start()
+        self._wake.set()
         return job
 
     def stop(self, job: JobHandle) -> None:
         with self._lock:
             self._stopped.add(job.id)
-            actor = self._actors.get(job.id)
-        if actor is not None:
-            actor.stop.remote()
+            live = self._live.get(job.id)
+        if live is not None:
+            live.actor.stop.remote()
+        self._wake.set()
 
     def queue_info(self, job: JobHandle) -> tuple[int, float]:
         with self._lock:
@@ -149,74 +156,116 @@ class RayRunner:
     def idle(self) -> bool:
         """Nothing waiting and nothing training."""
         with self._lock:
-            return not self._waiting and not self._actors
+            return not self._waiting and not self._live
 
     def worker_pid(self, job: JobHandle) -> int | None:
         """The process training ``job`` (tests kill it)."""
-        actor = self._actors.get(job.id)
-        return None if actor is None else ray.get(actor.pid.remote(), timeout=POLL_TIMEOUT_S)
+        live = self._live.get(job.id)
+        return None if live is None else ray.get(live.actor.pid.remote(), timeout=POLL_TIMEOUT_S)
 
-    # -- one job
+    # -- the loop
 
-    def _drive(self, job: JobHandle) -> None:
-        """Place the job's actor, start it, relay its events and files until it ends or is lost."""
-        actor = None
-        try:
-            if job.after is not None:
-                job.after.join()
+    def _loop(self) -> None:
+        """Start the jobs that may start, then wait for whichever call in flight answers first; repeat."""
+        while True:
+            self._start_ready()
+            with self._lock:
+                calls = {live.call: live for live in self._live.values() if live.call is not None}
+            if not calls:
+                self._wake.wait(POLL_S)
+                self._wake.clear()
+            else:
+                done, _ = ray.wait(list(calls), num_returns=len(calls), timeout=POLL_S)
+                for ref in done:
+                    self._answer(calls[ref], ref)
+            now = time.monotonic()
+            for live in list(self._live.values()):
+                if live.call is None and live.running and now >= live.next_poll:
+                    live.poll()
+                elif live.call is not None and live.running and now - live.sent > POLL_TIMEOUT_S:
+                    self._end(live, TimeoutError(f"no answer in {POLL_TIMEOUT_S:.0f} s: its node is gone"))
+
+    def _start_ready(self) -> None:
+        """Jobs whose ``after`` has ended get an actor (or end, if stopped while waiting)."""
+        with self._lock:
+            ready = [j for j in self._waiting if j.id not in self._live
+                     and (j.id in self._stopped or j.after is None or not j.after.alive)]
+        for job in ready:
             if job.id in self._stopped:
+                self._forget(job)
                 job.record(RunFinished("stopped", "Stopped while waiting for a free training worker."))
-                return
+                continue
             options = {"num_cpus": self.cpus, "max_concurrency": 4, "max_restarts": 0}
             if self.gpus:
                 options["num_gpus"] = self.gpus
             actor = self._actor.options(**options).remote(self.cpus)
             with self._lock:
-                self._actors[job.id] = actor
-            ray.get(actor.pid.remote())  # returns once Ray has placed it on a node with room
-            with self._lock:
-                self._waiting.remove(job)
-            if job.id in self._stopped:
-                job.record(RunFinished("stopped", "Stopped while waiting for a free training worker."))
-                return
-            job.mark_running()
-            actor.run.remote(ray.put(job.spec))  # the images go through the object store
-            self._relay(job, actor)
-        except Exception as e:  # a lost actor or node: fail the run, keep what was copied, never hang
-            with self._lock:
-                if job in self._waiting:
-                    self._waiting.remove(job)
-            kept = (job.spec.folder / "model.safetensors").exists()
-            why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip(": ")
-            log.warning("Ray job %s lost: %s", job.name, why)
-            if job.alive:
-                job.record(RunFinished("failed", f"The Ray worker training this run was lost ({why[:200]}); "
-                                       + ("its best epoch so far is kept." if kept else "no epoch had finished.")))
-        finally:
-            with self._lock:
-                self._actors.pop(job.id, None)
-                self._stopped.discard(job.id)  # a long-lived server does not keep every stopped job's id
-            if actor is not None:
-                try:
-                    ray.kill(actor)
-                except Exception:  # already gone
-                    pass
+                self._live[job.id] = _Live(job, actor, actor.pid.remote())  # answers once Ray has placed it
 
-    def _relay(self, job: JobHandle, actor) -> None:
-        seen = 0
-        stop_sent = False
-        while True:
-            if job.id in self._stopped and not stop_sent:
-                actor.stop.remote()
-                stop_sent = True
-            events, files, done = ray.get(actor.poll.remote(seen), timeout=POLL_TIMEOUT_S)
-            seen += len(events)
-            _write_files(job.spec.folder, files)
+    def _answer(self, live: _Live, ref: object) -> None:
+        """One call answered: the actor was placed (start training), or a poll came back (apply it)."""
+        live.call = None
+        try:
+            answer = ray.get(ref)
+            if not live.running:
+                with self._lock:
+                    self._waiting.remove(live.job)
+                if live.job.id in self._stopped:
+                    return self._end(live, RunFinished("stopped", "Stopped while waiting for a free training worker."))
+                live.job.mark_running()
+                live.actor.run.remote(ray.put(live.job.spec))  # the images go through the object store
+                live.running = True
+                return live.poll()
+            events, files, done = answer
+            live.seen += len(events)
+            _write_files(live.job.spec.folder, files)
             for event in events:
-                job.record(event)  # RunFinished last: its files were written just above
+                live.job.record(event)  # RunFinished last: its files were written just above
             if done or any(isinstance(e, RunFinished) for e in events):
-                return
-            time.sleep(POLL_S)
+                return self._end(live, None)
+            live.next_poll = time.monotonic() + POLL_S
+        except Exception as e:  # a lost actor or node: fail the run, keep what was copied, never hang
+            self._end(live, e)
+
+    def _end(self, live: _Live, why: RunFinished | Exception | None) -> None:
+        """The job is over: record how (a lost actor fails the run, its best epoch kept) and free its actor."""
+        job = live.job
+        self._forget(job)
+        if isinstance(why, Exception):
+            kept = (job.spec.folder / "model.safetensors").exists()
+            text = f"{type(why).__name__}: {str(why).splitlines()[0] if str(why) else ''}".strip(": ")
+            log.warning("Ray job %s lost: %s", job.name, text)
+            why = RunFinished("failed", f"The Ray worker training this run was lost ({text[:200]}); "
+                              + ("its best epoch so far is kept." if kept else "no epoch had finished."))
+        if why is not None and job.alive:
+            job.record(why)
+        try:
+            ray.kill(live.actor)
+        except Exception:  # already gone
+            pass
+
+    def _forget(self, job: JobHandle) -> None:
+        with self._lock:
+            if job in self._waiting:
+                self._waiting.remove(job)
+            self._live.pop(job.id, None)
+            self._stopped.discard(job.id)  # a long-lived server does not keep every stopped job's id
+
+
+@dataclass(eq=False)
+class _Live:
+    """A job that has an actor: the call in flight to it, and how far its events have been read."""
+
+    job: JobHandle
+    actor: object
+    call: object | None  # the ObjectRef being waited for (placement, then a poll), None between polls
+    running: bool = False  # placed and training (else: still being placed)
+    seen: int = 0  # events already applied
+    sent: float = field(default_factory=time.monotonic)  # when ``call`` was made
+    next_poll: float = 0.0
+
+    def poll(self) -> None:
+        self.call, self.sent = self.actor.poll.remote(self.seen), time.monotonic()
 
 
 def _write_files(folder: Path, files: dict[str, bytes]) -> None:

@@ -13,7 +13,8 @@ import pytest
 
 import tlcore
 from tlcore.project import Project, validation_report
-from tlcore.runner import JobSpec, LocalRunner
+from tlcore.jobs import JobSpec
+from tlcore.runner import LocalRunner
 from tlcore.train import TrainConfig
 from tests.conftest import png_bytes
 

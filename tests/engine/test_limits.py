@@ -12,7 +12,7 @@ import pytest
 
 import tlcore
 from tlcore import ImageSet, LimitError, Limits, Project
-from tlcore.runner import run_job
+from tlcore.jobs import run_job
 from tests.conftest import ROOT, class_files
 from tests.engine.test_jobs_projects import TINY, spec
 

@@ -17,7 +17,7 @@ import pytest
 import tlcore
 from tlcore import ImageSet, TrainConfig, run_to_end, stratified_split
 from tlcore.checkpoint import lazy_result
-from tlcore.runner import TIME_LIMIT_STOP, JobSpec
+from tlcore.jobs import TIME_LIMIT_STOP, JobSpec
 from tests.app.conftest import no_legacy_pages_mode  # noqa: F401  (the AppTest below needs it)
 from tests.conftest import ROOT, class_files
 

@@ -13,7 +13,7 @@ from tests.conftest import ROOT, class_files
 from tlcore import ImageSet, TLError, TrainConfig
 from tlcore.analysis import analysis_folder, read_result
 from tlcore.lrfind import lr_find, suggest
-from tlcore.runner import JobSpec, run_job
+from tlcore.jobs import JobSpec, run_job
 from tlcore.train import drive
 from tlcore.transfer import StageProbe, class_evidence, logme, probe_stages, stage_maps, transfer_score
 

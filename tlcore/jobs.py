@@ -1,0 +1,248 @@
+"""The job layer: what the web server hands to a runner and what it reads back.
+
+A page never trains. It hands a ``JobSpec`` (the images, the config, the split, the run folder) to
+the process's runner (``tlcore.runner.get_runner()``: the local worker pool of ``tlcore.runner``, or
+Ray's of ``tlcore.ray_runner``) and reads snapshots (``JobSnapshot``) from the ``JobHandle`` it gets back. Wherever the
+job runs, ``run_job`` trains it: best epochs checkpointed and the finished run saved into
+``JobSpec.folder``, small events (never models) streamed back, applied by the runner to the handle.
+
+This module imports neither runner: both import it (no import cycle).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pickle
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from multiprocessing.connection import Connection
+from typing import Literal, Protocol
+
+from .data import ImageSet
+from .train import FROZEN_BODY_MODES, BatchEnd, EpochEnd, Event, Progress, RunFinished, TrainConfig
+
+JobState = Literal["queued", "running", "completed", "stopped", "failed"]
+log = logging.getLogger(__name__)
+TIME_LIMIT_STOP = "Stopped at this server's limit"  # how a run stopped by ``JobSpec.max_seconds`` says so
+MAX_CURVE_POINTS = 300  # per-batch losses kept for the live chart (older ones are thinned out)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a worker needs to train one run; nothing of the web server's state."""
+
+    name: str  # shown in queues
+    owner: str  # whose turn it is: jobs of different owners take turns
+    images: ImageSet
+    config: TrainConfig
+    split: tuple[list[int], list[int]]
+    folder: Path  # checkpoints and the finished run go here
+    meta: dict = field(default_factory=dict)  # extra run.json entries (label, validation digests)
+    max_seconds: float | None = None  # wall clock it may hold a worker (``Limits.run_minutes``); None: no limit
+    # "train", or one of ``tlcore.analysis.TASKS`` (a transferability score, a stage probe, a learning-rate
+    # range test on ``images`` with ``config``): its result goes to ``folder``/result.json, no run is saved.
+    task: str = "train"
+
+    @property
+    def short(self) -> bool:
+        """Seconds of work, not minutes: the express lane takes it."""
+        return self.config.mode in FROZEN_BODY_MODES
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    """A consistent copy of a job's state for one UI refresh."""
+
+    name: str
+    state: JobState
+    queue_position: int  # 1 = next in line; 0 = not waiting
+    wait_s: float  # estimated seconds until it starts (0 when running or done)
+    epochs: tuple[EpochEnd, ...]
+    last_batch: BatchEnd | None
+    progress: Progress | None
+    finished: RunFinished | None  # its ``result`` is None: the run is in ``JobSpec.folder``
+    batch_losses: tuple[tuple[float, float], ...]  # (epoch position, loss), at most MAX_CURVE_POINTS
+    version: int  # changes whenever anything above does (viewers redraw only then)
+
+
+class JobHandle:
+    """The web server's view of one job: its latest state, updated from the worker's events."""
+
+    def __init__(self, job_id: int, spec: JobSpec, runner: Runner,
+                 on_finish: Callable[[RunFinished], None] | None) -> None:
+        self.id, self.spec, self._runner, self._on_finish = job_id, spec, runner, on_finish
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._state: JobState = "queued"
+        self._epochs: list[EpochEnd] = []
+        self._last_batch: BatchEnd | None = None
+        self._progress: Progress | None = None
+        self._finished: RunFinished | None = None
+        self._losses: list[tuple[float, float]] = []
+        self._stride = 1
+        self._version = 0
+        self.after: JobHandle | None = None  # starts only once this one has ended
+        self.estimate_s = 10.0  # how long it should take once started (set by the runner)
+        self.started: float | None = None  # when a worker took it
+        self.stopped_by = "by the user"
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def alive(self) -> bool:
+        return not self._done.is_set()
+
+    def stop(self, by: str = "by the user") -> None:
+        """Ask the job to stop: a queued job leaves the line, a running one stops before its next batch
+        (keeping its best epoch). ``by`` says who stopped it in the run's reason ("by the teacher")."""
+        self.stopped_by = by
+        self._runner.stop(self)
+
+    def join(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    def snapshot(self) -> JobSnapshot:
+        position, wait = self._runner.queue_info(self) if self._state == "queued" else (0, 0.0)
+        with self._lock:
+            return JobSnapshot(self.name, self._state, position, wait, tuple(self._epochs), self._last_batch,
+                               self._progress, self._finished, tuple(self._losses), self._version)
+
+    def record(self, event: Event) -> None:
+        """Take one event (called by the runner, never by pages)."""
+        if (isinstance(event, RunFinished) and event.status == "stopped" and event.reason.startswith("Stopped ")
+                and not event.reason.startswith(TIME_LIMIT_STOP)):
+            rest = event.reason.removeprefix("Stopped ").removeprefix("by the user ")
+            event = dataclasses.replace(event, reason=f"Stopped {self.stopped_by} {rest}")  # who stopped it
+        if isinstance(event, RunFinished) and self._on_finish is not None:
+            try:
+                self._on_finish(event)  # before the state flips, so a finished job is fully taken in
+            except Exception as e:
+                event = RunFinished("failed", f"The run finished but could not be loaded: {e}")
+        with self._lock:
+            self._version += 1
+            if isinstance(event, EpochEnd):
+                self._epochs.append(event)
+            elif isinstance(event, BatchEnd):
+                self._last_batch = event
+                self._state = "running"
+                if event.batch % self._stride == 0 or event.batch == event.num_batches:
+                    self._losses.append((event.epoch - 1 + event.batch / event.num_batches, event.loss))
+                if len(self._losses) > MAX_CURVE_POINTS:  # keep the curve's shape, not every point
+                    self._losses = self._losses[::2]
+                    self._stride *= 2
+            elif isinstance(event, Progress):
+                self._progress = event
+                self._state = "running"
+            elif isinstance(event, RunFinished):
+                self._finished = event
+                self._state = event.status
+        if isinstance(event, RunFinished):
+            # estimates learn from real runs (not from analyses, which train no run)
+            if event.status == "completed" and self.started is not None and self.spec.task == "train":
+                from .profile import CALIBRATION
+
+                CALIBRATION.observe(self.spec.config, len(self.spec.split[0]) + len(self.spec.split[1]),
+                                    time.time() - self.started)
+            self._done.set()
+
+    def remaining_s(self) -> float:
+        """About how long until it ends: its estimate, less the time it has run."""
+        return max(0.0, self.estimate_s - (time.time() - self.started if self.started else 0.0))
+
+    def mark_running(self) -> None:
+        with self._lock:
+            self.started = time.time()
+            self._state = "running"
+            self._version += 1
+
+
+class Runner(Protocol):
+    """Runs training jobs somewhere else than the web server."""
+
+    def submit(self, spec: JobSpec, on_finish: Callable[[RunFinished], None] | None = None,
+               after: JobHandle | None = None) -> JobHandle:
+        """Queue a job; it starts once a worker is free and ``after`` (if given) has ended."""
+
+    def stop(self, job: JobHandle) -> None:
+        """Queued: leave the line. Running: stop before the next batch, keeping the best epoch."""
+
+    def queue_info(self, job: JobHandle) -> tuple[int, float]:
+        """(position in line, 1 = next; estimated seconds until it starts)."""
+
+    def backlog_seconds(self) -> float:
+        """About how long until a long job submitted now would start."""
+
+
+def estimate_seconds(spec: JobSpec) -> float:
+    """A rough duration for wait estimates: measured speed of the backbone times the work. On a click's
+    path: it never measures (a backbone not timed yet gets a guess while it is timed off this thread)."""
+    from .profile import estimate_run_seconds
+
+    try:
+        return estimate_run_seconds(spec.config, len(spec.split[0]) + len(spec.split[1]), wait=False)
+    except Exception:  # not timed yet, or a backbone that cannot be timed here: a guess beats no estimate
+        return 10.0
+
+
+def _transportable(event: Event) -> Event:
+    """Events without models: a finished run is saved by the worker and loaded from disk by the server."""
+    if isinstance(event, EpochEnd):
+        return dataclasses.replace(event, model=None)
+    if isinstance(event, RunFinished):
+        return RunFinished(event.status, event.reason)
+    return event
+
+
+def run_job(spec: JobSpec, should_stop: Callable[[], bool], emit: Callable[[Event], None]) -> None:
+    """Train one job where this runs (a worker process, a Ray actor): best epochs checkpointed and the
+    finished run saved into ``spec.folder``, events without models passed to ``emit``. Never raises:
+    a failure ends the job as failed, with the reason."""
+    from .checkpoint import Checkpointer, save_run
+    from .train import train
+
+    if spec.task != "train":
+        from .analysis import run_analysis
+
+        return run_analysis(spec, should_stop, emit)
+    deadline = None if spec.max_seconds is None else time.monotonic() + spec.max_seconds
+
+    def out_of_time() -> bool:
+        return deadline is not None and time.monotonic() > deadline
+
+    try:
+        checkpoint = Checkpointer(spec.folder, spec.config, list(spec.images.classes), spec.meta)
+        for event in train(spec.images, spec.config, lambda: should_stop() or out_of_time(), split=spec.split):
+            if isinstance(event, RunFinished) and event.status == "stopped" and out_of_time() and not should_stop():
+                rest = event.reason.removeprefix("Stopped by the user ")
+                event = dataclasses.replace(event, reason=(
+                    f"{TIME_LIMIT_STOP} of {spec.max_seconds / 60:g} min per run (TLS_MAX_RUN_MINUTES, "
+                    f"which whoever starts the server can change) {rest}"))
+            checkpoint(event)
+            if isinstance(event, RunFinished):
+                if event.result is not None:
+                    save_run(event.result, spec.folder, event.status, spec.meta)
+                else:
+                    checkpoint.flush()
+            emit(_transportable(event))
+            if isinstance(event, RunFinished):
+                return
+    except Exception as e:  # the worker survives a failed job
+        log.error("job %s failed: %s", spec.name, traceback.format_exc())
+        emit(RunFinished("failed", f"Training failed unexpectedly: {type(e).__name__}: {e}"))
+
+
+def send(conn: Connection, message: object) -> None:
+    """One message, plainly pickled: tensors travel by value (``Connection.send`` would share them
+    through file descriptors only processes started by ``multiprocessing`` can open)."""
+    conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def receive(conn: Connection) -> object:
+    """The next message ``send`` sent (raises ``EOFError`` once the other end has closed)."""
+    return pickle.loads(conn.recv_bytes())
