@@ -491,14 +491,49 @@ def _prefix_plan(model: TransferModel, data: ImageSet, train_idx: list[int], val
                 f"the {depth} frozen stages ran once per image and view ({views} view{'s' * (views > 1)}) on {runtime}")
 
 
+@dataclass
+class _Setup:
+    """What every mode starts from: the trainable images, the split, the device and the model."""
+
+    cfg: TrainConfig  # as run (zero-shot: with the class-name mapping it used)
+    data: ImageSet
+    labels: torch.Tensor
+    train_idx: list[int]
+    val_idx: list[int]
+    device: torch.device
+    model: TransferModel
+    depth: int  # leading stages frozen
+    start: float  # perf_counter at the start of the run
+
+    @property
+    def frozen(self) -> bool:
+        return self.cfg.mode in FROZEN_BODY_MODES
+
+
 def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool],
            split: tuple[list[int], list[int]] | None) -> Iterator[Event]:
+    """Setup, plan, loop: the frozen-body modes fit a head on cached features; the others plan how each
+    batch reaches the layers that learn and run the one training loop."""
+    s = _setup(imageset, cfg, split)
+    if s.frozen:
+        yield from _frozen_run(s, should_stop)
+        return
+    plan = yield from _plan(s, should_stop)
+    if plan is None:
+        yield RunFinished("stopped", "Stopped while running the frozen stages, before any training.")
+        return
+    finished = yield from _loop(s, plan, should_stop)
+    if finished.status == "completed" and s.cfg.resolved_score_folds() and finished.result is not None:
+        finished = yield from _fold_scored(finished, s.data, s.labels, s.cfg, s.device, should_stop)
+    yield finished
+
+
+def _setup(imageset: ImageSet, cfg: TrainConfig, split: tuple[list[int], list[int]] | None) -> _Setup:
     cfg.validate()
     check_trainable(imageset)
     data = trainable_subset(imageset)
     labels = data.labels()
     train_idx, val_idx = split if split is not None else run_split(labels, cfg)
-    train_idx, val_idx = list(train_idx), list(val_idx)
     if not train_idx:
         raise TLError("No images are left for training after the validation split.")
     device = resolve_device(cfg.device)
@@ -506,7 +541,6 @@ def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool]
     torch.manual_seed(cfg.seed)
     depth = cfg.resolved_freeze_depth()
     start = time.perf_counter()
-    frozen = cfg.mode in FROZEN_BODY_MODES
     if cfg.mode == "zero-shot":  # the backbone's own ImageNet head, summed per class: nothing to train
         from .zeroshot import suggest_mapping, zero_shot_model
 
@@ -515,7 +549,7 @@ def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool]
         cfg = dataclasses.replace(cfg, zero_shot_map={c: list(mapping[c]) for c in data.classes})
         model = zero_shot_model(cfg.backbone, data.classes, cfg.zero_shot_map)
         model.head.to(device)
-    elif frozen:  # the body never changes: share one pretrained copy (it stays on the CPU; the runtime runs it)
+    elif cfg.mode in FROZEN_BODY_MODES:  # the body never changes: one shared pretrained copy (CPU; the runtime runs it)
         body = frozen_body(cfg.backbone)  # built once per process: it may or may not draw random numbers now
         torch.manual_seed(cfg.seed)  # so the new head starts the same wherever and whenever the run trains
         model = TransferModel(body, len(data.classes), spec.preprocess)
@@ -524,36 +558,59 @@ def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool]
         model = build_model(cfg.backbone, len(data.classes), pretrained=cfg.mode != "scratch", seed=cfg.seed)
         model.to(device)
     freeze(model, depth)
+    return _Setup(cfg, data, labels, list(train_idx), list(val_idx), device, model, depth, start)
 
-    if frozen:
-        feats = yield from embed(data, cfg.backbone, device, should_stop)
-        if feats is None:
-            yield RunFinished("stopped", "Stopped while computing features, before any training.")
-            return
-        x_all = feats.to(device)
-        views = None
-        if cfg.mode == "feature-extraction" and fe_views(cfg, len(data)):
-            views = yield from embed_views(data, cfg.backbone, fe_views(cfg, len(data)), device, should_stop)
-            if views is None:
-                yield RunFinished("stopped", "Stopped while computing features, before any training.")
-                return
-        if cfg.mode in UNTRAINED_MODES:
-            yield _untrained_run(model, x_all, labels.to(device), train_idx, val_idx, data, cfg, depth, start)
-        else:
-            yield from _head_run(model, x_all, labels.to(device), train_idx, val_idx, data, cfg, depth, start,
-                                 should_stop, views)
+
+def _frozen_run(s: _Setup, should_stop: Callable[[], bool]) -> Iterator[Event]:
+    """Zero-shot, few-shot and feature extraction: features once (cached), then a head computed or fitted."""
+    feats = yield from embed(s.data, s.cfg.backbone, s.device, should_stop)
+    views = None
+    if feats is not None and s.cfg.mode == "feature-extraction" and (k := fe_views(s.cfg, len(s.data))):
+        views = yield from embed_views(s.data, s.cfg.backbone, k, s.device, should_stop)
+        feats = None if views is None else feats
+    if feats is None:
+        yield RunFinished("stopped", "Stopped while computing features, before any training.")
         return
-    if depth > 0 and model.body.splittable:
-        found = yield from _prefix_plan(model, data, train_idx, val_idx, cfg, depth, device, should_stop)
-        if found is None:
-            yield RunFinished("stopped", "Stopped while running the frozen stages, before any training.")
-            return
-        plan = found
+    args = (s.model, feats.to(s.device), s.labels.to(s.device), s.train_idx, s.val_idx, s.data, s.cfg, s.depth, s.start)
+    if s.cfg.mode in UNTRAINED_MODES:
+        yield _untrained_run(*args)
     else:
-        plan = _pixel_plan(model, data, cfg, device)
-    optimizer = torch.optim.AdamW(plan.param_groups, weight_decay=cfg.weight_decay)
+        yield from _head_run(*args, should_stop, views)
 
-    y_all = labels.to(device)
+
+def _plan(s: _Setup, should_stop: Callable[[], bool]) -> Generator[Progress, None, Plan | None]:
+    """How batches reach the layers that learn: the cached outputs of the frozen leading stages when the
+    body can be split there, else pixels through the whole network. None if stopped meanwhile."""
+    if s.depth > 0 and s.model.body.splittable:
+        return (yield from _prefix_plan(s.model, s.data, s.train_idx, s.val_idx, s.cfg, s.depth, s.device,
+                                        should_stop))
+    return _pixel_plan(s.model, s.data, s.cfg, s.device)
+
+
+@dataclass
+class _Best:
+    """The best epoch so far (by validation accuracy, then loss) and its weights."""
+
+    state: dict[str, torch.Tensor] | None = None
+    key: tuple[float, float] | None = None
+    epoch: int = 0
+    since: int = 0  # epochs since it improved
+
+    def offer(self, epoch: int, key: tuple[float, float], trained: nn.Module) -> bool:
+        if self.key is not None and key <= self.key:
+            self.since += 1
+            return False
+        self.key, self.epoch, self.since = key, epoch, 0
+        self.state = copy.deepcopy(trained.state_dict())
+        return True
+
+
+def _loop(s: _Setup, plan: Plan, should_stop: Callable[[], bool]) -> Generator[Event, None, RunFinished]:
+    """The one training loop: epochs of AdamW steps, validation after each, the best epoch kept, early
+    stopping; Stop checked before every batch. Returns how it ended (with the best epoch's result)."""
+    cfg, train_idx = s.cfg, s.train_idx
+    optimizer = torch.optim.AdamW(plan.param_groups, weight_decay=cfg.weight_decay)
+    y_all = s.labels.to(s.device)
     batch_size = min(cfg.batch_size, len(train_idx))
     num_batches = math.ceil(len(train_idx) / batch_size)
     total_batches = num_batches * cfg.epochs
@@ -562,26 +619,12 @@ def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool]
     # have used (a cache hit does not): seed it here, so a seed gives one result wherever the run trains.
     torch.manual_seed(cfg.seed)
     history: list[EpochEnd] = []
-    best_state: dict[str, torch.Tensor] | None = None
-    best_key: tuple[float, float] | None = None
-    best_epoch, since_best, batches_done = 0, 0, 0
+    best = _Best()
+    batches_done = 0
     train_start = time.perf_counter()
 
     def finish(status: Status, reason: str) -> RunFinished:
-        if best_state is not None:
-            plan.trained.load_state_dict(best_state)
-        model.eval()
-        (model.head if frozen else model).cpu()  # free accelerator memory; the shared body never moved
-        if not history:
-            return RunFinished(status, reason)
-        best = history[best_epoch - 1]
-        return RunFinished(status, reason, RunResult(
-            model_ref=model, classes=tuple(data.classes), config=cfg, history=tuple(history),
-            best_epoch=best_epoch, val_accuracy=best.val_acc, train_seconds=time.perf_counter() - start,
-            num_images=len(train_idx) + len(val_idx), train_indices=tuple(train_idx),
-            val_indices=tuple(val_idx), trainable_params=count_params(model, trainable_only=True),
-            total_params=count_params(model), freeze_depth=depth, runtime=plan.runtime, how=plan.how,
-            score=None if best.val_acc is None else Score(best.val_acc, len(val_idx), _split_method(cfg))))
+        return _finish(s, plan, history, best, status, reason)
 
     for epoch in range(1, cfg.epochs + 1):
         plan.set_train()
@@ -591,18 +634,16 @@ def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool]
         for b in range(num_batches):
             if should_stop():
                 kept = "the best epoch's weights are kept" if history else "no epoch had finished, so nothing is kept"
-                yield finish("stopped", f"Stopped by the user during epoch {epoch}; {kept}.")
-                return
+                return finish("stopped", f"Stopped by the user during epoch {epoch}; {kept}.")
             idx = order[b * batch_size:(b + 1) * batch_size]
             x, y = plan.get_batch(idx, True), y_all[idx]
-            with _autocast(device):
+            with _autocast(s.device):
                 logits = plan.forward(x)
                 loss = F.cross_entropy(logits.float(), y)
             if not torch.isfinite(loss):
-                yield finish("failed", f"The loss became {loss.item()} in epoch {epoch}, batch {b + 1}: training "
-                                       f"diverged. The learning rate ({cfg.resolved_lr():g}) is probably too high; try "
-                                       f"one ten times smaller.")
-                return
+                return finish("failed", f"The loss became {loss.item()} in epoch {epoch}, batch {b + 1}: training "
+                                        f"diverged. The learning rate ({cfg.resolved_lr():g}) is probably too high; "
+                                        f"try one ten times smaller.")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -613,25 +654,36 @@ def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool]
             rate = batches_done / (time.perf_counter() - train_start)
             yield BatchEnd(epoch, b + 1, num_batches, loss.item(), seen / (time.perf_counter() - epoch_start),
                            batches_done / total_batches, (total_batches - batches_done) / rate)
-        val_loss, val_acc = _validate(plan, y_all, val_idx, batch_size)
+        val_loss, val_acc = _validate(plan, y_all, s.val_idx, batch_size)
         key = (val_acc, -val_loss) if val_acc is not None and val_loss is not None else (0.0, -loss_sum / seen)
-        is_best = best_key is None or key > best_key
-        if is_best:
-            best_key, best_epoch, since_best = key, epoch, 0
-            best_state = copy.deepcopy(plan.trained.state_dict())
-        else:
-            since_best += 1
+        is_best = best.offer(epoch, key, plan.trained)
         history.append(EpochEnd(epoch, cfg.epochs, loss_sum / seen, correct / seen, val_loss, val_acc,
-                                time.perf_counter() - start, is_best, model))
+                                time.perf_counter() - s.start, is_best, s.model))
         yield history[-1]
-        if cfg.patience and since_best >= cfg.patience:
+        if cfg.patience and best.since >= cfg.patience:
             break
     reason = (f"Stopped early after epoch {len(history)}: no improvement for {cfg.patience} epochs. "
               if len(history) < cfg.epochs else f"Finished {cfg.epochs} epochs; ")
-    finished = finish("completed", reason + f"the best epoch ({best_epoch}) is kept.")
-    if cfg.resolved_score_folds() and finished.result is not None:
-        finished = yield from _fold_scored(finished, data, labels, cfg, device, should_stop)
-    yield finished
+    return finish("completed", reason + f"the best epoch ({best.epoch}) is kept.")
+
+
+def _finish(s: _Setup, plan: Plan, history: list[EpochEnd], best: _Best, status: Status, reason: str
+            ) -> RunFinished:
+    """The run's end: the best epoch's weights restored, the model back on the CPU, its result."""
+    if best.state is not None:
+        plan.trained.load_state_dict(best.state)
+    s.model.eval()
+    s.model.cpu()  # free accelerator memory
+    if not history:
+        return RunFinished(status, reason)
+    top = history[best.epoch - 1]
+    return RunFinished(status, reason, RunResult(
+        model_ref=s.model, classes=tuple(s.data.classes), config=s.cfg, history=tuple(history),
+        best_epoch=best.epoch, val_accuracy=top.val_acc, train_seconds=time.perf_counter() - s.start,
+        num_images=len(s.train_idx) + len(s.val_idx), train_indices=tuple(s.train_idx),
+        val_indices=tuple(s.val_idx), trainable_params=count_params(s.model, trainable_only=True),
+        total_params=count_params(s.model), freeze_depth=s.depth, runtime=plan.runtime, how=plan.how,
+        score=None if top.val_acc is None else Score(top.val_acc, len(s.val_idx), _split_method(s.cfg))))
 
 
 def _split_method(cfg: TrainConfig) -> str:
