@@ -2,7 +2,7 @@
 import streamlit as st
 
 import tlcore
-from pages.common import (PAGES, VIEW_PAGES, project, read_only, save_student, start_from_kit, step_bar,
+from pages.common import (PAGES, VIEW_PAGES, project, read_only, save_student, session, start_from_kit, step_bar,
                           view_link)
 
 st.set_page_config(page_title="Transfer Learning Studio", page_icon=":material/school:", layout="wide")
@@ -15,7 +15,7 @@ if not read_only():
 # No sidebar menu: the step bar is the menu. (.streamlit/config.toml hides it from the first visit on, when
 # Streamlit would otherwise list the raw pages/ files for as long as the first run takes.)
 page = st.navigation(pages, position="hidden")
-st.session_state["_page"] = page.url_path
+session().page = page.url_path
 if page.url_path == "teacher" and tlcore.board_key_ok(st.query_params.get("board")):  # the projector: the board alone
     page.run()
     st.stop()

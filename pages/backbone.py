@@ -7,7 +7,7 @@ import streamlit as st
 
 import tlcore
 from pages import insight
-from pages.common import ASSETS, explain, project
+from pages.common import ASSETS, explain, project, session
 from tlcore import measure_speed
 
 proj = project()
@@ -38,7 +38,7 @@ def choose(name: str) -> None:
             tlcore.ensure_weights(spec, progress)
         except tlcore.TLError as e:
             bar.empty()
-            st.session_state["backbone_error"] = str(e)
+            session().note("backbone", str(e))
             return
         bar.empty()
     proj.backbone = name
@@ -47,7 +47,7 @@ def choose(name: str) -> None:
     st.toast(f"Using {spec.title}.", icon=":material/check:")
 
 
-measured = st.session_state.setdefault("backbone_measured", set())
+measured = session().measured
 explain("Speed here: milliseconds per image, timed as one pass over a batch of 8 images divided by 8. The **torch** "
         "figure is measured the same way for every backbone: compare backbones by it. Where a backbone's weights are "
         "installed, the fast runtime that feature extraction uses (OpenVINO or ONNX Runtime) is timed on the same batch too.")
@@ -59,7 +59,7 @@ if st.button("Measure speed on this machine", icon=":material/speed:", key="back
         measured.add(spec.name)
     bar.empty()
 measured.add(proj.backbone)
-if error := st.session_state.pop("backbone_error", None):
+if error := session().take_note("backbone"):
     st.error(error, icon=":material/cloud_off:")
 
 cols = st.columns(3)
@@ -110,7 +110,7 @@ def fits_view() -> None:
     for name, state in states.items():
         if state.error:
             st.warning(f"{tlcore.get_backbone_spec(name).title}: {state.error}", icon=":material/warning:")
-    if message := st.session_state.pop("insight_error_transfer-score", None):
+    if message := session().take_note("insight:transfer-score"):
         st.error(message, icon=":material/error:")  # e.g. this student's limit of queued work
     done = {n: state.result for n, state in states.items() if state.result is not None}
     if not running and len(done) < len(states):
@@ -175,7 +175,7 @@ with st.expander("I have a weights file (offline machines)", icon=":material/upl
     explain("Torchvision backbones download their weights once. On a machine without internet, copy the "
             "weights file (for example resnet18-f37072fd.pth) from another computer and import it here. "
             "Every project on this server then uses it, so the file must be the original: its SHA-256 is checked.")
-    if os.environ.get("TLS_TEACHER_PASSWORD") and not st.session_state.get("tls_teacher"):
+    if os.environ.get("TLS_TEACHER_PASSWORD") and not session().teacher_key:
         st.info("On this shared server only the teacher imports weights: open the Teacher page with the teacher "
                 "password first.", icon=":material/lock:")
     else:

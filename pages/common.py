@@ -5,19 +5,90 @@ import dataclasses
 import os
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
-from streamlit.runtime import Runtime
-from streamlit.runtime.pages_manager import PagesManager
-from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 import tlcore
 from tlcore import PROJECTS, Project, RunRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
-STATE_KEY = "tls_project"
+SESSION_KEY = "tls"  # the one session-state key of the app's own state (``Session``)
+
+
+@dataclass
+class Session:
+    """What one browser session keeps between reruns, behind one key (``session()``). Widget values stay
+    Streamlit's, under keys that start with their page's name (``data_``, ``train_``, ...)."""
+
+    project: Project
+    read_only: bool = False  # opened from a ?view= link: look and test, never change
+    page: str = ""  # the url path of the page being shown
+    teacher_key: str | None = None  # the teacher's key, once the password was typed (Teacher page)
+    notes: dict[str, str] = field(default_factory=dict)  # one-shot messages a callback leaves for the next run
+    groups: dict[str, str] = field(default_factory=dict)  # Compare: "ladder", "study", "race" -> the group started here
+    challenge_marks: dict[str, Any] = field(default_factory=dict)  # Compare: runs scored on the challenge set
+    measured: set[str] = field(default_factory=set)  # Backbone: backbones whose speed this session asked for
+    upload_gen: int = 0  # Data: bumped after each upload, for a fresh, empty uploader
+    last_upload: tuple[int, list[tuple[str, str]]] | None = None  # Data: (added, [(file, why not)])
+    confirm_sample: str | None = None  # Data: the sample waiting for "replace or new project?"
+    recording: dict[str, Any] = field(default_factory=lambda: {"added": 0, "note": ""})  # Data: hold-to-record
+    undo: tuple[str, str, list] | None = None  # Data: (project, class, images) of the last removal
+    data_check: tuple[Any, Any] | None = None  # Data check: (what it was computed on, its result)
+    freeze_maps: tuple[Any, Any] | None = None  # Freeze: (what they show, the maps or an error)
+    web_export: tuple[str, Any, Path] | None = None  # Export: (run id, WebExport, zip path)
+    report_html: tuple[str, str] | None = None  # Export: (run id, the report's HTML)
+    figures: dict[tuple[str, int], tuple] = field(default_factory=dict)  # Train: (run id, version) -> (loss, acc)
+    predictions: dict[tuple[str, str], Any] = field(default_factory=dict)  # Test: (run id, image) -> what it showed
+    live_test: dict[str, Any] = field(default_factory=dict)  # Test: the live camera's state
+    camera_seen: dict[str, tuple] = field(default_factory=dict)  # live_camera: the last message taken per widget
+
+    def note(self, topic: str, text: str) -> None:
+        self.notes[topic] = text
+
+    def take_note(self, topic: str) -> str | None:
+        return self.notes.pop(topic, None)
+
+
+def session() -> Session:
+    """This browser session's state (``project()`` creates it on the session's first run)."""
+    return st.session_state[SESSION_KEY]
+
+
+# -- Streamlit internals: no public API does these, so they live here alone ----------------------------------
+
+def session_id() -> str:
+    """This browser session's id (the registry counts who holds a project): no public API names it."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else "no-session"
+
+
+def session_alive(sid: str) -> bool:
+    """Whether a browser session is still connected (the sweeper's question): no public API answers it.
+    Without a running server (AppTest) nobody can tell, and nothing is let go."""
+    from streamlit.runtime import Runtime
+
+    return not Runtime.exists() or Runtime.instance().is_active_session(sid)
+
+
+def leave_legacy_pages_mode() -> bool:
+    """A deep link (e.g. /data) on a freshly started server makes Streamlit run that page as an old-style
+    pages/ script, without app.py, because this folder is called pages/ (the product's layout). Switch the
+    server to app.py's st.navigation for good, as its first st.navigation call would; True if it was needed.
+    No public setting turns the old mode off, so this is the one place that sets a private attribute."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if not PagesManager.uses_pages_directory:
+        return False
+    PagesManager.uses_pages_directory = False
+    return True
+
+# ------------------------------------------------------------------------------------------------------------
 
 PAGES = {  # file -> (title, icon); the order is the order of the steps
     "pages/backbone.py": ("Backbone", ":material/hub:"),
@@ -31,32 +102,23 @@ PAGES = {  # file -> (title, icon); the order is the order of the steps
 }
 
 
-def session_id() -> str:
-    ctx = get_script_run_ctx()
-    return ctx.session_id if ctx is not None else "no-session"
-
-
 def student() -> str:
     """Who a run is for, so that every tab and project of one student share one turn for the workers and one
     queue limit: the browser's network address (one laptop, one student), or on this machine's own browsers
     (the teacher's laptop, the tests) the project."""
     ip = st.context.ip_address
-    return f"project:{st.session_state[STATE_KEY].name}" if not ip or ip in ("127.0.0.1", "::1") else f"ip:{ip}"
+    return f"project:{session().project.name}" if not ip or ip in ("127.0.0.1", "::1") else f"ip:{ip}"
 
 
 VIEW_PAGES = ("pages/evaluate.py", "pages/test.py")  # all a read-only link offers: looking and testing
-READONLY_KEY = "tls_readonly"
 
 
 def project() -> Project:
     """The session's project. A reload reopens it (running jobs included) from the link in the address:
     ``?p=KEY`` to work on it, ``?view=KEY`` to look and test only. A project's name opens nothing."""
-    if PagesManager.uses_pages_directory:
-        # A deep link (e.g. /data) on a freshly started server makes Streamlit run this page as an
-        # old-style pages/ script, without app.py. Switch it to app.py's st.navigation and rerun.
-        PagesManager.uses_pages_directory = False
-        st.rerun()
-    if STATE_KEY not in st.session_state:
+    if leave_legacy_pages_mode():
+        st.rerun()  # now through app.py
+    if SESSION_KEY not in st.session_state:
         proj, readonly = None, False
         key = st.query_params.get("p") or st.query_params.get("view")
         if key:
@@ -66,11 +128,11 @@ def project() -> Project:
                 st.toast(f"Could not open the project: {e}", icon=":material/warning:")
         elif "kit" in st.query_params and (kit := tlcore.current_kit()) is not None:  # the join link
             kit.start(proj := PROJECTS.create(session_id()))
-        st.session_state[STATE_KEY] = proj or PROJECTS.create(session_id())
-        st.session_state[READONLY_KEY] = readonly
+        st.session_state[SESSION_KEY] = Session(proj or PROJECTS.create(session_id()), readonly)
         start_sweeper()
         start_workers()
-    proj = st.session_state[STATE_KEY] = PROJECTS.hold(st.session_state[STATE_KEY], session_id())
+    state = session()
+    proj = state.project = PROJECTS.hold(state.project, session_id())
     _show_link(proj)
     return proj
 
@@ -78,7 +140,7 @@ def project() -> Project:
 def save_settings(**changes) -> None:
     """Change the session's project settings and save them. Pages call it from widget callbacks, when a
     person changes a widget, so a second, stale tab of the project never writes its old values back."""
-    proj = st.session_state[STATE_KEY]
+    proj = session().project
     proj.settings = dataclasses.replace(proj.settings, **changes)
     proj.save()
 
@@ -90,7 +152,7 @@ def setting(name: str, key: str, cast=None) -> dict:
 
 def read_only() -> bool:
     """This session was given a read-only link: it may look and test, never change."""
-    return bool(st.session_state.get(READONLY_KEY))
+    return SESSION_KEY in st.session_state and session().read_only
 
 
 KEEP_PARAMS = ("t", "board")  # the teacher's key and the projector view survive a reload of the Teacher page
@@ -110,14 +172,14 @@ def switch_project(link: str | None, create: bool = False) -> None:
     else:
         key = (link or "").strip().rsplit("=", 1)[-1].split("&")[0]
         proj, readonly = PROJECTS.open_link(key, session_id())
-    st.session_state[STATE_KEY] = proj
-    st.session_state[READONLY_KEY] = readonly
+    state = session()
+    state.project, state.read_only = proj, readonly
     _show_link(proj)
 
 
 def save_student(key: str) -> None:
     """The name the student typed (widget ``key``), on their project."""
-    proj = st.session_state[STATE_KEY]
+    proj = session().project
     proj.student = " ".join(str(st.session_state[key]).split())[:40]
     proj.save()
 
@@ -125,7 +187,7 @@ def save_student(key: str) -> None:
 def start_from_kit() -> None:
     """A new project for this session holding its own copy of the class kit."""
     switch_project(None, create=True)
-    tlcore.current_kit().start(st.session_state[STATE_KEY])
+    tlcore.current_kit().start(session().project)
 
 
 def public_url(path: str = "") -> str:
@@ -164,14 +226,10 @@ def start_sweeper() -> threading.Thread:
     grace = float(os.environ.get("TLS_SESSION_GRACE_S", 300))
     interval = float(os.environ.get("TLS_SWEEP_INTERVAL_S", 30))
 
-    def alive(sid: str) -> bool:
-        return Runtime.exists() and Runtime.instance().is_active_session(sid)
-
     def loop() -> None:
         while True:
             time.sleep(interval)
-            if Runtime.exists():
-                PROJECTS.sweep(alive, grace)
+            PROJECTS.sweep(session_alive, grace)
 
     thread = threading.Thread(target=loop, name="tls-session-sweeper", daemon=True)
     thread.start()
@@ -225,7 +283,7 @@ def require_run(proj: Project) -> RunRecord:
     """The run this page shows: the newest finished one, unless the user picked another here (comparison
     runs are offered only when asked for); stops the page with guidance when there is none."""
     runs = proj.finished_runs()
-    page = st.session_state.get("_page", "")
+    page = session().page
     if any(r.group for r in runs) and not st.toggle("Include comparison runs", key=f"run_all_{page}"):
         runs = [r for r in runs if not r.group] or runs
     if not runs:

@@ -8,7 +8,7 @@ from plotly.subplots import make_subplots
 import streamlit as st
 
 import tlcore
-from pages.common import ASSETS, explain, format_seconds, project, require_data, student
+from pages.common import ASSETS, explain, format_seconds, project, require_data, session, student
 from tlcore import COMPARE_EPOCHS, DEFAULT_SHOTS, STRATEGY_TITLES, available_shots, shared_split
 from tlcore import describe, embedding_map
 
@@ -75,13 +75,13 @@ if chosen:
 if st.button("Run comparison", type="primary", icon=":material/play_arrow:", key="compare_go",
              disabled=not chosen or busy, help="Runs in the background, one after another."):
     try:
-        st.session_state["compare_group"] = proj.start_comparison(chosen, epochs=epochs, owner=student())
+        session().groups["ladder"] = proj.start_comparison(chosen, epochs=epochs, owner=student())
         st.rerun()
     except tlcore.TLError as e:
         st.error(str(e), icon=":material/error:")
 
 groups = list(dict.fromkeys(r.group for r in proj.runs if r.group.startswith("compare-")))
-group = st.session_state.get("compare_group") or (groups[-1] if groups else None)
+group = session().groups.get("ladder") or (groups[-1] if groups else None)
 others = [r for r in proj.finished_runs() if r.group != group]
 extra_ids = st.multiselect("Add earlier runs to the comparison", [r.id for r in others], key="compare_extra",
                            format_func=lambda i: f"{i.split('-')[1]} · {proj.run(i).label}")
@@ -111,11 +111,11 @@ def comparison_view() -> None:
         return
     curves = go.Figure()
     for k, r in enumerate(records):
-        epochs = r.job.snapshot().epochs if r.job is not None else (r.result.history if r.result else ())
+        epochs = r.job.snapshot().epochs if r.live else (r.result.history if r.result else ())
         if epochs:  # a strategy's colour is fixed by its place, not by how many curves have started yet
             curves.add_scatter(x=[e.epoch for e in epochs], y=[e.val_acc for e in epochs], mode="lines+markers",
                                name=r.label, line_color=px.colors.qualitative.Plotly[k % 10])
-        if r.job is not None:
+        if r.live:
             snap = r.job.snapshot()
             state = f"queued ({snap.queue_position} in line)" if snap.state == "queued" else snap.state
             st.caption(f"{r.label}: {state}")
@@ -174,7 +174,7 @@ def challenge_yardstick(scored) -> None:
     if not st.toggle(f"Also score on the class challenge's hidden images ({sum(challenge.counts.values())}, "
                      "the same for every run)", key="compare_challenge"):
         return
-    rows, marks = [], st.session_state.setdefault("compare_challenge_scores", {})
+    rows, marks = [], session().challenge_marks
     for r in scored:
         key = (challenge.id, proj.key, r.id)
         if key not in marks:
@@ -212,11 +212,11 @@ if shots and eff_strats:
 if st.button("Run data-efficiency study", key="compare_eff_go", disabled=busy or not shots or not eff_strats,
              icon=":material/stacked_line_chart:"):
     try:
-        st.session_state["compare_eff_group"] = proj.start_comparison(eff_strats, shots, epochs, owner=student())
+        session().groups["study"] = proj.start_comparison(eff_strats, shots, epochs, owner=student())
         st.rerun()
     except tlcore.TLError as e:
         st.error(str(e), icon=":material/error:")
-eff_group = st.session_state.get("compare_eff_group") or next(
+eff_group = session().groups.get("study") or next(
     (r.group for r in reversed(proj.runs) if r.group.startswith("shots-")), None)
 def study_view() -> None:
     """The study's chart and table; while its runs train, live progress (polled once a second)."""
@@ -226,7 +226,7 @@ def study_view() -> None:
                "low": r.result.score.interval[0], "high": r.result.score.interval[1],
                "seconds": round(r.result.train_seconds, 1)}
               for r in records if r.result is not None and r.result.score is not None]
-    pending = [r for r in records if r.job is not None]
+    pending = [r for r in records if r.live]
     if pending:
         done = len(records) - len(pending)
         left = pending[0].job.snapshot().wait_s + sum(r.job.remaining_s() for r in pending)
@@ -254,7 +254,7 @@ def study_view() -> None:
 
 
 if eff_group:
-    study_polling = any(r.job is not None for r in proj.group_runs(eff_group))
+    study_polling = any(r.live for r in proj.group_runs(eff_group))
     st.fragment(study_view, run_every=1.0 if study_polling else None)()
 
 st.divider()
@@ -277,12 +277,11 @@ if racers:
 if st.button("Run the race", key="compare_race_go", disabled=busy or len(racers) < 2, icon=":material/sprint:",
              help="At least two backbones; they train one after another in the background."):
     try:
-        st.session_state["compare_race_group"] = proj.start_comparison([race_mode], epochs=epochs, owner=student(),
-                                                                       backbones=racers)
+        session().groups["race"] = proj.start_comparison([race_mode], epochs=epochs, owner=student(), backbones=racers)
         st.rerun()
     except tlcore.TLError as e:
         st.error(str(e), icon=":material/error:")
-race_group = st.session_state.get("compare_race_group") or next(
+race_group = session().groups.get("race") or next(
     (r.group for r in reversed(proj.runs) if r.group.startswith("race-")), None)
 
 
@@ -294,7 +293,7 @@ def facts(backbone: str) -> dict:
 def race_view() -> None:
     """The race's table and its accuracy-against-cost chart; live progress while its runs train."""
     records = proj.group_runs(race_group)
-    pending = [r for r in records if r.job is not None]
+    pending = [r for r in records if r.live]
     if pending:
         done = len(records) - len(pending)
         st.progress(done / len(records), text=f"{done} of {len(records)} backbones done · about "
@@ -331,7 +330,7 @@ def race_view() -> None:
 
 
 if race_group:
-    race_polling = any(r.job is not None for r in proj.group_runs(race_group))
+    race_polling = any(r.live for r in proj.group_runs(race_group))
     st.fragment(race_view, run_every=1.0 if race_polling else None)()
 
 st.divider()

@@ -7,7 +7,7 @@ import streamlit as st
 
 import tlcore
 from pages import data_check, live_camera
-from pages.common import ASSETS, explain, project, switch_project
+from pages.common import ASSETS, explain, project, session, switch_project
 from tlcore import IMAGE_SUFFIXES, thumbnail
 
 proj = project()
@@ -23,11 +23,11 @@ SAMPLES = {"digits": "Handwritten digits 0–4 (40 each, from scikit-learn; CC B
 
 
 def upload_gen() -> int:
-    return st.session_state.setdefault("data_upload_gen", 0)
+    return session().upload_gen
 
 
 def report(rejected: list[tlcore.Rejected], added: int) -> None:
-    st.session_state["data_last_report"] = (added, [(r.file, r.reason) for r in rejected])
+    session().last_upload = (added, [(r.file, r.reason) for r in rejected])
 
 
 def add_files(label: str, key: str) -> None:
@@ -38,7 +38,7 @@ def add_files(label: str, key: str) -> None:
     rejected = images.add([(f.name, f.getvalue(), label) for f in files])
     proj.save()
     report(rejected, len(images) - before)
-    st.session_state["data_upload_gen"] = upload_gen() + 1  # a fresh, empty uploader
+    session().upload_gen += 1  # a fresh, empty uploader
 
 
 def add_zip() -> None:
@@ -53,15 +53,15 @@ def add_zip() -> None:
     else:
         proj.save()
         report(rejected, len(images) - before)
-    st.session_state["data_upload_gen"] = upload_gen() + 1
+    session().upload_gen += 1
 
 
 def load_sample(name: str, where: str = "here") -> None:
     """Load a sample; into a project that has images only once the user has chosen (never by one click)."""
     if where == "ask" and images.classes:  # images, or classes named and not filled yet
-        st.session_state["data_confirm_sample"] = name
+        session().confirm_sample = name
         return
-    st.session_state.pop("data_confirm_sample", None)
+    session().confirm_sample = None
     target = proj
     if where == "new":
         switch_project(None, create=True)
@@ -73,7 +73,7 @@ def load_sample(name: str, where: str = "here") -> None:
 
 def edited() -> None:
     """Another edit: the last upload's "Added N images" report is no longer news."""
-    st.session_state.pop("data_last_report", None)
+    session().last_upload = None
 
 
 def add_class() -> None:
@@ -83,14 +83,14 @@ def add_class() -> None:
         st.session_state["data_new_class"] = ""
         edited()
     except tlcore.TLError as e:
-        st.session_state["data_class_error"] = str(e)
+        session().note("data_class", str(e))
 
 
 @st.fragment
 def record_frames(label: str) -> None:
     """Hold-to-record: each frame goes through the same checks as an upload; only this fragment reruns
     per frame, and the whole page once recording stops (to show the new counts)."""
-    state = st.session_state.setdefault("data_rec_state", {"added": 0, "note": ""})
+    state = session().recording
     msg = live_camera.take("data_rec")
     if msg and msg.get("jpeg"):
         rejected = images.add([(f"camera-{label}-{time.strftime('%H%M%S')}-{msg['seq']}.jpg", msg["jpeg"], label)])
@@ -120,7 +120,7 @@ with st.container(border=True):
                    help=title, icon=":material/dataset:")
         col.caption(title)
 
-if pending := st.session_state.get("data_confirm_sample"):
+if pending := session().confirm_sample:
     with st.container(border=True):
         has = (f"{len(images)} images in {len(images.classes)} classes" if len(images) else
                f"the class{'es' * (len(images.classes) != 1)} {', '.join(images.classes)} (no images yet)")
@@ -132,7 +132,7 @@ if pending := st.session_state.get("data_confirm_sample"):
         b.button(f"Replace my {len(images)} images" if len(images) else "Replace my classes", key="data_sample_replace", on_click=load_sample,
                  args=(pending, "here"), icon=":material/delete_sweep:")
         c.button("Cancel", key="data_sample_cancel",
-                 on_click=lambda: st.session_state.pop("data_confirm_sample", None))
+                 on_click=lambda: setattr(session(), "confirm_sample", None))
 
 tab_classes, tab_zip, tab_camera = st.tabs(["Classes and uploads", "Upload a zip", "Camera"])
 with tab_classes:
@@ -140,7 +140,7 @@ with tab_classes:
         c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
         c1.text_input("New class name", key="data_new_class", placeholder="e.g. cat")
         c2.form_submit_button("Add class", on_click=add_class, icon=":material/add:", key="data_add_class")
-    if msg := st.session_state.pop("data_class_error", None):
+    if msg := session().take_note("data_class"):
         st.error(msg)
 with tab_zip:
     explain("A .zip with one folder per class, each holding that class's images. Hidden files and __MACOSX "
@@ -156,7 +156,7 @@ with tab_camera:
         target = st.selectbox("Record into class", images.classes, key="data_camera_class")
         record_frames(target)
 
-if report_ := st.session_state.get("data_last_report"):
+if report_ := session().last_upload:
     added, rejected = report_
     if added:
         st.success(f"Added {added} image{'s' * (added != 1)}.", icon=":material/check:")
@@ -167,7 +167,7 @@ if report_ := st.session_state.get("data_last_report"):
             if len(rejected) > 100:
                 st.caption(f"…and {len(rejected) - 100} more.")
 
-undo = st.session_state.get("data_undo")  # the last removal, until it is undone or another comes
+undo = session().undo  # the last removal, until it is undone or another comes
 if undo and undo[0] == proj.name:
     _, label, removed = undo
     u1, u2 = st.columns([4, 1], vertical_alignment="center")
@@ -175,7 +175,7 @@ if undo and undo[0] == proj.name:
     if u2.button("Undo", key="data_undo_go", icon=":material/undo:"):
         images.restore(removed)
         proj.save()
-        st.session_state.pop("data_undo")
+        session().undo = None
         st.rerun()
 
 if not images.classes:
@@ -227,7 +227,7 @@ for k, label in enumerate(images.classes):
                     edited()
                     st.rerun()
                 if m3.button("Remove", key=f"data_remove_{k}", disabled=not picked):
-                    st.session_state["data_undo"] = (proj.name, label, [i for i in items if i.digest in set(picked)])
+                    session().undo = (proj.name, label, [i for i in items if i.digest in set(picked)])
                     images.discard(picked)
                     proj.save()
                     edited()

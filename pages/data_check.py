@@ -9,7 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 import tlcore
-from pages.common import explain
+from pages.common import explain, session
 from tlcore import thumbnail
 
 SHOWN = 12  # findings shown at once (the rest follow as these are dealt with)
@@ -26,11 +26,11 @@ def _result(proj: tlcore.Project) -> tlcore.DataCheck:
         st.caption(f"Checked with {tlcore.get_backbone_spec(backbone).title}: the chosen backbone's weights are "
                    "not on this server yet (they download when you train).")
     key = tlcore.check_key(proj.images, backbone)
-    cached = st.session_state.get("data_check")
-    if cached is None or cached[0] != key:
+    state = session()
+    if state.data_check is None or state.data_check[0] != key:
         with st.spinner("Checking your images with the backbone…"):
-            st.session_state["data_check"] = (key, tlcore.check_data(proj.images, backbone))
-    return st.session_state["data_check"][1]
+            state.data_check = (key, tlcore.check_data(proj.images, backbone))
+    return state.data_check[1]
 
 
 def _act(proj: tlcore.Project, action: str, finding: tlcore.Finding, target: str | None = None) -> None:
@@ -44,15 +44,15 @@ def _act(proj: tlcore.Project, action: str, finding: tlcore.Finding, target: str
         else:
             review.keep(finding)
     except tlcore.TLError as e:
-        st.session_state["data_check_error"] = str(e)
-    st.session_state.pop("data_last_report", None)  # the last upload's report is no longer news
+        session().note("data_check", str(e))
+    session().last_upload = None  # the last upload's report is no longer news
 
 
 def _undo(proj: tlcore.Project, action_id: int) -> None:
     try:
         tlcore.Review.load(proj.folder).undo(proj, action_id)
     except tlcore.TLError as e:
-        st.session_state["data_check_error"] = str(e)
+        session().note("data_check", str(e))
 
 
 def panel(proj: tlcore.Project) -> None:
@@ -70,7 +70,7 @@ def panel(proj: tlcore.Project) -> None:
     if new := review.announce(result):
         st.toast(f"The data check found {new} new image{'s' * (new != 1)} to look at: see **Check your data**.",
                  icon=":material/rule:")
-    if msg := st.session_state.pop("data_check_error", None):
+    if msg := session().take_note("data_check"):
         st.error(msg, icon=":material/error:")
     images = proj.images
     pending = review.pending(result, images)

@@ -7,7 +7,7 @@ import segno
 import streamlit as st
 
 import tlcore
-from pages.common import explain, project, run_title, switch_project
+from pages.common import explain, project, run_title, session, switch_project
 from tlcore import export_model, import_run, model_card, run_archive
 
 proj = project()
@@ -31,10 +31,10 @@ def web_app(proj, record, folder: Path) -> None:
             try:
                 web = tlcore.export_web(proj, record, folder / "web", quantize=quantize)
                 path = tlcore.publish_web(web, STATIC, folder)
-                st.session_state["export_web_made"] = (record.id, web, path)
+                session().web_export = (record.id, web, path)
             except tlcore.TLError as e:
                 st.error(str(e), icon=":material/error:")
-    made = st.session_state.get("export_web_made")
+    made = session().web_export
     if not made or made[0] != record.id:
         return
     _, web, path = made
@@ -83,12 +83,12 @@ else:
             with st.spinner(f"Exporting to {title} and checking it against the app's model…"):
                 try:
                     path, diff = export_model(proj, record, kind)
-                    st.session_state["export_msg"] = (f"{title} export matches the app's model on the validation "
-                                                      f"images (largest difference {diff:.1e}).")
+                    session().note("export", f"{title} export matches the app's model on the validation images "
+                                             f"(largest difference {diff:.1e}).")
                 except tlcore.TLError as e:
-                    st.session_state["export_msg"] = str(e)
+                    session().note("export", str(e))
             st.rerun()
-    if msg := st.session_state.pop("export_msg", None):
+    if msg := session().take_note("export"):
         st.info(msg, icon=":material/verified:")
     with st.container(border=True):
         web_app(proj, record, folder)
@@ -100,8 +100,8 @@ else:
                     "in any browser, offline.")
         if st.button("Make the report", key="export_report", icon=":material/summarize:"):
             with st.spinner("Writing the report…"):
-                st.session_state["export_report_html"] = (record.id, tlcore.report_html(proj, record))
-        made = st.session_state.get("export_report_html")
+                session().report_html = (record.id, tlcore.report_html(proj, record))
+        made = session().report_html
         if made and made[0] == record.id:
             st.download_button("Download the report (.html)", made[1].encode(), f"{record.id}-report.html",
                                "text/html", icon=":material/download:", key="export_report_dl", type="primary")

@@ -6,7 +6,7 @@ import streamlit as st
 
 import tlcore
 from pages import insight
-from pages.common import explain, format_seconds, project, save_settings
+from pages.common import explain, format_seconds, project, save_settings, session
 from tlcore import stage_param_counts
 from tlcore import estimate_epoch_seconds, measure_speed
 
@@ -149,13 +149,14 @@ else:
     pick = st.selectbox("Image", range(len(items)), key="freeze_maps_image",
                         format_func=lambda i: f"{items[i].label} · {items[i].name}")
     cache_key = (spec.name, items[pick].digest)
-    if st.session_state.get("freeze_maps", (None,))[0] != cache_key:
+    state = session()
+    if state.freeze_maps is None or state.freeze_maps[0] != cache_key:
         try:
             with st.spinner("Running the image through each stage…"):
-                st.session_state["freeze_maps"] = (cache_key, tlcore.stage_maps(spec.name, proj.images, pick))
+                state.freeze_maps = (cache_key, tlcore.stage_maps(spec.name, proj.images, pick))
         except tlcore.TLError as e:
-            st.session_state["freeze_maps"] = (cache_key, str(e))
-    maps = st.session_state["freeze_maps"][1]
+            state.freeze_maps = (cache_key, str(e))
+    maps = state.freeze_maps[1]
     if isinstance(maps, str):
         st.info(maps, icon=":material/info:")
     else:

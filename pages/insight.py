@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 import tlcore
-from pages.common import format_seconds, student
+from pages.common import format_seconds, session, student
 
 
 def state(proj: tlcore.Project, task: str, config: tlcore.TrainConfig) -> tlcore.AnalysisState:
@@ -18,7 +18,7 @@ def start(proj: tlcore.Project, task: str, config: tlcore.TrainConfig) -> None:
     try:
         tlcore.start_analysis(proj.folder, task, proj.images, config, student())
     except tlcore.TLError as e:
-        st.session_state[f"insight_error_{task}"] = str(e)
+        session().note(f"insight:{task}", str(e))
 
 
 def show_progress(s: tlcore.AnalysisState, what: str) -> None:
@@ -32,7 +32,7 @@ def show_progress(s: tlcore.AnalysisState, what: str) -> None:
 
 
 def show_error(task: str, s: tlcore.AnalysisState) -> None:
-    if message := st.session_state.pop(f"insight_error_{task}", None) or s.error:
+    if message := session().take_note(f"insight:{task}") or s.error:
         st.error(message, icon=":material/error:")
 
 

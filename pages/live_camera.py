@@ -14,7 +14,7 @@ import streamlit as st
 import streamlit.components.v1 as components
 from PIL import Image
 
-from pages.common import ASSETS
+from pages.common import ASSETS, session
 
 _component = components.declare_component("live_camera", path=str(ASSETS / "live_camera"))
 INSECURE = ("**The camera needs a secure address.** Browsers allow cameras only on `https://` addresses or on "
@@ -31,9 +31,10 @@ def take(key: str) -> dict | None:
     if not isinstance(value, dict):
         return None
     mark = (value.get("sid"), value.get("seq"))
-    if st.session_state.get(f"{key}__done") == mark:
+    seen = session().camera_seen
+    if seen.get(key) == mark:
         return None
-    st.session_state[f"{key}__done"] = mark
+    seen[key] = mark
     if isinstance(value.get("jpeg"), str):
         value = {**value, "jpeg": base64.b64decode(value["jpeg"].split(",", 1)[-1])}
     return value
@@ -41,7 +42,7 @@ def take(key: str) -> dict | None:
 
 def show(key: str, mode: str, **args) -> None:
     """The component: ``mode`` "predict" (frames as fast as they are answered) or "record" (while held)."""
-    sid, seq = st.session_state.get(f"{key}__done") or (None, 0)
+    sid, seq = session().camera_seen.get(key) or (None, 0)
     _component(key=key, mode=mode, ack=seq, ack_sid=sid, default=None, **args)
 
 

@@ -6,7 +6,7 @@ import segno
 import streamlit as st
 
 import tlcore
-from pages.common import ASSETS, describe_snapshot, explain, project
+from pages.common import ASSETS, describe_snapshot, explain, project, session
 from tlcore import PROJECTS
 
 project()  # a deep link to /teacher on a freshly started server runs this page alone: app.py takes over
@@ -21,7 +21,8 @@ if not password:
 
 
 def log_out() -> None:
-    tlcore.teacher_logout(st.session_state.pop("tls_teacher", None))
+    tlcore.teacher_logout(session().teacher_key)
+    session().teacher_key = None
     for k in ("t", "board"):
         st.query_params.pop(k, None)
 
@@ -65,15 +66,15 @@ if projector:  # app.py draws no sidebar or step bar for it
     st.page_link("pages/teacher.py", label="Back to the Teacher page", icon=":material/arrow_back:")
     st.stop()
 
-if not tlcore.teacher_key_ok(st.session_state.get("tls_teacher")) and tlcore.teacher_key_ok(st.query_params.get("t")):
-    st.session_state["tls_teacher"] = st.query_params["t"]  # the teacher's own link: a reload needs no password
-if not tlcore.teacher_key_ok(st.session_state.get("tls_teacher")):
+if not tlcore.teacher_key_ok(session().teacher_key) and tlcore.teacher_key_ok(st.query_params.get("t")):
+    session().teacher_key = st.query_params["t"]  # the teacher's own link: a reload needs no password
+if not tlcore.teacher_key_ok(session().teacher_key):
     st.title("Teacher")
     with st.form("teacher_login"):
         typed = st.text_input("Teacher password", type="password", key="teacher_password")
         if st.form_submit_button("Open", icon=":material/lock_open:"):
             if key := tlcore.teacher_login(typed, password):
-                st.session_state["tls_teacher"] = st.query_params["t"] = key
+                session().teacher_key = st.query_params["t"] = key
                 st.rerun()
             st.error("That is not the teacher password.")
     st.stop()

@@ -6,7 +6,7 @@ import streamlit as st
 
 import tlcore
 from pages import live_camera
-from pages.common import explain, project, require_run
+from pages.common import explain, project, require_run, session
 from tlcore import IMAGE_SUFFIXES
 
 proj = project()
@@ -29,7 +29,7 @@ def reference() -> tlcore.Familiarity | None:
 @st.fragment
 def live() -> None:
     """Webcam frames classified as they come (only this fragment reruns per frame), Grad-CAM once a second."""
-    state = st.session_state.setdefault("test_live_state", {})
+    state = session().live_test
     msg = live_camera.take("test_live")
     if msg and msg.get("error"):
         state["error"] = msg
@@ -76,8 +76,8 @@ for name, data in files[:24]:
     except tlcore.BadImageError as e:
         st.error(str(e), icon=":material/broken_image:")
         continue
-    key = (name, hash(data))
-    cache = record.cache.setdefault("test", {})  # no rerun recomputes a prediction or a heat map
+    key = (record.id, name, hash(data))
+    cache = session().predictions  # no rerun recomputes a prediction or a heat map
     if key not in cache:
         while len(cache) >= 24:  # bounded: the oldest predictions and heat maps go first
             cache.pop(next(iter(cache)))

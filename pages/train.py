@@ -8,7 +8,7 @@ import tlcore
 from pages import insight
 
 from pages.common import (describe_snapshot, explain, project, require_data, run_title, save_settings, score_note,
-                          setting, student)
+                          session, setting, student)
 from tlcore import describe
 
 proj = project()
@@ -106,6 +106,15 @@ if active and c2.button("Stop", icon=":material/stop:", key="train_stop"):
         r.job.stop()
 
 
+def figures(record: tlcore.RunRecord, version: int, build) -> tuple:
+    """The run's loss and accuracy figures, built once per version of it (-1: finished) in this session."""
+    kept = session().figures
+    if (record.id, version) not in kept:
+        kept.clear()  # one run's curves at a time
+        kept[(record.id, version)] = build()
+    return kept[(record.id, version)]
+
+
 def live_view() -> None:
     """The selected run's progress and curves; reruns itself every second while training."""
     if polling and not proj.active_runs():
@@ -114,19 +123,14 @@ def live_view() -> None:
     if record is None:
         st.info("Press **Start training**. With feature extraction the first model is ready in seconds.")
         return
-    record.refresh()
     st.markdown(f"#### {run_title(record)}")
-    if record.job is not None:
+    if record.live:
         snap = record.job.snapshot()
         if snap.finished is not None:
             st.rerun()  # the job is done: one full rerun stops the polling and shows the result
         fraction, text = describe_snapshot(snap)
         st.progress(min(1.0, fraction), text=text)
-        cached = record.cache.get("live_figures")
-        if cached is None or cached[0] != snap.version:  # rebuilt only when the run has moved on
-            cached = (snap.version, tlcore.training_figures(snap.epochs, snap.batch_losses))
-            record.cache["live_figures"] = cached
-        loss, acc = cached[1]
+        loss, acc = figures(record, snap.version, lambda: tlcore.training_figures(snap.epochs, snap.batch_losses))
     else:
         if record.status == "failed":
             st.error(record.reason, icon=":material/error:")
@@ -136,9 +140,7 @@ def live_view() -> None:
             st.success(record.reason, icon=":material/check_circle:")
         if record.result is None:
             return
-        if "final_figures" not in record.cache:  # a finished run's curves never change: built once
-            record.cache["final_figures"] = tlcore.training_figures(record.result.history)
-        loss, acc = record.cache["final_figures"]
+        loss, acc = figures(record, -1, lambda: tlcore.training_figures(record.result.history))  # final: built once
         r = record.result
         m = st.columns(4)
         m[0].metric("Validation accuracy", "n/a" if r.score is None else f"{r.score.accuracy:.0%}",

@@ -61,7 +61,7 @@ def rerun_seconds(n: int) -> dict[str, float]:
     PagesManager.__init__ = init
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
     at.run()
-    at.session_state["tls_project"].images.add(generated_files(n, size=(160, 120)))
+    at.session_state["tls"].project.images.add(generated_files(n, size=(160, 120)))
     out = {}
     for page in ("data", "train"):
         at.switch_page(f"pages/{page}.py").run()

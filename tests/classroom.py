@@ -189,7 +189,7 @@ def watched_vs_unwatched(project, backbone: str, watchers: int = 3) -> dict:
         stop = threading.Event()
 
         def watch() -> None:
-            while not stop.is_set() and record.job is not None:
+            while not stop.is_set() and record.live:
                 record.job.snapshot()
                 time.sleep(1.0)
 

@@ -43,8 +43,9 @@ from .model import TransferModel, build_model, count_params, freeze
 from .profile import SpeedProfile, estimate_epoch_seconds, estimate_run_seconds, measure_speed, measure_speed_elsewhere
 from .jobs import JobHandle, JobSnapshot, JobSpec, Runner
 from .runner import LocalRunner, get_runner, set_runner
-from .project import (PROJECTS, Project, RunRecord, describe, embedding_map, export_model, familiarity, import_run,
-                      model_card, run_archive, validation_report)
+from .project import Project, RunRecord, import_run
+from .registry import PROJECTS, ProjectRegistry
+from .run_views import RunViews, describe, embedding_map, export_model, familiarity, model_card, run_archive, validation_report
 from .challenge import Challenge, Entry, create_challenge, current_challenge
 from .lesson import (ClassKit, StudentProgress, class_progress, create_kit, current_kit, folder_zip, lan_addresses,
                      server_urls, teacher_key_ok, teacher_login, teacher_logout, board_key, board_key_ok)
@@ -104,7 +105,7 @@ __all__ = [
     "AnalysisState", "LrFind", "StageProbe", "TransferScore", "analysis_state", "forget_analysis", "logme", "lr_find",
     "probe_stages", "stage_maps", "start_analysis", "transfer_score",
     # projects (what the app's pages work on)
-    "PROJECTS", "Project", "RunRecord", "describe", "embedding_map", "export_model", "familiarity", "import_run",
+    "PROJECTS", "Project", "ProjectRegistry", "RunRecord", "RunViews", "describe", "embedding_map", "export_model", "familiarity", "import_run",
     "model_card",
     "run_archive", "validation_report",
 ]

@@ -17,7 +17,7 @@ from typing import Literal, Union
 from .data import ImageSet, trainable_subset
 from .errors import TLError
 from .lrfind import LrFind, lr_find
-from .train import Event, Progress, RunFinished, TrainConfig, drive
+from .train import Event, RunFinished, TrainConfig, drive
 from .transfer import StageProbe, TransferScore, probe_stages, transfer_score
 
 Task = Literal["transfer-score", "stage-probe", "lr-find"]

@@ -20,7 +20,8 @@ from .data import ImageItem, ImageSet, load_zip
 from .errors import TLError
 from .evaluate import evaluate
 from .measure import Score
-from .project import Project, RunRecord, describe, projects_root
+from .project import Project, RunRecord, projects_root
+from .run_views import describe
 from .train import RunResult
 
 _LOCK = threading.Lock()

@@ -20,12 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from multiprocessing.connection import Connection
-from typing import Literal, Protocol
+from typing import Protocol
 
 from .data import ImageSet
-from .train import FROZEN_BODY_MODES, BatchEnd, EpochEnd, Event, Progress, RunFinished, TrainConfig
+from .checkpoint import WEIGHTS
+from .train import FROZEN_BODY_MODES, BatchEnd, EpochEnd, Event, Progress, RunFinished, RunState, TrainConfig
 
-JobState = Literal["queued", "running", "completed", "stopped", "failed"]
 log = logging.getLogger(__name__)
 TIME_LIMIT_STOP = "Stopped at this server's limit"  # how a run stopped by ``JobSpec.max_seconds`` says so
 MAX_CURVE_POINTS = 300  # per-batch losses kept for the live chart (older ones are thinned out)
@@ -58,7 +58,7 @@ class JobSnapshot:
     """A consistent copy of a job's state for one UI refresh."""
 
     name: str
-    state: JobState
+    state: RunState
     queue_position: int  # 1 = next in line; 0 = not waiting
     wait_s: float  # estimated seconds until it starts (0 when running or done)
     epochs: tuple[EpochEnd, ...]
@@ -77,7 +77,7 @@ class JobHandle:
         self.id, self.spec, self._runner, self._on_finish = job_id, spec, runner, on_finish
         self._lock = threading.Lock()
         self._done = threading.Event()
-        self._state: JobState = "queued"
+        self._state: RunState = "queued"
         self._epochs: list[EpochEnd] = []
         self._last_batch: BatchEnd | None = None
         self._progress: Progress | None = None
@@ -89,6 +89,7 @@ class JobHandle:
         self.estimate_s = 10.0  # how long it should take once started (set by the runner)
         self.started: float | None = None  # when a worker took it
         self.stopped_by = "by the user"
+        self._callbacks: list[Callable[[], None]] = []
 
     @property
     def name(self) -> str:
@@ -98,11 +99,30 @@ class JobHandle:
     def alive(self) -> bool:
         return not self._done.is_set()
 
+    @property
+    def state(self) -> RunState:
+        """queued, running, or how it ended (cheaper than a snapshot: no queue position)."""
+        return self._state
+
+    @property
+    def finished(self) -> RunFinished | None:
+        """How it ended (its ``result`` is None: the run is in ``spec.folder``), once it has."""
+        return self._finished
+
     def stop(self, by: str = "by the user") -> None:
         """Ask the job to stop: a queued job leaves the line, a running one stops before its next batch
         (keeping its best epoch). ``by`` says who stopped it in the run's reason ("by the teacher")."""
         self.stopped_by = by
         self._runner.stop(self)
+
+    def add_done_callback(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` once the job has ended (at once if it has), on the runner's event thread: it must be quick
+        (hand real work to another thread), as ``concurrent.futures.Future.add_done_callback``'s must."""
+        with self._lock:
+            if not self._done.is_set():
+                self._callbacks.append(fn)
+                return
+        fn()
 
     def join(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
@@ -119,6 +139,9 @@ class JobHandle:
                 and not event.reason.startswith(TIME_LIMIT_STOP)):
             rest = event.reason.removeprefix("Stopped ").removeprefix("by the user ")
             event = dataclasses.replace(event, reason=f"Stopped {self.stopped_by} {rest}")  # who stopped it
+        if (isinstance(event, RunFinished) and event.status == "failed" and self.spec.task == "train"
+                and (self.spec.folder / WEIGHTS).exists() and "kept" not in event.reason):
+            event = dataclasses.replace(event, reason=f"{event.reason} Its best epoch before that is kept.")
         if isinstance(event, RunFinished) and self._on_finish is not None:
             try:
                 self._on_finish(event)  # before the state flips, so a finished job is fully taken in
@@ -149,7 +172,14 @@ class JobHandle:
 
                 CALIBRATION.observe(self.spec.config, len(self.spec.split[0]) + len(self.spec.split[1]),
                                     time.time() - self.started)
-            self._done.set()
+            with self._lock:
+                self._done.set()
+                callbacks, self._callbacks = self._callbacks, []
+            for fn in callbacks:
+                try:
+                    fn()
+                except Exception:  # noqa: BLE001  one callback's fault must not stop the event thread
+                    log.exception("a done-callback of job %s failed", self.name)
 
     def remaining_s(self) -> float:
         """About how long until it ends: its estimate, less the time it has run."""
@@ -177,6 +207,9 @@ class Runner(Protocol):
 
     def backlog_seconds(self) -> float:
         """About how long until a long job submitted now would start."""
+
+    def active(self, owner: str) -> int:
+        """Training runs (not analyses) queued or running for ``owner``: the server's limits count them."""
 
 
 def estimate_seconds(spec: JobSpec) -> float:
@@ -226,7 +259,7 @@ def run_job(spec: JobSpec, should_stop: Callable[[], bool], emit: Callable[[Even
             checkpoint(event)
             if isinstance(event, RunFinished):
                 if event.result is not None:
-                    save_run(event.result, spec.folder, event.status, spec.meta)
+                    save_run(event.result, spec.folder, event.status, {**spec.meta, "reason": event.reason})
                 else:
                     checkpoint.flush()
             emit(_transportable(event))

@@ -13,32 +13,32 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
-from .backbones import DEFAULT_BACKBONE, get_backbone_spec
-from .checkpoint import (WEIGHTS, archive_run, export_onnx, export_torchscript, lazy_result, read_meta,
+from .backbones import DEFAULT_BACKBONE
+from .checkpoint import (WEIGHTS, lazy_result, read_meta,
                          result_from_saved, unpack_run_archive)
-from .compare import features_of, plan, project_2d, shared_split
+from .compare import plan, shared_split
 from .data import (ImageItem, ImageSet, Rejected, image_to_tensor, tensor_to_image,
                    trainable_subset)
-from .evaluate import Evaluation, Familiarity, evaluate
 from .errors import TLError
 from .analysis_jobs import stop_analyses
 from .limits import LimitError, Limits, folder_mb
 from .jobs import JobHandle, JobSpec
 from .runner import get_runner
 from .storage import atomic_write
-from .train import FROZEN_BODY_MODES, RunFinished, RunResult, TrainConfig, run_split
+from .run_views import RunViews, describe
+from .train import FROZEN_BODY_MODES, RunFinished, RunResult, RunState, TrainConfig, run_split
 
 HOME_ENV = "TLS_HOME"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
@@ -63,33 +63,41 @@ def list_projects() -> list[str]:
     return sorted(p.parent.name for p in projects_root().glob("*/project.json"))
 
 
-@dataclass
+@dataclass(eq=False)
 class RunRecord:
-    """One training run of a project: live (a job), finished (a result) or interrupted."""
+    """One run as the app shows it. Its status and reason have one owner each time they are read: the job
+    while this server process has one for it (queued, training, or ended here), else what was saved
+    (``saved_status``/``saved_reason``: from project.json and run.json when the project was reopened, or
+    given when a run was imported)."""
 
     id: str
     label: str
     config: TrainConfig
-    status: str = "queued"  # queued | running | completed | stopped | failed | interrupted
-    reason: str = ""
-    job: JobHandle | None = field(default=None, repr=False)  # while queued or training (on the runner)
-    result: RunResult | None = field(default=None, repr=False)
+    saved_status: RunState = "queued"  # read only when there is no job (see the class's docstring)
+    saved_reason: str = ""
+    job: JobHandle | None = field(default=None, repr=False)  # started by this server process (kept once ended)
+    result: RunResult | None = field(default=None, repr=False)  # the model and its figures, once it has a best epoch
     group: str = ""  # comparison this run belongs to ("" for a single run)
     shots: int | None = None
     created: float = field(default_factory=time.time)
     images: ImageSet | None = field(default=None, repr=False)  # the images it trained on (this session)
     val_digests: list[str] = field(default_factory=list)  # its validation images, to find them after a restart
-    cache: dict = field(default_factory=dict, repr=False)  # derived views (evaluation), computed once
+    views: RunViews = field(default_factory=RunViews, repr=False)  # what pages derive from it, computed once
 
-    def refresh(self) -> None:
-        """Take the job's final state once it has one."""
+    @property
+    def status(self) -> RunState:
+        return self.saved_status if self.job is None else self.job.state
+
+    @property
+    def reason(self) -> str:
         if self.job is None:
-            return
-        snap = self.job.snapshot()
-        self.status = snap.state
-        if snap.finished is not None:  # the result itself was loaded from the run folder on finishing
-            self.reason = snap.finished.reason
-            self.job = None
+            return self.saved_reason
+        return self.job.finished.reason if self.job.finished is not None else ""
+
+    @property
+    def live(self) -> bool:
+        """Queued or training on the runner."""
+        return self.job is not None and self.job.alive
 
 
 @dataclass
@@ -125,17 +133,13 @@ class Project:
     def run(self, run_id: str | None) -> RunRecord | None:
         return next((r for r in self.runs if r.id == run_id), None)
 
-    def _refreshed(self) -> list[RunRecord]:
-        """The runs, each having taken its job's final state if it has one now."""
-        for r in self.runs:
-            r.refresh()
-        return list(self.runs)
-
     def finished_runs(self) -> list[RunRecord]:
-        return [r for r in self._refreshed() if r.result is not None]
+        """Runs with a model (completed, or stopped, failed or interrupted after a best epoch)."""
+        return [r for r in list(self.runs) if r.result is not None and not r.live]
 
     def active_runs(self) -> list[RunRecord]:
-        return [r for r in self._refreshed() if r.job is not None]
+        """Runs queued or training."""
+        return [r for r in list(self.runs) if r.live]
 
     def check_room(self, config: TrainConfig, runs: int = 1, owner: str | None = None) -> None:
         """Raise ``LimitError`` if starting ``runs`` runs of ``config`` for ``owner`` (a student: every tab and
@@ -147,7 +151,7 @@ class Project:
         if mine + runs > limits.queued_runs:
             raise LimitError(limits.message("queued_runs", "The number of runs queued or training at once") +
                              f" This project has {mine}: wait for one to finish, or stop one.")
-        theirs = PROJECTS.active_runs_of(owner or self.name)
+        theirs = get_runner().active(owner or self.name)
         if theirs + runs > limits.queued_runs:
             raise LimitError(limits.message("queued_runs", "The number of runs queued or training at once") +
                              f" You have {theirs} in all your projects and tabs: wait for one to finish, or stop one.")
@@ -179,12 +183,8 @@ class Project:
         folder = self.folder / "runs" / run_id
         meta = {"label": record.label, "val_digests": record.val_digests}
 
-        def on_finish(finished: RunFinished) -> None:  # on the runner's thread, once
-            record.result = _load_result(folder)
-            record.status, record.reason = finished.status, finished.reason
-            if record.result is not None and finished.status == "failed":
-                record.reason += " Its best epoch before that is kept."
-            self.save()
+        def on_finish(_finished: RunFinished) -> None:  # on the runner's event thread, once: nothing heavy
+            record.result = _load_result(folder)  # run.json and the weights' header (the weights load when used)
 
         spec = JobSpec(record.label, owner or self.name, images, config, (list(split[0]), list(split[1])), folder,
                        meta, max_seconds=Limits.from_env().run_minutes * 60)
@@ -192,6 +192,7 @@ class Project:
             self.runs.append(record)
             self.selected_run = record.id
             record.job = get_runner().submit(spec, on_finish, after=after.job if after is not None else None)
+        record.job.add_done_callback(lambda: save_soon(self))  # its final status, on the saver's thread
         self.save()
         return record
 
@@ -238,7 +239,7 @@ class Project:
         return backlog + total
 
     def group_runs(self, group: str) -> list[RunRecord]:
-        return [r for r in self._refreshed() if r.group == group]
+        return [r for r in list(self.runs) if r.group == group]
 
     def stop_all(self, by: str = "by the user") -> None:
         for r in self.active_runs():
@@ -250,7 +251,7 @@ class Project:
         record = self.run(run_id)
         if record is None:
             return
-        if record.job is not None:
+        if record.live:
             record.job.stop()
         with self._lock:
             self.runs.remove(record)
@@ -353,23 +354,64 @@ class Project:
             if isinstance(manifest.get(k), str) and len(manifest[k]) >= 16:
                 setattr(project, k, manifest[k])
         for r in manifest.get("runs", []):
-            config = TrainConfig(**{k: v for k, v in r["config"].items() if k in known})
-            record = RunRecord(r["id"], r["label"], config, r["status"], r.get("reason", ""), group=r.get("group", ""),
-                               shots=r.get("shots"), created=r.get("created", 0.0))
-            if record.status in ("queued", "running"):
-                record.status = "interrupted"
-                record.reason = "The server stopped while this run was training; its best epoch so far is kept."
-            run_folder = folder / "runs" / record.id
-            if (run_folder / WEIGHTS).exists():
-                try:  # the weights themselves load when the model is first used
-                    record.result = lazy_result(run_folder)
-                    record.val_digests = list(read_meta(run_folder).get("val_digests", []))
-                except TLError as e:
-                    record.reason = f"{record.reason} (its weights could not be loaded: {e})".strip()
-            elif record.status == "interrupted":
-                record.reason = "The server stopped before this run finished its first epoch; nothing to keep."
-            project.runs.append(record)
+            project.runs.append(_saved_run(folder / "runs" / r["id"], r, TrainConfig(
+                **{k: v for k, v in r["config"].items() if k in known})))
         return project
+
+
+class _Saver:
+    """One thread that saves projects off the threads that ask (the runner's event thread must never wait
+    on a disk write): a project asked for twice before its turn is saved once."""
+
+    def __init__(self) -> None:
+        self._due: dict[int, Project] = {}
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, project: Project) -> None:
+        with self._cond:
+            self._due[id(project)] = project
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="tls-project-saver", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._due:
+                    self._cond.wait()
+                project = self._due.pop(next(iter(self._due)))
+            try:
+                project.save()
+            except Exception:  # noqa: BLE001  a full disk must not end the saver; the next save tries again
+                logging.getLogger(__name__).exception("could not save project %s", project.name)
+
+
+save_soon = _Saver().submit  # save a project on the saver's thread, soon
+
+
+def _saved_run(run_folder: Path, entry: dict, config: TrainConfig) -> RunRecord:
+    """A run of a reopened project: project.json's entry, its status and reason as saved; a run that was
+    queued or training then either finished before the server stopped (its run.json says how) or was
+    interrupted (its best epoch checkpointed, if it had one)."""
+    status, reason = entry["status"], entry.get("reason", "")
+    result, meta = None, {}
+    if (run_folder / WEIGHTS).exists():
+        try:  # the weights themselves load when the model is first used
+            result, meta = lazy_result(run_folder), read_meta(run_folder)
+        except TLError as e:
+            reason = f"{reason} (its weights could not be loaded: {e})".strip()
+    if status in ("queued", "running"):
+        if meta.get("status") in ("completed", "stopped", "failed"):
+            status, reason = meta["status"], meta.get("reason") or "It finished before the server stopped."
+        elif result is not None:
+            status, reason = "interrupted", "The server stopped while this run was training; its best epoch so far is kept."
+        else:
+            status, reason = "interrupted", "The server stopped before this run finished its first epoch; nothing to keep."
+    return RunRecord(entry["id"], entry["label"], config, status, reason, result=result, group=entry.get("group", ""),
+                     shots=entry.get("shots"), created=entry.get("created", 0.0),
+                     val_digests=list(meta.get("val_digests", [])))
 
 
 def _load_result(folder: Path) -> RunResult | None:
@@ -380,84 +422,6 @@ def _load_result(folder: Path) -> RunResult | None:
         return lazy_result(folder)
     except TLError:
         return None
-
-
-def validation_report(project: Project, record: RunRecord) -> tuple[Evaluation, list[ImageItem]] | None:
-    """What the run's model gets right and wrong on images it did not train on (computed once per run), or
-    None if it has none: its out-of-fold predictions on every image when it has them (a frozen-body model
-    trains on every image in the end; each was predicted by a fold that had not seen it), else its model on
-    its validation images."""
-    if "eval" not in record.cache:
-        assert record.result is not None
-        res = record.result
-        pool = (record.images.items if record.images is not None else []) + project.images.items
-        by_digest = {i.digest: i for i in reversed(pool)}
-        if res.heldout:
-            kept = [(by_digest[d], t, p) for d, t, p in res.heldout if d in by_digest]
-            record.cache["eval"] = None if not kept else (Evaluation(
-                classes=res.classes, labels=tuple(t for _, t, _ in kept),
-                predictions=tuple(max(range(len(p)), key=p.__getitem__) for _, _, p in kept),
-                probabilities=tuple(p for _, _, p in kept), names=tuple(i.name for i, _, _ in kept)),
-                [i for i, _, _ in kept])
-            return record.cache["eval"]
-        if record.images is not None and res.val_indices:
-            items = [trainable_subset(record.images).items[i] for i in res.val_indices]
-        else:  # reopened after a restart, or a checkpoint: find the validation images by content
-            items = [by_digest[d] for d in record.val_digests if d in by_digest]
-        items = [i for i in items if i.label in res.classes]
-        if not items:
-            record.cache["eval"] = None
-        else:
-            spec = get_backbone_spec(record.config.backbone)
-            ev = evaluate(res.model, ImageSet(items, (), res.classes), res.classes, spec.preprocess)
-            record.cache["eval"] = (ev, items)
-    return record.cache["eval"]
-
-
-def familiarity(project: Project, record: RunRecord) -> Familiarity:
-    """What the run's training images look like to its model (computed once per run), for the "not sure"
-    cue on new images."""
-    if "familiarity" not in record.cache:
-        assert record.result is not None
-        if record.images is not None and record.result.train_indices:
-            items = [trainable_subset(record.images).items[i] for i in record.result.train_indices]
-        else:  # reopened: the images it was fitted on (a frozen body's final head: every image)
-            val = (set() if record.config.mode in FROZEN_BODY_MODES and record.config.max_images_per_class is None
-                   else set(record.val_digests))
-            items = [i for i in (record.images or project.images).items if i.digest not in val]
-        spec = get_backbone_spec(record.config.backbone)
-        record.cache["familiarity"] = Familiarity.of(record.result.model, ImageSet(items), record.result.classes,
-                                                     spec.preprocess)
-    return record.cache["familiarity"]
-
-
-def export_model(project: Project, record: RunRecord, kind: str) -> tuple[Path, float]:
-    """Export a run's model to TorchScript or ONNX inside its folder, checked against the in-app model
-    on its validation images (training images when it has none). Returns (file, max difference)."""
-    assert record.result is not None
-    report = validation_report(project, record)
-    items = report[1] if report else (record.images.items if record.images is not None else project.images.items)
-    if not items:
-        raise TLError("There are no images to check the export against.")
-    spec = get_backbone_spec(record.config.backbone)
-    check = ImageSet(items[:64]).stack(spec.preprocess).float().div(255.0)
-    folder = project.folder / "runs" / record.id
-    folder.mkdir(parents=True, exist_ok=True)
-    if kind == "torchscript":
-        path = folder / "model.torchscript.pt"
-        diff = export_torchscript(record.result.model, path, check)
-    elif kind == "onnx":
-        path = folder / "model.onnx"
-        diff = export_onnx(record.result.model, path, check)
-    else:
-        raise TLError(f"Unknown export format {kind!r}: use 'torchscript' or 'onnx'.")
-    return path, diff
-
-
-def run_archive(project: Project, record: RunRecord) -> bytes | None:
-    """The run's folder as zip bytes for a download, or None while it has no saved weights."""
-    folder = project.folder / "runs" / record.id
-    return archive_run(folder) if (folder / WEIGHTS).exists() else None
 
 
 def import_run(project: Project, data: bytes) -> RunRecord:
@@ -478,153 +442,3 @@ def import_run(project: Project, data: bytes) -> RunRecord:
         project.selected_run = run_id
     project.save()
     return record
-
-
-def model_card(record: RunRecord) -> str:
-    """A short Markdown model card for a finished run."""
-    r = record.result
-    assert r is not None
-    spec = get_backbone_spec(r.config.backbone)
-    acc = "n/a" if r.score is None else f"{r.score.text()} ({r.score.method})"
-    p = spec.preprocess
-    return (f"# Model card: {record.label}\n\n"
-            f"- **Task:** image classification into {len(r.classes)} classes: {', '.join(r.classes)}\n"
-            f"- **Backbone:** {spec.title}, pretrained on ImageNet-1k"
-            f"{' (not used: trained from scratch)' if r.config.mode == 'scratch' else ''}\n"
-            f"- **Strategy:** {describe(r.config)}; {r.trainable_params:,} of {r.total_params:,} parameters trained\n"
-            f"- **Data:** {r.num_images} images, {len(r.val_indices)} held out for validation\n"
-            f"- **Accuracy on held-out images:** {acc}\n"
-            f"- **Input:** RGB, shorter side resized to {p.resize_size} px ({p.interpolation}), centre crop "
-            f"{p.input_size} px, values scaled to [0, 1]; normalisation (mean {p.mean}, std {p.std}) is inside "
-            f"the model\n"
-            f"- **Limits:** trained on few images; it only knows these classes and will pick one of them for any "
-            f"picture. Check it on your own test images before relying on it.\n")
-
-
-def embedding_map(project: Project, record: RunRecord, method: str = "pca") -> dict:
-    """2-D maps of the run's validation images: as the pretrained backbone sees them, and as the run's
-    model does. Returns ``{"labels", "names", "pretrained": [N, 2], "trained": [N, 2]}`` (cached per method)."""
-    key = f"map-{method}"
-    if key not in record.cache:
-        report = validation_report(project, record)
-        items = report[1] if report else []
-        if len(items) < 3:
-            raise TLError("An embedding map needs at least three validation images: add images and train again.")
-        images = ImageSet(items, (), record.result.classes)
-        backbone = record.config.backbone
-        record.cache[key] = {
-            "labels": [i.label for i in items], "names": [i.name for i in items],
-            "pretrained": project_2d(features_of(None, images, backbone), method).tolist(),
-            "trained": project_2d(features_of(record.result.model, images, backbone), method).tolist()}
-    return record.cache[key]
-
-
-def describe(config: TrainConfig) -> str:
-    """A short human label for a run's strategy."""
-    spec = get_backbone_spec(config.backbone)
-    n = len(spec.stage_names)
-    if config.mode == "fine-tune":
-        depth = config.resolved_freeze_depth()
-        what = "full fine-tuning" if depth == 0 else f"fine-tuning, {depth}/{n} stages frozen"
-    else:
-        what = {"feature-extraction": "feature extraction", "scratch": "from scratch",
-                "few-shot": "few-shot prototypes", "zero-shot": "zero-shot (no training images)"}[config.mode]
-    return f"{spec.title}, {what}"
-
-
-class ProjectRegistry:
-    """The projects open in this server process, and which browser sessions hold them.
-
-    Reopening a project that is live (a reload, a second tab) returns the same object, running
-    jobs included. ``sweep`` lets go of projects whose sessions are all gone: after a grace period
-    their jobs are stopped (best epochs kept), their memory is freed, and a project left empty
-    (no images, no runs) is deleted from disk.
-    """
-
-    def __init__(self) -> None:
-        self._live: dict[str, Project] = {}
-        self._holders: dict[str, set[str]] = {}
-        self._orphaned: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def open(self, name: str, session_id: str) -> Project:
-        name = check_project_name(name)
-        with self._lock:
-            project = self._live.get(name)
-        if project is None:
-            project = Project.open(name)
-        return self.hold(project, session_id)
-
-    def create(self, session_id: str, name: str | None = None) -> Project:
-        return self.hold(Project.create(name), session_id)
-
-    def hold(self, project: Project, session_id: str) -> Project:
-        """Mark ``project`` as held by ``session_id`` (a session holds one project) and return the live
-        object of that name. Pages call it on every run, so a session that lost its connection and came
-        back, even after its project was released, holds the one live object again (never a second
-        object on the same folder)."""
-        with self._lock:
-            project = self._live.setdefault(project.name, project)
-            for holders in self._holders.values():
-                holders.discard(session_id)
-            self._holders.setdefault(project.name, set()).add(session_id)
-            self._orphaned.pop(project.name, None)
-        return project
-
-    def open_link(self, key: str, session_id: str) -> tuple[Project, bool]:
-        """The project a link's key gives: ``(project, read_only)``. Raises ``TLError`` for an unknown key."""
-        if len(key) >= 16:
-            with self._lock:
-                live = next((p for p in self._live.values() if key in (p.key, p.view_key)), None)
-            if live is not None:
-                return self.hold(live, session_id), key == live.view_key
-            for path in projects_root().glob("*/project.json"):
-                try:
-                    manifest = json.loads(path.read_text())
-                except (OSError, ValueError):
-                    continue
-                if isinstance(manifest, dict) and key in (manifest.get("key"), manifest.get("view_key")):
-                    return self.open(path.parent.name, session_id), key == manifest.get("view_key")
-        raise TLError("This link does not lead to a project on this server (it may have been deleted, or the "
-                      "address was mistyped).")
-
-    def get(self, name: str) -> Project | None:
-        """The live project called ``name``, if any session holds it."""
-        with self._lock:
-            return self._live.get(name)
-
-    def live(self) -> list[str]:
-        with self._lock:
-            return sorted(self._live)
-
-    def active_runs_of(self, owner: str) -> int:
-        """Runs queued or training for ``owner`` (see ``Project.start_run``) in every live project."""
-        with self._lock:
-            projects = list(self._live.values())
-        return sum(1 for p in projects for r in p.active_runs() if r.job is not None and r.job.spec.owner == owner)
-
-    def sweep(self, is_alive: Callable[[str], bool], grace_s: float) -> list[str]:
-        """Release projects no live session has held for ``grace_s`` seconds; returns their names."""
-        now = time.time()
-        released = []
-        with self._lock:
-            for name in list(self._live):
-                # A session that is not alive now may only have lost its connection (Wi-Fi, a sleeping
-                # laptop): it stays a holder and counts again once it reconnects.
-                if any(is_alive(s) for s in self._holders.get(name, set())):
-                    self._orphaned.pop(name, None)
-                    continue
-                since = self._orphaned.setdefault(name, now)
-                if now - since >= grace_s:
-                    released.append(self._live.pop(name))
-                    self._holders.pop(name, None)
-                    self._orphaned.pop(name, None)
-        for project in released:
-            gone = f"{grace_s:.0f} s" if grace_s < 120 else f"{grace_s / 60:.0f} min"
-            project.stop_all(f"because no browser had the project open for {gone}")
-            if not project.images.items and not project.images.classes and not project.runs:
-                shutil.rmtree(project.folder, ignore_errors=True)
-        return [p.name for p in released]
-
-
-PROJECTS = ProjectRegistry()

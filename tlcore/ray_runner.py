@@ -153,6 +153,11 @@ class RayRunner:
         with self._lock:
             return sum(j.estimate_s for j in self._waiting)
 
+    def active(self, owner: str) -> int:
+        with self._lock:
+            jobs = self._waiting + [live.job for live in self._live.values() if live.job not in self._waiting]
+        return sum(1 for j in jobs if j.spec.owner == owner and j.spec.task == "train" and j.alive)
+
     def idle(self) -> bool:
         """Nothing waiting and nothing training."""
         with self._lock:

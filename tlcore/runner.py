@@ -163,6 +163,11 @@ class LocalRunner:
             queued = sum(j.estimate_s for j in self._pending if not j.spec.short)
             return (busy + queued) / max(1, len(lanes))
 
+    def active(self, owner: str) -> int:
+        with self._lock:
+            jobs = self._pending + [j for j in self._busy if j is not None]
+        return sum(1 for j in jobs if j.spec.owner == owner and j.spec.task == "train" and j.alive)
+
     def queue_info(self, job: JobHandle) -> tuple[int, float]:
         """(position in line, estimated seconds until it starts)."""
         with self._lock:

@@ -48,7 +48,10 @@ UNTRAINED_MODES = ("zero-shot", "few-shot")  # no gradient step: a head computed
 # A linear head on fixed features takes large steps; networks that train the body need smaller ones.
 DEFAULT_LR: dict[str, float] = {"feature-extraction": 1e-2, "few-shot": 1e-2, "zero-shot": 1e-2, "fine-tune": 3e-3,
                                 "scratch": 3e-3}
-Status = Literal["completed", "stopped", "failed"]
+Status = Literal["completed", "stopped", "failed"]  # how a run ends (``RunFinished.status``)
+# The one status vocabulary of a run, at every layer (job snapshot, run.json, the app's run): waiting for a
+# worker, training, ended, or "interrupted" (the server stopped while it trained; its best epoch is kept).
+RunState = Literal["queued", "running", "interrupted", Status]
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,8 @@ from .storage import atomic_write
 from .data import BASE_SIZE, MAX_ASPECT, ImageSet
 from .errors import TLError
 from .measure import Score
-from .project import Project, RunRecord, model_card, validation_report
+from .project import Project, RunRecord
+from .run_views import model_card, validation_report
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "web"
 #: Copied as they are; ``ort-runtime.js`` and ``model.js`` are written per export.

@@ -34,7 +34,7 @@ def test_freeze_page_probe_suggests_a_depth_and_one_click_sets_the_slider():
     at.button(key="freeze_probe_start").click().run()
     wait_for(at, lambda a: "best served from stage" in texts(a.markdown), timeout=120)
     assert "freeze_probe_chart" in " ".join(charts(at))
-    proj = at.session_state["tls_project"]
+    proj = at.session_state["tls"].project
     best = next(t for t in texts(at.markdown).split("**") if t.startswith("Your data is best served from stage"))
     stage = int(best.split("stage ")[1].split(" ")[0])  # 1-based
     at.button(key="freeze_probe_use").click().run()
@@ -60,6 +60,6 @@ def test_train_page_finds_the_learning_rate_and_one_click_uses_it():
     suggested = float(texts(at.markdown).split("Suggested learning rate: ")[1].split("**")[0])
     at.button(key="train_lr_use").click().run()
     assert not at.exception
-    proj = at.session_state["tls_project"]
+    proj = at.session_state["tls"].project
     assert proj.settings.lr is not None and abs(proj.settings.lr - suggested) / suggested < 0.05
     assert at.number_input(key="train_lr_fine-tune").value == proj.settings.lr

@@ -93,7 +93,7 @@ def test_main_flow_sample_train_evaluate_test_export():
     assert len(at.get("download_button")) == 2
     at.button(key="export_report").click().run()  # the stakeholder report: one self-contained HTML file
     assert not at.exception and len(at.get("download_button")) == 3
-    record_id, page = at.session_state["export_report_html"]
+    record_id, page = at.session_state["tls"].report_html
     assert page.startswith("<!doctype html>") and "Some it got wrong" in page and "<script src=" not in page
 
 
@@ -171,12 +171,12 @@ def test_a_stale_second_tab_never_writes_its_old_settings_back():
     first.select_slider(key="freeze_trained").set_value(2).run()
     from tlcore import Project
 
-    proj = first.session_state["tls_project"]
+    proj = first.session_state["tls"].project
     chosen = proj.settings
     assert (chosen.epochs, chosen.mode) == (7, "fine-tune")
     second.run()  # the stale tab reruns (a click elsewhere, a reconnect)
     second.switch_page("pages/freeze.py").run()
-    assert second.session_state["tls_project"] is proj and not second.exception
+    assert second.session_state["tls"].project is proj and not second.exception
     assert proj.settings == chosen and Project.open(proj.name).settings == chosen
 
 
@@ -211,7 +211,7 @@ def test_compare_page_races_backbones_on_one_split():
         return next((d.value for d in a.dataframe if "ms per image" in d.value.columns), None)
 
     wait_for(at, lambda a: race_table(a) is not None and len(race_table(a)) == 2
-             and not a.session_state["tls_project"].active_runs(), timeout=180)
+             and not a.session_state["tls"].project.active_runs(), timeout=180)
     table = race_table(at)
     assert list(table["backbone"]) == ["Tiny test net", "EfficientNet-Lite0"]
     assert (table["images"] == 200).all() and (table["ms per image"] > 0).all()
@@ -225,7 +225,7 @@ def test_zero_shot_mapping_is_shown_editable_and_honest_about_digits():
     at.switch_page("pages/compare.py").run()
     assert "ImageNet has no class for 0, 1, 2, 3" in texts(at.warning)
     at.multiselect(key="compare_zs_0").set_value(["analog clock"]).run()  # the user edits the mapping
-    proj = at.session_state["tls_project"]
+    proj = at.session_state["tls"].project
     assert proj.settings.zero_shot_map["0"] == ["analog clock"]
     assert "ImageNet has no class for 1, 2, 3" in texts(at.warning)
 
@@ -238,7 +238,7 @@ def test_five_sessions_each_see_only_their_own_work():
         at.switch_page("pages/data.py").run()
         at.text_input(key="data_new_class").set_value(f"only-mine-{k}")
         at.button(key="data_add_class").click().run()
-        names.add(at.session_state["tls_project"].name)
+        names.add(at.session_state["tls"].project.name)
     assert len(names) == 5
     for k, at in enumerate(apps):
         at.switch_page("pages/data.py").run()
@@ -310,7 +310,7 @@ def test_loading_something_that_is_not_a_run_is_refused():
 
 
 def project_name(at: AppTest) -> str:
-    return at.session_state["tls_project"].name
+    return at.session_state["tls"].project.name
 
 
 def test_a_sample_never_replaces_data_by_one_click():
@@ -337,7 +337,7 @@ def test_a_sample_asks_before_replacing_classes_that_have_no_images_yet():
     at.button(key="data_add_class").click().run()
     at.button(key="data_sample_digits").click().run()
     assert "already has the class carrot (no images yet)" in texts(at.warning)
-    assert at.session_state["tls_project"].images.classes == ["carrot"]  # nothing replaced yet
+    assert at.session_state["tls"].project.images.classes == ["carrot"]  # nothing replaced yet
     at.button(key="data_sample_replace").click().run()
     assert not at.exception and "0 · 40 images" in texts(at.markdown) and "carrot" not in texts(at.markdown)
 
@@ -355,7 +355,7 @@ def test_images_are_picked_by_their_thumbnails_and_a_removal_can_be_undone():
     assert "0 · 38 images" in texts(at.markdown) and "Removed 2 images from '0'" in texts(at.info)
     at.button(key="data_undo_go").click().run()
     assert not at.exception and "0 · 40 images" in texts(at.markdown) and "Removed 2" not in texts(at.info)
-    assert at.session_state["tls_project"].images.counts()["0"] == 40
+    assert at.session_state["tls"].project.images.counts()["0"] == 40
 
 
 def frame_message(seq: int, digit: str = "1", **extra) -> dict:
@@ -392,7 +392,7 @@ def test_the_camera_starts_only_when_asked_for_and_live_frames_are_predicted_and
     at.session_state["test_live"] = frame_message(1, "0")
     at.run()
     assert not at.exception
-    state = at.session_state["test_live_state"]
+    state = at.session_state["tls"].live_test
     assert state["result"]["label"] == "0" and len(state["result"]["probs"]) == 5
     assert state["cam"].startswith("data:image/jpeg;base64,")  # Grad-CAM at most once a second
     at.session_state["test_live"] = {"sid": "s1", "seq": 2, "error": "insecure", "origin": "http://lab-pc:8501"}
@@ -412,9 +412,9 @@ def test_a_new_model_is_the_one_shown_and_start_cannot_double_up():
     at.switch_page("pages/train.py").run()
     at.number_input(key="train_epochs").set_value(3).run()
     at.button(key="train_start").click().run()
-    wait_for(at, lambda a: len(a.session_state["tls_project"].runs) == 2
-             and all(r.result is not None for r in a.session_state["tls_project"].runs))
-    proj = at.session_state["tls_project"]
+    wait_for(at, lambda a: len(a.session_state["tls"].project.runs) == 2
+             and all(r.result is not None for r in a.session_state["tls"].project.runs))
+    proj = at.session_state["tls"].project
     assert len([r for r in proj.runs]) == 2
     at.switch_page("pages/evaluate.py").run()
     assert at.session_state["run_pick_evaluate"] == proj.runs[-1].id != first  # the newest model
@@ -453,14 +453,14 @@ def test_the_study_says_how_long_it_takes_and_shows_its_progress():
 
 def test_a_project_opens_only_by_its_link_and_a_view_link_cannot_change_it():
     owner = with_sample(new_app())  # the teacher's project
-    proj = owner.session_state["tls_project"]
+    proj = owner.session_state["tls"].project
     assert proj.name not in str(owner.query_params) and link_key(owner) == proj.key  # the address is the key
     stranger = new_app(project=proj.name, param="project")  # typing the name shown in the sidebar
-    assert stranger.session_state["tls_project"] is not proj
+    assert stranger.session_state["tls"].project is not proj
     stranger = new_app(project="x" * 22)  # a made-up key
-    assert stranger.session_state["tls_project"] is not proj
+    assert stranger.session_state["tls"].project is not proj
     viewer = new_app(project=proj.view_key, param="view")  # the read-only link
-    assert viewer.session_state["tls_project"] is proj and link_key(viewer, "view") == proj.view_key
+    assert viewer.session_state["tls"].project is proj and link_key(viewer, "view") == proj.view_key
     assert not viewer.exception and "There is no trained model yet" in texts(viewer.info)  # Evaluate: looking only
     for page in ("pages/data.py", "pages/train.py", "pages/freeze.py", "pages/export.py", "pages/compare.py",
                  "pages/backbone.py"):
@@ -469,7 +469,7 @@ def test_a_project_opens_only_by_its_link_and_a_view_link_cannot_change_it():
     assert not [b for b in viewer.button if b.key in ("data_sample_faces", "train_start", "compare_go")]
     assert proj.images.counts()["0"] == 40
     colleague = new_app(project=proj.key)  # the full link: the same project, editable
-    assert colleague.session_state["tls_project"] is proj
+    assert colleague.session_state["tls"].project is proj
 
 
 def test_numeric_long_and_non_ascii_class_names_chart_cleanly():
@@ -483,7 +483,7 @@ def test_numeric_long_and_non_ascii_class_names_chart_cleanly():
         at.button(key="data_add_class").click().run()
         files.append([(f"{k}_{i}.png", png_bytes(COLORS[k], seed=10 * k + i), "image/png") for i in range(6)])
     for k, batch in enumerate(files):
-        at.file_uploader(key=f"data_up_{k}_{at.session_state['data_upload_gen']}").set_value(batch).run()
+        at.file_uploader(key=f"data_up_{k}_{at.session_state['tls'].upload_gen}").set_value(batch).run()
     assert not at.exception
     at.switch_page("pages/train.py").run()
     at.button(key="train_start").click().run()
@@ -543,10 +543,10 @@ def test_class_challenge_from_hidden_set_to_leaderboard(monkeypatch):
     teacher.run()
     board = teacher.dataframe[0].value
     assert list(board["student"]) == ["Ada"] and "feature extraction" in board["strategy"][0]
-    assert any(student.session_state["tls_project"].name in m.value for m in teacher.markdown)  # projects listed
+    assert any(student.session_state["tls"].project.name in m.value for m in teacher.markdown)  # projects listed
     # The Compare page can score runs on the same hidden images: the common yardstick.
     student.switch_page("pages/compare.py").run()
-    run_id = student.session_state["tls_project"].runs[-1].id
+    run_id = student.session_state["tls"].project.runs[-1].id
     student.multiselect(key="compare_extra").set_value([run_id]).run()
     student.toggle(key="compare_challenge").set_value(True).run()
     assert not student.exception
@@ -562,7 +562,7 @@ def test_a_limit_that_is_hit_says_what_it_is_and_the_teacher_sees_each_projects_
     student.number_input(key="train_epochs").set_value(41).run()
     student.button(key="train_start").click().run()
     assert "limited to 40 on this server (TLS_MAX_EPOCHS" in texts(student.error)
-    assert student.session_state["tls_project"].runs == []
+    assert student.session_state["tls"].project.runs == []
     teacher = new_app()
     teacher.switch_page("pages/teacher.py").run()
     teacher.text_input(key="teacher_password").set_value("s3cret")
@@ -585,5 +585,5 @@ def test_teacher_stops_a_run_that_hogs_the_server(monkeypatch):
     assert len(stop) == 1
     stop[0].click().run()
     wait_for(student, lambda a: "Stopped" in texts(a.success) + texts(a.warning) + texts(a.info))
-    assert student.session_state["tls_project"].runs[-1].status == "stopped"
-    assert "Stopped by the teacher" in student.session_state["tls_project"].runs[-1].reason
+    assert student.session_state["tls"].project.runs[-1].status == "stopped"
+    assert "Stopped by the teacher" in student.session_state["tls"].project.runs[-1].reason

@@ -58,7 +58,7 @@ def test_students_join_from_the_class_kit_give_their_name_and_the_teacher_sees_t
     assert not teacher.exception and "students who join now start from it" in texts(teacher.success)
 
     student = new_app("1", param="kit")  # the join link
-    proj = student.session_state["tls_project"]
+    proj = student.session_state["tls"].project
     assert len(proj.images) == 200 and proj.backbone == "tiny-test" and link_key(student) == proj.key
     assert "Type your name" in texts(student.info)
     student.text_input(key=f"student_name_{proj.name}").set_value("  Ada   Lovelace ").run()
@@ -66,18 +66,18 @@ def test_students_join_from_the_class_kit_give_their_name_and_the_teacher_sees_t
     assert "Type your name" not in texts(student.info)
 
     late = new_app()  # a student who opened the app without the link, then asks for the kit
-    late.session_state["tls_project"].created = time.time() - 3600
-    before = late.session_state["tls_project"].name
+    late.session_state["tls"].project.created = time.time() - 3600
+    before = late.session_state["tls"].project.name
     late.button(key="kit_start").click().run()
-    assert late.session_state["tls_project"].name != before and len(late.session_state["tls_project"].images) == 200
+    assert late.session_state["tls"].project.name != before and len(late.session_state["tls"].project.images) == 200
 
     idle = new_app()  # joined an hour ago, still no images
-    idle.session_state["tls_project"].created = time.time() - 3600
+    idle.session_state["tls"].project.created = time.time() - 3600
     teacher.run()
     progress = frame(teacher, "needs help")
     ada = progress[progress.student == "Ada Lovelace"].iloc[0]
     assert (ada.step, ada.images, ada.runs) == ("Train", 200, 0) and not ada["needs help"]
-    stuck = progress[progress.student == idle.session_state["tls_project"].name].iloc[0]
+    stuck = progress[progress.student == idle.session_state["tls"].project.name].iloc[0]
     assert stuck["needs help"] == "no images after 5 min" and stuck.step == "Data"
     assert "**Ada Lovelace**" in texts(teacher.markdown)  # the project list names the student too
 

@@ -6,13 +6,15 @@ import json
 import os
 import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 import tlcore
-from tlcore.project import Project, validation_report
+from tlcore.project import Project
+from tlcore.run_views import validation_report
 from tlcore.jobs import JobSpec
 from tlcore.runner import LocalRunner
 from tlcore.train import TrainConfig
@@ -117,10 +119,9 @@ def test_two_seeded_runs_at_once_give_what_each_gives_alone(pool, tiny_set):
 
 def _wait(record, timeout=60):
     deadline = time.time() + timeout
-    while record.job is not None and time.time() < deadline:
-        record.refresh()
+    while record.live and time.time() < deadline:
         time.sleep(0.05)
-    assert record.job is None
+    assert not record.live
 
 
 def test_project_round_trip(tiny_set):
@@ -202,11 +203,9 @@ def test_comparison_runs_share_one_split_and_run_one_after_another(tiny_set):
     assert len(records) == 4
     overlaps = 0
     deadline = time.time() + 120
-    while any(r.job is not None for r in records) and time.time() < deadline:
-        overlaps = max(overlaps, sum(1 for r in records if r.job is not None and r.job.snapshot().state == "running"
+    while any(r.live for r in records) and time.time() < deadline:
+        overlaps = max(overlaps, sum(1 for r in records if r.live and r.job.snapshot().state == "running"
                                      and r.job.snapshot().last_batch is not None))
-        for r in records:
-            r.refresh()
         time.sleep(0.02)
     assert overlaps <= 1
     assert all(r.status == "completed" for r in records)
@@ -221,7 +220,7 @@ def test_comparison_runs_share_one_split_and_run_one_after_another(tiny_set):
 
 
 def test_registry_shares_live_projects_and_releases_abandoned_ones(tiny_set):
-    from tlcore.project import ProjectRegistry
+    from tlcore.registry import ProjectRegistry
 
     reg = ProjectRegistry()
     a = reg.create("session-a")
@@ -249,7 +248,7 @@ def test_registry_shares_live_projects_and_releases_abandoned_ones(tiny_set):
 def test_a_session_that_lost_its_connection_keeps_its_project_and_its_runs(tiny_set):
     """A Wi-Fi blip spanning a sweep made its session a non-holder for good, and its runs were stopped
     after the grace period although the page had reconnected to the same session."""
-    from tlcore.project import ProjectRegistry
+    from tlcore.registry import ProjectRegistry
 
     reg = ProjectRegistry()
     a = reg.create("session-a")
@@ -335,3 +334,31 @@ def test_a_run_the_teacher_stopped_says_so(pool, tiny_set):
     for job in (running, waiting):
         reason = job.snapshot().finished.reason
         assert reason.startswith("Stopped by the teacher") and "user" not in reason, reason
+
+
+def test_a_run_whose_worker_died_says_so_and_that_its_best_epoch_is_kept(tiny_set, monkeypatch):
+    """The reason has one owner (the job): it was once extended by the project's callback and then overwritten
+    by the next refresh with the job's own. And the project is saved off the runner's event thread."""
+    saved_on = []
+    save = Project.save
+    monkeypatch.setattr(Project, "save", lambda self: (saved_on.append(threading.current_thread().name), save(self)))
+    p = Project.create()
+    p.images = tiny_set.snapshot()
+    record = p.start_run(dataclasses.replace(TINY, epochs=100_000))
+    deadline = time.time() + 60
+    while not record.job.snapshot().epochs and time.time() < deadline:
+        time.sleep(0.05)
+    runner = tlcore.get_runner()
+    pid = next(proc.pid for proc, job in zip(runner._procs, runner._busy) if job is record.job)
+    os.kill(pid, signal.SIGKILL)
+    _wait(record)
+    for _ in range(3):  # read again and again, as the pages do
+        assert record.status == "failed" and "out of memory" in record.reason
+        assert record.reason.endswith("Its best epoch before that is kept."), record.reason
+        assert p.finished_runs() == [record] and p.active_runs() == []
+    deadline = time.time() + 10
+    while not any("saver" in name for name in saved_on) and time.time() < deadline:
+        time.sleep(0.05)
+    assert "tlcore-runner-supervisor" not in saved_on and any("saver" in name for name in saved_on), saved_on
+    [again] = Project.open(p.name).runs  # reopened: the reason as saved
+    assert again.status == "failed" and again.reason == record.reason

@@ -115,7 +115,7 @@ def test_the_train_page_shows_a_ray_run_live(runner, no_legacy_pages_mode):  # n
         at.button(key="train_start").click().run()
         wait_for(at, lambda a: "the best epoch" in texts(a.success))
         assert len(at.get("plotly_chart")) == 2
-        record = at.session_state["tls_project"].runs[-1]
+        record = at.session_state["tls"].project.runs[-1]
         assert record.status == "completed" and record.result.val_accuracy is not None
     finally:
         tlcore.set_runner(None)
