@@ -149,8 +149,9 @@ def live_view() -> None:
         m[1].metric("Best epoch", f"{r.best_epoch} of {len(r.history)}")
         m[2].metric("Training time", f"{r.train_seconds:.1f} s")
         m[3].metric("Trainable parameters", f"{r.trainable_params:,}")
-        if r.how:
-            st.caption(f"How it ran: {r.how}.")
+        memory = "" if r.peak_rss_mb is None else f" Peak memory of the training process: {r.peak_rss_mb:,.0f} MB."
+        if r.how or memory:
+            st.caption(f"How it ran: {r.how}.{memory}" if r.how else memory.strip())
     c1, c2 = st.columns(2)
     c1.plotly_chart(loss, key="train_loss_chart")
     c2.plotly_chart(acc, key="train_acc_chart")

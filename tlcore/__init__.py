@@ -29,7 +29,7 @@ here (a test holds the pages to it). Modules, one job each:
 from .backbones import (DEFAULT_BACKBONE, BackboneSpec, Body, Preprocess, create_body, ensure_weights,
                         get_backbone_spec, imagenet_categories, import_weights, list_backbones,
                         register_backbone, stage_param_counts)
-from .checkpoint import (SavedRun, archive_run, export_onnx, export_torchscript, load_run, read_meta, save_run,
+from .checkpoint import (SavedRun, archive_run, export_onnx, export_torchscript, load_run, RunMeta, save_run,
                          unpack_run_archive)
 from .clean import Action, DataCheck, Finding, Review, check_backbone, check_data, check_key, review_summary
 from .compare import COMPARE_EPOCHS, DEFAULT_SHOTS, STRATEGY_TITLES, available_shots, race_facts, shared_split
@@ -92,7 +92,7 @@ __all__ = [
     # evaluation
     "Evaluation", "Familiarity", "Prediction", "evaluate", "grad_cam", "imagenet_top", "overlay_cam", "predict",
     # runs on disk
-    "SavedRun", "archive_run", "export_onnx", "export_torchscript", "load_run", "read_meta", "save_run",
+    "SavedRun", "archive_run", "export_onnx", "export_torchscript", "load_run", "RunMeta", "save_run",
     "unpack_run_archive",
     # training in worker processes
     "JobHandle", "JobSnapshot", "JobSpec", "LocalRunner", "Runner", "get_runner", "set_runner",

@@ -28,7 +28,7 @@ from .errors import TLError
 from .measure import Score
 from .model import TransferModel, build_model
 from .storage import ByteLRU, atomic_write, budgeted
-from .train import FROZEN_BODY_MODES, EpochEnd, RunResult, TrainConfig
+from .train import FROZEN_BODY_MODES, EpochEnd, ModelRef, RunFacts, RunResult, RunState, TrainConfig
 
 FORMAT = "tlcore-run/1"
 WEIGHTS = "model.safetensors"
@@ -43,7 +43,7 @@ class SavedRun:
     classes: tuple[str, ...]
     backbone: str
     preprocess: Preprocess
-    meta: dict
+    meta: RunMeta  # its run.json
 
 
 def _pretrained_digest(config: TrainConfig) -> str | None:
@@ -52,35 +52,117 @@ def _pretrained_digest(config: TrainConfig) -> str | None:
     return None if config.mode == "scratch" else weights_digest(config.backbone)
 
 
-def run_metadata(result: RunResult, status: str = "completed", extra: dict | None = None) -> dict:
-    spec = get_backbone_spec(result.config.backbone)
-    return {
-        "format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "status": status,
-        "classes": list(result.classes), "backbone": spec.name, "backbone_title": spec.title,
-        "preprocess": dataclasses.asdict(spec.preprocess), "config": dataclasses.asdict(result.config),
-        "metrics": {"val_accuracy": result.val_accuracy, "best_epoch": result.best_epoch,
-                    "train_seconds": result.train_seconds, "num_images": result.num_images,
-                    "trainable_params": result.trainable_params, "total_params": result.total_params,
-                    "freeze_depth": result.freeze_depth, "runtime": result.runtime, "how": result.how,
-                    "score": None if result.score is None else result.score.to_json()},
-        "heldout": [list(h) for h in result.heldout],
-        "history": [e.to_json() for e in result.history],
-        "split": {"train": list(result.train_indices), "val": list(result.val_indices)},
-        "weights_digest": _pretrained_digest(result.config),
-        **(extra or {}),
-    }
+#: RunFacts fields run.json keeps at its top level (the rest, the metrics, go under "metrics" by name).
+_LAID_OUT = {"classes", "config", "history", "heldout", "train_indices", "val_indices", "score"}
 
 
-def partial_meta(config: TrainConfig, classes: list[str], epoch: EpochEnd, extra: dict | None = None) -> dict:
-    """Metadata of a run still in progress: enough to reload and evaluate its best epoch after a crash.
-    Its weights file holds only what trained (``partial.frozen_stages`` stages come from the
-    pretrained weights named by ``weights_digest``)."""
-    spec = get_backbone_spec(config.backbone)
-    return {"format": FORMAT, "status": "interrupted", "classes": list(classes), "backbone": config.backbone,
-            "preprocess": dataclasses.asdict(spec.preprocess), "config": dataclasses.asdict(config),
-            "metrics": {"val_accuracy": epoch.val_acc, "best_epoch": epoch.epoch, "train_seconds": epoch.seconds},
-            "history": [epoch.to_json()], "weights_digest": _pretrained_digest(config),
-            "partial": {"frozen_stages": config.resolved_freeze_depth()}, **(extra or {})}
+@dataclass(frozen=True)
+class RunMeta(RunFacts):
+    """A run on disk: this type *is* ``run.json`` (``to_json`` writes it, ``read`` is its one loader), for a
+    finished run, a best-epoch checkpoint written during training (``partial_frozen_stages`` set) and an
+    imported run alike. Its facts are the engine's (``RunFacts``: a new metric needs no change here); entries
+    a newer version adds are ignored when reading, damaged ones are a ``TLError``."""
+
+    status: RunState = "completed"  # "interrupted" while it is a checkpoint of a run still training
+    reason: str = ""  # how it ended, in words (as the engine said it)
+    label: str = ""  # the app's name for the run
+    created: str = ""
+    val_digests: tuple[str, ...] = ()  # its validation images by content (found again after a restart)
+    weights_digest: str | None = None  # the pretrained weights it started from (None: from scratch)
+    partial_frozen_stages: int | None = None  # a checkpoint: these leading stages come from those weights
+
+    @property
+    def backbone(self) -> str:
+        return self.config.backbone
+
+    @classmethod
+    def of(cls, result: RunResult, status: RunState = "completed", reason: str = "", label: str = "",
+           val_digests: tuple[str, ...] = ()) -> RunMeta:
+        """A finished run's metadata."""
+        return cls(**_facts(result), status=status, reason=reason, label=label,
+                   created=time.strftime("%Y-%m-%dT%H:%M:%S"), val_digests=tuple(val_digests),
+                   weights_digest=_pretrained_digest(result.config))
+
+    @classmethod
+    def checkpoint(cls, config: TrainConfig, classes: list[str], epoch: EpochEnd, label: str = "",
+                   val_digests: tuple[str, ...] = ()) -> RunMeta:
+        """A run still in progress: enough to reload and evaluate its best epoch after a crash. Its weights
+        file holds only what trained (``partial_frozen_stages`` stages come from the pretrained weights)."""
+        return cls(tuple(classes), config, history=(dataclasses.replace(epoch, model=None),), best_epoch=epoch.epoch,
+                   val_accuracy=epoch.val_acc, train_seconds=epoch.seconds, status="interrupted", label=label,
+                   created=time.strftime("%Y-%m-%dT%H:%M:%S"), val_digests=tuple(val_digests),
+                   weights_digest=_pretrained_digest(config), partial_frozen_stages=config.resolved_freeze_depth())
+
+    def result(self, model_ref: TransferModel | ModelRef) -> RunResult:
+        """The engine's view of this run, with its model (or where to load it from)."""
+        score = self.score or (None if self.val_accuracy is None else Score(
+            self.val_accuracy, len(self.val_indices), "the validation split"))
+        return RunResult(**{**_facts(self), "score": score}, model_ref=model_ref)
+
+    def to_json(self) -> dict:
+        spec = get_backbone_spec(self.backbone)
+        out = {
+            "format": FORMAT, "created": self.created, "status": self.status, "reason": self.reason,
+            "label": self.label, "classes": list(self.classes), "backbone": self.backbone,
+            "backbone_title": spec.title, "preprocess": dataclasses.asdict(spec.preprocess),
+            "config": dataclasses.asdict(self.config),
+            "metrics": {**{k: v for k, v in _facts(self).items() if k not in _LAID_OUT},
+                        "score": None if self.score is None else self.score.to_json()},
+            "heldout": [[d, t, list(p)] for d, t, p in self.heldout],
+            "history": [e.to_json() for e in self.history],
+            "split": {"train": list(self.train_indices), "val": list(self.val_indices)},
+            "val_digests": list(self.val_digests), "weights_digest": self.weights_digest}
+        if self.partial_frozen_stages is not None:
+            out["partial"] = {"frozen_stages": self.partial_frozen_stages}
+        return out
+
+    @classmethod
+    def from_json(cls, meta: dict, where: str = META) -> RunMeta:
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise TLError(f"{where} is not a Transfer Learning Studio run (it has no 'format': '{FORMAT}').")
+        try:
+            classes = tuple(str(c) for c in meta["classes"])
+            config = dict(meta.get("config") or {})
+            config.setdefault("backbone", str(meta["backbone"]))
+        except (KeyError, TypeError):
+            raise TLError(f"{where} lacks its classes or backbone.") from None
+        try:
+            m = meta.get("metrics") or {}
+            split = meta.get("split") or {}
+            known = {f.name for f in dataclasses.fields(TrainConfig)}
+            epoch_fields = {f.name for f in dataclasses.fields(EpochEnd)} - {"model"}
+            metrics = {f.name: m[f.name] for f in dataclasses.fields(RunFacts) if f.name in m and f.name not in _LAID_OUT}
+            partial = meta.get("partial") if isinstance(meta.get("partial"), dict) else None
+            return cls(
+                classes, TrainConfig(**{k: v for k, v in config.items() if k in known}),
+                history=tuple(EpochEnd(**{k: v for k, v in e.items() if k in epoch_fields})
+                              for e in meta.get("history", [])),
+                score=Score.from_json(m.get("score")),
+                heldout=tuple((str(d), int(t), tuple(float(p) for p in probs)) for d, t, probs in meta.get("heldout", [])),
+                train_indices=tuple(split.get("train", [])), val_indices=tuple(split.get("val", [])),
+                **metrics, status=str(meta.get("status", "completed")), reason=str(meta.get("reason", "")),
+                label=str(meta.get("label", "")), created=str(meta.get("created", "")),
+                val_digests=tuple(str(d) for d in meta.get("val_digests", [])),
+                weights_digest=meta.get("weights_digest"),
+                partial_frozen_stages=None if partial is None else int(partial["frozen_stages"]))
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise TLError(f"The run's {META} has a missing or wrong entry ({type(e).__name__}: {e}).") from None
+
+    @classmethod
+    def read(cls, folder: str | Path) -> RunMeta:
+        """The one loader of ``run.json``."""
+        path = Path(folder) / META
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise TLError(f"{Path(folder).name} is not a Transfer Learning Studio run: {META} is missing or "
+                          f"unreadable ({e}).") from None
+        return cls.from_json(meta, f"{Path(folder).name}/{META}")
+
+
+def _facts(run: RunFacts) -> dict:
+    """A run's ``RunFacts`` fields by name (shallow: the values themselves, not copies)."""
+    return {f.name: getattr(run, f.name) for f in dataclasses.fields(RunFacts)}
 
 
 def trained_state(model: TransferModel, frozen_stages: int) -> dict[str, torch.Tensor]:
@@ -100,19 +182,20 @@ class Checkpointer:
     body is frozen), and at most once per ``min_interval`` seconds (a best epoch that comes sooner
     waits, as a copy in memory, for the next event after the interval). Feed it every event."""
 
-    def __init__(self, folder: str | Path, config: TrainConfig, classes: list[str], extra: dict | None = None,
-                 min_interval: float = 1.0) -> None:
-        self.folder, self.config, self.classes, self.extra = Path(folder), config, classes, extra
+    def __init__(self, folder: str | Path, config: TrainConfig, classes: list[str], label: str = "",
+                 val_digests: tuple[str, ...] = (), min_interval: float = 1.0) -> None:
+        self.folder, self.config, self.classes = Path(folder), config, classes
+        self.label, self.val_digests = label, val_digests
         self.min_interval = min_interval
         self.depth = config.resolved_freeze_depth()
-        self._pending: tuple[dict[str, torch.Tensor], dict] | None = None
+        self._pending: tuple[dict[str, torch.Tensor], RunMeta] | None = None
         self._last = -math.inf
         self.writes = 0
 
     def __call__(self, event: object) -> None:
         if isinstance(event, EpochEnd) and event.best and event.model is not None:
             self._pending = (trained_state(event.model, self.depth),
-                             partial_meta(self.config, self.classes, event, self.extra))
+                             RunMeta.checkpoint(self.config, self.classes, event, self.label, self.val_digests))
         if self._pending is not None and time.monotonic() - self._last >= self.min_interval:
             self.flush()
 
@@ -127,76 +210,58 @@ class Checkpointer:
         self.writes += 1
 
 
-def _write(folder: Path, state: dict[str, torch.Tensor], meta: dict) -> Path:
+def _write(folder: Path, state: dict[str, torch.Tensor], meta: RunMeta) -> Path:
     """Write a state_dict and its metadata into ``folder``, each file atomically (weights first)."""
     folder.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(meta.to_json(), indent=1)
     atomic_write(folder / WEIGHTS, lambda p: save_file(state, p))
-    atomic_write(folder / META, lambda p: Path(p).write_text(json.dumps(meta, indent=1)))
+    atomic_write(folder / META, lambda p: Path(p).write_text(text))
     return folder
 
 
-def save_run(result: RunResult, folder: str | Path, status: str = "completed", extra: dict | None = None) -> Path:
+def save_run(result: RunResult, folder: str | Path, status: RunState = "completed", reason: str = "",
+             label: str = "", val_digests: tuple[str, ...] = ()) -> Path:
     """Write a finished run, complete (every weight, so the folder stands on its own), to ``folder``."""
-    return _write(Path(folder), trained_state(result.model, 0), run_metadata(result, status, extra))
-
-
-def read_meta(folder: str | Path) -> dict:
-    path = Path(folder) / META
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise TLError(f"{Path(folder).name} is not a Transfer Learning Studio run: {META} is missing or "
-                      f"unreadable ({e}).") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise TLError(f"{Path(folder).name} is not a Transfer Learning Studio run (its {META} has no "
-                      f"'format': '{FORMAT}').")
-    return meta
+    return _write(Path(folder), trained_state(result.model, 0), RunMeta.of(result, status, reason, label, val_digests))
 
 
 def load_run(folder: str | Path) -> SavedRun:
     """Rebuild a saved run's model. Refuses anything that is not a run of ours."""
     folder = Path(folder)
-    meta = read_meta(folder)
-    try:
-        classes = tuple(str(c) for c in meta["classes"])
-        backbone = str(meta["backbone"])
-    except (KeyError, TypeError):
-        raise TLError(f"{folder.name}/{META} lacks its classes or backbone.") from None
+    meta = RunMeta.read(folder)
     try:
         state = load_file(folder / WEIGHTS)
     except (SafetensorError, OSError, ValueError) as e:
         raise TLError(f"{folder.name}/{WEIGHTS} is missing or not a safetensors file ({e}).") from None
-    model = _rebuild(folder, meta, backbone, classes, state)
+    model = _rebuild(folder, meta, state)
     model.eval()
-    return SavedRun(model, classes, backbone, get_backbone_spec(backbone).preprocess, meta)
+    return SavedRun(model, meta.classes, meta.backbone, get_backbone_spec(meta.backbone).preprocess, meta)
 
 
-def _rebuild(folder: Path, meta: dict, backbone: str, classes: tuple[str, ...], state: dict[str, torch.Tensor]
-             ) -> TransferModel:
+def _rebuild(folder: Path, meta: RunMeta, state: dict[str, torch.Tensor]) -> TransferModel:
     """The saved model. A frozen-body run made from the pretrained weights this machine has attaches
     its head to the shared pretrained body (no second copy; inference on the fast runtime); a
     partial checkpoint takes its frozen stages from those weights; anything else loads whole."""
-    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-    digest = meta.get("weights_digest")
-    partial = meta.get("partial") if isinstance(meta.get("partial"), dict) else None
+    backbone, classes, mode, digest = meta.backbone, meta.classes, meta.config.mode, meta.weights_digest
+    partial = meta.partial_frozen_stages is not None
     spec = get_backbone_spec(backbone)
-    if digest is not None and (config.get("mode") in FROZEN_BODY_MODES or partial):
+    if digest is not None and (mode in FROZEN_BODY_MODES or partial):
         if spec.availability() == "download" or weights_digest(backbone) != digest:
             if partial:
                 raise TLError(f"{folder.name} was saved during training and needs {spec.title}'s pretrained "
                               f"weights, which are not on this machine (or differ from those it trained with).")
-        elif config.get("mode") == "zero-shot":  # nothing trained: the pretrained ImageNet head, regrouped
+        elif mode == "zero-shot":  # nothing trained: the pretrained ImageNet head, regrouped
             from .zeroshot import zero_shot_model
 
-            return zero_shot_model(backbone, classes, config.get("zero_shot_map") or {})
-        elif config.get("mode") in FROZEN_BODY_MODES:
+            return zero_shot_model(backbone, classes, meta.config.zero_shot_map or {})
+        elif mode in FROZEN_BODY_MODES:
             model = TransferModel(frozen_body(backbone), len(classes), spec.preprocess)
             _load(folder, model.head, {k[5:]: v for k, v in state.items() if k.startswith("head.")}, backbone,
                   classes, strict=True)
             return model
         else:
             model = build_model(backbone, len(classes), pretrained=True)
-            frozen = set(model.state_dict()) - set(trained_state(model, int(partial["frozen_stages"])))
+            frozen = set(model.state_dict()) - set(trained_state(model, meta.partial_frozen_stages or 0))
             missing = _load(folder, model, state, backbone, classes, strict=False)
             if not set(missing) <= frozen:
                 raise TLError(f"The weights in {folder.name} lack {sorted(set(missing) - frozen)[:3]}.")
@@ -255,50 +320,22 @@ class DiskModel:
         return MODELS.get(self.folder)
 
 
-def lazy_result(folder: str | Path) -> RunResult:
-    """A saved run's result from its ``run.json`` alone; the weights load when the model is first used.
-    The weights file is checked to be there and to be safetensors (its header only)."""
+def lazy_result(folder: str | Path, meta: RunMeta | None = None) -> RunResult:
+    """A saved run's result from its ``run.json`` alone (``meta``, if already read); the weights load when the
+    model is first used. The weights file is checked to be there and to be safetensors (its header only)."""
     folder = Path(folder)
-    meta = read_meta(folder)
+    meta = meta or RunMeta.read(folder)
     try:
         with safe_open(folder / WEIGHTS, "pt") as f:
             f.keys()
     except (SafetensorError, OSError, ValueError) as e:
         raise TLError(f"{folder.name}/{WEIGHTS} is missing or not a safetensors file ({e}).") from None
-    try:
-        classes = tuple(str(c) for c in meta["classes"])
-    except (KeyError, TypeError):
-        raise TLError(f"{folder.name}/{META} lacks its classes.") from None
-    return _result_from_meta(meta, DiskModel(folder), classes)
+    return meta.result(DiskModel(folder))
 
 
 def result_from_saved(saved: SavedRun) -> RunResult:
     """A ``RunResult`` view of a loaded run (for the pages that show runs)."""
-    return _result_from_meta(saved.meta, saved.model, saved.classes)
-
-
-def _result_from_meta(meta: dict, model_ref: TransferModel | DiskModel, classes: tuple[str, ...]) -> RunResult:
-    """Fields it does not know (from a newer version) are ignored, damaged ones are a ``TLError``."""
-    try:
-        m = meta.get("metrics", {})
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
-        epoch_fields = {f.name for f in dataclasses.fields(EpochEnd)} - {"model"}
-        config = TrainConfig(**{k: v for k, v in meta.get("config", {}).items() if k in known})
-        history = tuple(EpochEnd(**{k: v for k, v in e.items() if k in epoch_fields}) for e in meta.get("history", []))
-        split = meta.get("split", {})
-        return RunResult(
-            model_ref=model_ref, classes=classes, config=config, history=history,
-            best_epoch=int(m.get("best_epoch", 0)), val_accuracy=m.get("val_accuracy"),
-            train_seconds=float(m.get("train_seconds", 0.0)), num_images=int(m.get("num_images", 0)),
-            train_indices=tuple(split.get("train", [])), val_indices=tuple(split.get("val", [])),
-            trainable_params=int(m.get("trainable_params", 0)), total_params=int(m.get("total_params", 0)),
-            freeze_depth=int(m.get("freeze_depth", 0)), runtime=str(m.get("runtime", "torch")),
-            how=str(m.get("how", "")),
-            score=Score.from_json(m.get("score")) or (None if m.get("val_accuracy") is None else Score(
-                float(m["val_accuracy"]), len(split.get("val", [])), "the validation split")),
-            heldout=tuple((str(d), int(t), tuple(float(p) for p in probs)) for d, t, probs in meta.get("heldout", [])))
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
-        raise TLError(f"The run's {META} has a missing or wrong entry ({type(e).__name__}: {e}).") from None
+    return saved.meta.result(saved.model)
 
 
 def archive_run(folder: str | Path) -> bytes:

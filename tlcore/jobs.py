@@ -17,7 +17,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from multiprocessing.connection import Connection
 from typing import Protocol
@@ -41,7 +41,8 @@ class JobSpec:
     config: TrainConfig
     split: tuple[list[int], list[int]]
     folder: Path  # checkpoints and the finished run go here
-    meta: dict = field(default_factory=dict)  # extra run.json entries (label, validation digests)
+    label: str = ""  # the app's name for the run (run.json keeps it)
+    val_digests: tuple[str, ...] = ()  # its validation images by content (run.json keeps them)
     max_seconds: float | None = None  # wall clock it may hold a worker (``Limits.run_minutes``); None: no limit
     # "train", or one of ``tlcore.analysis.TASKS`` (a transferability score, a stage probe, a learning-rate
     # range test on ``images`` with ``config``): its result goes to ``folder``/result.json, no run is saved.
@@ -249,7 +250,7 @@ def run_job(spec: JobSpec, should_stop: Callable[[], bool], emit: Callable[[Even
         return deadline is not None and time.monotonic() > deadline
 
     try:
-        checkpoint = Checkpointer(spec.folder, spec.config, list(spec.images.classes), spec.meta)
+        checkpoint = Checkpointer(spec.folder, spec.config, list(spec.images.classes), spec.label, spec.val_digests)
         for event in train(spec.images, spec.config, lambda: should_stop() or out_of_time(), split=spec.split):
             if isinstance(event, RunFinished) and event.status == "stopped" and out_of_time() and not should_stop():
                 rest = event.reason.removeprefix("Stopped by the user ")
@@ -259,7 +260,7 @@ def run_job(spec: JobSpec, should_stop: Callable[[], bool], emit: Callable[[Even
             checkpoint(event)
             if isinstance(event, RunFinished):
                 if event.result is not None:
-                    save_run(event.result, spec.folder, event.status, {**spec.meta, "reason": event.reason})
+                    save_run(event.result, spec.folder, event.status, event.reason, spec.label, spec.val_digests)
                 else:
                     checkpoint.flush()
             emit(_transportable(event))

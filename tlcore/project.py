@@ -26,7 +26,7 @@ from pathlib import Path
 from PIL import Image
 
 from .backbones import DEFAULT_BACKBONE
-from .checkpoint import (WEIGHTS, lazy_result, read_meta,
+from .checkpoint import (WEIGHTS, RunMeta, lazy_result,
                          result_from_saved, unpack_run_archive)
 from .compare import plan, shared_split
 from .data import (ImageItem, ImageSet, Rejected, image_to_tensor, tensor_to_image,
@@ -181,13 +181,13 @@ class Project:
         record = RunRecord(run_id, label or describe(config), config, group=group, shots=shots, images=images,
                            val_digests=[data.items[i].digest for i in split[1]])
         folder = self.folder / "runs" / run_id
-        meta = {"label": record.label, "val_digests": record.val_digests}
 
         def on_finish(_finished: RunFinished) -> None:  # on the runner's event thread, once: nothing heavy
             record.result = _load_result(folder)  # run.json and the weights' header (the weights load when used)
 
         spec = JobSpec(record.label, owner or self.name, images, config, (list(split[0]), list(split[1])), folder,
-                       meta, max_seconds=Limits.from_env().run_minutes * 60)
+                       label=record.label, val_digests=tuple(record.val_digests),
+                       max_seconds=Limits.from_env().run_minutes * 60)
         with self._lock:
             self.runs.append(record)
             self.selected_run = record.id
@@ -396,22 +396,23 @@ def _saved_run(run_folder: Path, entry: dict, config: TrainConfig) -> RunRecord:
     queued or training then either finished before the server stopped (its run.json says how) or was
     interrupted (its best epoch checkpointed, if it had one)."""
     status, reason = entry["status"], entry.get("reason", "")
-    result, meta = None, {}
+    result, meta = None, None
     if (run_folder / WEIGHTS).exists():
         try:  # the weights themselves load when the model is first used
-            result, meta = lazy_result(run_folder), read_meta(run_folder)
+            meta = RunMeta.read(run_folder)
+            result = lazy_result(run_folder, meta)
         except TLError as e:
             reason = f"{reason} (its weights could not be loaded: {e})".strip()
     if status in ("queued", "running"):
-        if meta.get("status") in ("completed", "stopped", "failed"):
-            status, reason = meta["status"], meta.get("reason") or "It finished before the server stopped."
+        if meta is not None and meta.status in ("completed", "stopped", "failed"):
+            status, reason = meta.status, meta.reason or "It finished before the server stopped."
         elif result is not None:
             status, reason = "interrupted", "The server stopped while this run was training; its best epoch so far is kept."
         else:
             status, reason = "interrupted", "The server stopped before this run finished its first epoch; nothing to keep."
     return RunRecord(entry["id"], entry["label"], config, status, reason, result=result, group=entry.get("group", ""),
                      shots=entry.get("shots"), created=entry.get("created", 0.0),
-                     val_digests=list(meta.get("val_digests", [])))
+                     val_digests=list(meta.val_digests) if meta is not None else [])
 
 
 def _load_result(folder: Path) -> RunResult | None:
@@ -434,9 +435,9 @@ def import_run(project: Project, data: bytes) -> RunRecord:
         shutil.rmtree(folder, ignore_errors=True)
         raise
     result = result_from_saved(saved)
-    record = RunRecord(run_id, "imported: " + str(saved.meta.get("label") or saved.backbone), result.config,
+    record = RunRecord(run_id, "imported: " + (saved.meta.label or saved.backbone), result.config,
                        "completed", "Loaded from a saved run.", result=result,
-                       val_digests=list(saved.meta.get("val_digests", [])))
+                       val_digests=list(saved.meta.val_digests))
     with project._lock:
         project.runs.append(record)
         project.selected_run = run_id

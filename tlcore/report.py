@@ -215,7 +215,7 @@ def report_for_folder(run_dir: Path, data: Path | None = None) -> str:
 def open_run_folder(run_dir: Path, data: Path | None = None) -> tuple[Project, RunRecord]:
     """A run folder as a project and its run: one inside an app project (its images are found there), or one
     made by ``python -m tlcore train`` (pass the same ``data`` to include images and the validation measurement)."""
-    from .checkpoint import lazy_result, read_meta
+    from .checkpoint import RunMeta, lazy_result
 
     run_dir = Path(run_dir)
     project_dir = run_dir.parent.parent
@@ -227,6 +227,6 @@ def open_run_folder(run_dir: Path, data: Path | None = None) -> tuple[Project, R
         return project, record
     result = lazy_result(run_dir)
     project = Project(run_dir.name, load_data(data) if data is not None else ImageSet())
-    record = RunRecord(run_dir.name, describe(result.config), result.config, read_meta(run_dir).get("status", ""),
+    record = RunRecord(run_dir.name, describe(result.config), result.config, RunMeta.read(run_dir).status,
                        result=result, images=project.images if data is not None else None)
     return project, record

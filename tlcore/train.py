@@ -170,30 +170,42 @@ class ModelRef(Protocol):
 
 
 @dataclass(frozen=True)
-class RunResult:
-    model_ref: TransferModel | ModelRef = field(repr=False)  # the model, or where to load it from
+class RunFacts:
+    """What a run is and what it measured: the fields a finished run (``RunResult``) and its run.json
+    (``checkpoint.RunMeta``) share by inheritance. A new run metric is one field here, set where the engine
+    measures it (see ``peak_rss_mb`` in ``train``) and shown by a page; run.json stores and loads it by itself."""
+
     classes: tuple[str, ...]
     config: TrainConfig
-    history: tuple[EpochEnd, ...]
-    best_epoch: int
-    val_accuracy: float | None
-    train_seconds: float
-    num_images: int
-    train_indices: tuple[int, ...]  # into the training ImageSet
-    val_indices: tuple[int, ...]
-    trainable_params: int
-    total_params: int
-    freeze_depth: int
+    history: tuple[EpochEnd, ...] = ()
+    best_epoch: int = 0
+    val_accuracy: float | None = None
+    train_seconds: float = 0.0
+    num_images: int = 0
+    train_indices: tuple[int, ...] = ()  # into the training ImageSet
+    val_indices: tuple[int, ...] = ()
+    trainable_params: int = 0
+    total_params: int = 0
+    freeze_depth: int = 0
     runtime: str = "torch"  # what ran the frozen pretrained part (openvino, onnxruntime or torch)
     how: str = ""  # how the frozen part was run, in words
     score: Score | None = None  # the accuracy to show: on how many held-out images, how sure (``tlcore.measure``)
     # Out-of-fold predictions, one per scored image: (image digest, true class, probabilities). A frozen-body
     # model trains on every image in the end, so the Evaluate page shows these instead of its own guesses.
     heldout: tuple[tuple[str, int, tuple[float, ...]], ...] = ()
+    peak_rss_mb: float | None = None  # the training process's peak memory during the run (None: not measured)
+
+
+@dataclass(frozen=True)
+class RunResult(RunFacts):
+    """A finished run in memory: its facts and its model."""
+
+    model_ref: TransferModel | ModelRef | None = field(default=None, repr=False, compare=False)  # or where to load it
 
     @property
     def model(self) -> TransferModel:
         """The trained model (a saved run's is loaded on first use and may be evicted and reloaded)."""
+        assert self.model_ref is not None
         return self.model_ref if isinstance(self.model_ref, TransferModel) else self.model_ref.load()
 
 
@@ -381,12 +393,41 @@ def train(imageset: ImageSet, config: TrainConfig, should_stop: Callable[[], boo
     ``split`` (train, val indices into the set) overrides the seeded stratified split, so that
     several runs can share one split exactly.
     """
+    peak = PeakMemory()
     try:
-        yield from _train(imageset, config, should_stop, split)
+        for event in _train(imageset, config, should_stop, split):
+            if isinstance(event, RunFinished) and event.result is not None:
+                event = dataclasses.replace(event, result=dataclasses.replace(event.result, peak_rss_mb=peak.mb()))
+            yield event
     except TLError as e:
         yield RunFinished("failed", str(e))
     except Exception as e:  # a run must end with a reason, not take the app down
         yield RunFinished("failed", f"Training failed unexpectedly: {type(e).__name__}: {e}")
+
+
+class PeakMemory:
+    """This process's peak resident memory from now on, in MB (Linux: the kernel's high-water mark, reset at
+    the start; elsewhere the process's lifetime peak, or None)."""
+
+    def __init__(self) -> None:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current RSS
+        except OSError:
+            pass
+
+    @staticmethod
+    def mb() -> float | None:
+        try:
+            with open("/proc/self/status") as f:
+                return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+        except (OSError, StopIteration, ValueError):
+            try:
+                import resource
+
+                return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if os.uname().sysname == "Darwin" else 1024)
+            except (ImportError, OSError):
+                return None
 
 
 @dataclass

@@ -341,3 +341,21 @@ def _png(item) -> bytes:
     buf = io.BytesIO()
     tlcore.data.tensor_to_image(item.pixels).save(buf, "PNG")
     return buf.getvalue()
+
+
+def test_run_json_is_run_meta_and_round_trips(trained, tmp_path):
+    """RunMeta is run.json: written and read back it is the same value, finished run and checkpoint alike; its
+    facts are the engine's (peak memory included) and it rebuilds the same RunResult."""
+    _, r = trained
+    assert r.peak_rss_mb is not None and r.peak_rss_mb > 0
+    folder = tlcore.save_run(r, tmp_path / "run", "completed", "Finished.", "my run", ("d1", "d2"))
+    meta = tlcore.RunMeta.read(folder)
+    assert meta == tlcore.RunMeta.from_json(json.loads(json.dumps(meta.to_json())))
+    assert (meta.label, meta.reason, meta.val_digests, meta.peak_rss_mb) == ("my run", "Finished.", ("d1", "d2"),
+                                                                             r.peak_rss_mb)
+    back = meta.result(r.model_ref)
+    assert {f: getattr(back, f) for f in ("classes", "history", "score", "heldout", "peak_rss_mb", "val_indices")} == \
+        {f: getattr(r, f) for f in ("classes", "history", "score", "heldout", "peak_rss_mb", "val_indices")}
+    point = tlcore.RunMeta.checkpoint(r.config, list(r.classes), r.history[-1], "my run")
+    assert tlcore.RunMeta.from_json(json.loads(json.dumps(point.to_json()))) == point
+    assert point.status == "interrupted" and point.partial_frozen_stages == r.config.resolved_freeze_depth()

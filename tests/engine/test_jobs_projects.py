@@ -60,7 +60,7 @@ def test_jobs_run_in_worker_processes_and_report_back(pool, tiny_set):
     snap = job.snapshot()
     assert snap.state == "stopped" and snap.finished.result is None  # models never travel: the run is on disk
     saved = tlcore.load_run(job.spec.folder)
-    assert saved.meta["status"] == "stopped" and saved.meta["metrics"]["best_epoch"] >= 1
+    assert saved.meta.status == "stopped" and saved.meta.best_epoch >= 1
 
 
 def test_short_jobs_never_wait_behind_long_ones_and_owners_take_turns(pool, tiny_set):
@@ -93,7 +93,7 @@ def test_a_dead_worker_fails_its_run_plainly_and_is_replaced(pool, tiny_set):
     assert job.join(10)
     snap = job.snapshot()
     assert snap.state == "failed" and "out of memory" in snap.finished.reason
-    assert tlcore.load_run(job.spec.folder).meta["partial"]  # its best epoch was checkpointed
+    assert tlcore.load_run(job.spec.folder).meta.partial_frozen_stages is not None  # its best epoch was checkpointed
     again = pool.submit(spec(tiny_set, TrainConfig(backbone="tiny-test", epochs=2)))
     wait_all([again])
     assert again.snapshot().state == "completed" and pid not in pool.worker_pids()

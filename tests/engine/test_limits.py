@@ -100,4 +100,4 @@ def test_a_run_past_the_time_limit_stops_keeping_its_best_epoch_and_says_why(tin
     assert time.monotonic() - start < 30
     assert finished.status == "stopped", finished.reason
     assert "limit of 0.0166667 min per run (TLS_MAX_RUN_MINUTES" in finished.reason and "user" not in finished.reason
-    assert tlcore.load_run(job.folder).meta["metrics"]["best_epoch"] >= 1
+    assert tlcore.load_run(job.folder).meta.best_epoch >= 1
