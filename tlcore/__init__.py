@@ -41,7 +41,7 @@ from .measure import Score, separation, accuracy_interval
 from .evaluate import Evaluation, Familiarity, Prediction, evaluate, grad_cam, imagenet_top, overlay_cam, predict
 from .model import TransferModel, build_model, count_params, freeze
 from .profile import SpeedProfile, estimate_epoch_seconds, estimate_run_seconds, measure_speed, measure_speed_elsewhere
-from .jobs import JobHandle, JobSnapshot, JobSpec, Runner
+from .jobs import Job, JobSnapshot, JobSpec, Runner
 from .runner import LocalRunner, get_runner, set_runner
 from .project import Project, RunRecord, import_run
 from .registry import PROJECTS, ProjectRegistry
@@ -95,7 +95,7 @@ __all__ = [
     "SavedRun", "archive_run", "export_onnx", "export_torchscript", "load_run", "RunMeta", "save_run",
     "unpack_run_archive",
     # training in worker processes
-    "JobHandle", "JobSnapshot", "JobSpec", "LocalRunner", "Runner", "get_runner", "set_runner",
+    "Job", "JobSnapshot", "JobSpec", "LocalRunner", "Runner", "get_runner", "set_runner",
     # the data check and its review
     "Action", "DataCheck", "Finding", "Review", "check_backbone", "check_data", "check_key", "review_summary",
     # comparisons and speed

@@ -9,11 +9,11 @@ from pathlib import Path
 
 from .analysis import Result, Task, analysis_folder, read_result
 from .data import ImageSet
-from .jobs import JobHandle, JobSpec
+from .jobs import Job, JobSpec
 from .runner import get_runner
 from .train import Progress, TrainConfig
 
-_LIVE: dict[Path, JobHandle] = {}  # result folder -> its job while queued, running or just failed
+_LIVE: dict[Path, Job] = {}  # result folder -> its job while queued, running or just failed
 _lock = threading.RLock()
 
 

@@ -2,7 +2,7 @@
 
 A page never trains. It hands a ``JobSpec`` (the images, the config, the split, the run folder) to
 the process's runner (``tlcore.runner.get_runner()``: the local worker pool of ``tlcore.runner``, or
-Ray's of ``tlcore.ray_runner``) and reads snapshots (``JobSnapshot``) from the ``JobHandle`` it gets back. Wherever the
+Ray's of ``tlcore.ray_runner``) and reads snapshots (``JobSnapshot``) from the ``JobTracker`` it gets back. Wherever the
 job runs, ``run_job`` trains it: best epochs checkpointed and the finished run saved into
 ``JobSpec.folder``, small events (never models) streamed back, applied by the runner to the handle.
 
@@ -17,7 +17,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from multiprocessing.connection import Connection
 from typing import Protocol
@@ -70,12 +70,68 @@ class JobSnapshot:
     version: int  # changes whenever anything above does (viewers redraw only then)
 
 
-class JobHandle:
-    """The web server's view of one job: its latest state, updated from the worker's events."""
+@dataclass(frozen=True, eq=False)
+class Job:
+    """What a runner hands back for a job: its spec, its snapshots, a wait, a stop. Immutable: the job's state
+    lives in the runner's ``JobTracker`` alone, which only the runner changes (as ``concurrent.futures.Future``
+    is a view of what its executor does)."""
+
+    spec: JobSpec
+    _tracker: JobTracker = field(repr=False)
+
+    @property
+    def id(self) -> int:
+        return self._tracker.id
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def alive(self) -> bool:
+        """Queued or running."""
+        return self._tracker.alive
+
+    @property
+    def state(self) -> RunState:
+        """queued, running, or how it ended (cheaper than a snapshot: no queue position)."""
+        return self._tracker.state
+
+    @property
+    def finished(self) -> RunFinished | None:
+        """How it ended (its ``result`` is None: the run is in ``spec.folder``), once it has."""
+        return self._tracker.finished
+
+    def snapshot(self) -> JobSnapshot:
+        return self._tracker.snapshot()
+
+    def stop(self, by: str = "by the user") -> None:
+        """Ask the job to stop: a queued job leaves the line, a running one stops before its next batch
+        (keeping its best epoch). ``by`` says who stopped it in the run's reason ("by the teacher")."""
+        self._tracker.stop(by)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until it has ended; False if ``timeout`` passed first."""
+        return self._tracker.join(timeout)
+
+    def add_done_callback(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` once the job has ended (at once if it has), on the runner's event thread: it must be quick
+        (hand real work to another thread), as ``concurrent.futures.Future.add_done_callback``'s must."""
+        self._tracker.add_done_callback(fn)
+
+    def remaining_s(self) -> float:
+        """About how long until it ends: its estimate, less the time it has run."""
+        return self._tracker.remaining_s()
+
+
+class JobTracker:
+    """A runner's record of one job (runners only: callers hold its ``Job``): its latest state, updated from
+    the worker's events."""
 
     def __init__(self, job_id: int, spec: JobSpec, runner: Runner,
                  on_finish: Callable[[RunFinished], None] | None) -> None:
         self.id, self.spec, self._runner, self._on_finish = job_id, spec, runner, on_finish
+        self.job = Job(spec, self)  # what the caller gets
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._state: RunState = "queued"
@@ -86,7 +142,7 @@ class JobHandle:
         self._losses: list[tuple[float, float]] = []
         self._stride = 1
         self._version = 0
-        self.after: JobHandle | None = None  # starts only once this one has ended
+        self.after: Job | None = None  # starts only once this one has ended
         self.estimate_s = 10.0  # how long it should take once started (set by the runner)
         self.started: float | None = None  # when a worker took it
         self.stopped_by = "by the user"
@@ -117,8 +173,6 @@ class JobHandle:
         self._runner.stop(self)
 
     def add_done_callback(self, fn: Callable[[], None]) -> None:
-        """Call ``fn`` once the job has ended (at once if it has), on the runner's event thread: it must be quick
-        (hand real work to another thread), as ``concurrent.futures.Future.add_done_callback``'s must."""
         with self._lock:
             if not self._done.is_set():
                 self._callbacks.append(fn)
@@ -197,13 +251,13 @@ class Runner(Protocol):
     """Runs training jobs somewhere else than the web server."""
 
     def submit(self, spec: JobSpec, on_finish: Callable[[RunFinished], None] | None = None,
-               after: JobHandle | None = None) -> JobHandle:
+               after: Job | None = None) -> Job:
         """Queue a job; it starts once a worker is free and ``after`` (if given) has ended."""
 
-    def stop(self, job: JobHandle) -> None:
+    def stop(self, job: JobTracker) -> None:
         """Queued: leave the line. Running: stop before the next batch, keeping the best epoch."""
 
-    def queue_info(self, job: JobHandle) -> tuple[int, float]:
+    def queue_info(self, job: JobTracker) -> tuple[int, float]:
         """(position in line, 1 = next; estimated seconds until it starts)."""
 
     def backlog_seconds(self) -> float:

@@ -34,7 +34,7 @@ from .data import (ImageItem, ImageSet, Rejected, image_to_tensor, tensor_to_ima
 from .errors import TLError
 from .analysis_jobs import stop_analyses
 from .limits import LimitError, Limits, folder_mb
-from .jobs import JobHandle, JobSpec
+from .jobs import Job, JobSpec
 from .runner import get_runner
 from .storage import atomic_write
 from .run_views import RunViews, describe
@@ -75,7 +75,7 @@ class RunRecord:
     config: TrainConfig
     saved_status: RunState = "queued"  # read only when there is no job (see the class's docstring)
     saved_reason: str = ""
-    job: JobHandle | None = field(default=None, repr=False)  # started by this server process (kept once ended)
+    job: Job | None = field(default=None, repr=False)  # started by this server process (kept once ended)
     result: RunResult | None = field(default=None, repr=False)  # the model and its figures, once it has a best epoch
     group: str = ""  # comparison this run belongs to ("" for a single run)
     shots: int | None = None

@@ -32,7 +32,7 @@ from pathlib import Path
 import ray
 
 from .errors import TLError
-from .jobs import JobHandle, JobSpec, estimate_seconds, run_job
+from .jobs import Job, JobTracker, JobSpec, estimate_seconds, run_job
 from .train import Event, RunFinished
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class RayRunner:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._ids = itertools.count(1)
-        self._waiting: list[JobHandle] = []  # submitted, not yet placed on a node (queue_info's line)
+        self._waiting: list[JobTracker] = []  # submitted, not yet placed on a node (queue_info's line)
         self._live: dict[int, _Live] = {}  # jobs with an actor: being placed, or training
         self._stopped: set[int] = set()
         threading.Thread(target=self._loop, name="tlcore-ray-loop", daemon=True).start()
@@ -124,16 +124,16 @@ class RayRunner:
     # -- the Runner interface
 
     def submit(self, spec: JobSpec, on_finish: Callable[[RunFinished], None] | None = None,
-               after: JobHandle | None = None) -> JobHandle:
-        job = JobHandle(next(self._ids), spec, self, on_finish)
+               after: Job | None = None) -> Job:
+        job = JobTracker(next(self._ids), spec, self, on_finish)
         job.after = None if self.fan_out else after
         job.estimate_s = estimate_seconds(spec)
         with self._lock:
             self._waiting.append(job)
         self._wake.set()
-        return job
+        return job.job
 
-    def stop(self, job: JobHandle) -> None:
+    def stop(self, job: JobTracker) -> None:
         with self._lock:
             self._stopped.add(job.id)
             live = self._live.get(job.id)
@@ -141,7 +141,7 @@ class RayRunner:
             live.actor.stop.remote()
         self._wake.set()
 
-    def queue_info(self, job: JobHandle) -> tuple[int, float]:
+    def queue_info(self, job: JobTracker) -> tuple[int, float]:
         with self._lock:
             if job not in self._waiting:
                 return 0, 0.0
@@ -163,7 +163,7 @@ class RayRunner:
         with self._lock:
             return not self._waiting and not self._live
 
-    def worker_pid(self, job: JobHandle) -> int | None:
+    def worker_pid(self, job: Job) -> int | None:
         """The process training ``job`` (tests kill it)."""
         live = self._live.get(job.id)
         return None if live is None else ray.get(live.actor.pid.remote(), timeout=POLL_TIMEOUT_S)
@@ -249,7 +249,7 @@ class RayRunner:
         except Exception:  # already gone
             pass
 
-    def _forget(self, job: JobHandle) -> None:
+    def _forget(self, job: JobTracker) -> None:
         with self._lock:
             if job in self._waiting:
                 self._waiting.remove(job)
@@ -261,7 +261,7 @@ class RayRunner:
 class _Live:
     """A job that has an actor: the call in flight to it, and how far its events have been read."""
 
-    job: JobHandle
+    job: JobTracker
     actor: object
     call: object | None  # the ObjectRef being waited for (placement, then a poll), None between polls
     running: bool = False  # placed and training (else: still being placed)

@@ -34,7 +34,7 @@ from multiprocessing.connection import Connection, Pipe, wait
 from pathlib import Path
 
 from .errors import TLError
-from .jobs import JobHandle, JobSpec, Runner, estimate_seconds, receive, send
+from .jobs import Job, JobTracker, JobSpec, Runner, estimate_seconds, receive, send
 from .train import RunFinished
 
 log = logging.getLogger(__name__)
@@ -53,10 +53,10 @@ class LocalRunner:
         self._lock = threading.RLock()  # the scheduler's state, and every send to a worker
         self._procs: list[subprocess.Popen | None] = [None] * self.workers
         self._conns: list[Connection | None] = [None] * self.workers
-        self._busy: list[JobHandle | None] = [None] * self.workers
+        self._busy: list[JobTracker | None] = [None] * self.workers
         self._crashes = [0] * self.workers  # per worker: deaths since it last started properly
-        self._pending: list[JobHandle] = []
-        self._jobs: dict[int, JobHandle] = {}
+        self._pending: list[JobTracker] = []
+        self._jobs: dict[int, JobTracker] = {}
         self._served: dict[str, float] = {}  # owner -> when one of its jobs last started
         self._ids = itertools.count(1)
         self.broken: str | None = None  # why no worker can start, once that is clear
@@ -128,20 +128,20 @@ class LocalRunner:
     # -- the Runner interface
 
     def submit(self, spec: JobSpec, on_finish: Callable[[RunFinished], None] | None = None,
-               after: JobHandle | None = None) -> JobHandle:
+               after: Job | None = None) -> Job:
         if self.broken:
             raise TLError(self.broken)
         self.start()
-        job = JobHandle(next(self._ids), spec, self, on_finish)
+        job = JobTracker(next(self._ids), spec, self, on_finish)
         job.after = after
         job.estimate_s = estimate_seconds(spec)
         with self._lock:
             self._jobs[job.id] = job
             self._pending.append(job)
             self._dispatch()
-        return job
+        return job.job
 
-    def stop(self, job: JobHandle) -> None:
+    def stop(self, job: JobTracker) -> None:
         with self._lock:
             if job in self._pending:
                 self._pending.remove(job)
@@ -168,7 +168,7 @@ class LocalRunner:
             jobs = self._pending + [j for j in self._busy if j is not None]
         return sum(1 for j in jobs if j.spec.owner == owner and j.spec.task == "train" and j.alive)
 
-    def queue_info(self, job: JobHandle) -> tuple[int, float]:
+    def queue_info(self, job: JobTracker) -> tuple[int, float]:
         """(position in line, estimated seconds until it starts)."""
         with self._lock:
             order = self._order()
@@ -185,11 +185,11 @@ class LocalRunner:
 
     # -- scheduling
 
-    def _allowed(self, worker: int, job: JobHandle) -> bool:
+    def _allowed(self, worker: int, job: JobTracker) -> bool:
         express = self.workers >= 2 and worker == self.workers - 1
         return job.spec.short or not express
 
-    def _order(self) -> list[JobHandle]:
+    def _order(self) -> list[JobTracker]:
         """Pending jobs in the order they will start: short before long, then the owner served longest
         ago, then first come."""
         ready = [j for j in self._pending if _ready(j)]
@@ -303,7 +303,7 @@ class LocalRunner:
             self._dispatch()
 
 
-def _ready(job: JobHandle) -> bool:
+def _ready(job: JobTracker) -> bool:
     """Free to start: it waits for no other job (a comparison's previous run) that is still alive."""
     return job.after is None or not job.after.alive
 

@@ -73,9 +73,9 @@ def test_short_jobs_never_wait_behind_long_ones_and_owners_take_turns(pool, tiny
     assert all(j.snapshot().state == "completed" for j in short)
     assert hogs[0].snapshot().state == "running"  # the short ones used the express lane
     later = pool.submit(spec(tiny_set, long_cfg, owner="student", name="student-long"))
-    position, wait = pool.queue_info(later)
+    position, wait = later.snapshot().queue_position, later.snapshot().wait_s
     assert position == 1 and wait > 0  # the teacher has a run going: the student is next, not third
-    assert pool.queue_info(hogs[1])[0] == 2 and pool.queue_info(hogs[2])[0] == 3
+    assert hogs[1].snapshot().queue_position == 2 and hogs[2].snapshot().queue_position == 3
     hogs[2].stop()  # a queued job leaves the line at once
     assert hogs[2].join(2) and hogs[2].snapshot().state == "stopped"
     for j in (hogs[0], hogs[1], later):
@@ -349,7 +349,7 @@ def test_a_run_whose_worker_died_says_so_and_that_its_best_epoch_is_kept(tiny_se
     while not record.job.snapshot().epochs and time.time() < deadline:
         time.sleep(0.05)
     runner = tlcore.get_runner()
-    pid = next(proc.pid for proc, job in zip(runner._procs, runner._busy) if job is record.job)
+    pid = next(proc.pid for proc, job in zip(runner._procs, runner._busy) if job is not None and job.id == record.job.id)
     os.kill(pid, signal.SIGKILL)
     _wait(record)
     for _ in range(3):  # read again and again, as the pages do
