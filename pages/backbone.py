@@ -98,7 +98,7 @@ def score_all() -> None:
             insight.start(proj, "transfer-score", tlcore.TrainConfig(backbone=name))
 
 
-def fits_view() -> None:
+def fits_view(fits_polling: bool) -> None:
     """The scores (LogME and ImageNet closeness) as they come in; reruns itself every second while one is
     being computed."""
     states = fit_states()
@@ -150,7 +150,7 @@ except tlcore.TLError:
                "scored on them, before any training.")
 else:
     fits_polling = any(state.running for state in fit_states().values())
-    st.fragment(fits_view, run_every=1.0 if fits_polling else None)()
+    st.fragment(fits_view, run_every=1.0 if fits_polling else None)(fits_polling)
 
 
 def import_weights_form() -> None:

@@ -104,7 +104,7 @@ def table_rows(records) -> list[dict]:
     return rows
 
 
-def comparison_view() -> None:
+def comparison_view(proj: tlcore.Project, group: str | None, extra_ids: list[str], polling: bool) -> None:
     records = (proj.group_runs(group) if group else []) + [proj.run(i) for i in extra_ids if proj.run(i)]
     if not records:
         st.info("Press **Run comparison**. Each strategy trains in turn; the curves appear as they go.")
@@ -193,7 +193,7 @@ def challenge_yardstick(scored) -> None:
 
 
 polling = bool(proj.active_runs())
-st.fragment(comparison_view, run_every=1.0 if polling else None)()
+st.fragment(comparison_view, run_every=1.0 if polling else None)(proj, group, extra_ids, polling)
 
 st.divider()
 st.subheader("How many images do I need?")
@@ -218,7 +218,7 @@ if st.button("Run data-efficiency study", key="compare_eff_go", disabled=busy or
         st.error(str(e), icon=":material/error:")
 eff_group = session().groups.get("study") or next(
     (r.group for r in reversed(proj.runs) if r.group.startswith("shots-")), None)
-def study_view() -> None:
+def study_view(proj: tlcore.Project, eff_group: str | None, study_polling: bool) -> None:
     """The study's chart and table; while its runs train, live progress (polled once a second)."""
     records = proj.group_runs(eff_group)
     points = [{"strategy": r.config.mode, "images per class": r.shots if r.shots is not None else "all",
@@ -255,7 +255,7 @@ def study_view() -> None:
 
 if eff_group:
     study_polling = any(r.live for r in proj.group_runs(eff_group))
-    st.fragment(study_view, run_every=1.0 if study_polling else None)()
+    st.fragment(study_view, run_every=1.0 if study_polling else None)(proj, eff_group, study_polling)
 
 st.divider()
 st.subheader("Backbone race: which pretrained network suits your images?")
@@ -290,7 +290,7 @@ def facts(backbone: str) -> dict:
     return tlcore.race_facts(backbone)
 
 
-def race_view() -> None:
+def race_view(proj: tlcore.Project, race_group: str | None, race_polling: bool) -> None:
     """The race's table and its accuracy-against-cost chart; live progress while its runs train."""
     records = proj.group_runs(race_group)
     pending = [r for r in records if r.live]
@@ -331,7 +331,7 @@ def race_view() -> None:
 
 if race_group:
     race_polling = any(r.live for r in proj.group_runs(race_group))
-    st.fragment(race_view, run_every=1.0 if race_polling else None)()
+    st.fragment(race_view, run_every=1.0 if race_polling else None)(proj, race_group, race_polling)
 
 st.divider()
 st.subheader("Embedding map")

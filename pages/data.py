@@ -87,13 +87,13 @@ def add_class() -> None:
 
 
 @st.fragment
-def record_frames(label: str) -> None:
+def record_frames(proj: tlcore.Project, label: str) -> None:
     """Hold-to-record: each frame goes through the same checks as an upload; only this fragment reruns
     per frame, and the whole page once recording stops (to show the new counts)."""
     state = session().recording
     msg = live_camera.take("data_rec")
     if msg and msg.get("jpeg"):
-        rejected = images.add([(f"camera-{label}-{time.strftime('%H%M%S')}-{msg['seq']}.jpg", msg["jpeg"], label)])
+        rejected = proj.images.add([(f"camera-{label}-{time.strftime('%H%M%S')}-{msg['seq']}.jpg", msg["jpeg"], label)])
         if rejected:
             state["note"] = f"Skipped a frame: {rejected[0].reason}"
         else:
@@ -107,7 +107,7 @@ def record_frames(label: str) -> None:
         state["insecure"] = msg.get("origin", "?")
     if "insecure" in state:
         st.warning(live_camera.INSECURE.format(origin=state["insecure"]), icon=":material/no_photography:")
-    count = images.counts().get(label, 0)
+    count = proj.images.counts().get(label, 0)
     live_camera.show("data_rec", "record", interval_ms=round(1000 / tlcore.Limits.from_env().camera_fps), size=480, note=state["note"],
                      count_text=f"{state['added']} recorded now · '{label}' has {count} image{'s' * (count != 1)}")
 
@@ -154,7 +154,7 @@ with tab_camera:
                 "a second join the class (move the object around for variety). The browser asks for the camera "
                 "only when you press Start.")
         target = st.selectbox("Record into class", images.classes, key="data_camera_class")
-        record_frames(target)
+        record_frames(proj, target)
 
 if report_ := session().last_upload:
     added, rejected = report_

@@ -34,7 +34,7 @@ def board_rows(challenge: tlcore.Challenge, pct) -> list[dict]:
 
 
 @st.fragment(run_every=3.0)
-def board() -> None:
+def board(projector: bool) -> None:
     """The live leaderboard, refreshed every 3 s; on the projector, a large table that wraps instead of cutting."""
     challenge = tlcore.current_challenge()
     if challenge is None:
@@ -62,7 +62,7 @@ if projector:  # app.py draws no sidebar or step bar for it
             "[data-testid='stTable'] table {font-size: 1.5rem; width: 100%}"
             "[data-testid='stMarkdownContainer'] p, [data-testid='stCaptionContainer'] {font-size: 1.3rem}"
             "h3 {font-size: 2.2rem !important}</style>")
-    board()
+    board(projector)
     st.page_link("pages/teacher.py", label="Back to the Teacher page", icon=":material/arrow_back:")
     st.stop()
 
@@ -135,7 +135,7 @@ with st.expander("Class kit" + (f": {kit.name}" if kit else ""), icon=":material
                 st.error(str(e), icon=":material/error:")
 
 # ----------------------------------------------------------------------------- the challenge
-board()
+board(projector)
 st.page_link("pages/teacher.py", label="Projector view of the leaderboard", icon=":material/fit_screen:",
              query_params={"board": tlcore.board_key()},
              help="The leaderboard alone, large, for the projector. Its address opens the board only, never this page.")
@@ -160,7 +160,7 @@ stuck_min = st.number_input("Flag students without images after (minutes)", 1, 9
 
 
 @st.fragment(run_every=3.0)
-def projects() -> None:
+def projects(stuck_min: float) -> None:
     """Every project on this server, refreshed every 3 s: each student's progress, then runs to stop."""
     live = [p for p in (PROJECTS.get(n) for n in PROJECTS.live()) if p is not None]
     challenge = tlcore.current_challenge()
@@ -193,4 +193,4 @@ def projects() -> None:
                          icon=":material/stop:", help="Stops this run (its best epoch is kept) to free the server for others.")
 
 
-projects()
+projects(stuck_min)

@@ -27,7 +27,7 @@ def reference() -> tlcore.Familiarity | None:
 
 
 @st.fragment
-def live() -> None:
+def live(result: tlcore.RunResult, spec: tlcore.BackboneSpec, cam_on: bool) -> None:
     """Webcam frames classified as they come (only this fragment reruns per frame), Grad-CAM once a second."""
     state = session().live_test
     msg = live_camera.take("test_live")
@@ -56,7 +56,7 @@ with st.expander("Live camera: predictions as you move", icon=":material/videoca
     explain("Press **Start live prediction** and hold things up to the webcam: the bars follow what it sees. "
             "The browser asks for the camera only then; Stop, or leaving the page, turns it off.")
     cam_on = st.toggle("Show where it looked (Grad-CAM, once a second)", key="test_live_cam")
-    live()
+    live(result, spec, cam_on)
 
 c1, c2 = st.columns(2)
 uploads = c1.file_uploader("Images", type=sorted(s.strip(".") for s in IMAGE_SUFFIXES), accept_multiple_files=True,

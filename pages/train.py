@@ -55,7 +55,7 @@ def use_lr(value: float) -> None:
     save_settings(lr=value)
 
 
-def lr_find_view() -> None:
+def lr_find_view(proj: tlcore.Project, lr_config: tlcore.TrainConfig, lr_polling: bool) -> None:
     """The learning-rate range test of the current strategy, run by a training worker; reruns itself every
     second while it runs."""
     found = insight.result_or_start(proj, "lr-find", lr_config, lr_polling, "Finding the learning rate", dict(
@@ -88,7 +88,7 @@ if s.mode not in tlcore.FROZEN_BODY_MODES:
     with st.expander("Find the learning rate", icon=":material/troubleshoot:"):
         lr_config = dataclasses.replace(proj.settings, backbone=proj.backbone)
         lr_polling = insight.state(proj, "lr-find", lr_config).running
-        st.fragment(lr_find_view, run_every=1.0 if lr_polling else None)()
+        st.fragment(lr_find_view, run_every=1.0 if lr_polling else None)(proj, lr_config, lr_polling)
 
 active = proj.active_runs()
 c1, c2 = st.columns([1, 1])
@@ -115,7 +115,7 @@ def figures(record: tlcore.RunRecord, version: int, build) -> tuple:
     return kept[(record.id, version)]
 
 
-def live_view() -> None:
+def live_view(proj: tlcore.Project, polling: bool) -> None:
     """The selected run's progress and curves; reruns itself every second while training."""
     if polling and not proj.active_runs():
         st.rerun()  # every run has ended: one full rerun shows the results and stops the polling
@@ -159,7 +159,7 @@ def live_view() -> None:
 
 # Polls once a second, and only while a run of this project is queued or training (never after).
 polling = bool(proj.active_runs())
-st.fragment(live_view, run_every=1.0 if polling else None)()
+st.fragment(live_view, run_every=1.0 if polling else None)(proj, polling)
 
 singles = [r for r in proj.runs if not r.group]  # comparison runs are on the Compare page
 if len(singles) > 1:

@@ -91,3 +91,50 @@ def test_no_function_is_too_complex():
     found = subprocess.run([sys.executable, "-m", "ruff", "check", "--select", "C901", "--no-cache", "--output-format",
                             "concise", "tlcore", "pages", "app.py"], cwd=ROOT, capture_output=True, text=True)
     assert found.returncode == 0, found.stdout + found.stderr
+
+
+def _fragments(tree: ast.Module) -> set[str]:
+    """Names of the functions a page runs as fragments (``@st.fragment`` or ``st.fragment(f, ...)``)."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and any("fragment" in ast.unparse(d) for d in node.decorator_list):
+            out.add(node.name)
+        elif isinstance(node, ast.Call) and ast.unparse(node.func) == "st.fragment" and node.args:
+            if isinstance(node.args[0], ast.Name):
+                out.add(node.args[0].id)
+    return out
+
+
+@pytest.mark.parametrize("path", PAGES, ids=lambda p: p.name)
+def test_fragments_take_what_they_show_as_arguments(path):
+    """A fragment reruns alone, later: what it shows comes in as arguments, never from the page's globals."""
+    tree = ast.parse(path.read_text())
+    assigned = {n.id for node in tree.body if not isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Import,
+                                                                     ast.ImportFrom))
+                for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name in _fragments(tree):
+            local = {a.arg for a in node.args.args} | {n.id for n in ast.walk(node)
+                                                       if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+            read = {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+            assert not (read & assigned) - local, f"{path.name}: {node.name} reads page globals {(read & assigned) - local}"
+
+
+ALLOWED_INTERNALS = {"session_id", "session_alive", "leave_legacy_pages_mode"}  # pages/common.py, each says why
+
+
+@pytest.mark.parametrize("path", PAGES + sorted((ROOT / "tlcore").glob("*.py")), ids=lambda p: p.name)
+def test_private_apis_stay_in_one_place(path):
+    """Streamlit's internals only inside the three commented functions of pages/common.py; nothing patches
+    multiprocessing."""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name in ALLOWED_INTERNALS and path.name == "common.py":
+            continue
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                module = child.module if isinstance(child, ast.ImportFrom) else child.names[0].name
+                in_allowed = path.name == "common.py" and isinstance(node, ast.FunctionDef) and node.name in ALLOWED_INTERNALS
+                private = (module or "").startswith("streamlit.") and not (module or "").startswith("streamlit.components")
+                assert in_allowed or not private, f"{path.name} imports {module}"
+    assert "get_preparation_data" not in path.read_text() and "multiprocessing.spawn" not in path.read_text()
