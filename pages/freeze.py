@@ -120,7 +120,8 @@ total = sum(counts) + head_params
 num_images = max(1, len(proj.images))
 speed = measure_speed(spec.name)
 views = settings.augment_views if settings.augment else 1
-forwards = num_images * (1 + tlcore.fe_views(settings, num_images)) if mode == "feature-extraction" else num_images
+classes = sum(1 for n in proj.images.counts().values() if n) or None
+forwards = num_images * (1 + tlcore.fe_views(settings, num_images, classes)) if mode == "feature-extraction" else num_images
 once_s, epoch_s = estimate_epoch_seconds(speed, forwards, mode, depth, views)
 c1, c2, c3 = st.columns(3)
 c1.metric("Trainable parameters", f"{trainable:,}", f"{trainable / total:.1%} of {total:,}", delta_color="off", delta_arrow="off")
@@ -132,8 +133,7 @@ else:
               f"{num_images} images on this machine" + (f", after {format_seconds(once_s)} once for the "
                                                         f"frozen stages ({speed.runtime})" if once_s else ""),
               delta_color="off", delta_arrow="off")
-c3.metric("Mode", {"feature-extraction": "Feature extraction", "fine-tune": "Fine-tuning",
-                   "scratch": "From scratch"}[mode])
+c3.metric("Mode", tlcore.MODE_TITLES[mode].capitalize())
 if mode == "scratch":
     st.warning("From scratch, the network knows nothing about images: with a few dozen pictures expect poor "
                "accuracy. That is the point of the comparison on the Compare page.", icon=":material/school:")

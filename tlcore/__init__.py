@@ -56,7 +56,7 @@ from .zeroshot import mapping_method, suggest_mapping, unmapped
 from .transfer import StageProbe, TransferScore, logme, probe_stages, stage_maps, transfer_score
 from .lrfind import LrFind, lr_find
 from .analysis_jobs import AnalysisState, analysis_state, forget_analysis, start_analysis
-from .train import (FEATURES, FROZEN_BODY_MODES, MODES, BatchEnd, EpochEnd, Event, Progress, RunFinished, RunResult, TrainConfig, VIEWS_MAX_IMAGES, fe_views,
+from .train import (FEATURES, FROZEN_BODY_MODES, MODE_TITLES, MODES, BatchEnd, EpochEnd, Event, Progress, RunFinished, RunResult, TrainConfig, VIEWS_MAX_IMAGES, fe_views,
                     frozen_body, run_to_end, train)
 
 __all__ = [
@@ -72,7 +72,7 @@ __all__ = [
     # what one student may use of a shared server
     "LimitError", "Limits", "folder_mb",
     # model and training
-    "FEATURES", "FROZEN_BODY_MODES", "MODES", "BatchEnd", "EpochEnd", "Event", "Progress", "RunFinished", "RunResult", "TrainConfig", "VIEWS_MAX_IMAGES", "fe_views",
+    "FEATURES", "FROZEN_BODY_MODES", "MODE_TITLES", "MODES", "BatchEnd", "EpochEnd", "Event", "Progress", "RunFinished", "RunResult", "TrainConfig", "VIEWS_MAX_IMAGES", "fe_views",
     "TransferModel", "build_model", "count_params", "freeze", "run_to_end", "train",
     # the class challenge
     "Challenge", "Entry", "create_challenge", "current_challenge",

@@ -138,7 +138,7 @@ def one_run(pool: ImageSet, pool_feats: torch.Tensor, train: list[int], test: li
     user = pool.subset(train)
     if cold:
         FEATURES.clear()
-    estimate = estimate_run_seconds(cfg, len(user)) - RUN_OVERHEAD_S  # in this process: no hand-off to a worker
+    estimate = estimate_run_seconds(cfg, len(user), classes=len(user.classes)) - RUN_OVERHEAD_S  # in this process: no hand-off to a worker
     start = time.perf_counter()
     finished = run_to_end(user, cfg)
     seconds = time.perf_counter() - start
@@ -252,7 +252,7 @@ def app_ladder(quick: bool, backbone: str, log) -> dict:
             p.images.merge(photo_crops(7, ("cat", "coffee", "rocket"), seed=20 + k))  # new images: nothing cached
             p.backbone = backbone
             cfg = TrainConfig(backbone=backbone, mode=mode, epochs=2 if quick else 10)
-            est = estimate_run_seconds(cfg, len(data)) + getattr(get_runner(), "backlog_seconds", lambda: 0.0)()
+            est = estimate_run_seconds(cfg, len(data), classes=len(data.classes)) + getattr(get_runner(), "backlog_seconds", lambda: 0.0)()
             t0 = time.perf_counter()
             record = p.start_run(cfg, mode)
             while any(r.id == record.id for r in p.active_runs()):

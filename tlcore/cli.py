@@ -255,6 +255,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .checkpoint import archive_run, export_onnx, export_torchscript
     from .report import open_run_folder
+    from .data import to_float
     from .webexport import check_images, export_web
 
     project, record = open_run_folder(Path(args.run_dir), Path(args.data) if args.data else None)
@@ -274,7 +275,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         out.write_bytes(data)
         _emit({"format": "zip", "file": str(out), "bytes": len(data)})
         return 0
-    check = check_images(project, record)[0].float().div(255)
+    check = to_float(check_images(project, record)[0], channels_last=False)
     export = export_onnx if args.format == "onnx" else export_torchscript
     diff = export(record.result.model, out, check)
     print(f"Wrote {out}: checked against the app's model on {len(check)} images.", file=sys.stderr)

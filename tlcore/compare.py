@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from .backbones import get_backbone_spec
-from .data import ImageSet, check_trainable, stratified_split, trainable_subset
+from .data import ImageSet, check_trainable, stratified_split, to_float, trainable_subset
 from .errors import TLError
 from .model import TransferModel
-from .train import FROZEN_BODY_MODES, MODES, Event, RunFinished, TrainConfig, drive, embed, train
+from .train import FROZEN_BODY_MODES, MODE_TITLES, MODES, Event, RunFinished, TrainConfig, drive, embed, train
 
 DEFAULT_SHOTS = (1, 5, 10, 25, None)  # images per class; None = all
 LADDER_FOLDS = 3  # the ladder scores the strategies that train the body by 3-fold cross-validation too
@@ -24,13 +24,12 @@ LADDER_FOLDS = 3  # the ladder scores the strategies that train the body by 3-fo
 # then ends within a minute on a 2-core laptop (feature extraction stops once converged, well before).
 COMPARE_EPOCHS = 10
 
-STRATEGY_TITLES = {  # the ladder, from no training image to no pretraining
-    "zero-shot": "Zero-shot (class names only: the backbone's ImageNet classes, no training image)",
-    "few-shot": "Few-shot prototypes (one mean per class, no training)",
-    "feature-extraction": "Feature extraction (frozen backbone, new head)",
-    "fine-tune": "Fine-tuning (pretrained start, upper stages trained)",
-    "scratch": "From scratch (random start, everything trained)",
-}
+STRATEGY_TITLES = {mode: f"{MODE_TITLES[mode].capitalize()} ({why})" for mode, why in {  # the ladder, in order
+    "zero-shot": "class names only: the backbone's ImageNet classes, no training image",
+    "few-shot": "one mean per class, no training",
+    "feature-extraction": "frozen backbone, new head",
+    "fine-tune": "pretrained start, upper stages trained",
+    "scratch": "random start, everything trained"}.items()}
 
 
 @dataclass(frozen=True)
@@ -157,7 +156,7 @@ def features_of(model: TransferModel | None, imageset: ImageSet, backbone: str) 
     with torch.inference_mode():
         for lo in range(0, len(imageset), 64):
             batch = imageset.preprocessed(pre, list(range(lo, min(lo + 64, len(imageset)))))
-            out.append(model.features(batch.to(next(model.parameters()).device).float().div(255.0)).float().cpu())
+            out.append(model.features(to_float(batch, next(model.parameters()).device, channels_last=False)).float().cpu())
     return torch.cat(out)
 
 

@@ -42,6 +42,15 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".ti
 NOT_AN_IMAGE = "this is not an image file (or not a format we can read: use JPEG, PNG, GIF, BMP, WebP or TIFF)"
 
 
+def to_float(pixels: torch.Tensor, device: torch.device | str | None = None, channels_last: bool = True
+             ) -> torch.Tensor:
+    """uint8 pixels ``[B, 3, S, S]`` -> float [0, 1] (on ``device``, if given), the one place this happens;
+    channels-last like the models, unless a runtime needs a plain contiguous array (``channels_last=False``)."""
+    x = pixels if device is None else pixels.to(device, non_blocking=True)
+    x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float() / 255.0  # never changes a caller's tensor
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
 def _is_image_name(name: str) -> bool:
     return PurePosixPath(name.replace("\\", "/")).suffix.lower() in IMAGE_SUFFIXES
 

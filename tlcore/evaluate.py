@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from .backbones import Preprocess, frozen_body, get_backbone_spec, imagenet_categories
-from .data import ImageSet, image_to_tensor, preprocess_pixels
+from .data import ImageSet, image_to_tensor, preprocess_pixels, to_float
 from .errors import TLError
 from .measure import Score
 from .model import TransferModel
@@ -150,7 +150,7 @@ def model_features(model: TransferModel, pixels: torch.Tensor, batch_size: int =
     out = []
     with torch.inference_mode():
         for lo in range(0, len(pixels), batch_size):
-            x = pixels[lo:lo + batch_size].to(device).float().div_(255.0).contiguous(memory_format=torch.channels_last)
+            x = to_float(pixels[lo:lo + batch_size], device)
             out.append(model.features(x).float().cpu())
     return torch.cat(out)
 
@@ -210,7 +210,7 @@ def grad_cam(model: TransferModel, image: Image.Image, pre: Preprocess, target: 
     model.eval()
     body = model.body
     device = next(model.head.parameters()).device
-    x = prepare([image], pre).float().div_(255.0).to(next(body.parameters()).device)
+    x = to_float(prepare([image], pre), next(body.parameters()).device, channels_last=False)
     with torch.enable_grad():
         if body.splittable:
             cut = body.cam_stage() + 1

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .backbones import get_backbone_spec
+from .data import to_float
 from .errors import TLError
 from .runtime import frozen_forward, runtime_for
 from .train import AUGMENT_DRAWS, FROZEN_BODY_MODES, TrainConfig, augment, fe_views, resolve_device
@@ -126,7 +127,7 @@ def _measure_speed(backbone: str, batch: int, repeats: int) -> SpeedProfile:
     pixels = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)  # what both runtimes are timed on
 
     def x() -> torch.Tensor:  # as frozen_forward feeds them: scaled to [0, 1], inside the timed pass
-        return pixels.to(device).float().div_(255.0).contiguous(memory_format=torch.channels_last)
+        return to_float(pixels, device)
     spent = [0.0] * len(body.stages)
     starts: dict[int, float] = {}
     handles = []
@@ -223,14 +224,15 @@ def _trained_seconds(config: TrainConfig, num_images: int, speed: SpeedProfile) 
 
 
 def estimate_run_seconds(config: TrainConfig, num_images: int, features_cached: bool = False,
-                         wait: bool = True) -> float:
+                         wait: bool = True, classes: int | None = None) -> float:
     """Seconds a whole run of ``config`` on ``num_images`` images should take here, from a worker taking
     it to the run saved; ``features_cached``: a frozen-body run whose images' features were computed by
     an earlier run (of the same comparison). ``wait=False`` (a click's path) raises ``SpeedUnknown``
-    rather than measure the backbone."""
+    rather than measure the backbone. ``classes``: how many classes the images are in (feature extraction
+    uses augmented views only with few images per class)."""
     speed = measure_speed(config.backbone) if wait else known_speed(config.backbone)
     if config.mode in FROZEN_BODY_MODES:  # the head (or prototypes) and its cross-validation: milliseconds
-        views = fe_views(config, num_images) if config.mode == "feature-extraction" else 0  # never cached before
+        views = fe_views(config, num_images, classes) if config.mode == "feature-extraction" else 0  # never cached before
         forwards = (0 if features_cached else num_images) + num_images * views
         return (RUN_OVERHEAD_S + estimate_epoch_seconds(speed, forwards, config.mode, 0)[0]
                 + num_images * views * speed.augment_ms_per_image / 1000)

@@ -232,7 +232,7 @@ class Project:
         total, cached = 0.0, set()
         for p in plan(strategies, base, shots, backbones):
             n = len(val) + len(train) if p.shots is None else min(len(train) + len(val), p.shots * classes)
-            total += estimate_run_seconds(p.config, n, features_cached=p.config.backbone in cached)
+            total += estimate_run_seconds(p.config, n, features_cached=p.config.backbone in cached, classes=classes)
             if p.config.mode in FROZEN_BODY_MODES:
                 cached.add(p.config.backbone)
         backlog = getattr(get_runner(), "backlog_seconds", lambda: 0.0)()

@@ -12,10 +12,10 @@ from pathlib import Path
 from .backbones import get_backbone_spec
 from .checkpoint import WEIGHTS, archive_run, export_onnx, export_torchscript
 from .compare import features_of, project_2d
-from .data import ImageItem, ImageSet, trainable_subset
+from .data import ImageItem, ImageSet, to_float, trainable_subset
 from .errors import TLError
 from .evaluate import Evaluation, Familiarity, evaluate
-from .train import FROZEN_BODY_MODES, TrainConfig
+from .train import FROZEN_BODY_MODES, MODE_TITLES, TrainConfig
 
 if TYPE_CHECKING:  # annotations only: the project imports this module
     from .project import Project, RunRecord
@@ -100,7 +100,7 @@ def export_model(project: Project, record: RunRecord, kind: str) -> tuple[Path, 
     if not items:
         raise TLError("There are no images to check the export against.")
     spec = get_backbone_spec(record.config.backbone)
-    check = ImageSet(items[:64]).stack(spec.preprocess).float().div(255.0)
+    check = to_float(ImageSet(items[:64]).stack(spec.preprocess), channels_last=False)
     folder = project.folder / "runs" / record.id
     folder.mkdir(parents=True, exist_ok=True)
     if kind == "torchscript":
@@ -171,6 +171,5 @@ def describe(config: TrainConfig) -> str:
         depth = config.resolved_freeze_depth()
         what = "full fine-tuning" if depth == 0 else f"fine-tuning, {depth}/{n} stages frozen"
     else:
-        what = {"feature-extraction": "feature extraction", "scratch": "from scratch",
-                "few-shot": "few-shot prototypes", "zero-shot": "zero-shot (no training images)"}[config.mode]
+        what = MODE_TITLES[config.mode] + (" (no training images)" if config.mode == "zero-shot" else "")
     return f"{spec.title}, {what}"

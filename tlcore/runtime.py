@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .backbones import frozen_body, get_backbone_spec, sha256_file, weights_digest
+from .data import to_float
 from .storage import atomic_write
 
 Runtime = Literal["openvino", "onnxruntime", "torch"]
@@ -160,7 +161,7 @@ def frozen_forward(backbone: str, pixels: torch.Tensor, stages: int | None = Non
             log.warning("%s cannot run %s (%s: %s); using torch", runtime, backbone, type(e).__name__, e)
             _failed.add(key)
         else:
-            outs = [torch.from_numpy(session(pixels[lo:lo + batch_size].float().div_(255.0).numpy()))
+            outs = [torch.from_numpy(session(to_float(pixels[lo:lo + batch_size], channels_last=False).numpy()))
                     for lo in range(0, len(pixels), batch_size)]
             return torch.cat(outs) if outs else torch.zeros(0)
     return frozen_forward_torch(backbone, pixels, stages, device, batch_size)
@@ -175,7 +176,7 @@ def frozen_forward_torch(backbone: str, pixels: torch.Tensor, stages: int | None
     outs = []
     with torch.inference_mode(), autocast:
         for lo in range(0, len(pixels), batch_size):
-            x = pixels[lo:lo + batch_size].to(device).float().div_(255.0).contiguous(memory_format=torch.channels_last)
+            x = to_float(pixels[lo:lo + batch_size], device)
             outs.append(part(x).float().cpu())
     return torch.cat(outs) if outs else torch.zeros(0)
 

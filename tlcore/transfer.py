@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .backbones import frozen_body, get_backbone_spec
-from .data import ImageSet, check_trainable, trainable_subset
+from .data import ImageSet, check_trainable, to_float, trainable_subset
 from .errors import TLError
 from .measure import Score, repeated_folds, score_pairs
 from .train import Progress, _logistic_folds, cached_features, embed, feature_key, keep_features
@@ -171,7 +171,7 @@ def pooled_stages(imageset: ImageSet, backbone: str, should_stop: Callable[[], b
         if should_stop():
             return None
         idx = todo[lo:lo + batch_size]
-        x = (imageset.preprocessed(spec.preprocess, idx).float() / 255 - mean) / std
+        x = (to_float(imageset.preprocessed(spec.preprocess, idx), channels_last=False) - mean) / std
         with torch.inference_mode():
             x = x.contiguous(memory_format=torch.channels_last)
             for k in range(n):
@@ -228,7 +228,7 @@ def stage_maps(backbone: str, imageset: ImageSet, index: int, top: int = 4) -> l
         raise TLError(f"{spec.title} cannot be run stage by stage: choose a convolutional backbone to see its stages.")
     mean = torch.tensor(spec.preprocess.mean).view(1, 3, 1, 1)
     std = torch.tensor(spec.preprocess.std).view(1, 3, 1, 1)
-    x = ((pixels[None].float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last)
+    x = ((to_float(pixels[None], channels_last=False) - mean) / std).contiguous(memory_format=torch.channels_last)
     out = []
     with torch.inference_mode():
         for k, name in enumerate(spec.stage_names):

@@ -26,7 +26,7 @@ import torch
 from .backbones import get_backbone_spec
 from .checkpoint import export_onnx
 from .storage import atomic_write
-from .data import BASE_SIZE, MAX_ASPECT, ImageSet
+from .data import BASE_SIZE, MAX_ASPECT, ImageSet, to_float
 from .errors import TLError
 from .measure import Score
 from .project import Project, RunRecord
@@ -95,7 +95,7 @@ def _onnx_probabilities(path: Path, pixels: torch.Tensor) -> torch.Tensor:
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return torch.softmax(torch.from_numpy(session.run(None, {name: pixels.float().div(255).numpy()})[0]), 1)
+    return torch.softmax(torch.from_numpy(session.run(None, {name: to_float(pixels, channels_last=False).numpy()})[0]), 1)
 
 
 def export_web(project: Project, record: RunRecord, out_dir: str | Path, quantize: bool = False) -> WebExport:
@@ -110,7 +110,7 @@ def export_web(project: Project, record: RunRecord, out_dir: str | Path, quantiz
     pixels, labels = check_images(project, record)
     with tempfile.TemporaryDirectory() as tmp:
         f32 = Path(tmp) / "model.onnx"
-        max_diff = export_onnx(record.result.model, f32, pixels.float().div(255))
+        max_diff = export_onnx(record.result.model, f32, to_float(pixels, channels_last=False))
         model_file, agreement, accuracy = f32, None, None
         if quantize:
             model_file = Path(tmp) / "model.int8.onnx"
