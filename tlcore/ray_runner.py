@@ -171,24 +171,33 @@ class RayRunner:
     # -- the loop
 
     def _loop(self) -> None:
-        """Start the jobs that may start, then wait for whichever call in flight answers first; repeat."""
+        """Start the jobs that may start, then wait for whichever call in flight answers first; repeat. An
+        unexpected error is logged and the loop goes on: every job on Ray depends on it."""
         while True:
-            self._start_ready()
-            with self._lock:
-                calls = {live.call: live for live in self._live.values() if live.call is not None}
-            if not calls:
-                self._wake.wait(POLL_S)
-                self._wake.clear()
-            else:
-                done, _ = ray.wait(list(calls), num_returns=len(calls), timeout=POLL_S)
-                for ref in done:
-                    self._answer(calls[ref], ref)
-            now = time.monotonic()
-            for live in list(self._live.values()):
-                if live.call is None and live.running and now >= live.next_poll:
-                    live.poll()
-                elif live.call is not None and live.running and now - live.sent > POLL_TIMEOUT_S:
-                    self._end(live, TimeoutError(f"no answer in {POLL_TIMEOUT_S:.0f} s: its node is gone"))
+            try:
+                self._tick()
+            except Exception:  # noqa: BLE001
+                log.exception("the Ray runner's loop hit an error; it carries on")
+                time.sleep(POLL_S)
+
+    def _tick(self) -> None:
+        """One round: start what may start, wait up to POLL_S for answers, send the polls that are due."""
+        self._start_ready()
+        with self._lock:
+            calls = {live.call: live for live in self._live.values() if live.call is not None}
+        if not calls:
+            self._wake.wait(POLL_S)
+            self._wake.clear()
+        else:
+            done, _ = ray.wait(list(calls), num_returns=len(calls), timeout=POLL_S)
+            for ref in done:
+                self._answer(calls[ref], ref)
+        now = time.monotonic()
+        for live in list(self._live.values()):
+            if live.call is None and live.running and now >= live.next_poll:
+                live.poll()
+            elif live.call is not None and live.running and now - live.sent > POLL_TIMEOUT_S:
+                self._end(live, TimeoutError(f"no answer in {POLL_TIMEOUT_S:.0f} s: its node is gone"))
 
     def _start_ready(self) -> None:
         """Jobs whose ``after`` has ended get an actor (or end, if stopped while waiting)."""
