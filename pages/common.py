@@ -42,7 +42,7 @@ class Session:
     web_export: tuple[str, Any, Path] | None = None  # Export: (run id, WebExport, zip path)
     report_html: tuple[str, str] | None = None  # Export: (run id, the report's HTML)
     figures: dict[tuple[str, int], tuple] = field(default_factory=dict)  # Train: (run id, version) -> (loss, acc)
-    predictions: dict[tuple[str, str], Any] = field(default_factory=dict)  # Test: (run id, image) -> what it showed
+    predictions: dict[tuple[str, str, int], Any] = field(default_factory=dict)  # Test: (run id, file, its hash) -> shown
     live_test: dict[str, Any] = field(default_factory=dict)  # Test: the live camera's state
     camera_seen: dict[str, tuple] = field(default_factory=dict)  # live_camera: the last message taken per widget
 

@@ -2,9 +2,9 @@
 
 A page never trains. It hands a ``JobSpec`` (the images, the config, the split, the run folder) to
 the process's runner (``tlcore.runner.get_runner()``: the local worker pool of ``tlcore.runner``, or
-Ray's of ``tlcore.ray_runner``) and reads snapshots (``JobSnapshot``) from the ``JobTracker`` it gets back. Wherever the
-job runs, ``run_job`` trains it: best epochs checkpointed and the finished run saved into
-``JobSpec.folder``, small events (never models) streamed back, applied by the runner to the handle.
+Ray's of ``tlcore.ray_runner``) and reads snapshots (``JobSnapshot``) from the ``Job`` it gets back. Wherever
+the job runs, ``run_job`` trains it: best epochs checkpointed and the finished run saved into
+``JobSpec.folder``, small events (never models) streamed back, applied by the runner to its ``JobTracker``.
 
 This module imports neither runner: both import it (no import cycle).
 """

@@ -872,6 +872,13 @@ def _head_masks(n: int, views: int) -> torch.Tensor | None:
     return masks
 
 
+def _head_rows(x: torch.Tensor, y: torch.Tensor, views: torch.Tensor | None, idx: list[int]
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The rows a head on images ``idx`` is fitted on (``_with_views``) and its fits' masks (``_head_masks``)."""
+    xs, ys = _with_views(x[idx], y[idx], None if views is None else views[:, idx])
+    return xs, ys, _head_masks(len(idx), 0 if views is None else len(views))
+
+
 def _averaged(w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One linear head from a pair of fits (``_head_masks``), else the fit itself."""
     return (w.mean(0), b.mean(0)) if w.dim() == 3 else (w, b)
@@ -920,6 +927,7 @@ def _head_run(model: TransferModel, x_all: torch.Tensor, y_all: torch.Tensor, tr
     history: list[EpochEnd] = []
     runtime = runtime_for(x_all.device)
     prev_loss = math.inf
+    fit_x, fit_y, masks = _head_rows(x, y, views, train_idx)
     for epoch in range(1, cfg.epochs + 1):
         if should_stop():
             if w is None:
@@ -927,8 +935,6 @@ def _head_run(model: TransferModel, x_all: torch.Tensor, y_all: torch.Tensor, tr
                                              "so nothing is kept.")
                 return
             break
-        fit_x, fit_y = _with_views(x[train_idx], y[train_idx], None if views is None else views[:, train_idx])
-        masks = _head_masks(len(train_idx), 0 if views is None else len(views))
         fits = fit_logistic(fit_x, fit_y, num_classes, HEAD_C, HEAD_ITERS_PER_EPOCH, init=fits, masks=masks)
         w, b = _averaged(*fits)
         with torch.no_grad():
@@ -952,8 +958,8 @@ def _head_run(model: TransferModel, x_all: torch.Tensor, y_all: torch.Tensor, tr
     history = [dataclasses.replace(e, best=e.epoch == len(history)) for e in history]
     final = _final_indices(cfg, train_idx, val_idx)
     assert w is not None and b is not None and fits is not None
-    fits = fit_logistic(*_with_views(x[final], y[final], None if views is None else views[:, final]),
-                        num_classes, HEAD_C, 200, init=fits, masks=_head_masks(len(final), 0 if views is None else len(views)))
+    final_x, final_y, final_masks = _head_rows(x, y, views, final)
+    fits = fit_logistic(final_x, final_y, num_classes, HEAD_C, 200, init=fits, masks=final_masks)
     w, b = _averaged(*fits)
     with torch.no_grad():
         linear.weight.copy_(w.to(linear.weight.device))
