@@ -341,7 +341,8 @@ def test_a_run_whose_worker_died_says_so_and_that_its_best_epoch_is_kept(tiny_se
     by the next refresh with the job's own. And the project is saved off the runner's event thread."""
     saved_on = []
     save = Project.save
-    monkeypatch.setattr(Project, "save", lambda self: (saved_on.append(threading.current_thread().name), save(self)))
+    # noted once the save is done: the test reopens the project as soon as the saver has saved it
+    monkeypatch.setattr(Project, "save", lambda self: (save(self), saved_on.append(threading.current_thread().name)))
     p = Project.create()
     p.images = tiny_set.snapshot()
     record = p.start_run(dataclasses.replace(TINY, epochs=100_000))
