@@ -36,7 +36,7 @@ from torch import nn
 from .backbones import DEFAULT_BACKBONE, Preprocess, frozen_body, get_backbone_spec, weights_digest
 from .data import ImageSet, check_trainable, stratified_split, to_float, trainable_subset
 from .errors import TLError
-from .measure import Pair, Score, fit_logistic, repeated_folds, score_pairs, shot_draws
+from .measure import LogisticFit, Pair, Score, repeated_folds, score_pairs, shot_draws
 from .model import CHANNELS_LAST, TransferModel, build_model, count_params, freeze, set_train_mode
 from .runtime import frozen_forward, runtime_for
 from .storage import ByteLRU, budgeted
@@ -341,30 +341,39 @@ def embed_views(imageset: ImageSet, backbone: str, views: int, device: torch.dev
     ``embed``'s. Yields ``Progress`` while it computes; returns None if stopped."""
     pre = get_backbone_spec(backbone).preprocess
     base = feature_key(backbone, pre, runtime_for(device))
-    keys = [f"{base}|view{k}|v2" for k in range(views)]  # v2: views of ``augment``
+    # The image itself (key ``base``, as ``embed`` keeps it) from the same preprocessed batch as its views,
+    # where it is not cached yet: ``embed`` after this preprocesses nothing again.
+    keys = [base] + [f"{base}|view{k}|v2" for k in range(views)]  # v2: views of ``augment``
     digests = [i.digest for i in imageset.items]
     cached = [cached_features(key, digests) for key in keys]
-    todo = [i for i in range(len(digests)) if any(c[i] is None for c in cached)]
+    todo = [i for i in range(len(digests)) if any(c[i] is None for c in cached[1:])]
     if todo:
         start = time.perf_counter()
-        yield Progress("Computing features of augmented views", 0, len(todo), math.nan)
+        yield Progress("Computing features of the images and their augmented views", 0, len(todo), math.nan)
         for lo in range(0, len(todo), batch_size):
             if should_stop():
                 return None
             idx = todo[lo:lo + batch_size]
             stack = imageset.preprocessed(pre, idx)
             for k, key in enumerate(keys):
-                batch = augment(stack, torch.stack([_view_draws(digests[i], k) for i in idx]))
+                if k == 0:  # the image itself, where it is missing
+                    idx_k = [i for i in idx if cached[0][i] is None]
+                    batch = stack[[idx.index(i) for i in idx_k]]
+                else:
+                    idx_k = idx
+                    batch = augment(stack, torch.stack([_view_draws(digests[i], k - 1) for i in idx]))
+                if not idx_k:
+                    continue
                 feats = frozen_forward(backbone, batch, device=device, batch_size=batch_size)
-                keep_features(key, [digests[i] for i in idx], feats)
-                for i, f in zip(idx, feats):
+                keep_features(key, [digests[i] for i in idx_k], feats)
+                for i, f in zip(idx_k, feats):
                     cached[k][i] = f
             done = lo + len(idx)
             rate = done / (time.perf_counter() - start)
-            yield Progress("Computing features of augmented views", done, len(todo), (len(todo) - done) / rate)
+            yield Progress("Computing features of the images and their augmented views", done, len(todo), (len(todo) - done) / rate)
     if not digests:
         return torch.zeros((views, 0, get_backbone_spec(backbone).feature_dim))
-    return torch.stack([torch.stack(c) for c in cached])  # type: ignore[arg-type]
+    return torch.stack([torch.stack(c) for c in cached[1:]])  # type: ignore[arg-type]
 
 
 def fe_views(cfg: TrainConfig, num_images: int, classes: int | None = None) -> int:
@@ -610,11 +619,9 @@ def _setup(imageset: ImageSet, cfg: TrainConfig, split: tuple[list[int], list[in
 
 def _frozen_run(s: _Setup, should_stop: Callable[[], bool]) -> Iterator[Event]:
     """Zero-shot, few-shot and feature extraction: features once (cached), then a head computed or fitted."""
-    feats = yield from embed(s.data, s.cfg.backbone, s.device, should_stop)
-    views = None
-    if feats is not None and s.cfg.mode == "feature-extraction" and (k := fe_views(s.cfg, len(s.data), len(s.data.classes))):
-        views = yield from embed_views(s.data, s.cfg.backbone, k, s.device, should_stop)
-        feats = None if views is None else feats
+    k = fe_views(s.cfg, len(s.data), len(s.data.classes)) if s.cfg.mode == "feature-extraction" else 0
+    views = (yield from embed_views(s.data, s.cfg.backbone, k, s.device, should_stop)) if k else None  # images' too
+    feats = None if k and views is None else (yield from embed(s.data, s.cfg.backbone, s.device, should_stop))
     if feats is None:
         yield RunFinished("stopped", "Stopped while computing features, before any training.")
         return
@@ -838,16 +845,20 @@ def _frozen_score(cfg: TrainConfig, labels: torch.Tensor, digests: list[str], pr
     return score, heldout
 
 
+LAST_STEP_REPEATS = 2
+
+
 def _last_step(y: torch.Tensor, pairs: list[Pair], repeats: int, seed: int, predict: Predictor, accuracy: float
                ) -> float:
     """The learning curve's last measured step: ``accuracy`` (models trained on all but one image per class)
     less the accuracy of models trained on all but two per class (folds half as many), at least 0. The final
-    model has one more image per class than the scored ones; its gain is likely no larger than this step."""
+    model has one more image per class than the scored ones; its gain is likely no larger than this step.
+    At most ``LAST_STEP_REPEATS`` repeats: it widens an interval, it is not the score itself."""
     most = int(torch.bincount(y).max())
     test_folds = len(pairs) // max(1, repeats)
     if most < 3 or test_folds < 2:
         return 0.0
-    fewer = repeated_folds(y, max(2, (test_folds + 1) // 2), repeats, seed + 1)
+    fewer = repeated_folds(y, max(2, (test_folds + 1) // 2), min(repeats, LAST_STEP_REPEATS), seed + 1)
     right = sum(int((logits.argmax(1).cpu() == y[te]).sum()) for (_tr, te), logits in zip(fewer, predict(fewer)))
     return max(0.0, accuracy - right / sum(len(te) for _tr, te in fewer))
 
@@ -859,52 +870,50 @@ def _with_views(x: torch.Tensor, y: torch.Tensor, views: torch.Tensor | None) ->
     return torch.cat([x, views.reshape(-1, x.shape[1]).float()]), y.repeat(len(views) + 1)
 
 
-def _head_masks(n: int, views: int) -> torch.Tensor | None:
-    """The rows of the head's fits (``_with_views``: ``n`` images, then their ``views`` views): without views
-    one fit on the images (None); with them two, averaged (``_averaged``): the images alone, and the images
-    with their views. Each of the two fell up to 3 points below the other on some small sets (benchmark
-    section 9); their average stayed within half a point of the better one."""
-    if not views:
-        return None
-    masks = torch.zeros(2, n * (views + 1))
-    masks[0, :n] = 1
-    masks[1] = 1
-    return masks
+Fit = tuple[torch.Tensor, torch.Tensor]  # a linear head's (weight, bias), or F of them (``[F, C, D]``, ``[F, C]``)
 
 
-def _head_rows(x: torch.Tensor, y: torch.Tensor, views: torch.Tensor | None, idx: list[int]
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The rows a head on images ``idx`` is fitted on (``_with_views``) and its fits' masks (``_head_masks``)."""
-    xs, ys = _with_views(x[idx], y[idx], None if views is None else views[:, idx])
-    return xs, ys, _head_masks(len(idx), 0 if views is None else len(views))
+class _Head:
+    """The feature-extraction head's fits, averaged: one logistic regression on the images, and with
+    ``views`` (``[V, N, D]``) one on the images with their views. Each of the two fell up to 3 points below
+    the other on some small sets (benchmark section 9); their average stayed within half a point of the
+    better one. ``masks`` (``[F, N]``): F heads at once (folds), each fitted on the images its mask marks and
+    on their views only; ``init``: the fits to start from (a previous ``parts``, repeated per fold)."""
 
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, views: torch.Tensor | None, num_classes: int,
+                 masks: torch.Tensor | None = None, init: list[Fit] | None = None) -> None:
+        rows = [(x, y, masks)]
+        if views is not None:
+            xs, ys = _with_views(x, y, views)
+            rows.append((xs, ys, None if masks is None else masks.repeat(1, len(views) + 1)))
+        self._fits = [LogisticFit(xr, yr, num_classes, HEAD_C, init=None if init is None else init[i], masks=m)
+                      for i, (xr, yr, m) in enumerate(rows)]
+        self.parts: list[Fit] = []
 
-def _averaged(w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One linear head from a pair of fits (``_head_masks``), else the fit itself."""
-    return (w.mean(0), b.mean(0)) if w.dim() == 3 else (w, b)
+    @property
+    def converged(self) -> bool:
+        return all(f.converged for f in self._fits)
+
+    def step(self, iters: int) -> Fit:
+        """Up to ``iters`` more iterations of each fit; their average."""
+        self.parts = [f.step(iters) for f in self._fits]
+        return torch.stack([w for w, _b in self.parts]).mean(0), torch.stack([b for _w, b in self.parts]).mean(0)
 
 
 def _logistic_folds(x: torch.Tensor, y: torch.Tensor, num_classes: int, views: torch.Tensor | None = None,
-                    start: tuple[torch.Tensor, torch.Tensor] | None = None) -> Predictor:
-    """Every fold's head in one batched fit (``fit_logistic`` with masks); a fold fits on its training images
-    (and their ``views``, as ``_head_masks`` says), never on a view of an image it is scored on. ``start``: the
-    fit on every image (the same shape as one fold's), where each fold's L-BFGS starts: a fold lacks one image
-    per class, so its optimum lies near and it converges in a fraction of the iterations (the same optimum)."""
-    xs, ys = _with_views(x, y, views)
-    head = _head_masks(len(y), 0 if views is None else len(views))
-    per_fold = 1 if head is None else len(head)
+                    start: list[Fit] | None = None) -> Predictor:
+    """Every fold's head (``_Head``) in one batched fit per part; a fold fits on its training images and their
+    views, never on a view of an image it is scored on. ``start``: the parts of the head fitted on every image,
+    where each fold's L-BFGS starts: a fold lacks one image per class, so its optimum lies near and it
+    converges in a fraction of the iterations (the same optimum)."""
 
     def predict(pairs: list[Pair]) -> list[torch.Tensor]:
         masks = torch.zeros(len(pairs), len(y))
         for f, (tr, _te) in enumerate(pairs):
             masks[f, tr] = 1
-        rows = masks.repeat(1, len(xs) // len(y))  # [F, rows]: a fold's images in every block
-        if head is not None:  # each fold's pair of fits: [F * 2, rows]
-            rows = (rows[:, None, :] * head[None]).reshape(-1, rows.shape[1])
-        init = None if start is None else (start[0].reshape(per_fold, num_classes, -1).repeat(len(pairs), 1, 1),
-                                           start[1].reshape(per_fold, num_classes).repeat(len(pairs), 1))
-        w, b = fit_logistic(xs, ys, num_classes, HEAD_C, 200, init=init, masks=rows)
-        w, b = w.reshape(len(pairs), per_fold, *w.shape[1:]).mean(1), b.reshape(len(pairs), per_fold, -1).mean(1)
+        init = None if start is None else [(w.expand(len(pairs), *w.shape).clone(), b.expand(len(pairs), *b.shape).clone())
+                                           for w, b in start]
+        w, b = _Head(x, y, views, num_classes, masks, init).step(200)
         return [x[te] @ w[f].T + b[f] for f, (_tr, te) in enumerate(pairs)]
     return predict
 
@@ -923,11 +932,9 @@ def _head_run(model: TransferModel, x_all: torch.Tensor, y_all: torch.Tensor, tr
     x, y = x_all.cpu().float(), y_all.cpu()
     views = None if views is None else views.cpu().float()
     w = b = None
-    fits = None  # the fit (or pair of fits, ``_head_masks``) that ``w, b`` are made of
     history: list[EpochEnd] = []
     runtime = runtime_for(x_all.device)
-    prev_loss = math.inf
-    fit_x, fit_y, masks = _head_rows(x, y, views, train_idx)
+    fit = _Head(x[train_idx], y[train_idx], None if views is None else views[:, train_idx], num_classes)
     for epoch in range(1, cfg.epochs + 1):
         if should_stop():
             if w is None:
@@ -935,8 +942,7 @@ def _head_run(model: TransferModel, x_all: torch.Tensor, y_all: torch.Tensor, tr
                                              "so nothing is kept.")
                 return
             break
-        fits = fit_logistic(fit_x, fit_y, num_classes, HEAD_C, HEAD_ITERS_PER_EPOCH, init=fits, masks=masks)
-        w, b = _averaged(*fits)
+        w, b = fit.step(HEAD_ITERS_PER_EPOCH)  # one L-BFGS run through the epochs
         with torch.no_grad():
             linear.weight.copy_(w.to(linear.weight.device))
             linear.bias.copy_(b.to(linear.bias.device))
@@ -951,23 +957,20 @@ def _head_run(model: TransferModel, x_all: torch.Tensor, y_all: torch.Tensor, tr
         history.append(EpochEnd(epoch, cfg.epochs, train_loss, train_acc, val_loss, val_acc,
                                 time.perf_counter() - start, True, model))  # the newest fit is the one kept
         yield history[-1]
-        objective = _objective(fit_x, fit_y, *fits, masks)
-        if prev_loss - objective < 1e-6 * max(1.0, abs(objective)):
-            break  # converged: more epochs would change nothing
-        prev_loss = objective
+        if fit.converged:
+            break  # more epochs would change nothing
     history = [dataclasses.replace(e, best=e.epoch == len(history)) for e in history]
     final = _final_indices(cfg, train_idx, val_idx)
-    assert w is not None and b is not None and fits is not None
-    final_x, final_y, final_masks = _head_rows(x, y, views, final)
-    fits = fit_logistic(final_x, final_y, num_classes, HEAD_C, 200, init=fits, masks=final_masks)
-    w, b = _averaged(*fits)
+    assert w is not None and b is not None
+    head = _Head(x[final], y[final], None if views is None else views[:, final], num_classes, init=fit.parts)
+    w, b = head.step(200)
     with torch.no_grad():
         linear.weight.copy_(w.to(linear.weight.device))
         linear.bias.copy_(b.to(linear.bias.device))
     model.head.requires_grad_(False)
     model.eval()
     score, heldout = _frozen_score(cfg, y, [i.digest for i in data.items],
-                                   _logistic_folds(x, y, num_classes, views, start=fits))
+                                   _logistic_folds(x, y, num_classes, views, start=head.parts))
     seen = (f"once per image and each of its {len(views)} augmented views (flips, crops, colour)"
             if views is not None else "once per image")
     head = ("the average of two logistic regressions, on the images alone and on the images with their views, "
@@ -986,15 +989,6 @@ def _head_run(model: TransferModel, x_all: torch.Tensor, y_all: torch.Tensor, tr
         num_images=len(train_idx) + len(val_idx), train_indices=tuple(final),
         val_indices=tuple(val_idx), trainable_params=count_params(model.head),
         total_params=count_params(model), freeze_depth=depth, runtime=runtime, how=how, score=score, heldout=heldout))
-
-
-def _objective(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, masks: torch.Tensor | None
-               ) -> float:
-    """The fits' objective (summed over the pair, if a pair): cross-entropy on their rows plus the L2 term."""
-    if masks is None:
-        return F.cross_entropy(x @ w.T + b, y, reduction="sum").item() + (w * w).sum().item() / (2 * HEAD_C)
-    per_row = torch.stack([F.cross_entropy(x @ wf.T + bf, y, reduction="none") for wf, bf in zip(w, b)])
-    return (per_row * masks).sum().item() + (w * w).sum().item() / (2 * HEAD_C)
 
 
 def _untrained_run(model: TransferModel, x_all: torch.Tensor, y_all: torch.Tensor, train_idx: list[int],
