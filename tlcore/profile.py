@@ -1,9 +1,11 @@
 """How fast a backbone is on this machine, and what an epoch will cost at a given freeze depth."""
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -176,13 +178,15 @@ RUN_OVERHEAD_S = 1.5  # a worker taking a job, loading and saving the run
 
 class Calibration:
     """How much longer (or shorter) than the speed model's figure the runs that train the body took on
-    this server lately: a moving average of measured / modelled seconds of finished runs. It absorbs
-    what the one-off measurement cannot know: a busy server, workers sharing the cores, this CPU's
-    backward pass. Estimates are the model's figure times ``factor()``."""
+    this server lately. It absorbs what the one-off measurement cannot know: a busy server, workers sharing
+    the cores, this CPU's backward pass. Estimates are the model's figure times ``factor()``: the geometric
+    mean of the last ``window`` runs' measured / modelled seconds, with the model's own figure (1.0)
+    counted as one run more. So one run that happened to be slow (a worker's first fine-tune of a backbone
+    exports its prefix; the benchmark once saw a single run move the next ladder's estimate to 2.4 times
+    its time) moves the estimates half way, and a server that stays busy moves them nearly all of it."""
 
-    def __init__(self, weight: float = 0.5) -> None:
-        self._factor: float | None = None
-        self._weight = weight  # of the newest run
+    def __init__(self, window: int = 8) -> None:
+        self._ratios: collections.deque[float] = collections.deque(maxlen=window)
         self._lock = threading.Lock()
 
     def observe(self, config: TrainConfig, num_images: int, seconds: float) -> None:
@@ -193,19 +197,21 @@ class Calibration:
             modelled = _trained_seconds(config, num_images, known_speed(config.backbone))
         except SpeedUnknown:
             return
-        if modelled <= 0:
-            return
-        ratio = min(10.0, max(0.1, (seconds - RUN_OVERHEAD_S) / modelled))
+        if modelled > 0:
+            self.add_ratio((seconds - RUN_OVERHEAD_S) / modelled)
+
+    def add_ratio(self, ratio: float) -> None:
+        """A run took ``ratio`` times the speed model's figure (kept within 0.1-10)."""
         with self._lock:
-            self._factor = ratio if self._factor is None else (1 - self._weight) * self._factor + self._weight * ratio
+            self._ratios.append(min(10.0, max(0.1, ratio)))
 
     def factor(self) -> float:
         with self._lock:
-            return 1.0 if self._factor is None else self._factor
+            return math.exp(sum(math.log(r) for r in self._ratios) / (len(self._ratios) + 1))
 
     def reset(self) -> None:
         with self._lock:
-            self._factor = None
+            self._ratios.clear()
 
 
 CALIBRATION = Calibration()

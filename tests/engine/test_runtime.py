@@ -130,3 +130,21 @@ def test_speeds_are_said_per_image_on_one_batch_in_both_runtimes():
     assert both.text() == "3.2 ms/image in torch · 23 ms/image on openvino (batches of 8)"
     speed = measure_speed("tiny-test", 4, 1)
     assert speed.batch == 4 and "ms/image in torch" in speed.text() and speed.text().endswith("(batches of 4)")
+
+
+def test_one_slow_run_moves_the_estimates_half_way_and_a_busy_server_nearly_all_the_way():
+    """The calibration once followed a single slow run all the way (a moving average weighting it 1/2 from
+    the start): the next ladder was estimated at 2.4 times its time."""
+    from tlcore.profile import Calibration
+
+    c = Calibration(window=8)
+    assert c.factor() == 1.0
+    c.add_ratio(4.0)
+    assert abs(c.factor() - 2.0) < 1e-9  # half way, in ratio terms: sqrt(4 * 1)
+    for _ in range(8):
+        c.add_ratio(2.0)  # the server stays twice as busy
+    assert 1.8 < c.factor() < 2.0
+    c.add_ratio(1e6)  # a run that hung and was counted anyway: kept within 10x
+    assert c.factor() < 3.0
+    c.reset()
+    assert c.factor() == 1.0
