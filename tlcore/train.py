@@ -961,8 +961,8 @@ def _head_run(model: TransferModel, x_all: torch.Tensor, y_all: torch.Tensor, tr
         history.append(EpochEnd(epoch, cfg.epochs, train_loss, train_acc, val_loss, val_acc,
                                 time.perf_counter() - start, True, model))  # the newest fit is the one kept
         yield history[-1]
-        if fit.converged:
-            break  # more epochs would change nothing
+        if fit.converged and epoch >= 2:
+            break  # more epochs would change nothing (two at least: a curve, not a dot)
     history = [dataclasses.replace(e, best=e.epoch == len(history)) for e in history]
     final = _final_indices(cfg, train_idx, val_idx)
     assert w is not None and b is not None

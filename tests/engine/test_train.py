@@ -329,3 +329,15 @@ def test_feature_extraction_with_views_averages_the_images_fit_and_the_views_fit
     expected = x @ ((alone[0] + with_views[0]) / 2).T + (alone[1] + with_views[1]) / 2
     assert torch.allclose(logits, expected, atol=2e-2), (logits - expected).abs().max()
     assert tlcore.fe_views(fe, 200, 5) == 0 and tlcore.fe_views(fe, 50, 5) == 3  # 40 per class: no views
+
+
+def test_the_feature_extraction_head_shows_a_curve_even_when_it_converges_in_its_first_epoch():
+    """One L-BFGS run goes through the epochs and can converge within the first (10 iterations), as on the
+    bundled faces: the run still shows two epochs, a line on the live plot rather than a dot (the CLI's
+    ``--epochs 2`` once said 1)."""
+    from pathlib import Path
+
+    faces = tlcore.load_folder(Path(__file__).resolve().parents[2] / "assets" / "samples" / "faces")
+    result = run_to_end(faces, TrainConfig(backbone="tiny-test", mode="feature-extraction", epochs=50)).result
+    assert 2 <= len(result.history) < 50
+    assert result.best_epoch == len(result.history)
