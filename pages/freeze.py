@@ -120,7 +120,7 @@ total = sum(counts) + head_params
 num_images = max(1, len(proj.images))
 speed = measure_speed(spec.name)
 views = settings.augment_views if settings.augment else 1
-classes = sum(1 for n in proj.images.counts().values() if n) or None
+classes = proj.images.filled_classes() or None
 forwards = num_images * (1 + tlcore.fe_views(settings, num_images, classes)) if mode == "feature-extraction" else num_images
 once_s, epoch_s = estimate_epoch_seconds(speed, forwards, mode, depth, views)
 c1, c2, c3 = st.columns(3)

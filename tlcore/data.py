@@ -279,6 +279,10 @@ class ImageSet:
         """Class names in a stable order (creation order), including classes with no images yet."""
         return list(self._classes)
 
+    def filled_classes(self) -> int:
+        """How many classes hold at least one image."""
+        return len({i.label for i in self.items})
+
     def counts(self) -> dict[str, int]:
         out = {c: 0 for c in self._classes}
         for i in self.items:

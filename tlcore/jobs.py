@@ -273,8 +273,8 @@ def estimate_seconds(spec: JobSpec) -> float:
     from .profile import estimate_run_seconds
 
     try:
-        classes = sum(1 for n in spec.images.counts().values() if n)
-        return estimate_run_seconds(spec.config, len(spec.split[0]) + len(spec.split[1]), wait=False, classes=classes)
+        return estimate_run_seconds(spec.config, len(spec.split[0]) + len(spec.split[1]), wait=False,
+                                    classes=spec.images.filled_classes())
     except Exception:  # not timed yet, or a backbone that cannot be timed here: a guess beats no estimate
         return 10.0
 

@@ -186,7 +186,6 @@ class LogisticFit:
         self._c = c
         self._opt = torch.optim.LBFGS([self._w, self._b], lr=1.0, tolerance_grad=1e-4, tolerance_change=1e-9,
                                       history_size=20, line_search_fn="strong_wolfe")
-        self.objective = math.inf  # at the last evaluation
         self.converged = False
 
     def _closure(self) -> torch.Tensor:
@@ -195,7 +194,6 @@ class LogisticFit:
         per_image = torch.logsumexp(logits, 2) - (logits * self._onehot).sum(2)  # [F, N] cross-entropy
         loss = (per_image * self._m).sum() + (self._w * self._w).sum() / (2 * self._c)
         loss.backward()
-        self.objective = loss.item()
         return loss
 
     def step(self, iters: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -228,7 +228,7 @@ class Project:
 
         base = self._comparison_base(epochs)
         train, val = shared_split(self.images, base)
-        classes = sum(1 for n in self.images.counts().values() if n)
+        classes = self.images.filled_classes()
         total, cached = 0.0, set()
         for p in plan(strategies, base, shots, backbones):
             n = len(val) + len(train) if p.shots is None else min(len(train) + len(val), p.shots * classes)

@@ -320,7 +320,7 @@ def augment(batch: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
 #: Feature extraction on up to this many images, at most VIEWS_MAX_PER_CLASS per class on average, also uses
 #: ``augment_views - 1`` augmented views of each image (flips, crops, colour; their features computed once and
 #: cached like the image's own): its head is the average of two logistic regressions, one on the images alone
-#: and one on the images with their views (``_head_masks``). On the benchmark's small real datasets (section 9)
+#: and one on the images with their views (``_Head``). On the benchmark's small real datasets (section 9)
 #: the views raised accuracy where images vary in place and size (digits: +4 points at 3-5 per class); alone,
 #: the fit with views fell up to 3 points below the images-only fit on some draws, the average never more than
 #: half a point. Beyond a class's data they cost more than they bring.
@@ -357,8 +357,8 @@ def embed_views(imageset: ImageSet, backbone: str, views: int, device: torch.dev
             stack = imageset.preprocessed(pre, idx)
             for k, key in enumerate(keys):
                 if k == 0:  # the image itself, where it is missing
-                    idx_k = [i for i in idx if cached[0][i] is None]
-                    batch = stack[[idx.index(i) for i in idx_k]]
+                    at = [j for j, i in enumerate(idx) if cached[0][i] is None]
+                    idx_k, batch = [idx[j] for j in at], stack[at]
                 else:
                     idx_k = idx
                     batch = augment(stack, torch.stack([_view_draws(digests[i], k - 1) for i in idx]))
