@@ -28,6 +28,7 @@ from .train import FROZEN_BODY_MODES, BatchEnd, EpochEnd, Event, Progress, RunFi
 
 log = logging.getLogger(__name__)
 TIME_LIMIT_STOP = "Stopped at this server's limit"  # how a run stopped by ``JobSpec.max_seconds`` says so
+SERVER_GONE = "The server stopped while this run was training; its best epoch so far is kept."
 MAX_CURVE_POINTS = 300  # per-batch losses kept for the live chart (older ones are thinned out)
 
 
@@ -288,10 +289,12 @@ def _transportable(event: Event) -> Event:
     return event
 
 
-def run_job(spec: JobSpec, should_stop: Callable[[], bool], emit: Callable[[Event], None]) -> None:
+def run_job(spec: JobSpec, should_stop: Callable[[], bool], emit: Callable[[Event], None],
+            server_gone: Callable[[], bool] = lambda: False) -> None:
     """Train one job where this runs (a worker process, a Ray actor): best epochs checkpointed and the
     finished run saved into ``spec.folder``, events without models passed to ``emit``. Never raises:
-    a failure ends the job as failed, with the reason."""
+    a failure ends the job as failed, with the reason. A run that stops because ``server_gone()``
+    is saved as interrupted, never as stopped by its user (nobody pressed Stop)."""
     from .checkpoint import Checkpointer, save_run
     from .train import train
 
@@ -314,8 +317,12 @@ def run_job(spec: JobSpec, should_stop: Callable[[], bool], emit: Callable[[Even
                     f"which whoever starts the server can change) {rest}"))
             checkpoint(event)
             if isinstance(event, RunFinished):
+                status: RunState = event.status
+                reason = event.reason
+                if status == "stopped" and server_gone():
+                    status, reason = "interrupted", SERVER_GONE
                 if event.result is not None:
-                    save_run(event.result, spec.folder, event.status, event.reason, spec.label, spec.val_digests)
+                    save_run(event.result, spec.folder, status, reason, spec.label, spec.val_digests)
                 else:
                     checkpoint.flush()
             emit(_transportable(event))

@@ -34,7 +34,7 @@ from .data import (ImageItem, ImageSet, Rejected, image_to_tensor, tensor_to_ima
 from .errors import TLError
 from .analysis_jobs import stop_analyses
 from .limits import LimitError, Limits, folder_mb
-from .jobs import Job, JobSpec
+from .jobs import SERVER_GONE, Job, JobSpec
 from .runner import get_runner
 from .storage import atomic_write
 from .run_views import RunViews, describe
@@ -407,7 +407,7 @@ def _saved_run(run_folder: Path, entry: dict, config: TrainConfig) -> RunRecord:
         if meta is not None and meta.status in ("completed", "stopped", "failed"):
             status, reason = meta.status, meta.reason or "It finished before the server stopped."
         elif result is not None:
-            status, reason = "interrupted", "The server stopped while this run was training; its best epoch so far is kept."
+            status, reason = "interrupted", SERVER_GONE
         else:
             status, reason = "interrupted", "The server stopped before this run finished its first epoch; nothing to keep."
     return RunRecord(entry["id"], entry["label"], config, status, reason, result=result, group=entry.get("group", ""),

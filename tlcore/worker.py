@@ -9,8 +9,8 @@ talks to it in messages, each a tuple:
   ``("idle", job id)`` after each job.
 
 A reader thread takes the server's messages while the main thread trains, so Stop acts before the
-next batch. When the server goes away (its end closes) the worker stops its run and exits: it never
-trains for nobody. Its own entry point means it imports only ``tlcore``, never the app's script.
+next batch. When the server goes away (its end closes, or a send finds it gone) the worker stops its
+run, saves it as interrupted with its best epoch, and exits: it never trains for nobody. Its own entry point means it imports only ``tlcore``, never the app's script.
 """
 from __future__ import annotations
 
@@ -85,13 +85,22 @@ def serve(conn: Connection, threads: int, max_threads: int) -> None:
         if want != torch.get_num_threads():
             torch.set_num_threads(want)
 
+    def tell(message: object) -> None:
+        """Send to the server; once it is gone, nothing (the run then stops at its next batch)."""
+        if inbox.gone:
+            return
+        try:
+            send(conn, message)
+        except (BrokenPipeError, EOFError, OSError):
+            inbox.gone = True
+
     try:
         _warm_up(threads, max_threads)
     except Exception as e:  # noqa: BLE001  a warm-up is an optimisation: runs still work (and report) without it
         log.warning("worker could not warm up: %s", e)
     torch.set_num_threads(threads)
-    send(conn, ("ready", os.getpid()))
-    while (message := inbox.jobs.get()) is not None:
+    tell(("ready", os.getpid()))
+    while (message := inbox.jobs.get()) is not None and not inbox.gone:
         _, job_id, spec = message
 
         def should_stop() -> bool:
@@ -99,8 +108,8 @@ def serve(conn: Connection, threads: int, max_threads: int) -> None:
             return inbox.stop_id == job_id or inbox.gone  # noqa: B023
 
         share()
-        run_job(spec, should_stop, lambda event: send(conn, ("event", job_id, event)))  # noqa: B023
-        send(conn, ("idle", job_id))
+        run_job(spec, should_stop, lambda event: tell(("event", job_id, event)), lambda: inbox.gone)  # noqa: B023
+        tell(("idle", job_id))
 
 
 def main(argv: list[str]) -> None:

@@ -363,3 +363,65 @@ def test_a_run_whose_worker_died_says_so_and_that_its_best_epoch_is_kept(tiny_se
     assert "tlcore-runner-supervisor" not in saved_on and any("saver" in name for name in saved_on), saved_on
     [again] = Project.open(p.name).runs  # reopened: the reason as saved
     assert again.status == "failed" and again.reason == record.reason
+
+
+class _DyingServer:
+    """The worker's end of a connection to a server that is killed after the run's first epoch: reads then end
+    (EOF) and sends either fail (``loud``: a broken pipe) or are lost, the two ways a worker can learn it first."""
+
+    def __init__(self, job: JobSpec, loud: bool) -> None:
+        import pickle
+        import queue
+
+        self.loud, self.dead = loud, threading.Event()
+        self.inbox: queue.Queue = queue.Queue()
+        self.inbox.put(pickle.dumps(("job", 1, job)))
+
+    def recv_bytes(self) -> bytes:
+        import queue
+
+        while not self.dead.is_set():
+            try:
+                return self.inbox.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        raise EOFError
+
+    def send_bytes(self, data: bytes) -> None:
+        import pickle
+
+        from tlcore.train import EpochEnd
+
+        if self.dead.is_set():
+            if self.loud:
+                raise BrokenPipeError
+            return
+        message = pickle.loads(data)
+        if message[0] == "event" and isinstance(message[2], EpochEnd):
+            self.dead.set()
+
+
+@pytest.mark.parametrize("loud", [False, True], ids=["eof-first", "broken-pipe-first"])
+def test_a_worker_whose_server_died_saves_its_run_as_interrupted_not_stopped(tiny_set, monkeypatch, loud):
+    """CI's restart browser test failed once: a worker that saw its server's end close before a send failed saved
+    its run as "Stopped by the user", so the restarted server said so, not that the server had stopped."""
+    import torch
+
+    from tlcore import worker
+    from tlcore.checkpoint import WEIGHTS, RunMeta
+    from tlcore.jobs import SERVER_GONE
+
+    monkeypatch.setattr(worker, "_warm_up", lambda *a: None)
+    monkeypatch.setattr(worker, "set_memory_budget", lambda *a, **k: None)  # this test process's caches stay
+    job = spec(tiny_set, dataclasses.replace(TINY, epochs=100_000))
+    threads = torch.get_num_threads()
+    try:
+        done = threading.Thread(target=worker.serve, args=(_DyingServer(job, loud), 1, 1), daemon=True)
+        done.start()
+        done.join(120)
+    finally:
+        torch.set_num_threads(threads)
+    assert not done.is_alive(), "the worker kept training for nobody"
+    meta = RunMeta.read(job.folder)
+    assert (job.folder / WEIGHTS).exists() and meta.status == "interrupted", (meta.status, meta.reason)
+    assert meta.reason == SERVER_GONE and meta.best_epoch >= 1
