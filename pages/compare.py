@@ -69,9 +69,9 @@ if "zero-shot" in chosen:
     zero_shot_mapping()
 busy = bool(proj.active_runs())
 if chosen:
-    st.caption(f"About {format_seconds(proj.comparison_seconds(chosen, epochs=epochs))} in all on this server, one "
-               "run after another, after what the server already has to do (each run's own time is what the "
-               "comparison shows).")
+    st.caption(f"About {format_seconds(proj.comparison_seconds(chosen, epochs=epochs, owner=student()))} in all on this server, one "
+               "run after another, taking turns with the other students' queued runs (each run's own time is what "
+               "the comparison shows).")
 if st.button("Run comparison", type="primary", icon=":material/play_arrow:", key="compare_go",
              disabled=not chosen or busy, help="Runs in the background, one after another."):
     try:
@@ -119,6 +119,8 @@ def comparison_view(proj: tlcore.Project, group: str | None, extra_ids: list[str
             snap = r.job.snapshot()
             state = f"queued ({snap.queue_position} in line)" if snap.state == "queued" else snap.state
             st.caption(f"{r.label}: {state}")
+    if group and any(r.live for r in records):
+        st.caption(f"About {format_seconds(proj.group_seconds_left(group))} left, the other students' runs counted.")
     curves.update_layout(title="Validation accuracy per epoch", xaxis_title="epoch", yaxis_tickformat=".0%",
                          yaxis_range=[0, 1.02], height=360, margin=dict(t=40, b=30, l=10, r=10))
     st.plotly_chart(curves, key="compare_curves")
@@ -207,7 +209,7 @@ shots = c1.multiselect("Images per class", shots_ok, default=shots_ok, key="comp
 eff_strats = c2.multiselect("Strategies", STRATEGIES, default=["zero-shot", "few-shot", "feature-extraction", "scratch"],
                             key="compare_eff_strategies", format_func=STRATEGY_TITLES.get)
 if shots and eff_strats:
-    st.caption(f"{len(shots) * len(eff_strats)} runs, about {format_seconds(proj.comparison_seconds(eff_strats, shots, epochs))}"
+    st.caption(f"{len(shots) * len(eff_strats)} runs, about {format_seconds(proj.comparison_seconds(eff_strats, shots, epochs, owner=student()))}"
                " in all on this server.")
 if st.button("Run data-efficiency study", key="compare_eff_go", disabled=busy or not shots or not eff_strats,
              icon=":material/stacked_line_chart:"):
@@ -229,7 +231,7 @@ def study_view(proj: tlcore.Project, eff_group: str | None, study_polling: bool)
     pending = [r for r in records if r.live]
     if pending:
         done = len(records) - len(pending)
-        left = pending[0].job.snapshot().wait_s + sum(r.job.remaining_s() for r in pending)
+        left = proj.group_seconds_left(eff_group)
         st.progress(done / len(records), text=f"{done} of {len(records)} runs done · about {format_seconds(left)} "
                                               f"left (they train in the background: you can leave this page)")
     elif study_polling:
@@ -272,7 +274,7 @@ race_mode = c2.selectbox("Strategy", ["feature-extraction", "few-shot", "zero-sh
                          key="compare_race_mode", format_func=lambda m: STRATEGY_TITLES[m].split(" (")[0])
 if racers:
     with st.spinner("Timing each backbone on this server (once)…"):
-        race_s = proj.comparison_seconds([race_mode], epochs=epochs, backbones=racers)
+        race_s = proj.comparison_seconds([race_mode], epochs=epochs, backbones=racers, owner=student())
     st.caption(f"{len(racers)} runs, about {format_seconds(race_s)} in all on this server.")
 if st.button("Run the race", key="compare_race_go", disabled=busy or len(racers) < 2, icon=":material/sprint:",
              help="At least two backbones; they train one after another in the background."):
@@ -297,7 +299,7 @@ def race_view(proj: tlcore.Project, race_group: str | None, race_polling: bool) 
     if pending:
         done = len(records) - len(pending)
         st.progress(done / len(records), text=f"{done} of {len(records)} backbones done · about "
-                                              f"{format_seconds(pending[0].job.snapshot().wait_s + sum(r.job.remaining_s() for r in pending))} left")
+                                              f"{format_seconds(proj.group_seconds_left(race_group))} left")
     elif race_polling:
         st.rerun()  # the race has ended: stop polling
     scored = [r for r in records if r.result is not None and r.result.score is not None]

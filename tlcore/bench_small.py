@@ -252,7 +252,8 @@ def app_ladder(quick: bool, backbone: str, log) -> dict:
             p.images.merge(photo_crops(7, ("cat", "coffee", "rocket"), seed=20 + k))  # new images: nothing cached
             p.backbone = backbone
             cfg = TrainConfig(backbone=backbone, mode=mode, epochs=2 if quick else 10)
-            est = estimate_run_seconds(cfg, len(data), classes=len(data.classes)) + getattr(get_runner(), "backlog_seconds", lambda: 0.0)()
+            [est] = get_runner().forecast([(p.name, mode == "feature-extraction",
+                                             estimate_run_seconds(cfg, len(data), classes=len(data.classes)))])[1]
             t0 = time.perf_counter()
             record = p.start_run(cfg, mode)
             while any(r.id == record.id for r in p.active_runs()):
@@ -274,10 +275,12 @@ def app_ladder(quick: bool, backbone: str, log) -> dict:
         ga = a.start_comparison(strategies, epochs=epochs)
         estimates.append(b.comparison_seconds(strategies, epochs=epochs))
         gb = b.start_comparison(strategies, epochs=epochs)
+        queued = [a.group_seconds_left(ga), b.group_seconds_left(gb)]  # what both pages show once both are queued
         busy = wait([a, b], [ga, gb])
-        out["ladder_busy"] = {"seconds": busy, "estimate_seconds": estimates}
+        out["ladder_busy"] = {"seconds": busy, "estimate_seconds": estimates, "estimate_seconds_both_queued": queued}
         log(f"9. two ladders submitted at once: {busy[0]:.1f} s and {busy[1]:.1f} s (estimated {estimates[0]:.1f} s "
-            f"and {estimates[1]:.1f} s)")
+            f"and {estimates[1]:.1f} s as each was started; {queued[0]:.1f} s and {queued[1]:.1f} s once both were "
+            "queued, as both pages then show)")
         study = project()
         shots = [1, 5, None]
         est = study.comparison_seconds(strategies, shots, epochs)

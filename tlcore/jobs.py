@@ -16,7 +16,7 @@ import pickle
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from multiprocessing.connection import Connection
@@ -260,6 +260,10 @@ class Runner(Protocol):
 
     def queue_info(self, job: JobTracker) -> tuple[int, float]:
         """(position in line, 1 = next; estimated seconds until it starts)."""
+
+    def forecast(self, planned: Sequence[tuple[str, bool, float]] = ()) -> tuple[dict[int, float], list[float]]:
+        """Seconds from now until each queued or running job (by id) should end; and until each of ``planned``
+        (owner, short, seconds: not submitted yet, one after another) would."""
 
     def backlog_seconds(self) -> float:
         """About how long until a long job submitted now would start."""

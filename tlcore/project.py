@@ -220,23 +220,33 @@ class Project:
         return group
 
     def comparison_seconds(self, strategies: list[str], shots: list[int | None] | None = None,
-                           epochs: int | None = None, backbones: list[str] | None = None) -> float:
+                           epochs: int | None = None, backbones: list[str] | None = None,
+                           owner: str | None = None) -> float:
         """About how long ``start_comparison(strategies, shots, epochs)`` takes here, from now: the runs one
-        after another (the features computed once, by its first frozen-body run), after what the server's
-        workers already have to do."""
+        after another (the features computed once, by its first frozen-body run), taking turns with the
+        work the server's workers already have (``forecast``)."""
         from .profile import estimate_run_seconds
 
         base = self._comparison_base(epochs)
         train, val = shared_split(self.images, base)
         classes = self.images.filled_classes()
-        total, cached = 0.0, set()
+        runs, cached = [], set()
         for p in plan(strategies, base, shots, backbones):
             n = len(val) + len(train) if p.shots is None else min(len(train) + len(val), p.shots * classes)
-            total += estimate_run_seconds(p.config, n, features_cached=p.config.backbone in cached, classes=classes)
+            seconds = estimate_run_seconds(p.config, n, features_cached=p.config.backbone in cached, classes=classes)
+            runs.append((owner or self.name, p.config.mode in FROZEN_BODY_MODES, seconds))
             if p.config.mode in FROZEN_BODY_MODES:
                 cached.add(p.config.backbone)
-        backlog = getattr(get_runner(), "backlog_seconds", lambda: 0.0)()
-        return backlog + total
+        _ends, planned = get_runner().forecast(runs)
+        return planned[-1] if planned else 0.0
+
+    def group_seconds_left(self, group: str) -> float:
+        """About how long until the group's last run ends, the other owners' queued work counted."""
+        live = [r.job.id for r in self.group_runs(group) if r.job is not None and r.job.alive]
+        if not live:
+            return 0.0
+        ends, _ = get_runner().forecast()
+        return max(ends.get(i, 0.0) for i in live)
 
     def group_runs(self, group: str) -> list[RunRecord]:
         return [r for r in list(self.runs) if r.group == group]

@@ -25,7 +25,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,10 +148,17 @@ class RayRunner:
             k = self._waiting.index(job)
             return k + 1, sum(j.estimate_s for j in self._waiting[:k])  # rough: Ray places them
 
-    def backlog_seconds(self) -> float:
-        """Rough: what still waits for a place on the cluster (Ray decides where and when each starts)."""
+    def forecast(self, planned: Sequence[tuple[str, bool, float]] = ()) -> tuple[dict[int, float], list[float]]:
+        """Rough (Ray decides where and when each job starts): a waiting job ends after those before it in line
+        and its own estimate, a placed one after what is left of it; ``planned`` jobs after all that, one after
+        another."""
         with self._lock:
-            return sum(j.estimate_s for j in self._waiting)
+            ends = {live.job.id: live.job.remaining_s() for live in self._live.values()}
+            wait = 0.0
+            for job in self._waiting:
+                ends[job.id] = wait + job.estimate_s
+                wait += job.estimate_s
+        return ends, [wait + s for s in itertools.accumulate(seconds for _owner, _short, seconds in planned)]
 
     def active(self, owner: str) -> int:
         with self._lock:

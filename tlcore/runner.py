@@ -1,6 +1,6 @@
 """The embedded runner: a pool of training worker processes on this machine (``LocalRunner``).
 
-It is two parts. The *scheduler* (``submit``, ``stop``, ``queue_info``, ``_dispatch``) decides which
+It is two parts. The *scheduler* (``submit``, ``stop``, ``queue_info``, ``forecast``, ``_dispatch``) decides which
 job a free worker takes; the *supervisor* (one thread) blocks on the workers' connections and
 applies what they send: events to the jobs' handles, a closed connection as a dead worker (its run
 failed with a plain reason, the worker replaced). Nothing sleep-polls. Workers are
@@ -23,13 +23,14 @@ from __future__ import annotations
 import atexit
 import itertools
 import logging
+import math
 import os
 import shutil
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, Pipe, wait
 from pathlib import Path
 
@@ -58,6 +59,7 @@ class LocalRunner:
         self._pending: list[JobTracker] = []
         self._jobs: dict[int, JobTracker] = {}
         self._served: dict[str, float] = {}  # owner -> when one of its jobs last started
+        self._forecast: tuple[float, dict[int, float]] | None = None  # (when, ends): ``forecast``'s last answer
         self._ids = itertools.count(1)
         self.broken: str | None = None  # why no worker can start, once that is clear
         self._ready: set[int] = set()  # workers that have warmed up (only they are given jobs)
@@ -138,6 +140,7 @@ class LocalRunner:
         with self._lock:
             self._jobs[job.id] = job
             self._pending.append(job)
+            self._forecast = None
             self._dispatch()
         return job.job
 
@@ -145,6 +148,7 @@ class LocalRunner:
         with self._lock:
             if job in self._pending:
                 self._pending.remove(job)
+                self._forecast = None
                 finished = True
             else:
                 finished = False
@@ -154,40 +158,66 @@ class LocalRunner:
         if finished:
             job.record(RunFinished("stopped", "Stopped while waiting for a free training worker."))
 
-    def backlog_seconds(self) -> float:
-        """About how long until a long job submitted now would start: what the workers that take long jobs
-        still have to do, running and queued (short jobs have the express lane)."""
-        with self._lock:
-            lanes = [i for i in range(self.workers) if not (self.workers >= 2 and i == self.workers - 1)]
-            busy = sum(self._busy[i].remaining_s() for i in lanes if self._busy[i] is not None)
-            queued = sum(j.estimate_s for j in self._pending if not j.spec.short)
-            return (busy + queued) / max(1, len(lanes))
-
     def active(self, owner: str) -> int:
         with self._lock:
             jobs = self._pending + [j for j in self._busy if j is not None]
         return sum(1 for j in jobs if j.spec.owner == owner and j.spec.task == "train" and j.alive)
 
     def queue_info(self, job: JobTracker) -> tuple[int, float]:
-        """(position in line, estimated seconds until it starts)."""
+        """(position in line, estimated seconds until it starts: ``forecast``'s end less its own estimate)."""
         with self._lock:
             order = self._order()
             if job not in order:
                 return 0, 0.0
-            k = order.index(job)
-            lanes = [i for i in range(self.workers) if self._allowed(i, job)]
-            free_at = sorted(self._busy[i].remaining_s() if self._busy[i] is not None else 0.0 for i in lanes)
-            for ahead in order[:k]:
-                if any(self._allowed(i, ahead) for i in lanes):
-                    free_at[0] += ahead.estimate_s
-                    free_at.sort()
-            return k + 1, free_at[0]
+            ends, _ = self.forecast()
+            return order.index(job) + 1, max(0.0, ends.get(job.id, 0.0) - job.estimate_s)
+
+    def forecast(self, planned: Sequence[tuple[str, bool, float]] = ()) -> tuple[dict[int, float], list[float]]:
+        """When each queued or running job should end, in seconds from now: the scheduler played forward on
+        the jobs' estimates (the express lane, owners' turns, a comparison's runs one after another), so a
+        ladder's estimate counts the other ladders its runs will take turns with. ``planned``: jobs not
+        submitted yet, each (owner, short, seconds) and each after the one before (a comparison about to be
+        started); their ends come second. Without ``planned`` the answer is reused for up to a second while
+        the queue stays as it was (every queued run's snapshot asks, on every page refresh)."""
+        with self._lock:
+            now = time.time()
+            if not planned and self._forecast is not None and now - self._forecast[0] < 1.0:
+                return dict(self._forecast[1]), []
+            free = [0.0 if b is None else b.remaining_s() for b in self._busy]
+            ends = {b.id: f for b, f in zip(self._busy, free) if b is not None}
+            served = dict(self._served)
+            # (id, owner, short, seconds, the id it waits for): the planned ones get ids after every real one
+            line = [(j.id, j.spec.owner, j.spec.short, j.estimate_s,
+                     j.after.id if j.after is not None and j.after.alive else None) for j in self._pending]
+            first = max([*self._jobs, *(j.id for j in self._pending), 0]) + 1
+            line += [(first + k, owner, short, seconds, first + k - 1 if k else None)
+                     for k, (owner, short, seconds) in enumerate(planned)]
+            shadow = _Lanes(self.workers)
+        t = 0.0
+        while line:
+            for i in sorted(range(len(free)), key=lambda i: (free[i] > t, i)):
+                if free[i] > t:
+                    break
+                ready = [x for x in line if x[4] is None or ends.get(x[4], math.inf) <= t]
+                ready.sort(key=lambda x: (not x[2], served.get(x[1], 0.0), x[0]))
+                x = next((x for x in ready if shadow.allowed(i, x[2])), None)
+                if x is not None:
+                    line.remove(x)
+                    free[i] = ends[x[0]] = t + x[3]
+                    served[x[1]] = now + t
+            later = [f for f in free if f > t]
+            if not later:
+                break  # what is left waits for a job this runner does not know (cannot happen)
+            t = min(later)
+        if not planned:
+            with self._lock:
+                self._forecast = (now, ends)
+        return ends, [ends.get(first + k, math.inf) for k in range(len(planned))]
 
     # -- scheduling
 
     def _allowed(self, worker: int, job: JobTracker) -> bool:
-        express = self.workers >= 2 and worker == self.workers - 1
-        return job.spec.short or not express
+        return _Lanes(self.workers).allowed(worker, job.spec.short)
 
     def _order(self) -> list[JobTracker]:
         """Pending jobs in the order they will start: short before long, then the owner served longest
@@ -208,6 +238,7 @@ class LocalRunner:
                     continue
                 self._pending.remove(job)
                 self._busy[i] = job
+                self._forecast = None
                 self._served[job.spec.owner] = time.time()
                 job.mark_running()
                 job.estimate_s = estimate_seconds(job.spec)  # its backbone may have been timed since
@@ -265,6 +296,7 @@ class LocalRunner:
                     self._all_ready.set()
             elif message[0] == "idle" and self._busy[i] is not None and self._busy[i].id == message[1]:
                 self._busy[i] = None
+                self._forecast = None
             self._dispatch()
 
     def _lost(self, i: int, conn: Connection) -> None:
@@ -301,6 +333,16 @@ class LocalRunner:
                 job.record(RunFinished("failed", f"The training process stopped unexpectedly ({why})."))
         with self._lock:
             self._dispatch()
+
+
+class _Lanes:
+    """Which worker may take which job: with two or more, the last is an express lane for short jobs."""
+
+    def __init__(self, workers: int) -> None:
+        self.express = workers - 1 if workers >= 2 else None
+
+    def allowed(self, worker: int, short: bool) -> bool:
+        return short or worker != self.express
 
 
 def _ready(job: JobTracker) -> bool:

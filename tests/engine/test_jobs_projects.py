@@ -65,6 +65,7 @@ def test_jobs_run_in_worker_processes_and_report_back(pool, tiny_set):
 
 def test_short_jobs_never_wait_behind_long_ones_and_owners_take_turns(pool, tiny_set):
     long_cfg = dataclasses.replace(TINY, epochs=100_000)
+    assert pool.wait_ready(120)  # alone (``-k``), the pool's workers are still warming up
     hogs = [pool.submit(spec(tiny_set, long_cfg, owner="teacher", name=f"hog{i}")) for i in range(3)]
     time.sleep(0.5)
     assert [h.snapshot().state for h in hogs] == ["running", "queued", "queued"]  # the express lane stays free
@@ -425,3 +426,26 @@ def test_a_worker_whose_server_died_saves_its_run_as_interrupted_not_stopped(tin
     meta = RunMeta.read(job.folder)
     assert (job.folder / WEIGHTS).exists() and meta.status == "interrupted", (meta.status, meta.reason)
     assert meta.reason == SERVER_GONE and meta.best_epoch >= 1
+
+
+def test_the_forecast_plays_the_scheduler_forward_owners_taking_turns(tiny_set):
+    """Issue 25: two ladders submitted at once were estimated as if each ran alone or after the other whole,
+    while owners take turns run by run (one ended 67 % later than estimated, the other 45 % sooner)."""
+    from tlcore.jobs import JobTracker
+
+    runner = LocalRunner(workers=2, threads=1)  # never started: a forecast needs no worker
+    short, long_ = dataclasses.replace(TINY, mode="feature-extraction"), TINY
+    for owner, first in (("a", 1), ("b", 4)):  # each a ladder: a short run, then two long ones, one after another
+        previous = None
+        for k, (config, seconds) in enumerate(((short, 5.0), (long_, 20.0), (long_, 20.0))):
+            job = JobTracker(first + k, spec(tiny_set, config, owner=owner), runner, None)
+            job.after, job.estimate_s = previous, seconds
+            runner._pending.append(job)
+            runner._jobs[job.id] = job
+            previous = job.job
+    ends, none = runner.forecast()
+    # both short runs at once (the second worker is the express lane), then the long ones by turns
+    assert none == [] and ends == {1: 5.0, 4: 5.0, 2: 25.0, 5: 45.0, 3: 65.0, 6: 85.0}, ends
+    ends, [planned] = runner.forecast([("c", False, 20.0)])  # a third student's run, about to be started
+    assert planned == 25.0 and ends[3] == 85.0 and ends[6] == 105.0, ends  # c has had no turn yet: it goes next
+    assert runner.queue_info(runner._jobs[5])[1] == 25.0  # starts once a's first long run has ended

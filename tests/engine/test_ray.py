@@ -65,6 +65,8 @@ def test_stop_ends_a_ray_run_within_a_batch_keeping_its_best_epoch(runner, tmp_p
     deadline = time.time() + 60
     while not job.snapshot().epochs and time.time() < deadline:
         time.sleep(0.1)
+    ends, planned = runner.forecast([("other", False, 5.0), ("other", False, 7.0)])  # the Compare page's estimate
+    assert job.id in ends and planned[1] - planned[0] == 7.0 and planned[0] >= 5.0
     job.stop()
     assert job.join(30)
     snap = job.snapshot()
