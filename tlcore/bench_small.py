@@ -29,7 +29,7 @@ from .compare import COMPARE_EPOCHS, features_of
 from .data import ImageSet, load_folder
 from .evaluate import evaluate
 from .measure import shot_draws
-from .profile import RUN_OVERHEAD_S, estimate_run_seconds
+from .profile import estimate_run_seconds, run_overhead_s
 from .runtime import FrozenPart
 from .train import FEATURES, FROZEN_BODY_MODES, TrainConfig, run_to_end
 
@@ -138,7 +138,7 @@ def one_run(pool: ImageSet, pool_feats: torch.Tensor, train: list[int], test: li
     user = pool.subset(train)
     if cold:
         FEATURES.clear()
-    estimate = estimate_run_seconds(cfg, len(user), classes=len(user.classes)) - RUN_OVERHEAD_S  # in this process: no hand-off to a worker
+    estimate = estimate_run_seconds(cfg, len(user), classes=len(user.classes)) - run_overhead_s(cfg)  # in this process: no hand-off
     start = time.perf_counter()
     finished = run_to_end(user, cfg)
     seconds = time.perf_counter() - start

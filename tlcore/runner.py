@@ -13,7 +13,8 @@ every core, and busy workers share them without oversubscribing; the web server'
 
 Scheduling is fair and keeps short work short: a free worker takes the next *short* job (feature
 extraction, few-shot: seconds) before any long one (fine-tune, from scratch), and among jobs of
-one kind the owner (project) that was served longest ago goes first, not the oldest job. With two
+one kind the owner (project) whose last job of that kind started longest ago goes first, not the oldest job
+(a student's quick runs on the express lane do not cost their turn for a long one). With two
 or more workers the last one is an express lane that only takes short jobs, so a class's
 five-second feature extractions never wait behind someone's ten-minute fine-tune. A queued job
 holds nothing but its place in line.
@@ -58,7 +59,7 @@ class LocalRunner:
         self._crashes = [0] * self.workers  # per worker: deaths since it last started properly
         self._pending: list[JobTracker] = []
         self._jobs: dict[int, JobTracker] = {}
-        self._served: dict[str, float] = {}  # owner -> when one of its jobs last started
+        self._served: dict[tuple[str, bool], float] = {}  # (owner, short) -> when its last such job started
         self._forecast: tuple[float, dict[int, float]] | None = None  # (when, ends): ``forecast``'s last answer
         self._ids = itertools.count(1)
         self.broken: str | None = None  # why no worker can start, once that is clear
@@ -199,12 +200,12 @@ class LocalRunner:
                 if free[i] > t:
                     break
                 ready = [x for x in line if x[4] is None or ends.get(x[4], math.inf) <= t]
-                ready.sort(key=lambda x: (not x[2], served.get(x[1], 0.0), x[0]))
+                ready.sort(key=lambda x: (not x[2], served.get((x[1], x[2]), 0.0), x[0]))
                 x = next((x for x in ready if shadow.allowed(i, x[2])), None)
                 if x is not None:
                     line.remove(x)
                     free[i] = ends[x[0]] = t + x[3]
-                    served[x[1]] = now + t
+                    served[(x[1], x[2])] = now + t
             later = [f for f in free if f > t]
             if not later:
                 break  # what is left waits for a job this runner does not know (cannot happen)
@@ -224,7 +225,8 @@ class LocalRunner:
         ago, then first come."""
         ready = [j for j in self._pending if _ready(j)]
         waiting = [j for j in self._pending if not _ready(j)]  # behind a job of their own comparison
-        return sorted(ready, key=lambda j: (not j.spec.short, self._served.get(j.spec.owner, 0.0), j.id)) + \
+        return sorted(ready, key=lambda j: (not j.spec.short, self._served.get((j.spec.owner, j.spec.short), 0.0),
+                                            j.id)) + \
             sorted(waiting, key=lambda j: j.id)
 
     def _dispatch(self) -> None:
@@ -239,7 +241,7 @@ class LocalRunner:
                 self._pending.remove(job)
                 self._busy[i] = job
                 self._forecast = None
-                self._served[job.spec.owner] = time.time()
+                self._served[(job.spec.owner, job.spec.short)] = time.time()
                 job.mark_running()
                 job.estimate_s = estimate_seconds(job.spec)  # its backbone may have been timed since
                 self._send(self._conns[i], ("job", job.id, job.spec))

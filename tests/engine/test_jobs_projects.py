@@ -447,5 +447,6 @@ def test_the_forecast_plays_the_scheduler_forward_owners_taking_turns(tiny_set):
     # both short runs at once (the second worker is the express lane), then the long ones by turns
     assert none == [] and ends == {1: 5.0, 4: 5.0, 2: 25.0, 5: 45.0, 3: 65.0, 6: 85.0}, ends
     ends, [planned] = runner.forecast([("c", False, 20.0)])  # a third student's run, about to be started
-    assert planned == 25.0 and ends[3] == 85.0 and ends[6] == 105.0, ends  # c has had no turn yet: it goes next
+    # c's turn comes after a's and b's first long runs (the short ones on the express lane cost no long turn)
+    assert planned == 65.0 and ends[3] == 85.0 and ends[6] == 105.0, ends
     assert runner.queue_info(runner._jobs[5])[1] == 25.0  # starts once a's first long run has ended
