@@ -272,16 +272,23 @@ def estimate_epoch_seconds(profile: SpeedProfile, num_images: int, mode: str, fr
     """(seconds once before the first epoch, seconds per epoch) of training on ``num_images``.
 
     Frozen work runs once, on the fast runtime: the whole body for feature extraction, the frozen
-    leading stages (``views`` augmented views per image) for a fine-tune. Stages that learn cost 3.5
-    times their torch forward pass (backward, update and train-mode overhead: augmentation, dropout,
-    batch-norm statistics): fitted on EfficientNet-Lite0, 2-core CPU, to the Compare page's ladder through
-    the workers (55.7 s measured, 75.6 s estimated at 4.35) and to single fine-tune and scratch runs
-    (benchmark section 9); ``Calibration`` follows the server's real runs from there.
+    leading stages (``views`` augmented views per image) for a fine-tune. Stages that learn cost
+    ``LEARNING_COST`` times their torch forward pass (backward, update and train-mode overhead:
+    augmentation, dropout, batch-norm statistics): fitted on EfficientNet-Lite0, 2-core CPU, to single
+    fine-tune and scratch runs (benchmark section 9); ``Calibration`` follows the server's real runs from there.
     """
     if mode in FROZEN_BODY_MODES:
         return num_images * profile.ms_per_image / 1000, 0.0
     frozen_share = 0.0 if mode == "scratch" else sum(profile.stage_share[:freeze_depth])
     once = (num_images * views * (profile.ms_per_image * frozen_share + profile.augment_ms_per_image) / 1000
             if frozen_share else 0.0)
-    per_epoch = num_images * profile.torch_ms_per_image / 1000 * (1 - frozen_share) * 3.5
+    per_epoch = num_images * profile.torch_ms_per_image / 1000 * (1 - frozen_share) * LEARNING_COST[mode == "scratch"]
     return once, per_epoch
+
+
+#: What a learning stage costs per image and epoch, in its torch forward passes: (fine-tune, from scratch).
+#: One factor (3.5) for both put every fine-tune of benchmark section 9 at 0.74-0.82 of its time (2026-12-05;
+#: eight runs, with this machine's speed profile as the benchmark and as a fresh process measured it), while
+#: scratch runs stayed at 0.85-1.16 with a fresh profile: a fine-tune's later, narrower stages cost more per
+#: forward pass to train than the early, wide ones a scratch run trains too.
+LEARNING_COST = (4.3, 3.5)

@@ -193,7 +193,6 @@ class LocalRunner:
             first = max([*self._jobs, *(j.id for j in self._pending), 0]) + 1
             line += [(first + k, owner, short, seconds, first + k - 1 if k else None)
                      for k, (owner, short, seconds) in enumerate(planned)]
-            shadow = _Lanes(self.workers)
         t = 0.0
         while line:
             for i in sorted(range(len(free)), key=lambda i: (free[i] > t, i)):
@@ -201,7 +200,7 @@ class LocalRunner:
                     break
                 ready = [x for x in line if x[4] is None or ends.get(x[4], math.inf) <= t]
                 ready.sort(key=lambda x: (not x[2], served.get((x[1], x[2]), 0.0), x[0]))
-                x = next((x for x in ready if shadow.allowed(i, x[2])), None)
+                x = next((x for x in ready if _takes(self.workers, i, x[2])), None)
                 if x is not None:
                     line.remove(x)
                     free[i] = ends[x[0]] = t + x[3]
@@ -218,7 +217,7 @@ class LocalRunner:
     # -- scheduling
 
     def _allowed(self, worker: int, job: JobTracker) -> bool:
-        return _Lanes(self.workers).allowed(worker, job.spec.short)
+        return _takes(self.workers, worker, job.spec.short)
 
     def _order(self) -> list[JobTracker]:
         """Pending jobs in the order they will start: short before long, then the owner served longest
@@ -337,14 +336,10 @@ class LocalRunner:
             self._dispatch()
 
 
-class _Lanes:
-    """Which worker may take which job: with two or more, the last is an express lane for short jobs."""
-
-    def __init__(self, workers: int) -> None:
-        self.express = workers - 1 if workers >= 2 else None
-
-    def allowed(self, worker: int, short: bool) -> bool:
-        return short or worker != self.express
+def _takes(workers: int, worker: int, short: bool) -> bool:
+    """Whether ``worker`` of ``workers`` may take a (``short``) job: with two or more, the last one is an
+    express lane for short jobs only."""
+    return short or workers < 2 or worker != workers - 1
 
 
 def _ready(job: JobTracker) -> bool:
