@@ -265,9 +265,6 @@ class Runner(Protocol):
         """Seconds from now until each queued or running job (by id) should end; and until each of ``planned``
         (owner, short, seconds: not submitted yet, one after another) would."""
 
-    def backlog_seconds(self) -> float:
-        """About how long until a long job submitted now would start."""
-
     def active(self, owner: str) -> int:
         """Training runs (not analyses) queued or running for ``owner``: the server's limits count them."""
 
