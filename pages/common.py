@@ -213,6 +213,7 @@ def start_workers() -> bool:
         if isinstance(runner, tlcore.LocalRunner):
             runner.wait_ready(120)
         tlcore.measure_speed(tlcore.DEFAULT_BACKBONE)
+        tlcore.refine_speed_when_quiet(tlcore.DEFAULT_BACKBONE, runner.idle)  # the class arriving slowed it
 
     # The default backbone's speed (for time estimates and queue waits), measured before anyone asks.
     threading.Thread(target=measure, daemon=True).start()

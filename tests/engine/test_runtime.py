@@ -2,6 +2,7 @@
 that survives restarts and is never trusted when damaged, and the torch fallback."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -148,3 +149,26 @@ def test_one_slow_run_moves_the_estimates_half_way_and_a_busy_server_nearly_all_
     assert c.factor() < 3.0
     c.reset()
     assert c.factor() == 1.0
+
+
+def test_a_speed_timed_while_the_class_arrived_is_timed_again_when_quiet(monkeypatch):
+    """In chromium a fresh server timed the backbone while two students uploaded: the ladder read "about 1 min
+    40 s" and took 45 s. The server times it again when no run trains, keeping each figure's fastest."""
+    import threading
+
+    from tlcore import profile
+
+    slow = profile.SpeedProfile("x-net", ms_per_image=6.0, torch_ms_per_image=30.0, stage_share=(0.5, 0.5),
+                                runtime="openvino", augment_ms_per_image=1.0)
+    timings = iter([dataclasses.replace(slow, ms_per_image=3.0, torch_ms_per_image=15.0, stage_share=(0.4, 0.6)),
+                    dataclasses.replace(slow, ms_per_image=4.0, torch_ms_per_image=20.0, augment_ms_per_image=0.5)])
+    monkeypatch.setattr(profile._measured, "__wrapped__", lambda *a: next(timings))
+    monkeypatch.setitem(profile._known, "x-net", slow)
+    quiet = threading.Event()
+    thread = profile.refine_speed_when_quiet("x-net", quiet.is_set, tries=2, every_s=0.01)
+    thread.join(0.2)
+    assert thread.is_alive() and profile.measure_speed("x-net") is slow  # a run trains: nothing is timed
+    quiet.set()
+    thread.join(10)
+    got = profile.measure_speed("x-net")
+    assert (got.ms_per_image, got.torch_ms_per_image, got.augment_ms_per_image, got.stage_share) == (3.0, 15.0, 0.5, (0.4, 0.6))
