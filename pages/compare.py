@@ -68,7 +68,7 @@ st.caption(f"At most {epochs} epochs each; fine-tuning at the Freeze page's dept
 if "zero-shot" in chosen:
     zero_shot_mapping()
 busy = bool(proj.active_runs())
-if chosen:
+if chosen and not busy:  # while a run trains the button waits, and so does its estimate
     st.caption(f"About {format_seconds(proj.comparison_seconds(chosen, epochs=epochs, owner=student()))} in all on this server, one "
                "run after another, taking turns with the other students' queued runs (each run's own time is what "
                "the comparison shows).")
@@ -208,7 +208,7 @@ shots = c1.multiselect("Images per class", shots_ok, default=shots_ok, key="comp
                        format_func=lambda s: "all" if s is None else str(s))
 eff_strats = c2.multiselect("Strategies", STRATEGIES, default=["zero-shot", "few-shot", "feature-extraction", "scratch"],
                             key="compare_eff_strategies", format_func=STRATEGY_TITLES.get)
-if shots and eff_strats:
+if shots and eff_strats and not busy:
     st.caption(f"{len(shots) * len(eff_strats)} runs, about {format_seconds(proj.comparison_seconds(eff_strats, shots, epochs, owner=student()))}"
                " in all on this server.")
 if st.button("Run data-efficiency study", key="compare_eff_go", disabled=busy or not shots or not eff_strats,
@@ -272,7 +272,7 @@ racers = c1.multiselect("Backbones (those on this machine; others download on th
                         format_func=lambda n: tlcore.get_backbone_spec(n).title)
 race_mode = c2.selectbox("Strategy", ["feature-extraction", "few-shot", "zero-shot", "fine-tune", "scratch"],
                          key="compare_race_mode", format_func=lambda m: STRATEGY_TITLES[m].split(" (")[0])
-if racers:
+if racers and not busy:
     with st.spinner("Timing each backbone on this server (once)…"):
         race_s = proj.comparison_seconds([race_mode], epochs=epochs, backbones=racers, owner=student())
     st.caption(f"{len(racers)} runs, about {format_seconds(race_s)} in all on this server.")
