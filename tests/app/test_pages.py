@@ -441,6 +441,8 @@ def test_the_study_says_how_long_it_takes_and_shows_its_progress():
     at.multiselect(key="compare_shots").set_value([1, None]).run()
     at.button(key="compare_eff_go").click().run()
     assert "runs done" in progress_text(at)
+    # while it runs, no estimate of a new one beside the disabled buttons (in chromium it read as the running one's)
+    assert not any("in all on this server" in c.value for c in at.caption)
     wait_for(at, lambda a: a.get("plotly_chart") and not any("runs done" in p.proto.text for p in a.get("progress"))
              and any(df.value is not None and len(df.value) == 7 for df in a.dataframe), timeout=120)
     import json
