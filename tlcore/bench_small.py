@@ -28,6 +28,7 @@ from .backbones import DEFAULT_BACKBONE, get_backbone_spec
 from .compare import COMPARE_EPOCHS, features_of
 from .data import ImageSet, load_folder
 from .evaluate import evaluate
+from .jobs import short_run
 from .measure import shot_draws
 from .profile import estimate_run_seconds, run_overhead_s
 from .runtime import FrozenPart
@@ -252,7 +253,7 @@ def app_ladder(quick: bool, backbone: str, log) -> dict:
             p.images.merge(photo_crops(7, ("cat", "coffee", "rocket"), seed=20 + k))  # new images: nothing cached
             p.backbone = backbone
             cfg = TrainConfig(backbone=backbone, mode=mode, epochs=2 if quick else 10)
-            [est] = get_runner().forecast([(p.name, mode == "feature-extraction",
+            [est] = get_runner().forecast([(p.name, short_run(cfg),
                                              estimate_run_seconds(cfg, len(data), classes=len(data.classes)))])[1]
             t0 = time.perf_counter()
             record = p.start_run(cfg, mode)

@@ -52,7 +52,7 @@ class JobSpec:
     @property
     def short(self) -> bool:
         """Seconds of work, not minutes: the express lane takes it."""
-        return self.config.mode in FROZEN_BODY_MODES
+        return short_run(self.config)
 
 
 @dataclass(frozen=True)
@@ -267,6 +267,11 @@ class Runner(Protocol):
 
     def active(self, owner: str) -> int:
         """Training runs (not analyses) queued or running for ``owner``: the server's limits count them."""
+
+
+def short_run(config: TrainConfig) -> bool:
+    """A run of seconds, not minutes (a frozen body): the express lane's kind of job."""
+    return config.mode in FROZEN_BODY_MODES
 
 
 def estimate_seconds(spec: JobSpec) -> float:

@@ -89,7 +89,7 @@ def refine_speed_when_quiet(backbone: str, quiet: Callable[[], bool], tries: int
             if not quiet():
                 continue
             try:
-                fresh = _measured.__wrapped__(backbone, 8, 3, _elsewhere)
+                fresh = _time_backbone(backbone, 8, 3, _elsewhere)
             except Exception as e:  # noqa: BLE001  the first timing stays
                 log.warning("could not time %s again: %s", backbone, e)
                 return
@@ -106,7 +106,8 @@ def _fastest(a: SpeedProfile, b: SpeedProfile) -> SpeedProfile:
     """Each figure's smaller value (other work only ever slows a timing down); the stage shares of the
     faster torch pass."""
     return dataclasses.replace(
-        a, ms_per_image=min(a.ms_per_image, b.ms_per_image), torch_ms_per_image=min(a.torch_ms_per_image, b.torch_ms_per_image),
+        a, ms_per_image=min(a.ms_per_image, b.ms_per_image),
+        torch_ms_per_image=min(a.torch_ms_per_image, b.torch_ms_per_image),
         augment_ms_per_image=min(a.augment_ms_per_image, b.augment_ms_per_image),
         stage_share=(a if a.torch_ms_per_image <= b.torch_ms_per_image else b).stage_share)
 
@@ -142,8 +143,8 @@ def _measure_quietly(backbone: str) -> None:
 _measuring_started = threading.Lock()
 
 
-@functools.lru_cache(maxsize=32)
-def _measured(backbone: str, batch: int, repeats: int, elsewhere: bool) -> SpeedProfile:
+def _time_backbone(backbone: str, batch: int, repeats: int, elsewhere: bool) -> SpeedProfile:
+    """One timing (in a child process when ``elsewhere``); ``_measured`` keeps the first per process."""
     if not elsewhere:
         return _measure_speed(backbone, batch, repeats)
     root = Path(__file__).resolve().parent.parent
@@ -157,6 +158,9 @@ def _measured(backbone: str, batch: int, repeats: int, elsewhere: bool) -> Speed
     except (subprocess.SubprocessError, OSError, ValueError, KeyError, IndexError, TypeError) as e:
         log.warning("measuring %s in a child process failed (%s); measuring it here", backbone, e)
         return _measure_speed(backbone, batch, repeats)
+
+
+_measured = functools.lru_cache(maxsize=32)(_time_backbone)  # the first timing per process
 
 
 def _measure_speed(backbone: str, batch: int, repeats: int) -> SpeedProfile:
@@ -286,10 +290,10 @@ def estimate_run_seconds(config: TrainConfig, num_images: int, features_cached: 
     if config.mode in FROZEN_BODY_MODES:  # prototypes and their cross-validation: milliseconds
         views = fe_views(config, num_images, classes) if config.mode == "feature-extraction" else 0  # never cached before
         forwards = (0 if features_cached else num_images) + num_images * views
-        return (FROZEN_RUN_OVERHEAD_S + estimate_epoch_seconds(speed, forwards, config.mode, 0)[0]
+        return (run_overhead_s(config) + estimate_epoch_seconds(speed, forwards, config.mode, 0)[0]
                 + num_images * views * speed.augment_ms_per_image / 1000
                 + (head_fit_seconds(num_images, views, classes) if config.mode == "feature-extraction" else 0.0))
-    return RUN_OVERHEAD_S + _trained_seconds(config, num_images, speed) * CALIBRATION.factor()
+    return run_overhead_s(config) + _trained_seconds(config, num_images, speed) * CALIBRATION.factor()
 
 
 #: Feature extraction's head: its fits and their repeated cross-validation (``train._head_run``) cost about this

@@ -34,7 +34,7 @@ from .data import (ImageItem, ImageSet, Rejected, image_to_tensor, tensor_to_ima
 from .errors import TLError
 from .analysis_jobs import stop_analyses
 from .limits import LimitError, Limits, folder_mb
-from .jobs import SERVER_GONE, Job, JobSpec
+from .jobs import SERVER_GONE, Job, JobSpec, short_run
 from .runner import get_runner
 from .storage import atomic_write
 from .run_views import RunViews, describe
@@ -234,7 +234,7 @@ class Project:
         for p in plan(strategies, base, shots, backbones):
             n = len(val) + len(train) if p.shots is None else min(len(train) + len(val), p.shots * classes)
             seconds = estimate_run_seconds(p.config, n, features_cached=p.config.backbone in cached, classes=classes)
-            runs.append((owner or self.name, p.config.mode in FROZEN_BODY_MODES, seconds))
+            runs.append((owner or self.name, short_run(p.config), seconds))
             if p.config.mode in FROZEN_BODY_MODES:
                 cached.add(p.config.backbone)
         _ends, planned = get_runner().forecast(runs)

@@ -146,7 +146,8 @@ class RayRunner:
             if job not in self._waiting:
                 return 0, 0.0
             k = self._waiting.index(job)
-            return k + 1, sum(j.estimate_s for j in self._waiting[:k])  # rough: Ray places them
+        ends, _ = self.forecast()
+        return k + 1, max(0.0, ends.get(job.id, job.estimate_s) - job.estimate_s)  # rough: Ray places them
 
     def forecast(self, planned: Sequence[tuple[str, bool, float]] = ()) -> tuple[dict[int, float], list[float]]:
         """Rough (Ray decides where and when each job starts): a waiting job ends after those before it in line

@@ -195,11 +195,11 @@ class LocalRunner:
                      for k, (owner, short, seconds) in enumerate(planned)]
         t = 0.0
         while line:
-            for i in sorted(range(len(free)), key=lambda i: (free[i] > t, i)):
+            for i in range(len(free)):  # the free workers in order, as ``_dispatch`` goes through them
                 if free[i] > t:
-                    break
+                    continue
                 ready = [x for x in line if x[4] is None or ends.get(x[4], math.inf) <= t]
-                ready.sort(key=lambda x: (not x[2], served.get((x[1], x[2]), 0.0), x[0]))
+                ready.sort(key=lambda x: _turn(x[1], x[2], x[0], served))
                 x = next((x for x in ready if _takes(self.workers, i, x[2])), None)
                 if x is not None:
                     line.remove(x)
@@ -224,8 +224,7 @@ class LocalRunner:
         ago, then first come."""
         ready = [j for j in self._pending if _ready(j)]
         waiting = [j for j in self._pending if not _ready(j)]  # behind a job of their own comparison
-        return sorted(ready, key=lambda j: (not j.spec.short, self._served.get((j.spec.owner, j.spec.short), 0.0),
-                                            j.id)) + \
+        return sorted(ready, key=lambda j: _turn(j.spec.owner, j.spec.short, j.id, self._served)) + \
             sorted(waiting, key=lambda j: j.id)
 
     def _dispatch(self) -> None:
@@ -334,6 +333,12 @@ class LocalRunner:
                 job.record(RunFinished("failed", f"The training process stopped unexpectedly ({why})."))
         with self._lock:
             self._dispatch()
+
+
+def _turn(owner: str, short: bool, job_id: int, served: dict[tuple[str, bool], float]) -> tuple[bool, float, int]:
+    """A ready job's place in line: short before long, then the owner whose last job of that kind started
+    longest ago (``served``), then first come."""
+    return not short, served.get((owner, short), 0.0), job_id
 
 
 def _takes(workers: int, worker: int, short: bool) -> bool:

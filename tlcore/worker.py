@@ -10,7 +10,8 @@ talks to it in messages, each a tuple:
 
 A reader thread takes the server's messages while the main thread trains, so Stop acts before the
 next batch. When the server goes away (its end closes, or a send finds it gone) the worker stops its
-run, saves it as interrupted with its best epoch, and exits: it never trains for nobody. Its own entry point means it imports only ``tlcore``, never the app's script.
+run, saves it as interrupted with its best epoch, and exits: it never trains for nobody. Its own
+entry point means it imports only ``tlcore``, never the app's script.
 """
 from __future__ import annotations
 

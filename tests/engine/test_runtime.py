@@ -162,7 +162,7 @@ def test_a_speed_timed_while_the_class_arrived_is_timed_again_when_quiet(monkeyp
                                 runtime="openvino", augment_ms_per_image=1.0)
     timings = iter([dataclasses.replace(slow, ms_per_image=3.0, torch_ms_per_image=15.0, stage_share=(0.4, 0.6)),
                     dataclasses.replace(slow, ms_per_image=4.0, torch_ms_per_image=20.0, augment_ms_per_image=0.5)])
-    monkeypatch.setattr(profile._measured, "__wrapped__", lambda *a: next(timings))
+    monkeypatch.setattr(profile, "_time_backbone", lambda *a: next(timings))
     monkeypatch.setitem(profile._known, "x-net", slow)
     quiet = threading.Event()
     thread = profile.refine_speed_when_quiet("x-net", quiet.is_set, tries=2, every_s=0.01)
