@@ -41,7 +41,7 @@ def web_app(proj, record, folder: Path) -> None:
     note = (f"Checked: the model in the page gives the app's probabilities (largest difference {web.max_diff:.1e}) "
             f"on the check images. {web.bytes / 1e6:.1f} MB.")
     if web.agreement is not None:
-        same = round(web.agreement.accuracy * web.agreement.n)
+        same = web.agreement.right
         note += f" int8: the same class as the full model on {same} of {web.agreement.n} images."
         if web.accuracy:
             note += f" Accuracy on them {web.accuracy[0].text()} (full) -> {web.accuracy[1].text()} (int8)."

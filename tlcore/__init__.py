@@ -13,6 +13,7 @@ here (a test holds the pages to it). Modules, one job each:
 * ``runner``     training in worker processes (submit, snapshot, stop), fair scheduling;
 * ``runtime``    the fastest installed runtime for frozen pretrained weights;
 * ``compare``    strategies side by side on one split, embedding maps;
+* ``verdict``    the lesson in words: two models compared photo by photo, the ladder's first line;
 * ``clean``      the data check (likely wrong labels, duplicates, outliers) and the user's review of it;
 * ``profile``    measured speed, epoch-time estimates;
 * ``project``    a user's saved work (images, settings, runs) and the live projects of a server;
@@ -37,7 +38,7 @@ from .data import (IMAGE_SUFFIXES, ImageItem, ImageSet, Rejected, check_trainabl
                    load_folder, load_zip, stratified_split, thumbnail)
 from .errors import BadImageError, TLError, WeightsUnavailableError
 from .limits import LimitError, Limits, folder_mb
-from .measure import Score, separation, accuracy_interval
+from .measure import Paired, Score, accuracy_interval, paired
 from .evaluate import Evaluation, Familiarity, Prediction, evaluate, grad_cam, imagenet_top, overlay_cam, predict
 from .model import TransferModel, build_model, count_params, freeze
 from .profile import (SpeedProfile, estimate_epoch_seconds, estimate_run_seconds, measure_speed, measure_speed_elsewhere,
@@ -53,6 +54,7 @@ from .lesson import (ClassKit, StudentProgress, class_progress, create_kit, curr
 from .report import USAGE, report_html
 from .charts import SERIES_COLOURS, training_figures
 from .webexport import WebExport, export_web, lan_url, publish_web
+from .verdict import Verdict, headline, ladder_verdicts, names_worth, versus
 from .zeroshot import mapping_method, suggest_mapping, unmapped
 from .transfer import StageProbe, TransferScore, logme, probe_stages, stage_maps, transfer_score
 from .lrfind import LrFind, lr_find
@@ -89,7 +91,9 @@ __all__ = [
     # zero-shot
     "mapping_method", "suggest_mapping", "unmapped",
     # honest numbers
-    "Score", "separation", "accuracy_interval",
+    "Paired", "Score", "accuracy_interval", "paired",
+    # the lesson in words: photo-by-photo verdicts, the ladder's first line, what the class names were worth
+    "Verdict", "headline", "ladder_verdicts", "names_worth", "versus",
     # evaluation
     "Evaluation", "Familiarity", "Prediction", "evaluate", "grad_cam", "imagenet_top", "overlay_cam", "predict",
     # runs on disk

@@ -81,7 +81,7 @@ class Challenge:
         ev = evaluate(result.model, ImageSet(items, (), list(result.classes)), result.classes,
                       get_backbone_spec(result.config.backbone).preprocess)
         recall = {c: r for c, _, r, support in ev.precision_recall() if support}
-        return (Score(ev.accuracy, len(items), f"the challenge's {len(items)} hidden images"),
+        return (ev.score(f"the challenge's {len(items)} hidden images"),
                 {c: recall.get(own[c.lower()], 0.0) for c in self.classes})
 
     def enter(self, project: Project, record: RunRecord, student: str) -> Entry:

@@ -95,7 +95,7 @@ class RunMeta(RunFacts):
 
     def result(self, model_ref: TransferModel | ModelRef) -> RunResult:
         """The engine's view of this run, with its model (or where to load it from)."""
-        score = self.score or (None if self.val_accuracy is None else Score(
+        score = self.score or (None if self.val_accuracy is None else Score.of(
             self.val_accuracy, len(self.val_indices), "the validation split"))
         return RunResult(**{**_facts(self), "score": score}, model_ref=model_ref)
 

@@ -25,8 +25,12 @@ class Evaluation:
     names: tuple[str, ...]  # file names, for the gallery of mistakes
 
     @property
+    def right(self) -> int:
+        return sum(p == t for p, t in zip(self.predictions, self.labels))
+
+    @property
     def accuracy(self) -> float:
-        return sum(p == t for p, t in zip(self.predictions, self.labels)) / max(1, len(self.labels))
+        return self.right / max(1, len(self.labels))
 
     @property
     def confusion_matrix(self) -> list[list[int]]:
@@ -54,11 +58,11 @@ class Evaluation:
 
     def score(self, method: str = "the images evaluated") -> Score:
         """The accuracy with its denominator and 95 % interval."""
-        return Score(self.accuracy, len(self.labels), method)
+        return Score(self.right, len(self.labels), method)
 
     def to_json(self) -> dict:
         score = self.score().to_json()
-        return {"accuracy": self.accuracy, "n": score["n"], "interval": score["interval"], "classes": list(self.classes), "confusion_matrix": self.confusion_matrix,
+        return {"accuracy": self.accuracy, "right": self.right, "n": score["n"], "interval": score["interval"], "classes": list(self.classes), "confusion_matrix": self.confusion_matrix,
                 "per_class": [{"class": n, "precision": p, "recall": r, "support": s}
                               for n, p, r, s in self.precision_recall()]}
 

@@ -16,7 +16,7 @@ covered the large held-out accuracy in 90 % of runs, these in 93 %.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -40,9 +40,10 @@ def accuracy_interval(accuracy: float, n: int, level: float = 0.95) -> tuple[flo
 
 @dataclass(frozen=True)
 class Score:
-    """An accuracy with its denominator: ``accuracy`` on ``n`` distinct held-out images."""
+    """A run's one accuracy: ``right`` of ``n`` distinct images, each classified by a model that had not
+    trained on it (a whole number of images: never "74.67 % of 15")."""
 
-    accuracy: float
+    right: int
     n: int  # distinct images the accuracy rests on (each scored by a model that did not train on it)
     method: str  # how they were held out, in words ("5-fold cross-validation, 5 repeats")
     #: How much better the final model, fitted on every image, may be than the models that were scored, each
@@ -51,43 +52,103 @@ class Score:
     upside: float = 0.0
 
     @property
+    def accuracy(self) -> float:
+        return self.right / self.n if self.n else 0.0
+
+    @property
     def interval(self) -> tuple[float, float]:
         lo = accuracy_interval(self.accuracy, self.n)[0]
         return lo, accuracy_interval(min(1.0, self.accuracy + self.upside), self.n)[1]
 
     def text(self) -> str:
-        """E.g. "80 % of 5; likely 28–99 %"."""
+        """E.g. "4 of 5 right (80 %); likely 28–99 %"."""
         lo, hi = self.interval
-        return f"{self.accuracy:.0%} of {self.n}; likely {lo:.0%}–{hi:.0%}"
+        return f"{self.right} of {self.n} right ({self.accuracy:.0%}); likely {lo:.0%}–{hi:.0%}"
 
     def to_json(self) -> dict:
         lo, hi = self.interval
-        return {"accuracy": self.accuracy, "n": self.n, "interval": [round(lo, 4), round(hi, 4)],
-                "method": self.method, "upside": round(self.upside, 4)}
+        return {"right": self.right, "n": self.n, "accuracy": round(self.accuracy, 4),
+                "interval": [round(lo, 4), round(hi, 4)], "method": self.method, "upside": round(self.upside, 4)}
+
+    @staticmethod
+    def of(accuracy: float, n: int, method: str, upside: float = 0.0) -> Score:
+        """The score of an accuracy measured on ``n`` images (rounded to whole images)."""
+        return Score(round(accuracy * n), n, method, upside)
 
     @staticmethod
     def from_json(d: dict | None) -> Score | None:
         if not d or d.get("accuracy") is None:
             return None
-        return Score(float(d["accuracy"]), int(d["n"]), str(d.get("method", "")), float(d.get("upside", 0.0)))
+        n = int(d["n"])  # runs saved before "right" was stored: their mean over repeats, to whole images
+        right = int(d["right"]) if "right" in d else round(float(d["accuracy"]) * n)
+        return Score(right, n, str(d.get("method", "")), float(d.get("upside", 0.0)))
 
 
-def separation(a: Score, b: Score) -> tuple[bool, int | None]:
-    """(whether the two 95 % intervals are apart, about how many images in all the smaller of the two
-    scores would need for them to be apart at the same accuracies; None when the accuracies are equal)."""
-    (alo, ahi), (blo, bhi) = a.interval, b.interval
-    if ahi < blo or bhi < alo:
-        return True, None
-    d = abs(a.accuracy - b.accuracy)
-    if d < 1e-9:
-        return False, None
-    n = max(1, min(a.n, b.n))
-    while n < 100_000:  # the intervals shrink like 1/sqrt(n): find the first n that separates them
-        n = math.ceil(n * 1.1) + 1
-        (alo, ahi), (blo, bhi) = accuracy_interval(a.accuracy, n), accuracy_interval(b.accuracy, n)
-        if ahi < blo or bhi < alo:
-            return False, n
-    return False, None
+def two_sided_sign_test(k: int, d: int) -> float:
+    """The chance that a fair coin tossed ``d`` times gives a split at least as uneven as ``k`` to ``d - k``
+    (exact binomial, two-sided; 1 when ``d`` is 0)."""
+    from scipy.stats import binom
+
+    if d <= 0:
+        return 1.0
+    return min(1.0, 2 * float(binom.cdf(min(k, d - k), d, 0.5)))
+
+
+#: The level below which the paired test calls a difference shown (about 1 time in 20 by luck).
+SHOWN_BELOW = 0.05
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Two models judged on the same images, image by image: which each got right (McNemar's exact test,
+    i.e. a sign test on the images where they disagree)."""
+
+    a_only: int  # images A got right and B wrong
+    b_only: int  # images B got right and A wrong
+    both: int
+    neither: int
+
+    @property
+    def n(self) -> int:
+        return self.a_only + self.b_only + self.both + self.neither
+
+    @property
+    def disagree(self) -> int:
+        return self.a_only + self.b_only
+
+    @property
+    def p_value(self) -> float:
+        """How often luck alone (each disagreement a coin toss) would give a split at least this uneven."""
+        return two_sided_sign_test(self.a_only, self.disagree)
+
+    @property
+    def shown(self) -> bool:
+        return self.p_value < SHOWN_BELOW
+
+    def images_to_settle(self, cap: int = 10_000) -> int | None:
+        """About how many images in all would likely show the difference, if more images split the way these
+        did (the same share of disagreements, the same winner's share of them); None when they are even."""
+        if self.a_only == self.b_only or not self.n:
+            return None
+        rate, lead = self.disagree / self.n, max(self.a_only, self.b_only) / self.disagree
+        n = self.n
+        while n < cap:
+            n = math.ceil(n * 1.1) + 1
+            d = max(1, round(rate * n))
+            if two_sided_sign_test(d - round(lead * d), d) < SHOWN_BELOW:
+                return n
+        return None
+
+    def to_json(self) -> dict:
+        return {"a_only": self.a_only, "b_only": self.b_only, "both": self.both, "neither": self.neither,
+                "p_value": round(self.p_value, 5), "shown": self.shown, "images_to_settle": self.images_to_settle()}
+
+
+def paired(a: Mapping[str, bool], b: Mapping[str, bool]) -> Paired:
+    """Compare two models on the images both were scored on (``image -> right``)."""
+    common = [k for k in a if k in b]
+    return Paired(sum(a[k] and not b[k] for k in common), sum(b[k] and not a[k] for k in common),
+                  sum(a[k] and b[k] for k in common), sum(not a[k] and not b[k] for k in common))
 
 
 def repeated_folds(labels: torch.Tensor, folds: int, repeats: int, seed: int) -> list[Pair]:
@@ -135,19 +196,23 @@ def shot_draws(labels: torch.Tensor, shots: int, repeats: int, seed: int) -> lis
     return pairs
 
 
-def score_pairs(pairs: Sequence[Pair], predict: Callable[[list[int], list[int]], torch.Tensor],
-                labels: torch.Tensor, method: str, repeats: int = 1) -> Score | None:
-    """Train and score on each pair (``predict(train, test)`` -> predicted labels of ``test``): the mean
-    accuracy over ``repeats`` repeats (of k folds, or of draws), resting on the images one repeat scores."""
+def out_of_fold(pairs: Sequence[Pair], predict: Callable[[list[int], list[int]], torch.Tensor],
+                labels: torch.Tensor, method: str) -> tuple[Score | None, dict[int, torch.Tensor]]:
+    """Train and score on each pair (``predict(train, test)`` -> probabilities ``[len(test), C]``): each image's
+    probabilities averaged over the pairs that held it out (repeats, draws), and the score: how many images
+    that averaged prediction gets right, of how many were held out at least once."""
     labels = labels.cpu()
-    correct, total = 0, 0
+    sums: dict[int, torch.Tensor] = {}
+    seen: dict[int, int] = {}
     for train, test in pairs:
-        pred = predict(train, test).cpu()
-        correct += int((pred == labels[test]).sum())
-        total += len(test)
-    if not total:
-        return None
-    return Score(correct / total, round(total / max(1, repeats)), method)
+        for i, p in zip(test, predict(train, test).float().cpu()):
+            sums[i] = sums[i] + p if i in sums else p.clone()
+            seen[i] = seen.get(i, 0) + 1
+    if not sums:
+        return None, {}
+    probs = {i: sums[i] / seen[i] for i in sorted(sums)}
+    right = sum(int(int(p.argmax()) == int(labels[i])) for i, p in probs.items())
+    return Score(right, len(probs), method), probs
 
 
 class LogisticFit:
@@ -218,5 +283,5 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, c: float = 
     return LogisticFit(x, y, num_classes, c, init, masks).step(max_iter)
 
 
-__all__ = ["LogisticFit", "Pair", "Score", "fit_logistic", "repeated_folds", "score_pairs", "separation", "shot_draws",
-           "accuracy_interval"]
+__all__ = ["LogisticFit", "Pair", "Paired", "SHOWN_BELOW", "Score", "accuracy_interval", "fit_logistic", "out_of_fold",
+           "paired", "repeated_folds", "shot_draws", "two_sided_sign_test"]

@@ -36,7 +36,7 @@ from torch import nn
 from .backbones import DEFAULT_BACKBONE, Preprocess, frozen_body, get_backbone_spec, weights_digest
 from .data import ImageSet, check_trainable, stratified_split, to_float, trainable_subset
 from .errors import TLError
-from .measure import LogisticFit, Pair, Score, repeated_folds, score_pairs, shot_draws
+from .measure import LogisticFit, Pair, Score, out_of_fold, repeated_folds, shot_draws
 from .model import CHANNELS_LAST, TransferModel, build_model, count_params, freeze, set_train_mode
 from .runtime import frozen_forward, runtime_for
 from .storage import ByteLRU, budgeted
@@ -193,10 +193,19 @@ class RunFacts:
     runtime: str = "torch"  # what ran the frozen pretrained part (openvino, onnxruntime or torch)
     how: str = ""  # how the frozen part was run, in words
     score: Score | None = None  # the accuracy to show: on how many held-out images, how sure (``tlcore.measure``)
-    # Out-of-fold predictions, one per scored image: (image digest, true class, probabilities). A frozen-body
-    # model trains on every image in the end, so the Evaluate page shows these instead of its own guesses.
+    # The predictions ``score`` counts, one per scored image, each by a model that did not train on it: (image
+    # digest, true class, probabilities). A frozen-body model trains on every image in the end, so the Evaluate
+    # page shows these instead of its own guesses; empty when the score is on the validation split.
     heldout: tuple[tuple[str, int, tuple[float, ...]], ...] = ()
     peak_rss_mb: float | None = None  # the training process's peak memory during the run (None: not measured)
+    #: Few-shot: (photos per class, accuracy on every other photo) from 1 to one fewer than the smallest class has
+    #: (at most ``SHOT_CURVE_MAX``),
+    #: so zero-shot can be said in photos per class (``verdict.names_worth``).
+    shot_curve: tuple[tuple[int, float], ...] = ()
+
+    def outcomes(self) -> dict[str, bool]:
+        """Image digest -> whether the held-out prediction the score counts was right (for paired comparisons)."""
+        return {d: max(range(len(p)), key=p.__getitem__) == t for d, t, p in self.heldout}
 
 
 @dataclass(frozen=True)
@@ -737,7 +746,7 @@ def _finish(s: _Setup, plan: Plan, history: list[EpochEnd], best: _Best, status:
         num_images=len(s.train_idx) + len(s.val_idx), train_indices=tuple(s.train_idx),
         val_indices=tuple(s.val_idx), trainable_params=count_params(s.model, trainable_only=True),
         total_params=count_params(s.model), freeze_depth=s.depth, runtime=plan.runtime, how=plan.how,
-        score=None if top.val_acc is None else Score(top.val_acc, len(s.val_idx), _split_method(s.cfg))))
+        score=None if top.val_acc is None else Score.of(top.val_acc, len(s.val_idx), _split_method(s.cfg))))
 
 
 def _split_method(cfg: TrainConfig) -> str:
@@ -757,7 +766,7 @@ def _fold_scored(finished: RunFinished, data: ImageSet, labels: torch.Tensor, cf
              else repeated_folds(labels, folds, 1, cfg.seed))
     inner_cfg = dataclasses.replace(cfg, score_folds=0, patience=0)
     pre = get_backbone_spec(cfg.backbone).preprocess
-    preds: list[torch.Tensor] = []
+    probs: list[torch.Tensor] = []
     for k, (tr, te) in enumerate(pairs):
         yield Progress(f"Scoring on every image: fold {k + 1} of {len(pairs)}", k, len(pairs), math.nan)
         inner: RunFinished | None = None
@@ -772,12 +781,19 @@ def _fold_scored(finished: RunFinished, data: ImageSet, labels: torch.Tensor, cf
             stack = data.subset(te).stack(pre)
             logits = torch.cat([fold_model(to_float(stack[lo:lo + 32], device)).float().cpu()
                                 for lo in range(0, len(stack), 32)])
-        preds.append(logits.argmax(1))
-    it = iter(preds)
+        probs.append(F.softmax(logits, 1))
+    it = iter(probs)
     method = (f"{len(pairs)}-fold cross-validation over every image (one training per fold, last epoch)"
               if not cfg.max_images_per_class else _split_method(cfg) + " (a second draw, last epoch)")
-    score = score_pairs(pairs, lambda _tr, _te: next(it), labels, method)
-    return RunFinished(finished.status, finished.reason, dataclasses.replace(finished.result, score=score))
+    score, held = out_of_fold(pairs, lambda _tr, _te: next(it), labels, method)
+    return RunFinished(finished.status, finished.reason, dataclasses.replace(
+        finished.result, score=score, heldout=_heldout(held, labels, [i.digest for i in data.items])))
+
+
+def _heldout(probs: dict[int, torch.Tensor], labels: torch.Tensor, digests: list[str]
+             ) -> tuple[tuple[str, int, tuple[float, ...]], ...]:
+    """``RunFacts.heldout`` from each scored image's out-of-fold probabilities."""
+    return tuple((digests[i], int(labels[i]), tuple(round(v, 5) for v in p.tolist())) for i, p in probs.items())
 
 
 def set_prototypes(head: torch.nn.Linear, feats: torch.Tensor, labels: torch.Tensor) -> None:
@@ -820,7 +836,7 @@ def _frozen_score(cfg: TrainConfig, labels: torch.Tensor, digests: list[str], pr
                   ) -> tuple[Score | None, tuple[tuple[str, int, tuple[float, ...]], ...]]:
     """Score a frozen-body strategy on every image: ``predict(pairs)`` trains one model per (train, test)
     pair of repeated stratified k-fold (per draw of k images per class in a study) and gives the logits of
-    each pair's test images. Returns the score and the first out-of-fold probabilities of each image."""
+    each pair's test images. Returns the score and each image's out-of-fold probabilities (averaged over repeats)."""
     y = labels.cpu()
     repeats = max(1, min(cfg.score_repeats, 2000 // max(1, len(y))))  # large sets: fewer repeats, same n
     if cfg.max_images_per_class is not None:
@@ -833,17 +849,9 @@ def _frozen_score(cfg: TrainConfig, labels: torch.Tensor, digests: list[str], pr
         pairs = repeated_folds(y, folds, repeats, cfg.seed)
         k = len(pairs) // repeats if repeats else len(pairs)
         method = f"{k}-fold cross-validation over every image, {repeats} repeat{'s' * (repeats > 1)}"
-    first: dict[int, tuple[float, ...]] = {}
     logits = iter(predict(pairs)) if pairs else iter(())
-
-    def predicted(_tr: list[int], te: list[int]) -> torch.Tensor:
-        probs = F.softmax(next(logits).float(), 1).cpu()
-        for i, p in zip(te, probs.tolist()):
-            first.setdefault(i, tuple(round(v, 5) for v in p))
-        return probs.argmax(1)
-
-    score = score_pairs(pairs, predicted, y, method, repeats if cfg.max_images_per_class is None else len(pairs))
-    heldout = tuple((digests[i], int(y[i]), first[i]) for i in sorted(first))
+    score, probs = out_of_fold(pairs, lambda _tr, _te: F.softmax(next(logits).float(), 1), y, method)
+    heldout = _heldout(probs, y, digests)
     if score is not None and cfg.max_images_per_class is None and not cfg.score_folds and len(y) <= MANY_FOLDS_MAX_IMAGES:
         score = dataclasses.replace(score, upside=_last_step(y, pairs, repeats, cfg.seed, predict, score.accuracy))
     return score, heldout
@@ -1014,8 +1022,10 @@ def _untrained_run(model: TransferModel, x_all: torch.Tensor, y_all: torch.Tenso
             return out
 
         set_prototypes(probe, x[train_idx], y[train_idx])  # the curves' point: from the training images only
+        curve = _shot_curve(y, cfg.seed, predict) if cfg.max_images_per_class is None else ()
         reason = f"Prototypes computed: one mean feature vector per class, from all {len(final)} images."
     else:
+        curve = ()
         from .zeroshot import unmapped
 
         missing = unmapped(data.classes, cfg.zero_shot_map or {})
@@ -1036,8 +1046,8 @@ def _untrained_run(model: TransferModel, x_all: torch.Tensor, y_all: torch.Tenso
     val_acc = right[val_idx].float().mean().item() if val_idx else None
     if cfg.mode == "zero-shot":  # trains on nothing: every image is held out
         probs = F.softmax(logits, 1)
-        score = Score(right.float().mean().item(), len(y), "every image (zero-shot trains on none)")
-        heldout = tuple((digests[i], int(y[i]), tuple(round(v, 5) for v in probs[i].tolist())) for i in range(len(y)))
+        score = Score(int(right.sum()), len(y), "every image (zero-shot trains on none)")
+        heldout = _heldout(dict(enumerate(probs)), y, digests)
     else:
         score, heldout = _frozen_score(cfg, y, digests, predict)
     epoch = EpochEnd(1, 1, 0.0, train_acc, val_loss, val_acc, time.perf_counter() - start, True)
@@ -1047,7 +1057,22 @@ def _untrained_run(model: TransferModel, x_all: torch.Tensor, y_all: torch.Tenso
         val_accuracy=val_acc, train_seconds=time.perf_counter() - start, num_images=len(train_idx) + len(val_idx),
         train_indices=tuple(final), val_indices=tuple(val_idx), trainable_params=0,
         total_params=count_params(model), freeze_depth=depth, runtime=runtime,
-        how=f"the frozen backbone ran once per image on {runtime}", score=score, heldout=heldout))
+        how=f"the frozen backbone ran once per image on {runtime}", score=score, heldout=heldout, shot_curve=curve))
+
+
+SHOT_CURVE_DRAWS = 5
+SHOT_CURVE_MAX = 20  # photos per class: beyond, zero-shot is said to be worth "20 or more"
+
+
+def _shot_curve(y: torch.Tensor, seed: int, predict: Predictor) -> tuple[tuple[int, float], ...]:
+    """Accuracy against photos per class (1, 2, ... one fewer than the smallest class, at most ``SHOT_CURVE_MAX``): ``SHOT_CURVE_DRAWS``
+    draws of k per class each, scored on every other photo."""
+    out = []
+    for k in range(1, min(SHOT_CURVE_MAX + 1, int(torch.bincount(y).min()))):
+        pairs = shot_draws(y, k, SHOT_CURVE_DRAWS, seed)
+        right = sum(int((logits.argmax(1) == y[te]).sum()) for (_tr, te), logits in zip(pairs, predict(pairs)))
+        out.append((k, round(right / sum(len(te) for _tr, te in pairs), 4)))
+    return tuple(out)
 
 
 def _validate(plan: Plan, y_all: torch.Tensor, val_idx: list[int] | tuple[int, ...], batch_size: int

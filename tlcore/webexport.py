@@ -117,11 +117,11 @@ def export_web(project: Project, record: RunRecord, out_dir: str | Path, quantiz
             _quantize(f32, model_file)
             p32, p8 = _onnx_probabilities(f32, pixels).argmax(1), _onnx_probabilities(model_file, pixels).argmax(1)
             n = len(p32)
-            agreement = Score((p32 == p8).float().mean().item(), n, "the check images (int8 vs float32)")
+            agreement = Score(int((p32 == p8).sum()), n, "the check images (int8 vs float32)")
             if labels is not None:
                 truth = torch.tensor(labels)
-                accuracy = (Score((p32 == truth).float().mean().item(), n, "float32 on the check images"),
-                            Score((p8 == truth).float().mean().item(), n, "int8 on the check images"))
+                accuracy = (Score(int((p32 == truth).sum()), n, "float32 on the check images"),
+                            Score(int((p8 == truth).sum()), n, "int8 on the check images"))
         card = model_card(record)
         if agreement is not None:
             same = round(agreement.accuracy * agreement.n)

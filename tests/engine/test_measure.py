@@ -9,8 +9,8 @@ import torch
 
 from tlcore import TrainConfig, run_to_end
 from tlcore.compare import plan
-from tlcore.measure import (Score, fit_logistic, repeated_folds, score_pairs, separation, shot_draws,
-                            accuracy_interval)
+from tlcore.measure import (Paired, Score, fit_logistic, out_of_fold, paired, repeated_folds, shot_draws,
+                            accuracy_interval, two_sided_sign_test)
 
 
 def test_accuracy_interval_matches_the_textbook_values():
@@ -18,8 +18,15 @@ def test_accuracy_interval_matches_the_textbook_values():
     assert round(lo, 3) == 0.284 and round(hi, 3) == 0.995
     assert abs(accuracy_interval(1.0, 4)[0] - 0.025 ** 0.25) < 1e-9 and accuracy_interval(0.0, 4)[0] == 0.0
     assert accuracy_interval(0.5, 0) == (0.0, 1.0)
-    assert Score(0.8, 5, "x").text() == "80% of 5; likely 28%–99%"
-    assert Score(0.8, 5, "x", upside=0.1).interval == (lo, accuracy_interval(0.9, 5)[1])
+    assert Score(4, 5, "x").text() == "4 of 5 right (80%); likely 28%–99%"
+    assert Score(4, 5, "x", upside=0.1).interval == (lo, accuracy_interval(0.9, 5)[1])
+
+
+def test_a_score_is_a_whole_number_of_images_and_reads_old_run_json():
+    s = Score(11, 15, "m")
+    assert s.accuracy == 11 / 15 and Score.from_json(s.to_json()) == s
+    old = {"accuracy": 0.7467, "n": 15, "interval": [0.46, 0.99], "method": "m"}  # a mean over 5 repeats
+    assert Score.from_json(old).right == 11 and Score.of(0.7467, 15, "m").right == 11
 
 
 def test_accuracy_interval_covers_at_least_95_percent():
@@ -30,14 +37,35 @@ def test_accuracy_interval_covers_at_least_95_percent():
         assert 0.945 <= coverage <= 0.995, (p, n, coverage)
 
 
-def test_separation_says_when_the_data_cannot_tell():
-    apart, _ = separation(Score(0.95, 100, ""), Score(0.4, 100, ""))
-    assert apart
-    apart, needed = separation(Score(0.75, 4, ""), Score(0.5, 4, ""))
-    assert not apart and needed is not None and needed > 4
-    lo_a, _ = accuracy_interval(0.75, needed)
-    _, hi_b = accuracy_interval(0.5, needed)
-    assert hi_b < lo_a  # at that many images the intervals are apart
+def test_the_paired_test_is_the_exact_sign_test_on_the_disagreements():
+    from scipy.stats import binomtest
+
+    for k, d in ((6, 6), (5, 6), (3, 6), (0, 4), (7, 20)):
+        assert abs(two_sided_sign_test(k, d) - binomtest(k, d, 0.5).pvalue) < 1e-12
+    assert two_sided_sign_test(0, 0) == 1.0
+    # 15 photos: A right on 11, B on 5; they disagree on 6, A right on all 6 -> 2 / 2**6 = 1 in 32
+    a = {f"i{k}": k < 11 for k in range(15)}
+    b = {f"i{k}": k < 5 for k in range(15)}
+    p = paired(a, b)
+    assert (p.a_only, p.b_only, p.both, p.neither) == (6, 0, 5, 4) and abs(p.p_value - 1 / 32) < 1e-12 and p.shown
+    assert paired(a, {"i0": True, "x": False}).n == 1  # only the photos both were scored on
+
+
+def test_the_paired_test_has_more_power_than_two_overlapping_intervals():
+    """The case of the issue: on 15 photos the intervals of 11/15 and 5/15 overlap, the photo-by-photo test shows it."""
+    fe, scratch = Score(11, 15, ""), Score(5, 15, "")
+    assert fe.interval[0] < scratch.interval[1]  # the intervals overlap
+    assert paired({k: k < 11 for k in range(15)}, {k: k < 5 for k in range(15)}).shown
+
+
+def test_images_to_settle_grows_the_same_split_until_it_shows():
+    p = Paired(a_only=3, b_only=1, both=8, neither=3)
+    assert not p.shown
+    n = p.images_to_settle()
+    assert n is not None and n > p.n
+    d = round(4 / 15 * n)
+    assert two_sided_sign_test(d - round(0.75 * d), d) < 0.05
+    assert Paired(2, 2, 5, 5).images_to_settle() is None
 
 
 def test_folds_hold_out_every_image_once_per_repeat_and_stay_stratified():
@@ -61,11 +89,18 @@ def test_shot_draws_hold_out_every_other_image():
         assert torch.bincount(labels[tr]).tolist() == [2, 2]
 
 
-def test_score_pairs_rests_on_the_images_of_one_repeat():
+def test_out_of_fold_averages_each_images_repeats_and_counts_whole_images():
     labels = torch.tensor([0, 0, 1, 1])
     pairs = repeated_folds(labels, 2, 2, seed=0)
-    s = score_pairs(pairs, lambda tr, te: torch.zeros(len(te), dtype=torch.long), labels, "m", repeats=2)
-    assert s.n == 4 and s.accuracy == 0.5
+    calls = iter(range(len(pairs)))
+
+    def predict(tr, te):  # the first repeat says class 0 firmly, the second class 1 weakly: the average says 0
+        first = next(calls) < 2
+        return torch.tensor([[0.9, 0.1] if first else [0.4, 0.6]] * len(te))
+
+    s, probs = out_of_fold(pairs, predict, labels, "m")
+    assert s.n == 4 and s.right == 2 and sorted(probs) == [0, 1, 2, 3]
+    assert torch.allclose(probs[0], torch.tensor([0.65, 0.35]))
 
 
 def test_logistic_head_matches_scikit_learn():

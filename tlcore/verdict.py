@@ -1,0 +1,143 @@
+"""The lesson in words a 14-year-old understands: two models compared photo by photo on the same photos, the
+ladder's first line (did starting from a pretrained backbone beat learning from scratch here?), and what the
+class names alone were worth.
+
+Every strategy of a ladder is scored on the same photos, each photo by a model that had not trained on it
+(``RunFacts.heldout``). Two independent intervals on 15 photos overlap almost always; comparing the two models
+photo by photo (which photos one got right and the other wrong: McNemar's exact test, ``measure.Paired``) uses
+what the ladder has and settles far more.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .measure import Paired, paired
+from .train import MODE_TITLES, RunFacts
+
+#: Strategies that start from the pretrained backbone and use the photos (zero-shot uses none).
+PRETRAINED = ("feature-extraction", "fine-tune", "few-shot")
+
+
+def luck(p: float) -> str:
+    """A p-value in words: "luck alone would do that about 1 time in 32"."""
+    if p >= 0.5:
+        return "luck alone would often do that"
+    return f"luck alone would do that about 1 time in {round(1 / p)}"
+
+
+def _photos(n: int) -> str:
+    return f"{n} photo{'s' * (n != 1)}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Model ``a`` against model ``b`` on the photos both were scored on."""
+
+    a: str  # what each is called in the sentence ("feature extraction")
+    b: str
+    pair: Paired
+
+    @property
+    def winner(self) -> str | None:
+        p = self.pair
+        return None if p.a_only == p.b_only else self.a if p.a_only > p.b_only else self.b
+
+    def text(self) -> str:
+        """E.g. "Feature extraction got 11 of 15 right, from scratch 5. On the 6 photos where they disagreed,
+        feature extraction was right every time: luck alone would do that about 1 time in 32." """
+        p = self.pair
+        s = f"{self.a[:1].upper()}{self.a[1:]} got {p.a_only + p.both} of {p.n} right, {self.b} {p.b_only + p.both}."
+        if not p.disagree:
+            return s + " They got the same photos right and wrong: these photos show no difference between them."
+        if self.winner is None:
+            return (s + f" On the {_photos(p.disagree)} where they disagreed, each was right on {p.a_only}: "
+                        "these photos show no difference between them.")
+        won, lost = (p.a_only, p.b_only) if self.winner == self.a else (p.b_only, p.a_only)
+        loser = self.b if self.winner == self.a else self.a
+        how = "every time" if not lost else f"on {won} of them, {loser} on {lost}"
+        s += f" On the {_photos(p.disagree)} where they disagreed, {self.winner} was right {how}: {luck(p.p_value)}."
+        if p.shown:
+            return s + f" So {self.winner} really did better on photos like these."
+        more = p.images_to_settle()
+        return (s + f" That is not enough to be sure yet, but it points to {self.winner}."
+                + (f" About {more - p.n} more photos like these would likely settle it." if more else ""))
+
+    def to_json(self) -> dict:
+        return {"a": self.a, "b": self.b, **self.pair.to_json(), "winner": self.winner, "verdict": self.text()}
+
+
+def versus(a: str, a_run: RunFacts, b: str, b_run: RunFacts) -> Verdict | None:
+    """``a_run`` against ``b_run`` photo by photo; None when they share no scored photo."""
+    pair = paired(a_run.outcomes(), b_run.outcomes())
+    return Verdict(a, b, pair) if pair.n else None
+
+
+def _name(run: RunFacts) -> str:
+    return MODE_TITLES[run.config.mode]
+
+
+def ladder_verdicts(runs: Sequence[RunFacts]) -> list[Verdict]:
+    """Each rung of a ladder against the next, then the lesson's own pair (feature extraction against from
+    scratch) if it is not among them. Runs without held-out predictions are left out."""
+    scored = [r for r in runs if r.heldout]
+    pairs = list(zip(scored, scored[1:]))
+    by_mode = {r.config.mode: r for r in scored}
+    lesson = (by_mode.get("feature-extraction"), by_mode.get("scratch"))
+    if lesson[0] is not None and lesson[1] is not None and lesson not in pairs:
+        pairs.append((lesson[0], lesson[1]))
+    found = [versus(_name(a), a, _name(b), b) for a, b in pairs]
+    return [v for v in found if v is not None]
+
+
+def headline(runs: Sequence[RunFacts]) -> str | None:
+    """The ladder's first line: the notes' lesson, pretrained against scratch, as the photos show it (the best
+    pretrained strategy that used the photos against from scratch); None without both."""
+    by_mode = {r.config.mode: r for r in runs if r.heldout}
+    scratch = by_mode.get("scratch")
+    pre = [by_mode[m] for m in PRETRAINED if m in by_mode]
+    if scratch is None or not pre:
+        return None
+    best = max(pre, key=lambda r: sum(r.outcomes().values()))
+    v = versus(_name(best), best, _name(scratch), scratch)
+    if v is None:
+        return None
+    if v.winner is None:
+        first = "Starting from a pretrained backbone and learning from scratch did equally well on your photos."
+    elif v.winner == v.a:
+        first = ("Starting from a pretrained backbone beat learning from scratch on your photos." if v.pair.shown else
+                 "Starting from a pretrained backbone is ahead of learning from scratch on your photos, but not by "
+                 "enough to be sure yet.")
+    else:
+        first = ("Learning from scratch beat the pretrained backbone on your photos: they may be very unlike the "
+                 "photos it was pretrained on." if v.pair.shown else
+                 "Learning from scratch is ahead of the pretrained backbone on your photos so far, but not by enough "
+                 "to be sure.")
+    return f"**{first}** {v.text()}"
+
+
+def names_worth(runs: Sequence[RunFacts]) -> str | None:
+    """What zero-shot (the class names alone, no photo) was worth, in photos per class: where its accuracy
+    crosses few-shot's accuracy against photos per class (``RunFacts.shot_curve``). Radford et al. (2021) found
+    zero-shot CLIP about as good as a 4-shot linear probe. None without both runs."""
+    by_mode = {r.config.mode: r for r in runs}
+    zero, few = by_mode.get("zero-shot"), by_mode.get("few-shot")
+    if zero is None or few is None or zero.score is None or not few.shot_curve:
+        return None
+    acc = zero.score.accuracy
+    said = (f"The class names alone (zero-shot, no photos used) got {zero.score.right} of {zero.score.n} right: ")
+    curve = sorted((int(k), float(a)) for k, a in few.shot_curve)
+    if acc < curve[0][1]:
+        return said + (f"less than few-shot learns from {_photos(curve[0][0])} per class. Here the names were worth "
+                       f"less than one photo per class.")
+    for (k0, a0), (k1, a1) in zip(curve, curve[1:]):
+        if a0 <= acc < a1:
+            k = k0 + (k1 - k0) * (acc - a0) / (a1 - a0)
+            return said + f"about as many as few-shot gets from {k:.0f} per class. Here the names were worth about " \
+                          f"{_photos(round(k))} per class."
+    k = curve[-1][0]
+    return said + (f"at least as many as few-shot gets from {_photos(k)} per class, the most it was tried with. Here "
+                   f"the names were worth {_photos(k)} per class or more.")
+
+
+__all__ = ["PRETRAINED", "Verdict", "headline", "ladder_verdicts", "luck", "names_worth", "versus"]
