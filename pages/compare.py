@@ -93,9 +93,9 @@ def table_rows(records) -> list[dict]:
         res = r.result
         score = None if res is None else res.score
         lo, hi = (None, None) if score is None else score.interval
-        rows.append({"run": r.label, "status": r.status,
+        rows.append({"run": r.label + (" (no photos used)" if r.config.mode == "zero-shot" else ""), "status": r.status,
+                     "right": None if score is None else f"{score.right} of {score.n}",
                      "accuracy": None if score is None else score.accuracy,
-                     "images": None if score is None else score.n,
                      "likely (95 %)": None if score is None else f"{lo:.0%}–{hi:.0%}",
                      "measured on": None if score is None else score.method,
                      "seconds": None if res is None else round(res.train_seconds, 1),
@@ -109,6 +109,11 @@ def comparison_view(proj: tlcore.Project, group: str | None, extra_ids: list[str
     if not records:
         st.info("Press **Run comparison**. Each strategy trains in turn; the curves appear as they go.")
         return
+    results = [r.result for r in records if r.result is not None and r.result.score is not None]
+    if line := tlcore.headline(results):
+        st.success(line, icon=":material/school:")
+    if worth := tlcore.names_worth(results):
+        st.info(worth, icon=":material/translate:")
     curves = go.Figure()
     for k, r in enumerate(records):
         epochs = r.job.snapshot().epochs if r.live else (r.result.history if r.result else ())
@@ -121,7 +126,7 @@ def comparison_view(proj: tlcore.Project, group: str | None, extra_ids: list[str
             st.caption(f"{r.label}: {state}")
     if group and any(r.live for r in records):
         st.caption(f"About {format_seconds(proj.group_seconds_left(group))} left, the other students' runs counted.")
-    curves.update_layout(title="Validation accuracy per epoch", xaxis_title="epoch", yaxis_tickformat=".0%",
+    curves.update_layout(title="Accuracy per epoch on the validation photos", xaxis_title="epoch", yaxis_tickformat=".0%",
                          yaxis_range=[0, 1.02], height=360, margin=dict(t=40, b=30, l=10, r=10))
     st.plotly_chart(curves, key="compare_curves")
     rows = table_rows(records)
@@ -131,7 +136,7 @@ def comparison_view(proj: tlcore.Project, group: str | None, extra_ids: list[str
     scored = [r for r in records if r.result is not None and r.result.score is not None]
     done = [row for row in rows if row["accuracy"] is not None]
     if done:
-        fig = make_subplots(1, 3, subplot_titles=("Accuracy on held-out images (95 % interval)", "Training seconds",
+        fig = make_subplots(1, 3, subplot_titles=("Right on photos not trained on", "Training seconds",
                                                   "Trainable parameters"))
         names = [d["run"] for d in done]
         for col, key in enumerate(("accuracy", "seconds", "trainable parameters"), start=1):
@@ -145,28 +150,11 @@ def comparison_view(proj: tlcore.Project, group: str | None, extra_ids: list[str
         fig.update_yaxes(type="log", row=1, col=3)
         fig.update_layout(height=380, margin=dict(t=40, b=30, l=10, r=10))
         st.plotly_chart(fig, key="compare_bars")
-        verdicts(scored)
+        for v in tlcore.ladder_verdicts(results):
+            st.caption(v.text())
         challenge_yardstick(scored)
     if polling and not proj.active_runs():
         st.rerun()  # everything finished: one full rerun stops the polling
-
-
-def verdicts(scored) -> None:
-    """Say which differences the data can show, and how many images would settle the others: each rung of the
-    ladder against the next, and the lesson's own pair (feature extraction against from scratch)."""
-    pairs = list(zip(scored, scored[1:]))
-    by_mode = {r.config.mode: r for r in scored}
-    lesson = (by_mode.get("feature-extraction"), by_mode.get("scratch"))
-    if all(lesson) and lesson not in pairs:
-        pairs.append(lesson)
-    for a, b in pairs:
-        apart, needed = tlcore.separation(a.result.score, b.result.score)
-        if apart:
-            st.caption(f"**{a.label}** and **{b.label}**: the intervals do not overlap; the data shows the difference.")
-        else:
-            more = f"; about {needed} held-out images would show it, at these accuracies" if needed else ""
-            st.caption(f"**{a.label}** and **{b.label}**: the intervals overlap, so these images cannot tell them "
-                       f"apart yet{more}.")
 
 
 def challenge_yardstick(scored) -> None:
@@ -187,8 +175,8 @@ def challenge_yardstick(scored) -> None:
                 marks[key] = str(e)
         mark = marks[key]
         rows.append({"run": r.label, "challenge accuracy": None if isinstance(mark, str) else mark.accuracy,
-                     "on the challenge": mark if isinstance(mark, str) else mark.text(),
-                     "own measure": r.result.score.text()})
+                     "on the teacher's hidden photos": mark if isinstance(mark, str) else mark.text(),
+                     "on your photos": r.result.score.text()})
     st.dataframe(rows, hide_index=True, key="compare_challenge_table",
                  column_config={"challenge accuracy": st.column_config.ProgressColumn(format="percent", min_value=0,
                                                                                        max_value=1)})
@@ -224,7 +212,7 @@ def study_view(proj: tlcore.Project, eff_group: str | None, study_polling: bool)
     """The study's chart and table; while its runs train, live progress (polled once a second)."""
     records = proj.group_runs(eff_group)
     points = [{"strategy": r.config.mode, "images per class": r.shots if r.shots is not None else "all",
-               "accuracy": r.result.score.accuracy, "images": r.result.score.n,
+               "right": f"{r.result.score.right} of {r.result.score.n}", "accuracy": r.result.score.accuracy,
                "low": r.result.score.interval[0], "high": r.result.score.interval[1],
                "seconds": round(r.result.train_seconds, 1)}
               for r in records if r.result is not None and r.result.score is not None]
@@ -244,7 +232,7 @@ def study_view(proj: tlcore.Project, eff_group: str | None, study_polling: bool)
             p["+"], p["-"] = p["high"] - p["accuracy"], p["accuracy"] - p["low"]
         fig = px.line(points, x="images per class", y="accuracy", color="strategy", markers=True,
                       error_y="+", error_y_minus="-", category_orders={"images per class": order + ["all"]},
-                      hover_data=["images", "seconds"],
+                      hover_data=["right", "seconds"],
                       title="Accuracy on every image not trained on, against images per class (95 % intervals)")
         fig.update_layout(yaxis_tickformat=".0%", yaxis_range=[0, 1.02], height=380, margin=dict(t=40, b=30, l=10, r=10),
                           xaxis_type="category")  # "1", "5", "all": labels, not numbers (else "all" vanishes)
@@ -308,7 +296,7 @@ def race_view(proj: tlcore.Project, race_group: str | None, race_polling: bool) 
     rows = []
     for r in scored:
         f, sc = facts(r.config.backbone), r.result.score
-        rows.append({"backbone": f["title"], "accuracy": sc.accuracy, "images": sc.n,
+        rows.append({"backbone": f["title"], "right": f"{sc.right} of {sc.n}", "accuracy": sc.accuracy,
                      "likely (95 %)": f"{sc.interval[0]:.0%}–{sc.interval[1]:.0%}",
                      "training seconds": round(r.result.train_seconds, 1), "ms per image": f["ms_per_image"],
                      "parameters (M)": round(f["parameters"] / 1e6, 2), "ImageNet top-1 %": f["imagenet_top1"]})
@@ -327,8 +315,9 @@ def race_view(proj: tlcore.Project, race_group: str | None, race_polling: bool) 
                  column_config={"accuracy": st.column_config.ProgressColumn(format="percent", min_value=0,
                                                                              max_value=1)})
     ranked = sorted(scored, key=lambda r: -r.result.score.accuracy)
-    if len(ranked) >= 2:
-        verdicts(ranked[:2])
+    if len(ranked) >= 2 and (v := tlcore.versus(facts(ranked[0].config.backbone)["title"], ranked[0].result,
+                                                facts(ranked[1].config.backbone)["title"], ranked[1].result)):
+        st.caption(v.text())
 
 
 if race_group:

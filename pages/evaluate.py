@@ -3,15 +3,15 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import tlcore
-from pages.common import explain, project, read_only, require_run, score_note
+from pages.common import explain, project, read_only, require_run, score_metric
 from tlcore import thumbnail
 from tlcore import validation_report
 
 proj = project()
 st.title("5 · Evaluate")
-explain("These figures use only the **validation** images, held out from training. **Precision**: of the images "
-        "the model put in a class, how many belong there. **Recall**: of a class's images, how many it found. The "
-        "**confusion matrix** shows which classes it mixes up.")
+explain("Every photo here was classified by a model that had **not trained on it**: the same photos and the same "
+        "figure as on the Train page. **Precision**: of the photos the model put in a class, how many belong there. "
+        "**Recall**: of a class's photos, how many it found. The **confusion matrix** shows which classes it mixes up.")
 record = require_run(proj)
 if not read_only() and (challenge := tlcore.current_challenge()) is not None:
     with st.container(border=True):
@@ -28,7 +28,8 @@ if not read_only() and (challenge := tlcore.current_challenge()) is not None:
                         entry = challenge.enter(proj, record, student)
                     board = challenge.leaderboard()  # every entry so far: ``enter`` merged those made meanwhile
                     recalls = ", ".join(f"{c}: {r:.0%}" for c, r in entry.recall.items())
-                    st.success(f"Entered: **{entry.accuracy:.0%}** of the hidden images right ({recalls}). Rank "
+                    st.success(f"Entered: on the teacher's hidden photos **{entry.right} of {entry.hidden}** right "
+                               f"({recalls}). Rank "
                                f"{1 + board.index(entry)} of {len(board)}.",
                                icon=":material/emoji_events:")
                 except tlcore.TLError as e:
@@ -40,10 +41,7 @@ if report is None:
     st.stop()
 ev, val_items = report
 
-held = record.result.score
-st.metric("Validation accuracy", f"{ev.accuracy:.0%}", score_note(ev.score()), delta_color="off", delta_arrow="off",
-          help="Each image here was predicted by a model that had not trained on it"
-               + (f" ({held.method})." if record.result.heldout and held is not None else " (the validation split)."))
+score_metric(st, record.result.score)
 if data_summary := tlcore.review_summary(proj.folder):
     st.caption(f":material/rule: {data_summary} (Data page, *Check your data*)")
 rows = [{"class": n, "precision": p, "recall": r, "images": s} for n, p, r, s in ev.precision_recall()]

@@ -28,9 +28,11 @@ def log_out() -> None:
 
 
 def board_rows(challenge: tlcore.Challenge, pct) -> list[dict]:
-    return [{"rank": k + 1, "student": e.student, "accuracy": pct(e.accuracy), "strategy": e.strategy,
+    board = challenge.leaderboard()
+    return [{"rank": 1 + sum(o.accuracy > e.accuracy for o in board), "student": e.student,  # ties share a rank
+             "right on the hidden photos": f"{e.text()} ({e.accuracy:.0%})", "strategy": e.strategy,
              "training images": e.train_images, **{f"recall · {c}": pct(e.recall.get(c)) for c in challenge.classes}}
-            for k, e in enumerate(challenge.leaderboard())]
+            for e in board]
 
 
 @st.fragment(run_every=3.0)
@@ -51,9 +53,36 @@ def board(projector: bool) -> None:
     else:
         pct = st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1)
         st.dataframe(board_rows(challenge, lambda v: v), hide_index=True, key="teacher_board",
-                     column_config={"accuracy": pct, **{f"recall · {c}": pct for c in challenge.classes}})
+                     column_config={f"recall · {c}": pct for c in challenge.classes})
     st.caption("Look at the strategy and the number of training images beside each score: a pretrained backbone "
                "with a few images usually beats a network trained from scratch.")
+
+
+@st.fragment(run_every=5.0)
+def class_lab(projector: bool) -> None:
+    """Every student's ladders, studies and challenge entries pooled, refreshed every 5 s (no photo shown)."""
+    summary = tlcore.class_summary(tlcore.current_challenge())
+    table = st.table if projector else lambda rows: st.dataframe(rows, hide_index=True)
+    st.subheader(":material/science: What the class found")
+    if not summary.ladders:
+        st.info("When students run the ladder on their Compare page, the class's results pool here: for each pair "
+                "of strategies, in how many projects one beat the other, photo by photo.", icon=":material/science:")
+    else:
+        if line := summary.headline():
+            st.success(f"Together: {line}.", icon=":material/school:")
+        st.caption(f"{summary.ladders} ladder{'s' * (summary.ladders != 1)} of {summary.projects} projects. Each project "
+                   "compares its strategies on its own photos, photo by photo; the class's average difference has its "
+                   "95 % range: the more projects, the narrower.")
+        table([p.row() for p in summary.pairs])
+    if summary.study:
+        shots = sorted({k for by in summary.study.values() for k in by}, key=lambda k: (k == "all", int(k) if k != "all" else 0))
+        st.markdown("**How many photos do you need?** (the class's studies, pooled: right of all photos scored)")
+        table([{"strategy": m, **{f"{k} per class": (f"{by[k].right} of {by[k].n} ({by[k].accuracy:.0%})" if k in by else "–")
+                                  for k in shots}} for m, by in summary.study.items()])
+    if summary.challenge:
+        st.markdown("**On the teacher's hidden photos**, by strategy (every entry pooled)")
+        table([{"strategy": m, "right": f"{s.right} of {s.n} ({s.accuracy:.0%})", "pooled from": s.method}
+               for m, s in summary.challenge.items()])
 
 
 if projector:  # app.py draws no sidebar or step bar for it
@@ -63,6 +92,7 @@ if projector:  # app.py draws no sidebar or step bar for it
             "[data-testid='stMarkdownContainer'] p, [data-testid='stCaptionContainer'] {font-size: 1.3rem}"
             "h3 {font-size: 2.2rem !important}</style>")
     board(projector)
+    class_lab(projector)
     st.page_link("pages/teacher.py", label="Back to the Teacher page", icon=":material/arrow_back:")
     st.stop()
 
@@ -139,6 +169,7 @@ board(projector)
 st.page_link("pages/teacher.py", label="Projector view of the leaderboard", icon=":material/fit_screen:",
              query_params={"board": tlcore.board_key()},
              help="The leaderboard alone, large, for the projector. Its address opens the board only, never this page.")
+class_lab(projector)
 
 with st.expander("New challenge", icon=":material/upload:", expanded=tlcore.current_challenge() is None):
     explain("A .zip with one folder per class of images the students never see (e.g. 10 photos per class). "
@@ -168,20 +199,21 @@ def projects(stuck_min: float) -> None:
     st.subheader("Class progress")
     rows = tlcore.class_progress(live, entered, stuck_min * 60)
     st.dataframe([{"student": r.student, "step": r.step, "images": r.images, "runs": r.runs,
-                   "best accuracy": r.best_accuracy,
+                   "best: right on photos it had not trained on": "" if r.best is None else
+                   f"{r.best.right} of {r.best.n} ({r.best.accuracy:.0%})",
                    "needs help": f"no images after {stuck_min} min" if r.idle else ""} for r in rows],
-                 hide_index=True, key="teacher_progress",
-                 column_config={"best accuracy": st.column_config.NumberColumn(format="percent")})
+                 hide_index=True, key="teacher_progress")
     limits = tlcore.Limits.from_env()
     for proj in (p for p in live if len(p.images) or p.runs):
-        finished = [r for r in proj.finished_runs() if r.result.val_accuracy is not None]
-        best = max(finished, key=lambda r: r.result.val_accuracy, default=None)
+        finished = [r for r in proj.finished_runs() if r.result.score is not None]
+        best = max(finished, key=lambda r: (r.result.score.accuracy, r.result.score.n), default=None)
         counts = proj.images.counts()
         with st.container(border=True):
             a, b = st.columns([3, 2])
             a.markdown(f"**{proj.student or proj.name}** · {len(counts)} classes, {sum(counts.values())} images"
                        + (f" ({', '.join(f'{c}: {n}' for c, n in counts.items())})" if counts else ""))
-            b.markdown("best: " + (f"{best.label} · **{best.result.val_accuracy:.0%}**" if best else "no model yet"))
+            b.markdown("best: " + (f"{best.label} · **{best.result.score.right} of {best.result.score.n}** right on "
+                                   "photos it had not trained on" if best else "no model yet"))
             st.caption(f"Uses {len(proj.images)} of {limits.images_per_project:,} images · "
                        f"{tlcore.folder_mb(proj.folder):,.0f} of {limits.project_mb:,} MB · "
                        f"{len(proj.active_runs())} of {limits.queued_runs} runs queued or training · "

@@ -7,7 +7,7 @@ import streamlit as st
 import tlcore
 from pages import insight
 
-from pages.common import (describe_snapshot, explain, project, require_data, run_title, save_settings, score_note,
+from pages.common import (describe_snapshot, explain, project, require_data, run_title, save_settings, score_metric,
                           session, setting, student)
 from tlcore import describe
 
@@ -130,7 +130,8 @@ def live_view(proj: tlcore.Project, polling: bool) -> None:
             st.rerun()  # the job is done: one full rerun stops the polling and shows the result
         fraction, text = describe_snapshot(snap)
         st.progress(min(1.0, fraction), text=text)
-        loss, acc = figures(record, snap.version, lambda: tlcore.training_figures(snap.epochs, snap.batch_losses))
+        loss, acc = figures(record, snap.version, lambda: tlcore.training_figures(snap.epochs, snap.batch_losses,
+                                                                                  val_images=len(record.val_digests)))
     else:
         if record.status == "failed":
             st.error(record.reason, icon=":material/error:")
@@ -140,12 +141,11 @@ def live_view(proj: tlcore.Project, polling: bool) -> None:
             st.success(record.reason, icon=":material/check_circle:")
         if record.result is None:
             return
-        loss, acc = figures(record, -1, lambda: tlcore.training_figures(record.result.history))  # final: built once
+        loss, acc = figures(record, -1, lambda: tlcore.training_figures(
+            record.result.history, val_images=len(record.val_digests)))  # final: built once
         r = record.result
         m = st.columns(4)
-        m[0].metric("Validation accuracy", "n/a" if r.score is None else f"{r.score.accuracy:.0%}",
-                    None if r.score is None else score_note(r.score), delta_color="off", delta_arrow="off",
-                    help=None if r.score is None else f"Measured on {r.score.method}.")
+        score_metric(m[0], r.score)
         m[1].metric("Best epoch", f"{r.best_epoch} of {len(r.history)}")
         m[2].metric("Training time", f"{r.train_seconds:.1f} s")
         m[3].metric("Trainable parameters", f"{r.trainable_params:,}")

@@ -14,6 +14,7 @@ here (a test holds the pages to it). Modules, one job each:
 * ``runtime``    the fastest installed runtime for frozen pretrained weights;
 * ``compare``    strategies side by side on one split, embedding maps;
 * ``verdict``    the lesson in words: two models compared photo by photo, the ladder's first line;
+* ``classlab``   the class as the lab: every student's ladders, studies and challenge entries pooled;
 * ``clean``      the data check (likely wrong labels, duplicates, outliers) and the user's review of it;
 * ``profile``    measured speed, epoch-time estimates;
 * ``project``    a user's saved work (images, settings, runs) and the live projects of a server;
@@ -55,6 +56,7 @@ from .report import USAGE, report_html
 from .charts import SERIES_COLOURS, training_figures
 from .webexport import WebExport, export_web, lan_url, publish_web
 from .verdict import Verdict, headline, ladder_verdicts, names_worth, versus
+from .classlab import ClassSummary, PairResult, class_summary
 from .zeroshot import mapping_method, suggest_mapping, unmapped
 from .transfer import StageProbe, TransferScore, logme, probe_stages, stage_maps, transfer_score
 from .lrfind import LrFind, lr_find
@@ -94,6 +96,8 @@ __all__ = [
     "Paired", "Score", "accuracy_interval", "paired",
     # the lesson in words: photo-by-photo verdicts, the ladder's first line, what the class names were worth
     "Verdict", "headline", "ladder_verdicts", "names_worth", "versus",
+    # the class as the lab: every project's ladders, studies and challenge entries pooled
+    "ClassSummary", "PairResult", "class_summary",
     # evaluation
     "Evaluation", "Familiarity", "Prediction", "evaluate", "grad_cam", "imagenet_top", "overlay_cam", "predict",
     # runs on disk

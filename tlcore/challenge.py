@@ -39,6 +39,11 @@ class Entry:
     accuracy: float
     recall: dict[str, float]
     entered: float = field(default_factory=time.time)
+    right: int = 0  # of ``hidden``: "on the teacher's hidden photos: 9 of 11"
+    hidden: int = 0
+
+    def text(self) -> str:
+        return f"{self.right} of {self.hidden}"
 
 
 @dataclass
@@ -95,7 +100,7 @@ class Challenge:
             raise TLError("This run has no trained model to enter.")
         score, recall = self.score(result)
         entry = Entry(student, project.name, record.id, describe(result.config), result.config.mode,
-                      len(result.train_indices), score.accuracy, recall)
+                      len(result.train_indices), score.accuracy, recall, right=score.right, hidden=score.n)
         with _LOCK:  # entries of other sessions made meanwhile are on disk: merge with those
             self.entries = [e for e in _read(self.folder).entries
                             if (e.project, e.run_id) != (project.name, record.id)] + [entry]
@@ -136,5 +141,8 @@ def current_challenge() -> Challenge | None:
 
 def _read(folder: Path) -> Challenge:
     data = json.loads((folder / "challenge.json").read_text())
-    data["entries"] = [Entry(**e) for e in data.get("entries", [])]
+    hidden = sum(data.get("counts", {}).values())
+    # entries made before they kept their count: the accuracy of the hidden photos, in whole photos
+    data["entries"] = [Entry(**{"right": round(e["accuracy"] * hidden), "hidden": hidden, **e})
+                       for e in data.get("entries", [])]
     return Challenge(**data)

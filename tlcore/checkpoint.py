@@ -56,6 +56,11 @@ def _pretrained_digest(config: TrainConfig) -> str | None:
 _LAID_OUT = {"classes", "config", "history", "heldout", "train_indices", "val_indices", "score"}
 
 
+def _tuples(value):
+    """A JSON value with its lists as tuples, as the frozen facts hold them."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
 @dataclass(frozen=True)
 class RunMeta(RunFacts):
     """A run on disk: this type *is* ``run.json`` (``to_json`` writes it, ``read`` is its one loader), for a
@@ -131,7 +136,8 @@ class RunMeta(RunFacts):
             split = meta.get("split") or {}
             known = {f.name for f in dataclasses.fields(TrainConfig)}
             epoch_fields = {f.name for f in dataclasses.fields(EpochEnd)} - {"model"}
-            metrics = {f.name: m[f.name] for f in dataclasses.fields(RunFacts) if f.name in m and f.name not in _LAID_OUT}
+            metrics = {f.name: _tuples(m[f.name]) for f in dataclasses.fields(RunFacts)
+                       if f.name in m and f.name not in _LAID_OUT}
             partial = meta.get("partial") if isinstance(meta.get("partial"), dict) else None
             return cls(
                 classes, TrainConfig(**{k: v for k, v in config.items() if k in known}),

@@ -190,6 +190,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .data import load_data
     from .train import RunFinished, set_threads
     from .transfer import transfer_score
+    from .verdict import headline, ladder_verdicts, names_worth
 
     set_threads()
     base = _config(args, mode="feature-extraction")
@@ -211,19 +212,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
         tmp = Path(tempfile.mkdtemp(prefix="tls-compare-"))
         done = _on_ray(imageset, [(str(tmp / f"run{k}"), r.config) for k, r in enumerate(runs)], split)
         rows = [summary_row(run, RunFinished(f.status, f.reason, result)) for run, (f, result) in zip(runs, done)]
+        results = [result for _f, result in done]
     else:
         bars = {r.label: _Bar(f"[{r.label}] ") for r in runs}
+        results = []
         for run, event in run_plan(imageset, runs, split):
             bars[run.label](event)
             if isinstance(event, RunFinished):
                 rows.append(summary_row(run, event))
+                results.append(event.result)
     if backbones:  # the race: each backbone's size, speed and its transferability score beside its accuracy
         scores = {b: _drive(transfer_score(imageset, b), _Bar(f"[LogME {b}] ")) for b in dict.fromkeys(backbones)}
         for row in rows:
             row.update(race_facts(row["backbone"]), logme=round(scores[row["backbone"]].logme, 4),
                        imagenet_confidence=scores[row["backbone"]].imagenet_confidence)
+    ladder = [r for run, r in zip(runs, results)  # the strategies on all the images (zero-shot uses none)
+              if r is not None and r.score is not None and run.shots in (None, 0) and not backbones]
     _emit({"runner": args.runner, "backbone": base.backbone, "epochs": base.epochs, "seed": base.seed, "num_images": len(imageset),
-           "classes": imageset.classes, "val_size": len(split[1]), "runs": rows})
+           "classes": imageset.classes, "val_size": len(split[1]), "runs": rows,
+           # photo by photo: each rung against the next, and the lesson's pair, in words (tlcore.verdict)
+           "headline": headline(ladder), "names_worth": names_worth(ladder),
+           "verdicts": [v.to_json() for v in ladder_verdicts(ladder)]})
     return 0
 
 
@@ -345,6 +354,20 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_class(args: argparse.Namespace) -> int:
+    """The class's pooled results (every project's ladders, studies and challenge entries), as the Teacher page
+    and the projector show them."""
+    import os
+
+    if args.home:
+        os.environ["TLS_HOME"] = args.home
+    from .challenge import current_challenge
+    from .classlab import class_summary
+
+    _emit(class_summary(current_challenge()).to_json())
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tlcore", description="Transfer Learning Studio engine.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -426,6 +449,9 @@ def _parser() -> argparse.ArgumentParser:
     lf.add_argument("--steps", type=int, default=40, help="mini-batches of the sweep")
     training_args(lf)
     lf.set_defaults(fn=cmd_lr_find)
+    cl = sub.add_parser("class", help="the class's pooled results: every project's ladders, studies, challenge (JSON)")
+    cl.add_argument("--home", default=None, help="the server's TLS_HOME (default: $TLS_HOME or ~/.transfer-learning-studio)")
+    cl.set_defaults(fn=cmd_class)
     ce = sub.add_parser("cert", help="make a self-signed HTTPS certificate for this machine (cameras on a LAN)")
     ce.add_argument("--out", default=".", help="folder for tls-cert.pem and tls-key.pem")
     ce.add_argument("--host", action="append", help="a name or address students use (repeatable; default: all)")

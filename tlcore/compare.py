@@ -111,13 +111,14 @@ def run_plan(imageset: ImageSet, runs: list[PlannedRun], split: tuple[list[int],
 
 
 def summary_row(run: PlannedRun, finished: RunFinished) -> dict:
-    """One row of the comparison table (also the CLI's JSON): ``accuracy`` on ``n`` held-out images, its 95 %
-    ``interval`` and how it was measured (``method``)."""
+    """One row of the comparison table (also the CLI's JSON): ``right`` of ``n`` held-out images (``accuracy``),
+    its 95 % ``interval`` and how it was measured (``method``)."""
     r = finished.result
     score = None if r is None or r.score is None else r.score.to_json()
     return {"label": run.label, "backbone": run.config.backbone, "strategy": run.config.mode, "shots": run.shots,
             "status": finished.status,
-            "accuracy": None if score is None else score["accuracy"], "n": None if score is None else score["n"],
+            "right": None if score is None else score["right"], "n": None if score is None else score["n"],
+            "accuracy": None if score is None else score["accuracy"],
             "interval": None if score is None else score["interval"],
             "method": None if score is None else score["method"],
             "val_accuracy": None if r is None else r.val_accuracy,

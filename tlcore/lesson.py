@@ -26,6 +26,7 @@ from pathlib import Path
 from .storage import atomic_write
 from .data import IMAGE_SUFFIXES, ImageSet, load_zip
 from .errors import TLError
+from .measure import Score
 from .project import Project, projects_root
 from .train import MODES
 
@@ -143,7 +144,7 @@ class StudentProgress:
     step: str  # the step they are on: Data, Train, Evaluate, Challenge (entered)
     images: int
     runs: int  # finished runs
-    best_accuracy: float | None  # their best run's validation accuracy
+    best: Score | None  # their best run's score (right of n photos it had not trained on), as their pages show it
     idle: bool  # still no images, ``stuck_after_s`` after their project was made
 
 
@@ -155,11 +156,12 @@ def class_progress(projects: list[Project], entered: set[str], stuck_after_s: fl
     rows = []
     for p in projects:
         finished = p.finished_runs()
-        accs = [r.result.val_accuracy for r in finished if r.result.val_accuracy is not None]
+        scores = [r.result.score for r in finished if r.result.score is not None]
         has_data = sum(n > 0 for n in p.images.counts().values()) >= 2
         step = ("Challenge" if p.name in entered else "Evaluate" if finished else "Train" if has_data else "Data")
         rows.append(StudentProgress(p.student or p.name, p.name, step, len(p.images), len(finished),
-                                    max(accs, default=None), not len(p.images) and now - p.created > stuck_after_s))
+                                    max(scores, key=lambda s: (s.accuracy, s.n), default=None),
+                                    not len(p.images) and now - p.created > stuck_after_s))
     return sorted(rows, key=lambda r: r.student.lower())
 
 

@@ -197,15 +197,20 @@ def shot_draws(labels: torch.Tensor, shots: int, repeats: int, seed: int) -> lis
 
 
 def out_of_fold(pairs: Sequence[Pair], predict: Callable[[list[int], list[int]], torch.Tensor],
-                labels: torch.Tensor, method: str) -> tuple[Score | None, dict[int, torch.Tensor]]:
+                labels: torch.Tensor, method: str, average: bool = True
+                ) -> tuple[Score | None, dict[int, torch.Tensor]]:
     """Train and score on each pair (``predict(train, test)`` -> probabilities ``[len(test), C]``): each image's
-    probabilities averaged over the pairs that held it out (repeats, draws), and the score: how many images
-    that averaged prediction gets right, of how many were held out at least once."""
+    probabilities averaged over the pairs that held it out (repeats of k-fold: every model trained on all but a
+    fold), or with ``average`` False the first pair's alone (draws of k images per class: an average of several
+    k-shot models would know more than k images per class); and the score: how many images that prediction
+    gets right, of how many were held out at least once."""
     labels = labels.cpu()
     sums: dict[int, torch.Tensor] = {}
     seen: dict[int, int] = {}
     for train, test in pairs:
         for i, p in zip(test, predict(train, test).float().cpu()):
+            if i in sums and not average:
+                continue
             sums[i] = sums[i] + p if i in sums else p.clone()
             seen[i] = seen.get(i, 0) + 1
     if not sums:

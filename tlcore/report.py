@@ -97,8 +97,8 @@ def _freeze_picture(record: RunRecord) -> str:
     return f'<div class="stages">{"".join(boxes)}</div><p class="sub">{legend}</p>'
 
 
-def _curve_figures(hist) -> tuple[go.Figure, go.Figure]:
-    loss, acc = training_figures(hist, height=300)
+def _curve_figures(hist, val_images: int | None = None) -> tuple[go.Figure, go.Figure]:
+    loss, acc = training_figures(hist, height=300, val_images=val_images)
     for fig in (loss, acc):
         fig.update_layout(template="plotly_white", width=520)  # two fit side by side in the page's 1100 px
     return loss, acc
@@ -108,7 +108,7 @@ def _curves(record: RunRecord) -> str:
     hist = record.result.history
     if len(hist) < 2:
         return "<p>No training curve: this strategy computes its classifier in one step, without epochs.</p>"
-    loss, acc = _curve_figures(hist)
+    loss, acc = _curve_figures(hist, len(record.val_digests))
     return f'<div style="display:flex;flex-wrap:wrap;gap:16px"><div>{_fig(loss)}</div><div>{_fig(acc)}</div></div>'
 
 
@@ -131,11 +131,13 @@ def _evaluation(project: Project, record: RunRecord) -> str:
         fig = (f'<figure>{_img(item)}<figcaption>{html.escape(classes[pred])} {conf:.0%}'
                f'{"" if pred == ev.labels[k] else " (is " + html.escape(classes[ev.labels[k]]) + ")"}</figcaption></figure>')
         (right if pred == ev.labels[k] else wrong).append(fig)
-    lo, hi = ev.score().interval
-    return (f'<p class="big">{ev.accuracy:.0%} of {len(items)}</p><p>validation accuracy on {len(items)} images, each predicted by '
-            f'a model that had not trained on it; likely between {lo:.0%} and {hi:.0%} (95 % interval)</p><table><tr><th>class</th><th>precision</th><th>recall</th><th>images</th></tr>{rows}'
+    score = record.result.score or ev.score()
+    lo, hi = score.interval
+    return (f'<p class="big">{score.right} of {score.n} right ({score.accuracy:.0%})</p><p>on photos it had not trained '
+            f'on, each classified by a model that had not trained on it ({html.escape(score.method)}); likely between '
+            f'{lo:.0%} and {hi:.0%} (95 % interval)</p><table><tr><th>class</th><th>precision</th><th>recall</th><th>images</th></tr>{rows}'
             f'</table>{_fig(cm)}<h3>Some it got right</h3><div class="grid">{"".join(right[:8]) or "none"}</div>'
-            f'<h3>Some it got wrong</h3><div class="grid wrong">{"".join(wrong[:8]) or "none: every validation image was right"}</div>')
+            f'<h3>Some it got wrong</h3><div class="grid wrong">{"".join(wrong[:8]) or "none: every photo was right"}</div>')
 
 
 def _error_bars(runs) -> dict:

@@ -850,7 +850,8 @@ def _frozen_score(cfg: TrainConfig, labels: torch.Tensor, digests: list[str], pr
         k = len(pairs) // repeats if repeats else len(pairs)
         method = f"{k}-fold cross-validation over every image, {repeats} repeat{'s' * (repeats > 1)}"
     logits = iter(predict(pairs)) if pairs else iter(())
-    score, probs = out_of_fold(pairs, lambda _tr, _te: F.softmax(next(logits).float(), 1), y, method)
+    score, probs = out_of_fold(pairs, lambda _tr, _te: F.softmax(next(logits).float(), 1), y, method,
+                               average=cfg.max_images_per_class is None)
     heldout = _heldout(probs, y, digests)
     if score is not None and cfg.max_images_per_class is None and not cfg.score_folds and len(y) <= MANY_FOLDS_MAX_IMAGES:
         score = dataclasses.replace(score, upside=_last_step(y, pairs, repeats, cfg.seed, predict, score.accuracy))

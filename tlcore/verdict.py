@@ -113,7 +113,7 @@ def headline(runs: Sequence[RunFacts]) -> str | None:
                  "photos it was pretrained on." if v.pair.shown else
                  "Learning from scratch is ahead of the pretrained backbone on your photos so far, but not by enough "
                  "to be sure.")
-    return f"**{first}** {v.text()}"
+    return f"{first} {v.text()}"
 
 
 def names_worth(runs: Sequence[RunFacts]) -> str | None:

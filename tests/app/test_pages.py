@@ -77,7 +77,7 @@ def test_main_flow_sample_train_evaluate_test_export():
     at.number_input(key="train_epochs").set_value(4).run()
     at.button(key="train_start").click().run()
     wait_for(at, lambda a: "best epoch" in texts(a.success))
-    assert len(at.get("plotly_chart")) == 2 and "Validation accuracy" in [m.label for m in at.metric]
+    assert len(at.get("plotly_chart")) == 2 and "Right on photos it had not trained on" in [m.label for m in at.metric]
     at.switch_page("pages/evaluate.py").run()
     assert not at.exception and at.get("plotly_chart") and at.dataframe
     at.switch_page("pages/test.py").run()
@@ -193,9 +193,14 @@ def test_compare_page_runs_all_strategies_on_one_split():
     wait_for(at, finished, timeout=120)
     table = at.dataframe[0].value
     assert len(table) == 5 and set(table["status"]) == {"completed"}
-    assert table["run"][0] == "zero-shot"  # the ladder's first rung
+    assert table["run"][0] == "zero-shot (no photos used)"  # the ladder's first rung, as what it is
     assert len(at.get("plotly_chart")) >= 2
-    assert "**feature-extraction** and **scratch**: the intervals" in texts(at.caption)  # the lesson's pair, said
+    first = texts(at.success)  # the lesson first: pretrained against from scratch, photo by photo, in words
+    assert "learning from scratch" in first and "right, from scratch" in first
+    assert "Feature extraction got" in texts(at.caption) and "right, from scratch" in texts(at.caption)
+    proj = at.session_state["tls"].project
+    for row, r in zip(table.itertuples(), proj.group_runs(proj.runs[-1].group)):  # whole photos, as scored
+        assert row.right == f"{r.result.score.right} of {r.result.score.n}"
 
 
 def test_compare_page_races_backbones_on_one_split():
@@ -545,6 +550,11 @@ def test_class_challenge_from_hidden_set_to_leaderboard(monkeypatch):
     teacher.run()
     board = teacher.dataframe[0].value
     assert list(board["student"]) == ["Ada"] and "feature extraction" in board["strategy"][0]
+    on_hidden = board["right on the hidden photos"][0]  # "12 of 12 (100%)": says it is the hidden set
+    import tlcore
+
+    entry = tlcore.current_challenge().entries[-1]
+    assert on_hidden == f"{entry.right} of 12 ({entry.accuracy:.0%})"
     assert any(student.session_state["tls"].project.name in m.value for m in teacher.markdown)  # projects listed
     # The Compare page can score runs on the same hidden images: the common yardstick.
     student.switch_page("pages/compare.py").run()
@@ -553,7 +563,7 @@ def test_class_challenge_from_hidden_set_to_leaderboard(monkeypatch):
     student.toggle(key="compare_challenge").set_value(True).run()
     assert not student.exception
     yard = next(d.value for d in student.dataframe if "challenge accuracy" in d.value.columns)
-    assert yard["challenge accuracy"][0] == board["accuracy"][0] and "of 12; likely" in yard["on the challenge"][0]
+    assert yard["on the teacher's hidden photos"][0].startswith(on_hidden.split(" (")[0] + " right")
 
 
 def test_a_limit_that_is_hit_says_what_it_is_and_the_teacher_sees_each_projects_usage(monkeypatch):

@@ -91,8 +91,9 @@ def test_the_projector_view_shows_only_the_board_as_a_large_table(teacher):
     board.switch_page("pages/teacher.py").run()
     assert not board.exception
     table = board.table[0].value
-    assert list(table.columns[:5]) == ["rank", "student", "accuracy", "strategy", "training images"]
-    assert table.iloc[0].student == "Ada" and table.iloc[0].accuracy == "100%"
+    assert list(table.columns[:5]) == ["rank", "student", "right on the hidden photos", "strategy", "training images"]
+    hidden = sum(challenge.counts.values())
+    assert table.iloc[0].student == "Ada" and table.iloc[0]["right on the hidden photos"] == f"{hidden} of {hidden} (100%)"
     assert not board.sidebar.children  # no sidebar, and of the step bar's links none: only the way back
     assert [link.proto.label for link in board.get("page_link")] == ["Back to the Teacher page"]
     assert "Join the class" not in texts(board.markdown)

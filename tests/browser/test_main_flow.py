@@ -139,7 +139,7 @@ def test_upload_train_predict_in_a_real_browser(app_url, page, tmp_path):
     page.get_by_role("heading", name="4 · Train").wait_for()
     page.get_by_role("button", name="Start training").click()
     page.get_by_text("the best epoch").first.wait_for(timeout=120_000)
-    page.get_by_text("Validation accuracy").first.wait_for()
+    page.get_by_text("Right on photos it had not trained on").first.wait_for()
     shot(page, "4-train")
 
     page.get_by_role("link", name="Evaluate").first.click()

@@ -55,7 +55,7 @@ def test_the_report_is_self_contained(trained):
         broken = page.evaluate("[...document.images].filter(i => !i.complete || i.naturalWidth === 0).length")
         assert page.locator("img").count() >= 20 and broken == 0
         text = page.inner_text("body")
-        for expected in ("The task", "How it was trained", "validation accuracy", "precision", "Some it got right",
+        for expected in ("The task", "How it was trained", "on photos it had not trained on", "precision", "Some it got right",
                          "Model card", "load_run"):
             assert expected in text, expected
         SHOTS.mkdir(parents=True, exist_ok=True)

@@ -14,10 +14,15 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--
 
 
 @pytest.fixture(scope="module")
-def app_url():
-    proc, url, _ = start_app(TLS_TEACHER_PASSWORD="class-2b")
-    yield url
+def app_home():
+    proc, url, home = start_app(TLS_TEACHER_PASSWORD="class-2b")
+    yield url, home
     stop_app(proc)
+
+
+@pytest.fixture(scope="module")
+def app_url(app_home):
+    return app_home[0]
 
 
 def test_teacher_page_follows_students_live_and_ranks_entries(app_url, tmp_path):
@@ -47,12 +52,60 @@ def test_teacher_page_follows_students_live_and_ranks_entries(app_url, tmp_path)
         student.get_by_role("link", name="Train").first.click()
         student.get_by_role("button", name="Start training").click()
         student.get_by_text("the best epoch", exact=False).first.wait_for(timeout=120_000)
-        teacher.get_by_text(re.compile(r"best: .*feature extraction · \d+%")).wait_for()
+        # One run, one figure: "k of N" on Train, Evaluate, the model picker and the Teacher page alike.
+        metric = student.locator("[data-testid='stMetric']").filter(has_text="Right on photos it had not trained on")
+        figure = metric.locator("[data-testid='stMetricValue']").inner_text().strip()
+        assert re.fullmatch(r"\d+ of \d+", figure), figure
+        teacher.get_by_text(re.compile(rf"best: .*feature extraction · {figure} right on photos")).wait_for()
 
         student.get_by_role("link", name="Evaluate").first.click()
+        student.get_by_role("heading", name="5 · Evaluate").wait_for()
+        metric = student.locator("[data-testid='stMetric']").filter(has_text="Right on photos it had not trained on")
+        assert metric.locator("[data-testid='stMetricValue']").inner_text().strip() == figure
+        picker = student.locator("[data-testid='stSelectbox']").filter(has_text="Model")
+        assert f"{figure} right" in picker.inner_text()
         student.get_by_label("Your name on the leaderboard").fill("Ada")
         student.get_by_role("button", name="Enter this model").click()
         student.get_by_text("Rank 1 of 1").wait_for()
-        teacher.locator("[data-testid='stDataFrame']").filter(has_text="training images").wait_for()
+        teacher.locator("[data-testid='stDataFrame']").first.wait_for()
+        teacher.get_by_text("What the class found").wait_for()
         shot(teacher, "teacher-leaderboard")
+        browser.close()
+
+
+def test_three_ladders_pool_on_the_teacher_page_and_the_projector_at_1024x768(app_home):
+    """Three students' saved ladders (as the app saves them: project.json and each run's run.json) pool on the
+    Teacher page and the projector view of a 1024x768 projector, nothing wider than the screen; the CLI's
+    ``class`` summary says the same."""
+    import json
+    import subprocess
+    import sys
+
+    from playwright.sync_api import sync_playwright
+
+    from tests.engine.test_classlab import LADDER, save_project
+
+    url, home = app_home
+    for name, rights in (("ada", (9, 10, 12, 11, 5)), ("ben", (8, 9, 13, 12, 6)), ("cy", (10, 11, 11, 12, 8))):
+        save_project(home / "projects", f"pooled-{name}", dict(zip(LADDER, rights)))
+    summary = json.loads(subprocess.run([sys.executable, "-m", "tlcore", "class", "--home", str(home)],
+                                        capture_output=True, text=True, check=True, timeout=120).stdout)
+    assert summary["ladders"] >= 3 and summary["headline"].startswith("pretrained beat from scratch")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1024, "height": 768})
+        page.set_default_timeout(90_000)
+        page.goto(url + "/teacher")
+        page.get_by_label("Teacher password").fill("class-2b")
+        page.get_by_role("button", name="Open").click()
+        page.get_by_text(f"Together: {summary['headline']}.").wait_for()
+        shot(page, "teacher-class-lab")
+        page.get_by_role("link", name="Projector view of the leaderboard").click()
+        page.get_by_text("What the class found").wait_for()
+        page.get_by_text(f"Together: {summary['headline']}.").wait_for()
+        page.get_by_role("cell", name="pretrained vs from scratch").first.wait_for()  # one row per pair
+        assert page.get_by_role("cell", name="feature extraction vs from scratch").count() >= 1
+        wide = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert wide <= 0, f"the projector view scrolls sideways by {wide}px at 1024x768"
+        shot(page, "projector-class-lab")
         browser.close()

@@ -65,9 +65,11 @@ def test_compare_runs_every_strategy_on_one_split(class_folder):
     ladder = [r for r in runs if r["shots"] is None]
     assert len({tuple(r["val_indices"]) for r in ladder}) == 1  # identical validation images on the ladder
     assert all(r["n"] == 24 and 0 <= r["interval"][0] <= r["accuracy"] <= r["interval"][1] <= 1 for r in ladder)
-    for r in runs:  # a study at k per class holds out every other image
+    for r in runs:  # a study at k per class holds out every other image (of each draw: every image, once)
         if r["shots"]:
-            assert len(r["val_indices"]) == 24 - 3 * r["shots"] and r["n"] == 24 - 3 * r["shots"]
+            assert len(r["val_indices"]) == 24 - 3 * r["shots"] and 24 - 3 * r["shots"] <= r["n"] <= 24
+            assert r["right"] <= r["n"] and r["accuracy"] == round(r["right"] / r["n"], 4)
+    assert [v["a"] for v in report["verdicts"]][:1] == ["zero-shot"] and report["headline"]  # photo by photo
     assert all(r["status"] == "completed" for r in runs)
 
 

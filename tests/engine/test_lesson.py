@@ -70,7 +70,7 @@ def test_class_progress_names_each_student_their_step_and_who_is_stuck():
     by = {r.student: r for r in rows}
     assert [r.student for r in rows] == ["Ada", "Bea", "fresh-project"]  # a project's name until a name is given
     assert (by["Ada"].step, by["Ada"].images, by["Ada"].runs) == ("Challenge", 16, 1)
-    assert by["Ada"].best_accuracy is not None and not by["Ada"].idle
+    assert by["Ada"].best is not None and not by["Ada"].idle
     assert (by["Bea"].step, by["Bea"].idle) == ("Data", True) and by["fresh-project"].idle
     assert not class_progress([named], set(), 300, now=named.created + 10)[0].idle  # not yet N minutes
 

@@ -24,7 +24,7 @@ def test_a_clear_win_on_15_photos_reads_as_the_issue_asks():
                         "feature extraction really did better on photos like these.")
     assert v.winner == "feature extraction" and v.to_json()["p_value"] == round(1 / 32, 5)
     line = headline([fe, scratch])
-    assert line.startswith("**Starting from a pretrained backbone beat learning from scratch on your photos.**")
+    assert line.startswith("Starting from a pretrained backbone beat learning from scratch on your photos. Feature")
 
 
 def test_too_little_evidence_says_which_way_it_points_and_what_would_settle_it():
