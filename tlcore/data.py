@@ -27,8 +27,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
 from .backbones import Preprocess
-from .storage import ByteLRU, budgeted
 from .errors import BadImageError, TLError
+from .storage import ByteLRU, budgeted
+
+try:  # HEIC/HEIF, the iPhone camera's format, through pillow-heif; without it HEIC is simply not readable
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+except ImportError:
+    pass
 
 BASE_SIZE = 320  # decoded images keep at most this shorter side (enough for a 300 px crop)
 MIN_SIDE = 8  # smaller images carry no usable picture
@@ -38,8 +45,16 @@ MAX_FILE_BYTES = 50 * 2**20  # per image file
 MAX_ZIP_TOTAL_BYTES = 2 * 2**30  # sum of uncompressed sizes a zip may declare
 MAX_ZIP_RATIO = 200  # a member compressing better than this is treated as a zip bomb
 MAX_ZIP_MEMBERS = 20_000  # files in one zip (its directory alone costs memory per member)
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
-NOT_AN_IMAGE = "this is not an image file (or not a format we can read: use JPEG, PNG, GIF, BMP, WebP or TIFF)"
+#: The photo formats we read (the name users see -> its file suffixes), each only where the installed Pillow (with
+#: pillow-heif for HEIC) can decode it: the one list behind the uploaders' file types, the class kit's files and
+#: the message for an unreadable file. Every format goes through the same checks and bounds (``decode_image``).
+IMAGE_FORMATS: dict[str, tuple[str, ...]] = {
+    name: suffixes for name, suffixes in {
+        "JPEG": (".jpg", ".jpeg"), "PNG": (".png",), "WebP": (".webp",), "BMP": (".bmp",), "GIF": (".gif",),
+        "TIFF": (".tif", ".tiff"), "HEIC/HEIF": (".heic", ".heif"), "AVIF": (".avif",),
+    }.items() if set(suffixes) <= Image.registered_extensions().keys()}  # a plugin registers what it decodes
+IMAGE_SUFFIXES = {s for suffixes in IMAGE_FORMATS.values() for s in suffixes}
+NOT_AN_IMAGE = f"this is not an image file, or not a format we can read (readable formats: {', '.join(IMAGE_FORMATS)})"
 
 
 def to_float(pixels: torch.Tensor, device: torch.device | str | None = None, channels_last: bool = True
@@ -168,7 +183,9 @@ def decode_image(name: str, data: bytes, max_side: int | None = BASE_SIZE) -> Im
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-            w, h = img.size
+            w, h = img.size  # from the header, not decoded (HEIC: libheif decodes no more than it declares)
+            # AVIF's is its container's; an AV1 stream larger than it is bounded only by libavif (16384 x 16384:
+            # a crafted 3 kB file took 0.55 GB while decoding), not by MAX_PIXELS.
             if w * h > MAX_PIXELS:
                 raise BadImageError(name, f"the image is {w}x{h} pixels; the limit is {MAX_PIXELS // 1_000_000} megapixels")
             if min(w, h) < MIN_SIDE:
@@ -185,7 +202,7 @@ def decode_image(name: str, data: bytes, max_side: int | None = BASE_SIZE) -> Im
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise BadImageError(name, f"the image claims to be far too large (possible decompression bomb); "
                                   f"the limit is {MAX_PIXELS // 1_000_000} megapixels") from None
-    except (OSError, SyntaxError, ValueError) as e:
+    except (OSError, SyntaxError, ValueError, RuntimeError) as e:  # RuntimeError: libheif's own refusals
         raise BadImageError(name, f"the image is damaged or truncated ({e})") from None
     img = _crop_aspect(img, MAX_ASPECT)
     if max_side and min(img.size) > max_side:
