@@ -102,3 +102,22 @@ def test_the_projector_view_shows_only_the_board_as_a_large_table(teacher):
     guess.switch_page("pages/teacher.py").run()
     assert not guess.table and guess.get("form")  # the password form
     assert tlcore.board_key() not in link_key(teacher, "t")
+
+
+def test_the_class_lab_pools_every_projects_ladder_and_agrees_with_the_cli_summary(teacher):
+    from tests.engine.test_classlab import LADDER, save_project
+
+    for name, rights in (("lab-ada", (9, 10, 12, 11, 5)), ("lab-ben", (8, 9, 13, 12, 6))):
+        save_project(tlcore.lesson.projects_root(), name, dict(zip(LADDER, rights)))
+    teacher.run()
+    assert not teacher.exception
+    summary = tlcore.class_summary(tlcore.current_challenge())  # what `python -m tlcore class` prints
+    assert summary.ladders >= 2 and f"Together: {summary.headline()}." in texts(teacher.success)
+    pairs = frame(teacher, "A vs B")
+    assert list(pairs["A vs B"]) == [p.row()["A vs B"] for p in summary.pairs]
+    assert list(pairs["A better"]) == [p.a_won for p in summary.pairs]
+    board = new_app()  # the projector shows the same, as large tables
+    board.query_params.update({"board": tlcore.board_key()})
+    board.switch_page("pages/teacher.py").run()
+    assert not board.exception and f"Together: {summary.headline()}." in texts(board.success)
+    assert any("A vs B" in t.value.columns for t in board.table)
