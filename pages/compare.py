@@ -187,10 +187,13 @@ st.fragment(comparison_view, run_every=1.0 if polling else None)(proj, group, ex
 
 st.divider()
 st.subheader("How many images do I need?")
-explain("Each strategy is trained again with only 1, 5, 10, 25 or all images per class, and scored on every image "
-        "it did not train on. Pretrained strategies stay useful with a handful of images; from scratch needs many more.")
 split = shared_split(proj.images, proj.settings)
 shots_ok = available_shots(proj.images, split, DEFAULT_SHOTS)
+explain(f"Each strategy is trained again with only {', '.join('all' if s is None else str(s) for s in shots_ok)} "
+        "photos per class, and scored on every photo it did not train on. Pretrained strategies stay useful with a "
+        "handful of photos; from scratch needs many more, and catches up only when there are plenty.")
+if note := tlcore.shots_note(proj.images, split):
+    st.caption(note)
 c1, c2 = st.columns(2)
 shots = c1.multiselect("Images per class", shots_ok, default=shots_ok, key="compare_shots",
                        format_func=lambda s: "all" if s is None else str(s))
@@ -237,6 +240,8 @@ def study_view(proj: tlcore.Project, eff_group: str | None, study_polling: bool)
         fig.update_layout(yaxis_tickformat=".0%", yaxis_range=[0, 1.02], height=380, margin=dict(t=40, b=30, l=10, r=10),
                           xaxis_type="category")  # "1", "5", "all": labels, not numbers (else "all" vanishes)
         st.plotly_chart(fig, key="compare_efficiency")
+        if finding := tlcore.study_finding([r.result for r in records if r.result is not None]):
+            st.info(finding, icon=":material/school:")
         st.dataframe([{k: v for k, v in p.items() if k not in ("+", "-")} for p in points], hide_index=True,
                      key="compare_eff_table",
                      column_config={k: st.column_config.NumberColumn(format="percent") for k in ("accuracy", "low", "high")})

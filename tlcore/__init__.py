@@ -34,7 +34,8 @@ from .backbones import (DEFAULT_BACKBONE, BackboneSpec, Body, Preprocess, create
 from .checkpoint import (SavedRun, archive_run, export_onnx, export_torchscript, load_run, RunMeta, save_run,
                          unpack_run_archive)
 from .clean import Action, DataCheck, Finding, Review, check_backbone, check_data, check_key, review_summary
-from .compare import COMPARE_EPOCHS, DEFAULT_SHOTS, STRATEGY_TITLES, available_shots, race_facts, shared_split
+from .compare import (COMPARE_EPOCHS, DEFAULT_SHOTS, STRATEGY_TITLES, available_shots, race_facts, shared_split,
+                      shots_note)
 from .data import (IMAGE_SUFFIXES, ImageItem, ImageSet, Rejected, check_trainable, decode_image, load_data,
                    load_folder, load_zip, stratified_split, thumbnail)
 from .errors import BadImageError, TLError, WeightsUnavailableError
@@ -55,7 +56,7 @@ from .lesson import (ClassKit, StudentProgress, class_progress, create_kit, curr
 from .report import USAGE, report_html
 from .charts import SERIES_COLOURS, training_figures
 from .webexport import WebExport, export_web, lan_url, publish_web
-from .verdict import Verdict, headline, ladder_verdicts, names_worth, versus
+from .verdict import Verdict, headline, ladder_verdicts, names_worth, study_finding, versus
 from .classlab import ClassSummary, PairResult, class_summary
 from .zeroshot import mapping_method, suggest_mapping, unmapped
 from .transfer import StageProbe, TransferScore, logme, probe_stages, stage_maps, transfer_score
@@ -95,7 +96,7 @@ __all__ = [
     # honest numbers
     "Paired", "Score", "accuracy_interval", "paired",
     # the lesson in words: photo-by-photo verdicts, the ladder's first line, what the class names were worth
-    "Verdict", "headline", "ladder_verdicts", "names_worth", "versus",
+    "Verdict", "headline", "ladder_verdicts", "names_worth", "study_finding", "versus",
     # the class as the lab: every project's ladders, studies and challenge entries pooled
     "ClassSummary", "PairResult", "class_summary",
     # evaluation
@@ -108,7 +109,7 @@ __all__ = [
     # the data check and its review
     "Action", "DataCheck", "Finding", "Review", "check_backbone", "check_data", "check_key", "review_summary",
     # comparisons and speed
-    "COMPARE_EPOCHS", "DEFAULT_SHOTS", "STRATEGY_TITLES", "SpeedProfile", "available_shots", "estimate_epoch_seconds", "estimate_run_seconds",
+    "COMPARE_EPOCHS", "DEFAULT_SHOTS", "STRATEGY_TITLES", "SpeedProfile", "available_shots", "shots_note", "estimate_epoch_seconds", "estimate_run_seconds",
     "measure_speed", "measure_speed_elsewhere", "refine_speed_when_quiet", "race_facts", "shared_split",
     # before training: which backbone fits, how general each stage is, what each sees, the learning rate
     "AnalysisState", "LrFind", "StageProbe", "TransferScore", "analysis_state", "forget_analysis", "logme", "lr_find",

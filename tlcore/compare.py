@@ -50,10 +50,25 @@ def shared_split(imageset: ImageSet, base: TrainConfig) -> tuple[list[int], list
 def available_shots(imageset: ImageSet, split: tuple[list[int], list[int]],
                     wanted: tuple[int | None, ...] = DEFAULT_SHOTS) -> list[int | None]:
     """The shot counts the data allows: at most the smallest class's training images, plus 'all'."""
-    labels = trainable_subset(imageset).labels()
-    train_counts = torch.bincount(labels[split[0]]).tolist()
-    smallest = min(train_counts)
+    smallest = _smallest_class(imageset, split)
     return [s for s in wanted if s is None or s <= smallest]
+
+
+def _smallest_class(imageset: ImageSet, split: tuple[list[int], list[int]]) -> int:
+    labels = trainable_subset(imageset).labels()
+    return min(torch.bincount(labels[split[0]]).tolist())
+
+
+def shots_note(imageset: ImageSet, split: tuple[list[int], list[int]],
+               wanted: tuple[int | None, ...] = DEFAULT_SHOTS) -> str | None:
+    """Why a study cannot offer some of the shot counts it promises (None when it offers them all)."""
+    smallest = _smallest_class(imageset, split)
+    missing = [s for s in wanted if s is not None and s > smallest]
+    if not missing:
+        return None
+    return (f"{' and '.join(map(str, missing))} per class would need that many training photos in every class: your "
+            f"smallest class has {smallest} to train on (the others are held out). Add photos to offer "
+            f"{'it' if len(missing) == 1 else 'them'}.")
 
 
 def plan(strategies: list[str], base: TrainConfig, shots: list[int | None] | None = None,
@@ -162,4 +177,5 @@ def features_of(model: TransferModel | None, imageset: ImageSet, backbone: str) 
 
 
 __all__ = ["COMPARE_EPOCHS", "DEFAULT_SHOTS", "FROZEN_BODY_MODES", "STRATEGY_TITLES", "PlannedRun", "available_shots",
+           "shots_note",
            "features_of", "plan", "project_2d", "race_facts", "run_plan", "shared_split", "summary_row"]

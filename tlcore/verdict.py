@@ -140,4 +140,35 @@ def names_worth(runs: Sequence[RunFacts]) -> str | None:
                    f"the names were worth {_photos(k)} per class or more.")
 
 
-__all__ = ["PRETRAINED", "Verdict", "headline", "ladder_verdicts", "luck", "names_worth", "versus"]
+def study_finding(runs: Sequence[RunFacts]) -> str | None:
+    """What a data-efficiency study shows of "with enough data, pretraining matters less" (He et al. 2019,
+    "Rethinking ImageNet pre-training"; Raghu et al. 2019): at each number of photos per class, the best
+    pretrained strategy's accuracy less from scratch's, from the fewest photos to the most. None without both at
+    two sizes at least."""
+    sizes: dict[int | None, dict[str, float]] = {}
+    per_class: dict[int | None, int] = {}
+    for r in runs:
+        if r.score is None or r.config.mode not in (*PRETRAINED, "scratch"):
+            continue
+        k = r.config.max_images_per_class
+        sizes.setdefault(k, {})[r.config.mode] = max(sizes.get(k, {}).get(r.config.mode, 0.0), r.score.accuracy)
+        if k is not None or r.config.mode == "scratch" or k not in per_class:  # all: what scratch trained on
+            per_class[k] = k if k is not None else max(1, round(len(r.train_indices) / max(1, len(r.classes))))
+    gaps = [(per_class[k], max(v for m, v in by.items() if m != "scratch") - by["scratch"])
+            for k, by in sizes.items() if "scratch" in by and len(by) > 1]
+    gaps.sort()
+    if len(gaps) < 2:
+        return None
+    (k0, g0), (k1, g1) = gaps[0], gaps[-1]
+    said = (f"With {_photos(k0)} per class, starting from the pretrained backbone was {100 * g0:+.0f} points against "
+            f"learning from scratch; with {k1}, {100 * g1:+.0f} points.")
+    if g0 - g1 >= 0.1:
+        return said + (" The more photos, the less pretraining matters: with enough photos, learning from scratch "
+                       "catches up. With a class's handful of photos, pretraining is what makes learning possible.")
+    if g1 - g0 >= 0.1:
+        return said + " Here the gap grew with more photos: from scratch has not started to catch up yet."
+    return said + (" The gap hardly closed: these are not yet enough photos for learning from scratch to catch up. It "
+                   "needs far more (thousands per class in the studies of He et al., 2019).")
+
+
+__all__ = ["PRETRAINED", "Verdict", "headline", "ladder_verdicts", "luck", "names_worth", "study_finding", "versus"]

@@ -478,6 +478,7 @@ def test_the_study_says_how_long_it_takes_and_shows_its_progress():
                and "against" in c.proto.spec]
     assert study["layout"]["xaxis"]["type"] == "category"  # "1" and "all" are both points
     assert {p for trace in study["data"] for p in trace["x"]} == {"0", "1", "all"}  # zero-shot: 0 images
+    assert "per class, starting from the pretrained backbone was" in texts(at.info)  # what the study shows, said
 
 
 def test_a_project_opens_only_by_its_link_and_a_view_link_cannot_change_it():

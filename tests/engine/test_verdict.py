@@ -2,7 +2,9 @@
 the ladder's first line and what the class names were worth."""
 from __future__ import annotations
 
-from tlcore import TrainConfig, headline, ladder_verdicts, names_worth, versus
+import dataclasses
+
+from tlcore import TrainConfig, headline, ladder_verdicts, names_worth, study_finding, versus
 from tlcore.compare import plan, run_plan, shared_split
 from tlcore.measure import Score
 from tlcore.train import RunFacts, RunFinished
@@ -70,3 +72,19 @@ def test_a_ladder_scores_every_strategy_on_the_same_photos_as_whole_numbers(tiny
     assert [k for k, _ in few.shot_curve] == list(range(1, 8))  # 8 photos per class: 1 to 7 per class
     assert len(ladder_verdicts(done)) == 5 and headline(done) is not None
     assert names_worth(done) is not None
+
+
+def test_the_study_says_whether_the_gap_between_pretrained_and_scratch_closes_with_more_photos():
+    def at(shots, mode, right, n=100):
+        f = facts(mode, [k < right for k in range(n)])
+        return dataclasses.replace(f, config=dataclasses.replace(f.config, max_images_per_class=shots),
+                                   train_indices=tuple(range(2 * (shots or 150))))
+
+    closing = [at(1, "feature-extraction", 80), at(1, "scratch", 20), at(None, "feature-extraction", 95),
+               at(None, "scratch", 85)]
+    text = study_finding(closing)
+    assert text.startswith("With 1 photo per class, starting from the pretrained backbone was +60 points against "
+                           "learning from scratch; with 150, +10 points. The more photos, the less pretraining matters")
+    flat = [at(1, "few-shot", 80), at(1, "scratch", 20), at(25, "few-shot", 85), at(25, "scratch", 25)]
+    assert "hardly closed" in study_finding(flat)
+    assert study_finding(flat[:2]) is None  # one size: nothing to compare
