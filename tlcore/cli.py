@@ -190,7 +190,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .data import load_data
     from .train import RunFinished, set_threads
     from .transfer import transfer_score
-    from .verdict import headline, ladder_verdicts, names_worth
+    from .verdict import headline, ladder_verdicts, names_worth, study_finding
 
     set_threads()
     base = _config(args, mode="feature-extraction")
@@ -232,7 +232,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
            "classes": imageset.classes, "val_size": len(split[1]), "runs": rows,
            # photo by photo: each rung against the next, and the lesson's pair, in words (tlcore.verdict)
            "headline": headline(ladder), "names_worth": names_worth(ladder),
-           "verdicts": [v.to_json() for v in ladder_verdicts(ladder)]})
+           "verdicts": [v.to_json() for v in ladder_verdicts(ladder)],
+           "study_finding": None if not shots else study_finding([r for r in results if r is not None])})
     return 0
 
 

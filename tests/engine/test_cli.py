@@ -70,6 +70,7 @@ def test_compare_runs_every_strategy_on_one_split(class_folder):
             assert len(r["val_indices"]) == 24 - 3 * r["shots"] and 24 - 3 * r["shots"] <= r["n"] <= 24
             assert r["right"] <= r["n"] and r["accuracy"] == round(r["right"] / r["n"], 4)
     assert [v["a"] for v in report["verdicts"]][:1] == ["zero-shot"] and report["headline"]  # photo by photo
+    assert report["study_finding"].startswith("With 1 photo per class, starting from the pretrained backbone was")
     assert all(r["status"] == "completed" for r in runs)
 
 
