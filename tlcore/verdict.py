@@ -23,7 +23,9 @@ def luck(p: float) -> str:
     """A p-value in words: "luck alone would do that about 1 time in 32"."""
     if p >= 0.5:
         return "luck alone would often do that"
-    return f"luck alone would do that about 1 time in {round(1 / p)}"
+    if p < 1e-4:  # "1 time in 1396247894732054427791735115481088" says nothing to a student
+        return "luck alone would almost never do that (less than 1 time in 10,000)"
+    return f"luck alone would do that about 1 time in {round(1 / p):,}"
 
 
 def _photos(n: int) -> str:

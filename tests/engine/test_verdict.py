@@ -29,6 +29,15 @@ def test_a_clear_win_on_15_photos_reads_as_the_issue_asks():
     assert line.startswith("Starting from a pretrained backbone beat learning from scratch on your photos. Feature")
 
 
+def test_luck_is_said_in_numbers_a_student_reads():
+    from tlcore.verdict import luck
+
+    assert luck(1 / 32) == "luck alone would do that about 1 time in 32"
+    assert luck(1 / 2048) == "luck alone would do that about 1 time in 2,048"
+    assert luck(2 / 2 ** 118) == "luck alone would almost never do that (less than 1 time in 10,000)"
+    assert luck(0.7) == "luck alone would often do that"
+
+
 def test_too_little_evidence_says_which_way_it_points_and_what_would_settle_it():
     a = facts("fine-tune", [k < 9 for k in range(15)])
     b = facts("scratch", [k < 7 for k in range(15)])
