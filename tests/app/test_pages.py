@@ -221,7 +221,7 @@ def test_the_lesson_lands_on_15_real_photos_pretrained_beats_scratch_photo_by_ph
                                                for s in a.dataframe[0].value["status"]), timeout=300)
     first = at.success[0].value
     assert first.startswith("Starting from a pretrained backbone beat learning from scratch on your photos."), first
-    assert "of 15 right, from scratch" in first and "luck alone would do that about 1 time in" in first
+    assert "of 15 right, from scratch" in first and "luck alone would" in first
     assert "The class names alone (zero-shot, no photos used) got" in texts(at.info)
 
 
