@@ -25,7 +25,7 @@ from .errors import TLError
 from .measure import Score, paired
 from .project import projects_root
 from .train import MODE_TITLES, MODES, RunFacts
-from .verdict import PRETRAINED
+from .verdict import best_pretrained
 
 PRETRAINED_BEST = "pretrained"  # a project's best pretrained strategy that used its photos (``verdict.PRETRAINED``)
 TITLES = {**MODE_TITLES, PRETRAINED_BEST: "pretrained"}
@@ -141,14 +141,12 @@ def _ladder(runs: list[_Run]) -> dict[str, RunFacts]:
     if not groups:
         return {}
     by_mode = {r.facts.config.mode: r.facts for r in runs if r.group == groups[-1] and r.facts.heldout}
-    pre = [by_mode[m] for m in PRETRAINED if m in by_mode]
-    if pre:
-        by_mode[PRETRAINED_BEST] = max(pre, key=lambda f: sum(f.outcomes().values()))
+    if (best := best_pretrained(by_mode)) is not None:
+        by_mode[PRETRAINED_BEST] = best
     return by_mode
 
 
 def _pairs(ladders: Sequence[dict[str, RunFacts]]) -> tuple[PairResult, ...]:
-    order = [PRETRAINED_BEST, *MODES]
     wanted = [(PRETRAINED_BEST, "scratch")] + [(a, b) for i, a in enumerate(MODES) for b in MODES[i + 1:]]
     found = []
     for a, b in wanted:
@@ -159,7 +157,7 @@ def _pairs(ladders: Sequence[dict[str, RunFacts]]) -> tuple[PairResult, ...]:
                 won[0 if p.a_only > p.b_only else 1 if p.b_only > p.a_only else 2] += 1
         if diffs:
             found.append(PairResult(a, b, won[0], won[1], won[2], tuple(diffs)))
-    return tuple(sorted(found, key=lambda p: (order.index(p.a), order.index(p.b))))
+    return tuple(found)  # in ``wanted``'s order: the lesson's pair first, then the ladder's
 
 
 def _pool(scores: Iterable[Score], method: str) -> Score:

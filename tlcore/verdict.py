@@ -92,15 +92,19 @@ def ladder_verdicts(runs: Sequence[RunFacts]) -> list[Verdict]:
     return [v for v in found if v is not None]
 
 
+def best_pretrained(by_mode: dict[str, RunFacts]) -> RunFacts | None:
+    """Of a ladder's runs by strategy, the pretrained one that used the photos and got the most right."""
+    pre = [by_mode[m] for m in PRETRAINED if m in by_mode]
+    return max(pre, key=lambda r: sum(r.outcomes().values()), default=None)
+
+
 def headline(runs: Sequence[RunFacts]) -> str | None:
     """The ladder's first line: the notes' lesson, pretrained against scratch, as the photos show it (the best
     pretrained strategy that used the photos against from scratch); None without both."""
     by_mode = {r.config.mode: r for r in runs if r.heldout}
-    scratch = by_mode.get("scratch")
-    pre = [by_mode[m] for m in PRETRAINED if m in by_mode]
-    if scratch is None or not pre:
+    scratch, best = by_mode.get("scratch"), best_pretrained(by_mode)
+    if scratch is None or best is None:
         return None
-    best = max(pre, key=lambda r: sum(r.outcomes().values()))
     v = versus(_name(best), best, _name(scratch), scratch)
     if v is None:
         return None
