@@ -44,7 +44,7 @@ def test_a_lesson_from_join_link_to_projector(server, browser, tmp_path):
         backbone.click()
         if tried(lambda: teacher.get_by_role("option", name="Tiny test net").click(timeout=10_000)):
             break
-    expect(backbone).to_have_value("Tiny test net")
+    expect(backbone).to_have_value("Tiny test net", timeout=30_000)
     teacher.get_by_role("button", name="Use as the class kit").click()
     teacher.get_by_text("students who join now start from it").wait_for()
     teacher.get_by_label("Challenge name").fill("Zero or one?")

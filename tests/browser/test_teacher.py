@@ -26,7 +26,7 @@ def app_url(app_home):
 
 
 def test_teacher_page_follows_students_live_and_ranks_entries(app_url, tmp_path):
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     hidden = tmp_path / "hidden.zip"
     hidden.write_bytes(hidden_zip(("0", "1")))
@@ -81,7 +81,7 @@ def test_three_ladders_pool_on_the_teacher_page_and_the_projector_at_1024x768(ap
     import subprocess
     import sys
 
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     from tests.engine.test_classlab import LADDER, save_project
 
@@ -101,7 +101,10 @@ def test_three_ladders_pool_on_the_teacher_page_and_the_projector_at_1024x768(ap
         page.get_by_text(f"Together: {summary['headline']}.").wait_for()
         shot(page, "teacher-class-lab")
         page.get_by_role("link", name="Projector view of the leaderboard").click()
-        page.get_by_text("What the class found").wait_for()
+        page.get_by_role("link", name="Back to the Teacher page").wait_for()
+        # While the projector page's first run draws, the Teacher page's section is still shown (stale): wait
+        # until only the projector's own one is left before reading it.
+        expect(page.get_by_text("What the class found")).to_have_count(1, timeout=90_000)
         page.get_by_text(f"Together: {summary['headline']}.").wait_for()
         page.get_by_role("cell", name="pretrained vs from scratch").first.wait_for()  # one row per pair
         assert page.get_by_role("cell", name="feature extraction vs from scratch").count() >= 1
