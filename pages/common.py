@@ -7,7 +7,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import streamlit as st
 
@@ -24,7 +24,7 @@ class Session:
     """What one browser session keeps between reruns, behind one key (``session()``). Widget values stay
     Streamlit's, under keys that start with their page's name (``data_``, ``train_``, ...)."""
 
-    project: Project
+    project: Project | None  # None until a page needs one (``project()``)
     read_only: bool = False  # opened from a ?view= link: look and test, never change
     page: str = ""  # the url path of the page being shown
     teacher_key: str | None = None  # the teacher's key, once the password was typed (Teacher page)
@@ -37,7 +37,7 @@ class Session:
     confirm_sample: str | None = None  # Data: the sample waiting for "replace or new project?"
     recording: dict[str, Any] = field(default_factory=lambda: {"added": 0, "note": ""})  # Data: hold-to-record
     undo: tuple[str, str, list] | None = None  # Data: (project, class, images) of the last removal
-    data_check: tuple[Any, Any] | None = None  # Data check: (what it was computed on, its result)
+    data_check: tuple[str, Any] | None = None  # Data: (project, its last finished check), shown while one runs
     freeze_maps: tuple[Any, Any] | None = None  # Freeze: (what they show, the maps or an error)
     web_export: tuple[str, Any, Path] | None = None  # Export: (run id, WebExport, zip path)
     report_html: tuple[str, str] | None = None  # Export: (run id, the report's HTML)
@@ -113,9 +113,11 @@ def student() -> str:
 VIEW_PAGES = ("pages/evaluate.py", "pages/test.py")  # all a read-only link offers: looking and testing
 
 
-def project() -> Project:
-    """The session's project. A reload reopens it (running jobs included) from the link in the address:
-    ``?p=KEY`` to work on it, ``?view=KEY`` to look and test only. A project's name opens nothing."""
+def open_session() -> Session:
+    """This browser session's state, created on its first run from the link in the address: ``?p=KEY`` to work
+    on a project, ``?view=KEY`` to look and test only, ``?kit=1`` (the join link) for a new copy of the class
+    kit. Without a link the project waits until a student's page asks for it (``project()``): the Teacher page
+    and the projector never create one (each would be listed as a student in the class's progress)."""
     if leave_legacy_pages_mode():
         st.rerun()  # now through app.py
     if SESSION_KEY not in st.session_state:
@@ -128,11 +130,23 @@ def project() -> Project:
                 st.toast(f"Could not open the project: {e}", icon=":material/warning:")
         elif "kit" in st.query_params and (kit := tlcore.current_kit()) is not None:  # the join link
             kit.start(proj := PROJECTS.create(session_id()))
-        st.session_state[SESSION_KEY] = Session(proj or PROJECTS.create(session_id()), readonly)
+        st.session_state[SESSION_KEY] = Session(proj, readonly)
         start_sweeper()
         start_workers()
-    state = session()
-    proj = state.project = PROJECTS.hold(state.project, session_id())
+    return session()
+
+
+def has_project() -> bool:
+    """Whether this session holds a project yet (a teacher's may not: see ``open_session``)."""
+    return open_session().project is not None
+
+
+def project() -> Project:
+    """The session's project (created on first use; a reload reopens it, running jobs included, from the
+    link in the address). A project's name opens nothing: only its unguessable key does."""
+    state = open_session()
+    sid = session_id()
+    proj = state.project = PROJECTS.hold(state.project, sid) if state.project else PROJECTS.create(sid)
     _show_link(proj)
     return proj
 
@@ -261,13 +275,52 @@ def step_bar(current: str) -> None:
     if read_only():
         return  # a read-only visitor has two pages, not the steps
     status = step_status(project())
-    cols = st.columns(len(PAGES))
-    for col, (file, (title, icon)) in zip(cols, PAGES.items()):
-        ready, missing = status[file]
-        mark = ":material/check_circle:" if ready else ":material/radio_button_unchecked:"
-        label = f"**{title}**" if file == current else title
-        col.page_link(file, label=label, icon=mark if file != current else icon,
-                      help=None if ready else f"To do first: {missing}.")
+    # One row that wraps (a projector's 1024 px: one row of whole words; a phone: two or three rows, never one
+    # link per line); app.py's CSS keeps it compact (.st-key-step_bar).
+    with st.container(horizontal=True, gap=None, key="step_bar"):
+        for file, (title, icon) in PAGES.items():
+            ready, missing = status[file]
+            mark = ":material/check_circle:" if ready else ":material/radio_button_unchecked:"
+            label = f"**{title}**" if file == current else title
+            st.page_link(file, label=label, icon=mark if file != current else icon,
+                         help=None if ready else f"To do first: {missing}.")
+
+
+def start_button(label: str, key: str, start: Callable[[], object], busy: Callable[[], bool], busy_label: str,
+                 **button) -> None:
+    """A button that starts work (a run, a ladder, an export), which never loses a click and answers it at once.
+
+    ``if st.button(...)`` sees a click only in the one script run that the click asked for, and only once that
+    run reaches the button's line; a rerun that replaces it before then (a second click, a changed widget, a
+    resent connection: seconds on a page that is slow because others train) starts without the click, which
+    vanishes without a word. A callback runs before any page code of the click's run, so the click is taken
+    even if that run never gets further. ``start`` raises ``TLError`` to refuse (shown beneath the button);
+    while ``busy()`` the button is disabled and says ``busy_label`` (a second click finds it busy too)."""
+
+    def clicked() -> None:
+        if busy():
+            return  # a double click, or a second tab: the work has started already
+        try:
+            start()
+        except tlcore.TLError as e:
+            session().note(key, str(e))
+
+    now_busy = busy()
+    st.button(busy_label if now_busy else label, key=key, on_click=clicked,
+              **{**button, "disabled": now_busy or button.get("disabled", False)})
+    if message := session().take_note(key):
+        st.error(message, icon=":material/error:")
+
+
+def work_button(label: str, key: str, busy_label: str, **button) -> bool:
+    """A button for work this page does itself, now (an export): True in the run that takes the click, where
+    the button is drawn disabled, saying ``busy_label``, while the page does the work beneath it (then reruns).
+    The click is recorded by a callback, as in ``start_button``, and taken by the first run that reaches this
+    line, so a rerun that replaced the click's own run does not lose it."""
+    asked = session().take_note(key) is not None
+    st.button(busy_label if asked else label, key=key, on_click=session().note, args=(key, "asked"),
+              **{**button, "disabled": asked or button.get("disabled", False)})
+    return asked
 
 
 def require_data(proj: Project) -> None:

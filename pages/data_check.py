@@ -1,15 +1,17 @@
 """The Data page's review panel: images the model doubts, largest doubt first, each fixed or kept in one click.
 
-The check (``tlcore.check_data``) changes nothing; it is computed once per set of images, classes and
-backbone (the features once per image). The marks live in the project's folder (``tlcore.Review``): a
-kept image is not shown again, every action can be undone, and both survive class filters and reloads.
+The check (``tlcore.check_data``) changes nothing. It runs in a training worker, never in this server, once per
+set of images, classes and backbone; its result stays in the project's folder. The marks live there too
+(``tlcore.Review``): a kept image is not shown again, every action can be undone, and both survive class
+filters and reloads.
 """
 from __future__ import annotations
 
 import streamlit as st
 
 import tlcore
-from pages.common import explain, session
+from pages import insight
+from pages.common import explain, session, student
 from tlcore import thumbnail
 
 SHOWN = 12  # findings shown at once (the rest follow as these are dealt with)
@@ -19,18 +21,12 @@ TITLES = {"label": "Maybe in the wrong class", "duplicate": "The same picture tw
 ICONS = {"label": ":material/swap_horiz:", "duplicate": ":material/content_copy:", "outlier": ":material/help:"}
 
 
-def _result(proj: tlcore.Project) -> tlcore.DataCheck:
-    """The check of the images as they are now (recomputed only when an image, a class or the backbone changes)."""
-    backbone = tlcore.check_backbone(proj.backbone)
-    if backbone != proj.backbone:
-        st.caption(f"Checked with {tlcore.get_backbone_spec(backbone).title}: the chosen backbone's weights are "
-                   "not on this server yet (they download when you train).")
-    key = tlcore.check_key(proj.images, backbone)
-    state = session()
-    if state.data_check is None or state.data_check[0] != key:
-        with st.spinner("Checking your images with the backbone…"):
-            state.data_check = (key, tlcore.check_data(proj.images, backbone))
-    return state.data_check[1]
+def _wait(proj: tlcore.Project, config: tlcore.TrainConfig) -> None:
+    """Progress while a worker checks (polled each second); the whole page reruns once it has ended."""
+    s = insight.state(proj, "data-check", config)
+    if not s.running:
+        st.rerun()
+    insight.show_progress(s, "Checking your images with the backbone")
 
 
 def _act(proj: tlcore.Project, action: str, finding: tlcore.Finding, target: str | None = None) -> None:
@@ -61,11 +57,28 @@ def panel(proj: tlcore.Project) -> None:
     explain("The model looks for images that may be in the **wrong class** (each judged by a model trained "
             "without it), the **same picture twice** (in two classes it contradicts itself), and pictures "
             "**unlike every class**. Nothing changes until you click; every click can be undone below.")
-    try:
-        result = _result(proj)
-    except tlcore.TLError as e:
-        st.info(f"The data check needs the backbone's features: {e}", icon=":material/info:")
+    backbone = tlcore.check_backbone(proj.backbone)
+    if backbone != proj.backbone:
+        st.caption(f"Checked with {tlcore.get_backbone_spec(backbone).title}: the chosen backbone's weights are "
+                   "not on this server yet (they download when you train).")
+    config = tlcore.TrainConfig(backbone=backbone)
+    s = insight.state(proj, "data-check", config)
+    if s.result is None and not s.running and s.error is None:  # new images: check them, in a worker
+        try:
+            s = tlcore.start_analysis(proj.folder, "data-check", proj.images, config, student())
+        except tlcore.TLError as e:
+            s = tlcore.AnalysisState(None, False, None, str(e))
+    if s.error is not None:
+        st.info(f"The data check needs the backbone's features: {s.error}", icon=":material/info:")
         return
+    state = session()
+    if s.result is not None:
+        state.data_check = (proj.name, s.result)
+    else:  # until it ends, the last check of these images shows (what it flagged and is still there)
+        st.fragment(_wait, run_every=1.0)(proj, config)
+        if state.data_check is None or state.data_check[0] != proj.name:
+            return
+    result = state.data_check[1]
     review = tlcore.Review.load(proj.folder)
     if new := review.announce(result):
         st.toast(f"The data check found {new} new image{'s' * (new != 1)} to look at: see **Check your data**.",
@@ -91,9 +104,10 @@ def panel(proj: tlcore.Project) -> None:
         item = by_digest[f.digest]
         with st.container(border=True):
             pic, twin, text = st.columns([1, 1, 5], vertical_alignment="center")
-            pic.image(thumbnail(item, 96), width=96)
+            pic.image(thumbnail(item, 96), width=96, alt=f"class {f.given}: {item.name}")
             if f.other in by_digest:
-                twin.image(thumbnail(by_digest[f.other], 96), width=96, caption="the other copy")
+                twin.image(thumbnail(by_digest[f.other], 96), width=96, caption="the other copy",
+                           alt=f"the other copy: class {by_digest[f.other].label}: {by_digest[f.other].name}")
             text.markdown(f"{ICONS[f.kind]} **{TITLES[f.kind]}** · **{item.name}** in **{f.given}** "
                           f"(doubt {f.doubt:.0%})  \n{f.reason}")
             b1, b2, b3 = text.columns(3)

@@ -1,4 +1,5 @@
-"""The insight jobs (transferability score, stage probe, learning-rate finder) as runner jobs, their results on disk.
+"""The insight jobs (transferability score, stage probe, learning-rate finder, the Data page's data check) as
+runner jobs, their results on disk.
 
 The web server never computes them: ``start_analysis`` submits a ``JobSpec`` with a ``task`` to the
 training runner (a worker process, or Ray), whose worker calls ``run_analysis``; that writes
@@ -14,18 +15,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, Union
 
+from .clean import DataCheck, checking
 from .data import ImageSet, trainable_subset
 from .errors import TLError
 from .lrfind import LrFind, lr_find
 from .train import Event, RunFinished, TrainConfig, drive
 from .transfer import StageProbe, TransferScore, probe_stages, transfer_score
 
-Task = Literal["transfer-score", "stage-probe", "lr-find"]
-TASKS: tuple[Task, ...] = ("transfer-score", "stage-probe", "lr-find")
-Result = Union[TransferScore, StageProbe, LrFind]
+Task = Literal["transfer-score", "stage-probe", "lr-find", "data-check"]
+TASKS: tuple[Task, ...] = ("transfer-score", "stage-probe", "lr-find", "data-check")
+Result = Union[TransferScore, StageProbe, LrFind, DataCheck]
 RESULT_FILE = "result.json"
 _READERS: dict[str, Callable[[dict], Result]] = {"transfer-score": TransferScore.from_json,
-                                                  "stage-probe": StageProbe.from_json, "lr-find": LrFind.from_json}
+                                                  "stage-probe": StageProbe.from_json, "lr-find": LrFind.from_json,
+                                                  "data-check": DataCheck.from_record}
 
 
 def analysis_key(task: Task, images: ImageSet, config: TrainConfig) -> str:
@@ -61,6 +64,8 @@ def compute(task: Task, images: ImageSet, config: TrainConfig, should_stop: Call
         return probe_stages(images, config.backbone, should_stop)
     if task == "lr-find":
         return lr_find(images, config, should_stop)
+    if task == "data-check":
+        return checking(images, config.backbone, should_stop)
     raise TLError(f"Unknown analysis {task!r}: use one of {', '.join(TASKS)}.")
 
 
@@ -74,7 +79,7 @@ def run_analysis(spec, should_stop: Callable[[], bool], emit: Callable[[Event], 
         if result is None:
             emit(RunFinished("stopped", "Stopped before it finished; nothing was kept."))
             return
-        text = json.dumps(result.to_json())
+        text = json.dumps(result.to_record() if isinstance(result, DataCheck) else result.to_json())
         atomic_write(Path(spec.folder) / RESULT_FILE, lambda p: Path(p).write_text(text))
         emit(RunFinished("completed", "Done."))
     except TLError as e:

@@ -27,6 +27,7 @@ import json
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Protocol
 
@@ -37,11 +38,10 @@ from torchvision.transforms.v2 import functional as TF
 
 from .backbones import DEFAULT_BACKBONE, get_backbone_spec
 from .storage import atomic_write
-from .compare import features_of
 from .data import ImageItem, ImageSet, image_to_tensor, tensor_to_image, trainable_subset
 from .errors import TLError
 from .measure import fit_logistic, repeated_folds
-from .train import HEAD_C  # the feature-extraction head's regularisation: the model the user would train
+from .train import HEAD_C, Progress, drive, embed  # HEAD_C: the feature-extraction head's regularisation
 
 CHECK_FOLDS = 5  # out-of-fold probabilities by 5-fold cross-validation (as cleanlab does)
 SIGNATURE_SIDE = 16  # pixel signature: grey levels at 16 x 16
@@ -106,6 +106,15 @@ class DataCheck:
         return {"images": self.images, "judged": self.judged, "seconds": round(self.seconds, 3),
                 "label_errors": [row(f) for f in self.label_errors], "duplicates": [row(f) for f in self.duplicates],
                 "outliers": [row(f) for f in self.outliers], "flagged": len(self.findings())}
+
+    def to_record(self) -> dict:
+        """Everything, for ``from_record`` (the worker's result.json; ``to_json`` is the CLI's shorter line)."""
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, d: dict) -> DataCheck:
+        found = {k: tuple(Finding(**f) for f in d[k]) for k in ("label_errors", "duplicates", "outliers")}
+        return cls(**found, images=int(d["images"]), judged=int(d["judged"]), seconds=float(d["seconds"]))
 
 
 def out_of_fold_probabilities(x: torch.Tensor, y: torch.Tensor, num_classes: int, folds: int = CHECK_FOLDS,
@@ -200,13 +209,23 @@ def outlier_ratios(feats: torch.Tensor, y: torch.Tensor, num_classes: int) -> tu
 def check_data(imageset: ImageSet, backbone: str, seed: int = 0) -> DataCheck:
     """Check every image of ``imageset`` with ``backbone``'s pretrained features (computed once per image and
     cached; the rest takes about a second for 500 images). Changes nothing."""
+    return drive(checking(imageset, backbone, seed=seed))
+
+
+def checking(imageset: ImageSet, backbone: str, should_stop: Callable[[], bool] = lambda: False, seed: int = 0
+             ) -> Generator[Progress, None, DataCheck | None]:
+    """``check_data`` as a job's generator (``tlcore.analysis``'s "data-check", run in a worker): yields
+    ``Progress`` while the features are computed, returns the check (None if stopped)."""
     start = time.perf_counter()
     data = trainable_subset(imageset)
     items = data.items
     classes = data.classes
     if not items:
         return DataCheck((), (), (), 0, 0, 0.0)
-    feats = features_of(None, data, backbone).float()
+    feats = yield from embed(data, backbone, should_stop=should_stop)
+    if feats is None:
+        return None
+    feats = feats.float()
     y = data.labels()
     x = F.normalize(feats - feats.mean(0), dim=1) * FEATURE_SCALE
     probs, judged = (out_of_fold_probabilities(x, y, len(classes), seed=seed) if len(classes) >= 2

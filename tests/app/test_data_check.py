@@ -44,8 +44,8 @@ def test_review_panel_moves_removes_keeps_and_undoes_and_its_marks_survive():
     at.tabs[1].file_uploader[0].set_value(("set.zip", data, "application/zip")).run()
     assert not at.exception
     assert "Added 26 images" in texts(at.success)
-    assert any("new images to look at" in str(t.value) for t in at.toast)  # told once, after the upload
-    assert "2 images to check" in _heads(at)
+    wait_for(at, lambda a: "2 images to check" in _heads(a))  # a worker checks them, not the web server
+    assert any("new images to look at" in str(t.value) for t in at.toast)  # told once, when the check is in
     keeps = _keys(at, "data_check_keep_")
     assert len(keeps) == 2 and keeps[1] == f"data_check_keep_{wrong}"  # the contradiction (doubt 100 %) first
     assert "The same picture twice" in _heads(at) and "two classes" in _heads(at)
@@ -77,6 +77,7 @@ def test_review_panel_moves_removes_keeps_and_undoes_and_its_marks_survive():
     assert _keys(at, "data_check_keep_") == [f"data_check_keep_{wrong}"]
     reloaded = new_app(link_key(at))  # a reload (a new session on the project's link) too
     reloaded.switch_page("pages/data.py").run()
+    wait_for(reloaded, lambda a: _keys(a, "data_check_keep_"))  # the undone removal put it back last: checked anew
     assert _keys(reloaded, "data_check_keep_") == [f"data_check_keep_{wrong}"] and not reloaded.toast
     assert f"data_check_keep_{dup}" not in _keys(reloaded, "data_check_keep_")
     assert "0 fixed, 1 kept" in " ".join(e.label for e in reloaded.expander)

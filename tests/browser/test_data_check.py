@@ -34,7 +34,8 @@ def test_the_review_panel_in_a_real_browser(app_url, page, tmp_path):  # noqa: F
     page.get_by_role("tab", name="Upload a zip").click()
     page.locator("[data-testid='stFileUploader'] input[type=file]").first.set_input_files(str(tmp_path / "digits.zip"))
     page.get_by_role("heading", name="0 · 16 images").wait_for()
-    page.get_by_text("new images to look at").first.wait_for()  # the toast
+    # the toast, once a training worker has checked them (a fresh server's workers may still be starting)
+    page.get_by_text("new images to look at").first.wait_for(timeout=180_000)
     page.get_by_role("heading", name="Check your data").wait_for()
     page.get_by_text("The same picture twice").first.wait_for()
     page.get_by_text("0/misfiled.png").first.wait_for()

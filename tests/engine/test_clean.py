@@ -147,3 +147,21 @@ def test_a_check_never_starts_a_download(monkeypatch):
     assert check_backbone(BACKBONE) == BACKBONE  # bundled: used as chosen
     monkeypatch.setattr(BackboneSpec, "availability", lambda self: "bundled" if self.bundled_file else "download")
     assert check_backbone("resnet18") == DEFAULT_BACKBONE
+
+
+def test_the_check_runs_as_a_worker_job_and_reads_back_whole(tmp_path):
+    """The Data page's check runs in a worker (``tlcore.analysis``'s "data-check"): its result.json reads back
+    equal to the check computed here, every finding whole (its image, kind and suggestion)."""
+    from tlcore import TrainConfig
+    from tlcore.analysis import analysis_folder, read_result
+    from tlcore.jobs import JobSpec, run_job
+
+    s = _relabel(_set(), 3, "class1")
+    config = TrainConfig(backbone=BACKBONE)
+    folder = analysis_folder(tmp_path, "data-check", s, config)
+    events = []
+    run_job(JobSpec("check", "me", s, config, ([], []), folder, task="data-check"), lambda: False, events.append)
+    assert events[-1].status == "completed", events[-1]
+    stored, here = read_result(folder, "data-check"), check_data(s, BACKBONE)
+    assert stored.findings() == here.findings() and stored.findings()[0].digest == s.items[3].digest
+    assert (stored.images, stored.judged) == (here.images, here.judged) == (30, 30)
