@@ -29,6 +29,7 @@ from .train import FROZEN_BODY_MODES, BatchEnd, EpochEnd, Event, Progress, RunFi
 log = logging.getLogger(__name__)
 TIME_LIMIT_STOP = "Stopped at this server's limit"  # how a run stopped by ``JobSpec.max_seconds`` says so
 SERVER_GONE = "The server stopped while this run was training; its best epoch so far is kept."
+OVERRUN_SHARE = 0.15  # a run past its estimate: at least this share of its time so far is said to be left
 MAX_CURVE_POINTS = 300  # per-batch losses kept for the live chart (older ones are thinned out)
 
 
@@ -238,8 +239,13 @@ class JobTracker:
                     log.exception("a done-callback of job %s failed", self.name)
 
     def remaining_s(self) -> float:
-        """About how long until it ends: its estimate, less the time it has run."""
-        return max(0.0, self.estimate_s - (time.time() - self.started if self.started else 0.0))
+        """About how long until it ends: its estimate, less the time it has run. Never nothing while it runs:
+        a run past its estimate (a busy server) has at least ``OVERRUN_SHARE`` of the time it has taken left,
+        so "about 0 s left" never stays on the screen while it works on."""
+        if self.started is None:
+            return self.estimate_s
+        elapsed = time.time() - self.started
+        return max(self.estimate_s - elapsed, OVERRUN_SHARE * elapsed, 1.0)
 
     def mark_running(self) -> None:
         with self._lock:

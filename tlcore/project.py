@@ -219,6 +219,11 @@ class Project:
                                       None if planned.shots else split, owner, checked=True)
         return group
 
+    def comparison_runs(self, strategies: list[str], shots: list[int | None] | None = None,
+                        backbones: list[str] | None = None) -> int:
+        """How many runs ``start_comparison`` would queue (in a study zero-shot runs once: it uses no photo)."""
+        return len(plan(strategies, self._comparison_base(None), shots, backbones))
+
     def comparison_seconds(self, strategies: list[str], shots: list[int | None] | None = None,
                            epochs: int | None = None, backbones: list[str] | None = None,
                            owner: str | None = None) -> float:

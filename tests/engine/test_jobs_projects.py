@@ -213,7 +213,9 @@ def test_comparison_runs_share_one_split_and_run_one_after_another(tiny_set):
     assert len({r.result.val_indices for r in records}) == 1
     assert len({r.result.train_indices for r in records if r.config.mode not in tlcore.FROZEN_BODY_MODES}) == 1
     assert all(r.result.score.n == 24 for r in records)  # every strategy scored on every image
+    assert p.comparison_runs(["zero-shot", "few-shot"], [1, None]) == 3  # said before: zero-shot once, no photo
     shots = p.start_comparison(["few-shot"], [1, None])
+    assert p.comparison_runs(["few-shot"], [1, None]) == len(p.group_runs(shots)) == 2
     for r in p.group_runs(shots):
         _wait(r)
     counts = sorted(len(r.result.train_indices) for r in p.group_runs(shots))
@@ -450,3 +452,19 @@ def test_the_forecast_plays_the_scheduler_forward_owners_taking_turns(tiny_set):
     # c's turn comes after a's and b's first long runs (the short ones on the express lane cost no long turn)
     assert planned == 65.0 and ends[3] == 85.0 and ends[6] == 105.0, ends
     assert runner.queue_info(runner._jobs[5])[1] == 25.0  # starts once a's first long run has ended
+
+
+def test_a_run_past_its_estimate_never_has_nothing_left(tiny_set):
+    """Issue 38: on a busy server a ladder read "about 0 s left" for 96 s. A running job past its estimate has
+    a share of its time so far left; a queued one its whole estimate; one on time its estimate less its time."""
+    import time as clock
+
+    from tlcore.jobs import OVERRUN_SHARE, JobTracker
+
+    job = JobTracker(1, spec(tiny_set, TINY), LocalRunner(workers=2, threads=1), None)
+    job.estimate_s = 30.0
+    assert job.remaining_s() == 30.0  # queued
+    job.started = clock.time() - 10
+    assert 19.0 <= job.remaining_s() <= 20.5  # on time
+    job.started = clock.time() - 100  # far past its estimate
+    assert job.remaining_s() >= OVERRUN_SHARE * 100 - 0.5
