@@ -2,12 +2,12 @@
 import streamlit as st
 
 import tlcore
-from pages.common import (PAGES, VIEW_PAGES, project, read_only, save_student, session, start_from_kit, step_bar,
-                          view_link)
+from pages.common import (PAGES, VIEW_PAGES, ask_name, has_project, open_session, project, read_only, save_student,
+                          session, start_from_kit, step_bar, view_link)
 
 st.set_page_config(page_title="Transfer Learning Studio", page_icon=":material/school:", layout="wide")
 
-proj = project()
+open_session()
 files = [f for f in PAGES if f in VIEW_PAGES] if read_only() else list(PAGES)  # read-only: look and test only
 pages = [st.Page(f, title=PAGES[f][0], icon=PAGES[f][1], default=i == 0) for i, f in enumerate(files)]
 if not read_only():
@@ -19,6 +19,11 @@ session().page = page.url_path
 if page.url_path == "teacher" and tlcore.board_key_ok(st.query_params.get("board")):  # the projector: the board alone
     page.run()
     st.stop()
+if page.url_path == "teacher" and not has_project():  # the teacher's own tab holds no project of its own
+    st.sidebar.page_link(next(iter(PAGES)), label="The students' steps (opens a project)", icon=":material/hub:")
+    page.run()
+    st.stop()
+proj = project()
 kit = None if read_only() else tlcore.current_kit()
 with st.sidebar:
     if read_only():
@@ -39,7 +44,7 @@ with st.sidebar:
             st.button("Start from the class kit", key="kit_start", on_click=start_from_kit, icon=":material/school:",
                       help=f"A new project of your own with the class's data ({kit.name}).")
         st.page_link("pages/teacher.py", label="Teacher", icon=":material/school:")
-if kit is not None and not proj.student and page.url_path != "teacher":
-    st.info("Type your name in the sidebar (*Your name*) so your teacher can find your work.", icon=":material/badge:")
+if not read_only() and not proj.student and page.url_path != "teacher":
+    ask_name(proj)
 step_bar(next((f for f in PAGES if PAGES[f][0] == page.title), ""))
 page.run()

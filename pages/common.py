@@ -196,6 +196,34 @@ def save_student(key: str) -> None:
     proj = session().project
     proj.student = " ".join(str(st.session_state[key]).split())[:40]
     proj.save()
+    st.session_state[f"student_name_{proj.name}"] = proj.student  # the sidebar's box says it too
+
+
+def project_link(proj: Project) -> str:
+    """The project's private link (the address of this page, as a student's device reaches it)."""
+    return public_url(f"?p={proj.key}")
+
+
+def share_links(proj: Project) -> None:
+    """The project's own link to bookmark and its read-only link to share, in the main area, where a phone (whose
+    sidebar is folded away) shows them too."""
+    with st.expander("Bookmark and share", icon=":material/share:"):
+        st.markdown("**Your project's link**: bookmark it (or keep it) to come back from any device; whoever has "
+                    "it can change the project.")
+        st.code(project_link(proj), language=None, wrap_lines=True)
+        st.markdown("**Read-only link**: anyone with it can look at the models and test them, not change anything.")
+        st.code(view_link(proj), language=None, wrap_lines=True)
+
+
+def ask_name(proj: Project) -> None:
+    """First on a student's page while their project has no name: the name (in the main area, since a phone
+    folds the sidebar away) and the links to keep."""
+    with st.container(border=True, key="ask_name"):
+        st.info("Type your name so your teacher can find your work.", icon=":material/badge:")
+        key = f"student_name_first_{proj.name}"
+        st.text_input("Your name (your teacher sees your work under it)", max_chars=40, key=key,
+                      on_change=save_student, args=(key,))
+        share_links(proj)
 
 
 def start_from_kit() -> None:

@@ -8,7 +8,7 @@ from plotly.subplots import make_subplots
 import streamlit as st
 
 import tlcore
-from pages.common import ASSETS, explain, format_seconds, project, require_data, session, student
+from pages.common import ASSETS, explain, format_seconds, project, require_data, session, start_button, student
 from tlcore import COMPARE_EPOCHS, DEFAULT_SHOTS, STRATEGY_TITLES, available_shots, shared_split
 from tlcore import describe, embedding_map
 
@@ -72,13 +72,25 @@ if chosen and not busy:  # while a run trains the button waits, and so does its 
     st.caption(f"About {format_seconds(proj.comparison_seconds(chosen, epochs=epochs, owner=student()))} in all on this server, one "
                "run after another, taking turns with the other students' queued runs (each run's own time is what "
                "the comparison shows).")
-if st.button("Run comparison", type="primary", icon=":material/play_arrow:", key="compare_go",
-             disabled=not chosen or busy, help="Runs in the background, one after another."):
-    try:
-        session().groups["ladder"] = proj.start_comparison(chosen, epochs=epochs, owner=student())
-        st.rerun()
-    except tlcore.TLError as e:
-        st.error(str(e), icon=":material/error:")
+
+
+def start_group(kind: str, strategies_key: str, shots_key: str | None = None, backbones_key: str | None = None):
+    """A callback's start of a ladder, study or race, from the widgets' values at the click."""
+    def start() -> None:
+        v = st.session_state
+        session().groups[kind] = session().project.start_comparison(
+            [v[strategies_key]] if kind == "race" else v[strategies_key], v[shots_key] if shots_key else None,
+            v["compare_epochs"], owner=student(), backbones=v[backbones_key] if backbones_key else None)
+    return start
+
+
+def project_busy() -> bool:
+    return bool(session().project.active_runs())
+
+
+start_button("Run comparison", "compare_go", start_group("ladder", "compare_strategies"), project_busy, "Running…",
+             type="primary", icon=":material/play_arrow:", disabled=not chosen,
+             help="Runs in the background, one after another; one run of this project at a time.")
 
 groups = list(dict.fromkeys(r.group for r in proj.runs if r.group.startswith("compare-")))
 group = session().groups.get("ladder") or (groups[-1] if groups else None)
@@ -202,13 +214,9 @@ eff_strats = c2.multiselect("Strategies", STRATEGIES, default=["zero-shot", "few
 if shots and eff_strats and not busy:
     st.caption(f"{len(shots) * len(eff_strats)} runs, about {format_seconds(proj.comparison_seconds(eff_strats, shots, epochs, owner=student()))}"
                " in all on this server.")
-if st.button("Run data-efficiency study", key="compare_eff_go", disabled=busy or not shots or not eff_strats,
-             icon=":material/stacked_line_chart:"):
-    try:
-        session().groups["study"] = proj.start_comparison(eff_strats, shots, epochs, owner=student())
-        st.rerun()
-    except tlcore.TLError as e:
-        st.error(str(e), icon=":material/error:")
+start_button("Run data-efficiency study", "compare_eff_go",
+             start_group("study", "compare_eff_strategies", shots_key="compare_shots"), project_busy, "Running…",
+             disabled=not shots or not eff_strats, icon=":material/stacked_line_chart:")
 eff_group = session().groups.get("study") or next(
     (r.group for r in reversed(proj.runs) if r.group.startswith("shots-")), None)
 def study_view(proj: tlcore.Project, eff_group: str | None, study_polling: bool) -> None:
@@ -269,13 +277,10 @@ if racers and not busy:
     with st.spinner("Timing each backbone on this server (once)…"):
         race_s = proj.comparison_seconds([race_mode], epochs=epochs, backbones=racers, owner=student())
     st.caption(f"{len(racers)} runs, about {format_seconds(race_s)} in all on this server.")
-if st.button("Run the race", key="compare_race_go", disabled=busy or len(racers) < 2, icon=":material/sprint:",
-             help="At least two backbones; they train one after another in the background."):
-    try:
-        session().groups["race"] = proj.start_comparison([race_mode], epochs=epochs, owner=student(), backbones=racers)
-        st.rerun()
-    except tlcore.TLError as e:
-        st.error(str(e), icon=":material/error:")
+start_button("Run the race", "compare_race_go",
+             start_group("race", "compare_race_mode", backbones_key="compare_race_backbones"), project_busy, "Running…",
+             disabled=len(racers) < 2, icon=":material/sprint:",
+             help="At least two backbones; they train one after another in the background.")
 race_group = session().groups.get("race") or next(
     (r.group for r in reversed(proj.runs) if r.group.startswith("race-")), None)
 

@@ -7,7 +7,7 @@ import segno
 import streamlit as st
 
 import tlcore
-from pages.common import explain, project, run_title, session, switch_project
+from pages.common import explain, project, run_title, session, share_links, switch_project, work_button
 from tlcore import export_model, import_run, model_card, run_archive
 
 proj = project()
@@ -26,14 +26,17 @@ def web_app(proj, record, folder: Path) -> None:
                 "from disk, put it on any web server, or open it on a phone from this server.")
     quantize = st.toggle("Smaller model (int8 weights)", key="export_web_int8",
                          help="About a quarter of the size; the page says how often it agrees with the full model.")
-    if st.button("Make the web app", key="export_web", icon=":material/language:"):
+    if work_button("Make the web app", "export_web", "Making the web app…", icon=":material/language:"):
         with st.spinner("Exporting to ONNX, checking it against the app's model and writing the web app…"):
             try:
                 web = tlcore.export_web(proj, record, folder / "web", quantize=quantize)
                 path = tlcore.publish_web(web, STATIC, folder)
                 session().web_export = (record.id, web, path)
             except tlcore.TLError as e:
-                st.error(str(e), icon=":material/error:")
+                session().note("export_web_error", str(e))
+        st.rerun()  # the button again, beside what was made
+    if error := session().take_note("export_web_error"):
+        st.error(error, icon=":material/error:")
     made = session().web_export
     if not made or made[0] != record.id:
         return
@@ -79,7 +82,7 @@ else:
         if file.exists():
             col.download_button(f"Download {title}", file.read_bytes(), file.name, key=f"export_dl_{kind}",
                                 icon=":material/download:")
-        elif col.button(f"Build {title}", key=f"export_build_{kind}", icon=":material/build:"):
+        elif work_button(f"Build {title}", f"export_build_{kind}", "Building…", icon=":material/build:"):
             with st.spinner(f"Exporting to {title} and checking it against the app's model…"):
                 try:
                     path, diff = export_model(proj, record, kind)
@@ -98,9 +101,10 @@ else:
         st.markdown("**A report to hand out**: one HTML file with the data, the strategy, the curves, the "
                     "per-class results, examples right and wrong, the comparisons and this model card. It opens "
                     "in any browser, offline.")
-        if st.button("Make the report", key="export_report", icon=":material/summarize:"):
+        if work_button("Make the report", "export_report", "Writing the report…", icon=":material/summarize:"):
             with st.spinner("Writing the report…"):
                 session().report_html = (record.id, tlcore.report_html(proj, record))
+            st.rerun()
         made = session().report_html
         if made and made[0] == record.id:
             st.download_button("Download the report (.html)", made[1].encode(), f"{record.id}-report.html",
@@ -119,6 +123,7 @@ st.subheader("Projects")
 explain(f"Your work is saved on this server as project **{proj.name}**. To come back later (or after the server "
         "restarts), keep this page's address: it is the project's private link. Someone who only knows the name "
         "cannot open it.")
+share_links(proj)
 c1, c2 = st.columns(2)
 with c1.form("export_open_form"):
     name = st.text_input("Project link (or the key at its end)", key="export_open_name")

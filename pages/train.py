@@ -8,7 +8,7 @@ import tlcore
 from pages import insight
 
 from pages.common import (describe_snapshot, explain, project, require_data, run_title, save_settings, score_metric,
-                          session, setting, student)
+                          session, setting, start_button, student)
 from tlcore import describe
 
 proj = project()
@@ -90,20 +90,23 @@ if s.mode not in tlcore.FROZEN_BODY_MODES:
         lr_polling = insight.state(proj, "lr-find", lr_config).running
         st.fragment(lr_find_view, run_every=1.0 if lr_polling else None)(proj, lr_config, lr_polling)
 
-active = proj.active_runs()
+
+
+def start_training() -> None:
+    """Start a run with the project's settings (a callback: see ``start_button``)."""
+    proj = session().project
+    proj.start_run(dataclasses.replace(proj.settings, backbone=proj.backbone), owner=student())
+    st.session_state.pop("train_pick", None)  # the new run is the one shown
+
+
 c1, c2 = st.columns([1, 1])
-if c1.button("Start training", type="primary", icon=":material/play_arrow:", key="train_start", disabled=bool(active),
-             help="One run at a time per project: stop the current one or wait for it." if active else None):
-    if not proj.active_runs():  # a double click arrives as a second press after the first started a run
-        try:
-            proj.start_run(dataclasses.replace(proj.settings, backbone=proj.backbone), owner=student())
-            st.session_state.pop("train_pick", None)  # the new run is the one shown
-            st.rerun()
-        except tlcore.TLError as e:
-            st.error(str(e), icon=":material/error:")
-if active and c2.button("Stop", icon=":material/stop:", key="train_stop"):
-    for r in active:
-        r.job.stop()
+with c1:
+    start_button("Start training", "train_start", start_training, lambda: bool(session().project.active_runs()),
+                 "Training…", type="primary", icon=":material/play_arrow:",
+                 help="One run at a time per project: Stop ends the current one, keeping its best epoch.")
+if proj.active_runs():
+    c2.button("Stop", icon=":material/stop:", key="train_stop",
+              on_click=lambda: [r.job.stop() for r in session().project.active_runs()])
 
 
 def figures(record: tlcore.RunRecord, version: int, build) -> tuple:
