@@ -26,11 +26,12 @@ if not read_only() and (challenge := tlcore.current_challenge()) is not None:
                 try:
                     with st.spinner("Scoring on the hidden images…"):
                         entry = challenge.enter(proj, record, student)
-                    board = challenge.leaderboard()  # every entry so far: ``enter`` merged those made meanwhile
+                    board = challenge.best_entries()  # one per student, ``enter`` merged others' meanwhile
+                    best = next(e for e in board if e.project == entry.project)
                     recalls = ", ".join(f"{c}: {r:.0%}" for c, r in entry.recall.items())
                     st.success(f"Entered: on the teacher's hidden photos **{entry.right} of {entry.hidden}** right "
-                               f"({recalls}). Rank "
-                               f"{1 + board.index(entry)} of {len(board)}.",
+                               f"({recalls}). Rank {challenge.rank(best.accuracy)} of {len(board)} on the "
+                               "class board (your best entry counts).",
                                icon=":material/emoji_events:")
                 except tlcore.TLError as e:
                     st.error(str(e), icon=":material/error:")

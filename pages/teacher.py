@@ -1,15 +1,16 @@
 """The teacher's page: how students join, the class kit, the class's progress, runs to stop, the challenge."""
 import io
 import os
+import time
 
 import segno
 import streamlit as st
 
 import tlcore
-from pages.common import ASSETS, describe_snapshot, explain, project, session
+from pages.common import ASSETS, describe_snapshot, explain, open_session, session
 from tlcore import PROJECTS
 
-project()  # a deep link to /teacher on a freshly started server runs this page alone: app.py takes over
+open_session()  # a deep link to /teacher on a freshly started server runs this page alone: app.py takes over
 password = os.environ.get("TLS_TEACHER_PASSWORD", "")
 projector = tlcore.board_key_ok(st.query_params.get("board"))  # the projector's own key: the board, nothing else
 if not password:
@@ -27,35 +28,64 @@ def log_out() -> None:
         st.query_params.pop(k, None)
 
 
+def log_in(password: str) -> None:
+    """The password typed (a callback, so a click on Open survives a busy server's redraw: see start_button)."""
+    if key := tlcore.teacher_login(st.session_state["teacher_password"], password):
+        session().teacher_key = st.query_params["t"] = key
+    else:
+        session().note("teacher_login", "That is not the teacher password.")
+
+
 def board_rows(challenge: tlcore.Challenge, pct) -> list[dict]:
-    board = challenge.leaderboard()
-    return [{"rank": 1 + sum(o.accuracy > e.accuracy for o in board), "student": e.student,  # ties share a rank
+    """One row per student (their best entry); equal scores share a rank."""
+    return [{"rank": challenge.rank(e.accuracy), "student": e.student,
              "right on the hidden photos": f"{e.text()} ({e.accuracy:.0%})", "strategy": e.strategy,
              "training images": e.train_images, **{f"recall · {c}": pct(e.recall.get(c)) for c in challenge.classes}}
-            for e in board]
+            for e in challenge.best_entries()]
+
+
+PROJECTOR_ROWS, PROJECTOR_COLUMNS, PAGE_TURN_S = 15, 2, 10  # 30 students on one 1024x768 screen; more turn pages
+
+
+def projector_board(challenge: tlcore.Challenge) -> None:
+    """The board for a projector: rank, student, score, strategy in side-by-side columns of 15 rows, 30 students a
+    screen; a longer board shows its pages in turn, one every 10 s."""
+    rows = [{k: r[k] for k in ("rank", "student", "right on the hidden photos", "strategy")}
+            for r in board_rows(challenge, lambda v: v)]
+    per_page = PROJECTOR_ROWS * PROJECTOR_COLUMNS
+    pages = -(-len(rows) // per_page)
+    page = int(time.time() // PAGE_TURN_S) % pages
+    shown = rows[page * per_page:(page + 1) * per_page]
+    for k, col in enumerate(st.columns(PROJECTOR_COLUMNS)):
+        if chunk := shown[k * PROJECTOR_ROWS:(k + 1) * PROJECTOR_ROWS]:
+            col.table(chunk, hide_index=True)
+    if pages > 1:
+        st.caption(f"Page {page + 1} of {pages} ({len(rows)} students): the next turns in {PAGE_TURN_S} s.")
 
 
 @st.fragment(run_every=3.0)
 def board(projector: bool) -> None:
-    """The live leaderboard, refreshed every 3 s; on the projector, a large table that wraps instead of cutting."""
+    """The live leaderboard, refreshed every 3 s: one row per student; on the projector, 30 to a screen."""
     challenge = tlcore.current_challenge()
     if challenge is None:
         st.info("No challenge yet: upload a hidden test set below.", icon=":material/emoji_events:")
         return
     st.subheader(f":material/emoji_events: {challenge.name}")
-    st.caption(f"Hidden test set: {sum(challenge.counts.values())} images of "
-               f"{', '.join(f'{c} ({n})' for c, n in challenge.counts.items())}. Students enter a model from their "
-               "Evaluate page; nobody sees these images.")
+    if not projector:
+        st.caption(f"Hidden test set: {sum(challenge.counts.values())} images of "
+                   f"{', '.join(f'{c} ({n})' for c, n in challenge.counts.items())}. Students enter a model from "
+                   "their Evaluate page; nobody sees these images. One row per student: their best entry.")
     if not challenge.entries:
         st.info("No entries yet.")
     elif projector:
-        st.table(board_rows(challenge, lambda v: "–" if v is None else f"{v:.0%}"))
+        projector_board(challenge)
     else:
         pct = st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1)
         st.dataframe(board_rows(challenge, lambda v: v), hide_index=True, key="teacher_board",
                      column_config={f"recall · {c}": pct for c in challenge.classes})
-    st.caption("Look at the strategy and the number of training images beside each score: a pretrained backbone "
-               "with a few images usually beats a network trained from scratch.")
+    if not projector:
+        st.caption("Look at the strategy and the number of training images beside each score: a pretrained "
+                   "backbone with a few images usually beats a network trained from scratch.")
 
 
 @st.fragment(run_every=5.0)
@@ -85,13 +115,26 @@ def class_lab(projector: bool) -> None:
                for m, s in summary.challenge.items()])
 
 
+def join_qr(url: str, scale: int) -> bytes:
+    png = io.BytesIO()
+    segno.make(url, error="m").save(png, kind="png", scale=scale, border=2)
+    return png.getvalue()
+
+
+https = bool(st.get_option("server.sslCertFile"))
+join = tlcore.server_urls(st.get_option("server.port"), https, "?kit=1")
 if projector:  # app.py draws no sidebar or step bar for it
     st.html("<style>header, [data-testid='stToolbar'] {display: none !important}"
-            ".block-container {padding: 1rem 2rem !important; max-width: 100% !important}"
-            "[data-testid='stTable'] table {font-size: 1.5rem; width: 100%}"
-            "[data-testid='stMarkdownContainer'] p, [data-testid='stCaptionContainer'] {font-size: 1.3rem}"
-            "h3 {font-size: 2.2rem !important}</style>")
-    board(projector)
+            ".block-container {padding: 0.5rem 1rem !important; max-width: 100% !important}"
+            "[data-testid='stTable'] table {font-size: 1.05rem; width: 100%}"
+            "[data-testid='stTable'] td, [data-testid='stTable'] th {padding: 0.2rem 0.5rem !important}"
+            "[data-testid='stMarkdownContainer'] p, [data-testid='stCaptionContainer'] {font-size: 1.1rem}"
+            "h3 {font-size: 1.8rem !important; padding: 0.2rem 0 !important}</style>")
+    left, right = st.columns([4, 1])
+    with left:
+        board(projector)
+    right.image(join_qr(join[0], 5), caption="Scan to join", width="stretch", alt=f"QR code of {join[0]}")
+    right.markdown(f"**Join the class:**\n\n`{join[0]}`")
     class_lab(projector)
     st.page_link("pages/teacher.py", label="Back to the Teacher page", icon=":material/arrow_back:")
     st.stop()
@@ -101,12 +144,10 @@ if not tlcore.teacher_key_ok(session().teacher_key) and tlcore.teacher_key_ok(st
 if not tlcore.teacher_key_ok(session().teacher_key):
     st.title("Teacher")
     with st.form("teacher_login"):
-        typed = st.text_input("Teacher password", type="password", key="teacher_password")
-        if st.form_submit_button("Open", icon=":material/lock_open:"):
-            if key := tlcore.teacher_login(typed, password):
-                session().teacher_key = st.query_params["t"] = key
-                st.rerun()
-            st.error("That is not the teacher password.")
+        st.text_input("Teacher password", type="password", key="teacher_password")
+        st.form_submit_button("Open", icon=":material/lock_open:", on_click=log_in, args=(password,))
+    if error := session().take_note("teacher_login"):
+        st.error(error)
     st.stop()
 
 a, b = st.columns([5, 1], vertical_alignment="bottom")
@@ -115,8 +156,6 @@ b.button("Log out", key="teacher_logout", on_click=log_out, icon=":material/logo
          help="Forgets this tab's teacher link: the password is needed again.")
 
 # ----------------------------------------------------------------------------- how students join
-https = bool(st.get_option("server.sslCertFile"))
-join = tlcore.server_urls(st.get_option("server.port"), https, "?kit=1")
 with st.container(border=True):
     text, qr = st.columns([3, 2], vertical_alignment="center")
     text.markdown(f"### :material/group_add: Join the class\nOn your laptop, tablet or phone, open\n\n"
@@ -126,9 +165,7 @@ with st.container(border=True):
     text.markdown(":material/photo_camera: The camera works only over **HTTPS** or on localhost: "
                   + ("this server has a certificate; each browser accepts it once." if https else
                      "start the server with a certificate (`python -m tlcore cert`, see the README) to use it."))
-    png = io.BytesIO()
-    segno.make(join[0], error="m").save(png, kind="png", scale=10, border=2)
-    qr.image(png.getvalue(), caption="Scan to join", width=320)
+    qr.image(join_qr(join[0], 10), caption="Scan to join", width=320, alt=f"QR code of {join[0]}")
 
 # ----------------------------------------------------------------------------- the class kit
 kit = tlcore.current_kit()
@@ -143,7 +180,8 @@ with st.expander("Class kit" + (f": {kit.name}" if kit else ""), icon=":material
     samples = sorted(p.name for p in (ASSETS / "samples").iterdir() if p.is_dir())
     backbones = tlcore.list_backbones(include_test=bool(os.environ.get("TLS_TEST_BACKBONES")))
     with st.form("teacher_kit"):
-        source = st.selectbox("Data", [*samples, "a zip of my own"], key="teacher_kit_source",
+        source = st.selectbox("Data", [*samples, "a zip of my own"], key="teacher_kit_source", index=None,
+                              placeholder="Choose the class's data…",
                               format_func=lambda s: s if s.startswith("a zip") else f"the {s} sample")
         upload = st.file_uploader("Your zip (one folder per class)", type=["zip"], key="teacher_kit_zip")
         c, d = st.columns(2)
@@ -152,8 +190,11 @@ with st.expander("Class kit" + (f": {kit.name}" if kit else ""), icon=":material
                                tlcore.get_backbone_spec(n).title)
         mode = d.selectbox("Strategy", [None, *tlcore.STRATEGY_TITLES], key="teacher_kit_mode",
                            format_func=lambda m: "the students choose" if m is None else tlcore.STRATEGY_TITLES[m])
-        if st.form_submit_button("Use as the class kit", type="primary", icon=":material/inventory_2:"):
+        if st.form_submit_button("Replace the class kit" if kit else "Use as the class kit",
+                                 icon=":material/inventory_2:"):
             try:
+                if source is None:
+                    raise tlcore.TLError("Choose the data first: nothing was changed.")
                 if source in samples:
                     made = tlcore.create_kit(source, tlcore.folder_zip(ASSETS / "samples" / source), backbone, mode)
                 elif upload is None:

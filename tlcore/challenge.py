@@ -63,6 +63,17 @@ class Challenge:
         """Best accuracy first; at equal accuracy, the entry that needed fewer training images."""
         return sorted(self.entries, key=lambda e: (-e.accuracy, e.train_images, e.entered))
 
+    def best_entries(self) -> list[Entry]:
+        """One row per student: each project's best entry, in leaderboard order."""
+        best: dict[str, Entry] = {}
+        for e in self.leaderboard():
+            best.setdefault(e.project, e)
+        return list(best.values())
+
+    def rank(self, accuracy: float) -> int:
+        """The board's rank of a score: 1 + the number of students who did better, so ties share a rank."""
+        return 1 + sum(e.accuracy > accuracy for e in self.best_entries())
+
     def _save(self) -> None:
         data = {**asdict(self), "entries": [asdict(e) for e in self.entries]}
         atomic_write(self.folder / "challenge.json", lambda p: Path(p).write_text(json.dumps(data, indent=1)))

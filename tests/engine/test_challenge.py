@@ -83,3 +83,17 @@ def test_a_bad_hidden_set_is_refused():
         create_challenge("One class", buf.getvalue())
     with pytest.raises(tlcore.TLError):
         create_challenge("Not a zip", b"hello")
+
+
+def test_the_board_has_one_row_per_student_and_ties_share_a_rank():
+    from tlcore.challenge import Challenge, Entry
+
+    def entry(project: str, right: int, entered: float) -> Entry:
+        return Entry(project, project, f"run-{entered}", "feature extraction", "feature-extraction", 10,
+                     right / 12, {}, entered, right, 12)
+
+    c = Challenge("c", "Colours", ["a", "b"], {"a": 6, "b": 6}, 0.0,
+                  [entry("ada", 9, 1), entry("ada", 11, 2), entry("ben", 11, 3), entry("cy", 8, 4), entry("dee", 9, 5)])
+    board = c.best_entries()
+    assert [(e.project, e.right) for e in board] == [("ada", 11), ("ben", 11), ("dee", 9), ("cy", 8)]
+    assert [c.rank(e.accuracy) for e in board] == [1, 1, 3, 4]  # ada's two entries count once
