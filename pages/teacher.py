@@ -50,8 +50,8 @@ PROJECTOR_ROWS, PROJECTOR_COLUMNS, PAGE_TURN_S = 15, 2, 10  # 30 students on one
 def projector_board(challenge: tlcore.Challenge) -> None:
     """The board for a projector: rank, student, score, strategy in side-by-side columns of 15 rows, 30 students a
     screen; a longer board shows its pages in turn, one every 10 s."""
-    rows = [{k: r[k] for k in ("rank", "student", "right on the hidden photos", "strategy")}
-            for r in board_rows(challenge, lambda v: v)]
+    rows = [{"rank": challenge.rank(e.accuracy), "student": e.student, "right": e.text(), "strategy": e.strategy}
+            for e in challenge.best_entries()]
     per_page = PROJECTOR_ROWS * PROJECTOR_COLUMNS
     pages = -(-len(rows) // per_page)
     page = int(time.time() // PAGE_TURN_S) % pages
@@ -126,11 +126,11 @@ join = tlcore.server_urls(st.get_option("server.port"), https, "?kit=1")
 if projector:  # app.py draws no sidebar or step bar for it
     st.html("<style>header, [data-testid='stToolbar'] {display: none !important}"
             ".block-container {padding: 0.5rem 1rem !important; max-width: 100% !important}"
-            "[data-testid='stTable'] table {font-size: 1.05rem; width: 100%}"
-            "[data-testid='stTable'] td, [data-testid='stTable'] th {padding: 0.2rem 0.5rem !important}"
+            "[data-testid='stTable'] table {font-size: 0.95rem; width: 100%}"
+            "[data-testid='stTable'] td, [data-testid='stTable'] th {padding: 0.15rem 0.4rem !important}"
             "[data-testid='stMarkdownContainer'] p, [data-testid='stCaptionContainer'] {font-size: 1.1rem}"
             "h3 {font-size: 1.8rem !important; padding: 0.2rem 0 !important}</style>")
-    left, right = st.columns([4, 1])
+    left, right = st.columns([5, 1])
     with left:
         board(projector)
     right.image(join_qr(join[0], 5), caption="Scan to join", width="stretch", alt=f"QR code of {join[0]}")

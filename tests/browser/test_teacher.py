@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tests.browser.test_main_flow import CHROMIUM, pytestmark, shot, start_app, stop_app  # noqa: F401
+from tests.browser.test_main_flow import CHROMIUM, SHOTS, pytestmark, shot, start_app, stop_app  # noqa: F401
 from tests.engine.test_challenge import hidden_zip
 
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -111,4 +111,52 @@ def test_three_ladders_pool_on_the_teacher_page_and_the_projector_at_1024x768(ap
         wide = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
         assert wide <= 0, f"the projector view scrolls sideways by {wide}px at 1024x768"
         shot(page, "projector-class-lab")
+        browser.close()
+
+
+def test_a_board_of_30_students_fits_a_1024x768_projector_beside_the_join_qr(app_home):
+    """30 entries (one student entered twice; scores in ties) on the projector: one row per student, every row in
+    view at 1024x768, equal scores with equal ranks, the join QR beside, nothing wider than the screen."""
+    import json
+    import time
+
+    from playwright.sync_api import expect, sync_playwright
+
+    url, home = app_home
+    entries = [{"student": f"Student {k:02d}", "project": f"p{k:02d}", "run_id": f"r{k}", "strategy": "feature extraction",
+                "mode": "feature-extraction", "train_images": 40, "accuracy": (12 - k % 5) / 12,
+                "recall": {"0": 1.0, "1": 0.5}, "entered": 1000.0 + k, "right": 12 - k % 5, "hidden": 12}
+               for k in range(30)]
+    entries.append({**entries[0], "run_id": "r0-again", "accuracy": 6 / 12, "right": 6, "entered": 2000.0})
+    folder = home / "challenges" / "zz-thirty"  # the newest challenge: the one the board shows
+    folder.mkdir(parents=True)
+    (folder / "challenge.json").write_text(json.dumps({"id": "zz-thirty", "name": "Thirty students", "classes": ["0", "1"],
+                                                       "counts": {"0": 6, "1": 6}, "created": time.time() + 60,
+                                                       "entries": entries}))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1024, "height": 768})
+        page.set_default_timeout(90_000)
+        page.goto(url + "/teacher")
+        page.get_by_label("Teacher password").fill("class-2b")
+        page.get_by_role("button", name="Open").click()
+        page.get_by_role("link", name="Projector view of the leaderboard").click()
+        page.get_by_role("link", name="Back to the Teacher page").wait_for()
+        board = page.locator("[data-testid='stTable']").filter(has_text="Student")
+        expect(board.locator("tbody tr")).to_have_count(30, timeout=90_000)  # the Teacher page's stale copy is gone
+        rows = [[td.inner_text().strip() for td in tr.locator("td").all()] for tr in board.locator("tbody tr").all()]
+        assert sorted(r[1] for r in rows) == [f"Student {k:02d}" for k in range(30)]  # one row each
+        for a in rows:
+            assert all(a[0] == b[0] for b in rows if b[2] == a[2]), rows  # the same score, the same rank
+        assert {r[0] for r in rows} == {"1", "7", "13", "19", "25"}  # six students a score: ranks 1, 7, 13...
+        for tr in board.locator("tbody tr").all():
+            box = tr.bounding_box()
+            assert box["x"] >= 0 and box["x"] + box["width"] <= 1024 and box["y"] + box["height"] <= 768, box
+        qr = page.get_by_role("img", name=re.compile("QR code of .*kit=1"))
+        box = qr.bounding_box()
+        assert box["x"] + box["width"] <= 1024 and box["y"] + box["height"] <= 768, box
+        page.get_by_text("?kit=1").first.wait_for()  # the join address beside it
+        wide = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert wide <= 0, f"the projector view scrolls sideways by {wide}px at 1024x768"
+        page.screenshot(path=str(SHOTS / "projector-30-students.png"))
         browser.close()
