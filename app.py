@@ -5,7 +5,30 @@ import tlcore
 from pages.common import (PAGES, VIEW_PAGES, ask_name, has_project, open_session, project, read_only, save_student,
                           session, start_from_kit, step_bar, view_link)
 
+# Every page on a projector (1024x768) and a phone (390x844), in one place (tests/browser/test_fit_and_access.py):
+FIT_CSS = """
+@media (max-width: 1280px) {  /* Streamlit's wide layout keeps 5rem a side: on a projector beside the sidebar that
+  left the step bar 70 px a link ("Ba", "Da") */
+  [data-testid="stMainBlockContainer"] {padding-left: 1.5rem; padding-right: 1.5rem}
+}
+.st-key-step_bar {column-gap: 0.1rem; row-gap: 0}  /* the steps: one row of whole words that wraps on a phone */
+.st-key-step_bar [data-testid="stPageLink-NavLink"] {padding-left: 0.3rem; padding-right: 0.3rem}
+@media (max-width: 640px) {
+  .st-key-step_bar [data-testid="stPageLink-NavLink"] {margin: 0}
+  .st-key-step_bar p {font-size: 0.85rem}
+}
+.modebar-container {display: none !important}  /* plotly's toolbar sat over chart titles (on a phone: every tap) */
+[data-testid="stImageContainer"], [data-testid="stImageContainer"] img {max-width: 100%; height: auto}  /* a
+  picture never wider than its column: the Test page's Grad-CAM ran under the bar chart, the QR code over its link */
+[data-testid="stImageCaption"] {color: #5c5a57}  /* Streamlit's #828180 on white is 3.9:1; WCAG AA asks 4.5:1 */
+[data-testid="stMultiSelectTagsContainer"] {flex-wrap: wrap; overflow-x: hidden; height: auto}  /* in a column too */
+[data-testid="stMultiSelect"] div:has(> [data-testid="stMultiSelectTagsContainer"]) {height: auto; max-height: none}
+[data-testid="stMultiSelectTagsContainer"] > span > span {height: auto}  /* a long choice wraps, never "Zero-sh…" */
+[data-testid="stMultiSelectTagsContainer"] > span > span > span {white-space: normal}
+"""
+
 st.set_page_config(page_title="Transfer Learning Studio", page_icon=":material/school:", layout="wide")
+st.html("<style>" + FIT_CSS + "</style>")
 
 open_session()
 files = [f for f in PAGES if f in VIEW_PAGES] if read_only() else list(PAGES)  # read-only: look and test only

@@ -16,7 +16,10 @@ explain("A **backbone** is a network already trained on ImageNet: 1.2 million ph
         "Its early layers learned general features (edges, colours, textures), its later layers more specific "
         "shapes. We cut off its ImageNet classifier and reuse the rest for *your* classes.")
 
-st.image(str(ASSETS / "backbone.png"), width=720)
+st.image(str(ASSETS / "backbone.png"), width=720,
+         alt="Diagram: a backbone pretrained on ImageNet (stem, blocks 1 to 5, head) loses its classifier of 1,000 "
+             "ImageNet classes and is reused with a new head for your classes; early blocks see general features "
+             "(edges, colours, textures), later ones specific parts and objects.")
 
 specs = tlcore.list_backbones(include_test=bool(os.environ.get("TLS_TEST_BACKBONES")))
 AVAILABILITY = {"bundled": ":green-badge[:material/check: installed, works offline]",
@@ -204,7 +207,7 @@ if upload is not None or sample:
         else:
             with st.spinner("Asking the pretrained backbone…"):
                 top = tlcore.imagenet_top(spec.name, image)
-            left.image(image, width=280)
+            left.image(image, width=280, alt=f"Your photo {name}")
             fig = go.Figure(go.Bar(x=[p for _, p in top][::-1], y=[n for n, _ in top][::-1], orientation="h",
                                    text=[f"{p:.0%}" for _, p in top][::-1]))
             fig.update_layout(title="ImageNet top-5", xaxis_tickformat=".0%", xaxis_range=[0, 1], height=300,

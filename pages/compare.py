@@ -20,6 +20,9 @@ explain("Same images, same split, same number of epochs: only the strategy chang
         "Zero-shot uses no image at all: only your class names, matched to the 1,000 things the backbone "
         "learned to name on ImageNet.")
 st.image(str(ASSETS / "strategies.png"), width=640,
+         alt="Diagram of three strategies over the stages stem, 1 to 5 and head: feature extraction keeps every "
+             "pretrained stage frozen and trains a new head; fine-tuning also trains stages 3 to 5; from scratch "
+             "starts every stage from random weights.",
          caption="Blue: pretrained and frozen · orange: pretrained, learns · grey: random start · green: new head")
 require_data(proj)
 

@@ -66,6 +66,7 @@ cols = st.columns(6)
 for k, i in enumerate(wrong[:36]):
     with cols[k % 6]:
         probs = ev.probabilities[i]
-        st.image(thumbnail(val_items[i], 120), width=120)
+        st.image(thumbnail(val_items[i], 120), width=120,
+                 alt=f"{ev.names[i]}: class {ev.classes[ev.labels[i]]}, predicted {ev.classes[ev.predictions[i]]}")
         st.caption(f"**{ev.names[i][:18]}**  \ntrue: {ev.classes[ev.labels[i]]}  \npredicted: "
                    f"{ev.classes[ev.predictions[i]]} ({probs[ev.predictions[i]]:.0%})")

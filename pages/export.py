@@ -55,7 +55,7 @@ def web_app(proj, record, folder: Path) -> None:
     c1, c2 = st.columns([1, 3])
     qr = io.BytesIO()
     segno.make(link, error="m").save(qr, kind="png", scale=5, border=2)
-    c1.image(qr.getvalue(), caption="Scan with a phone", width=180)
+    c1.image(qr.getvalue(), caption="Scan with a phone", width=180, alt=f"QR code of {link}")
     c2.markdown(f"On a phone or laptop on this network: [{link}]({link})\n\nOver plain `http://` phones allow "
                 "photos but not the live camera; serve the app over HTTPS (`python -m tlcore cert`) for the camera.")
 

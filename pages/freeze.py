@@ -174,5 +174,6 @@ else:
         fig.update_layout(height=110 * top + 40, margin=dict(t=40, b=10, l=10, r=10),
                           font=dict(size=10))
         left, right = st.columns([1, 6])
-        left.image(tlcore.thumbnail(items[pick], 160), caption=items[pick].label)
+        left.image(tlcore.thumbnail(items[pick], 160), caption=items[pick].label,
+                   alt=f"class {items[pick].label}: {items[pick].name}")
         right.plotly_chart(fig, key="freeze_maps_chart")

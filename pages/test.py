@@ -87,9 +87,10 @@ for name, data in files[:24]:
     pred, overlay = cache[key]
     with st.container(border=True):
         a, b, c = st.columns([1, 1, 1.4])
-        a.image(image, caption=name, width=240)
+        a.image(image, caption=name, width=240, alt=f"Your photo {name}")
         if show_cam:
-            b.image(overlay, caption="Grad-CAM: red = looked here; dimmed = cut off, never seen by the model", width=240)
+            b.image(overlay, caption="Grad-CAM: red = looked here; dimmed = cut off, never seen by the model", width=240,
+                    alt=f"Where the model looked in {name}: a heat map over the photo, red where it looked most")
         probs = pred.probabilities
         fig = go.Figure(go.Bar(x=list(probs.values())[::-1], y=list(probs)[::-1], orientation="h",
                                text=[f"{v:.0%}" for v in list(probs.values())[::-1]]))
