@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 
 import pytest
+from streamlit.testing.v1 import AppTest
 
 import tlcore
 from tests.app.test_pages import link_key, new_app, texts
+from tests.conftest import ROOT
 from tests.engine.test_challenge import hidden_zip, trained
 
 
@@ -86,17 +88,19 @@ def test_the_projector_view_shows_only_the_board_as_a_large_table(teacher):
     challenge = tlcore.create_challenge("Zero or one?", hidden_zip(("CLASS0", "Class1")))
     proj, record = trained("projector-student")
     challenge.enter(proj, record, "Ada")
-    board = new_app()
+    board = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)  # opened at its own address, first
     board.query_params.update({"board": tlcore.board_key()})  # the projector's own key: no teacher key in sight
     board.switch_page("pages/teacher.py").run()
     assert not board.exception
     table = board.table[0].value
-    assert list(table.columns[:5]) == ["rank", "student", "right on the hidden photos", "strategy", "training images"]
+    assert list(table.columns) == ["rank", "student", "right", "strategy"]  # 30 to a 1024x768 screen
     hidden = sum(challenge.counts.values())
-    assert table.iloc[0].student == "Ada" and table.iloc[0]["right on the hidden photos"] == f"{hidden} of {hidden} (100%)"
+    assert table.iloc[0].student == "Ada" and table.iloc[0]["right"] == f"{hidden} of {hidden}"
     assert not board.sidebar.children  # no sidebar, and of the step bar's links none: only the way back
     assert [link.proto.label for link in board.get("page_link")] == ["Back to the Teacher page"]
-    assert "Join the class" not in texts(board.markdown)
+    assert not board.expander and not board.get("form")  # none of the Teacher page's panels
+    assert "?kit=1" in texts(board.markdown)  # the join address beside the board (and its QR)
+    assert board.session_state["tls"].project is None  # the projector is no student: it opened no project
     guess = new_app()  # the board's key opens nothing else, and a made-up one not even the board
     guess.query_params.update({"board": "1"})
     guess.switch_page("pages/teacher.py").run()
@@ -121,3 +125,14 @@ def test_the_class_lab_pools_every_projects_ladder_and_agrees_with_the_cli_summa
     board.switch_page("pages/teacher.py").run()
     assert not board.exception and f"Together: {summary.headline()}." in texts(board.success)
     assert any("A vs B" in t.value.columns for t in board.table)
+
+
+def test_the_teachers_own_link_opens_no_project(teacher):
+    """Each opening of the teacher's link (a reload, a second tab) once created an empty project, listed in the
+    class's progress as a student."""
+    before = set(tlcore.PROJECTS.live())
+    tab = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    tab.query_params["t"] = link_key(teacher, "t")
+    tab.switch_page("pages/teacher.py").run()
+    assert not tab.exception and "Join the class" in texts(tab.markdown)  # the Teacher page itself, no password
+    assert tab.session_state["tls"].project is None and set(tlcore.PROJECTS.live()) == before
