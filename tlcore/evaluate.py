@@ -132,7 +132,9 @@ def predict(model: TransferModel, images: list[Image.Image], classes: tuple[str,
     ``familiarity`` reference, each prediction also says whether the image is unlike the training images."""
     if not images:
         return []
-    feats = model_features(model, prepare(images, pre))  # one forward pass for the answer and the cue
+    # One forward pass for the answer and the cue, in float32 on any hardware: the answer users compare with the
+    # exported model (ONNX, the web app), which computes in float32 (bf16 moved probabilities by up to 0.09).
+    feats = model_features(model, prepare(images, pre), precision="f32")
     probs = _head_probabilities(model, feats)
     far = familiarity.unfamiliar(feats) if familiarity is not None else [None] * len(images)
     out = []
@@ -145,11 +147,14 @@ def predict(model: TransferModel, images: list[Image.Image], classes: tuple[str,
 UNSURE_BELOW = 0.5  # a top class below this probability is a guess, whatever the image
 
 
-def model_features(model: TransferModel, pixels: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """uint8 ``[N, 3, S, S]`` -> the model's own features ``[N, D]`` (what its head sees)."""
+def model_features(model: TransferModel, pixels: torch.Tensor, batch_size: int = 64, precision: str | None = None
+                   ) -> torch.Tensor:
+    """uint8 ``[N, 3, S, S]`` -> the model's own features ``[N, D]`` (what its head sees); ``precision`` as
+    ``frozen_forward``'s (a fine-tuned body runs in float32 anyway)."""
     model.eval()
     if model.body.shared_pretrained:  # the fastest runtime for the head's device
-        return frozen_forward(model.body.shared_pretrained, pixels, device=next(model.head.parameters()).device)
+        return frozen_forward(model.body.shared_pretrained, pixels, device=next(model.head.parameters()).device,
+                              precision=precision)
     device = next(model.parameters()).device
     out = []
     with torch.inference_mode():

@@ -144,19 +144,22 @@ _failed: set[tuple[str, int | None, str]] = set()
 
 
 def frozen_forward(backbone: str, pixels: torch.Tensor, stages: int | None = None,
-                   device: torch.device | str = "cpu", batch_size: int = 32) -> torch.Tensor:
+                   device: torch.device | str = "cpu", batch_size: int = 32, precision: str | None = None
+                   ) -> torch.Tensor:
     """uint8 pixels ``[N, 3, S, S]`` (preprocessed for ``backbone``) through its pretrained body.
 
     ``stages=None`` gives pooled features ``[N, D]``; ``stages=k`` the output of the first k stages
     (what a fine-tune with k frozen stages feeds to the rest). Float32, on the CPU. Uses
-    ``runtime_for(device)``; falls back to torch (once logged) if the export fails.
+    ``runtime_for(device)``; falls back to torch (once logged) if the export fails. ``precision="f32"``
+    computes in float32 whatever the hardware (else ``TLCORE_INFERENCE_PRECISION``, by default the
+    runtime's choice: bf16 where the CPU or GPU has it).
     """
+    precision = precision or os.environ.get(PRECISION_ENV, "auto")
     runtime = runtime_for(device)
     key = (backbone, stages, runtime)
     if runtime != "torch" and key not in _failed:
         try:
-            session = _session(backbone, stages, runtime, torch.get_num_threads(),
-                               os.environ.get(PRECISION_ENV, "auto"))
+            session = _session(backbone, stages, runtime, torch.get_num_threads(), precision)
         except Exception as e:  # an export or compile failure: torch still gives the right answer
             log.warning("%s cannot run %s (%s: %s); using torch", runtime, backbone, type(e).__name__, e)
             _failed.add(key)
@@ -164,15 +167,17 @@ def frozen_forward(backbone: str, pixels: torch.Tensor, stages: int | None = Non
             outs = [torch.from_numpy(session(to_float(pixels[lo:lo + batch_size], channels_last=False).numpy()))
                     for lo in range(0, len(pixels), batch_size)]
             return torch.cat(outs) if outs else torch.zeros(0)
-    return frozen_forward_torch(backbone, pixels, stages, device, batch_size)
+    return frozen_forward_torch(backbone, pixels, stages, device, batch_size, precision)
 
 
 def frozen_forward_torch(backbone: str, pixels: torch.Tensor, stages: int | None = None,
-                         device: torch.device | str = "cpu", batch_size: int = 32) -> torch.Tensor:
+                         device: torch.device | str = "cpu", batch_size: int = 32, precision: str = "auto"
+                         ) -> torch.Tensor:
     """``frozen_forward`` in PyTorch (GPUs, the fallback, and the reference the parity tests use)."""
     device = torch.device(device)
     part = _torch_part(backbone, stages, device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and precision != "f32"
+                else nullcontext())
     outs = []
     with torch.inference_mode(), autocast:
         for lo in range(0, len(pixels), batch_size):
