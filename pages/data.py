@@ -8,7 +8,7 @@ import streamlit as st
 import tlcore
 from pages import data_check, live_camera
 from pages.common import ASSETS, explain, project, session, switch_project
-from tlcore import IMAGE_SUFFIXES, thumbnail
+from tlcore import thumbnail
 
 proj = project()
 images = proj.images
@@ -17,7 +17,6 @@ explain("Each **class** is one thing the model should tell apart (cat / dog, rip
         "a name and some example images. With a pretrained backbone, 10–20 images per class is often enough; "
         "learning from scratch would need thousands.")
 
-TYPES = sorted(s.strip(".") for s in IMAGE_SUFFIXES)
 SAMPLES = {"digits": "Handwritten digits 0–4 (40 each, from scikit-learn; CC BY 4.0, UCI)",
            "faces": "Faces vs. not faces (100 each, LFW subset via scikit-image)"}
 
@@ -145,7 +144,7 @@ with tab_classes:
 with tab_zip:
     explain("A .zip with one folder per class, each holding that class's images. Hidden files and __MACOSX "
             "are ignored; unsafe entries are refused and listed.")
-    st.file_uploader("Zip file", type=["zip"], key=f"data_zip_{upload_gen()}", on_change=add_zip)
+    st.file_uploader("Zip file", key=f"data_zip_{upload_gen()}", on_change=add_zip)
 with tab_camera:
     if not images.classes:
         st.info("Add a class first, then record images of it from the camera.")
@@ -204,7 +203,7 @@ for k, label in enumerate(images.classes):
                 proj.save()
                 edited()
                 st.rerun()
-        st.file_uploader(f"Add images to '{label}'", type=TYPES, accept_multiple_files=True,
+        st.file_uploader(f"Add images to '{label}'", accept_multiple_files=True,
                          key=f"data_up_{k}_{upload_gen()}", on_change=add_files,
                          args=(label, f"data_up_{k}_{upload_gen()}"))
         items = [i for i in images.items if i.label == label]

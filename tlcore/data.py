@@ -500,8 +500,10 @@ def validate_class_name(name: str, existing: Iterable[str]) -> str:
         raise TLError("A class name cannot be blank.")
     if "/" in clean or "\\" in clean or clean in (".", ".."):
         raise TLError(f"'{clean}' cannot be a class name: it must not contain '/' or '\\'.")
-    if clean.casefold() in {e.casefold() for e in existing}:
-        raise TLError(f"There is already a class called '{clean}'. Choose another name.")
+    if same := next((e for e in existing if e.casefold() == clean.casefold()), None):
+        raise TLError(f"There is already a class called '{same}'"
+                      f"{' (capital and small letters count as the same)' if same != clean else ''}. "
+                      "Choose another name.")
     return clean
 
 

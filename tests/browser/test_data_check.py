@@ -46,3 +46,21 @@ def test_the_review_panel_in_a_real_browser(app_url, page, tmp_path):  # noqa: F
     page.get_by_text("Your review: 1 fixed, 0 kept").click()
     page.get_by_role("button", name="Undo").first.click()
     page.get_by_role("heading", name="0 · 16 images").wait_for()
+
+
+def test_a_file_that_is_not_a_picture_is_named_not_dropped(app_url, page, tmp_path):  # noqa: F811
+    """Issue 38: a .txt picked in a class's uploader was dropped by the browser without a word. Every file
+    reaches the app's own checks, which keep the pictures and say which file was not one and why."""
+    (tmp_path / "notes.txt").write_text("not a picture")
+    digit = tmp_path / "new-zero.png"
+    Image.open(sorted((DIGITS / "0").glob("*.png"))[0]).resize((40, 40)).rotate(20).save(digit)  # not in the sample
+    page.goto(f"{app_url}/data")
+    page.get_by_role("heading", name="2 · Your data").wait_for()
+    page.get_by_role("button", name="Load digits").click()
+    page.get_by_role("heading", name="0 · 40 images").wait_for()
+    uploader = page.locator("[data-testid='stFileUploader']").filter(has_text="Add images to '0'")
+    uploader.locator("input[type=file]").set_input_files([str(tmp_path / "notes.txt"), str(digit)])
+    page.get_by_text("1 file not used: see why").wait_for()
+    page.get_by_text("this is not an image file").wait_for()
+    assert page.get_by_text("notes.txt").count() >= 1
+    page.get_by_role("heading", name="0 · 41 images").wait_for()  # the picture is kept

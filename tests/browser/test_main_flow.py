@@ -71,8 +71,7 @@ def stop_app(proc: subprocess.Popen) -> None:
 def app_url():
     proc, url, _ = start_app()
     yield url
-    proc.terminate()
-    proc.wait(10)
+    stop_app(proc)  # a busy server may take longer than 10 s to stop: then it is killed
 
 
 @pytest.fixture(scope="module")

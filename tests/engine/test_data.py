@@ -394,3 +394,14 @@ def test_frozen_work_streams_so_memory_grows_by_features_not_by_a_preprocessed_s
                          env={**os.environ, "PYTHONPATH": str(root)})
     assert out.returncode == 0, out.stderr[-2000:]
     assert int(out.stdout.split()[-1]) < 60  # MB above the peak after the first 376
+
+
+def test_a_class_name_taken_in_other_letters_names_the_class_that_has_it():
+    """Issue 38: "There is already a class called 'Mammal'" when the existing one was 'mammal'."""
+    from tlcore.data import validate_class_name
+
+    with pytest.raises(tlcore.TLError, match=r"called 'mammal' \(capital and small letters count as the same\)"):
+        validate_class_name("Mammal", ["insect", "mammal"])
+    with pytest.raises(tlcore.TLError, match=r"called 'mammal'\. Choose"):
+        validate_class_name(" mammal ", ["mammal"])
+    assert validate_class_name("Tool", ["mammal"]) == "Tool"
