@@ -20,7 +20,10 @@ FIT_CSS = """
 .modebar-container {display: none !important}  /* plotly's toolbar sat over chart titles (on a phone: every tap) */
 [data-testid="stImageContainer"], [data-testid="stImageContainer"] img {max-width: 100%; height: auto}  /* a
   picture never wider than its column: the Test page's Grad-CAM ran under the bar chart, the QR code over its link */
-[data-testid="stImageCaption"] {color: #5c5a57}  /* Streamlit's #828180 on white is 3.9:1; WCAG AA asks 4.5:1 */
+[data-testid="stImageCaption"] [data-testid="stCaptionContainer"] {opacity: 1; color: #5c5a57}  /* Streamlit's grey
+  at 60 % opacity is 2.7:1 on white; WCAG AA asks 4.5:1 */
+[data-testid="stMetric"] [data-testid="stMarkdownContainer"] * {white-space: normal !important}  /* a metric's
+  label, value and note wrap ("Validation accur…", "Feature extrac…" were cut) */
 [data-testid="stMultiSelectTagsContainer"] {flex-wrap: wrap; overflow-x: hidden; height: auto}  /* in a column too */
 [data-testid="stMultiSelect"] div:has(> [data-testid="stMultiSelectTagsContainer"]) {height: auto; max-height: none}
 [data-testid="stMultiSelectTagsContainer"] > span > span {height: auto}  /* a long choice wraps, never "Zero-sh…" */

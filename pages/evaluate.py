@@ -46,9 +46,10 @@ score_metric(st, record.result.score)
 if data_summary := tlcore.review_summary(proj.folder):
     st.caption(f":material/rule: {data_summary} (Data page, *Check your data*)")
 rows = [{"class": n, "precision": p, "recall": r, "images": s} for n, p, r, s in ev.precision_recall()]
-st.dataframe(rows, hide_index=True, key="evaluate_table",
-             column_config={"precision": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1),
-                            "recall": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1)})
+pct = st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1, width="small")
+st.dataframe(rows, hide_index=True, key="evaluate_table",  # narrow columns: a phone shows them all, no swipe
+             column_config={"class": st.column_config.TextColumn(width="small"), "precision": pct, "recall": pct,
+                            "images": st.column_config.NumberColumn(width="small")})
 
 cm = ev.confusion_matrix
 fig = go.Figure(go.Heatmap(z=cm, x=list(ev.classes), y=list(ev.classes), colorscale="Blues", text=cm,
