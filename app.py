@@ -9,7 +9,7 @@ from pages.common import (PAGES, VIEW_PAGES, ask_name, has_project, open_session
 FIT_CSS = """
 @media (max-width: 1280px) {  /* Streamlit's wide layout keeps 5rem a side: on a projector beside the sidebar that
   left the step bar 70 px a link ("Ba", "Da") */
-  [data-testid="stMainBlockContainer"] {padding-left: 1.5rem; padding-right: 1.5rem}
+  [data-testid="stMainBlockContainer"] {padding-left: 1rem; padding-right: 1rem}
 }
 .st-key-step_bar {column-gap: 0.1rem; row-gap: 0}  /* the steps: one row of whole words that wraps on a phone */
 .st-key-step_bar [data-testid="stPageLink-NavLink"] {padding-left: 0.3rem; padding-right: 0.3rem}
@@ -20,10 +20,12 @@ FIT_CSS = """
 .modebar-container {display: none !important}  /* plotly's toolbar sat over chart titles (on a phone: every tap) */
 [data-testid="stImageContainer"], [data-testid="stImageContainer"] img {max-width: 100%; height: auto}  /* a
   picture never wider than its column: the Test page's Grad-CAM ran under the bar chart, the QR code over its link */
-[data-testid="stImageCaption"] [data-testid="stCaptionContainer"] {opacity: 1; color: #5c5a57}  /* Streamlit's grey
-  at 60 % opacity is 2.7:1 on white; WCAG AA asks 4.5:1 */
+[data-testid="stCaptionContainer"] {opacity: 1; color: #5c5a57}  /* captions: Streamlit's faded grey is 3.9:1 on
+  white (2.7:1 under a picture); WCAG AA asks 4.5:1 */
 [data-testid="stMetric"] [data-testid="stMarkdownContainer"] * {white-space: normal !important}  /* a metric's
   label, value and note wrap ("Validation accur…", "Feature extrac…" were cut) */
+[data-testid="stFileUploaderDropzoneInstructions"] span, [data-testid="stSidebar"] [data-testid="stPageLink-NavLink"] *
+  {white-space: normal}  /* "500MB per file • AVIF, BMP, …" and long sidebar links wrap, never end in "…" */
 [data-testid="stMultiSelectTagsContainer"] {flex-wrap: wrap; overflow-x: hidden; height: auto}  /* in a column too */
 [data-testid="stMultiSelect"] div:has(> [data-testid="stMultiSelectTagsContainer"]) {height: auto; max-height: none}
 [data-testid="stMultiSelectTagsContainer"] > span > span {height: auto}  /* a long choice wraps, never "Zero-sh…" */

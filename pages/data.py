@@ -184,7 +184,7 @@ if not images.classes:
 counts = images.counts()
 for k, label in enumerate(images.classes):
     with st.container(border=True):
-        head = st.columns([3, 2, 1], vertical_alignment="bottom")
+        head = st.columns([2, 1, 1], vertical_alignment="bottom")  # "Delete" whole at 1024 px
         head[0].markdown(f"### {label} · {counts[label]} image{'s' * (counts[label] != 1)}")
         with head[1].popover("Rename", icon=":material/edit:"):
             new = st.text_input("New name", value=label, key=f"data_rename_{k}")

@@ -96,7 +96,8 @@ else:
     with st.container(border=True):
         web_app(proj, record, folder)
     spec = tlcore.get_backbone_spec(record.config.backbone)
-    st.code(tlcore.USAGE.format(folder=record.id, size=spec.preprocess.input_size), language="python")
+    st.code(tlcore.USAGE.format(folder=record.id, size=spec.preprocess.input_size), language="python",
+            wrap_lines=True)  # no sideways scroll on a projector or a phone
     with st.container(border=True):
         st.markdown("**A report to hand out**: one HTML file with the data, the strategy, the curves, the "
                     "per-class results, examples right and wrong, the comparisons and this model card. It opens "

@@ -28,7 +28,9 @@ STEPS = {  # step bar title -> the heading that only its page shows
 # next rule then judges), every box that scrolls sideways inside (a table that needs a swipe), every box that runs
 # out of its column (a picture over its neighbour), and every text cut short (an ellipsis, or text wider than its
 # box that its box hides). Off-screen helpers (the "Skip to main content" link before it is focused) are not seen.
-MEASURE = """() => {
+# One exception, on a phone only: a table (st.dataframe, drawn on a canvas, whose cells cannot wrap) of more
+# columns than 358 px hold scrolls inside its own frame; the page around it still may not.
+MEASURE = """(phone) => {
   const W = document.documentElement.clientWidth, out = [];
   const name = el => (el.getAttribute('data-testid') || el.tagName.toLowerCase())
       + ': ' + (el.innerText || el.getAttribute('aria-label') || el.getAttribute('alt') || '').trim().slice(0, 60);
@@ -42,8 +44,9 @@ MEASURE = """() => {
   if (sideways > 1) out.push(`the page scrolls sideways by ${sideways}px`);
   for (const el of document.querySelectorAll('[data-testid="stAppViewContainer"] *')) {
     const r = el.getBoundingClientRect(), s = getComputedStyle(el);
-    if (r.width < 1 || r.height < 1 || r.right <= 0 || r.bottom <= 0 || s.visibility === 'hidden') continue;
-    if (el.closest('[data-testid="stSidebar"], [aria-hidden="true"], .hoverlayer, [role="tooltip"]')) continue;
+    if (r.width <= 1 || r.height <= 1 || r.right <= 0 || r.bottom <= 0 || s.visibility === 'hidden') continue;
+    if (s.clipPath !== 'none' || s.clip.startsWith('rect(0')) continue;  // text for screen readers only ("add icon")
+    if (el.closest('[aria-hidden="true"], .hoverlayer, [role="tooltip"]')) continue;
     if (r.right > W + 1 && !inside(el, W, null)) out.push(`past the right edge by ${Math.round(r.right - W)}px: ${name(el)}`);
     const col = el.parentElement && el.parentElement.closest('[data-testid="stColumn"]');
     if (col) {
@@ -51,9 +54,11 @@ MEASURE = """() => {
       if ((r.right > c.right + 1 || r.left < c.left - 1) && !inside(el, c.right, col))
         out.push(`out of its column by ${Math.round(Math.max(r.right - c.right, c.left - r.left))}px: ${name(el)}`);
     }
-    if ((s.overflowX === 'auto' || s.overflowX === 'scroll') && el.scrollWidth > el.clientWidth + 1)
+    if ((s.overflowX === 'auto' || s.overflowX === 'scroll') && el.scrollWidth > el.clientWidth + 1
+        && !(phone && el.closest('[data-testid="stDataFrame"]')))
       out.push(`scrolls sideways inside by ${el.scrollWidth - el.clientWidth}px: ${name(el)}`);
-    const text = [...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
+    const text = [...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim())
+        && !s.fontFamily.includes('Material');  // an icon's ligature ("add") is a glyph, not text
     if (el.scrollWidth > el.clientWidth + 1 && (s.textOverflow === 'ellipsis' || (text && clips(el))))
       out.push(`text cut short: ${name(el)}`);
   }
@@ -82,7 +87,7 @@ def look(page, name: str, problems: dict) -> None:
         page.wait_for_function(f"() => document.documentElement.clientWidth <= {w}")
         settle(page)
         page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
-        if found := page.evaluate(MEASURE):
+        if found := page.evaluate(MEASURE, size == "phone"):
             problems[f"{name} at {w}x{h}"] = found
         SHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SHOTS / f"fit-{name}-{size}.png"), full_page=True)
@@ -101,6 +106,49 @@ def axe(page, name: str, violations: dict) -> None:
                 f"{v['nodes'][0].get('failureSummary', '')[:200]}")
 
 
+def visit_every_page(page, url: str, problems: dict, violations: dict) -> None:
+    """Every step (from the one shown), then the Teacher page and the projector: looked at, measured, axe-checked."""
+    from playwright.sync_api import expect
+
+    for title, heading in STEPS.items():
+        page.set_viewport_size({"width": 1024, "height": 768})
+        page.get_by_role("link", name=re.compile(title)).first.click()
+        page.get_by_role("heading", name=heading).wait_for()
+        if title == "Test":
+            probe = max((ROOT / "assets" / "samples" / "digits" / "1").glob("*.png"))
+            page.locator("[data-testid='stFileUploaderDropzoneInput']").first.set_input_files(str(probe))
+            page.get_by_text("Grad-CAM: red = looked here").first.wait_for()
+        if title == "Compare":  # the trained model as an earlier run: the comparison's table and charts
+            box = page.get_by_role("combobox", name="Add earlier runs to the comparison")
+            box.click()
+            box.press("ArrowDown")
+            box.press("Enter")
+            box.press("Escape")
+            page.locator(".stPlotlyChart").filter(has_text="Trainable").first.wait_for()
+        if title == "Export":
+            page.get_by_role("button", name="Make the web app").click()
+            page.get_by_text("Scan with a phone").wait_for(timeout=180_000)
+        settle(page)
+        axe(page, title, violations)
+        look(page, title, problems)
+
+    page.set_viewport_size({"width": 1024, "height": 768})
+    page.goto(url + "/teacher")
+    page.get_by_label("Teacher password").fill("fit-check")
+    page.get_by_role("button", name="Open").click()
+    page.get_by_role("button", name="Log out").wait_for()
+    settle(page)
+    axe(page, "Teacher", violations)
+    look(page, "Teacher", problems)
+    page.set_viewport_size({"width": 1024, "height": 768})
+    page.get_by_role("link", name="Projector view of the leaderboard").click()
+    page.get_by_role("link", name="Back to the Teacher page").wait_for()
+    expect(page.get_by_role("button", name="Log out")).to_have_count(0, timeout=WAIT)  # the Teacher page has gone
+    settle(page)
+    axe(page, "Projector", violations)
+    look(page, "Projector", problems)
+
+
 @pytest.fixture(scope="module")
 def studio():
     proc, url, _ = start_app(TLS_TEACHER_PASSWORD="fit-check")
@@ -109,7 +157,7 @@ def studio():
 
 
 def test_every_page_fits_a_projector_and_a_phone_and_passes_axe(studio):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import sync_playwright
 
     problems, violations = {}, {}
     with sync_playwright() as p:
@@ -123,38 +171,13 @@ def test_every_page_fits_a_projector_and_a_phone_and_passes_axe(studio):
         page.goto(page.url.replace("/data", "/train"))
         page.get_by_role("heading", name=STEPS["Train"]).wait_for()
         page.get_by_role("button", name="Start training").click()
-        page.get_by_text("the best epoch").first.wait_for(timeout=180_000)
+        try:
+            page.get_by_text("the best epoch").first.wait_for(timeout=300_000)
+        except Exception:
+            page.screenshot(path=str(SHOTS / "fit-train-timeout.png"))
+            raise
 
-        for title, heading in STEPS.items():
-            page.set_viewport_size({"width": 1024, "height": 768})
-            page.get_by_role("link", name=re.compile(title)).first.click()
-            page.get_by_role("heading", name=heading).wait_for()
-            if title == "Test":
-                probe = sorted((ROOT / "assets" / "samples" / "digits" / "1").glob("*.png"))[-1]
-                page.locator("[data-testid='stFileUploaderDropzoneInput']").first.set_input_files(str(probe))
-                page.get_by_text("Grad-CAM: red = looked here").first.wait_for()
-            if title == "Export":
-                page.get_by_role("button", name="Make the web app").click()
-                page.get_by_text("Scan with a phone").wait_for(timeout=180_000)
-            settle(page)
-            axe(page, title, violations)
-            look(page, title, problems)
-
-        page.set_viewport_size({"width": 1024, "height": 768})
-        page.goto(studio + "/teacher")
-        page.get_by_label("Teacher password").fill("fit-check")
-        page.get_by_role("button", name="Open").click()
-        page.get_by_role("button", name="Log out").wait_for()
-        settle(page)
-        axe(page, "Teacher", violations)
-        look(page, "Teacher", problems)
-        page.set_viewport_size({"width": 1024, "height": 768})
-        page.get_by_role("link", name="Projector view of the leaderboard").click()
-        page.get_by_role("link", name="Back to the Teacher page").wait_for()
-        expect(page.get_by_role("button", name="Log out")).to_have_count(0, timeout=WAIT)  # the Teacher page has gone
-        settle(page)
-        axe(page, "Projector", violations)
-        look(page, "Projector", problems)
+        visit_every_page(page, studio, problems, violations)
         browser.close()
     report = "\n".join(f"{where}:\n  " + "\n  ".join(found) for where, found in {**problems, **violations}.items())
     print(report)
