@@ -21,6 +21,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import PIL
 import torch
 
 from .backbones import get_backbone_spec
@@ -132,7 +133,10 @@ def export_web(project: Project, record: RunRecord, out_dir: str | Path, quantiz
             card += "\n"
         config = {"title": record.label, "classes": list(record.result.classes), "card": card,
                   "preprocess": dataclasses.asdict(spec.preprocess), "base_size": BASE_SIZE,
-                  "max_aspect": MAX_ASPECT, "quantized": quantize}
+                  "max_aspect": MAX_ASPECT, "quantized": quantize,
+                  # Pillow 13 runs a resize's vertical pass first when the height shrinks more than twice as much
+                  # as the width (older ones always the horizontal first): the page repeats this app's Pillow.
+                  "resize_vertical_first": int(PIL.__version__.split(".")[0]) >= 13}
         staging = Path(tmp) / "web"
         staging.mkdir()
         for name in PAGE_FILES:

@@ -52,6 +52,9 @@ def test_the_folder_holds_the_page_the_runtime_and_a_model_that_matches_the_app(
     pre = tlcore.get_backbone_spec("tiny-test").preprocess
     assert config["classes"] == list(record.result.classes) and config["preprocess"]["input_size"] == pre.input_size
     assert (config["base_size"], config["max_aspect"]) == (BASE_SIZE, MAX_ASPECT)
+    import PIL  # the page repeats this Pillow's resize pass order
+
+    assert config["resize_vertical_first"] == (int(PIL.__version__.split(".")[0]) >= 13)
     assert "Accuracy on held-out images" in config["card"] and not config["quantized"]
     assert "tlsClassify" in (web.folder / "index.html").read_text()
     # the embedded model is an ONNX model giving the app's probabilities
