@@ -56,7 +56,7 @@ from .lesson import (ClassKit, StudentProgress, class_progress, create_kit, curr
 from .report import USAGE, report_html
 from .charts import SERIES_COLOURS, training_figures
 from .webexport import WebExport, export_web, lan_url, publish_web
-from .verdict import Verdict, headline, ladder_verdicts, names_worth, study_finding, versus
+from .verdict import Verdict, headline, ladder_verdicts, names_worth, photos_changed, study_finding, versus
 from .classlab import ClassSummary, PairResult, class_summary
 from .zeroshot import mapping_method, suggest_mapping, unmapped
 from .transfer import StageProbe, TransferScore, logme, probe_stages, stage_maps, transfer_score
@@ -96,7 +96,7 @@ __all__ = [
     # honest numbers
     "Paired", "Score", "accuracy_interval", "paired",
     # the lesson in words: photo-by-photo verdicts, the ladder's first line, what the class names were worth
-    "Verdict", "headline", "ladder_verdicts", "names_worth", "study_finding", "versus",
+    "Verdict", "headline", "ladder_verdicts", "names_worth", "photos_changed", "study_finding", "versus",
     # the class as the lab: every project's ladders, studies and challenge entries pooled
     "ClassSummary", "PairResult", "class_summary",
     # evaluation

@@ -177,4 +177,19 @@ def study_finding(runs: Sequence[RunFacts]) -> str | None:
                    "needs far more (thousands per class in the studies of He et al., 2019).")
 
 
-__all__ = ["PRETRAINED", "Verdict", "headline", "ladder_verdicts", "luck", "names_worth", "study_finding", "versus"]
+def photos_changed(results: Sequence[RunFacts], digests: Sequence[str]) -> str | None:
+    """A hint when the photos are no longer those ``results`` were scored on (``digests``: the photos now),
+    e.g. "Your photos changed since this ran (3 added, 1 removed): run it again to count them."; else None."""
+    scored = {d for r in results for d, _t, _p in r.heldout}
+    if not scored:
+        return None
+    now = set(digests)
+    added, removed = len(now - scored), len(scored - now)
+    if not added and not removed:
+        return None
+    what = ", ".join(f"{n} {w}" for n, w in ((added, "added"), (removed, "removed")) if n)
+    return f"Your photos changed since this ran ({what}): run it again to count them."
+
+
+__all__ = ["PRETRAINED", "Verdict", "headline", "ladder_verdicts", "luck", "names_worth", "photos_changed",
+           "study_finding", "versus"]

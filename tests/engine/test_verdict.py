@@ -97,3 +97,15 @@ def test_the_study_says_whether_the_gap_between_pretrained_and_scratch_closes_wi
     flat = [at(1, "few-shot", 80), at(1, "scratch", 20), at(25, "few-shot", 85), at(25, "scratch", 25)]
     assert "hardly closed" in study_finding(flat)
     assert study_finding(flat[:2]) is None  # one size: nothing to compare
+
+
+def test_a_comparison_on_other_photos_says_so():
+    """Issue 38: an old study stayed on the page after the photos changed, with no hint."""
+    from tlcore import photos_changed
+
+    runs = [facts("feature-extraction", [True] * 6), facts("scratch", [True, False] * 3)]
+    now = [f"p{i}" for i in range(6)]
+    assert photos_changed(runs, now) is None
+    assert photos_changed(runs, now[1:] + ["x", "y"]) == ("Your photos changed since this ran (2 added, 1 removed): "
+                                                           "run it again to count them.")
+    assert photos_changed([], now) is None  # nothing scored yet: nothing to say
