@@ -17,6 +17,8 @@ FIT_CSS = """
   .st-key-step_bar [data-testid="stPageLink-NavLink"] {margin: 0}
   .st-key-step_bar p {font-size: 0.85rem}
 }
+[data-testid="stPageLink-NavLink"]:focus-visible {outline: 2px solid #c53948; outline-offset: 1px}  /* the steps had no
+  focus ring: a keyboard user could not see which step Tab had reached (WCAG 2.4.7) */
 .modebar-container {display: none !important}  /* plotly's toolbar sat over chart titles (on a phone: every tap) */
 [data-testid="stImageContainer"], [data-testid="stImageContainer"] img {max-width: 100%; height: auto}  /* a
   picture never wider than its column: the Test page's Grad-CAM ran under the bar chart, the QR code over its link */
