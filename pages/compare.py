@@ -90,7 +90,13 @@ def project_busy() -> bool:
     return bool(session().project.active_runs())
 
 
-start_button("Run comparison", "compare_go", start_group("ladder", "compare_strategies"), project_busy, "Running…",
+def busy_label(prefix: str, running: str) -> str:
+    """What a button says while the project is busy: its own work running, or another run of the project."""
+    return running if prefix in {r.group.split("-")[0] for r in proj.active_runs()} else "Another run is on…"
+
+
+start_button("Run comparison", "compare_go", start_group("ladder", "compare_strategies"), project_busy,
+             busy_label("compare", "Comparison running…"),
              type="primary", icon=":material/play_arrow:", disabled=not chosen,
              help="Runs in the background, one after another; one run of this project at a time.")
 
@@ -124,6 +130,8 @@ def comparison_view(proj: tlcore.Project, group: str | None, extra_ids: list[str
         st.info("Press **Run comparison**. Each strategy trains in turn; the curves appear as they go.")
         return
     results = [r.result for r in records if r.result is not None and r.result.score is not None]
+    if stale := tlcore.photos_changed(results, [i.digest for i in proj.images.items]):
+        st.warning(stale, icon=":material/update:")
     if line := tlcore.headline(results):
         st.success(line, icon=":material/school:")
     if worth := tlcore.names_worth(results):
@@ -222,7 +230,8 @@ if shots and eff_strats and not busy:
     st.caption(f"{len(shots) * len(eff_strats)} runs, about {format_seconds(proj.comparison_seconds(eff_strats, shots, epochs, owner=student()))}"
                " in all on this server.")
 start_button("Run data-efficiency study", "compare_eff_go",
-             start_group("study", "compare_eff_strategies", shots_key="compare_shots"), project_busy, "Running…",
+             start_group("study", "compare_eff_strategies", shots_key="compare_shots"), project_busy,
+             busy_label("shots", "Study running…"),
              disabled=not shots or not eff_strats, icon=":material/stacked_line_chart:")
 eff_group = session().groups.get("study") or next(
     (r.group for r in reversed(proj.runs) if r.group.startswith("shots-")), None)
@@ -242,6 +251,9 @@ def study_view(proj: tlcore.Project, eff_group: str | None, study_polling: bool)
                                               f"left (they train in the background: you can leave this page)")
     elif study_polling:
         st.rerun()  # the study has ended: stop polling
+    if stale := tlcore.photos_changed([r.result for r in records if r.result is not None],
+                                      [i.digest for i in proj.images.items]):
+        st.warning(stale, icon=":material/update:")
     if points:
         order = [str(s) for s in sorted({p["images per class"] for p in points if p["images per class"] != "all"})]
         for p in points:
@@ -285,7 +297,8 @@ if racers and not busy:
         race_s = proj.comparison_seconds([race_mode], epochs=epochs, backbones=racers, owner=student())
     st.caption(f"{len(racers)} runs, about {format_seconds(race_s)} in all on this server.")
 start_button("Run the race", "compare_race_go",
-             start_group("race", "compare_race_mode", backbones_key="compare_race_backbones"), project_busy, "Running…",
+             start_group("race", "compare_race_mode", backbones_key="compare_race_backbones"), project_busy,
+             busy_label("race", "Race running…"),
              disabled=len(racers) < 2, icon=":material/sprint:",
              help="At least two backbones; they train one after another in the background.")
 race_group = session().groups.get("race") or next(
