@@ -14,7 +14,8 @@ FIT_CSS = """
 .st-key-step_bar {column-gap: 0.1rem; row-gap: 0}  /* the steps: one row of whole words that wraps on a phone */
 .st-key-step_bar [data-testid="stPageLink-NavLink"] {padding-left: 0.3rem; padding-right: 0.3rem}
 @media (max-width: 640px) {
-  .st-key-step_bar [data-testid="stPageLink-NavLink"] {margin: 0}
+  .st-key-step_bar {row-gap: 0.2rem}  /* two rows of steps, each a thumb's height */
+  .st-key-step_bar [data-testid="stPageLink-NavLink"] {margin: 0; padding-top: 0.3rem; padding-bottom: 0.3rem}
   .st-key-step_bar p {font-size: 0.85rem}
 }
 [data-testid="stPageLink-NavLink"]:focus-visible {outline: 2px solid #c53948; outline-offset: 1px}  /* the steps had no
