@@ -1,8 +1,8 @@
 """The exported web app, opened from disk in chromium with networking off, gives the app's predictions.
 
 Real images (the bundled face photos, two non-square JPEG photos) and generated photos of every shape the app
-meets (square to 5:1 and 1:5, 20x300, 12 megapixels, EXIF orientations 3/6/8, RGBA, LA and palette transparency,
-PNG, GIF, WebP) are classified by the page's ``window.tlsClassify`` and by the app's own ``tlcore.predict``: the
+meets (square to 5:1 and 1:5, 20x300, 12 megapixels, EXIF orientations 3/6/8, a colour profile, RGBA, LA and
+palette transparency, PNG, GIF, WebP) are classified by the page's ``window.tlsClassify`` and by the app's own ``tlcore.predict``: the
 same class for every image and probabilities within 1e-3 for the float32 model; the page's decoded image and the
 network's input (``window.tlsPixels``) are the app's pixels. For the int8 model the agreement is printed.
 """
@@ -62,6 +62,23 @@ def _encoded(img: Image.Image, fmt: str, orientation: int | None = None, **optio
     return buf.getvalue()
 
 
+def _wide_gamut_profile() -> bytes:
+    """An ICC profile unlike sRGB (its red and blue primaries swapped), as phones embed Display P3: the app reads
+    a photo's numbers and ignores its profile, so the page must too (any conversion would show at once)."""
+    import struct
+
+    from PIL import ImageCms
+
+    icc = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    count = struct.unpack(">I", icc[128:132])[0]
+    tags = {bytes(icc[132 + 12 * i:136 + 12 * i]): struct.unpack(">II", icc[136 + 12 * i:144 + 12 * i])
+            for i in range(count)}
+    (r, r_size), (b, b_size) = tags[b"rXYZ"], tags[b"bXYZ"]
+    icc[r:r + r_size], icc[b:b + b_size] = icc[b:b + b_size], icc[r:r + r_size]
+    icc[84:100] = bytes(16)  # the profile ID no longer holds
+    return bytes(icc)
+
+
 def generated_photos() -> dict[str, bytes]:
     """File name -> bytes, for every shape the app meets."""
     out = {}
@@ -72,6 +89,7 @@ def generated_photos() -> dict[str, bytes]:
         out[f"exif{o}-1600x1200.jpg"] = _encoded(_photo(1600, 1200, 20 + o), "JPEG", o, quality=90)
     out["exif6-4032x3024.jpg"] = _encoded(_photo(4032, 3024, 30), "JPEG", 6, quality=85)  # an iPhone photo
     out["exif6-800x600.png"] = _encoded(_photo(800, 600, 31), "PNG", 6)
+    out["icc-1200x900.jpg"] = _encoded(_photo(1200, 900, 32), "JPEG", quality=90, icc_profile=_wide_gamut_profile())
     for w, h in ((600, 900), (1600, 400)):
         rgba = _photo(w, h, w).convert("RGBA")
         rgba.putalpha(_cutout_mask(w, h))
