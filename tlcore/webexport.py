@@ -4,9 +4,11 @@ The folder opens from disk (``file://``) or from any static web server, offline:
 ``fetch()`` of local files, so the model and ONNX Runtime's WebAssembly are embedded in classic
 ``<script>`` files (gzip, base64) and unpacked by the page. ONNX Runtime Web (MIT) is vendored in
 ``assets/web`` (see its README); nothing is downloaded when exporting. The page repeats the app's
-preprocessing (``tlcore.data.decode_image`` then ``preprocess_pixels``) and the model is checked
-against the app's model before the folder appears; ``tests/browser/test_web_export.py`` checks the
-page against the app's predictions in chromium.
+preprocessing (``tlcore.data.decode_image`` then ``preprocess_pixels``) in the same integer arithmetic
+(Pillow's reduce and resample, torchvision's uint8 resize), so its pixels are the app's, and the model is
+checked against the app's model (float32, as ``predict``) before the folder appears;
+``tests/browser/test_web_export.py`` checks the page's pixels and predictions against the app's in
+chromium on photos of every shape.
 """
 from __future__ import annotations
 
