@@ -39,6 +39,14 @@ def test_a_lesson_from_join_link_to_projector(server, browser, tmp_path):
         teacher.get_by_role("button", name="Open").click()
         if tried(lambda: teacher.get_by_text("Join the class").wait_for(timeout=20_000)):
             break
+    data = teacher.locator("[data-testid='stSelectbox']").filter(has_text="Data").locator("input")
+    kit_button = teacher.get_by_role("button", name="Use as the class kit")
+    expect(kit_button).to_be_visible()
+    assert kit_button.get_attribute("data-testid") != "stBaseButton-primaryFormSubmit"  # not a red button
+    for _ in range(3):  # nothing is preselected: one misclick cannot set the class's data
+        data.click()
+        if tried(lambda: teacher.get_by_role("option", name="the digits sample").click(timeout=10_000)):
+            break
     backbone = teacher.locator("[data-testid='stSelectbox']").filter(has_text="Backbone").locator("input")
     for _ in range(3):  # the open list can close under a redraw of the page's live parts
         backbone.click()
@@ -70,11 +78,12 @@ def test_a_lesson_from_join_link_to_projector(server, browser, tmp_path):
         pg = context.new_page()
         pg.set_default_timeout(120_000)
         pg.goto(join)
-        pg.get_by_text("Type your name in the sidebar").wait_for()
-        box = pg.get_by_label("Your name", exact=True)
+        pg.get_by_text("Type your name so your teacher can find your work").wait_for()  # in the main area
+        box = pg.get_by_label("Your name (your teacher sees your work under it)")
         box.fill(name)
         box.press("Enter")
-        pg.get_by_text("Type your name in the sidebar").wait_for(state="detached")
+        pg.get_by_text("Type your name so your teacher can find your work").wait_for(state="detached")
+        expect(pg.get_by_label("Your name", exact=True)).to_have_value(name)  # the sidebar's box says it too
         students.append((name, context, pg))
     for name in STUDENTS:
         teacher.get_by_text(f"{name} · 5 classes, 200 images").wait_for()  # named, with the kit's images
@@ -97,6 +106,8 @@ def test_a_lesson_from_join_link_to_projector(server, browser, tmp_path):
     for name in STUDENTS:  # by name, each on the last step (the grid's accessible cells)
         progress.locator("[role='gridcell']", has_text=name).first.wait_for(state="attached")
     expect(progress.locator("[role='gridcell']", has_text="Challenge")).to_have_count(3, timeout=30_000)
+    # The teacher's tab (and below, the projector's) opened no project: the class is its three students.
+    expect(progress.locator("[role='gridcell']", has_text="project-")).to_have_count(0)
     progress.scroll_into_view_if_needed()
     shot(teacher, "lesson-3-teacher-after")
 
@@ -109,12 +120,20 @@ def test_a_lesson_from_join_link_to_projector(server, browser, tmp_path):
         table = projector.locator("[data-testid='stTable']").first  # the board (the class's pooled results follow)
         for name in STUDENTS:
             table.get_by_text(name, exact=True).wait_for()
-        projector.wait_for_timeout(800)
+        rows = [[td.inner_text().strip() for td in tr.locator("td").all()] for tr in table.locator("tbody tr").all()]
+        assert sorted(r[1] for r in rows) == sorted(STUDENTS), rows  # one row per student, nobody else
+        for a in rows:  # the same score, the same rank
+            assert all(a[0] == b[0] for b in rows if b[2] == a[2]), rows
         box = table.bounding_box()
         assert box["x"] >= 0 and box["x"] + box["width"] <= 1024 and box["y"] + box["height"] <= 768, (attempt, box)
         assert not projector.locator("[data-testid='stSidebar']").is_visible()
         assert projector.get_by_label("Teacher password").count() == 0
         projector.screenshot(path=str(SHOTS / f"lesson-4-projector-{attempt.split()[0]}.png"))
         projector.reload()
+    teacher.reload()  # the teacher's tab and the projector, opened again: still no project of their own
+    teacher.get_by_text("Join the class").wait_for()
+    progress = teacher.locator("[data-testid='stDataFrame']").filter(has_text="needs help")
+    expect(progress.locator("[role='gridcell']", has_text="Challenge")).to_have_count(3, timeout=30_000)
+    expect(progress.locator("[role='gridcell']", has_text="project-")).to_have_count(0)
     for _, context, _ in students:
         context.close()
