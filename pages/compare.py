@@ -160,28 +160,28 @@ def comparison_view(proj: tlcore.Project, group: str | None, extra_ids: list[str
     scored = [r for r in records if r.result is not None and r.result.score is not None]
     done = [row for row in rows if row["accuracy"] is not None]
     if done:
-        names = [d["run"] for d in done]
-        # one chart a column (a phone stacks them): three titles in one figure ran into each other at 1024 px
-        charts = (("accuracy", "Right on photos<br>not trained on"), ("seconds", "Training<br>seconds"),
-                  ("trainable parameters", "Trainable<br>parameters"))
-        for col, (key, title) in zip(st.columns(3), charts):
-            bounds = [r.result.score.interval for r in scored] if key == "accuracy" else None
-            fig = go.Figure(go.Bar(x=names, y=[d[key] for d in done], marker_color=px.colors.qualitative.Plotly[:len(done)],
-                                   error_y=None if bounds is None else dict(
-                                       type="data", symmetric=False,
-                                       array=[hi - d["accuracy"] for d, (_, hi) in zip(done, bounds)],
-                                       arrayminus=[d["accuracy"] - lo for d, (lo, _) in zip(done, bounds)])))
-            fig.update_layout(title=title, height=380, margin=dict(t=60, b=30, l=10, r=10))
-            if key == "accuracy":
-                fig.update_yaxes(tickformat=".0%", range=[0, 1.02])
-            if key == "trainable parameters":
-                fig.update_yaxes(type="log")
-            col.plotly_chart(fig, key=f"compare_bars_{key}")
+        bar_charts(done, [r.result.score.interval for r in scored])
         for v in tlcore.ladder_verdicts(results):
             st.caption(v.text())
         challenge_yardstick(scored)
     if polling and not proj.active_runs():
         st.rerun()  # everything finished: one full rerun stops the polling
+
+
+def bar_charts(done: list[dict], bounds: list[tuple[float, float]]) -> None:
+    """Accuracy (with its interval), training time and trainable parameters of each finished run: one chart a
+    column (a phone stacks them); three titles in one figure ran into each other at 1024 px."""
+    names = [d["run"] for d in done]
+    charts = (("accuracy", "Right on photos<br>not trained on", {"tickformat": ".0%", "range": [0, 1.02]}),
+              ("seconds", "Training<br>seconds", {}), ("trainable parameters", "Trainable<br>parameters", {"type": "log"}))
+    for col, (key, title, yaxis) in zip(st.columns(3), charts):
+        error = {"type": "data", "symmetric": False, "array": [hi - d["accuracy"] for d, (_, hi) in zip(done, bounds)],
+                 "arrayminus": [d["accuracy"] - lo for d, (lo, _) in zip(done, bounds)]}
+        fig = go.Figure(go.Bar(x=names, y=[d[key] for d in done], marker_color=px.colors.qualitative.Plotly[:len(done)],
+                               error_y=error if key == "accuracy" else None))
+        fig.update_layout(title=title, height=380, margin={"t": 60, "b": 30, "l": 10, "r": 10})
+        fig.update_yaxes(**yaxis)
+        col.plotly_chart(fig, key=f"compare_bars_{key}")
 
 
 def challenge_yardstick(scored) -> None:
