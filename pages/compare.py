@@ -70,8 +70,19 @@ st.caption(f"At most {epochs} epochs each; fine-tuning at the Freeze page's dept
 if "zero-shot" in chosen:
     zero_shot_mapping()
 busy = bool(proj.active_runs())
+
+
+def estimate(strategies: list[str], shots: list | None = None, backbones: list[str] | None = None) -> str:
+    """About how long it would take, or that the backbone is being timed (a page never waits for a timing)."""
+    try:
+        return "about " + format_seconds(proj.comparison_seconds(strategies, shots, epochs, backbones, student(),
+                                                                 wait=False))
+    except tlcore.SpeedUnknown:
+        return "time estimate in a moment (this server is timing the backbone)"
+
+
 if chosen and not busy:  # while a run trains the button waits, and so does its estimate
-    st.caption(f"About {format_seconds(proj.comparison_seconds(chosen, epochs=epochs, owner=student()))} in all on this server, one "
+    st.caption(f"{estimate(chosen).capitalize()} in all on this server, one "
                "run after another, taking turns with the other students' queued runs (each run's own time is what "
                "the comparison shows).")
 
@@ -227,8 +238,7 @@ shots = c1.multiselect("Images per class", shots_ok, default=shots_ok, key="comp
 eff_strats = c2.multiselect("Strategies", STRATEGIES, default=["zero-shot", "few-shot", "feature-extraction", "scratch"],
                             key="compare_eff_strategies", format_func=STRATEGY_TITLES.get)
 if shots and eff_strats and not busy:
-    st.caption(f"{len(shots) * len(eff_strats)} runs, about {format_seconds(proj.comparison_seconds(eff_strats, shots, epochs, owner=student()))}"
-               " in all on this server.")
+    st.caption(f"{proj.comparison_runs(eff_strats, shots)} runs, {estimate(eff_strats, shots)} in all on this server.")
 start_button("Run data-efficiency study", "compare_eff_go",
              start_group("study", "compare_eff_strategies", shots_key="compare_shots"), project_busy,
              busy_label("shots", "Study running…"),
@@ -293,9 +303,7 @@ racers = c1.multiselect("Backbones (those on this machine; others download on th
 race_mode = c2.selectbox("Strategy", ["feature-extraction", "few-shot", "zero-shot", "fine-tune", "scratch"],
                          key="compare_race_mode", format_func=lambda m: STRATEGY_TITLES[m].split(" (")[0])
 if racers and not busy:
-    with st.spinner("Timing each backbone on this server (once)…"):
-        race_s = proj.comparison_seconds([race_mode], epochs=epochs, backbones=racers, owner=student())
-    st.caption(f"{len(racers)} runs, about {format_seconds(race_s)} in all on this server.")
+    st.caption(f"{len(racers)} runs, {estimate([race_mode], backbones=racers)} in all on this server.")
 start_button("Run the race", "compare_race_go",
              start_group("race", "compare_race_mode", backbones_key="compare_race_backbones"), project_busy,
              busy_label("race", "Race running…"),

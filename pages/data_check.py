@@ -51,12 +51,9 @@ def _undo(proj: tlcore.Project, action_id: int) -> None:
         session().note("data_check", str(e))
 
 
-def panel(proj: tlcore.Project) -> None:
-    """The review panel of ``proj``'s images (call it once the project has two classes with images)."""
-    st.subheader("Check your data")
-    explain("The model looks for images that may be in the **wrong class** (each judged by a model trained "
-            "without it), the **same picture twice** (in two classes it contradicts itself), and pictures "
-            "**unlike every class**. Nothing changes until you click; every click can be undone below.")
+def _checked(proj: tlcore.Project) -> tlcore.DataCheck | None:
+    """The check of ``proj``'s images: started in a worker when they are new; while it runs, progress (polled)
+    and the last check of this project (what it flagged and is still there); None when there is none yet."""
     backbone = tlcore.check_backbone(proj.backbone)
     if backbone != proj.backbone:
         st.caption(f"Checked with {tlcore.get_backbone_spec(backbone).title}: the chosen backbone's weights are "
@@ -70,15 +67,26 @@ def panel(proj: tlcore.Project) -> None:
             s = tlcore.AnalysisState(None, False, None, str(e))
     if s.error is not None:
         st.info(f"The data check needs the backbone's features: {s.error}", icon=":material/info:")
-        return
+        return None
     state = session()
     if s.result is not None:
         state.data_check = (proj.name, s.result)
     else:  # until it ends, the last check of these images shows (what it flagged and is still there)
         st.fragment(_wait, run_every=1.0)(proj, config)
         if state.data_check is None or state.data_check[0] != proj.name:
-            return
-    result = state.data_check[1]
+            return None
+    return state.data_check[1]
+
+
+def panel(proj: tlcore.Project) -> None:
+    """The review panel of ``proj``'s images (call it once the project has two classes with images)."""
+    st.subheader("Check your data")
+    explain("The model looks for images that may be in the **wrong class** (each judged by a model trained "
+            "without it), the **same picture twice** (in two classes it contradicts itself), and pictures "
+            "**unlike every class**. Nothing changes until you click; every click can be undone below.")
+    result = _checked(proj)
+    if result is None:
+        return
     review = tlcore.Review.load(proj.folder)
     if new := review.announce(result):
         st.toast(f"The data check found {new} new image{'s' * (new != 1)} to look at: see **Check your data**.",

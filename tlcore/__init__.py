@@ -43,8 +43,8 @@ from .limits import LimitError, Limits, folder_mb
 from .measure import Paired, Score, accuracy_interval, paired
 from .evaluate import Evaluation, Familiarity, Prediction, evaluate, grad_cam, imagenet_top, overlay_cam, predict
 from .model import TransferModel, build_model, count_params, freeze
-from .profile import (SpeedProfile, estimate_epoch_seconds, estimate_run_seconds, measure_speed, measure_speed_elsewhere,
-                      refine_speed_when_quiet)
+from .profile import (SpeedProfile, SpeedUnknown, estimate_epoch_seconds, estimate_run_seconds, measure_speed,
+                      measure_speed_elsewhere, refine_speed_when_quiet)
 from .jobs import Job, JobSnapshot, JobSpec, Runner
 from .runner import LocalRunner, get_runner, set_runner
 from .project import Project, RunRecord, import_run
@@ -109,7 +109,7 @@ __all__ = [
     # the data check and its review
     "Action", "DataCheck", "Finding", "Review", "check_backbone", "check_data", "check_key", "review_summary",
     # comparisons and speed
-    "COMPARE_EPOCHS", "DEFAULT_SHOTS", "STRATEGY_TITLES", "SpeedProfile", "available_shots", "shots_note", "estimate_epoch_seconds", "estimate_run_seconds",
+    "COMPARE_EPOCHS", "DEFAULT_SHOTS", "STRATEGY_TITLES", "SpeedProfile", "SpeedUnknown", "available_shots", "shots_note", "estimate_epoch_seconds", "estimate_run_seconds",
     "measure_speed", "measure_speed_elsewhere", "refine_speed_when_quiet", "race_facts", "shared_split",
     # before training: which backbone fits, how general each stage is, what each sees, the learning rate
     "AnalysisState", "LrFind", "StageProbe", "TransferScore", "analysis_state", "forget_analysis", "logme", "lr_find",

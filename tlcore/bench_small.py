@@ -288,6 +288,29 @@ def app_ladder(quick: bool, backbone: str, log) -> dict:
         [seconds] = wait([study], [study.start_comparison(strategies, shots, epochs)])
         out["study"] = {"seconds": seconds, "estimate_seconds": est}
         log(f"9. the study (1, 5, all per class) alone: {seconds:.1f} s (estimated {est:.1f} s)")
+
+        def two_others_training(seed: int) -> list[Project]:
+            """Two other students, each fine-tuning on photos of their own (long enough to outlast what is timed)."""
+            others = []
+            for j in range(2):
+                o = Project.create()
+                o.images.merge(photo_crops(7, ("cat", "coffee", "rocket"), seed=seed + j))
+                o.backbone = backbone
+                o.start_run(TrainConfig(backbone=backbone, mode="fine-tune", epochs=3 if quick else 40), "fine-tune")
+                others.append(o)
+            return others
+
+        for what, shots_ in (("ladder", None), ("study", shots)):
+            others = two_others_training(60 if what == "ladder" else 70)
+            p = project()
+            est = p.comparison_seconds(strategies, shots_, epochs)
+            [seconds] = wait([p], [p.start_comparison(strategies, shots_, epochs)])
+            for o in others:
+                o.stop_all()
+            wait(others, ["" for _ in others])  # their runs (no group) have stopped
+            out[f"{what}_two_training"] = {"seconds": seconds, "estimate_seconds": est}
+            log(f"9. the {what} while two other students fine-tune: {seconds:.1f} s (estimated {est:.1f} s, "
+                f"{(est - seconds) / seconds:+.0%})")
     finally:
         set_runner(None)
         if old_home is None:

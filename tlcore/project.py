@@ -226,10 +226,11 @@ class Project:
 
     def comparison_seconds(self, strategies: list[str], shots: list[int | None] | None = None,
                            epochs: int | None = None, backbones: list[str] | None = None,
-                           owner: str | None = None) -> float:
+                           owner: str | None = None, wait: bool = True) -> float:
         """About how long ``start_comparison(strategies, shots, epochs)`` takes here, from now: the runs one
         after another (the features computed once, by its first frozen-body run), taking turns with the
-        work the server's workers already have (``forecast``)."""
+        work the server's workers already have (``forecast``). ``wait=False`` (a page's path): raises
+        ``SpeedUnknown`` rather than time a backbone, which on a busy server held the page's run for minutes."""
         from .profile import estimate_run_seconds
 
         base = self._comparison_base(epochs)
@@ -238,7 +239,8 @@ class Project:
         runs, cached = [], set()
         for p in plan(strategies, base, shots, backbones):
             n = len(val) + len(train) if p.shots is None else min(len(train) + len(val), p.shots * classes)
-            seconds = estimate_run_seconds(p.config, n, features_cached=p.config.backbone in cached, classes=classes)
+            seconds = estimate_run_seconds(p.config, n, features_cached=p.config.backbone in cached, wait=wait,
+                                           classes=classes)
             runs.append((owner or self.name, short_run(p.config), seconds))
             if p.config.mode in FROZEN_BODY_MODES:
                 cached.add(p.config.backbone)

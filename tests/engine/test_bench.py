@@ -20,6 +20,8 @@ def test_quick_benchmark_reports_every_figure():
     [ft] = report["finetune_half_frozen"].values()
     assert "once per image" in ft["new"]["how"] and "every epoch" in ft["old"]["how"]
     assert set(report["rerun_seconds"]) == {"data", "train"}
+    for what in ("ladder_two_training", "study_two_training"):  # estimates on a busy server (issue 38)
+        assert report["small_data"]["ladder"][what]["estimate_seconds"] > 0, what
     assert all(v > 0 for v in report["peak_rss_mb"].values())
     for line in ("0. one forward pass", "1. feature extraction", "2. textbook loop", "3. second run", "4. fine-tune",
                  "5. peak memory", "6. app start", "7. evaluation"):

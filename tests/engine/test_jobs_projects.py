@@ -468,3 +468,22 @@ def test_a_run_past_its_estimate_never_has_nothing_left(tiny_set):
     assert 19.0 <= job.remaining_s() <= 20.5  # on time
     job.started = clock.time() - 100  # far past its estimate
     assert job.remaining_s() >= OVERRUN_SHARE * 100 - 0.5
+
+
+def test_a_page_estimate_never_waits_for_a_backbone_to_be_timed(tiny_set):
+    """Issue 38: the Compare page's estimate timed the backbone on the page's own run; on a busy server that held
+    the run carrying a student's click for minutes. With ``wait=False`` it says so at once, the timing goes on
+    off the page's thread, and the estimate is there once it has been timed."""
+    from tlcore import profile
+
+    p = Project.create()
+    p.images = tiny_set.snapshot()
+    p.backbone = "tiny-test"
+    profile._known.pop("tiny-test", None)
+    profile._started.discard("tiny-test")
+    with pytest.raises(tlcore.SpeedUnknown):
+        p.comparison_seconds(["feature-extraction", "scratch"], wait=False)
+    deadline = time.time() + 120
+    while "tiny-test" not in profile._known and time.time() < deadline:  # timed off this thread
+        time.sleep(0.1)
+    assert p.comparison_seconds(["feature-extraction", "scratch"], wait=False) > 0
