@@ -101,6 +101,16 @@ def _onnx_probabilities(path: Path, pixels: torch.Tensor) -> torch.Tensor:
     return torch.softmax(torch.from_numpy(session.run(None, {name: to_float(pixels, channels_last=False).numpy()})[0]), 1)
 
 
+def task_title(classes: tuple[str, ...] | list[str]) -> str:
+    """The web app's title: the question it answers ("Cat or dog?", "Apple, pear or plum?"), not the model's
+    backbone and strategy (those are in its model card)."""
+    names = [str(c) for c in classes]
+    if len(names) > 6:
+        return f"Which of {len(names)} classes is it?"
+    question = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+    return question[:1].upper() + question[1:] + "?"
+
+
 def export_web(project: Project, record: RunRecord, out_dir: str | Path, quantize: bool = False) -> WebExport:
     """Write the run's web app to ``out_dir`` (replaced if it exists) and ``out_dir``.zip beside it.
 
@@ -133,7 +143,7 @@ def export_web(project: Project, record: RunRecord, out_dir: str | Path, quantiz
             if accuracy:
                 card += f"; on their labels {accuracy[0].text()} (float32) -> {accuracy[1].text()} (int8)"
             card += "\n"
-        config = {"title": record.label, "classes": list(record.result.classes), "card": card,
+        config = {"title": task_title(record.result.classes), "classes": list(record.result.classes), "card": card,
                   "preprocess": dataclasses.asdict(spec.preprocess), "base_size": BASE_SIZE,
                   "max_aspect": MAX_ASPECT, "quantized": quantize,
                   # Pillow 13 runs a resize's vertical pass first when the height shrinks more than twice as much

@@ -117,3 +117,12 @@ def test_the_apps_prediction_is_the_exported_models_float32_on_any_cpu(run, monk
         want = torch.softmax(record.result.model.eval()(prepare(images, pre).float().div(255)), 1)
     worst = max(abs(g[c] - float(w[k])) for g, w in zip(got, want) for k, c in enumerate(record.result.classes))
     assert worst <= 1e-5, worst
+
+
+def test_the_web_app_is_titled_by_the_question_it_answers():
+    """Issue 38: the exported page's title was the backbone and strategy, not the task."""
+    from tlcore.webexport import task_title
+
+    assert task_title(["cat", "dog"]) == "Cat or dog?"
+    assert task_title(("apple", "pear", "plum")) == "Apple, pear or plum?"
+    assert task_title([str(d) for d in range(10)]) == "Which of 10 classes is it?"
