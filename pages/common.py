@@ -45,6 +45,7 @@ class Session:
     predictions: dict[tuple[str, str, int], Any] = field(default_factory=dict)  # Test: (run id, file, its hash) -> shown
     live_test: dict[str, Any] = field(default_factory=dict)  # Test: the live camera's state
     camera_seen: dict[str, tuple] = field(default_factory=dict)  # live_camera: the last message taken per widget
+    visited: set[str] = field(default_factory=set)  # the steps' pages opened (url paths): Evaluate, Test, Export done
 
     def note(self, topic: str, text: str) -> None:
         self.notes[topic] = text
@@ -279,36 +280,43 @@ def start_sweeper() -> threading.Thread:
     return thread
 
 
-def step_status(proj: Project) -> dict[str, tuple[bool, str]]:
-    """Per page: (ready, what is missing)."""
+def step_status(proj: Project, visited: set[str] = frozenset()) -> dict[str, tuple[bool, bool, str]]:
+    """Per page: (done, ready, what is missing first). Done: the step's work is there (images in two classes,
+    a model trained with these settings, a finished ladder, a page of the model looked at: ``visited`` url
+    paths); ready: it can be done now."""
     counts = proj.images.counts()
     has_data = sum(n > 0 for n in counts.values()) >= 2
     has_run = bool(proj.finished_runs())
+    compared = any(r.group.startswith("compare-") for r in proj.finished_runs())
     need_data = "add images to at least two classes on the Data page"
     need_run = "train a model on the Train page"
     return {
-        "pages/backbone.py": (True, ""),
-        "pages/data.py": (has_data, need_data),
-        "pages/freeze.py": (True, ""),
-        "pages/train.py": (has_data, need_data),
-        "pages/evaluate.py": (has_run, need_run),
-        "pages/test.py": (has_run, need_run),
-        "pages/export.py": (has_run, need_run),
-        "pages/compare.py": (has_data, need_data),
+        "pages/backbone.py": (True, True, ""),
+        "pages/data.py": (has_data, True, ""),
+        "pages/freeze.py": (has_run, True, ""),
+        "pages/train.py": (has_run, has_data, need_data),
+        "pages/evaluate.py": (has_run and "evaluate" in visited, has_run, need_run),
+        "pages/test.py": (has_run and "test" in visited, has_run, need_run),
+        "pages/export.py": (has_run and "export" in visited, has_run, need_run),
+        "pages/compare.py": (compared, has_data, need_data),
     }
 
 
 def step_bar(current: str) -> None:
-    """A row of steps: done ones ticked, the current one marked, what is missing in the tooltip."""
+    """A row of steps: done ones ticked, the ones that can be done now as an open circle, the others locked
+    (what to do first in the tooltip); the current one marked by its own icon."""
     if read_only():
         return  # a read-only visitor has two pages, not the steps
-    status = step_status(project())
+    state = session()
+    state.visited.add(Path(current).stem)
+    status = step_status(project(), state.visited)
     # One row that wraps (a projector's 1024 px: one row of whole words; a phone: two or three rows, never one
     # link per line); app.py's CSS keeps it compact (.st-key-step_bar).
     with st.container(horizontal=True, gap=None, key="step_bar"):
         for file, (title, icon) in PAGES.items():
-            ready, missing = status[file]
-            mark = ":material/check_circle:" if ready else ":material/radio_button_unchecked:"
+            done, ready, missing = status[file]
+            mark = (":material/check_circle:" if done else ":material/radio_button_unchecked:" if ready
+                    else ":material/lock:")
             label = f"**{title}**" if file == current else title
             st.page_link(file, label=label, icon=mark if file != current else icon,
                          help=None if ready else f"To do first: {missing}.")

@@ -622,3 +622,28 @@ def test_teacher_stops_a_run_that_hogs_the_server(monkeypatch):
     wait_for(student, lambda a: "Stopped" in texts(a.success) + texts(a.warning) + texts(a.info))
     assert student.session_state["tls"].project.runs[-1].status == "stopped"
     assert "Stopped by the teacher" in student.session_state["tls"].project.runs[-1].reason
+
+
+def test_step_ticks_mean_done_not_ready(tiny_set):
+    """Issue 38: the step bar ticked Train and Compare before anything had trained ("ready", not "done"). A tick
+    is work done; an open circle, a step that can be done now; a lock, one that must wait (its tooltip says for
+    what)."""
+    import dataclasses
+
+    from pages.common import step_status
+    from tlcore import Project, TrainConfig
+
+    p = Project.create()
+    assert step_status(p)["pages/data.py"] == (False, True, "")
+    assert step_status(p)["pages/train.py"][:2] == (False, False)
+    p.images = tiny_set.snapshot()
+    status = step_status(p)
+    assert status["pages/data.py"][0] and status["pages/train.py"][:2] == (False, True)
+    assert status["pages/compare.py"][:2] == (False, True) and status["pages/evaluate.py"][:2] == (False, False)
+    record = p.start_run(dataclasses.replace(TrainConfig(backbone="tiny-test", mode="feature-extraction"), epochs=2))
+    deadline = time.time() + 120
+    while record.live and time.time() < deadline:
+        time.sleep(0.1)
+    status = step_status(p, {"evaluate"})
+    assert status["pages/train.py"][0] and status["pages/evaluate.py"][0]  # trained, and its page looked at
+    assert status["pages/test.py"][:2] == (False, True) and not status["pages/compare.py"][0]  # no ladder yet
