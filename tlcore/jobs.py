@@ -275,6 +275,13 @@ class Runner(Protocol):
         """Training runs (not analyses) queued or running for ``owner``: the server's limits count them."""
 
 
+def queue_position(line: Sequence[JobTracker], job: JobTracker) -> int:
+    """``job``'s place in ``line`` (a runner's pending jobs in the order they will start), 1 = next: a run
+    counts only the runs ahead of it, not the seconds-long analyses (a Data page's check) its wait includes."""
+    ahead = line[:line.index(job)]
+    return 1 + sum(1 for j in ahead if job.spec.task != "train" or j.spec.task == "train")
+
+
 def short_run(config: TrainConfig) -> bool:
     """A run of seconds, not minutes (a frozen body): the express lane's kind of job."""
     return config.mode in FROZEN_BODY_MODES

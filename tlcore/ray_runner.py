@@ -32,7 +32,7 @@ from pathlib import Path
 import ray
 
 from .errors import TLError
-from .jobs import Job, JobTracker, JobSpec, estimate_seconds, run_job
+from .jobs import Job, JobTracker, JobSpec, estimate_seconds, queue_position, run_job
 from .train import Event, RunFinished
 
 log = logging.getLogger(__name__)
@@ -145,9 +145,9 @@ class RayRunner:
         with self._lock:
             if job not in self._waiting:
                 return 0, 0.0
-            k = self._waiting.index(job)
+            position = queue_position(self._waiting, job)
         ends, _ = self.forecast()
-        return k + 1, max(0.0, ends.get(job.id, job.estimate_s) - job.estimate_s)  # rough: Ray places them
+        return position, max(0.0, ends.get(job.id, job.estimate_s) - job.estimate_s)  # rough: Ray places them
 
     def forecast(self, planned: Sequence[tuple[str, bool, float]] = ()) -> tuple[dict[int, float], list[float]]:
         """Rough (Ray decides where and when each job starts): a waiting job ends after those before it in line

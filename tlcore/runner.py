@@ -36,7 +36,7 @@ from multiprocessing.connection import Connection, Pipe, wait
 from pathlib import Path
 
 from .errors import TLError
-from .jobs import Job, JobTracker, JobSpec, Runner, estimate_seconds, receive, send
+from .jobs import Job, JobTracker, JobSpec, Runner, estimate_seconds, queue_position, receive, send
 from .train import RunFinished
 
 log = logging.getLogger(__name__)
@@ -165,13 +165,15 @@ class LocalRunner:
         return sum(1 for j in jobs if j.spec.owner == owner and j.spec.task == "train" and j.alive)
 
     def queue_info(self, job: JobTracker) -> tuple[int, float]:
-        """(position in line, estimated seconds until it starts: ``forecast``'s end less its own estimate)."""
+        """(position in line, estimated seconds until it starts: ``forecast``'s end less its own estimate). A
+        run's position counts the runs ahead of it, not the seconds-long analyses (a Data page's check) that
+        its wait includes."""
         with self._lock:
             order = self._order()
             if job not in order:
                 return 0, 0.0
             ends, _ = self.forecast()
-            return order.index(job) + 1, max(0.0, ends.get(job.id, 0.0) - job.estimate_s)
+            return queue_position(order, job), max(0.0, ends.get(job.id, 0.0) - job.estimate_s)
 
     def forecast(self, planned: Sequence[tuple[str, bool, float]] = ()) -> tuple[dict[int, float], list[float]]:
         """When each queued or running job should end, in seconds from now: the scheduler played forward on

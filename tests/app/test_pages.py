@@ -279,6 +279,9 @@ def test_five_sessions_training_at_once_queue_for_the_shared_workers():
     runner = get_runner()
     long_lanes = runner.workers - 1 if runner.workers >= 2 else 1  # the last worker only takes short jobs
     apps = [with_sample(new_app(), "faces") for _ in range(5)]
+    deadline = time.time() + 120  # their Data pages' checks end first (worker jobs): five runs, nothing else
+    while not runner.idle() and time.time() < deadline:
+        time.sleep(0.1)
     for at in apps:
         at.switch_page("pages/freeze.py").run()
         at.toggle(key="freeze_scratch").set_value(True).run()
@@ -609,6 +612,8 @@ def test_a_limit_that_is_hit_says_what_it_is_and_the_teacher_sees_each_projects_
 def test_teacher_stops_a_run_that_hogs_the_server(monkeypatch):
     monkeypatch.setenv("TLS_TEACHER_PASSWORD", "s3cret")
     student = with_sample(new_app())
+    student.switch_page("pages/freeze.py").run()
+    student.toggle(key="freeze_scratch").set_value(True).run()  # a run that hogs (feature extraction converges)
     student.switch_page("pages/train.py").run()
     student.number_input(key="train_epochs").set_value(500).run()
     student.button(key="train_start").click().run()

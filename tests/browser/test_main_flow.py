@@ -188,7 +188,7 @@ def start_long_training(pg, url: str) -> str:
     pg.get_by_role("heading", name="not_face · 100 images").first.wait_for()
     pg.get_by_role("link", name="Freeze").first.click()
     pg.get_by_text("From scratch: ignore the pretrained weights").click()
-    pg.get_by_text("Mode").first.wait_for()
+    pg.get_by_text("From scratch", exact=True).first.wait_for()  # the Mode metric says it (not "models")
     pg.get_by_role("link", name="Train").first.click()
     pg.get_by_text("Advanced settings").click()
     for name, value in (("Epochs", "400"), ("Batch size", "1")):  # minutes of work, even for a tiny net

@@ -487,3 +487,15 @@ def test_a_page_estimate_never_waits_for_a_backbone_to_be_timed(tiny_set):
     while "tiny-test" not in profile._known and time.time() < deadline:  # timed off this thread
         time.sleep(0.1)
     assert p.comparison_seconds(["feature-extraction", "scratch"], wait=False) > 0
+
+
+def test_a_runs_place_in_line_counts_runs_not_the_data_checks_ahead(tiny_set):
+    """A student's "position 3" means three runs: the seconds-long analyses ahead of it (the Data pages'
+    checks, now worker jobs) are in its wait, not in its place in line."""
+    from tlcore.jobs import JobTracker, queue_position
+
+    runner = LocalRunner(workers=2, threads=1)
+    check = lambda i: JobTracker(i, dataclasses.replace(spec(tiny_set, TINY), task="data-check"), runner, None)  # noqa: E731
+    run = lambda i: JobTracker(i, spec(tiny_set, TINY), runner, None)  # noqa: E731
+    line = [check(1), run(2), check(3), run(4)]
+    assert [queue_position(line, j) for j in line] == [1, 1, 3, 2]
