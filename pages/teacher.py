@@ -124,7 +124,9 @@ def join_qr(url: str, scale: int) -> bytes:
 https = bool(st.get_option("server.sslCertFile"))
 join = tlcore.server_urls(st.get_option("server.port"), https, "?kit=1")
 if projector:  # app.py draws no sidebar or step bar for it
-    st.html("<style>header, [data-testid='stToolbar'] {display: none !important}"
+    # no sidebar either: arriving from the Teacher page (whose sidebar has a link), Streamlit kept its empty strip
+    st.html("<style>header, [data-testid='stToolbar'], [data-testid='stSidebar'], "
+            "[data-testid='stSidebarCollapsedControl'] {display: none !important}"
             ".block-container {padding: 0.5rem 1rem !important; max-width: 100% !important}"
             "[data-testid='stTable'] table {font-size: 0.95rem; width: 100%}"
             "[data-testid='stTable'] td, [data-testid='stTable'] th {padding: 0.15rem 0.4rem !important}"
