@@ -73,6 +73,17 @@ def test_teacher_page_follows_students_live_and_ranks_entries(app_url, tmp_path)
         browser.close()
 
 
+def teacher_at_a_projector(p, url: str):
+    """Chromium at a projector's 1024x768 on the Teacher page, the password given: (browser, page)."""
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+    page = browser.new_page(viewport={"width": 1024, "height": 768})
+    page.set_default_timeout(90_000)
+    page.goto(url + "/teacher")
+    page.get_by_label("Teacher password").fill("class-2b")
+    page.get_by_role("button", name="Open").click()
+    return browser, page
+
+
 def test_three_ladders_pool_on_the_teacher_page_and_the_projector_at_1024x768(app_home):
     """Three students' saved ladders (as the app saves them: project.json and each run's run.json) pool on the
     Teacher page and the projector view of a 1024x768 projector, nothing wider than the screen; the CLI's
@@ -92,12 +103,7 @@ def test_three_ladders_pool_on_the_teacher_page_and_the_projector_at_1024x768(ap
                                         capture_output=True, text=True, check=True, timeout=120).stdout)
     assert summary["ladders"] >= 3 and summary["headline"].startswith("pretrained beat from scratch")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1024, "height": 768})
-        page.set_default_timeout(90_000)
-        page.goto(url + "/teacher")
-        page.get_by_label("Teacher password").fill("class-2b")
-        page.get_by_role("button", name="Open").click()
+        browser, page = teacher_at_a_projector(p, url)
         page.get_by_text(f"Together: {summary['headline']}.").wait_for()
         shot(page, "teacher-class-lab")
         page.get_by_role("link", name="Projector view of the leaderboard").click()
@@ -134,12 +140,7 @@ def test_a_board_of_30_students_fits_a_1024x768_projector_beside_the_join_qr(app
                                                        "counts": {"0": 6, "1": 6}, "created": time.time() + 60,
                                                        "entries": entries}))
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1024, "height": 768})
-        page.set_default_timeout(90_000)
-        page.goto(url + "/teacher")
-        page.get_by_label("Teacher password").fill("class-2b")
-        page.get_by_role("button", name="Open").click()
+        browser, page = teacher_at_a_projector(p, url)
         page.get_by_role("link", name="Projector view of the leaderboard").click()
         page.get_by_role("link", name="Back to the Teacher page").wait_for()
         board = page.locator("[data-testid='stTable']").filter(has_text="Student")
