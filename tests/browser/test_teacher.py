@@ -26,7 +26,7 @@ def app_url(app_home):
 
 
 def test_teacher_page_follows_students_live_and_ranks_entries(app_url, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import sync_playwright
 
     hidden = tmp_path / "hidden.zip"
     hidden.write_bytes(hidden_zip(("0", "1")))
