@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import hashlib
 import importlib.util
+import math
 import os
 import re
 import shutil
@@ -151,6 +152,12 @@ class BackboneSpec:
     remap: Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]] | None = \
         dataclasses.field(default=None, repr=False, compare=False)
     test_only: bool = False  # tiny networks for tests; hidden from the app unless asked
+    members: tuple[str, ...] = ()  # an ensemble: the backbones it runs side by side (``ensemble_spec``)
+
+    @property
+    def frozen_only(self) -> bool:
+        """Used only frozen (zero-shot, few-shot, feature extraction): an ensemble's networks never train."""
+        return bool(self.members)
 
     def cache_path(self) -> Path | None:
         if self.weights_url is None:
@@ -158,6 +165,9 @@ class BackboneSpec:
         return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(self.weights_url)
 
     def availability(self) -> Availability:
+        if self.members:  # an ensemble is as available as its least available member
+            found = {get_backbone_spec(m).availability() for m in self.members}
+            return next(a for a in ("download", "cached", "bundled") if a in found)  # type: ignore[return-value]
         if self.bundled_file is not None:
             return "bundled"
         path = self.cache_path()
@@ -206,8 +216,11 @@ def ensure_weights(spec: BackboneSpec, progress: ProgressFn | None = None, timeo
 
     Downloads go to a temporary file next to the cache and are moved in place only when
     complete and, where the file name carries a SHA-256 prefix (torchvision's convention),
-    when the hash matches; a broken download never leaves a half file in the cache.
+    when the hash matches; a broken download never leaves a half file in the cache. An ensemble has no
+    file of its own: each member's is ensured, and the last one's path returned.
     """
+    if spec.members:
+        return [ensure_weights(get_backbone_spec(m), progress, timeout) for m in spec.members][-1]
     if spec.bundled_file is not None:
         bundled = spec.bundled_file()
         if not _digest_fits(bundled, bundled.name):
@@ -314,10 +327,13 @@ def _load_into(spec: BackboneSpec, body: Body, sd: dict[str, torch.Tensor]) -> N
         head.load_state_dict({k[5:]: v for k, v in sd.items() if k.startswith("head.")}, strict=True)
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=8)
 def _pretrained_state(name: str) -> dict[str, torch.Tensor]:
     """The pretrained weights of a backbone in Body layout, read once per process (immutable)."""
     spec = get_backbone_spec(name)
+    if spec.members:  # the members' own weights, under the ensemble's names (the same tensors, not copies)
+        return {(f"net.members.{i}.{k}" if k.startswith("net.") else f"head.heads.{i}.{k[5:]}"): v
+                for i, m in enumerate(spec.members) for k, v in _pretrained_state(m).items()}
     body = spec.build()
     _load_into(spec, body, _read_state_dict(ensure_weights(spec)))
     state = {f"net.{k}": v for k, v in body.net.state_dict().items()}
@@ -359,8 +375,11 @@ def _file_digest(path: str, size: int, mtime: float) -> str:
 
 def weights_digest(name: str) -> str:
     """SHA-256 of the backbone's pretrained weights file: which weights a cached export or a partial
-    checkpoint was made from."""
-    path = ensure_weights(get_backbone_spec(name))
+    checkpoint was made from; an ensemble's is the SHA-256 of its members' names and digests."""
+    spec = get_backbone_spec(name)
+    if spec.members:
+        return hashlib.sha256(" ".join(f"{m}:{weights_digest(m)}" for m in spec.members).encode()).hexdigest()
+    path = ensure_weights(spec)
     st = path.stat()
     return _file_digest(str(path), st.st_size, st.st_mtime)
 
@@ -567,11 +586,11 @@ def _tiny_body() -> Body:
     return Body(net, stages, 32, head, cam_layer="block2", pieces=[net.stem, net.block1, net.block2], tail=net.pool)
 
 
-def _tiny_weights_file() -> Path:
-    """Deterministic 'pretrained' weights for the tiny test backbone, written once."""
-    path = Path(tempfile.gettempdir()) / "tlcore-tiny-test-weights-v2.pt"
+def _tiny_weights_file(file: str = "tlcore-tiny-test-weights-v2.pt", seed: int = 1234) -> Path:
+    """Deterministic 'pretrained' weights for a tiny test backbone, written once."""
+    path = Path(tempfile.gettempdir()) / file
     if not path.exists():
-        torch.manual_seed(1234)
+        torch.manual_seed(seed)
         body = _tiny_body()
         sd = {f"{k}": v for k, v in body.net.state_dict().items()}
         sd.update({f"fc.{k}": v for k, v in body.imagenet_head.state_dict().items()})
@@ -589,6 +608,110 @@ register_backbone(BackboneSpec(
     stage_names=("stem", "block 1", "block 2"), imagenet_top1=None, weights_mb=0.03,
     description="A three-layer network for tests: trains in a blink, knows nothing.",
     build=_tiny_body, bundled_file=_tiny_weights_file, remap=_tiny_remap, test_only=True))
+register_backbone(BackboneSpec(  # a second one, other weights and preprocessing: the tiny ensemble's other member
+    name="tiny-test-b", title="Tiny test net B", feature_dim=32, num_params=7_000,
+    preprocess=Preprocess(24, 28, (0.45, 0.4, 0.35), (0.3, 0.3, 0.3), "bilinear"),
+    stage_names=("stem", "block 1", "block 2"), imagenet_top1=None, weights_mb=0.03,
+    description="Another three-layer network for tests, with its own weights and preprocessing.",
+    build=_tiny_body, bundled_file=functools.partial(_tiny_weights_file, "tlcore-tiny-test-b-weights-v1.pt", 4321),
+    remap=_tiny_remap, test_only=True))
+
+
+# ----------------------------------------------------------------------------- ensembles
+
+
+class EnsembleNet(nn.Module):
+    """Pixels at the largest member's size (not normalised) -> every member's features, side by side.
+
+    Each member gets the input as its own preprocessing would: resized to its size (bilinear) and
+    normalised with its own mean and std."""
+
+    def __init__(self, members: list[Body], pres: list[Preprocess], size: int, cam_member: int) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.cam_member = cam_member  # the member Grad-CAM explains
+        self.sizes = [p.input_size for p in pres]
+        self.size = size
+        for i, p in enumerate(pres):  # constants, not weights: outside the state_dict
+            self.register_buffer(f"mean{i}", torch.tensor(p.mean).view(1, 3, 1, 1), persistent=False)
+            self.register_buffer(f"std{i}", torch.tensor(p.std).view(1, 3, 1, 1), persistent=False)
+
+    def member_input(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        if self.sizes[i] != self.size:
+            x = nn.functional.interpolate(x, size=(self.sizes[i], self.sizes[i]), mode="bilinear", align_corners=False)
+        return (x - getattr(self, f"mean{i}")) / getattr(self, f"std{i}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([m(self.member_input(i, x)) for i, m in enumerate(self.members)], 1)
+
+    def cam_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Member ``cam_member``'s Grad-CAM activations (a leaf that takes gradients) and the features computed from
+        them, with the other members' beside them: ``(activations, [B, feature_dim])``."""
+        i = self.cam_member
+        body: Body = self.members[i]  # type: ignore[assignment]
+        if not body.splittable:
+            raise TLError(f"Grad-CAM cannot look inside this ensemble's member {i + 1}.")
+        cut = body.cam_stage() + 1
+        act = body.forward_range(self.member_input(i, x), 0, cut).detach().requires_grad_(True)
+        feats = [body.forward_range(act, cut) if k == i else m(self.member_input(k, x))
+                 for k, m in enumerate(self.members)]
+        return act, torch.cat(feats, 1)
+
+
+class _EnsembleHead(nn.Module):
+    """The members' ImageNet heads on their slices of the features -> the log of their averaged probabilities
+    (log-probabilities: a softmax of them gives the averaged probabilities back)."""
+
+    def __init__(self, heads: list[nn.Module], dims: list[int]) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(heads)
+        self.dims = dims
+        self.out_features = 1000  # what the zero-shot model checks, as on a Linear head
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        logp = [torch.log_softmax(h(f), 1) for h, f in zip(self.heads, feats.split(self.dims, 1))]
+        return torch.logsumexp(torch.stack(logp), 0) - math.log(len(logp))
+
+
+def _ensemble_body(members: tuple[str, ...]) -> Body:
+    specs = [get_backbone_spec(m) for m in members]
+    bodies = [s.build() for s in specs]
+    # Grad-CAM explains the member with the best ImageNet top-1 (the first where none is known)
+    cam = max(range(len(specs)), key=lambda i: (specs[i].imagenet_top1 or 0, -i))
+    net = EnsembleNet(bodies, [s.preprocess for s in specs], max(s.preprocess.input_size for s in specs), cam)
+    heads = [b.imagenet_head for b in bodies]
+    head = None if any(h is None for h in heads) else _EnsembleHead(heads, [b.feature_dim for b in bodies])
+    return Body(net, tuple(Stage(s.title, (f"members.{i}",)) for i, s in enumerate(specs)),
+                sum(b.feature_dim for b in bodies), head, cam_layer=f"members.{cam}.net.{bodies[cam].cam_layer}")
+
+
+def ensemble_spec(name: str, title: str, members: tuple[str, ...], description: str,
+                  imagenet_top1: float | None = None, test_only: bool = False) -> BackboneSpec:
+    """A backbone made of other backbones: each image goes through every member (at its own size and
+    normalisation), their features side by side; its ImageNet head averages the members' probabilities.
+    It is only ever used frozen (``frozen_only``). Preprocessing is the largest member's crop, unnormalised."""
+    specs = [get_backbone_spec(m) for m in members]
+    big = max(specs, key=lambda s: s.preprocess.input_size).preprocess
+    return BackboneSpec(
+        name=name, title=title, feature_dim=sum(s.feature_dim for s in specs),
+        num_params=sum(s.num_params for s in specs),
+        preprocess=dataclasses.replace(big, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)),
+        stage_names=tuple(s.title for s in specs), imagenet_top1=imagenet_top1,
+        weights_mb=round(sum(s.weights_mb for s in specs), 1), description=description,
+        build=functools.partial(_ensemble_body, members), test_only=test_only, members=members)
+
+
+register_backbone(ensemble_spec("tiny-ensemble", "Tiny test ensemble", ("tiny-test", "tiny-test-b"),
+                                "The two tiny test nets together.", test_only=True))
+#: The four networks installed with the app, together: registered only where all four are.
+ENSEMBLE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "mobilenet_v2")
+if all(n in _REGISTRY and _REGISTRY[n].availability() == "bundled" for n in ENSEMBLE):
+    register_backbone(ensemble_spec(
+        "ensemble", "All four together (ensemble)", ENSEMBLE,
+        "EfficientNet-Lite0, -Lite1, -Lite2 and MobileNetV2 at once: their features side by side, their ImageNet "
+        "guesses averaged. The strongest choice that works offline, and as slow as the four together; for "
+        "feature extraction, few-shot and zero-shot only (it is never trained). Its ImageNet top-1 is not known: "
+        "no ImageNet photos are on this machine to measure it (its members score 71.9-77.6 %)."))
 
 
 @functools.lru_cache(maxsize=None)

@@ -71,10 +71,17 @@ def shots_note(imageset: ImageSet, split: tuple[list[int], list[int]],
             f"{'it' if len(missing) == 1 else 'them'}.")
 
 
+def usable_strategies(strategies: list[str], backbone: str) -> list[str]:
+    """The strategies ``backbone`` can run: an ensemble (``frozen_only``) leaves out those that train the body."""
+    frozen = get_backbone_spec(backbone).frozen_only
+    return [s for s in strategies if not frozen or s in FROZEN_BODY_MODES]
+
+
 def plan(strategies: list[str], base: TrainConfig, shots: list[int | None] | None = None,
          backbones: list[str] | None = None) -> list[PlannedRun]:
     """Runs for each strategy (and each shot count, when given), all from the same base config; with
-    ``backbones``, the backbone race: each strategy once per backbone, on the same split and settings."""
+    ``backbones``, the backbone race: each strategy once per backbone, on the same split and settings.
+    Strategies a backbone cannot run (``usable_strategies``) are left out for it."""
     unknown = [s for s in strategies if s not in MODES]
     if unknown:
         raise TLError(f"Unknown strategies: {', '.join(unknown)}. Use: {', '.join(MODES)}.")
@@ -84,9 +91,17 @@ def plan(strategies: list[str], base: TrainConfig, shots: list[int | None] | Non
         runs = []
         for name in dict.fromkeys(backbones):
             title = get_backbone_spec(name).title  # raises for an unknown name, with the known ones
+            if not usable_strategies(strategies, name):
+                continue  # an ensemble in a race of fine-tunes: it runs in races of frozen strategies only
             for p in plan(strategies, dataclasses.replace(base, backbone=name)):
                 runs.append(dataclasses.replace(p, label=title if len(strategies) == 1 else f"{title} · {p.label}"))
         return runs
+    usable = usable_strategies(strategies, base.backbone)
+    if strategies and not usable:
+        spec = get_backbone_spec(base.backbone)
+        raise TLError(f"{spec.title} can only be used frozen: compare zero-shot, few-shot and feature extraction "
+                      f"with it, or choose one of its networks on the Backbone page to fine-tune.")
+    strategies = usable
     runs = []
     if "zero-shot" in strategies:  # it uses no training image: one run, at 0 images per class in a study
         runs.append(PlannedRun("zero-shot" if not shots else "zero-shot @ 0/class",
@@ -178,4 +193,4 @@ def features_of(model: TransferModel | None, imageset: ImageSet, backbone: str) 
 
 __all__ = ["COMPARE_EPOCHS", "DEFAULT_SHOTS", "FROZEN_BODY_MODES", "STRATEGY_TITLES", "PlannedRun", "available_shots",
            "shots_note",
-           "features_of", "plan", "project_2d", "race_facts", "run_plan", "shared_split", "summary_row"]
+           "features_of", "usable_strategies", "plan", "project_2d", "race_facts", "run_plan", "shared_split", "summary_row"]

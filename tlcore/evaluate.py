@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from .backbones import Preprocess, frozen_body, get_backbone_spec, imagenet_categories
+from .backbones import EnsembleNet, Preprocess, frozen_body, get_backbone_spec, imagenet_categories
 from .data import ImageSet, image_to_tensor, preprocess_pixels, to_float
 from .errors import TLError
 from .measure import Score
@@ -225,6 +225,9 @@ def grad_cam(model: TransferModel, image: Image.Image, pre: Preprocess, target: 
             cut = body.cam_stage() + 1
             act = body.forward_range((x - model.mean) / model.std, 0, cut).detach().requires_grad_(True)
             logits = model.head(body.forward_range(act, cut).to(device))
+        elif isinstance(body.net, EnsembleNet):  # one member's activations, every member's features
+            act, feats = body.net.cam_forward((x - model.mean) / model.std)
+            logits = model.head(feats.to(device))
         else:  # a transformer: its last block's tokens, captured for this call only
             act, logits = _tokens_and_logits(model, (x - model.mean) / model.std, device)
         k = int(logits.argmax(1)) if target is None else target

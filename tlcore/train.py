@@ -75,7 +75,9 @@ class TrainConfig:
     max_images_per_class: int | None = None  # data-efficiency studies: use at most this many per class
     augment_views: int = 4  # views per image (one unaugmented) computed once by the frozen stages of a fine-tune
     # or (up to VIEWS_MAX_IMAGES images) the frozen body of feature extraction
-    zero_shot_map: dict[str, list[str]] | None = None  # zero-shot: class -> ImageNet classes; None: suggested
+    # zero-shot: class -> {ImageNet class: weight} (runs before the weights: class -> [ImageNet classes], weight 1
+    # each; ``zeroshot.mapping_weights``); None: suggested
+    zero_shot_map: dict[str, dict[str, float]] | dict[str, list[str]] | None = None
     # How the run is scored (``tlcore.measure``): k-fold cross-validation over every image. None: 5 folds for
     # frozen-body modes (a head on cached features: milliseconds a fold), 0 for modes that train the body
     # (each fold is a whole training; 0 scores them on the validation split). Comparisons ask for 3.
@@ -107,7 +109,14 @@ class TrainConfig:
             raise TLError(f"Images per class must be at least 1 (got {self.max_images_per_class}).")
         if self.augment_views < 1:
             raise TLError(f"Augmented views per image must be at least 1 (got {self.augment_views}).")
-        n = len(get_backbone_spec(self.backbone).stage_names)
+        spec = get_backbone_spec(self.backbone)
+        if spec.frozen_only and self.mode not in FROZEN_BODY_MODES:
+            strongest = max(spec.members, key=lambda m: get_backbone_spec(m).imagenet_top1 or 0)
+            raise TLError(f"{spec.title} can only be used frozen (zero-shot, few-shot or feature extraction): "
+                          f"training its {len(spec.members)} networks together would take far too long here. To "
+                          f"{'fine-tune' if self.mode == 'fine-tune' else 'train from scratch'}, choose one of "
+                          f"them on the Backbone page ({get_backbone_spec(strongest).title} is the strongest).")
+        n = len(spec.stage_names)
         if self.freeze_depth is not None and not 0 <= self.freeze_depth <= n:
             raise TLError(f"Freeze depth must be between 0 and {n} for {self.backbone} (got {self.freeze_depth}).")
 
@@ -607,11 +616,11 @@ def _setup(imageset: ImageSet, cfg: TrainConfig, split: tuple[list[int], list[in
     depth = cfg.resolved_freeze_depth()
     start = time.perf_counter()
     if cfg.mode == "zero-shot":  # the backbone's own ImageNet head, summed per class: nothing to train
-        from .zeroshot import suggest_mapping, zero_shot_model
+        from .zeroshot import mapping_weights, suggest_mapping, zero_shot_model
 
         given = cfg.zero_shot_map or {}
         mapping = {**suggest_mapping([c for c in data.classes if c not in given]), **given}
-        cfg = dataclasses.replace(cfg, zero_shot_map={c: list(mapping[c]) for c in data.classes})
+        cfg = dataclasses.replace(cfg, zero_shot_map={c: mapping_weights(mapping[c]) for c in data.classes})
         model = zero_shot_model(cfg.backbone, data.classes, cfg.zero_shot_map)
         model.head.to(device)
     elif cfg.mode in FROZEN_BODY_MODES:  # the body never changes: one shared pretrained copy (CPU; the runtime runs it)
