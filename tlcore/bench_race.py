@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbones import DEFAULT_BACKBONE, list_backbones
+from .backbones import DEFAULT_BACKBONE, get_backbone_spec, list_backbones
 from .bench_small import sklearn_digits
 from .compare import plan, run_plan, shared_split, summary_row
 from .data import ImageSet, load_folder
 from .lrfind import lr_find
-from .train import FEATURES, RunFinished, TrainConfig, drive
+from .train import FEATURES, RunFinished, TrainConfig, drive, embed
 from .transfer import probe_stages, transfer_score
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,8 +57,26 @@ def installed_mb(packages: tuple[str, ...] = WEIGHT_PACKAGES) -> dict[str, float
     return out
 
 
+def extraction_ms(imageset: ImageSet, backbones: list[str]) -> dict[str, float]:
+    """Each backbone's feature extraction per image on ``imageset`` (one view per image, the fast runtime as the
+    race uses it), timed after a warm-up of a few images (the one-off export and compile left out)."""
+    out = {}
+    for b in backbones:
+        drive(embed(imageset.subset(range(min(4, len(imageset)))), b))  # warm-up
+        FEATURES.clear()
+        t0 = time.perf_counter()
+        drive(embed(imageset, b))
+        out[b] = 1000 * (time.perf_counter() - t0) / len(imageset)
+    FEATURES.clear()
+    return out
+
+
 def race(imageset: ImageSet, backbones: list[str]) -> dict:
-    """The race as the CLI and the Compare page run it, features cold; plus each backbone's LogME."""
+    """The race as the CLI and the Compare page run it, features cold; plus each backbone's LogME, its
+    feature extraction per image (``extraction_ms``) and its ImageNet top-1 (the rank correlation of
+    top-1 and accuracy over the backbones whose top-1 is known: the notes' "stronger backbone, better
+    transfer", Kornblith et al. 2019)."""
+    ms = extraction_ms(imageset, backbones)
     FEATURES.clear()
     base = TrainConfig(mode="feature-extraction", epochs=10)
     split = shared_split(imageset, base)
@@ -71,22 +89,52 @@ def race(imageset: ImageSet, backbones: list[str]) -> dict:
     scores = {b: drive(transfer_score(imageset, b)) for b in backbones}  # features cached by the race
     acc = [r["accuracy"] for r in rows]
     logme = [scores[r["backbone"]].logme for r in rows]
+    top1 = {r["backbone"]: get_backbone_spec(r["backbone"]).imagenet_top1 for r in rows}
+    known = [r for r in rows if top1[r["backbone"]] is not None]
     return {"seconds": seconds, "rho": spearman(logme, acc),
+            "rho_top1": spearman([top1[r["backbone"]] for r in known], [r["accuracy"] for r in known]),
             "backbones": {r["backbone"]: {"accuracy": r["accuracy"], "interval": r["interval"], "n": r["n"],
+                                          "right": r["right"], "imagenet_top1": top1[r["backbone"]],
+                                          "ms_per_image": round(ms[r["backbone"]], 2),
                                           "train_seconds": r["train_seconds"], "logme": scores[r["backbone"]].logme,
                                           "logme_seconds": scores[r["backbone"]].seconds,
                                           "imagenet_confidence": scores[r["backbone"]].imagenet_confidence}
                           for r in rows}}
 
 
+#: Tux Paint's stamps (Debian's tuxpaint-stamps): cut-out photos (PNG with transparency) of every aspect ratio,
+#: which none of the app's code or tests was tuned on. Each class: its folders, cartoon sub-folders left out.
+TUXPAINT = Path("/usr/share/tuxpaint/stamps")
+TUXPAINT_CLASSES = {"bird": "animals/birds", "fish": "animals/fish", "mammal": "animals/mammals",
+                    "insect": "animals/insects", "fruit": "food/fruit", "vegetable": "food/vegetables",
+                    "flower": "plants/flowers", "tool": "household/tools"}
+
+
+def tuxpaint_photos(per_class: int = 10, root: Path = TUXPAINT) -> ImageSet:
+    """Up to ``per_class`` of Tux Paint's stamp photos per class (``TUXPAINT_CLASSES``), spread evenly over
+    each folder's sorted files (as a class would have a handful of photos); empty where it is not installed."""
+    files = []
+    for label, folder in TUXPAINT_CLASSES.items():
+        found = sorted(f for f in (root / folder).rglob("*.png") if "cartoon" not in f.relative_to(root).parts)
+        step = max(1, len(found) // per_class)
+        files += [(f.name, f.read_bytes(), label) for f in found[::step][:per_class]]
+    s = ImageSet()
+    s.add(files)
+    return s
+
+
 def real_sets(quick: bool) -> dict[str, Callable[[], ImageSet]]:
-    """The benchmark's three real 200-image datasets (one of 40 images when ``quick``), made on demand."""
+    """The benchmark's real datasets: three of 200 images and, where Tux Paint's stamps are installed, its
+    photos of 8 classes, 10 per class (when ``quick``: 40 bundled digits alone), made on demand."""
     samples = ROOT / "assets" / "samples"
     if quick:
         return {"digits (bundled), 40": lambda: load_folder(samples / "digits").subset(range(0, 200, 5))}
-    return {"digits (bundled)": lambda: load_folder(samples / "digits"),
+    sets = {"digits (bundled)": lambda: load_folder(samples / "digits"),
             "faces (bundled)": lambda: load_folder(samples / "faces"),
             "scikit-learn digits, 20 per class": lambda: sklearn_digits(20)}
+    if TUXPAINT.is_dir():
+        sets["Tux Paint photos, 8 classes"] = tuxpaint_photos
+    return sets
 
 
 def race_figures(quick: bool, log=lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
@@ -99,8 +147,11 @@ def race_figures(quick: bool, log=lambda m: print(m, file=sys.stderr, flush=True
         r["races"][name] = res
         log(f"11. race of {len(backbones)} backbones on {name} ({len(images)} images), feature extraction: "
             f"{res['seconds']:.1f} s end to end (target <= 60 s); " +
-            ", ".join(f"{b} {v['accuracy']:.1%} (LogME {v['logme']:.3f}, {v['logme_seconds'] * 1000:.0f} ms)"
-                      for b, v in res["backbones"].items()) + f"; Spearman(LogME, accuracy) = {res['rho']:.2f}")
+            ", ".join(f"{b} {v['right']} of {v['n']} = {v['accuracy']:.1%} ({v['interval'][0]:.0%}-{v['interval'][1]:.0%}; "
+                      f"ImageNet top-1 {'?' if v['imagenet_top1'] is None else v['imagenet_top1']}, "
+                      f"{v['ms_per_image']:.1f} ms/image; LogME {v['logme']:.3f}, {v['logme_seconds'] * 1000:.0f} ms)"
+                      for b, v in res["backbones"].items()) +
+            f"; Spearman(LogME, accuracy) = {res['rho']:.2f}, Spearman(ImageNet top-1, accuracy) = {res['rho_top1']:.2f}")
     rhos = [v["rho"] for v in r["races"].values() if v["rho"] == v["rho"]]
     r["mean_rho"] = float(np.mean(rhos)) if rhos else float("nan")
     log(f"11. LogME against the race's accuracy: mean rank correlation {r['mean_rho']:.2f} over {len(rhos)} datasets")
@@ -130,4 +181,4 @@ def race_figures(quick: bool, log=lambda m: print(m, file=sys.stderr, flush=True
     return r
 
 
-__all__ = ["installed_mb", "race", "race_figures", "real_sets", "spearman"]
+__all__ = ["extraction_ms", "installed_mb", "race", "race_figures", "real_sets", "spearman", "tuxpaint_photos"]
