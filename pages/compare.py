@@ -352,6 +352,8 @@ def race_view(proj: tlcore.Project, race_group: str | None, race_polling: bool) 
     st.dataframe(rows, hide_index=True, key="compare_race_table",
                  column_config={"accuracy": st.column_config.ProgressColumn(format="percent", min_value=0,
                                                                              max_value=1)})
+    if finding := tlcore.top1_finding([(row["backbone"], row["ImageNet top-1 %"], row["accuracy"]) for row in rows]):
+        st.caption(finding)  # the notes' claim, on the class's own photos
     ranked = sorted(scored, key=lambda r: -r.result.score.accuracy)
     if len(ranked) >= 2 and (v := tlcore.versus(facts(ranked[0].config.backbone)["title"], ranked[0].result,
                                                 facts(ranked[1].config.backbone)["title"], ranked[1].result)):

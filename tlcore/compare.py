@@ -129,6 +129,40 @@ def race_facts(backbone: str) -> dict:
             "imagenet_top1": spec.imagenet_top1, "ms_per_image": round(measure_speed(backbone).ms_per_image, 2)}
 
 
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); NaN where either side has no spread."""
+    def ranks(v: list[float]) -> np.ndarray:
+        v = np.asarray(v, float)
+        order = v.argsort()
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v))
+        for x in np.unique(v):  # ties share their mean rank
+            r[v == x] = r[v == x].mean()
+        return r
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def top1_finding(rows: list[tuple[str, float | None, float]]) -> str | None:
+    """The notes' claim (a backbone stronger on ImageNet transfers better; Kornblith et al. 2019) checked on a
+    race: ``rows`` of (title, ImageNet top-1 % or None, accuracy here), in words. None with fewer than three
+    backbones whose top-1 is known."""
+    known = sorted([r for r in rows if r[1] is not None], key=lambda r: -r[1])  # type: ignore[operator]
+    if len(known) < 3:
+        return None
+    rho = spearman([r[1] for r in known], [r[2] for r in known])  # type: ignore[misc]
+    listed = ", ".join(f"{t} ({top1:.1f} %) {acc:.0%}" for t, top1, acc in known)
+    verdict = ("holds here: the stronger on ImageNet, the better on your photos" if rho >= 0.5 else
+               "does not show here" if rho == rho else "cannot be judged here: every backbone scored the same")
+    extra = [f"{t} {acc:.0%} (its ImageNet top-1 is not known)" for t, top1, acc in rows if top1 is None]
+    return (f"From the strongest on ImageNet to the weakest: {listed}. \"A stronger backbone transfers better\" "
+            f"{verdict}" + (f" (rank correlation {rho:.2f})" if rho == rho else "") + "." +
+            (f" Also: {', '.join(extra)}." if extra else "") +
+            " A few photos either way are within chance: compare the intervals.")
+
+
 def run_plan(imageset: ImageSet, runs: list[PlannedRun], split: tuple[list[int], list[int]],
              should_stop: Callable[[], bool] = lambda: False) -> Iterator[tuple[PlannedRun, Event]]:
     """Train the planned runs one after another on ``split`` (a study's runs draw their k images per class
@@ -193,4 +227,4 @@ def features_of(model: TransferModel | None, imageset: ImageSet, backbone: str) 
 
 __all__ = ["COMPARE_EPOCHS", "DEFAULT_SHOTS", "FROZEN_BODY_MODES", "STRATEGY_TITLES", "PlannedRun", "available_shots",
            "shots_note",
-           "features_of", "usable_strategies", "plan", "project_2d", "race_facts", "run_plan", "shared_split", "summary_row"]
+           "features_of", "spearman", "top1_finding", "usable_strategies", "plan", "project_2d", "race_facts", "run_plan", "shared_split", "summary_row"]
