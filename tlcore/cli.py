@@ -81,7 +81,7 @@ def cmd_backbones(args: argparse.Namespace) -> int:
         _emit({"name": spec.name, "title": spec.title, "availability": spec.availability(),
                "params": spec.num_params, "input_size": spec.preprocess.input_size,
                "imagenet_top1": spec.imagenet_top1, "weights_mb": spec.weights_mb,
-               "stages": list(spec.stage_names)})
+               "stages": list(spec.stage_names), "weights_url": spec.weights_url, "members": list(spec.members)})
     return 0
 
 
