@@ -19,6 +19,10 @@ explain("**Feature extraction** freezes the whole backbone and trains only a new
         "your images; the first stages hold general features and can stay frozen. **From scratch** throws the "
         "pretraining away and learns everything from your images alone; that needs far more data.")
 
+if spec.frozen_only:  # an ensemble: feature extraction only (training refuses anything else, in these words)
+    st.info(f"{spec.title} is only used frozen (feature extraction, few-shot or zero-shot): training its "
+            f"{n} networks together would take far too long here. To fine-tune or train from scratch, choose one "
+            "of them on the Backbone page.", icon=":material/info:")
 settings = proj.settings
 current_trained = 0 if settings.mode in tlcore.FROZEN_BODY_MODES else (
     n if settings.mode == "scratch" else n - settings.resolved_freeze_depth())
