@@ -58,7 +58,7 @@ def test_its_imagenet_head_averages_the_members_probabilities():
     assert head.out_features == 1000
 
 
-def test_feature_extraction_few_shot_zero_shot_and_the_fit_score_run_through_it(tiny_set, tmp_path):
+def test_feature_extraction_few_shot_zero_shot_the_fit_score_and_the_data_check_run_through_it(tiny_set, tmp_path):
     for mode in ("feature-extraction", "few-shot"):
         done = run_to_end(tiny_set, TrainConfig(backbone="tiny-ensemble", mode=mode, epochs=3))
         assert done.status == "completed", done.reason
@@ -72,6 +72,8 @@ def test_feature_extraction_few_shot_zero_shot_and_the_fit_score_run_through_it(
     assert feats.shape == (len(tiny_set), 64)
     score = drive(transfer_score(tiny_set, "tiny-ensemble"))
     assert score.backbone == "tiny-ensemble" and 0 < score.imagenet_confidence <= 1
+    check = tlcore.check_data(tiny_set, "tiny-ensemble")  # the data check on its features
+    assert check.judged == len(tiny_set)
     model = zero_shot_model("tiny-ensemble", ["cat", "coffee"], {"cat": ["tiger cat"], "coffee": ["espresso"]})
     probs = tlcore.predict(model, images, ["cat", "coffee"], get_backbone_spec("tiny-ensemble").preprocess)
     assert all(abs(sum(p.probabilities.values()) - 1) < 1e-5 for p in probs)
