@@ -243,7 +243,7 @@ class LogisticFit:
         xc = x - self._centre
         # Every optimum lies in the span of the (centred) rows, so with fewer rows than dimensions the fit
         # runs in that span's coordinates (the same optimum, a fraction of the work): W = Z V^T.
-        self._basis = torch.linalg.svd(xc, full_matrices=False)[2] if len(x) < dim else torch.eye(dim)
+        self._basis = torch.linalg.qr(xc.T)[0].T if len(x) < dim else torch.eye(dim)  # orthonormal rows
         self._x = xc @ self._basis.T
         if init is None:
             w, b = torch.zeros(folds, num_classes, len(self._basis)), torch.zeros(folds, num_classes)
@@ -258,12 +258,17 @@ class LogisticFit:
                                       history_size=20, line_search_fn="strong_wolfe")
         self.converged = False
 
+    @torch.no_grad()
     def _closure(self) -> torch.Tensor:
-        self._opt.zero_grad()
-        logits = torch.einsum("nd,fcd->fnc", self._x, self._w) + self._b[:, None, :]
-        per_image = torch.logsumexp(logits, 2) - (logits * self._onehot).sum(2)  # [F, N] cross-entropy
-        loss = (per_image * self._m).sum() + (self._w * self._w).sum() / (2 * self._c)
-        loss.backward()
+        """The objective, its gradient written by hand (a third of autograd's time on these small tensors)."""
+        w, b = self._w, self._b
+        logits = torch.einsum("nd,fcd->fnc", self._x, w) + b[:, None, :]
+        lse = torch.logsumexp(logits, 2, keepdim=True)
+        per_image = lse[..., 0] - (logits * self._onehot).sum(2)  # [F, N] cross-entropy
+        loss = (per_image * self._m).sum() + (w * w).sum() / (2 * self._c)
+        residual = (torch.exp(logits - lse) - self._onehot) * self._m[..., None]  # d loss / d logits
+        w.grad = torch.einsum("fnc,nd->fcd", residual, self._x) + w / self._c
+        b.grad = residual.sum(1)
         return loss
 
     def step(self, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -273,8 +278,7 @@ class LogisticFit:
         self._opt.param_groups[0]["max_eval"] = iters * 5 // 4
         state = self._opt.state[self._w]
         before = state.get("n_iter", 0)
-        with torch.enable_grad():
-            self._opt.step(self._closure)
+        self._opt.step(self._closure)
         self.converged = state.get("n_iter", 0) - before < iters  # L-BFGS stopped on its tolerances
         w = self._w.detach() @ self._basis
         b = self._b.detach() - w @ self._centre

@@ -838,6 +838,11 @@ def _final_indices(cfg: TrainConfig, train_idx: list[int], val_idx: list[int]) -
 #: the images and underrates the final model, fitted on them all. Larger sets use 5 folds.
 MANY_FOLDS_MAX_IMAGES = 300
 MAX_SCORE_FOLDS = 20
+#: A frozen body's score repeats its folds (or draws) while repeats x images stay within this: 5 repeats up to
+#: 60 images, one from 300. Repeats steady the score of a small set, where which images share a fold matters;
+#: on 300 images one partition moves the score by a fraction of its interval, and each repeat cost about as much
+#: as the forward pass over the images (benchmark section 1, 2026-12-06).
+SCORE_ROWS = 300
 Predictor = Callable[[list[Pair]], list[torch.Tensor]]  # (train, test) pairs -> logits of each test part
 
 
@@ -847,7 +852,7 @@ def _frozen_score(cfg: TrainConfig, labels: torch.Tensor, digests: list[str], pr
     pair of repeated stratified k-fold (per draw of k images per class in a study) and gives the logits of
     each pair's test images. Returns the score and each image's out-of-fold probabilities (averaged over repeats)."""
     y = labels.cpu()
-    repeats = max(1, min(cfg.score_repeats, 2000 // max(1, len(y))))  # large sets: fewer repeats, same n
+    repeats = max(1, min(cfg.score_repeats, SCORE_ROWS // max(1, len(y))))  # large sets: fewer repeats, same n
     if cfg.max_images_per_class is not None:
         pairs = shot_draws(y, cfg.max_images_per_class, repeats, cfg.seed)
         method = f"{_split_method(cfg)}, {len(pairs)} draw{'s' * (len(pairs) > 1)}"
@@ -878,8 +883,8 @@ def _last_step(y: torch.Tensor, pairs: list[Pair], repeats: int, seed: int, pred
     At most ``LAST_STEP_REPEATS`` repeats: it widens an interval, it is not the score itself."""
     most = int(torch.bincount(y).max())
     test_folds = len(pairs) // max(1, repeats)
-    if most < 3 or test_folds < 2:
-        return 0.0
+    if most < 3 or test_folds < 2 or most > MAX_SCORE_FOLDS:
+        return 0.0  # beyond MAX_SCORE_FOLDS per class, folds hold out several per class: one image is no step
     fewer = repeated_folds(y, max(2, (test_folds + 1) // 2), min(repeats, LAST_STEP_REPEATS), seed + 1)
     right = sum(int((logits.argmax(1).cpu() == y[te]).sum()) for (_tr, te), logits in zip(fewer, predict(fewer)))
     return max(0.0, accuracy - right / sum(len(te) for _tr, te in fewer))
