@@ -145,8 +145,10 @@ class JobTracker:
         self._stride = 1
         self._version = 0
         self.after: Job | None = None  # starts only once this one has ended
-        self.estimate_s = 10.0  # how long it should take once started (set by the runner)
+        self.estimate_s = 10.0  # how long it should take once started, on a server doing nothing else (the runner's)
         self.started: float | None = None  # when a worker took it
+        self.rate = 1.0  # its speed now, as a share of its speed alone (workers sharing the cores: the runner's)
+        self._work: tuple[float, float | None] = (0.0, None)  # (work done, when; None: since it started)
         self.stopped_by = "by the user"
         self._callbacks: list[Callable[[], None]] = []
 
@@ -228,7 +230,7 @@ class JobTracker:
                 from .profile import CALIBRATION
 
                 CALIBRATION.observe(self.spec.config, len(self.spec.split[0]) + len(self.spec.split[1]),
-                                    time.time() - self.started)
+                                    self.work_done())  # as if alone: the sharing is the forecast's to add
             with self._lock:
                 self._done.set()
                 callbacks, self._callbacks = self._callbacks, []
@@ -238,18 +240,32 @@ class JobTracker:
                 except Exception:  # noqa: BLE001  one callback's fault must not stop the event thread
                     log.exception("a done-callback of job %s failed", self.name)
 
+    def work_done(self, now: float | None = None) -> float:
+        """Seconds of its estimate it has done: the time it has run, each stretch weighed by its ``rate`` then."""
+        if self.started is None:
+            return 0.0
+        done, since = self._work
+        return done + ((time.time() if now is None else now) - (self.started if since is None else since)) * self.rate
+
+    def set_rate(self, rate: float, now: float | None = None) -> None:
+        """From ``now`` on it runs at ``rate`` of its speed alone (more or fewer workers share the cores)."""
+        now = time.time() if now is None else now
+        self._work = (self.work_done(now), now)
+        self.rate = rate
+
     def remaining_s(self) -> float:
-        """About how long until it ends: its estimate, less the time it has run. Never nothing while it runs:
-        a run past its estimate (a busy server) has at least ``OVERRUN_SHARE`` of the time it has taken left,
+        """About how long until it ends: the work its estimate has left, at its present rate. Never nothing
+        while it runs: a run past its estimate has at least ``OVERRUN_SHARE`` of the time it has taken left,
         so "about 0 s left" never stays on the screen while it works on."""
         if self.started is None:
             return self.estimate_s
-        elapsed = time.time() - self.started
-        return max(self.estimate_s - elapsed, OVERRUN_SHARE * elapsed, 1.0)
+        now = time.time()
+        return max((self.estimate_s - self.work_done(now)) / self.rate, OVERRUN_SHARE * (now - self.started), 1.0)
 
-    def mark_running(self) -> None:
+    def mark_running(self, rate: float = 1.0) -> None:
         with self._lock:
             self.started = time.time()
+            self._work, self.rate = (0.0, None), rate
             self._state = "running"
             self._version += 1
 

@@ -230,8 +230,9 @@ def run_overhead_s(config: TrainConfig) -> float:
 
 class Calibration:
     """How much longer (or shorter) than the speed model's figure the runs that train the body took on
-    this server lately. It absorbs what the one-off measurement cannot know: a busy server, workers sharing
-    the cores, this CPU's backward pass. Estimates are the model's figure times ``factor()``: the geometric
+    this server lately. It absorbs what the one-off measurement cannot know: this CPU's backward pass, a
+    server busy with more than its workers (workers sharing the cores are the runner's forecast's to add: a
+    run's seconds here are its work, each stretch weighed by its share of the cores). Estimates are the model's figure times ``factor()``: the geometric
     mean of the last ``window`` runs' measured / modelled seconds, with the model's own figure (1.0)
     counted as one run more. So one run that happened to be slow (a worker's first fine-tune of a backbone
     exports its prefix; the benchmark once saw a single run move the next ladder's estimate to 2.4 times
@@ -242,7 +243,8 @@ class Calibration:
         self._lock = threading.Lock()
 
     def observe(self, config: TrainConfig, num_images: int, seconds: float) -> None:
-        """A completed run of ``config`` on ``num_images`` images took ``seconds`` from start to saved."""
+        """A completed run of ``config`` on ``num_images`` images took ``seconds`` from start to saved (as if
+        alone: ``JobTracker.work_done``)."""
         if config.mode in FROZEN_BODY_MODES:
             return  # seconds of work, mostly cached features: nothing to learn about training speed
         try:  # on the runner's event thread: never a measurement there

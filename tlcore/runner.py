@@ -41,6 +41,8 @@ from .train import RunFinished
 
 log = logging.getLogger(__name__)
 NICENESS = 10  # workers run below the web server's priority from their first instruction (Unix ``nice``)
+#: t threads run a job about t ** THREAD_SCALING times as fast as one (measured: see ``share_rate``).
+THREAD_SCALING = 0.8
 MAX_CRASHES = 3  # deaths in a row before a worker slot is given up (it cannot even start)
 
 
@@ -60,7 +62,7 @@ class LocalRunner:
         self._pending: list[JobTracker] = []
         self._jobs: dict[int, JobTracker] = {}
         self._served: dict[tuple[str, bool], float] = {}  # (owner, short) -> when its last such job started
-        self._forecast: tuple[float, dict[int, float]] | None = None  # (when, ends): ``forecast``'s last answer
+        self._forecast: tuple[float, dict[int, float], dict[int, float]] | None = None  # (when, ends, starts): ``_played``
         self._ids = itertools.count(1)
         self.broken: str | None = None  # why no worker can start, once that is clear
         self._ready: set[int] = set()  # workers that have warmed up (only they are given jobs)
@@ -165,29 +167,45 @@ class LocalRunner:
         return sum(1 for j in jobs if j.spec.owner == owner and j.spec.task == "train" and j.alive)
 
     def queue_info(self, job: JobTracker) -> tuple[int, float]:
-        """(position in line, estimated seconds until it starts: ``forecast``'s end less its own estimate). A
+        """(position in line, estimated seconds until it starts, as ``forecast`` plays the queue). A
         run's position counts the runs ahead of it, not the seconds-long analyses (a Data page's check) that
         its wait includes."""
         with self._lock:
             order = self._order()
             if job not in order:
                 return 0, 0.0
-            ends, _ = self.forecast()
-            return queue_position(order, job), max(0.0, ends.get(job.id, 0.0) - job.estimate_s)
+            return queue_position(order, job), self._played()[1].get(job.id, 0.0)
 
     def forecast(self, planned: Sequence[tuple[str, bool, float]] = ()) -> tuple[dict[int, float], list[float]]:
         """When each queued or running job should end, in seconds from now: the scheduler played forward on
-        the jobs' estimates (the express lane, owners' turns, a comparison's runs one after another), so a
-        ladder's estimate counts the other ladders its runs will take turns with. ``planned``: jobs not
+        the jobs' estimates (the express lane, owners' turns, a comparison's runs one after another, busy
+        workers sharing the cores: ``share_rate``), so a ladder's estimate counts the other ladders its runs
+        will take turns with, and the fine-tunes that slow it down. ``planned``: jobs not
         submitted yet, each (owner, short, seconds) and each after the one before (a comparison about to be
         started); their ends come second. Without ``planned`` the answer is reused for up to a second while
         the queue stays as it was (every queued run's snapshot asks, on every page refresh)."""
+        if not planned:
+            return dict(self._played()[0]), []
+        with self._lock:
+            first = max([*self._jobs, *(j.id for j in self._pending), 0]) + 1
+            ends, _starts = self._play(planned)
+        return ends, [ends.get(first + k, math.inf) for k in range(len(planned))]
+
+    def _played(self) -> tuple[dict[int, float], dict[int, float]]:
+        """``_play`` of the queue as it is, reused for up to a second while the queue stays as it was (every
+        queued run's snapshot asks, on every page refresh)."""
+        with self._lock:
+            if self._forecast is None or time.time() - self._forecast[0] >= 1.0:
+                self._forecast = (time.time(), *self._play())
+            return self._forecast[1], self._forecast[2]
+
+    def _play(self, planned: Sequence[tuple[str, bool, float]] = ()) -> tuple[dict[int, float], dict[int, float]]:
+        """(when each job should end, when each waiting job should start), in seconds from now; ``planned`` as
+        ``forecast``'s, with ids after every real one."""
         with self._lock:
             now = time.time()
-            if not planned and self._forecast is not None and now - self._forecast[0] < 1.0:
-                return dict(self._forecast[1]), []
-            free = [0.0 if b is None else b.remaining_s() for b in self._busy]
-            ends = {b.id: f for b, f in zip(self._busy, free) if b is not None}
+            # each worker's job as [id, seconds of work alone left], or None
+            work: list[list | None] = [None if b is None else [b.id, b.remaining_s() * b.rate] for b in self._busy]
             served = dict(self._served)
             # (id, owner, short, seconds, the id it waits for): the planned ones get ids after every real one
             line = [(j.id, j.spec.owner, j.spec.short, j.estimate_s,
@@ -195,26 +213,7 @@ class LocalRunner:
             first = max([*self._jobs, *(j.id for j in self._pending), 0]) + 1
             line += [(first + k, owner, short, seconds, first + k - 1 if k else None)
                      for k, (owner, short, seconds) in enumerate(planned)]
-        t = 0.0
-        while line:
-            for i in range(len(free)):  # the free workers in order, as ``_dispatch`` goes through them
-                if free[i] > t:
-                    continue
-                ready = [x for x in line if x[4] is None or ends.get(x[4], math.inf) <= t]
-                ready.sort(key=lambda x: _turn(x[1], x[2], x[0], served))
-                x = next((x for x in ready if _takes(self.workers, i, x[2])), None)
-                if x is not None:
-                    line.remove(x)
-                    free[i] = ends[x[0]] = t + x[3]
-                    served[(x[1], x[2])] = now + t
-            later = [f for f in free if f > t]
-            if not later:
-                break  # what is left waits for a job this runner does not know (cannot happen)
-            t = min(later)
-        if not planned:
-            with self._lock:
-                self._forecast = (now, ends)
-        return ends, [ends.get(first + k, math.inf) for k in range(len(planned))]
+        return _play(work, line, served, now, self.workers, self._rate)
 
     # -- scheduling
 
@@ -247,9 +246,17 @@ class LocalRunner:
                 self._send(self._conns[i], ("job", job.id, job.spec))
             self._share()
 
+    def _rate(self, busy: int) -> float:
+        return share_rate(busy, self.max_threads, self.threads)
+
     def _share(self) -> None:
-        """Tell the workers how many of them train now (their thread share); under ``_lock``."""
+        """Tell the workers how many of them train now (their thread share), and the jobs how fast that lets
+        them go; under ``_lock``."""
         busy = sum(b is not None for b in self._busy)
+        now, rate = time.time(), self._rate(busy)
+        for job in self._busy:
+            if job is not None:
+                job.set_rate(rate, now)
         for conn in self._conns:
             self._send(conn, ("share", busy))
 
@@ -335,6 +342,53 @@ class LocalRunner:
                 job.record(RunFinished("failed", f"The training process stopped unexpectedly ({why})."))
         with self._lock:
             self._dispatch()
+
+
+def share_rate(busy: int, cores: int, threads: int) -> float:
+    """How fast each of ``busy`` workers goes, as a share of one worker alone on all ``cores``: they take
+    ``cores // busy`` threads each, at least ``threads``, and threads beyond the cores take turns.
+    ``THREAD_SCALING``: on this project's 2-core machine a fine-tune epoch ran 1.7x as fast on two threads
+    as on one (2026-12-06), so two busy workers go at 0.57 of a lone one's speed each."""
+    if busy <= 1:
+        return 1.0
+    each = max(threads, cores // busy)
+    return (each / cores) ** THREAD_SCALING * min(1.0, cores / (busy * each))
+
+
+def _play(work: list[list | None], line: list[tuple], served: dict[tuple[str, bool], float], now: float,
+          workers: int, rate: Callable[[int], float]) -> tuple[dict[int, float], dict[int, float]]:
+    """The scheduler played forward: ``work`` each worker's job (``[id, seconds of work alone left]`` or None),
+    ``line`` the jobs waiting ``(id, owner, short, seconds alone, the id it waits for)``. Free workers take
+    jobs as ``_dispatch`` does (the express lane, owners' turns, a job after the one it waits for); the busy
+    ones share the cores (``rate`` of the number busy). Returns when each job should end and when each waiting
+    one should start, in seconds from now."""
+    ends: dict[int, float] = {}
+    starts: dict[int, float] = {}
+    t = 0.0
+    while True:
+        for i in range(workers):  # the free workers in order, as ``_dispatch`` goes through them
+            if work[i] is not None:
+                continue
+            ready = [x for x in line if x[4] is None or ends.get(x[4], math.inf) <= t]
+            ready.sort(key=lambda x: _turn(x[1], x[2], x[0], served))
+            x = next((x for x in ready if _takes(workers, i, x[2])), None)
+            if x is not None:
+                line.remove(x)
+                work[i] = [x[0], x[3]]
+                starts[x[0]] = t
+                served[(x[1], x[2])] = now + t
+        busy = [w for w in work if w is not None]
+        if not busy:
+            return ends, starts  # what is left waits for a job this runner does not know (cannot happen)
+        r = rate(len(busy))
+        step = min(w[1] for w in busy) / r
+        t += step
+        for i, w in enumerate(work):
+            if w is not None:
+                w[1] -= step * r
+                if w[1] <= 1e-9:
+                    ends[w[0]] = t
+                    work[i] = None
 
 
 def _turn(owner: str, short: bool, job_id: int, served: dict[tuple[str, bool], float]) -> tuple[bool, float, int]:

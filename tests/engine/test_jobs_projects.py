@@ -436,6 +436,7 @@ def test_the_forecast_plays_the_scheduler_forward_owners_taking_turns(tiny_set):
     from tlcore.jobs import JobTracker
 
     runner = LocalRunner(workers=2, threads=1)  # never started: a forecast needs no worker
+    runner._rate = lambda busy: 1.0  # the turns alone (workers sharing the cores: the next test)
     short, long_ = dataclasses.replace(TINY, mode="feature-extraction"), TINY
     for owner, first in (("a", 1), ("b", 4)):  # each a ladder: a short run, then two long ones, one after another
         previous = None
@@ -452,6 +453,47 @@ def test_the_forecast_plays_the_scheduler_forward_owners_taking_turns(tiny_set):
     # c's turn comes after a's and b's first long runs (the short ones on the express lane cost no long turn)
     assert planned == 65.0 and ends[3] == 85.0 and ends[6] == 105.0, ends
     assert runner.queue_info(runner._jobs[5])[1] == 25.0  # starts once a's first long run has ended
+
+
+def test_the_forecast_counts_workers_sharing_the_cores(tiny_set):
+    """Issue 38: a ladder started while two students fine-tuned took 33 % longer than its estimate: the forecast
+    played each job at its speed alone, while two busy workers share the cores. Now a job's work goes at
+    ``share_rate`` of the number busy, running jobs keep the work they did at each rate, and estimates learn
+    from the work a run did, not its time."""
+    from tlcore.jobs import JobTracker
+    from tlcore.runner import share_rate
+
+    assert share_rate(1, 2, 1) == 1.0 and 0.5 < share_rate(2, 2, 1) < 0.6  # two workers, a thread each
+    assert share_rate(2, 1, 1) == 0.5  # two workers on one core take turns
+    runner = LocalRunner(workers=2, threads=1)
+    runner.max_threads = 2  # two cores
+    rate = share_rate(2, 2, 1)
+    fine_tune = JobTracker(1, spec(tiny_set, TINY, owner="a"), runner, None)
+    fine_tune.estimate_s = 40.0
+    runner._jobs[1], runner._busy[0] = fine_tune, fine_tune
+    fine_tune.mark_running()
+    runner._share()  # alone: full speed
+    assert fine_tune.rate == 1.0
+    ladder = []
+    for k, (mode, seconds) in enumerate((("feature-extraction", 10.0), ("fine-tune", 20.0))):
+        job = JobTracker(2 + k, spec(tiny_set, dataclasses.replace(TINY, mode=mode), owner="b"), runner, None)
+        job.estimate_s, job.after = seconds, ladder[-1].job if ladder else None
+        runner._pending.append(job)
+        runner._jobs[job.id] = job
+        ladder.append(job)
+    ends, _ = runner.forecast()
+    # the feature extraction on the express lane beside the fine-tune: both at `rate` until it ends
+    assert ends[2] == pytest.approx(10 / rate, abs=0.1)
+    # the fine-tune's 40 s: 10 / rate s at `rate` (10 s of work), the other 30 alone
+    assert ends[1] == pytest.approx(10 / rate + 30, abs=0.1)  # (the milliseconds it has run)
+    assert ends[3] == pytest.approx(ends[1] + 20, abs=0.1)  # the ladder's fine-tune after it, alone
+    assert runner.queue_info(ladder[1])[1] == pytest.approx(ends[1], abs=0.1)
+    # a running job's work: its time at each rate
+    fine_tune.started = fine_tune.started - 10  # it has run 10 s alone
+    fine_tune._work = (0.0, None)
+    fine_tune.set_rate(rate)  # from now on, shared
+    assert fine_tune.work_done() == pytest.approx(10.0, abs=0.1)
+    assert fine_tune.remaining_s() == pytest.approx(30 / rate, abs=0.2)
 
 
 def test_a_run_past_its_estimate_never_has_nothing_left(tiny_set):
