@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .backbones import frozen_body, get_backbone_spec
+from .backbones import BackboneSpec, frozen_body, get_backbone_spec
 from .data import ImageSet, check_trainable, to_float, trainable_subset
 from .errors import TLError
 from .measure import Score, out_of_fold, repeated_folds
@@ -148,6 +148,14 @@ class StageProbe:
         return StageProbe(str(d["backbone"]), tuple(d["stages"]), scores, float(d["seconds"]))  # type: ignore[arg-type]
 
 
+def _not_by_stage(spec: BackboneSpec, so: str) -> TLError:
+    if spec.frozen_only:  # an ensemble
+        return TLError(f"{spec.title} runs its networks side by side, not one stage after another, {so}: choose one "
+                       f"of them on the Backbone page.")
+    return TLError(f"{spec.title} cannot be run stage by stage, {so}: choose a convolutional backbone on the "
+                   f"Backbone page.")
+
+
 def pooled_stages(imageset: ImageSet, backbone: str, should_stop: Callable[[], bool] = lambda: False,
                   batch_size: int = 32) -> Generator[Progress, None, list[torch.Tensor] | None]:
     """The global-average-pooled output of every stage of ``backbone``'s pretrained body, ``[N, C_k]`` per
@@ -155,8 +163,7 @@ def pooled_stages(imageset: ImageSet, backbone: str, should_stop: Callable[[], b
     spec = get_backbone_spec(backbone)
     body = frozen_body(backbone)
     if not body.splittable:
-        raise TLError(f"{spec.title} cannot be run stage by stage, so its stages cannot be probed: choose a "
-                      f"convolutional backbone on the Backbone page.")
+        raise _not_by_stage(spec, "so its stages cannot be probed")
     n = len(body.stages)
     keys = [f"{feature_key(backbone, spec.preprocess, 'torch')}|pooled-stage{k}" for k in range(n)]
     digests = [i.digest for i in imageset.items]
@@ -225,7 +232,7 @@ def stage_maps(backbone: str, imageset: ImageSet, index: int, top: int = 4) -> l
     pixels = imageset.preprocessed(spec.preprocess, [index])[0]
     body = frozen_body(backbone)
     if not body.splittable:
-        raise TLError(f"{spec.title} cannot be run stage by stage: choose a convolutional backbone to see its stages.")
+        raise _not_by_stage(spec, "so its stages cannot be shown")
     mean = torch.tensor(spec.preprocess.mean).view(1, 3, 1, 1)
     std = torch.tensor(spec.preprocess.std).view(1, 3, 1, 1)
     x = ((to_float(pixels[None], channels_last=False) - mean) / std).contiguous(memory_format=torch.channels_last)

@@ -100,6 +100,13 @@ def test_training_the_ensemble_is_refused_in_words(mode, tiny_set):
     assert len(plan(["few-shot"], TrainConfig(), backbones=["tiny-test", "tiny-ensemble"])) == 2
 
 
+def test_its_stages_are_not_probed_and_it_says_why(tiny_set):
+    with pytest.raises(tlcore.TLError, match="side by side.*choose one of them"):
+        drive(tlcore.probe_stages(tiny_set, "tiny-ensemble"))
+    with pytest.raises(tlcore.TLError, match="side by side.*choose one of them"):
+        tlcore.stage_maps("tiny-ensemble", tiny_set, 0)
+
+
 def test_its_exports_match_the_app(tmp_path):
     data = tmp_path / "data"
     from tests.conftest import class_files
