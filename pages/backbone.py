@@ -7,7 +7,7 @@ import streamlit as st
 
 import tlcore
 from pages import insight
-from pages.common import ASSETS, explain, project, session
+from pages.common import ASSETS, explain, project, session, work_button
 from tlcore import measure_speed
 
 proj = project()
@@ -54,13 +54,13 @@ measured = session().measured
 explain("Speed here: milliseconds per image, timed as one pass over a batch of 8 images divided by 8. The **torch** "
         "figure is measured the same way for every backbone: compare backbones by it. Where a backbone's weights are "
         "installed, the fast runtime that feature extraction uses (OpenVINO or ONNX Runtime) is timed on the same batch too.")
-if st.button("Measure speed on this machine", icon=":material/speed:", key="backbone_measure"):
+if work_button("Measure speed on this machine", "backbone_measure", "Measuring…", icon=":material/speed:"):
+    measured.update(spec.name for spec in specs)  # asked for all: a rerun that cuts the timing short times the rest
     bar = st.progress(0.0, text="Timing each backbone…")
     for k, spec in enumerate(specs):
         bar.progress(k / len(specs), text=f"Timing {spec.title}…")
         measure_speed(spec.name)  # cached per process: each backbone is timed once
-        measured.add(spec.name)
-    bar.empty()
+    st.rerun()  # the button again, beside the figures
 measured.add(proj.backbone)
 if error := session().take_note("backbone"):
     st.error(error, icon=":material/cloud_off:")
@@ -75,8 +75,8 @@ for k, spec in enumerate(specs):
                                                           else f" {spec.weights_mb:.0f} MB"))
         top1 = "n/a" if spec.imagenet_top1 is None else f"{spec.imagenet_top1:.1f}%"
         if spec.name in measured:
-            speed = measure_speed(spec.name)
-            ms = speed.text()
+            with st.spinner(f"Timing {spec.title}…"):  # shown only if not timed yet (cached per process)
+                ms = measure_speed(spec.name).text()
         else:
             ms = "not measured"
         body_params = sum(tlcore.stage_param_counts(spec.name))
@@ -160,7 +160,7 @@ def import_weights_form() -> None:
     """Import a weights file into the server's shared cache (checked: digest, fit; written atomically)."""
     target = st.selectbox("Backbone", [s.name for s in specs if s.weights_url], key="backbone_import_target")
     file = st.file_uploader("Weights file (.pth)", type=["pth", "pt"], key="backbone_import_file")
-    if file is not None and st.button("Import", key="backbone_import_go"):
+    if work_button("Import", "backbone_import_go", "Importing…", disabled=file is None) and file is not None:
         import tempfile
         from pathlib import Path
 
@@ -169,9 +169,14 @@ def import_weights_form() -> None:
             path.write_bytes(file.getvalue())
             try:
                 tlcore.import_weights(tlcore.get_backbone_spec(target), path)
-                st.success(f"Imported {file.name}: {target} now works offline.")
+                session().note("backbone_imported", f"Imported {file.name}: {target} now works offline.")
             except tlcore.TLError as e:
-                st.error(str(e))
+                session().note("backbone_import_error", str(e))
+        st.rerun()  # the button again, beneath what happened
+    if done := session().take_note("backbone_imported"):
+        st.success(done, icon=":material/check:")
+    if error := session().take_note("backbone_import_error"):
+        st.error(error, icon=":material/error:")
 
 
 with st.expander("I have a weights file (offline machines)", icon=":material/upload_file:"):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -348,6 +349,22 @@ def start_button(label: str, key: str, start: Callable[[], object], busy: Callab
         st.error(message, icon=":material/error:")
 
 
+def give_focus_back(key: str) -> None:
+    """Give the keyboard focus back to the button of widget ``key`` once it can take it, if nothing holds it: a busy
+    button is disabled (``start_button``), which drops the focus of the key that pressed it to the page, and the next
+    Tab then started from the top of the page. The page does not scroll for it; a student who has moved on keeps
+    where they are."""
+    st.html(f"""<script>(() => {{
+      const give = (tries) => {{
+        const b = document.querySelector('.st-key-{key} button');
+        if (document.activeElement && document.activeElement !== document.body) return;
+        if (b && !b.disabled) b.focus({{preventScroll: true}});
+        else if (tries > 0) setTimeout(() => give(tries - 1), 100);
+      }};
+      give(20);
+    }})()</script>""", unsafe_allow_javascript=True)
+
+
 def work_button(label: str, key: str, busy_label: str, **button) -> bool:
     """A button for work this page does itself, now (an export): True in the run that takes the click, where
     the button is drawn disabled, saying ``busy_label``, while the page does the work beneath it (then reruns).
@@ -388,7 +405,7 @@ def require_run(proj: Project) -> RunRecord:
     key = f"run_pick_{page}"
     if st.session_state.get(key) not in ids:  # nothing picked on this page (or it was deleted): the newest
         st.session_state[key] = ids[-1]
-    run_id = st.selectbox("Model", ids, key=key, format_func=lambda i: run_title(proj.run(i)))
+    run_id = st.selectbox("Model", ids, key=key, format_func=lambda i: run_choice(proj.run(i)))
     return proj.run(run_id)
 
 
@@ -398,6 +415,17 @@ def run_title(r: RunRecord | None) -> str:
     score = r.result.score if r.result is not None else None
     acc_s = "" if score is None else f" · {score.right} of {score.n} right"
     return f"{r.id.split('-')[1]} · {r.label}{acc_s} · {r.status}"
+
+
+def run_choice(r: RunRecord) -> str:
+    """A finished run as a model picker offers it, short enough for a phone's 390 px (the picker's box cannot wrap):
+    its number and score first, then its strategy; the project's own backbone goes without saying, and so does
+    "completed" (only a stopped run says so)."""
+    score = r.result.score if r.result is not None else None
+    own = tlcore.get_backbone_spec(session().project.backbone).title + ", "
+    label = r.label.removeprefix(own) if r.config.backbone == session().project.backbone else r.label
+    return " · ".join([r.id.split("-")[1], *([f"{score.right} of {score.n} right"] if score else []), label,
+                       *([r.status] if r.status != "completed" else [])])
 
 
 ACCURACY_LABEL = "Right on photos it had not trained on"  # a run's one score, named the same on every page
@@ -414,6 +442,12 @@ def score_metric(where, score: tlcore.Score | None) -> None:
                  help=f"Each photo was classified by a model that had not trained on it ({score.method}). "
                       "Likely: with 95 in 100 sets of photos like these, the true accuracy lies in this range; "
                       "the fewer photos, the wider it is.")
+
+
+def file_caption(name: str) -> str:
+    """A file's whole name, to go under a small picture: places to wrap after each ``_ - .`` (a 72 px thumbnail holds
+    about ten letters; names cut to twelve, "digit_0_008.", could not be told apart)."""
+    return re.sub(r"([_.-])", "\\1\u200b", Path(name).name)
 
 
 def explain(text: str) -> None:

@@ -7,7 +7,7 @@ import streamlit as st
 
 import tlcore
 from pages import data_check, live_camera
-from pages.common import ASSETS, explain, project, session, switch_project
+from pages.common import ASSETS, explain, file_caption, project, session, switch_project
 from tlcore import thumbnail
 
 proj = project()
@@ -210,13 +210,13 @@ for k, label in enumerate(images.classes):
         if items:
             shown = items[:48]
             if not st.toggle("Pick images to remove or move", key=f"data_picking_{k}"):
-                st.image([thumbnail(i, 72) for i in shown], caption=[Path(i.name).name[:12] for i in shown], width=72,
+                st.image([thumbnail(i, 72) for i in shown], caption=[file_caption(i.name) for i in shown], width=72,
                          alt=[f"class {label}: {Path(i.name).name}" for i in shown])
             else:  # each thumbnail with its own tick box: pick what you see, not a file name
                 grid = st.columns(8)
                 for n, item in enumerate(shown):
                     grid[n % 8].image(thumbnail(item, 72), width=72, alt=f"class {label}: {Path(item.name).name}")
-                    grid[n % 8].checkbox(Path(item.name).name[:10], key=f"data_pick_{k}_{item.digest[:12]}")
+                    grid[n % 8].checkbox(file_caption(item.name), key=f"data_pick_{k}_{item.digest[:12]}")
                 picked = [i.digest for i in shown if st.session_state.get(f"data_pick_{k}_{i.digest[:12]}")]
                 m1, m2, m3 = st.columns([2, 1, 1], vertical_alignment="bottom")
                 others = [c for c in images.classes if c != label]

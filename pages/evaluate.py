@@ -3,7 +3,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import tlcore
-from pages.common import explain, project, read_only, require_run, score_metric
+from pages.common import explain, file_caption, project, read_only, require_run, score_metric
 from tlcore import thumbnail
 from tlcore import validation_report
 
@@ -69,5 +69,5 @@ for k, i in enumerate(wrong[:36]):
         probs = ev.probabilities[i]
         st.image(thumbnail(val_items[i], 120), width=120,
                  alt=f"{ev.names[i]}: class {ev.classes[ev.labels[i]]}, predicted {ev.classes[ev.predictions[i]]}")
-        st.caption(f"**{ev.names[i][:18]}**  \ntrue: {ev.classes[ev.labels[i]]}  \npredicted: "
+        st.caption(f"**{file_caption(ev.names[i])}**  \ntrue: {ev.classes[ev.labels[i]]}  \npredicted: "
                    f"{ev.classes[ev.predictions[i]]} ({probs[ev.predictions[i]]:.0%})")

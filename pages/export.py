@@ -7,7 +7,7 @@ import segno
 import streamlit as st
 
 import tlcore
-from pages.common import explain, project, run_title, session, share_links, switch_project, work_button
+from pages.common import explain, project, run_choice, session, share_links, switch_project, work_button
 from tlcore import export_model, import_run, model_card, run_archive
 
 proj = project()
@@ -66,9 +66,11 @@ if not runs:
             icon=":material/info:")
 else:
     ids = [r.id for r in runs]
-    if st.session_state.get("export_pick") not in ids:  # nothing picked here yet: the newest model
+    if (loaded := session().take_note("export_pick")) in ids:  # a run just loaded below
+        st.session_state["export_pick"] = loaded
+    elif st.session_state.get("export_pick") not in ids:  # nothing picked here yet: the newest model
         st.session_state["export_pick"] = ids[-1]
-    run_id = st.selectbox("Model", ids, format_func=lambda i: run_title(proj.run(i)), key="export_pick")
+    run_id = st.selectbox("Model", ids, format_func=lambda i: run_choice(proj.run(i)), key="export_pick")
     record = proj.run(run_id)
     folder = proj.folder / "runs" / record.id
     with st.container(border=True):
@@ -113,12 +115,18 @@ else:
 
 st.subheader("Load a saved run")
 upload = st.file_uploader("A run .zip downloaded from this page", type=["zip"], key="export_load")
-if upload is not None and st.button("Load run", key="export_load_go", icon=":material/upload:"):
+if work_button("Load run", "export_load_go", "Loading…", icon=":material/upload:", disabled=upload is None) and upload:
     try:
         record = import_run(proj, upload.getvalue())
-        st.success(f"Loaded {record.label}. It is now selected on the Evaluate and Test pages.")
+        session().note("export_pick", record.id)  # this page's picker too, from the rerun on
+        session().note("export_loaded", f"Loaded {record.label}. It is now selected on the Evaluate and Test pages.")
     except tlcore.TLError as e:
-        st.error(str(e), icon=":material/error:")
+        session().note("export_load_error", str(e))
+    st.rerun()  # the run in the pickers above, the button again
+if loaded := session().take_note("export_loaded"):
+    st.success(loaded, icon=":material/check:")
+if error := session().take_note("export_load_error"):
+    st.error(error, icon=":material/error:")
 
 st.subheader("Projects")
 explain(f"Your work is saved on this server as project **{proj.name}**. To come back later (or after the server "

@@ -7,8 +7,8 @@ import streamlit as st
 import tlcore
 from pages import insight
 
-from pages.common import (describe_snapshot, explain, project, require_data, run_title, save_settings, score_metric,
-                          session, setting, start_button, student)
+from pages.common import (describe_snapshot, explain, give_focus_back, project, require_data, run_title, save_settings,
+                          score_metric, session, setting, start_button, student)
 from tlcore import describe
 
 proj = project()
@@ -104,6 +104,8 @@ with c1:
     start_button("Start training", "train_start", start_training, lambda: bool(session().project.active_runs()),
                  "Training…", type="primary", icon=":material/play_arrow:",
                  help="One run at a time per project: Stop ends the current one, keeping its best epoch.")
+    if session().take_note("train_ended"):
+        give_focus_back("train_start")  # where the key that pressed it was, not the top of the page
 if proj.active_runs():
     c2.button("Stop", icon=":material/stop:", key="train_stop",
               on_click=lambda: [r.job.stop() for r in session().project.active_runs()])
@@ -121,6 +123,7 @@ def figures(record: tlcore.RunRecord, version: int, build) -> tuple:
 def live_view(proj: tlcore.Project, polling: bool) -> None:
     """The selected run's progress and curves; reruns itself every second while training."""
     if polling and not proj.active_runs():
+        session().note("train_ended", "focus")  # the keyboard's focus goes back to Start (see below)
         st.rerun()  # every run has ended: one full rerun shows the results and stops the polling
     record = proj.run(proj.selected_run) or (proj.runs[-1] if proj.runs else None)
     if record is None:
@@ -130,6 +133,7 @@ def live_view(proj: tlcore.Project, polling: bool) -> None:
     if record.live:
         snap = record.job.snapshot()
         if snap.finished is not None:
+            session().note("train_ended", "focus")
             st.rerun()  # the job is done: one full rerun stops the polling and shows the result
         fraction, text = describe_snapshot(snap)
         st.progress(min(1.0, fraction), text=text)

@@ -7,14 +7,17 @@ reaches the button's line. On the Compare page that line comes after the estimat
 minutes (a run of the old page stuck there for 4 minutes in chromium, the button stale and enabled); any change in
 that time replaced the run, and the click was gone without a word. The buttons now take the click in a callback
 (``pages.common.start_button``; Export's ``work_button``; the looks before training already did), which Streamlit
-runs before any page code. Export's buttons and the looks' (scores, probe, range test) are clicked in the AppTests."""
+runs before any page code. The buttons for work the page does itself (the Backbone page's *Measure speed*, the
+Export page's *Load run*) are pressed the same way in the second test; Export's other buttons and the looks'
+(scores, probe, range test) are clicked in the AppTests."""
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
 
-from tests.browser.test_main_flow import CHROMIUM, pytestmark, shot, start_app, stop_app  # noqa: F401
+from tests.browser.test_main_flow import CHROMIUM, pytestmark, shot, start_app, start_long_training, stop_app  # noqa: F401
 
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
          "--no-first-run", "--disable-sync", "--disable-quic"]
@@ -102,3 +105,82 @@ def test_every_start_button_starts_its_work_while_the_page_is_busy(server):
         shot(page, "no-lost-click-train")
         browser.close()
     print("seconds from the click to the disabled button:", {k: round(v, 1) for k, v in answers.items()})
+
+
+# Records, from the moment it is installed (just before the click), the milliseconds until the page first answers:
+# the button of `key` disabled and saying `busy`, or the page showing `done` (work this quick may finish, and the page
+# rerun, between two frames of the browser).
+WATCH = """([key, busy, done]) => {
+  const t0 = performance.now();
+  window.tlsAnswered = null;
+  const seen = () => {
+    const b = document.querySelector(`.st-key-${key} button`);
+    if (b && b.disabled && b.innerText.includes(busy)) return true;
+    const main = document.querySelector('[data-testid="stMain"]');
+    return !!main && main.innerText.includes(done);
+  };
+  const obs = new MutationObserver(() => {
+    if (window.tlsAnswered === null && seen()) { window.tlsAnswered = performance.now() - t0; obs.disconnect(); }
+  });
+  obs.observe(document.body, {subtree: true, childList: true, characterData: true, attributes: true});
+}"""
+
+
+def press_then_change_here(page, key: str, busy: str, done: str, change) -> float:
+    """As ``press_then_change``, for a button whose work the page does itself: press it, make ``change`` at once,
+    wait for the work's own sign ``done``; return the seconds until the page first answered (``WATCH``)."""
+    from playwright.sync_api import expect
+
+    page.evaluate(WATCH, [key, busy, done])
+    page.locator(f".st-key-{key} button").first.click()
+    change()
+    expect(page.get_by_text(done).first).to_be_visible(timeout=WAIT)
+    return page.evaluate("() => window.tlsAnswered") / 1000
+
+
+def test_the_buttons_for_work_the_page_does_itself_keep_their_click_while_the_page_is_busy(server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    answers = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+        page.set_default_timeout(WAIT)
+        # This student trains a model and keeps its run's zip, to load it back later.
+        page.goto(server + "/data")
+        page.get_by_role("button", name="Load digits").first.click()
+        page.get_by_role("heading", name="0 · 40 images").first.wait_for()
+        open_step(page, "Train", "4 · Train")
+        page.get_by_role("button", name="Start training").click()
+        page.get_by_text("the best epoch").first.wait_for(timeout=300_000)
+        open_step(page, "Export", "7 · Export and projects")
+        with page.expect_download() as download:
+            page.get_by_role("button", name="Download run (.zip)").click()
+        archive = tmp_path / "run.zip"
+        download.value.save_as(archive)
+
+        # Another student keeps the server busy: a tiny net from scratch, for minutes.
+        other = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
+        other.set_default_timeout(WAIT)
+        start_long_training(other, server)
+
+        # Export: the saved run loaded back, the int8 switch flipped at once (an impatient student).
+        page.locator("[data-testid='stFileUploaderDropzoneInput']").last.set_input_files(str(archive))
+        expect(page.locator(".st-key-export_load_go button")).to_be_enabled(timeout=WAIT)  # the file is in
+        answers["Load run"] = press_then_change_here(
+            page, "export_load_go", "Loading…", "Loaded imported:",
+            lambda: page.get_by_text("Smaller model (int8 weights)").first.click())
+        expect(page.get_by_role("combobox", name="Model")).to_have_value(re.compile("imported:"), timeout=WAIT)
+        expect(page.locator(".st-key-export_load_go button").filter(has_text="Load run")).to_be_enabled(timeout=WAIT)
+
+        # Backbone: every backbone timed, a sample photo picked at once.
+        open_step(page, "Backbone", "1 · Choose a backbone")
+        answers["Measure speed on this machine"] = press_then_change_here(
+            page, "backbone_measure", "Measuring…", "Timing ",
+            lambda: page.locator(".st-key-backbone_preview_sample button").filter(has_text="coffee").first.click())
+        # the timing goes on past the project's own backbone (measured with the page), whichever run was cut short
+        page.wait_for_function("() => document.querySelector('[data-testid=\"stMain\"]').innerText"
+                               ".split('ms/image in torch').length > 2", timeout=600_000)
+        shot(page, "no-lost-click-measure")
+        browser.close()
+    print("seconds from the click to the page's first answer:", {k: round(v, 2) for k, v in answers.items()})
