@@ -161,6 +161,8 @@ def comparison_view(proj: tlcore.Project, group: str | None, extra_ids: list[str
         st.caption(f"About {format_seconds(proj.group_seconds_left(group))} left, the other students' runs counted.")
     curves.update_layout(title="Accuracy per epoch on the validation photos", xaxis_title="epoch", yaxis_tickformat=".0%",
                          yaxis_range=[0, 1.02], height=360, margin=dict(t=40, b=30, l=10, r=10))
+    if all(len(t.x) <= 20 for t in curves.data):
+        curves.update_xaxes(tick0=1, dtick=1)  # epochs are whole: 1, 2, 3, never 1.5 (as on the Train page)
     st.plotly_chart(curves, key="compare_curves")
     rows = table_rows(records)
     # the columns a 1024 px projector shows whole (accuracy, time and parameters are charted below; how each was
