@@ -55,6 +55,12 @@ class JobSpec:
         """Seconds of work, not minutes: the express lane takes it."""
         return short_run(self.config)
 
+    @property
+    def unasked(self) -> bool:
+        """Nobody pressed a button for it (the Data page's check of every upload): work someone waits for
+        goes first (six students who upload at once and press Start waited for six checks before their runs)."""
+        return self.task == "data-check"
+
 
 @dataclass(frozen=True)
 class JobSnapshot:

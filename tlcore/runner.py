@@ -12,9 +12,9 @@ every core, and busy workers share them without oversubscribing; the web server'
 (pages, polling) is light and runs between them.
 
 Scheduling is fair and keeps short work short: a free worker takes the next *short* job (feature
-extraction, few-shot: seconds) before any long one (fine-tune, from scratch), and among jobs of
-one kind the owner (project) whose last job of that kind started longest ago goes first, not the oldest job
-(a student's quick runs on the express lane do not cost their turn for a long one). With two
+extraction, few-shot: seconds) before any long one (fine-tune, from scratch), a job someone pressed a button
+for before one nobody waits for (the check that follows every upload), and among jobs of one kind the
+owner (project) whose last job of that kind started longest ago goes first, not the oldest job (a student's quick runs on the express lane do not cost their turn for a long one). With two
 or more workers the last one is an express lane that only takes short jobs, so a class's
 five-second feature extractions never wait behind someone's ten-minute fine-tune. A queued job
 holds nothing but its place in line.
@@ -209,9 +209,9 @@ class LocalRunner:
             served = dict(self._served)
             # (id, owner, short, seconds, the id it waits for): the planned ones get ids after every real one
             line = [(j.id, j.spec.owner, j.spec.short, j.estimate_s,
-                     j.after.id if j.after is not None and j.after.alive else None) for j in self._pending]
+                     j.after.id if j.after is not None and j.after.alive else None, j.spec.unasked) for j in self._pending]
             first = max([*self._jobs, *(j.id for j in self._pending), 0]) + 1
-            line += [(first + k, owner, short, seconds, first + k - 1 if k else None)
+            line += [(first + k, owner, short, seconds, first + k - 1 if k else None, False)
                      for k, (owner, short, seconds) in enumerate(planned)]
         return _play(work, line, served, now, self.workers, self._rate)
 
@@ -225,7 +225,7 @@ class LocalRunner:
         ago, then first come."""
         ready = [j for j in self._pending if _ready(j)]
         waiting = [j for j in self._pending if not _ready(j)]  # behind a job of their own comparison
-        return sorted(ready, key=lambda j: _turn(j.spec.owner, j.spec.short, j.id, self._served)) + \
+        return sorted(ready, key=lambda j: _turn(j.spec.owner, j.spec.short, j.id, self._served, j.spec.unasked)) + \
             sorted(waiting, key=lambda j: j.id)
 
     def _dispatch(self) -> None:
@@ -240,7 +240,8 @@ class LocalRunner:
                 self._pending.remove(job)
                 self._busy[i] = job
                 self._forecast = None
-                self._served[(job.spec.owner, job.spec.short)] = time.time()
+                if not job.spec.unasked:  # a check nobody asked for costs no turn
+                    self._served[(job.spec.owner, job.spec.short)] = time.time()
                 job.mark_running()
                 job.estimate_s = estimate_seconds(job.spec)  # its backbone may have been timed since
                 self._send(self._conns[i], ("job", job.id, job.spec))
@@ -370,13 +371,14 @@ def _play(work: list[list | None], line: list[tuple], served: dict[tuple[str, bo
             if work[i] is not None:
                 continue
             ready = [x for x in line if x[4] is None or ends.get(x[4], math.inf) <= t]
-            ready.sort(key=lambda x: _turn(x[1], x[2], x[0], served))
+            ready.sort(key=lambda x: _turn(x[1], x[2], x[0], served, x[5]))
             x = next((x for x in ready if _takes(workers, i, x[2])), None)
             if x is not None:
                 line.remove(x)
                 work[i] = [x[0], x[3]]
                 starts[x[0]] = t
-                served[(x[1], x[2])] = now + t
+                if not x[5]:
+                    served[(x[1], x[2])] = now + t
         busy = [w for w in work if w is not None]
         if not busy:
             return ends, starts  # what is left waits for a job this runner does not know (cannot happen)
@@ -391,10 +393,12 @@ def _play(work: list[list | None], line: list[tuple], served: dict[tuple[str, bo
                     work[i] = None
 
 
-def _turn(owner: str, short: bool, job_id: int, served: dict[tuple[str, bool], float]) -> tuple[bool, float, int]:
-    """A ready job's place in line: short before long, then the owner whose last job of that kind started
-    longest ago (``served``), then first come."""
-    return not short, served.get((owner, short), 0.0), job_id
+def _turn(owner: str, short: bool, job_id: int, served: dict[tuple[str, bool], float], unasked: bool = False
+          ) -> tuple[bool, bool, float, int]:
+    """A ready job's place in line: short before long, then work someone asked for before work nobody waits
+    for (``JobSpec.unasked``: a Data page's check), then the owner whose last job of that kind started longest
+    ago (``served``), then first come."""
+    return not short, unasked, served.get((owner, short), 0.0), job_id
 
 
 def _takes(workers: int, worker: int, short: bool) -> bool:

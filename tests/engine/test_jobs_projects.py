@@ -455,6 +455,29 @@ def test_the_forecast_plays_the_scheduler_forward_owners_taking_turns(tiny_set):
     assert runner.queue_info(runner._jobs[5])[1] == 25.0  # starts once a's first long run has ended
 
 
+def test_runs_someone_pressed_start_for_go_before_the_checks_of_uploads(tiny_set):
+    """Issue 37: six students uploaded at once and pressed Start; their runs waited behind the six checks the
+    uploads had queued (and the check of one's own upload cost its run its turn). Checks now wait for runs."""
+    from tlcore.jobs import JobTracker
+
+    runner = LocalRunner(workers=2, threads=1)
+    fe = dataclasses.replace(TINY, mode="feature-extraction")
+    jobs = []
+    for k, (owner, task) in enumerate([("a", "data-check"), ("b", "data-check"), ("a", "train"), ("b", "train")]):
+        job = JobTracker(k + 1, dataclasses.replace(spec(tiny_set, fe, owner=owner), task=task), runner, None)
+        job.estimate_s = 2.0
+        runner._pending.append(job)
+        runner._jobs[job.id] = job
+        jobs.append(job)
+    assert [j.id for j in runner._order()] == [3, 4, 1, 2]  # the runs first
+    ends, _ = runner.forecast()
+    assert max(ends[3], ends[4]) < min(ends[1], ends[2])
+    runner._pending = [jobs[0]]  # a's check alone in line, a worker free (a never-started runner sends nothing)
+    runner._ready = {0}
+    runner._dispatch()
+    assert runner._busy[0] is jobs[0] and ("a", True) not in runner._served  # it costs a no turn
+
+
 def test_the_forecast_counts_workers_sharing_the_cores(tiny_set):
     """Issue 38: a ladder started while two students fine-tuned took 33 % longer than its estimate: the forecast
     played each job at its speed alone, while two busy workers share the cores. Now a job's work goes at
