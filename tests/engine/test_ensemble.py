@@ -138,3 +138,15 @@ def test_the_four_bundled_networks_together():
     cat = tlcore.imagenet_top("ensemble", Image.open(ROOT / "assets" / "chelsea.jpg"))
     assert coffee[0][0] == "espresso" and coffee[0][1] > 0.5
     assert {"tiger cat", "Egyptian cat"} & {name for name, _ in cat[:2]}
+
+
+def test_the_race_says_whether_imagenet_top1_ranked_the_backbones_here():
+    from tlcore.compare import top1_finding
+
+    rows = [("A", 71.9, 0.70), ("B", 75.1, 0.80), ("C", 77.6, 0.90), ("All four", None, 0.93)]
+    text = top1_finding(rows)
+    assert text.startswith("From the strongest on ImageNet to the weakest: C (77.6 %) 90%, B (75.1 %) 80%, A (71.9 %) 70%")
+    assert "holds here" in text and "rank correlation 1.00" in text and "All four 93% (its ImageNet top-1 is not known)" in text
+    assert "does not show here" in top1_finding([("A", 71.9, 0.9), ("B", 75.1, 0.8), ("C", 77.6, 0.7)])
+    assert "cannot be judged" in top1_finding([("A", 71.9, 0.9), ("B", 75.1, 0.9), ("C", 77.6, 0.9)])
+    assert top1_finding([("A", 71.9, 0.9), ("B", 75.1, 0.8), ("All four", None, 0.7)]) is None  # two known: no ranking
