@@ -1,4 +1,4 @@
-"""Benchmark: ``python -m tlcore.bench [--quick]``.
+"""Benchmark: ``python -m tlcore.bench [--quick] [--fe | --small-data | --data-check | --race]``.
 
 Prints a table on stderr and one JSON object on stdout. Every figure is a ratio of two timings
 taken in the same run, so that a busy or slow machine still gives comparable numbers:
@@ -382,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--small-data", action="store_true", help="only section 9: honest numbers on small data")
     ap.add_argument("--data-check", action="store_true", help="only section 10: the data check")
     ap.add_argument("--race", action="store_true", help="only section 11: the backbone race, probe and rate finder")
+    ap.add_argument("--fe", action="store_true", help="only sections 0, 1 and 3: feature extraction against the floor")
     ap.add_argument("--memory-child", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.memory_child:
@@ -433,6 +434,9 @@ def main(argv: list[str] | None = None) -> int:
         f"ratio {r['fe_over_floor']:.2f} (target <= 1.3); old torch path {t_old:.2f} s, "
         f"{r['fe_speedup_vs_old']:.1f}x slower")
     log(f"3. second run (cached features): {t_second:.3f} s; {r['second_run_speedup']:.0f}x faster (target >= 20x)")
+    if args.fe:
+        print(json.dumps(r))
+        return 0
 
     per_epoch = textbook_epoch_seconds(files, backbone, textbook_epochs)
     r["textbook_seconds_20_epochs"] = per_epoch * epochs
