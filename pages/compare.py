@@ -29,23 +29,27 @@ STRATEGIES = list(STRATEGY_TITLES)
 
 
 @st.cache_data(show_spinner="Matching your class names to ImageNet's…", max_entries=256)
-def suggested(classes: tuple[str, ...]) -> dict[str, list[str]]:
+def suggested(classes: tuple[str, ...]) -> dict[str, dict[str, float]]:
     return tlcore.suggest_mapping(classes)
 
 
 def zero_shot_mapping() -> None:
-    """The class -> ImageNet classes mapping zero-shot will use: suggested, shown, editable, saved."""
+    """The class -> weighted ImageNet classes mapping zero-shot will use: suggested, shown, editable, saved."""
     classes = tuple(proj.images.classes)
     saved = proj.settings.zero_shot_map or {}
     guess = suggested(tuple(c for c in classes if c not in saved))
-    mapping = {c: saved.get(c, guess.get(c, [])) for c in classes}
+    mapping = {c: tlcore.mapping_weights(saved.get(c, guess.get(c, {}))) for c in classes}
     with st.expander("Zero-shot: which ImageNet classes each of your classes means", icon=":material/translate:"):
-        explain(f"Suggested by {tlcore.mapping_method()} between your class names and ImageNet's; edit them if a "
-                "name was misread (e.g. *kitty* → tabby, tiger cat, Egyptian cat). A picture's chance of being a "
-                "class is the sum of the backbone's ImageNet probabilities for that class's ImageNet classes.")
+        explain(f"Suggested by WordNet's groups and {tlcore.mapping_method()} between your class names and "
+                "ImageNet's, each ImageNet class with a weight (1: it is what the name means; less: a looser "
+                "match). A picture's chance of being a class is the weighted sum of the backbone's ImageNet "
+                "probabilities. Remove a class that was misread; one you add weighs 1 (e.g. *kitty* → tabby).")
         names = tlcore.imagenet_categories()
         for k, c in enumerate(classes):
-            mapping[c] = st.multiselect(c, names, default=[n for n in mapping[c] if n in names], key=f"compare_zs_{k}")
+            weights = mapping[c]
+            chosen = st.multiselect(c, names, default=[n for n in weights if n in names], key=f"compare_zs_{k}",
+                                    format_func=lambda n, w=weights: f"{n} · {w[n]:.2f}" if n in w else n)
+            mapping[c] = tlcore.edit_mapping(weights, chosen)
     if mapping != saved:
         proj.settings = dataclasses.replace(proj.settings, zero_shot_map=mapping)
         proj.save()

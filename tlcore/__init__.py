@@ -58,7 +58,7 @@ from .charts import SERIES_COLOURS, training_figures
 from .webexport import WebExport, export_web, lan_url, publish_web
 from .verdict import Verdict, headline, ladder_verdicts, names_worth, photos_changed, study_finding, versus
 from .classlab import ClassSummary, PairResult, class_summary
-from .zeroshot import mapping_method, suggest_mapping, unmapped
+from .zeroshot import edit_mapping, mapping_method, mapping_weights, suggest_mapping, unmapped
 from .transfer import StageProbe, TransferScore, logme, probe_stages, stage_maps, transfer_score
 from .lrfind import LrFind, lr_find
 from .analysis_jobs import AnalysisState, analysis_state, forget_analysis, start_analysis
@@ -92,7 +92,7 @@ __all__ = [
     # the web app export
     "WebExport", "export_web", "lan_url", "publish_web",
     # zero-shot
-    "mapping_method", "suggest_mapping", "unmapped",
+    "edit_mapping", "mapping_method", "mapping_weights", "suggest_mapping", "unmapped",
     # honest numbers
     "Paired", "Score", "accuracy_interval", "paired",
     # the lesson in words: photo-by-photo verdicts, the ladder's first line, what the class names were worth

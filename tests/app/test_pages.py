@@ -253,7 +253,9 @@ def test_zero_shot_mapping_is_shown_editable_and_honest_about_digits():
     assert "ImageNet has no class for 0, 1, 2, 3" in texts(at.warning)
     at.multiselect(key="compare_zs_0").set_value(["analog clock"]).run()  # the user edits the mapping
     proj = at.session_state["tls"].project
-    assert proj.settings.zero_shot_map["0"] == ["analog clock"]
+    assert proj.settings.zero_shot_map["0"] == {"analog clock": 1.0}  # added by the user: weight 1
+    at.run()
+    assert "analog clock · 1.00" in at.multiselect(key="compare_zs_0").options  # each class shows its weight
     assert "ImageNet has no class for 1, 2, 3" in texts(at.warning)
 
 
