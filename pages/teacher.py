@@ -1,4 +1,5 @@
 """The teacher's page: how students join, the class kit, the class's progress, runs to stop, the challenge."""
+import functools
 import io
 import os
 import time
@@ -79,20 +80,18 @@ def board(projector: bool) -> None:
         st.info("No entries yet.")
     elif projector:
         projector_board(challenge)
-    else:
-        pct = st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1)
-        st.dataframe(board_rows(challenge, lambda v: v), hide_index=True, key="teacher_board",
-                     column_config={f"recall · {c}": pct for c in challenge.classes})
+    else:  # a table whose cells wrap: a phone shows every column (a dataframe's canvas needed a sideways swipe)
+        st.table(board_rows(challenge, lambda v: "–" if v is None else f"{v:.0%}"), hide_index=True)
     if not projector:
         st.caption("Look at the strategy and the number of training images beside each score: a pretrained "
                    "backbone with a few images usually beats a network trained from scratch.")
 
 
 @st.fragment(run_every=5.0)
-def class_lab(projector: bool) -> None:
+def class_lab() -> None:
     """Every student's ladders, studies and challenge entries pooled, refreshed every 5 s (no photo shown)."""
     summary = tlcore.class_summary(tlcore.current_challenge())
-    table = st.table if projector else lambda rows: st.dataframe(rows, hide_index=True)
+    table = functools.partial(st.table, hide_index=True)  # cells that wrap: whole on a projector and a phone alike
     st.subheader(":material/science: What the class found")
     if not summary.ladders:
         st.info("When students run the ladder on their Compare page, the class's results pool here: for each pair "
@@ -137,7 +136,7 @@ if projector:  # app.py draws no sidebar or step bar for it
         board(projector)
     right.image(join_qr(join[0], 5), caption="Scan to join", width="stretch", alt=f"QR code of {join[0]}")
     right.markdown(f"**Join the class:**\n\n`{join[0]}`")
-    class_lab(projector)
+    class_lab()
     st.page_link("pages/teacher.py", label="Back to the Teacher page", icon=":material/arrow_back:")
     st.stop()
 
@@ -212,7 +211,7 @@ board(projector)
 st.page_link("pages/teacher.py", label="Projector view of the leaderboard", icon=":material/fit_screen:",
              query_params={"board": tlcore.board_key()},
              help="The leaderboard alone, large, for the projector. Its address opens the board only, never this page.")
-class_lab(projector)
+class_lab()
 
 with st.expander("New challenge", icon=":material/upload:", expanded=tlcore.current_challenge() is None):
     explain("A .zip with one folder per class of images the students never see (e.g. 10 photos per class). "
@@ -241,11 +240,11 @@ def projects(stuck_min: float) -> None:
     entered = {e.project for e in challenge.entries} if challenge else set()
     st.subheader("Class progress")
     rows = tlcore.class_progress(live, entered, stuck_min * 60)
-    st.dataframe([{"student": r.student, "step": r.step, "images": r.images, "runs": r.runs,
-                   "best: right on photos it had not trained on": "" if r.best is None else
-                   f"{r.best.right} of {r.best.n} ({r.best.accuracy:.0%})",
-                   "needs help": f"no images after {stuck_min} min" if r.idle else ""} for r in rows],
-                 hide_index=True, key="teacher_progress")
+    st.table([{"student": r.student, "step": r.step, "images": r.images, "runs": r.runs,  # cells wrap on a phone
+               "best: right on photos it had not trained on": "" if r.best is None else
+               f"{r.best.right} of {r.best.n} ({r.best.accuracy:.0%})",
+               "needs help": f"no images after {stuck_min} min" if r.idle else ""} for r in rows],
+             hide_index=True)
     limits = tlcore.Limits.from_env()
     for proj in (p for p in live if len(p.images) or p.runs):
         finished = [r for r in proj.finished_runs() if r.result.score is not None]

@@ -26,8 +26,8 @@ def teacher(monkeypatch):
 
 
 def frame(at, column: str):
-    """An AppTest dataframe by one of its columns (their proto ids are empty)."""
-    return next(d.value for d in at.dataframe if column in d.value.columns)
+    """An AppTest table by one of its columns (their proto ids are empty)."""
+    return next(d.value for d in at.table if column in d.value.columns)
 
 
 def test_the_join_panel_shows_this_servers_lan_address_and_a_qr_code(teacher):
