@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tlcore import ImageItem, ImageSet, Project
@@ -165,3 +166,58 @@ def test_the_check_runs_as_a_worker_job_and_reads_back_whole(tmp_path):
     stored, here = read_result(folder, "data-check"), check_data(s, BACKBONE)
     assert stored.findings() == here.findings() and stored.findings()[0].digest == s.items[3].digest
     assert (stored.images, stored.judged) == (here.images, here.judged) == (30, 30)
+
+
+def test_an_image_the_model_calls_another_class_is_flagged_below_the_class_threshold():
+    """Issue 39: confident learning's per-class threshold let a moved photo through when its class was one the model
+    is unsure of on average; with the names' second opinion an image whose likeliest class is not its label is
+    flagged, least sure first."""
+    import torch
+
+    from tlcore.clean import likely_label_errors
+
+    probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.45, 0.55], [0.3, 0.7], [0.2, 0.8], [0.6, 0.4]])
+    y = torch.tensor([0, 0, 0, 1, 1, 1])
+    # image 2: likeliest 1 (0.55) though class 1's own images average 0.63; image 5: 0 (0.6), class 0's 0.72.
+    # Confident learning's thresholds flag neither; with the names' opinion (no thresholds) both are flagged.
+    judged = torch.ones(6, dtype=torch.bool)
+    assert likely_label_errors(probs, y, judged) == []
+    found = likely_label_errors(probs, y, judged, thresholds=False)
+    assert [(i, j) for i, j, _ in found] == [(5, 0), (2, 1)] and found[0][2] == pytest.approx(0.4)
+
+
+def test_class_names_give_a_second_opinion_where_they_mean_imagenet_classes():
+    """The check averages the held-out head's probabilities with zero-shot's (the class names' ImageNet classes),
+    which never saw a label; names ImageNet has no word for, or a backbone without its ImageNet head, give none."""
+    import torch
+
+    from tests.conftest import ROOT
+    from tlcore.clean import named_probabilities
+    from tlcore.train import drive, embed
+
+    photos = ImageSet()
+    cat, coffee = (Image.open(ROOT / f"assets/{n}.jpg").convert("RGB") for n in ("chelsea", "coffee"))
+    assert photos.add([(f"{n}.png", _png(img), n) for n, img in (("cat", cat), ("coffee", coffee))]) == []
+    feats = drive(embed(photos, "efficientnet_lite0"))
+    p = named_probabilities(feats, ["cat", "coffee"], "efficientnet_lite0")
+    assert p is not None and p.argmax(1).tolist() == [0, 1] and torch.allclose(p.sum(1), torch.ones(2))
+    assert named_probabilities(feats, ["3", "7"], "efficientnet_lite0") is None  # digits: no ImageNet word
+    assert named_probabilities(feats, ["cat", "coffee"], "mobilenet_v2") is None  # bundled without its ImageNet head
+
+
+def test_a_photo_moved_into_the_wrong_named_class_tops_the_check():
+    from tests.conftest import ROOT
+
+    views = []
+    for name in ("chelsea", "coffee"):
+        img = Image.open(ROOT / f"assets/{name}.jpg").convert("RGB")
+        w, h = img.size
+        views += [(name, img.crop((w * k // 20, h * k // 30, w - w * (5 - k) // 20, h))) for k in range(6)]
+    s = ImageSet()
+    files = [(f"{n}{k}.png", _png(v), "cat" if n == "chelsea" else "coffee") for k, (n, v) in enumerate(views)]
+    files[2] = (files[2][0], files[2][1], "coffee")  # a cat photo moved into coffee
+    assert s.add(files) == []
+    result = check_data(s, "efficientnet_lite0")
+    top = result.findings()[0]
+    assert top.name == "chelsea2.png" and top.kind == "label" and top.suggested == "cat"
+    assert "class names" in top.reason
