@@ -7,7 +7,7 @@ here (a test holds the pages to it). Modules, one job each:
 * ``data``       checked, decoded images (folders, zips, uploads) and the train/validation split;
 * ``model``      body + new head, freezing by stage;
 * ``train``      training as a generator of typed events, in five modes;
-* ``zeroshot``   a classifier from class names alone (ImageNet classes summed per class);
+* ``zeroshot``   a classifier from class names alone (ImageNet classes weighed and summed per class);
 * ``evaluate``   metrics, predictions, Grad-CAM, the backbone's own ImageNet guesses;
 * ``checkpoint`` runs on disk (safetensors + JSON) and checked TorchScript/ONNX exports;
 * ``runner``     training in worker processes (submit, snapshot, stop), fair scheduling;
