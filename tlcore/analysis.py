@@ -37,6 +37,8 @@ def analysis_key(task: Task, images: ImageSet, config: TrainConfig) -> str:
         depth = config.resolved_freeze_depth()
         settings = (config.backbone, config.mode, depth, config.batch_size, config.backbone_lr_mult,
                     config.weight_decay, config.augment, config.val_fraction, config.seed)
+    elif task == "data-check":  # "names": the check with the class names' opinion (issue 39); earlier results are stale
+        settings = (config.backbone, "names")
     else:
         settings = (config.backbone,)
     h = hashlib.sha1(f"{task}|{settings}".encode())

@@ -511,5 +511,5 @@ def review_summary(folder: Path) -> str | None:
     return Review.load(folder).summary() if (Path(folder) / REVIEW_FILE).exists() else None
 
 
-__all__ = ["Action", "DataCheck", "Finding", "Review", "check_backbone", "check_data", "check_key", "confident_label_errors",
+__all__ = ["Action", "DataCheck", "Finding", "Review", "check_backbone", "check_data", "check_key", "likely_label_errors",
            "out_of_fold_probabilities", "review_summary", "similar_pairs"]
