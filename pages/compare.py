@@ -171,7 +171,8 @@ def comparison_view(proj: tlcore.Project, group: str | None, extra_ids: list[str
     rows = table_rows(records)
     # the columns a 1024 px projector shows whole (accuracy, time and parameters are charted below; how each was
     # measured follows the table)
-    st.dataframe(rows, hide_index=True, key="compare_table", column_order=("run", "status", "right", "likely (95 %)"))
+    st.table([{k: row[k] for k in ("run", "status", "right", "likely (95 %)")} for row in rows],  # cells wrap: a
+             hide_index=True)  # phone shows every column (a dataframe's canvas scrolled 112 px sideways at 390 px)
     if methods := list(dict.fromkeys(row["measured on"] for row in rows if row["measured on"])):
         st.caption("Measured by " + "; ".join(methods) + ".")
     scored = [r for r in records if r.result is not None and r.result.score is not None]

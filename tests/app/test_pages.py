@@ -188,10 +188,10 @@ def test_compare_page_runs_all_strategies_on_one_split():
     at.button(key="compare_go").click().run()
 
     def finished(a):
-        return a.dataframe and all(s in ("completed", "failed", "stopped") for s in a.dataframe[0].value["status"])
+        return a.table and all(s in ("completed", "failed", "stopped") for s in a.table[0].value["status"])
 
     wait_for(at, finished, timeout=120)
-    table = at.dataframe[0].value
+    table = at.table[0].value
     assert len(table) == 5 and set(table["status"]) == {"completed"}
     assert table["run"][0] == "zero-shot (no photos used)"  # the ladder's first rung, as what it is
     assert len(at.get("plotly_chart")) >= 2
@@ -217,8 +217,8 @@ def test_the_lesson_lands_on_15_real_photos_pretrained_beats_scratch_photo_by_ph
     assert "Added 15 images" in texts(at.success)
     at.switch_page("pages/compare.py").run()
     at.button(key="compare_go").click().run()
-    wait_for(at, lambda a: a.dataframe and all(s in ("completed", "failed", "stopped")
-                                               for s in a.dataframe[0].value["status"]), timeout=300)
+    wait_for(at, lambda a: a.table and all(s in ("completed", "failed", "stopped")
+                                           for s in a.table[0].value["status"]), timeout=300)
     first = at.success[0].value
     assert first.startswith("Starting from a pretrained backbone beat learning from scratch on your photos."), first
     assert "of 15 right, from scratch" in first and "luck alone would" in first

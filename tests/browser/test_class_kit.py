@@ -102,12 +102,12 @@ def test_a_lesson_from_join_link_to_projector(server, browser, tmp_path):
         expect(pg.get_by_label("Your name on the leaderboard")).to_have_value(name, timeout=90_000)  # given once
         pg.get_by_role("button", name="Enter this model").click()
         pg.get_by_text("Rank ", exact=False).first.wait_for()
-    progress = teacher.locator("[data-testid='stDataFrame']").filter(has_text="needs help")
-    for name in STUDENTS:  # by name, each on the last step (the grid's accessible cells)
-        progress.locator("[role='gridcell']", has_text=name).first.wait_for(state="attached")
-    expect(progress.locator("[role='gridcell']", has_text="Challenge")).to_have_count(3, timeout=30_000)
+    progress = teacher.locator("[data-testid='stTable']").filter(has_text="needs help")
+    for name in STUDENTS:  # by name, each on the last step (the table's cells)
+        progress.locator("td", has_text=name).first.wait_for(state="attached")
+    expect(progress.locator("td", has_text="Challenge")).to_have_count(3, timeout=30_000)
     # The teacher's tab (and below, the projector's) opened no project: the class is its three students.
-    expect(progress.locator("[role='gridcell']", has_text="project-")).to_have_count(0)
+    expect(progress.locator("td", has_text="project-")).to_have_count(0)
     progress.scroll_into_view_if_needed()
     shot(teacher, "lesson-3-teacher-after")
 
@@ -132,8 +132,8 @@ def test_a_lesson_from_join_link_to_projector(server, browser, tmp_path):
         projector.reload()
     teacher.reload()  # the teacher's tab and the projector, opened again: still no project of their own
     teacher.get_by_text("Join the class").wait_for()
-    progress = teacher.locator("[data-testid='stDataFrame']").filter(has_text="needs help")
-    expect(progress.locator("[role='gridcell']", has_text="Challenge")).to_have_count(3, timeout=30_000)
-    expect(progress.locator("[role='gridcell']", has_text="project-")).to_have_count(0)
+    progress = teacher.locator("[data-testid='stTable']").filter(has_text="needs help")
+    expect(progress.locator("td", has_text="Challenge")).to_have_count(3, timeout=30_000)
+    expect(progress.locator("td", has_text="project-")).to_have_count(0)
     for _, context, _ in students:
         context.close()
