@@ -205,19 +205,36 @@ def test_class_names_give_a_second_opinion_where_they_mean_imagenet_classes():
     assert named_probabilities(feats, ["cat", "coffee"], "mobilenet_v2") is None  # bundled without its ImageNet head
 
 
-def test_a_photo_moved_into_the_wrong_named_class_tops_the_check():
+def _cat_and_coffee(cat: str, coffee: str) -> list[tuple[str, bytes, str]]:
+    """Six crops each of scikit-image's cat and coffee photos, labelled ``cat`` and ``coffee``."""
     from tests.conftest import ROOT
 
-    views = []
-    for name in ("chelsea", "coffee"):
+    files = []
+    for name, label in (("chelsea", cat), ("coffee", coffee)):
         img = Image.open(ROOT / f"assets/{name}.jpg").convert("RGB")
         w, h = img.size
-        views += [(name, img.crop((w * k // 20, h * k // 30, w - w * (5 - k) // 20, h))) for k in range(6)]
+        files += [(f"{name}{k}.png", _png(img.crop((w * k // 20, h * k // 30, w - w * (5 - k) // 20, h))), label)
+                  for k in range(6)]
+    return files
+
+
+def test_a_photo_moved_into_the_wrong_named_class_tops_the_check():
     s = ImageSet()
-    files = [(f"{n}{k}.png", _png(v), "cat" if n == "chelsea" else "coffee") for k, (n, v) in enumerate(views)]
+    files = _cat_and_coffee("cat", "coffee")
     files[2] = (files[2][0], files[2][1], "coffee")  # a cat photo moved into coffee
     assert s.add(files) == []
-    result = check_data(s, "efficientnet_lite0")
-    top = result.findings()[0]
+    top = check_data(s, "efficientnet_lite0").findings()[0]
     assert top.name == "chelsea2.png" and top.kind == "label" and top.suggested == "cat"
     assert "class names" in top.reason
+
+
+def test_names_that_contradict_most_labels_are_not_asked():
+    """Classes named against what they show (cat photos in 'coffee'): zero-shot disagrees with most labels, so the
+    head alone judges, and the one photo labelled as the others of its kind are not is found."""
+    s = ImageSet()
+    files = _cat_and_coffee("coffee", "cat")
+    files[2] = (files[2][0], files[2][1], "cat")  # right by its name, wrong by this set's own labels
+    assert s.add(files) == []
+    top = check_data(s, "efficientnet_lite0").findings()[0]
+    assert top.name == "chelsea2.png" and top.suggested == "coffee"
+    assert top.reason.startswith("the model, trained without it, gives")
