@@ -33,6 +33,10 @@ FIT_CSS = """
 [data-testid="stMultiSelect"] div:has(> [data-testid="stMultiSelectTagsContainer"]) {height: auto; max-height: none}
 [data-testid="stMultiSelectTagsContainer"] > span > span {height: auto}  /* a long choice wraps, never "Zero-sh…" */
 [data-testid="stMultiSelectTagsContainer"] > span > span > span {white-space: normal}
+@media (max-width: 640px) {  /* a model picker's choice ("003 · 38 of 40 right · fine-tuning, 3/5 stages frozen")
+  whole in a phone's box, which cannot wrap */
+  [data-testid="stSelectbox"] input {font-size: 0.8125rem}
+}
 """
 
 st.set_page_config(page_title="Transfer Learning Studio", page_icon=":material/school:", layout="wide")

@@ -163,7 +163,7 @@ def comparison_view(proj: tlcore.Project, group: str | None, extra_ids: list[str
             st.caption(f"{r.label}: {state}")
     if group and any(r.live for r in records):
         st.caption(f"About {format_seconds(proj.group_seconds_left(group))} left, the other students' runs counted.")
-    # the legend beneath the curves: beside them, a phone's 390 px left the curves 70
+    # the legend beneath the curves: beside them, a phone's 390 px left the curves 70 px
     curves.update_layout(title="Accuracy per epoch on the validation photos", xaxis_title="epoch", yaxis_tickformat=".0%",
                          yaxis_range=[0, 1.02], height=360, margin=dict(t=40, b=30, l=10, r=10),
                          legend=dict(orientation="h", yanchor="top", y=-0.25))
