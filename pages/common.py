@@ -405,7 +405,7 @@ def require_run(proj: Project) -> RunRecord:
     key = f"run_pick_{page}"
     if st.session_state.get(key) not in ids:  # nothing picked on this page (or it was deleted): the newest
         st.session_state[key] = ids[-1]
-    run_id = st.selectbox("Model", ids, key=key, format_func=lambda i: run_choice(proj.run(i)))
+    run_id = st.selectbox("Model", ids, key=key, format_func=lambda i: run_choice(proj.run(i), proj.backbone))
     return proj.run(run_id)
 
 
@@ -417,13 +417,13 @@ def run_title(r: RunRecord | None) -> str:
     return f"{r.id.split('-')[1]} · {r.label}{acc_s} · {r.status}"
 
 
-def run_choice(r: RunRecord) -> str:
+def run_choice(r: RunRecord, backbone: str) -> str:
     """A finished run as a model picker offers it, short enough for a phone's 390 px (the picker's box cannot wrap):
-    its number and score first, then its strategy; the project's own backbone goes without saying, and so does
+    its number and score first, then its strategy; the project's own ``backbone`` goes without saying, and so does
     "completed" (only a stopped run says so)."""
     score = r.result.score if r.result is not None else None
-    own = tlcore.get_backbone_spec(session().project.backbone).title + ", "
-    label = r.label.removeprefix(own) if r.config.backbone == session().project.backbone else r.label
+    own = tlcore.get_backbone_spec(backbone).title + ", "
+    label = r.label.removeprefix(own) if r.config.backbone == backbone else r.label
     return " · ".join([r.id.split("-")[1], *([f"{score.right} of {score.n} right"] if score else []), label,
                        *([r.status] if r.status != "completed" else [])])
 

@@ -70,7 +70,8 @@ else:
         st.session_state["export_pick"] = loaded
     elif st.session_state.get("export_pick") not in ids:  # nothing picked here yet: the newest model
         st.session_state["export_pick"] = ids[-1]
-    run_id = st.selectbox("Model", ids, format_func=lambda i: run_choice(proj.run(i)), key="export_pick")
+    run_id = st.selectbox("Model", ids, format_func=lambda i: run_choice(proj.run(i), proj.backbone),
+                          key="export_pick")
     record = proj.run(run_id)
     folder = proj.folder / "runs" / record.id
     with st.container(border=True):

@@ -576,7 +576,7 @@ def test_class_challenge_from_hidden_set_to_leaderboard(monkeypatch):
     next(b for b in student.button if "Enter this model" in str(b.label)).click().run()
     assert not student.exception and "Rank 1 of 1" in texts(student.success)
     teacher.run()
-    board = teacher.dataframe[0].value
+    board = teacher.table[0].value  # the leaderboard, the page's first table
     assert list(board["student"]) == ["Ada"] and "feature extraction" in board["strategy"][0]
     on_hidden = board["right on the hidden photos"][0]  # "12 of 12 (100%)": says it is the hidden set
     import tlcore
