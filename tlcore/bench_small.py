@@ -206,9 +206,10 @@ def trained_section(quick: bool, backbone: str, log) -> dict:
     return {"rows": rows}
 
 
-def app_ladder(quick: bool, backbone: str, log) -> dict:
+def app_ladder(quick: bool, backbone: str, log, busy_only: bool = False) -> dict:
     """The Compare page's ladder and study on 3 classes x 7 photos, through the app's runner and projects:
-    wall time against the page's estimate, alone and with a second project's ladder submitted at once."""
+    wall time against the page's estimate, alone and with a second project's ladder submitted at once;
+    ``busy_only``: only the ladder and the study while two other students fine-tune."""
     import os
 
     from .project import HOME_ENV, Project
@@ -248,7 +249,7 @@ def app_ladder(quick: bool, backbone: str, log) -> dict:
         wait([warm], [warm.start_comparison(["feature-extraction"], epochs=epochs)])
         from .profile import estimate_run_seconds
         singles = {}
-        for k, mode in enumerate(("feature-extraction", "fine-tune")):  # one run each, as the Train page starts it
+        for k, mode in enumerate(() if busy_only else ("feature-extraction", "fine-tune")):  # one run each, as the Train page starts it
             p = Project.create()
             p.images.merge(photo_crops(7, ("cat", "coffee", "rocket"), seed=20 + k))  # new images: nothing cached
             p.backbone = backbone
@@ -263,31 +264,33 @@ def app_ladder(quick: bool, backbone: str, log) -> dict:
             log(f"9. one {mode} run through the workers, 21 photos, {cfg.epochs} epochs: "
                 f"{singles[mode]['seconds']:.1f} s (estimated {est:.1f} s)")
         out["single_runs"] = singles
-        alone = project()
-        estimate = alone.comparison_seconds(strategies, epochs=epochs)
-        [seconds] = wait([alone], [alone.start_comparison(strategies, epochs=epochs)])
-        rows = {r.label: (r.status, r.result.score.text() if r.result and r.result.score else None)
-                for r in alone.runs}
-        out["ladder"] = {"seconds": seconds, "estimate_seconds": estimate, "runs": rows}
-        log(f"9. the ladder on 3 classes x 7 photo crops, {epochs} epochs, alone: {seconds:.1f} s (the page "
-            f"estimated {estimate:.1f} s)")
-        a, b = project(), project()
-        estimates = [a.comparison_seconds(strategies, epochs=epochs)]
-        ga = a.start_comparison(strategies, epochs=epochs)
-        estimates.append(b.comparison_seconds(strategies, epochs=epochs))
-        gb = b.start_comparison(strategies, epochs=epochs)
-        queued = [a.group_seconds_left(ga), b.group_seconds_left(gb)]  # what both pages show once both are queued
-        busy = wait([a, b], [ga, gb])
-        out["ladder_busy"] = {"seconds": busy, "estimate_seconds": estimates, "estimate_seconds_both_queued": queued}
-        log(f"9. two ladders submitted at once: {busy[0]:.1f} s and {busy[1]:.1f} s (estimated {estimates[0]:.1f} s "
-            f"and {estimates[1]:.1f} s as each was started; {queued[0]:.1f} s and {queued[1]:.1f} s once both were "
-            "queued, as both pages then show)")
-        study = project()
         shots = [1, 5, None]
-        est = study.comparison_seconds(strategies, shots, epochs)
-        [seconds] = wait([study], [study.start_comparison(strategies, shots, epochs)])
-        out["study"] = {"seconds": seconds, "estimate_seconds": est}
-        log(f"9. the study (1, 5, all per class) alone: {seconds:.1f} s (estimated {est:.1f} s)")
+        if not busy_only:
+            alone = project()
+            estimate = alone.comparison_seconds(strategies, epochs=epochs)
+            [seconds] = wait([alone], [alone.start_comparison(strategies, epochs=epochs)])
+            rows = {r.label: (r.status, r.result.score.text() if r.result and r.result.score else None)
+                    for r in alone.runs}
+            out["ladder"] = {"seconds": seconds, "estimate_seconds": estimate, "runs": rows}
+            log(f"9. the ladder on 3 classes x 7 photo crops, {epochs} epochs, alone: {seconds:.1f} s (the page "
+                f"estimated {estimate:.1f} s)")
+            a, b = project(), project()
+            estimates = [a.comparison_seconds(strategies, epochs=epochs)]
+            ga = a.start_comparison(strategies, epochs=epochs)
+            estimates.append(b.comparison_seconds(strategies, epochs=epochs))
+            gb = b.start_comparison(strategies, epochs=epochs)
+            queued = [a.group_seconds_left(ga), b.group_seconds_left(gb)]  # both pages, once both are queued
+            busy = wait([a, b], [ga, gb])
+            out["ladder_busy"] = {"seconds": busy, "estimate_seconds": estimates,
+                                  "estimate_seconds_both_queued": queued}
+            log(f"9. two ladders submitted at once: {busy[0]:.1f} s and {busy[1]:.1f} s (estimated {estimates[0]:.1f} s "
+                f"and {estimates[1]:.1f} s as each was started; {queued[0]:.1f} s and {queued[1]:.1f} s once both were "
+                "queued, as both pages then show)")
+            study = project()
+            est = study.comparison_seconds(strategies, shots, epochs)
+            [seconds] = wait([study], [study.start_comparison(strategies, shots, epochs)])
+            out["study"] = {"seconds": seconds, "estimate_seconds": est}
+            log(f"9. the study (1, 5, all per class) alone: {seconds:.1f} s (estimated {est:.1f} s)")
 
         def two_others_training(seed: int) -> list[Project]:
             """Two other students, each fine-tuning on photos of their own (long enough to outlast what is timed)."""

@@ -14,8 +14,9 @@ every core, and busy workers share them without oversubscribing; the web server'
 Scheduling is fair and keeps short work short: a free worker takes the next *short* job (feature
 extraction, few-shot: seconds) before any long one (fine-tune, from scratch), a job someone pressed a button
 for before one nobody waits for (the check that follows every upload), and among jobs of one kind the
-owner (project) whose last job of that kind started longest ago goes first, not the oldest job (a student's quick runs on the express lane do not cost their turn for a long one). With two
-or more workers the last one is an express lane that only takes short jobs, so a class's
+owner (project) whose last job of that kind started longest ago goes first, not the oldest job (a
+student's quick runs on the express lane do not cost their turn for a long one). With two or more
+workers the last one is an express lane that only takes short jobs, so a class's
 five-second feature extractions never wait behind someone's ten-minute fine-tune. A queued job
 holds nothing but its place in line.
 """
@@ -62,7 +63,8 @@ class LocalRunner:
         self._pending: list[JobTracker] = []
         self._jobs: dict[int, JobTracker] = {}
         self._served: dict[tuple[str, bool], float] = {}  # (owner, short) -> when its last such job started
-        self._forecast: tuple[float, dict[int, float], dict[int, float]] | None = None  # (when, ends, starts): ``_played``
+        # (when, ends, starts): ``_played``'s last answer
+        self._forecast: tuple[float, dict[int, float], dict[int, float]] | None = None
         self._ids = itertools.count(1)
         self.broken: str | None = None  # why no worker can start, once that is clear
         self._ready: set[int] = set()  # workers that have warmed up (only they are given jobs)
@@ -209,7 +211,8 @@ class LocalRunner:
             served = dict(self._served)
             # (id, owner, short, seconds, the id it waits for): the planned ones get ids after every real one
             line = [(j.id, j.spec.owner, j.spec.short, j.estimate_s,
-                     j.after.id if j.after is not None and j.after.alive else None, j.spec.unasked) for j in self._pending]
+                     j.after.id if j.after is not None and j.after.alive else None, j.spec.unasked)
+                    for j in self._pending]
             first = max([*self._jobs, *(j.id for j in self._pending), 0]) + 1
             line += [(first + k, owner, short, seconds, first + k - 1 if k else None, False)
                      for k, (owner, short, seconds) in enumerate(planned)]
