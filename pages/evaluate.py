@@ -3,7 +3,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import tlcore
-from pages.common import explain, file_caption, project, read_only, require_run, score_metric
+from pages.common import explain, file_caption, project, read_only, require_run, score_metric, session, work_button
 from tlcore import thumbnail
 from tlcore import validation_report
 
@@ -18,23 +18,28 @@ if not read_only() and (challenge := tlcore.current_challenge()) is not None:
         st.markdown(f":material/emoji_events: **Class challenge: {challenge.name}** · Enter this model: it is scored "
                     f"on the teacher's hidden images of {', '.join(challenge.classes)} (you never see them), and "
                     "your score goes on the class leaderboard.")
-        with st.form("evaluate_challenge", border=False):
-            a, b = st.columns([3, 1], vertical_alignment="bottom")
-            student = a.text_input("Your name on the leaderboard", value=proj.student, key="evaluate_student",
-                                   max_chars=40)
-            if b.form_submit_button("Enter this model", icon=":material/flag:"):
+        a, b = st.columns([3, 1], vertical_alignment="bottom")
+        student = a.text_input("Your name on the leaderboard", value=proj.student, key="evaluate_student",
+                               max_chars=40)
+        with b:  # the click taken in a callback: a rerun on a busy server does not lose it (see work_button)
+            if work_button("Enter this model", "evaluate_enter", "Scoring…", icon=":material/flag:"):
                 try:
                     with st.spinner("Scoring on the hidden images…"):
                         entry = challenge.enter(proj, record, student)
                     board = challenge.best_entries()  # one per student, ``enter`` merged others' meanwhile
                     best = next(e for e in board if e.project == entry.project)
                     recalls = ", ".join(f"{c}: {r:.0%}" for c, r in entry.recall.items())
-                    st.success(f"Entered: on the teacher's hidden photos **{entry.right} of {entry.hidden}** right "
-                               f"({recalls}). Rank {challenge.rank(best.accuracy)} of {len(board)} on the "
-                               "class board (your best entry counts).",
-                               icon=":material/emoji_events:")
+                    session().note("evaluate_entered",
+                                   f"Entered: on the teacher's hidden photos **{entry.right} of {entry.hidden}** "
+                                   f"right ({recalls}). Rank {challenge.rank(best.accuracy)} of {len(board)} on the "
+                                   "class board (your best entry counts).")
                 except tlcore.TLError as e:
-                    st.error(str(e), icon=":material/error:")
+                    session().note("evaluate_enter_error", str(e))
+                st.rerun()  # the button again, beneath it what happened
+        if entered := session().take_note("evaluate_entered"):
+            st.success(entered, icon=":material/emoji_events:")
+        if error := session().take_note("evaluate_enter_error"):
+            st.error(error, icon=":material/error:")
 report = validation_report(proj, record)
 if report is None:
     st.info("This run has no validation images (every class had one image, or the validation share was 0). "
