@@ -22,7 +22,7 @@ from .backbones import get_backbone_spec
 from .data import to_float
 from .errors import TLError
 from .runtime import frozen_forward, runtime_for
-from .train import AUGMENT_DRAWS, FROZEN_BODY_MODES, TrainConfig, augment, fe_views, resolve_device
+from .train import AUGMENT_DRAWS, FROZEN_BODY_MODES, SCORE_ROWS, TrainConfig, augment, fe_views, resolve_device
 
 
 @dataclass(frozen=True)
@@ -301,16 +301,20 @@ def estimate_run_seconds(config: TrainConfig, num_images: int, features_cached: 
 
 
 #: Feature extraction's head: its fits and their repeated cross-validation (``train._head_run``) cost about this
-#: much per row (an image or a view) and class, plus a fixed part. Fitted on this project's 2-core machine to
-#: the 80 feature-extraction runs of benchmark section 9 (2026-12-05): the estimates of the whole runs then fall
-#: within 25 % of the measured times in every dataset and shot count (they were half the time without it).
-HEAD_FIT_S_PER_ROW_CLASS = 5e-4
-HEAD_FIT_FIXED_S = 0.1
+#: much per row (an image or a view) and class, per repeat of the score's folds plus HEAD_FIT_FIXED_REPEATS for the
+#: fits on the training split and on every image, plus a fixed part. Fitted on this project's 2-core machine to
+#: 11 runs on cached features, 15-300 images of 3, 5 and 10 classes, with and without views (2026-12-06, quiet):
+#: every one within 35 % (the model before the score's repeats were bounded: 0.39-2.19 of the time).
+HEAD_FIT_S_PER_ROW_CLASS = 1.03e-4
+HEAD_FIT_FIXED_REPEATS = 1.4
+HEAD_FIT_FIXED_S = 0.01
 
 
 def head_fit_seconds(num_images: int, views: int, classes: int | None) -> float:
     """Seconds of a feature-extraction head's fits on ``num_images`` images with ``views`` views each."""
-    return HEAD_FIT_FIXED_S + HEAD_FIT_S_PER_ROW_CLASS * num_images * (1 + views) * (classes or 5)
+    repeats = max(1, min(TrainConfig.score_repeats, SCORE_ROWS // max(1, num_images)))
+    return HEAD_FIT_FIXED_S + HEAD_FIT_S_PER_ROW_CLASS * num_images * (1 + views) * (classes or 5) * (
+        HEAD_FIT_FIXED_REPEATS + repeats)
 
 
 def estimate_epoch_seconds(profile: SpeedProfile, num_images: int, mode: str, freeze_depth: int,
