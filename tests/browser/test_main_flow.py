@@ -183,7 +183,8 @@ def start_long_training(pg, url: str) -> str:
     the key in the project's link."""
     pg.goto(url + "/")
     pg.get_by_role("heading", name="1 · Choose a backbone").wait_for()
-    card = pg.locator("[data-testid='stVerticalBlock']").filter(has_text="Tiny test net").last
+    card = pg.locator("[data-testid='stVerticalBlock']").filter(
+        has=pg.get_by_role("heading", name="Tiny test net", exact=True)).last  # not "Tiny test net B"
     card.get_by_role("button", name="Use this backbone").click()
     card.get_by_role("button", name="Selected").wait_for()
     pg.get_by_role("link", name="Data").first.click()
