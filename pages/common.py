@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import threading
@@ -15,6 +16,7 @@ import streamlit as st
 import tlcore
 from tlcore import PROJECTS, Project, RunRecord
 
+LOG = logging.getLogger("tls.pages")
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
 SESSION_KEY = "tls"  # the one session-state key of the app's own state (``Session``)
@@ -331,21 +333,28 @@ def start_button(label: str, key: str, start: Callable[[], object], busy: Callab
     run reaches the button's line; a rerun that replaces it before then (a second click, a changed widget, a
     resent connection: seconds on a page that is slow because others train) starts without the click, which
     vanishes without a word. A callback runs before any page code of the click's run, so the click is taken
-    even if that run never gets further. ``start`` raises ``TLError`` to refuse (shown beneath the button);
-    while ``busy()`` the button is disabled and says ``busy_label`` (a second click finds it busy too)."""
+    even if that run never gets further. ``start`` raises ``TLError`` to refuse (shown beneath the button until its
+    next click); while ``busy()`` the button is disabled and says ``busy_label`` (a second click finds it busy too)."""
 
     def clicked() -> None:
+        session().take_note(key)  # an answer to an earlier click goes with the new one
         if busy():
             return  # a double click, or a second tab: the work has started already
         try:
             start()
         except tlcore.TLError as e:
             session().note(key, str(e))
+        except Exception as e:  # said beneath the button, where it stays; a raise showed it once
+            LOG.exception("%s could not start", key)
+            session().note(key, f"This could not start ({type(e).__name__}: {e}). Press the button again; if it "
+                                "happens again, tell your teacher (the server's log has the details).")
 
     now_busy = busy()
     st.button(busy_label if now_busy else label, key=key, on_click=clicked,
               **{**button, "disabled": now_busy or button.get("disabled", False)})
-    if message := session().take_note(key):
+    # read, not taken: a run that shows it may be replaced at once by the next (an impatient student's change), and
+    # the answer to a click must outlast it; the next click of the button clears it
+    if message := session().notes.get(key):
         st.error(message, icon=":material/error:")
 
 

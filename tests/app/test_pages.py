@@ -603,12 +603,38 @@ def test_a_limit_that_is_hit_says_what_it_is_and_the_teacher_sees_each_projects_
     student.button(key="train_start").click().run()
     assert "limited to 40 on this server (TLS_MAX_EPOCHS" in texts(student.error)
     assert student.session_state["tls"].project.runs == []
+    student.number_input(key="train_epochs").set_value(39).run()  # the next change: the answer outlasts it
+    assert "limited to 40 on this server (TLS_MAX_EPOCHS" in texts(student.error)
     teacher = new_app()
     teacher.switch_page("pages/teacher.py").run()
     teacher.text_input(key="teacher_password").set_value("s3cret")
     teacher.button[0].click().run()
     assert not teacher.exception
     assert "Uses 200 of 1,000 images" in texts(teacher.caption) and "runs queued or training" in texts(teacher.caption)
+
+
+def test_a_start_that_fails_says_so_beneath_its_button_until_the_next_click(monkeypatch):
+    """A start button's work that fails unexpectedly is said beneath the button, in words, and stays through the
+    page's next runs (raised from the click's callback, it showed once and the next rerun wiped it)."""
+    import tlcore
+
+    student = with_sample(new_app())
+    student.switch_page("pages/train.py").run()
+    real = tlcore.Project.start_run
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(tlcore.Project, "start_run", broken)
+    student.button(key="train_start").click().run()
+    assert not student.exception
+    assert "This could not start (RuntimeError: disk on fire)" in texts(student.error)
+    student.number_input(key="train_epochs").set_value(3).run()
+    assert "disk on fire" in texts(student.error)
+    monkeypatch.setattr(tlcore.Project, "start_run", real)
+    student.button(key="train_start").click().run()
+    assert "disk on fire" not in texts(student.error) and student.session_state["tls"].project.runs
+    student.session_state["tls"].project.stop_all()
 
 
 def test_teacher_stops_a_run_that_hogs_the_server(monkeypatch):

@@ -41,10 +41,13 @@ def start_app(address: str = "127.0.0.1", **env_extra: str):
            # an edit to tlcore while a test runs (others work in this checkout) made Streamlit re-import it, and the
            # runner could no longer pickle a job ("not the same object as tlcore.jobs.JobSpec"): nothing trained
            "STREAMLIT_SERVER_FILE_WATCHER_TYPE": "none", **env_extra}
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true",
-                             f"--server.address={address}", f"--server.port={port}",
-                             "--browser.gatherUsageStats=false"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # its output goes to a file: a pipe nobody reads fills (64 KB of the workers' progress bars over a module's
+    # tests) and then blocks the server and its workers mid-write
+    with open(Path(env["TLS_HOME"]) / "server.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true",
+                                 f"--server.address={address}", f"--server.port={port}",
+                                 "--browser.gatherUsageStats=false"], cwd=ROOT, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
     https = "STREAMLIT_SERVER_SSL_CERT_FILE" in env_extra
     url = f"{'https' if https else 'http'}://127.0.0.1:{port}"
     deadline = time.time() + 90
@@ -57,8 +60,18 @@ def start_app(address: str = "127.0.0.1", **env_extra: str):
             time.sleep(0.5)
     else:
         proc.kill()
-        raise RuntimeError("streamlit did not start:\n" + proc.stdout.read().decode()[-3000:])
+        raise RuntimeError("streamlit did not start:\n" + server_log(Path(env["TLS_HOME"])))
     return proc, url, Path(env["TLS_HOME"])
+
+
+def main_text(page) -> str:
+    """What the page's main area says (a failure's message: the aria snapshot of a long page is cut)."""
+    return page.locator("[data-testid='stMain']").inner_text()[:6000]
+
+
+def server_log(home: Path, tail: int = 3000) -> str:
+    """The end of the output of the server started with ``home`` (``start_app``), for a failure's message."""
+    return (home / "server.log").read_bytes()[-tail:].decode(errors="replace")
 
 
 def stop_app(proc: subprocess.Popen) -> None:
@@ -203,8 +216,12 @@ def start_long_training(pg, url: str) -> str:
         box.press("Enter")
         pg.wait_for_timeout(1000)
     pg.get_by_role("button", name="Start training").click()
-    # training for real, and a first epoch done (checkpointed)
-    pg.get_by_text(re.compile(r"Epoch ([2-9]|\d\d+), batch")).first.wait_for(timeout=120_000)
+    # training for real, and a first epoch done (checkpointed); the tests that use it start it on a server whose
+    # long-run worker is free (a long run waits for it while another student's fine-tune holds it)
+    try:
+        pg.get_by_text(re.compile(r"Epoch ([2-9]|\d\d+), batch")).first.wait_for(timeout=120_000)
+    except Exception as e:
+        raise AssertionError("the long run did not train; the Train page says:\n" + main_text(pg)) from e
     key = pg.url.split("p=")[1].split("&")[0]
     return key
 

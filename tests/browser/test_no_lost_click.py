@@ -17,18 +17,22 @@ import time
 
 import pytest
 
-from tests.browser.test_main_flow import CHROMIUM, pytestmark, shot, start_app, start_long_training, stop_app  # noqa: F401
+from tests.browser.test_main_flow import (CHROMIUM, main_text, pytestmark, server_log, shot,  # noqa: F401
+                                         start_app, start_long_training, stop_app)
 
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
          "--no-first-run", "--disable-sync", "--disable-quic"]
 WAIT = 180_000  # the Compare page's first run took 90 s here while others trained and tested
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def server():
-    proc, url, _ = start_app()
+    """A server of its own for each test: the first leaves another student's ladder training (its fine-tune holds
+    the long-run worker for minutes), and the second's long run would wait behind it."""
+    proc, url, home = start_app()
     yield url
     stop_app(proc)
+    print("the server's output, shown if the test failed:\n" + server_log(home))
 
 
 def open_step(page, name: str, heading: str) -> None:
@@ -51,7 +55,10 @@ def press_then_change(page, key: str, answer: str, change) -> float:
     start = time.monotonic()
     page.locator(f".st-key-{key} button").first.click()  # during a rerun the old button may still be beside the new
     change()
-    expect(page.locator(f".st-key-{key} button").filter(has_text=answer).first).to_be_disabled(timeout=WAIT)
+    try:
+        expect(page.locator(f".st-key-{key} button").filter(has_text=answer).first).to_be_disabled(timeout=WAIT)
+    except AssertionError as e:
+        raise AssertionError(f"{key} did not answer its click; the page says:\n{main_text(page)}") from e
     return time.monotonic() - start
 
 
