@@ -268,10 +268,10 @@ class JobTracker:
         now = time.time()
         return max((self.estimate_s - self.work_done(now)) / self.rate, OVERRUN_SHARE * (now - self.started), 1.0)
 
-    def mark_running(self, rate: float = 1.0) -> None:
+    def mark_running(self) -> None:
         with self._lock:
             self.started = time.time()
-            self._work, self.rate = (0.0, None), rate
+            self._work, self.rate = (0.0, None), 1.0  # the runner sets its rate once it knows who shares
             self._state = "running"
             self._version += 1
 

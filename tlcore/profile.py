@@ -22,7 +22,8 @@ from .backbones import get_backbone_spec
 from .data import to_float
 from .errors import TLError
 from .runtime import frozen_forward, runtime_for
-from .train import AUGMENT_DRAWS, FROZEN_BODY_MODES, SCORE_ROWS, TrainConfig, augment, fe_views, resolve_device
+from .train import (AUGMENT_DRAWS, FROZEN_BODY_MODES, TrainConfig, augment, fe_views, resolve_device,
+                    score_repeats)
 
 
 @dataclass(frozen=True)
@@ -232,7 +233,8 @@ class Calibration:
     """How much longer (or shorter) than the speed model's figure the runs that train the body took on
     this server lately. It absorbs what the one-off measurement cannot know: this CPU's backward pass, a
     server busy with more than its workers (workers sharing the cores are the runner's forecast's to add: a
-    run's seconds here are its work, each stretch weighed by its share of the cores). Estimates are the model's figure times ``factor()``: the geometric
+    run's seconds here are its work, each stretch weighed by its share of the cores). Estimates are the
+    model's figure times ``factor()``: the geometric
     mean of the last ``window`` runs' measured / modelled seconds, with the model's own figure (1.0)
     counted as one run more. So one run that happened to be slow (a worker's first fine-tune of a backbone
     exports its prefix; the benchmark once saw a single run move the next ladder's estimate to 2.4 times
@@ -312,7 +314,7 @@ HEAD_FIT_FIXED_S = 0.01
 
 def head_fit_seconds(num_images: int, views: int, classes: int | None) -> float:
     """Seconds of a feature-extraction head's fits on ``num_images`` images with ``views`` views each."""
-    repeats = max(1, min(TrainConfig.score_repeats, SCORE_ROWS // max(1, num_images)))
+    repeats = score_repeats(num_images, TrainConfig.score_repeats)
     return HEAD_FIT_FIXED_S + HEAD_FIT_S_PER_ROW_CLASS * num_images * (1 + views) * (classes or 5) * (
         HEAD_FIT_FIXED_REPEATS + repeats)
 

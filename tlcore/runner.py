@@ -362,7 +362,7 @@ def share_rate(busy: int, cores: int, threads: int) -> float:
 def _play(work: list[list | None], line: list[tuple], served: dict[tuple[str, bool], float], now: float,
           workers: int, rate: Callable[[int], float]) -> tuple[dict[int, float], dict[int, float]]:
     """The scheduler played forward: ``work`` each worker's job (``[id, seconds of work alone left]`` or None),
-    ``line`` the jobs waiting ``(id, owner, short, seconds alone, the id it waits for)``. Free workers take
+    ``line`` the jobs waiting ``(id, owner, short, seconds alone, the id it waits for, unasked)``. Free workers take
     jobs as ``_dispatch`` does (the express lane, owners' turns, a job after the one it waits for); the busy
     ones share the cores (``rate`` of the number busy). Returns when each job should end and when each waiting
     one should start, in seconds from now."""

@@ -843,6 +843,12 @@ MAX_SCORE_FOLDS = 20
 #: on 300 images one partition moves the score by a fraction of its interval, and each repeat cost about as much
 #: as the forward pass over the images (benchmark section 1, 2026-12-06).
 SCORE_ROWS = 300
+
+
+def score_repeats(num_images: int, wanted: int = 5) -> int:
+    """How many times a frozen body's score repeats its folds (or draws) on ``num_images``: at most ``wanted``,
+    while repeats x images stay within ``SCORE_ROWS`` (large sets: fewer repeats, the same images scored)."""
+    return max(1, min(wanted, SCORE_ROWS // max(1, num_images)))
 Predictor = Callable[[list[Pair]], list[torch.Tensor]]  # (train, test) pairs -> logits of each test part
 
 
@@ -852,7 +858,7 @@ def _frozen_score(cfg: TrainConfig, labels: torch.Tensor, digests: list[str], pr
     pair of repeated stratified k-fold (per draw of k images per class in a study) and gives the logits of
     each pair's test images. Returns the score and each image's out-of-fold probabilities (averaged over repeats)."""
     y = labels.cpu()
-    repeats = max(1, min(cfg.score_repeats, SCORE_ROWS // max(1, len(y))))  # large sets: fewer repeats, same n
+    repeats = score_repeats(len(y), cfg.score_repeats)
     if cfg.max_images_per_class is not None:
         pairs = shot_draws(y, cfg.max_images_per_class, repeats, cfg.seed)
         method = f"{_split_method(cfg)}, {len(pairs)} draw{'s' * (len(pairs) > 1)}"
