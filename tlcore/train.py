@@ -849,6 +849,8 @@ def score_repeats(num_images: int, wanted: int = 5) -> int:
     """How many times a frozen body's score repeats its folds (or draws) on ``num_images``: at most ``wanted``,
     while repeats x images stay within ``SCORE_ROWS`` (large sets: fewer repeats, the same images scored)."""
     return max(1, min(wanted, SCORE_ROWS // max(1, num_images)))
+
+
 Predictor = Callable[[list[Pair]], list[torch.Tensor]]  # (train, test) pairs -> logits of each test part
 
 
