@@ -79,7 +79,7 @@ def run_analysis(spec, should_stop: Callable[[], bool], emit: Callable[[Event], 
     try:
         result = drive(compute(spec.task, spec.images, spec.config, should_stop), emit)
         if result is None:
-            emit(RunFinished("stopped", "Stopped before it finished; nothing was kept."))
+            emit(RunFinished.stopped("before it finished", "nothing was kept"))
             return
         text = json.dumps(result.to_record() if isinstance(result, DataCheck) else result.to_json())
         atomic_write(Path(spec.folder) / RESULT_FILE, lambda p: Path(p).write_text(text))

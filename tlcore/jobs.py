@@ -24,10 +24,11 @@ from typing import Protocol
 
 from .data import ImageSet
 from .checkpoint import WEIGHTS
-from .train import FROZEN_BODY_MODES, BatchEnd, EpochEnd, Event, Progress, RunFinished, RunState, TrainConfig
+from .train import (BY_THE_USER, FROZEN_BODY_MODES, BatchEnd, EpochEnd, Event, Progress, RunFinished, RunState,
+                    TrainConfig)
 
 log = logging.getLogger(__name__)
-TIME_LIMIT_STOP = "Stopped at this server's limit"  # how a run stopped by ``JobSpec.max_seconds`` says so
+TIME_LIMIT_BY = "at this server's limit"  # who stopped a run that reached ``JobSpec.max_seconds`` (``Stop.by``)
 SERVER_GONE = "The server stopped while this run was training; its best epoch so far is kept."
 OVERRUN_SHARE = 0.15  # a run past its estimate: at least this share of its time so far is said to be left
 MAX_CURVE_POINTS = 300  # per-batch losses kept for the live chart (older ones are thinned out)
@@ -200,10 +201,8 @@ class JobTracker:
 
     def record(self, event: Event) -> None:
         """Take one event (called by the runner, never by pages)."""
-        if (isinstance(event, RunFinished) and event.status == "stopped" and event.reason.startswith("Stopped ")
-                and not event.reason.startswith(TIME_LIMIT_STOP)):
-            rest = event.reason.removeprefix("Stopped ").removeprefix("by the user ")
-            event = dataclasses.replace(event, reason=f"Stopped {self.stopped_by} {rest}")  # who stopped it
+        if isinstance(event, RunFinished) and event.stop is not None and event.stop.by == BY_THE_USER:
+            event = event.stopped_by(self.stopped_by)  # who pressed Stop: the runner was told (a server limit says so)
         if (isinstance(event, RunFinished) and event.status == "failed" and self.spec.task == "train"
                 and (self.spec.folder / WEIGHTS).exists() and "kept" not in event.reason):
             event = dataclasses.replace(event, reason=f"{event.reason} Its best epoch before that is kept.")
@@ -326,7 +325,7 @@ def _transportable(event: Event) -> Event:
     if isinstance(event, EpochEnd):
         return dataclasses.replace(event, model=None)
     if isinstance(event, RunFinished):
-        return RunFinished(event.status, event.reason)
+        return dataclasses.replace(event, result=None)
     return event
 
 
@@ -351,11 +350,9 @@ def run_job(spec: JobSpec, should_stop: Callable[[], bool], emit: Callable[[Even
     try:
         checkpoint = Checkpointer(spec.folder, spec.config, list(spec.images.classes), spec.label, spec.val_digests)
         for event in train(spec.images, spec.config, lambda: should_stop() or out_of_time(), split=spec.split):
-            if isinstance(event, RunFinished) and event.status == "stopped" and out_of_time() and not should_stop():
-                rest = event.reason.removeprefix("Stopped by the user ")
-                event = dataclasses.replace(event, reason=(
-                    f"{TIME_LIMIT_STOP} of {spec.max_seconds / 60:g} min per run (TLS_MAX_RUN_MINUTES, "
-                    f"which whoever starts the server can change) {rest}"))
+            if isinstance(event, RunFinished) and out_of_time() and not should_stop():
+                event = event.stopped_by(f"{TIME_LIMIT_BY} of {spec.max_seconds / 60:g} min per run "
+                                         "(TLS_MAX_RUN_MINUTES, which whoever starts the server can change)")
             checkpoint(event)
             if isinstance(event, RunFinished):
                 status: RunState = event.status

@@ -215,7 +215,7 @@ class RayRunner:
         for job in ready:
             if job.id in self._stopped:
                 self._forget(job)
-                job.record(RunFinished("stopped", "Stopped while waiting for a free training worker."))
+                job.record(RunFinished.stopped("while waiting for a free training worker"))
                 continue
             options = {"num_cpus": self.cpus, "max_concurrency": 4, "max_restarts": 0}
             if self.gpus:
@@ -233,7 +233,7 @@ class RayRunner:
                 with self._lock:
                     self._waiting.remove(live.job)
                 if live.job.id in self._stopped:
-                    return self._end(live, RunFinished("stopped", "Stopped while waiting for a free training worker."))
+                    return self._end(live, RunFinished.stopped("while waiting for a free training worker"))
                 live.job.mark_running()
                 live.actor.run.remote(ray.put(live.job.spec))  # the images go through the object store
                 live.running = True

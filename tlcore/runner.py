@@ -161,7 +161,7 @@ class LocalRunner:
                     if running is job:
                         self._send(self._conns[i], ("stop", job.id))
         if finished:
-            job.record(RunFinished("stopped", "Stopped while waiting for a free training worker."))
+            job.record(RunFinished.stopped("while waiting for a free training worker"))
 
     def active(self, owner: str) -> int:
         with self._lock:

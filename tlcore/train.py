@@ -230,11 +230,44 @@ class RunResult(RunFacts):
         return self.model_ref if isinstance(self.model_ref, TransferModel) else self.model_ref.load()
 
 
+#: Who stopped a run, unless told otherwise (the runner says "by the teacher" when the teacher did).
+BY_THE_USER = "by the user"
+
+
+@dataclass(frozen=True)
+class Stop:
+    """How a run that ended before its last epoch was stopped, as data: ``when`` ("during epoch 3"), what is
+    ``kept`` (a clause, or ""), ``by`` whom or what ("by the user", "by the teacher", a server limit's words).
+    A run's reason is its ``sentence()``, written here once; whoever learns more (who pressed Stop) replaces a field."""
+
+    when: str
+    kept: str = ""
+    by: str = BY_THE_USER
+
+    def sentence(self) -> str:
+        """E.g. "Stopped by the teacher during epoch 3; the best epoch's weights are kept." """
+        return f"Stopped {self.by} {self.when}" + (f"; {self.kept}." if self.kept else ".")
+
+
 @dataclass(frozen=True)
 class RunFinished:
     status: Status
     reason: str
     result: RunResult | None = field(default=None, repr=False)
+    stop: Stop | None = None  # a stopped run's cause (``reason`` is its sentence)
+
+    @classmethod
+    def stopped(cls, when: str, kept: str = "", result: RunResult | None = None) -> RunFinished:
+        """A run stopped (by the user, unless the runner learns otherwise) ``when``, keeping ``kept``."""
+        stop = Stop(when, kept)
+        return cls("stopped", stop.sentence(), result, stop)
+
+    def stopped_by(self, by: str) -> RunFinished:
+        """The same end, stopped ``by`` someone or something else; a run that was not stopped is unchanged."""
+        if self.stop is None:
+            return self
+        stop = dataclasses.replace(self.stop, by=by)
+        return dataclasses.replace(self, reason=stop.sentence(), stop=stop)
 
 
 Event = Progress | BatchEnd | EpochEnd | RunFinished
@@ -594,7 +627,7 @@ def _train(imageset: ImageSet, cfg: TrainConfig, should_stop: Callable[[], bool]
         return
     plan = yield from _plan(s, should_stop)
     if plan is None:
-        yield RunFinished("stopped", "Stopped while running the frozen stages, before any training.")
+        yield RunFinished.stopped("while running the frozen stages, before any training")
         return
     finished = yield from _loop(s, plan, should_stop)
     if finished.status == "completed" and s.cfg.resolved_score_folds() and finished.result is not None:
@@ -641,7 +674,7 @@ def _frozen_run(s: _Setup, should_stop: Callable[[], bool]) -> Iterator[Event]:
     views = (yield from embed_views(s.data, s.cfg.backbone, k, s.device, should_stop)) if k else None  # images' too
     feats = None if k and views is None else (yield from embed(s.data, s.cfg.backbone, s.device, should_stop))
     if feats is None:
-        yield RunFinished("stopped", "Stopped while computing features, before any training.")
+        yield RunFinished.stopped("while computing features, before any training")
         return
     args = (s.model, feats.to(s.device), s.labels.to(s.device), s.train_idx, s.val_idx, s.data, s.cfg, s.depth, s.start)
     if s.cfg.mode in UNTRAINED_MODES:
@@ -695,8 +728,8 @@ def _loop(s: _Setup, plan: Plan, should_stop: Callable[[], bool]) -> Generator[E
     batches_done = 0
     train_start = time.perf_counter()
 
-    def finish(status: Status, reason: str) -> RunFinished:
-        return _finish(s, plan, history, best, status, reason)
+    def finish(status: Status, reason: str, stop: Stop | None = None) -> RunFinished:
+        return _finish(s, plan, history, best, status, reason, stop)
 
     for epoch in range(1, cfg.epochs + 1):
         plan.set_train()
@@ -706,7 +739,8 @@ def _loop(s: _Setup, plan: Plan, should_stop: Callable[[], bool]) -> Generator[E
         for b in range(num_batches):
             if should_stop():
                 kept = "the best epoch's weights are kept" if history else "no epoch had finished, so nothing is kept"
-                return finish("stopped", f"Stopped by the user during epoch {epoch}; {kept}.")
+                stop = Stop(f"during epoch {epoch}", kept)
+                return finish("stopped", stop.sentence(), stop)
             idx = order[b * batch_size:(b + 1) * batch_size]
             x, y = plan.get_batch(idx, True), y_all[idx]
             with _autocast(s.device):
@@ -739,17 +773,17 @@ def _loop(s: _Setup, plan: Plan, should_stop: Callable[[], bool]) -> Generator[E
     return finish("completed", reason + f"the best epoch ({best.epoch}) is kept.")
 
 
-def _finish(s: _Setup, plan: Plan, history: list[EpochEnd], best: _Best, status: Status, reason: str
-            ) -> RunFinished:
+def _finish(s: _Setup, plan: Plan, history: list[EpochEnd], best: _Best, status: Status, reason: str,
+            stop: Stop | None = None) -> RunFinished:
     """The run's end: the best epoch's weights restored, the model back on the CPU, its result."""
     if best.state is not None:
         plan.trained.load_state_dict(best.state)
     s.model.eval()
     s.model.cpu()  # free accelerator memory
     if not history:
-        return RunFinished(status, reason)
+        return RunFinished(status, reason, stop=stop)
     top = history[best.epoch - 1]
-    return RunFinished(status, reason, RunResult(
+    return RunFinished(status, reason, stop=stop, result=RunResult(
         model_ref=s.model, classes=tuple(s.data.classes), config=s.cfg, history=tuple(history),
         best_epoch=best.epoch, val_accuracy=top.val_acc, train_seconds=time.perf_counter() - s.start,
         num_images=len(s.train_idx) + len(s.val_idx), train_indices=tuple(s.train_idx),
@@ -973,8 +1007,7 @@ def _head_run(model: TransferModel, x_all: torch.Tensor, y_all: torch.Tensor, tr
     for epoch in range(1, cfg.epochs + 1):
         if should_stop():
             if w is None:
-                yield RunFinished("stopped", f"Stopped by the user during epoch {epoch}; no epoch had finished, "
-                                             "so nothing is kept.")
+                yield RunFinished.stopped(f"during epoch {epoch}", "no epoch had finished, so nothing is kept")
                 return
             break
         w, b = fit.step(HEAD_ITERS_PER_EPOCH)  # one L-BFGS run through the epochs
@@ -1012,13 +1045,13 @@ def _head_run(model: TransferModel, x_all: torch.Tensor, y_all: torch.Tensor, tr
             if views is not None else "a logistic regression ")
     how = (f"the frozen backbone ran {seen} on {runtime}; the head, {head}fitted to convergence (L-BFGS), "
            f"was refitted on all {len(final)} images at the end")
-    status, reason = ("stopped", f"Stopped by the user after epoch {len(history)}; the best epoch's head is kept, "
-                                 f"refitted on all {len(final)} images.") \
-        if len(history) < cfg.epochs and should_stop() else \
+    stop = Stop(f"after epoch {len(history)}", f"the best epoch's head is kept, refitted on all {len(final)} images") \
+        if len(history) < cfg.epochs and should_stop() else None
+    status, reason = ("stopped", stop.sentence()) if stop else \
         ("completed", f"The head converged in {len(history)} epoch{'s' * (len(history) > 1)}; the best epoch "
                       f"({len(history)}, the last) is kept, refitted on all {len(final)} images.")
     last = history[-1]
-    yield RunFinished(status, reason, RunResult(
+    yield RunFinished(status, reason, stop=stop, result=RunResult(
         model_ref=model, classes=tuple(data.classes), config=cfg, history=tuple(history), best_epoch=len(history),
         val_accuracy=last.val_acc, train_seconds=time.perf_counter() - start,
         num_images=len(train_idx) + len(val_idx), train_indices=tuple(final),

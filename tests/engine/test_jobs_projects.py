@@ -335,8 +335,11 @@ def test_a_run_the_teacher_stopped_says_so(pool, tiny_set):
     running.stop("by the teacher")
     wait_all([running, waiting], timeout=30)
     for job in (running, waiting):
-        reason = job.snapshot().finished.reason
-        assert reason.startswith("Stopped by the teacher") and "user" not in reason, reason
+        finished = job.snapshot().finished
+        assert finished.stop.by == "by the teacher" and finished.reason == finished.stop.sentence(), finished
+        assert finished.reason.startswith("Stopped by the teacher") and "user" not in finished.reason
+    assert waiting.snapshot().finished.stop.when == "while waiting for a free training worker"
+    assert running.snapshot().finished.stop.when.startswith(("during epoch", "after epoch"))
 
 
 def test_a_run_whose_worker_died_says_so_and_that_its_best_epoch_is_kept(tiny_set, monkeypatch):

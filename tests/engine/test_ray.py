@@ -17,7 +17,7 @@ import pytest
 import tlcore
 from tlcore import ImageSet, TrainConfig, run_to_end, stratified_split
 from tlcore.checkpoint import lazy_result
-from tlcore.jobs import TIME_LIMIT_STOP, JobSpec
+from tlcore.jobs import TIME_LIMIT_BY, JobSpec
 from tests.app.conftest import no_legacy_pages_mode  # noqa: F401  (the AppTest below needs it)
 from tests.conftest import ROOT, class_files
 
@@ -80,7 +80,8 @@ def test_a_ray_run_keeps_the_servers_time_limit(runner, tmp_path):
                                                                        mode="fine-tune")), max_seconds=3))
     assert job.join(90)
     snap = job.snapshot()
-    assert snap.state == "stopped" and snap.finished.reason.startswith(TIME_LIMIT_STOP), snap.finished
+    assert snap.state == "stopped" and snap.finished.stop.by.startswith(TIME_LIMIT_BY), snap.finished
+    assert snap.finished.reason.startswith(f"Stopped {TIME_LIMIT_BY} of ")
 
 
 def test_a_killed_ray_worker_fails_the_run_and_keeps_the_best_epoch(runner, tmp_path):
