@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from tests.browser.test_main_flow import CHROMIUM, SHOTS, pytestmark, start_app, stop_app  # noqa: F401
+from tests.browser.test_main_flow import CHROMIUM, SHOTS, main_text, pytestmark, start_app, stop_app  # noqa: F401
 from tests.conftest import ROOT
 
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -114,7 +114,11 @@ def visit_every_page(page, url: str, problems: dict, violations: dict) -> None:
     for title, heading in STEPS.items():
         page.set_viewport_size({"width": 1024, "height": 768})
         page.get_by_role("link", name=re.compile(title)).first.click()
-        page.get_by_role("heading", name=heading).wait_for()
+        try:
+            page.get_by_role("heading", name=heading).wait_for()
+        except Exception as e:  # what the page showed instead, for the failure's message and a look
+            page.screenshot(path=str(SHOTS / f"fit-{title}-timeout.png"), full_page=True)
+            raise AssertionError(f"the {title} page did not open; the page says:\n{main_text(page)}") from e
         if title == "Data":  # each thumbnail says its whole file name (cut to 12 letters, "digit_0_008.", before)
             settle(page)
             names = page.evaluate("() => [...document.querySelectorAll('[data-testid=stImageContainer]')]"
