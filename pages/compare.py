@@ -69,8 +69,8 @@ st.caption(f"At most {epochs} epochs each; fine-tuning at the Freeze page's dept
            "few-shot and feature extraction by cross-validation with as many folds as the largest class has images "
            "(up to 20: each fold holds out one image per class; 5 folds beyond 300 images; every fold's model in one "
            "batched fit on the cached features; the folds drawn again up to 5 times on small sets, once from 300 "
-           "images), zero-shot on every image as it is; fine-tuning and from scratch by 3-fold cross-validation (three more "
-           "trainings each, on two thirds of the images, keeping the last epoch).")
+           "images), zero-shot on every image as it is; fine-tuning and from scratch by 3-fold cross-validation "
+           "(three more trainings each, on two thirds of the images, keeping the last epoch).")
 if "zero-shot" in chosen:
     zero_shot_mapping()
 busy = bool(proj.active_runs())

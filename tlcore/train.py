@@ -257,10 +257,10 @@ class RunFinished:
     stop: Stop | None = None  # a stopped run's cause (``reason`` is its sentence)
 
     @classmethod
-    def stopped(cls, when: str, kept: str = "", result: RunResult | None = None) -> RunFinished:
-        """A run stopped (by the user, unless the runner learns otherwise) ``when``, keeping ``kept``."""
+    def stopped(cls, when: str, kept: str = "") -> RunFinished:
+        """A run stopped (by the user, unless the runner learns otherwise) ``when``, keeping ``kept``, with no result."""
         stop = Stop(when, kept)
-        return cls("stopped", stop.sentence(), result, stop)
+        return cls("stopped", stop.sentence(), stop=stop)
 
     def stopped_by(self, by: str) -> RunFinished:
         """The same end, stopped ``by`` someone or something else; a run that was not stopped is unchanged."""
