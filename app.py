@@ -2,8 +2,10 @@
 import streamlit as st
 
 import tlcore
-from pages.common import (PAGES, VIEW_PAGES, ask_name, has_project, open_session, project, read_only, save_student,
-                          session, start_from_kit, step_bar, view_link)
+from pages.common import (PAGES, VIEW_PAGES, ask_name, has_project, keep_every_click, open_session, project, read_only,
+                          save_student, session, start_from_kit, step_bar, view_link)
+
+keep_every_click()
 
 # Every page on a projector (1024x768) and a phone (390x844), in one place (tests/browser/test_fit_and_access.py):
 FIT_CSS = """

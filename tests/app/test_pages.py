@@ -680,3 +680,34 @@ def test_step_ticks_mean_done_not_ready(tiny_set):
     status = step_status(p, {"evaluate"})
     assert status["pages/train.py"][0] and status["pages/evaluate.py"][0]  # trained, and its page looked at
     assert status["pages/test.py"][:2] == (False, True) and not status["pages/compare.py"][0]  # no ladder yet
+
+
+def test_a_click_is_kept_when_a_newer_request_arrives_before_its_callback_runs():
+    """The race's lost click (tests/browser/test_no_lost_click.py): Streamlit took the click's rerun request, then
+    yielded once more before running its callback, and a newer request (the next change on the page) found there
+    replaced it, trigger and all. Here a newer request waits at every yield point; the click's widget states are still
+    applied and its callback, which reads session state (``start_button``'s does), runs to its end."""
+    from streamlit.runtime.scriptrunner import RerunData, RerunException
+    from streamlit.runtime.state.safe_session_state import SafeSessionState
+
+    from pages.common import keep_every_click
+
+    def newer_request_waiting() -> None:  # the script runner's yield check, with the next change queued
+        raise RerunException(RerunData())
+
+    class Applied:  # SessionState's part: set the click's widget states, run the callback of the button clicked
+        def __init__(self) -> None:
+            self.started: list[str] = []
+
+        def on_script_will_rerun(self, widget_states, **_) -> None:
+            self.started.append(safe["tls"])  # the callback's first read of session state: a yield point
+
+        def __getitem__(self, key: str) -> str:
+            return f"{key}: the session"
+
+    keep_every_click()
+    safe = SafeSessionState(applied := Applied(), newer_request_waiting)
+    safe.on_script_will_rerun("the click's widget states")
+    assert applied.started == ["tls: the session"]
+    with pytest.raises(RerunException):  # outside a rerun's start, the newer request is taken as before
+        safe["tls"]

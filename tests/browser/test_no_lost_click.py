@@ -56,8 +56,9 @@ def press_then_change(page, key: str, answer: str, change) -> float:
     expect(button).to_be_enabled(timeout=WAIT)
     start = time.monotonic()
     # the click delivered to the button itself: a mouse click at the button's place lands on whatever is there by then
-    # if the page moves under it (charts above it still drawing), a click lost by the test, not by the app (the race's
-    # click was lost once in about 20 runs here and in 1 of 3 CI runs, with no error and no run started)
+    # if the page moves under it (charts above it still drawing), a click lost by the test, not by the app; the change
+    # follows within about 50 ms: Streamlit lost the click to it until ``pages.common.keep_every_click`` (the race's,
+    # in 2 or 3 of 6 runs of the suite)
     button.dispatch_event("click")
     change()
     try:
@@ -107,13 +108,8 @@ def test_every_start_button_starts_its_work_while_the_page_is_busy(server):
                                                                  lambda: set_number(page, "Epochs per run", 1))
         stop_everything(page)
         open_step(page, "Compare", "Compare strategies")
-        try:
-            answers["Run the race"] = press_then_change(page, "compare_race_go", "Race running…",
-                                                        lambda: set_number(page, "Epochs per run", 2))
-        except AssertionError as e:  # see the end of the test
-            race_lost = e
-        else:
-            race_lost = None
+        answers["Run the race"] = press_then_change(page, "compare_race_go", "Race running…",
+                                                    lambda: set_number(page, "Epochs per run", 2))
         stop_everything(page)
         page.get_by_text("Advanced settings").first.click()
         answers["Start training"] = press_then_change(page, "train_start", "Training…",
@@ -122,13 +118,6 @@ def test_every_start_button_starts_its_work_while_the_page_is_busy(server):
         shot(page, "no-lost-click-train")
         browser.close()
     print("seconds from the click to the disabled button:", {k: round(v, 1) for k, v in answers.items()})
-    if race_lost is not None:
-        # KNOWN, NOT EXPLAINED (session of 2026-12-06): on a fresh server inside the whole suite, this click of the
-        # race (only the race's; after a ladder and a study were started and stopped) went unanswered in 2 or 3 of 6
-        # runs of the suite, with no run created, no error beneath the button and none in the server's log; on its
-        # own or in its module, once in about 25 runs. Everything else above is asserted; this one is reported, with
-        # what the page said, until its cause is found.
-        pytest.xfail(f"the race's click went unanswered: {race_lost}")
 
 
 # Records, from the moment it is installed (just before the click), the milliseconds until the page first answers:
