@@ -305,11 +305,13 @@ def estimate_run_seconds(config: TrainConfig, num_images: int, features_cached: 
 #: Feature extraction's head: its fits and their repeated cross-validation (``train._head_run``) cost about this
 #: much per row (an image or a view) and class, per repeat of the score's folds plus HEAD_FIT_FIXED_REPEATS for the
 #: fits on the training split and on every image, plus a fixed part. Fitted on this project's 2-core machine to
-#: 11 runs on cached features, 15-300 images of 3, 5 and 10 classes, with and without views (2026-12-06, quiet):
-#: every one within 35 % (the model before the score's repeats were bounded: 0.39-2.19 of the time).
-HEAD_FIT_S_PER_ROW_CLASS = 1.03e-4
-HEAD_FIT_FIXED_REPEATS = 1.4
-HEAD_FIT_FIXED_S = 0.01
+#: 24 runs on cached features (2026-12-06, quiet, after the fits stopped at scikit-learn's tolerance): 10-300 images
+#: of 2, 3, 5 and 10 classes of four real sets, with and without views; measured / this model 0.43-1.40 (photo
+#: crops, whose classes part at once, converge fastest); the model before, fitted when the fits ran 300 times
+#: stricter, gave 2-6 times these runs' time.
+HEAD_FIT_S_PER_ROW_CLASS = 1.48e-5
+HEAD_FIT_FIXED_REPEATS = 1.74
+HEAD_FIT_FIXED_S = 0.031
 
 
 def head_fit_seconds(num_images: int, views: int, classes: int | None) -> float:
