@@ -20,6 +20,8 @@ LOG = logging.getLogger("tls.pages")
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
 SESSION_KEY = "tls"  # the one session-state key of the app's own state (``Session``)
+LAST_PAGE_RUN = [time.monotonic()]  # when any session's page last ran (``open_session``): is the class busy?
+PAGES_QUIET_S = 20.0
 
 
 @dataclass
@@ -152,6 +154,7 @@ def open_session() -> Session:
     and the projector never create one (each would be listed as a student in the class's progress)."""
     if leave_legacy_pages_mode():
         st.rerun()  # now through app.py
+    LAST_PAGE_RUN[0] = time.monotonic()
     if SESSION_KEY not in st.session_state:
         proj, readonly = None, False
         key = st.query_params.get("p") or st.query_params.get("view")
@@ -287,7 +290,10 @@ def start_workers() -> bool:
         if isinstance(runner, tlcore.LocalRunner):
             runner.wait_ready(120)
         tlcore.measure_speed(tlcore.DEFAULT_BACKBONE)
-        tlcore.refine_speed_when_quiet(tlcore.DEFAULT_BACKBONE, runner.idle)  # the class arriving slowed it
+        # the class arriving slowed it; timed again when nothing trains and no page has run for a while: a timing
+        # child (8 s of a core) started while six students uploaded, and their first runs waited for it
+        tlcore.refine_speed_when_quiet(tlcore.DEFAULT_BACKBONE,
+                                       lambda: runner.idle() and time.monotonic() - LAST_PAGE_RUN[0] > PAGES_QUIET_S)
 
     # The default backbone's speed (for time estimates and queue waits), measured before anyone asks.
     threading.Thread(target=measure, daemon=True).start()

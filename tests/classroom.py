@@ -30,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -212,9 +213,56 @@ def watched_vs_unwatched(project, backbone: str, watchers: int = 3) -> dict:
 # ----------------------------------------------------------------------------- real browsers
 
 
-def browsers(n: int, images: int, timeout: float = 360, finetune: bool = True, browser=None) -> dict:
+def _tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and every process below it (a server, its workers, a timing's child)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += _cpu_seconds(p)
+        except (OSError, ValueError, IndexError):
+            continue
+        todo += children.get(p, [])
+    return total
+
+
+def wait_until_warm(url: str, pid: int, timeout: float = 300) -> float:
+    """The teacher opens the app before the class arrives: one visit starts the workers, which warm up (torch,
+    the runtime's compilation) and time the default backbone. Returns the seconds until the server and everything
+    it started use under a tenth of a core over 3 s (a condition, not a fixed wait)."""
+    urllib.request.urlopen(url + "/_stcore/health", timeout=30)
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser.test_main_flow import CHROMIUM
+
+    t0 = time.time()
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = b.new_page()
+        page.goto(url + "/teacher")
+        page.get_by_role("heading").first.wait_for(timeout=timeout * 1000)
+        b.close()
+    while time.time() < t0 + timeout:
+        c0, w0 = _tree_cpu_seconds(pid), time.time()
+        time.sleep(3)
+        if (_tree_cpu_seconds(pid) - c0) / (time.time() - w0) < 0.1:
+            break
+    return time.time() - t0
+
+
+def browsers(n: int, images: int, timeout: float = 360, finetune: bool = True, browser=None, warm: bool = False
+             ) -> dict:
     """``n`` real chromium sessions against one real server; see the module docstring. ``browser``: a
-    Playwright browser to use (the tests pass theirs), else one is started here."""
+    Playwright browser to use (the tests pass theirs), else one is started here. ``warm``: the class arrives
+    once the server has warmed up (``wait_until_warm``), as in a lesson; else at once (a server just started)."""
     from contextlib import nullcontext
 
     from playwright.sync_api import sync_playwright
@@ -229,6 +277,8 @@ def browsers(n: int, images: int, timeout: float = 360, finetune: bool = True, b
         zips.append(path)
     report: dict = {"browsers": n, "images_per_session": images}
     try:
+        if warm:
+            report["warm_up_s"] = wait_until_warm(url, proc.pid)
         with (sync_playwright() if browser is None else nullcontext()) as pw:
             b = browser or pw.chromium.launch(executable_path=CHROMIUM, args=[
                 "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -242,6 +292,7 @@ def browsers(n: int, images: int, timeout: float = 360, finetune: bool = True, b
                 pg.get_by_role("tab", name="Upload a zip").click()
                 pages.append(pg)
             report["fe"] = _upload_and_train(pages, zips, timeout)
+            report["fe"]["server_side_s"] = _server_side(home, report["fe"]["t0"])
             if finetune:
                 for pg in pages:
                     pg.get_by_role("link", name="Freeze").first.click()
@@ -366,7 +417,22 @@ def _upload_and_train(pages, zips: list[Path], timeout: float, done_text: str = 
     return {"upload_s": _spread([added[k] - t0 for k in added]),
             "upload_to_model_s": _spread([shown[k] - added[k] for k in shown]),
             "start_to_model_s": _spread([shown[k] - started[k] for k in shown]),
-            "all_done_s": time.time() - t0, "stuck": len(stuck)}
+            "all_done_s": time.time() - t0, "stuck": len(stuck),
+            "t0": t0, "per_student_s": {k: [round(d.get(k, t0) - t0, 2) for d in (added, started, shown)]
+                                        for k in range(len(pages))}}  # (images in, Start pressed, model shown)
+
+
+def _server_side(home: Path, t0: float) -> dict:
+    """When the server had each student's photos on disk and each feature-extraction model saved, in seconds from
+    the zips being picked, read from the files' times: what the browsers show later adds their own delay (six of
+    them share the server's two cores here, where a class's run on the students' own devices)."""
+    saved, models = [], []
+    for folder in (home / "projects").iterdir():
+        if images := [p.stat().st_mtime for p in (folder / "images").glob("*.png")]:
+            saved.append(max(images) - t0)
+        models += [p.stat().st_mtime - t0 for p in folder.glob("runs/*/run.json")
+                   if "feature extraction" in json.loads(p.read_text()).get("label", "")]
+    return {"photos_saved": _spread(saved), "model_saved": _spread(models)}
 
 
 def _press_start_and_wait(pages, timeout: float, done_text: str) -> dict:
@@ -395,12 +461,17 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=60, help="images per student")
     ap.add_argument("--watch", type=int, default=3, help="tabs watching one run, for the cost of watching (0: skip)")
     ap.add_argument("--abuser", action="store_true", help="one more student who tries everything the limits stop")
+    ap.add_argument("--cold", action="store_true", help="the browser students arrive as the server starts (by default "
+                                                        "once it has warmed up, as when a teacher opens it first)")
     args = ap.parse_args()
     os.environ.setdefault("TLS_HOME", __import__("tempfile").mkdtemp(prefix="tls-classroom-"))
     out: dict = {}
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     if args.browsers:
-        r = out["browsers"] = browsers(args.browsers, args.images)
+        r = out["browsers"] = browsers(args.browsers, args.images, warm=not args.cold)
+        if "warm_up_s" in r:
+            log(f"the server warmed up (workers, the default backbone's timing) in {r['warm_up_s']:.1f} s before the "
+                "class arrived")
         for part in ("fe", "finetune"):
             for what, name in (("upload_s", "zip picked -> images in"), ("upload_to_model_s", "images in -> model shown"),
                                ("start_to_model_s", "Start -> model shown")):
@@ -410,6 +481,12 @@ def main() -> None:
                         f"{s['min']:.1f}/{s['median']:.1f}/{s['max']:.1f} s")
             if part in r:
                 log(f"{args.browsers} browsers, {part}: all done {r[part]['all_done_s']:.1f} s; stuck {r[part]['stuck']}")
+            if "server_side_s" in r.get(part, {}):
+                side = r[part]["server_side_s"]
+                log(f"  on the server's disk, from the zips picked: photos saved min/median/max "
+                    f"{side['photos_saved']['min']:.1f}/{side['photos_saved']['median']:.1f}/"
+                    f"{side['photos_saved']['max']:.1f} s; models saved {side['model_saved']['min']:.1f}/"
+                    f"{side['model_saved']['median']:.1f}/{side['model_saved']['max']:.1f} s")
         log(f"server peak RSS {r['server_peak_rss_mb']:.0f} MB; tracebacks {r['server_tracebacks']}")
     if args.sessions:
         r = out["simulated"] = simulate(args.sessions, args.images, abuser=args.abuser)

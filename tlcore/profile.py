@@ -7,14 +7,12 @@ import functools
 import json
 import logging
 import math
-import os
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -22,6 +20,7 @@ from .backbones import get_backbone_spec
 from .data import to_float
 from .errors import TLError
 from .runtime import frozen_forward, runtime_for
+from .storage import below_the_server, child_env
 from .train import (AUGMENT_DRAWS, FROZEN_BODY_MODES, TrainConfig, augment, fe_views, resolve_device,
                     score_repeats)
 
@@ -150,12 +149,13 @@ def _time_backbone(backbone: str, batch: int, repeats: int, elsewhere: bool) -> 
     """One timing (in a child process when ``elsewhere``); ``_measured`` keeps the first per process."""
     if not elsewhere:
         return _measure_speed(backbone, batch, repeats)
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    env = child_env()
     try:
-        done = subprocess.run([sys.executable, "-m", "tlcore", "speed", backbone, "--batch", str(batch),
-                               "--repeats", str(repeats)], capture_output=True, text=True, env=env, timeout=600,
-                              check=True)
+        # below the server, as the workers: a timing at the class's arrival held the pages of six uploading students
+        # (8 s of both cores at the web server's priority); ``refine_speed_when_quiet`` keeps the fastest timing
+        done = subprocess.run(below_the_server([sys.executable, "-m", "tlcore", "speed", backbone, "--batch", str(batch),
+                                                "--repeats", str(repeats)]), capture_output=True, text=True, env=env,
+                              timeout=600, check=True)
         fields = json.loads(done.stdout.strip().splitlines()[-1])
         return SpeedProfile(**{**fields, "stage_share": tuple(fields["stage_share"])})
     except (subprocess.SubprocessError, OSError, ValueError, KeyError, IndexError, TypeError) as e:

@@ -36,7 +36,7 @@ from .analysis_jobs import stop_analyses
 from .limits import LimitError, Limits, folder_mb
 from .jobs import SERVER_GONE, Job, JobSpec, short_run
 from .runner import get_runner
-from .storage import atomic_write
+from .storage import atomic_write, atomic_write_all
 from .run_views import RunViews, describe
 from .train import FROZEN_BODY_MODES, RunFinished, RunResult, RunState, TrainConfig, run_split
 
@@ -287,11 +287,8 @@ class Project:
             images = self.images
             items, classes, rejected = list(images.items), images.classes, list(images.rejected[-200:])
             (folder / "images").mkdir(parents=True, exist_ok=True)
-            for item in items:
-                path = folder / "images" / f"{item.digest}.png"
-                if not path.exists():
-                    image = tensor_to_image(item.pixels)
-                    atomic_write(path, lambda p: image.save(p, "PNG", compress_level=1))
+            atomic_write_all([(path, lambda p, item=item: tensor_to_image(item.pixels).save(p, "PNG", compress_level=1))
+                              for item in items if not (path := folder / "images" / f"{item.digest}.png").exists()])
             manifest = {
                 "format": "tls-project/1", "name": self.name, "saved": time.time(),
                 "key": self.key, "view_key": self.view_key,

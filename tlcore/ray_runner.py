@@ -33,6 +33,7 @@ import ray
 
 from .errors import TLError
 from .jobs import Job, JobTracker, JobSpec, estimate_seconds, queue_position, run_job
+from .storage import child_env
 from .train import Event, RunFinished
 
 log = logging.getLogger(__name__)
@@ -103,8 +104,7 @@ class RayRunner:
         self.fan_out = address != "local" if fan_out is None else fan_out
         if not ray.is_initialized():
             if address == "local":
-                code = str(Path(__file__).resolve().parent.parent)  # workers import tlcore from here
-                path = os.pathsep.join(p for p in (code, os.environ.get("PYTHONPATH", "")) if p)
+                path = child_env()["PYTHONPATH"]  # workers import this tlcore
                 ray.init(num_cpus=int(os.environ.get("TLS_RAY_CPUS", os.cpu_count() or 2)), include_dashboard=False,
                          _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False,
                          runtime_env={"env_vars": {"PYTHONPATH": path}})

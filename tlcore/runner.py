@@ -27,21 +27,19 @@ import itertools
 import logging
 import math
 import os
-import shutil
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, Pipe, wait
-from pathlib import Path
 
 from .errors import TLError
 from .jobs import Job, JobTracker, JobSpec, Runner, estimate_seconds, queue_position, receive, send
+from .storage import below_the_server, child_env
 from .train import RunFinished
 
 log = logging.getLogger(__name__)
-NICENESS = 10  # workers run below the web server's priority from their first instruction (Unix ``nice``)
 #: t threads run a job about t ** THREAD_SCALING times as fast as one (measured: see ``share_rate``).
 THREAD_SCALING = 0.8
 MAX_CRASHES = 3  # deaths in a row before a worker slot is given up (it cannot even start)
@@ -89,14 +87,12 @@ class LocalRunner:
     def _spawn(self, i: int) -> None:
         """Start worker ``i`` (``python -m tlcore.worker``) on one end of a fresh connection."""
         ours, theirs = Pipe()
-        code = str(Path(__file__).resolve().parent.parent)  # the worker imports this tlcore
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (code, os.environ.get("PYTHONPATH")) if p))
+        env = child_env()  # the worker imports this tlcore
         # training yields the cores to the web server (pages and a teacher's clicks stay quick however
         # busy), from the worker's start: importing torch takes seconds of both cores too
-        nice = [nice, "-n", str(NICENESS)] if (nice := shutil.which("nice")) else []
         self._procs[i] = subprocess.Popen(
-            [*nice, sys.executable, "-m", "tlcore.worker", str(theirs.fileno()), str(self.threads),
-             str(self.max_threads)], pass_fds=(theirs.fileno(),), env=env)
+            below_the_server([sys.executable, "-m", "tlcore.worker", str(theirs.fileno()), str(self.threads),
+                              str(self.max_threads)]), pass_fds=(theirs.fileno(),), env=env)
         theirs.close()
         self._conns[i] = ours
         self._ready.discard(i)

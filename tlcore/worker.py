@@ -58,16 +58,21 @@ class _Inbox:
 
 
 def _warm_up(threads: int, max_threads: int) -> None:
-    """The default backbone's pretrained body and its runtime, so a first run starts at once."""
+    """The default backbone's pretrained body and its runtime, so a first run starts at once; and the sentence model
+    that reads class names (``zeroshot.suggest_mapping``), which every upload's data check uses: loaded by a
+    worker's first check, it held a class's six first checks and runs for 16 s (importing transformers, 250 MB that
+    each worker then holds anyway)."""
     import torch
 
     from .backbones import DEFAULT_BACKBONE, get_backbone_spec
     from .runtime import frozen_forward
+    from .zeroshot import suggest_mapping
 
     size = get_backbone_spec(DEFAULT_BACKBONE).preprocess.input_size
     for n in sorted({max_threads, threads}):  # the runtime compiles once per thread count
         torch.set_num_threads(n)
         frozen_forward(DEFAULT_BACKBONE, torch.zeros((1, 3, size, size), dtype=torch.uint8))
+    suggest_mapping(["cat"])
 
 
 def serve(conn: Connection, threads: int, max_threads: int) -> None:

@@ -182,6 +182,22 @@ def test_saving_is_atomic(tiny_set, monkeypatch):
     assert json.loads(good)["classes"] == ["class0", "class1", "class2"]
 
 
+def test_files_written_together_appear_all_or_none(tmp_path):
+    """A save's images: written next to their paths, flushed to disk once, then renamed; a failed one leaves none
+    of them, and no temporary file."""
+    from tlcore.storage import atomic_write_all
+
+    def failing(_tmp: str) -> None:
+        raise OSError("disk full")
+
+    atomic_write_all([(tmp_path / "a.png", lambda t: Path(t).write_bytes(b"a")),
+                      (tmp_path / "sub" / "b.png", lambda t: Path(t).write_bytes(b"b"))])
+    assert (tmp_path / "a.png").read_bytes() == b"a" and (tmp_path / "sub" / "b.png").read_bytes() == b"b"
+    with pytest.raises(OSError):
+        atomic_write_all([(tmp_path / "c.png", lambda t: Path(t).write_bytes(b"c")), (tmp_path / "d.png", failing)])
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.png", "b.png", "sub"]
+
+
 def test_project_names_are_checked():
     for bad in ("   ", "../etc", "a/b", ".hidden", "x" * 80):
         with pytest.raises(tlcore.TLError):
@@ -275,20 +291,17 @@ def test_a_save_while_the_images_are_replaced_names_only_images_it_wrote(tiny_se
 
     p = Project.create()
     p.images = tiny_set.snapshot()
-    real = proj_mod.atomic_write
-    swapped = []
+    real = proj_mod.atomic_write_all
 
-    def page_edits_meanwhile(path, write):  # another thread (a page) loads a sample mid-save
-        real(path, write)
-        if not swapped and path.suffix == ".png":
-            swapped.append(1)
-            other = tlcore.ImageSet()
-            other.add([(f"new{k}.png", png_bytes((k * 40, 90, 200), seed=500 + k), "other") for k in range(3)])
-            p.images = other
+    def page_edits_meanwhile(files):  # another thread (a page) loads a sample while the images are written
+        real(files)
+        other = tlcore.ImageSet()
+        other.add([(f"new{k}.png", png_bytes((k * 40, 90, 200), seed=500 + k), "other") for k in range(3)])
+        p.images = other
 
-    monkeypatch.setattr(proj_mod, "atomic_write", page_edits_meanwhile)
+    monkeypatch.setattr(proj_mod, "atomic_write_all", page_edits_meanwhile)
     p.save()
-    monkeypatch.setattr(proj_mod, "atomic_write", real)
+    monkeypatch.setattr(proj_mod, "atomic_write_all", real)
     manifest = json.loads((p.folder / "project.json").read_text())
     assert all((p.folder / "images" / f"{i['digest']}.png").exists() for i in manifest["images"])
     p.save()  # the page's own save: the new images are written and the old ones cleaned up
