@@ -58,21 +58,29 @@ class _Inbox:
 
 
 def _warm_up(threads: int, max_threads: int) -> None:
-    """The default backbone's pretrained body and its runtime, so a first run starts at once; and the sentence model
-    that reads class names (``zeroshot.suggest_mapping``), which every upload's data check uses: loaded by a
-    worker's first check, it held a class's six first checks and runs for 16 s (importing transformers, 250 MB that
-    each worker then holds anyway)."""
+    """The default backbone's pretrained body and its runtime, so a first run starts at once."""
     import torch
 
     from .backbones import DEFAULT_BACKBONE, get_backbone_spec
     from .runtime import frozen_forward
-    from .zeroshot import suggest_mapping
 
     size = get_backbone_spec(DEFAULT_BACKBONE).preprocess.input_size
     for n in sorted({max_threads, threads}):  # the runtime compiles once per thread count
         torch.set_num_threads(n)
         frozen_forward(DEFAULT_BACKBONE, torch.zeros((1, 3, size, size), dtype=torch.uint8))
-    suggest_mapping(["cat"])
+
+
+def _warm_up_while_idle() -> None:
+    """The sentence model that reads class names (``zeroshot.suggest_mapping``), which every upload's data check
+    uses, loaded once the worker is ready and has nothing to do: a worker's first check loaded it under the class's
+    load and held the class's first checks and runs for 16 s (importing transformers; 250 MB each worker then
+    holds anyway). Not in ``_warm_up``: a class arriving as the server starts waited 6 s longer for it there."""
+    from .zeroshot import suggest_mapping
+
+    try:
+        suggest_mapping(["cat"])
+    except Exception as e:  # noqa: BLE001  an optimisation: a check loads it itself
+        log.warning("worker could not load the sentence model: %s", e)
 
 
 def serve(conn: Connection, threads: int, max_threads: int) -> None:
@@ -106,6 +114,8 @@ def serve(conn: Connection, threads: int, max_threads: int) -> None:
         log.warning("worker could not warm up: %s", e)
     torch.set_num_threads(threads)
     tell(("ready", os.getpid()))
+    if inbox.jobs.empty():
+        _warm_up_while_idle()
     while (message := inbox.jobs.get()) is not None and not inbox.gone:
         _, job_id, spec = message
 
