@@ -112,7 +112,7 @@ def panel(proj: tlcore.Project) -> None:
         item = by_digest[f.digest]
         with st.container(border=True):
             pic, twin, text = st.columns([1, 1, 5], vertical_alignment="center")
-            pic.image(thumbnail(item, 96), width=96, alt=f"class {f.given}: {item.name}")
+            pic.image(thumbnail(item, 96), width=96, alt=f"to check: class {f.given}: {item.name}")
             if f.other in by_digest:
                 twin.image(thumbnail(by_digest[f.other], 96), width=96, caption="the other copy",
                            alt=f"the other copy: class {by_digest[f.other].label}: {by_digest[f.other].name}")

@@ -107,10 +107,11 @@ class LocalRunner:
             for conn in self._conns:
                 self._send(conn, None)
             self._wake_w.send(None)
+        deadline = time.monotonic() + 5  # one deadline for all: waited for one after another, two took 10 s
         for proc in self._procs:
             if proc is not None:
                 try:
-                    proc.wait(5)
+                    proc.wait(max(0.0, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     proc.kill()
 

@@ -37,6 +37,7 @@ class _Inbox:
         self.stop_id = 0  # the job the server asked to stop
         self.busy = 1  # how many workers train now (this one's thread share)
         self.gone = False  # the server's end closed
+        self.warming = True  # only loading what a later job would load (the server may end it at once)
         threading.Thread(target=self._read, name="tlcore-worker-inbox", daemon=True).start()
 
     def _read(self) -> None:
@@ -47,6 +48,8 @@ class _Inbox:
                 message = None
                 self.gone = True
             if message is None:
+                if self.warming:  # nothing to keep: end now, not once the warm-up is done
+                    os._exit(0)
                 self.jobs.put(None)
                 return
             if message[0] == "stop":
@@ -116,6 +119,7 @@ def serve(conn: Connection, threads: int, max_threads: int) -> None:
     tell(("ready", os.getpid()))
     if inbox.jobs.empty():
         _warm_up_while_idle()
+    inbox.warming = False
     while (message := inbox.jobs.get()) is not None and not inbox.gone:
         _, job_id, spec = message
 

@@ -121,12 +121,18 @@ def visit_every_page(page, url: str, problems: dict, violations: dict) -> None:
             raise AssertionError(f"the {title} page did not open; the page says:\n{main_text(page)}") from e
         if title == "Data":  # each thumbnail says its whole file name (cut to 12 letters, "digit_0_008.", before)
             settle(page)
-            names = page.evaluate("() => [...document.querySelectorAll('[data-testid=stImageContainer]')]"
-                                  ".filter(c => c.querySelector('img[alt^=\"class \"]'))"
-                                  ".map(c => [c.querySelector('img').alt, "
-                                  "(c.querySelector('[data-testid=stImageCaption]') || {innerText: ''})"
-                                  ".innerText.replaceAll('\\u200b', '')])")
-            assert names and all(alt.endswith(": " + caption) for alt, caption in names), names[:5]
+            names_js = ("() => [...document.querySelectorAll('[data-testid=stImageContainer]')]"
+                        ".filter(c => c.querySelector('img[alt^=\"class \"]'))"
+                        ".map(c => [c.querySelector('img').alt, "
+                        "(c.querySelector('[data-testid=stImageCaption]') || {innerText: ''})"
+                        ".innerText.replaceAll('\\u200b', '')])")
+            try:  # waited for: a rerun (the automatic data check's) redraws the thumbnails and their captions
+                page.wait_for_function(f"() => {{ const n = ({names_js})(); "
+                                       "return n.length > 0 && n.every(([alt, cap]) => alt.endsWith(': ' + cap)); }",
+                                       timeout=WAIT)
+            except Exception:
+                names = page.evaluate(names_js)
+                raise AssertionError([n for n in names if not n[0].endswith(": " + n[1])][:5] or "no thumbnails")
         if title == "Test":
             probe = max((ROOT / "assets" / "samples" / "digits" / "1").glob("*.png"))
             page.locator("[data-testid='stFileUploaderDropzoneInput']").first.set_input_files(str(probe))

@@ -63,6 +63,16 @@ def test_jobs_run_in_worker_processes_and_report_back(pool, tiny_set):
     assert saved.meta.status == "stopped" and saved.meta.best_epoch >= 1
 
 
+def test_idle_workers_end_at_once_when_the_server_stops():
+    """A server stopped just after start-up (a teacher's Ctrl+C, a restart): its workers, loading the sentence model
+    while idle, end when told, not killed after a wait (two waited for one after another held a restart 10 s)."""
+    runner = LocalRunner(workers=2, threads=1)
+    assert runner.wait_ready(120)
+    procs = list(runner._procs)
+    runner.shutdown()
+    assert [p.returncode for p in procs] == [0, 0]
+
+
 def test_short_jobs_never_wait_behind_long_ones_and_owners_take_turns(pool, tiny_set):
     long_cfg = dataclasses.replace(TINY, epochs=100_000)
     assert pool.wait_ready(120)  # alone (``-k``), the pool's workers are still warming up
