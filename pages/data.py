@@ -18,7 +18,8 @@ explain("Each **class** is one thing the model should tell apart (cat / dog, rip
         "learning from scratch would need thousands.")
 
 SAMPLES = {"digits": "Handwritten digits 0–4 (40 each, from scikit-learn; CC BY 4.0, UCI)",
-           "faces": "Faces vs. not faces (100 each, LFW subset via scikit-image)"}
+           "faces": "Faces vs. not faces (100 each, LFW subset via scikit-image)",
+           "ten digits": "Digits 0–9 (100 each, scikit-learn): big enough for the study of how many images you need"}
 
 
 def upload_gen() -> int:
@@ -65,7 +66,7 @@ def load_sample(name: str, where: str = "here") -> None:
     if where == "new":
         switch_project(None, create=True)
         target = project()
-    target.images = tlcore.load_folder(ASSETS / "samples" / name)
+    target.images = tlcore.sklearn_digits() if name == "ten digits" else tlcore.load_folder(ASSETS / "samples" / name)
     target.save()
     report(target.images.rejected, len(target.images))
 
@@ -115,7 +116,7 @@ with st.container(border=True):
     st.markdown("**Quick start: a sample dataset**")
     cols = st.columns(len(SAMPLES))
     for col, (name, title) in zip(cols, SAMPLES.items()):
-        col.button(f"Load {name}", key=f"data_sample_{name}", on_click=load_sample, args=(name, "ask"),
+        col.button(f"Load {name}", key=f"data_sample_{name.replace(' ', '_')}", on_click=load_sample, args=(name, "ask"),
                    help=title, icon=":material/dataset:")
         col.caption(title)
 

@@ -37,7 +37,7 @@ from .clean import Action, DataCheck, Finding, Review, check_backbone, check_dat
 from .compare import (COMPARE_EPOCHS, DEFAULT_SHOTS, STRATEGY_TITLES, available_shots, race_facts, shared_split,
                       shots_note, top1_finding)
 from .data import (IMAGE_SUFFIXES, ImageItem, ImageSet, Rejected, check_trainable, decode_image, load_data,
-                   load_folder, load_zip, stratified_split, thumbnail)
+                   load_folder, load_zip, sklearn_digits, stratified_split, thumbnail)
 from .errors import BadImageError, TLError, WeightsUnavailableError
 from .limits import LimitError, Limits, folder_mb
 from .measure import Paired, Score, accuracy_interval, paired
@@ -72,7 +72,7 @@ __all__ = [
     "stage_param_counts",
     # data
     "IMAGE_SUFFIXES", "ImageItem", "ImageSet", "Rejected", "check_trainable", "decode_image", "load_data",
-    "load_folder", "load_zip", "stratified_split", "thumbnail",
+    "load_folder", "load_zip", "sklearn_digits", "stratified_split", "thumbnail",
     # errors
     "BadImageError", "TLError", "WeightsUnavailableError",
     # what one student may use of a shared server

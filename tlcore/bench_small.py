@@ -26,7 +26,7 @@ from PIL import Image
 
 from .backbones import DEFAULT_BACKBONE, get_backbone_spec
 from .compare import COMPARE_EPOCHS, features_of
-from .data import ImageSet, load_folder
+from .data import ImageSet, load_folder, sklearn_digits
 from .evaluate import evaluate
 from .jobs import short_run
 from .measure import shot_draws
@@ -59,24 +59,6 @@ def photo_crops(per_class: int, classes: tuple[str, ...] = tuple(PHOTOS), seed: 
             buf = io.BytesIO()
             crop.save(buf, "JPEG", quality=90)
             files.append((f"{name}_{k:03d}.jpg", buf.getvalue(), name))
-    s = ImageSet()
-    s.add(files)
-    return s
-
-
-def sklearn_digits(per_class: int) -> ImageSet:
-    """scikit-learn's handwritten digits (8x8, upscaled to 64x64 PNG), ``per_class`` of each of 10."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    files, seen = [], {}
-    for img, label in zip(digits.images, digits.target):
-        if seen.get(label, 0) >= per_class:
-            continue
-        seen[label] = seen.get(label, 0) + 1
-        buf = io.BytesIO()
-        Image.fromarray((img * 16).clip(0, 255).astype(np.uint8)).resize((64, 64), Image.NEAREST).save(buf, "PNG")
-        files.append((f"d{label}_{seen[label]}.png", buf.getvalue(), str(label)))
     s = ImageSet()
     s.add(files)
     return s
