@@ -4,6 +4,8 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,17 @@ os.environ["TLCORE_INFERENCE_PRECISION"] = "f32"
 
 ROOT = Path(__file__).resolve().parent.parent
 COLORS = [(220, 40, 40), (40, 40, 220), (40, 200, 40)]
+
+
+def eventually(done: Callable[[], object], timeout: float = 60, what: str = "", every: float = 0.05) -> object:
+    """Wait until ``done()`` is true and return its value; fail, saying ``what`` was awaited, after ``timeout``
+    seconds. The one way tests wait: for a condition, never for a fixed time (they must pass on a busy machine)."""
+    deadline = time.monotonic() + timeout
+    while not (value := done()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout:g} s for {what or 'a condition'}")
+        time.sleep(every)
+    return value
 
 
 def png_bytes(color: tuple[int, int, int], size: int = 40, seed: int = 0, fmt: str = "PNG") -> bytes:

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import io
-import time
 import zipfile
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import COLORS, ROOT, class_files, png_bytes
+from tests.conftest import COLORS, ROOT, class_files, eventually, png_bytes
 
 PAGES = ["pages/backbone.py", "pages/data.py", "pages/freeze.py", "pages/train.py", "pages/evaluate.py",
          "pages/test.py", "pages/export.py", "pages/compare.py"]
@@ -35,14 +34,12 @@ def link_key(at: AppTest, param: str = "p") -> str:
 
 def wait_for(at: AppTest, done, timeout: float = 90) -> None:
     """AppTest does not drive run_every: poll with reruns, as the browser's fragment would."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    def ready() -> bool:
         at.run()
         assert not at.exception, at.exception
-        if done(at):
-            return
-        time.sleep(0.3)
-    raise AssertionError("timed out")
+        return done(at)
+
+    eventually(ready, timeout, "the page", every=0.3)
 
 
 def progress_text(at: AppTest) -> str:
@@ -293,9 +290,7 @@ def test_five_sessions_training_at_once_queue_for_the_shared_workers():
     runner = get_runner()
     long_lanes = runner.workers - 1 if runner.workers >= 2 else 1  # the last worker only takes short jobs
     apps = [with_sample(new_app(), "faces") for _ in range(5)]
-    deadline = time.time() + 120  # their Data pages' checks end first (worker jobs): five runs, nothing else
-    while not runner.idle() and time.time() < deadline:
-        time.sleep(0.1)
+    eventually(runner.idle, 120, "the Data pages' checks")  # they end first (worker jobs): five runs, nothing else
     for at in apps:
         at.switch_page("pages/freeze.py").run()
         at.toggle(key="freeze_scratch").set_value(True).run()
@@ -312,10 +307,7 @@ def test_five_sessions_training_at_once_queue_for_the_shared_workers():
         at.button(key="train_stop").click().run()
     for at in apps:
         wait_for(at, lambda a: "Stopped" in texts(a.warning) or "stopped" in texts(a.markdown), timeout=60)
-    deadline = time.time() + 10  # the workers report idle just after their last event
-    while not runner.idle() and time.time() < deadline:
-        time.sleep(0.05)
-    assert runner.idle()
+    eventually(runner.idle, 10, "idle workers")  # the workers report idle just after their last event
 
 
 def test_bad_input_corpus_through_the_data_page():
@@ -686,9 +678,7 @@ def test_step_ticks_mean_done_not_ready(tiny_set):
     assert status["pages/data.py"][0] and status["pages/train.py"][:2] == (False, True)
     assert status["pages/compare.py"][:2] == (False, True) and status["pages/evaluate.py"][:2] == (False, False)
     record = p.start_run(dataclasses.replace(TrainConfig(backbone="tiny-test", mode="feature-extraction"), epochs=2))
-    deadline = time.time() + 120
-    while record.live and time.time() < deadline:
-        time.sleep(0.1)
+    eventually(lambda: not record.live, 120, "the run to end")
     status = step_status(p, {"evaluate"})
     assert status["pages/train.py"][0] and status["pages/evaluate.py"][0]  # trained, and its page looked at
     assert status["pages/test.py"][:2] == (False, True) and not status["pages/compare.py"][0]  # no ladder yet

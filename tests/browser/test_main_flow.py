@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, eventually
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = ROOT / "test-output" / "screenshots"
@@ -50,17 +50,19 @@ def start_app(address: str = "127.0.0.1", **env_extra: str):
                                 stdout=log, stderr=subprocess.STDOUT)
     https = "STREAMLIT_SERVER_SSL_CERT_FILE" in env_extra
     url = f"{'https' if https else 'http'}://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
+    def healthy() -> bool:
         try:
             urllib.request.urlopen(url + "/_stcore/health", timeout=2,
                                    context=ssl._create_unverified_context() if https else None)
-            break
+            return True
         except OSError:
-            time.sleep(0.5)
-    else:
+            return False
+
+    try:
+        eventually(healthy, 90, "the server", every=0.5)
+    except AssertionError:
         proc.kill()
-        raise RuntimeError("streamlit did not start:\n" + server_log(Path(env["TLS_HOME"])))
+        raise RuntimeError("streamlit did not start:\n" + server_log(Path(env["TLS_HOME"]))) from None
     return proc, url, Path(env["TLS_HOME"])
 
 
@@ -247,13 +249,8 @@ def test_a_closed_tab_stops_its_training_and_keeps_the_work(browser):
         t_closed = time.time()
         pg.close()  # the tab goes away mid-training
         manifest = home / "projects" / project / "project.json"
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            runs = json.loads(manifest.read_text())["runs"]
-            if runs and runs[0]["status"] == "stopped":
-                break
-            time.sleep(0.5)
-        assert runs[0]["status"] == "stopped", runs
+        runs = eventually(lambda: [r for r in json.loads(manifest.read_text())["runs"] if r["status"] == "stopped"],
+                          60, "the closed tab's run to stop")
         print(f"job stopped {time.time() - t_closed:.1f} s after the tab closed")
         assert (home / "projects" / project / "runs" / runs[0]["id"] / "model.safetensors").exists()
     finally:

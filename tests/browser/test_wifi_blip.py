@@ -12,6 +12,7 @@ import time
 
 from tests.browser.test_main_flow import (browser, folder_of, pytestmark, start_app, start_long_training,  # noqa: F401
                                           stop_app)
+from tests.conftest import eventually
 
 
 class Proxy:
@@ -94,14 +95,13 @@ def test_a_wifi_blip_mid_training_costs_nothing(browser):  # noqa: F811
         before = _epoch(pg.inner_text("[data-testid='stMain']"))
         proxy.cut(outage)  # longer than the sweep interval: the session is not alive for several sweeps
         time.sleep(outage)
-        deadline = time.time() + 120  # the page reconnects by itself (within 2 min on a saturated machine): nobody clicks
-        while time.time() < deadline and _epoch(pg.inner_text("[data-testid='stMain']")) <= before:
-            time.sleep(1)
-        text = pg.inner_text("[data-testid='stMain']")
-        after = _epoch(text)
-        if after <= before:
+        try:  # the page reconnects by itself (within 2 min on a saturated machine): nobody clicks
+            eventually(lambda: _epoch(pg.inner_text("[data-testid='stMain']")) > before, 120,
+                       "the page to show the run going on after the connection came back", every=1)
+        except AssertionError as e:
             pg.screenshot(path=os.path.join(os.environ.get("TMPDIR", "/tmp"), "wifi_blip_failure.png"))
-        assert after > before, f"the page did not show the run going on after the connection came back: {text[:600]!r}"
+            raise AssertionError(f"{e}: {pg.inner_text('[data-testid=stMain]')[:600]!r}") from None
+        after = _epoch(pg.inner_text("[data-testid='stMain']"))
         time.sleep(grace + 5)  # past the grace period after the blip: a non-holder's run would be stopped now
         runs = json.loads(manifest.read_text())["runs"]
         assert runs[0]["status"] in ("queued", "running", "completed"), runs[0]  # never stopped nor failed

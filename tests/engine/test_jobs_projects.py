@@ -18,7 +18,7 @@ from tlcore.run_views import validation_report
 from tlcore.jobs import JobSpec
 from tlcore.runner import LocalRunner
 from tlcore.train import TrainConfig
-from tests.conftest import png_bytes
+from tests.conftest import eventually, png_bytes
 
 TINY = TrainConfig(backbone="tiny-test", mode="fine-tune", epochs=3, batch_size=8)
 
@@ -45,10 +45,9 @@ def pool():
 
 
 def test_jobs_run_in_worker_processes_and_report_back(pool, tiny_set):
+    assert pool.wait_ready(120)  # the pool's workers warm up first (below the server: slowly on a busy machine)
     job = pool.submit(spec(tiny_set, dataclasses.replace(TINY, epochs=200)))
-    deadline = time.time() + 60
-    while not job.snapshot().epochs and time.time() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: job.snapshot().epochs, what="a first epoch")
     snap = job.snapshot()
     assert snap.state == "running" and snap.batch_losses and snap.version > 0
     assert os.getpid() not in pool.worker_pids() and len(pool.worker_pids()) == 2
@@ -77,7 +76,7 @@ def test_short_jobs_never_wait_behind_long_ones_and_owners_take_turns(pool, tiny
     long_cfg = dataclasses.replace(TINY, epochs=100_000)
     assert pool.wait_ready(120)  # alone (``-k``), the pool's workers are still warming up
     hogs = [pool.submit(spec(tiny_set, long_cfg, owner="teacher", name=f"hog{i}")) for i in range(3)]
-    time.sleep(0.5)
+    eventually(lambda: hogs[0].snapshot().state == "running", what="the first long job to start")
     assert [h.snapshot().state for h in hogs] == ["running", "queued", "queued"]  # the express lane stays free
     short = [pool.submit(spec(tiny_set, TrainConfig(backbone="tiny-test", epochs=2), owner=f"s{i}")) for i in range(4)]
     wait_all(short, 60)
@@ -96,9 +95,7 @@ def test_short_jobs_never_wait_behind_long_ones_and_owners_take_turns(pool, tiny
 
 def test_a_dead_worker_fails_its_run_plainly_and_is_replaced(pool, tiny_set):
     job = pool.submit(spec(tiny_set, dataclasses.replace(TINY, epochs=100_000)))
-    deadline = time.time() + 60
-    while not job.snapshot().epochs and time.time() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: job.snapshot().epochs, what="a first epoch")
     pid = next(p for p in pool.worker_pids() if p in _busy_pids(pool))
     os.kill(pid, signal.SIGKILL)  # what the kernel does when memory runs out
     assert job.join(10)
@@ -129,10 +126,7 @@ def test_two_seeded_runs_at_once_give_what_each_gives_alone(pool, tiny_set):
 
 
 def _wait(record, timeout=60):
-    deadline = time.time() + timeout
-    while record.live and time.time() < deadline:
-        time.sleep(0.05)
-    assert not record.live
+    eventually(lambda: not record.live, timeout, "the run to end")
 
 
 def test_project_round_trip(tiny_set):
@@ -160,9 +154,7 @@ def test_interrupted_run_keeps_its_best_epoch(tiny_set):
     p.images = tiny_set.snapshot()
     p.save()
     record = p.start_run(dataclasses.replace(TINY, epochs=500))
-    deadline = time.time() + 30
-    while len(record.job.snapshot().epochs) < 2 and time.time() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: len(record.job.snapshot().epochs) >= 2, what="two epochs")
     q = Project.open(p.name)  # what a restarted server sees while the run is still going
     record.job.stop()
     _wait(record)
@@ -257,9 +249,7 @@ def test_registry_shares_live_projects_and_releases_abandoned_ones(tiny_set):
     a.images = tiny_set.snapshot()
     a.save()
     record = a.start_run(dataclasses.replace(TINY, epochs=10_000))
-    deadline = time.time() + 30
-    while not record.job.snapshot().epochs and time.time() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: record.job.snapshot().epochs, what="a first epoch")
     empty = reg.create("session-c")
     alive = {"session-a", "session-b", "session-c"}
     assert reg.sweep(alive.__contains__, grace_s=0) == []
@@ -351,9 +341,7 @@ def test_a_run_the_teacher_stopped_says_so(pool, tiny_set):
     user" (issue 21), queued or training."""
     running = pool.submit(spec(tiny_set, dataclasses.replace(TINY, epochs=200)))
     waiting = pool.submit(spec(tiny_set, TINY, name="second"), after=running)  # queued behind the first
-    deadline = time.time() + 60
-    while not running.snapshot().epochs and time.time() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: running.snapshot().epochs, what="a first epoch")
     waiting.stop("by the teacher")
     running.stop("by the teacher")
     wait_all([running, waiting], timeout=30)
@@ -375,9 +363,7 @@ def test_a_run_whose_worker_died_says_so_and_that_its_best_epoch_is_kept(tiny_se
     p = Project.create()
     p.images = tiny_set.snapshot()
     record = p.start_run(dataclasses.replace(TINY, epochs=100_000))
-    deadline = time.time() + 60
-    while not record.job.snapshot().epochs and time.time() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: record.job.snapshot().epochs, what="a first epoch")
     runner = tlcore.get_runner()
     pid = next(proc.pid for proc, job in zip(runner._procs, runner._busy) if job is not None and job.id == record.job.id)
     os.kill(pid, signal.SIGKILL)
@@ -386,9 +372,7 @@ def test_a_run_whose_worker_died_says_so_and_that_its_best_epoch_is_kept(tiny_se
         assert record.status == "failed" and "out of memory" in record.reason
         assert record.reason.endswith("Its best epoch before that is kept."), record.reason
         assert p.finished_runs() == [record] and p.active_runs() == []
-    deadline = time.time() + 10
-    while not any("saver" in name for name in saved_on) and time.time() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: any("saver" in name for name in saved_on), 10, "the run's save")
     assert "tlcore-runner-supervisor" not in saved_on and any("saver" in name for name in saved_on), saved_on
     [again] = Project.open(p.name).runs  # reopened: the reason as saved
     assert again.status == "failed" and again.reason == record.reason
@@ -574,9 +558,7 @@ def test_a_page_estimate_never_waits_for_a_backbone_to_be_timed(tiny_set):
     profile._started.discard("tiny-test")
     with pytest.raises(tlcore.SpeedUnknown):
         p.comparison_seconds(["feature-extraction", "scratch"], wait=False)
-    deadline = time.time() + 120
-    while "tiny-test" not in profile._known and time.time() < deadline:  # timed off this thread
-        time.sleep(0.1)
+    eventually(lambda: "tiny-test" in profile._known, 120, "the backbone's timing")  # timed off this thread
     assert p.comparison_seconds(["feature-extraction", "scratch"], wait=False) > 0
 
 

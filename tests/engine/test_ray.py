@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from tlcore import ImageSet, TrainConfig, run_to_end, stratified_split
 from tlcore.checkpoint import lazy_result
 from tlcore.jobs import TIME_LIMIT_BY, JobSpec
 from tests.app.conftest import no_legacy_pages_mode  # noqa: F401  (the AppTest below needs it)
-from tests.conftest import ROOT, class_files
+from tests.conftest import ROOT, class_files, eventually
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -r requirements-cluster.txt)")
 
@@ -62,9 +61,7 @@ def test_a_ray_run_matches_the_local_run_on_the_same_seed(runner, tmp_path):
 
 def test_stop_ends_a_ray_run_within_a_batch_keeping_its_best_epoch(runner, tmp_path):
     job = runner.submit(spec(tmp_path, TrainConfig(backbone="tiny-test", epochs=5000, mode="fine-tune")))
-    deadline = time.time() + 60
-    while not job.snapshot().epochs and time.time() < deadline:
-        time.sleep(0.1)
+    eventually(lambda: job.snapshot().epochs, what="a first epoch")
     ends, planned = runner.forecast([("other", False, 5.0), ("other", False, 7.0)])  # the Compare page's estimate
     assert job.id in ends and planned[1] - planned[0] == 7.0 and planned[0] >= 5.0
     job.stop()
@@ -86,9 +83,7 @@ def test_a_ray_run_keeps_the_servers_time_limit(runner, tmp_path):
 
 def test_a_killed_ray_worker_fails_the_run_and_keeps_the_best_epoch(runner, tmp_path):
     job = runner.submit(spec(tmp_path, TrainConfig(backbone="tiny-test", epochs=5000, mode="fine-tune")))
-    deadline = time.time() + 60
-    while not (tmp_path / "run" / "model.safetensors").exists() and time.time() < deadline:
-        time.sleep(0.1)  # a best epoch has been copied to the server
+    eventually((tmp_path / "run" / "model.safetensors").exists, what="a best epoch copied to the server")
     os.kill(runner.worker_pid(job), signal.SIGKILL)
     assert job.join(90), "the page would hang"
     snap = job.snapshot()
