@@ -241,7 +241,7 @@ def wait_until_warm(url: str, pid: int, timeout: float = 300) -> float:
     urllib.request.urlopen(url + "/_stcore/health", timeout=30)
     from playwright.sync_api import sync_playwright
 
-    from tests.browser.test_main_flow import CHROMIUM
+    from tests.browser.studio import CHROMIUM
 
     t0 = time.time()
     with sync_playwright() as pw:
@@ -267,7 +267,7 @@ def browsers(n: int, images: int, timeout: float = 360, finetune: bool = True, b
 
     from playwright.sync_api import sync_playwright
 
-    from tests.browser.test_main_flow import CHROMIUM, start_app
+    from tests.browser.studio import CHROMIUM, start_app
 
     proc, url, home = start_app(TLS_TEST_BACKBONES="")  # its output goes to home / "server.log"
     zips = []
@@ -337,7 +337,7 @@ def watch_cost(tabs: int = 3, window: float = 20.0) -> dict:
     run's throughput in both cases; then the server's CPU once the run has ended with the tabs still open."""
     from playwright.sync_api import sync_playwright
 
-    from tests.browser.test_main_flow import CHROMIUM, start_app
+    from tests.browser.studio import CHROMIUM, start_app
 
     proc, url, home = start_app(TLS_TEST_BACKBONES="")
     out: dict = {"tabs": tabs, "window_s": window}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tests.browser.fake_camera import make_clip
 from tests.browser.test_live_camera import FLAGS, component, trained_digits
-from tests.browser.test_main_flow import CHROMIUM, start_app, stop_app
+from tests.browser.studio import CHROMIUM, start_app, stop_app
 from tests.conftest import ROOT
 
 

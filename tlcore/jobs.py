@@ -204,7 +204,7 @@ class JobTracker:
         if isinstance(event, RunFinished) and event.stop is not None and event.stop.by == BY_THE_USER:
             event = event.stopped_by(self.stopped_by)  # who pressed Stop: the runner was told (a server limit says so)
         if (isinstance(event, RunFinished) and event.status == "failed" and self.spec.task == "train"
-                and (self.spec.folder / WEIGHTS).exists() and "kept" not in event.reason):
+                and (self.spec.folder / WEIGHTS).exists()):  # every failure's words say so here, once
             event = dataclasses.replace(event, reason=f"{event.reason} Its best epoch before that is kept.")
         if isinstance(event, RunFinished) and self._on_finish is not None:
             try:

@@ -250,15 +250,13 @@ class RayRunner:
             self._end(live, e)
 
     def _end(self, live: _Live, why: RunFinished | Exception | None) -> None:
-        """The job is over: record how (a lost actor fails the run, its best epoch kept) and free its actor."""
+        """The job is over: record how (a lost actor fails the run) and free its actor."""
         job = live.job
         self._forget(job)
-        if isinstance(why, Exception):
-            kept = (job.spec.folder / "model.safetensors").exists()
+        if isinstance(why, Exception):  # ``JobTracker.record`` adds that its best epoch is kept, if one is
             text = f"{type(why).__name__}: {str(why).splitlines()[0] if str(why) else ''}".strip(": ")
             log.warning("Ray job %s lost: %s", job.name, text)
-            why = RunFinished("failed", f"The Ray worker training this run was lost ({text[:200]}); "
-                              + ("its best epoch so far is kept." if kept else "no epoch had finished."))
+            why = RunFinished("failed", f"The Ray worker training this run was lost ({text[:200]}).")
         if why is not None and job.alive:
             job.record(why)
         try:

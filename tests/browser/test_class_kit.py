@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.test_main_flow import (CHROMIUM, SHOTS, browser, pytestmark, shot, start_app,  # noqa: F401
-                                          stop_app)
+from tests.browser.studio import SHOTS, shot, start_app, stop_app
 from tests.engine.test_challenge import hidden_zip
 
 STUDENTS = ("Ada", "Bea", "Chen")

@@ -3,7 +3,7 @@ draws them under Streamlit's theme (issue 21: validation was red in Loss and lig
 training, light blue was "train" in Loss, and the colours swapped when the run ended)."""
 from __future__ import annotations
 
-from tests.browser.test_main_flow import SHOTS, browser, pytestmark, start_app, start_long_training, stop_app  # noqa: F401
+from tests.browser.studio import SHOTS, start_app, start_long_training, stop_app
 
 # each chart's title and its drawn lines (name -> colour), as plotly.js resolved them
 DRAWN = """() => Object.fromEntries([...document.querySelectorAll('.js-plotly-plot')].map(gd => [
@@ -18,7 +18,7 @@ def _curves(pg) -> dict:
             for title, lines in charts.items() if title in ("Loss", "Accuracy per epoch")}
 
 
-def test_train_and_validation_keep_their_colours_live_and_finished(browser):  # noqa: F811
+def test_train_and_validation_keep_their_colours_live_and_finished(browser):
     proc, url, _ = start_app()
     try:
         pg = browser.new_page(viewport={"width": 1400, "height": 1000})

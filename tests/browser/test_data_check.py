@@ -8,7 +8,7 @@ import zipfile
 
 from PIL import Image
 
-from tests.browser.test_main_flow import app_url, browser, page, shot  # noqa: F401  (fixtures)
+from tests.browser.studio import shot
 from tests.conftest import ROOT
 
 DIGITS = ROOT / "assets" / "samples" / "digits"
@@ -27,7 +27,7 @@ def _zip(path) -> None:
         zf.writestr("digits/1/bigger.png", buf.getvalue())  # a zero, resized, among the ones
 
 
-def test_the_review_panel_in_a_real_browser(app_url, page, tmp_path):  # noqa: F811
+def test_the_review_panel_in_a_real_browser(app_url, page, tmp_path):
     _zip(tmp_path / "digits.zip")
     page.goto(f"{app_url}/data")
     page.get_by_role("heading", name="2 · Your data").wait_for()
@@ -48,7 +48,7 @@ def test_the_review_panel_in_a_real_browser(app_url, page, tmp_path):  # noqa: F
     page.get_by_role("heading", name="0 · 16 images").wait_for()
 
 
-def test_a_file_that_is_not_a_picture_is_named_not_dropped(app_url, page, tmp_path):  # noqa: F811
+def test_a_file_that_is_not_a_picture_is_named_not_dropped(app_url, page, tmp_path):
     """Issue 38: a .txt picked in a class's uploader was dropped by the browser without a word. Every file
     reaches the app's own checks, which keep the pictures and say which file was not one and why."""
     (tmp_path / "notes.txt").write_text("not a picture")

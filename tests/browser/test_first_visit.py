@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.browser.test_main_flow import CHROMIUM, browser, pytestmark, shot, start_app, stop_app  # noqa: F401
+from tests.browser.studio import shot, start_app, stop_app
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from tests.browser.test_main_flow import CHROMIUM, SHOTS, main_text, pytestmark, start_app, stop_app  # noqa: F401
+from tests.browser.studio import CHROMIUM, SHOTS, main_text, start_app, stop_app
 from tests.conftest import ROOT
 
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

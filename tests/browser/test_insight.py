@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser.test_main_flow import app_url, browser, shot  # noqa: F401  (fixtures)
+from tests.browser.studio import shot
 
 
 @pytest.fixture(scope="module")
-def page(browser):  # noqa: F811
+def page(browser):
     pg = browser.new_page(viewport={"width": 1400, "height": 1000})
     pg.set_default_timeout(60_000)
     yield pg
     pg.close()
 
 
-def test_backbone_scores_and_stage_probe_show_when_their_jobs_end(app_url, page):  # noqa: F811
+def test_backbone_scores_and_stage_probe_show_when_their_jobs_end(app_url, page):
     page.goto(app_url)
     page.get_by_role("heading", name="1 · Choose a backbone").wait_for()
     page.get_by_role("link", name="Data").first.click()

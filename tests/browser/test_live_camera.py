@@ -15,7 +15,7 @@ import time
 import pytest
 
 from tests.browser.fake_camera import make_clip
-from tests.browser.test_main_flow import CHROMIUM, pytestmark, shot, start_app, stop_app  # noqa: F401
+from tests.browser.studio import CHROMIUM, shot, start_app, stop_app
 
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
          "--no-first-run", "--disable-sync", "--disable-quic"]

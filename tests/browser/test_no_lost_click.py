@@ -17,8 +17,7 @@ import time
 
 import pytest
 
-from tests.browser.test_main_flow import (CHROMIUM, main_text, pytestmark, server_log, shot,  # noqa: F401
-                                         start_app, start_long_training, stop_app)
+from tests.browser.studio import CHROMIUM, main_text, server_log, shot, start_app, start_long_training, stop_app
 
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
          "--no-first-run", "--disable-sync", "--disable-quic"]

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.browser.test_main_flow import CHROMIUM, SHOTS, pytestmark  # noqa: F401
+from tests.browser.studio import CHROMIUM, SHOTS
 from tests.conftest import ROOT
 
 NAMES = {"0": "zero (nought)", "1": "one", "2": "two", "3": "three", "4": "four"}  # long names must not be cut

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tests.browser.test_main_flow import CHROMIUM, SHOTS, pytestmark, shot, start_app, stop_app  # noqa: F401
+from tests.browser.studio import CHROMIUM, SHOTS, shot, start_app, stop_app
 from tests.engine.test_challenge import hidden_zip
 
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
-from tests.browser.test_main_flow import CHROMIUM, SHOTS, pytestmark  # noqa: F401
+from tests.browser.studio import CHROMIUM, SHOTS
 from tests.conftest import ROOT
 
 DATA = ROOT / "assets" / "samples" / "faces"
@@ -277,7 +277,7 @@ def test_the_app_serves_the_page_to_phones(run, tmp_path):
     import urllib.request
 
     import tlcore
-    from tests.browser.test_main_flow import start_app, stop_app
+    from tests.browser.studio import start_app, stop_app
     from tlcore.report import open_run_folder
 
     web = tlcore.export_web(*open_run_folder(run, DATA), tmp_path / "web")

@@ -10,8 +10,7 @@ import socket
 import threading
 import time
 
-from tests.browser.test_main_flow import (browser, folder_of, pytestmark, start_app, start_long_training,  # noqa: F401
-                                          stop_app)
+from tests.browser.studio import folder_of, start_app, start_long_training, stop_app
 from tests.conftest import eventually
 
 
@@ -79,7 +78,7 @@ def _epoch(text: str) -> int:
     return int(found[-1]) if found else 0
 
 
-def test_a_wifi_blip_mid_training_costs_nothing(browser):  # noqa: F811
+def test_a_wifi_blip_mid_training_costs_nothing(browser):
     # 8 s in the suite; TLS_TEST_OUTAGE_S=60 measures a minute's outage once (a grace period longer than it,
     # as the default 300 s is).
     outage = float(os.environ.get("TLS_TEST_OUTAGE_S", 8))
