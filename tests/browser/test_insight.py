@@ -3,17 +3,7 @@ fragments, and a click there reruns only the fragment: the page must start polli
 "waiting for a free worker…" stayed on screen with the result on disk)."""
 from __future__ import annotations
 
-import pytest
-
 from tests.browser.studio import shot
-
-
-@pytest.fixture(scope="module")
-def page(browser):
-    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-    pg.set_default_timeout(60_000)
-    yield pg
-    pg.close()
 
 
 def test_backbone_scores_and_stage_probe_show_when_their_jobs_end(app_url, page):
