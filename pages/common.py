@@ -34,7 +34,7 @@ class Session:
     page: str = ""  # the url path of the page being shown
     teacher_key: str | None = None  # the teacher's key, once the password was typed (Teacher page)
     notes: dict[str, str] = field(default_factory=dict)  # one-shot messages a callback leaves for the next run
-    groups: dict[str, str] = field(default_factory=dict)  # Compare: "ladder", "study", "race" -> the group started here
+    groups: dict[tlcore.ComparisonKind, str] = field(default_factory=dict)  # Compare: the group started here, by kind
     challenge_marks: dict[str, Any] = field(default_factory=dict)  # Compare: runs scored on the challenge set
     measured: set[str] = field(default_factory=set)  # Backbone: backbones whose speed this session asked for
     upload_gen: int = 0  # Data: bumped after each upload, for a fresh, empty uploader
@@ -324,7 +324,7 @@ def step_status(proj: Project, visited: set[str] = frozenset()) -> dict[str, tup
     counts = proj.images.counts()
     has_data = sum(n > 0 for n in counts.values()) >= 2
     has_run = bool(proj.finished_runs())
-    compared = any(r.group.startswith("compare-") for r in proj.finished_runs())
+    compared = any(r.kind == "ladder" for r in proj.finished_runs())
     need_data = "add images to at least two classes on the Data page"
     need_run = "train a model on the Train page"
     return {

@@ -116,8 +116,7 @@ start_button("Run comparison", "compare_go", start_group("ladder", "compare_stra
              type="primary", icon=":material/play_arrow:", disabled=not chosen,
              help="Runs in the background, one after another; one run of this project at a time.")
 
-groups = list(dict.fromkeys(r.group for r in proj.runs if r.group.startswith("compare-")))
-group = session().groups.get("ladder") or (groups[-1] if groups else None)
+group = session().groups.get("ladder") or proj.latest_group("ladder")
 others = [r for r in proj.finished_runs() if r.group != group]
 extra_ids = st.multiselect("Add earlier runs to the comparison", [r.id for r in others], key="compare_extra",
                            format_func=lambda i: f"{i.split('-')[1]} · {proj.run(i).label}")
@@ -253,8 +252,7 @@ start_button("Run data-efficiency study", "compare_eff_go",
              start_group("study", "compare_eff_strategies", shots_key="compare_shots"), project_busy,
              busy_label("shots", "Study running…"),
              disabled=not shots or not eff_strats, icon=":material/stacked_line_chart:")
-eff_group = session().groups.get("study") or next(
-    (r.group for r in reversed(proj.runs) if r.group.startswith("shots-")), None)
+eff_group = session().groups.get("study") or proj.latest_group("study")
 def study_view(proj: tlcore.Project, eff_group: str | None, study_polling: bool) -> None:
     """The study's chart and table; while its runs train, live progress (polled once a second)."""
     records = proj.group_runs(eff_group)
@@ -319,8 +317,7 @@ start_button("Run the race", "compare_race_go",
              busy_label("race", "Race running…"),
              disabled=len(racers) < 2, icon=":material/sprint:",
              help="At least two backbones; they train one after another in the background.")
-race_group = session().groups.get("race") or next(
-    (r.group for r in reversed(proj.runs) if r.group.startswith("race-")), None)
+race_group = session().groups.get("race") or proj.latest_group("race")
 
 
 @st.cache_data(show_spinner="Timing the backbone on this server…", max_entries=64)

@@ -47,7 +47,7 @@ from .profile import (SpeedProfile, SpeedUnknown, estimate_epoch_seconds, estima
                       measure_speed_elsewhere, refine_speed_when_quiet)
 from .jobs import Job, JobSnapshot, JobSpec, Runner
 from .runner import LocalRunner, get_runner, set_runner
-from .project import Project, RunRecord, import_run
+from .project import ComparisonKind, Project, RunRecord, import_run
 from .registry import PROJECTS, ProjectRegistry
 from .run_views import RunViews, describe, embedding_map, export_model, familiarity, model_card, run_archive, validation_report
 from .challenge import Challenge, Entry, create_challenge, current_challenge
@@ -115,7 +115,7 @@ __all__ = [
     "AnalysisState", "LrFind", "StageProbe", "TransferScore", "analysis_state", "forget_analysis", "logme", "lr_find",
     "probe_stages", "stage_maps", "start_analysis", "transfer_score",
     # projects (what the app's pages work on)
-    "PROJECTS", "Project", "ProjectRegistry", "RunRecord", "RunViews", "describe", "embedding_map", "export_model", "familiarity", "import_run",
+    "ComparisonKind", "PROJECTS", "Project", "ProjectRegistry", "RunRecord", "RunViews", "describe", "embedding_map", "export_model", "familiarity", "import_run",
     "model_card",
     "run_archive", "validation_report",
 ]

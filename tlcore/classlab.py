@@ -23,7 +23,7 @@ from .challenge import Challenge
 from .checkpoint import RunMeta
 from .errors import TLError
 from .measure import Score, paired
-from .project import projects_root
+from .project import group_kind, projects_root
 from .train import MODE_TITLES, MODES, RunFacts
 from .verdict import best_pretrained
 
@@ -124,7 +124,7 @@ def _saved_runs(folder: Path) -> list[_Run]:
         return []
     out = []
     for entry in manifest.get("runs", []) if isinstance(manifest, dict) else []:
-        if not str(entry.get("group", "")).startswith(("compare-", "shots-")):
+        if group_kind(str(entry.get("group", ""))) not in ("ladder", "study"):
             continue
         try:
             meta = RunMeta.read(folder / "runs" / str(entry["id"]))
@@ -137,7 +137,7 @@ def _saved_runs(folder: Path) -> list[_Run]:
 
 def _ladder(runs: list[_Run]) -> dict[str, RunFacts]:
     """The newest ladder of a project: strategy -> its run (with the best pretrained one as ``pretrained``)."""
-    groups = [r.group for r in runs if r.group.startswith("compare-")]
+    groups = [r.group for r in runs if group_kind(r.group) == "ladder"]
     if not groups:
         return {}
     by_mode = {r.facts.config.mode: r.facts for r in runs if r.group == groups[-1] and r.facts.heldout}
@@ -174,7 +174,7 @@ def class_summary(challenge: Challenge | None = None, root: Path | None = None) 
         if lad := _ladder(runs):
             ladders.append(lad)
         for r in runs:
-            if r.group.startswith("shots-"):
+            if group_kind(r.group) == "study":
                 key = "all" if r.shots is None else str(r.shots)
                 study.setdefault(r.facts.config.mode, {}).setdefault(key, []).append(r.facts.score)
     pooled_study = {m: {k: _pool(v, f"{len(v)} project{'s' * (len(v) != 1)}") for k, v in by.items()}

@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from PIL import Image
 
@@ -63,6 +64,16 @@ def list_projects() -> list[str]:
     return sorted(p.parent.name for p in projects_root().glob("*/project.json"))
 
 
+ComparisonKind = Literal["ladder", "study", "race"]
+#: each kind of comparison and the prefix of its runs' group id (saved in project.json: never renamed)
+GROUP_PREFIXES: dict[ComparisonKind, str] = {"ladder": "compare", "study": "shots", "race": "race"}
+
+
+def group_kind(group: str) -> ComparisonKind | None:
+    """The kind of comparison a run's group id names; None for a run of its own."""
+    return next((kind for kind, prefix in GROUP_PREFIXES.items() if group.startswith(prefix + "-")), None)
+
+
 @dataclass(eq=False)
 class RunRecord:
     """One run as the app shows it. Its status and reason have one owner each time they are read: the job
@@ -93,6 +104,11 @@ class RunRecord:
         if self.job is None:
             return self.saved_reason
         return self.job.finished.reason if self.job.finished is not None else ""
+
+    @property
+    def kind(self) -> ComparisonKind | None:
+        """The comparison it was trained in (its group's kind); None for a run of its own."""
+        return group_kind(self.group)
 
     @property
     def live(self) -> bool:
@@ -206,13 +222,14 @@ class Project:
         """Queue one run per strategy (and shot count, or backbone: the race), one after another on one
         shared split; ``epochs`` (default: the project's setting) bounds every run's epochs.
 
-        Returns the group id that tags the runs (``compare-``, ``shots-`` or ``race-``).
+        Returns the group id that tags the runs (its prefix says their ``ComparisonKind``: ``GROUP_PREFIXES``).
         """
         base = self._comparison_base(epochs)
         planned_runs = plan(strategies, base, shots, backbones)
         self.check_room(base, len(planned_runs), owner)  # all of it, or none
         split = shared_split(self.images, base)
-        group = f"{'race' if backbones else 'shots' if shots else 'compare'}-{secrets.token_hex(3)}"
+        kind: ComparisonKind = "race" if backbones else "study" if shots else "ladder"
+        group = f"{GROUP_PREFIXES[kind]}-{secrets.token_hex(3)}"
         previous = None
         for planned in planned_runs:
             previous = self.start_run(planned.config, planned.label, group, planned.shots, previous,
@@ -257,6 +274,10 @@ class Project:
 
     def group_runs(self, group: str) -> list[RunRecord]:
         return [r for r in list(self.runs) if r.group == group]
+
+    def latest_group(self, kind: ComparisonKind) -> str | None:
+        """The group id of the project's latest comparison of ``kind`` (None: it has none)."""
+        return next((r.group for r in reversed(list(self.runs)) if r.kind == kind), None)
 
     def stop_all(self, by: str = "by the user") -> None:
         for r in self.active_runs():

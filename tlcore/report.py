@@ -151,14 +151,14 @@ def _comparisons(project: Project) -> str:
     if not done:
         return ""
     out = ["<section><h2>Strategies compared on the same data</h2>"]
-    plain = [r for r in done if r.group.startswith("compare-")]
+    plain = [r for r in done if r.kind == "ladder"]
     if plain:
         fig = go.Figure(go.Bar(x=[r.label for r in plain], y=[r.result.score.accuracy for r in plain],
                                text=[r.result.score.text() for r in plain], error_y=_error_bars(plain)))
         fig.update_layout(title="Accuracy on held-out images by strategy (95 % intervals)", yaxis_tickformat=".0%", yaxis_range=[0, 1.02],
                           xaxis_type="category", height=340, margin=dict(t=40, b=30, l=10, r=10))
         out.append(_fig(fig))
-    study = [r for r in done if r.group.startswith("shots-")]
+    study = [r for r in done if r.kind == "study"]
     if study:
         fig = go.Figure()
         for mode in dict.fromkeys(r.config.mode for r in study):
