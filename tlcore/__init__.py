@@ -47,9 +47,9 @@ from .profile import (SpeedProfile, SpeedUnknown, estimate_epoch_seconds, estima
                       measure_speed_elsewhere, refine_speed_when_quiet)
 from .jobs import Job, JobSnapshot, JobSpec, Runner
 from .runner import LocalRunner, get_runner, set_runner
-from .project import ComparisonKind, Project, RunRecord, import_run
+from .project import Project, import_run
 from .registry import PROJECTS, ProjectRegistry
-from .run_views import RunViews, describe, embedding_map, export_model, familiarity, model_card, run_archive, validation_report
+from .run_views import ComparisonKind, RunRecord, RunViews, describe, embedding_map, export_model, familiarity, model_card, run_archive, validation_report
 from .challenge import Challenge, Entry, create_challenge, current_challenge
 from .lesson import (ClassKit, StudentProgress, class_progress, create_kit, current_kit, folder_zip, lan_addresses,
                      server_urls, teacher_key_ok, teacher_login, teacher_logout, board_key, board_key_ok)

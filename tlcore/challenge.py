@@ -20,8 +20,8 @@ from .data import ImageItem, ImageSet, load_zip
 from .errors import TLError
 from .evaluate import evaluate
 from .measure import Score
-from .project import Project, RunRecord, projects_root
-from .run_views import describe
+from .project import Project, projects_root
+from .run_views import RunRecord, describe
 from .train import RunResult
 
 _LOCK = threading.Lock()

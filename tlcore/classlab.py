@@ -23,7 +23,8 @@ from .challenge import Challenge
 from .checkpoint import RunMeta
 from .errors import TLError
 from .measure import Score, paired
-from .project import group_kind, projects_root
+from .project import projects_root
+from .run_views import group_kind
 from .train import MODE_TITLES, MODES, RunFacts
 from .verdict import best_pretrained
 

@@ -22,7 +22,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from PIL import Image
 
@@ -35,11 +34,11 @@ from .data import (ImageItem, ImageSet, Rejected, image_to_tensor, tensor_to_ima
 from .errors import TLError
 from .analysis_jobs import stop_analyses
 from .limits import LimitError, Limits, folder_mb
-from .jobs import SERVER_GONE, Job, JobSpec, short_run
+from .jobs import SERVER_GONE, JobSpec, short_run
 from .runner import get_runner
 from .storage import atomic_write, atomic_write_all
-from .run_views import RunViews, describe
-from .train import FROZEN_BODY_MODES, RunFinished, RunResult, RunState, TrainConfig, run_split
+from .run_views import GROUP_PREFIXES, ComparisonKind, RunRecord, describe
+from .train import FROZEN_BODY_MODES, RunFinished, RunResult, TrainConfig, run_split
 
 HOME_ENV = "TLS_HOME"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
@@ -62,58 +61,6 @@ def check_project_name(name: str) -> str:
 
 def list_projects() -> list[str]:
     return sorted(p.parent.name for p in projects_root().glob("*/project.json"))
-
-
-ComparisonKind = Literal["ladder", "study", "race"]
-#: each kind of comparison and the prefix of its runs' group id (saved in project.json: never renamed)
-GROUP_PREFIXES: dict[ComparisonKind, str] = {"ladder": "compare", "study": "shots", "race": "race"}
-
-
-def group_kind(group: str) -> ComparisonKind | None:
-    """The kind of comparison a run's group id names; None for a run of its own."""
-    return next((kind for kind, prefix in GROUP_PREFIXES.items() if group.startswith(prefix + "-")), None)
-
-
-@dataclass(eq=False)
-class RunRecord:
-    """One run as the app shows it. Its status and reason have one owner each time they are read: the job
-    while this server process has one for it (queued, training, or ended here), else what was saved
-    (``saved_status``/``saved_reason``: from project.json and run.json when the project was reopened, or
-    given when a run was imported)."""
-
-    id: str
-    label: str
-    config: TrainConfig
-    saved_status: RunState = "queued"  # read only when there is no job (see the class's docstring)
-    saved_reason: str = ""
-    job: Job | None = field(default=None, repr=False)  # started by this server process (kept once ended)
-    result: RunResult | None = field(default=None, repr=False)  # the model and its figures, once it has a best epoch
-    group: str = ""  # comparison this run belongs to ("" for a single run)
-    shots: int | None = None
-    created: float = field(default_factory=time.time)
-    images: ImageSet | None = field(default=None, repr=False)  # the images it trained on (this session)
-    val_digests: list[str] = field(default_factory=list)  # its validation images, to find them after a restart
-    views: RunViews = field(default_factory=RunViews, repr=False)  # what pages derive from it, computed once
-
-    @property
-    def status(self) -> RunState:
-        return self.saved_status if self.job is None else self.job.state
-
-    @property
-    def reason(self) -> str:
-        if self.job is None:
-            return self.saved_reason
-        return self.job.finished.reason if self.job.finished is not None else ""
-
-    @property
-    def kind(self) -> ComparisonKind | None:
-        """The comparison it was trained in (its group's kind); None for a run of its own."""
-        return group_kind(self.group)
-
-    @property
-    def live(self) -> bool:
-        """Queued or training on the runner."""
-        return self.job is not None and self.job.alive
 
 
 @dataclass

@@ -20,8 +20,8 @@ from .charts import training_figures
 from .clean import review_summary
 from .data import ImageItem, ImageSet, load_data, thumbnail
 from .errors import TLError
-from .project import Project, RunRecord
-from .run_views import describe, model_card, validation_report
+from .project import Project
+from .run_views import RunRecord, describe, model_card, validation_report
 
 USAGE = '''import tlcore  # this app's engine: pip install -r requirements.txt
 

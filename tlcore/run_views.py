@@ -5,9 +5,10 @@ once compute it once), and kept in the run's typed ``RunViews``."""
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, Protocol
 
 from .backbones import get_backbone_spec
 from .checkpoint import WEIGHTS, archive_run, export_onnx, export_torchscript
@@ -15,10 +16,17 @@ from .compare import features_of, project_2d
 from .data import ImageItem, ImageSet, to_float, trainable_subset
 from .errors import TLError
 from .evaluate import Evaluation, Familiarity, evaluate
-from .train import FROZEN_BODY_MODES, MODE_TITLES, TrainConfig
+from .jobs import Job
+from .train import FROZEN_BODY_MODES, MODE_TITLES, RunResult, RunState, TrainConfig
 
-if TYPE_CHECKING:  # annotations only: the project imports this module
-    from .project import Project, RunRecord
+
+class Project(Protocol):
+    """What a view needs of the project a run belongs to: its images now, and its folder (``runs/<id>``)."""
+
+    images: ImageSet
+
+    @property
+    def folder(self) -> Path: ...
 
 Report = tuple[Evaluation, list[ImageItem]]
 
@@ -34,6 +42,58 @@ class RunViews:
     familiarity: Familiarity | None = None
     maps: dict[str, dict] = field(default_factory=dict)  # method -> embedding map
 
+
+
+ComparisonKind = Literal["ladder", "study", "race"]
+#: each kind of comparison and the prefix of its runs' group id (saved in project.json: never renamed)
+GROUP_PREFIXES: dict[ComparisonKind, str] = {"ladder": "compare", "study": "shots", "race": "race"}
+
+
+def group_kind(group: str) -> ComparisonKind | None:
+    """The kind of comparison a run's group id names; None for a run of its own."""
+    return next((kind for kind, prefix in GROUP_PREFIXES.items() if group.startswith(prefix + "-")), None)
+
+
+@dataclass(eq=False)
+class RunRecord:
+    """One run as the app shows it. Its status and reason have one owner each time they are read: the job
+    while this server process has one for it (queued, training, or ended here), else what was saved
+    (``saved_status``/``saved_reason``: from project.json and run.json when the project was reopened, or
+    given when a run was imported)."""
+
+    id: str
+    label: str
+    config: TrainConfig
+    saved_status: RunState = "queued"  # read only when there is no job (see the class's docstring)
+    saved_reason: str = ""
+    job: Job | None = field(default=None, repr=False)  # started by this server process (kept once ended)
+    result: RunResult | None = field(default=None, repr=False)  # the model and its figures, once it has a best epoch
+    group: str = ""  # comparison this run belongs to ("" for a single run)
+    shots: int | None = None
+    created: float = field(default_factory=time.time)
+    images: ImageSet | None = field(default=None, repr=False)  # the images it trained on (this session)
+    val_digests: list[str] = field(default_factory=list)  # its validation images, to find them after a restart
+    views: RunViews = field(default_factory=RunViews, repr=False)  # what pages derive from it, computed once
+
+    @property
+    def status(self) -> RunState:
+        return self.saved_status if self.job is None else self.job.state
+
+    @property
+    def reason(self) -> str:
+        if self.job is None:
+            return self.saved_reason
+        return self.job.finished.reason if self.job.finished is not None else ""
+
+    @property
+    def kind(self) -> ComparisonKind | None:
+        """The comparison it was trained in (its group's kind); None for a run of its own."""
+        return group_kind(self.group)
+
+    @property
+    def live(self) -> bool:
+        """Queued or training on the runner."""
+        return self.job is not None and self.job.alive
 
 def validation_report(project: Project, record: RunRecord) -> tuple[Evaluation, list[ImageItem]] | None:
     """What the run's model gets right and wrong on images it did not train on (computed once per run), or
