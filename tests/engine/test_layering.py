@@ -46,16 +46,11 @@ def test_every_public_name_exists():
 
 
 def _tlcore_imports(path: Path) -> set[str]:
-    """The tlcore modules ``path`` imports, at module level or inside a function (a deferred import still
-    ties the two modules together); not those under ``if TYPE_CHECKING:`` (annotations, never run)."""
+    """The tlcore modules ``path`` imports, at module level, inside a function (a deferred import still ties the
+    two modules together) or under ``if TYPE_CHECKING:`` (a type-only back edge is a cycle all the same)."""
     tree = ast.parse(path.read_text())
-    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
-                   and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
-                   for child in node.body for n in ast.walk(child)}
     out = set()
     for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
         if isinstance(node, ast.ImportFrom) and node.level == 1:
             out |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tlcore."):
