@@ -11,6 +11,7 @@ import json
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,17 @@ from .run_views import RunRecord, describe
 from .train import RunResult
 
 _LOCK = threading.Lock()
-_HIDDEN: dict[str, ImageSet] = {}  # challenge id -> its decoded hidden images (loaded once)
+_HIDDEN: OrderedDict[str, ImageSet] = OrderedDict()  # challenge id -> its decoded hidden images, newest used last
+HIDDEN_KEPT = 2  # decoded sets kept (the current challenge and one more): a server running for weeks stays bounded
+
+
+def _keep(challenge_id: str, images: ImageSet) -> ImageSet:
+    """Remember ``images`` as the challenge's hidden set (under ``_LOCK``), forgetting the least recently used."""
+    _HIDDEN[challenge_id] = images
+    _HIDDEN.move_to_end(challenge_id)
+    while len(_HIDDEN) > HIDDEN_KEPT:
+        _HIDDEN.popitem(last=False)
+    return images
 
 
 @dataclass(frozen=True)
@@ -80,9 +91,9 @@ class Challenge:
 
     def hidden(self) -> ImageSet:
         with _LOCK:
-            if self.id not in _HIDDEN:
-                _HIDDEN[self.id] = load_zip((self.folder / "hidden.zip").read_bytes())
-            return _HIDDEN[self.id]
+            if self.id in _HIDDEN:
+                return _keep(self.id, _HIDDEN[self.id])
+            return _keep(self.id, load_zip((self.folder / "hidden.zip").read_bytes()))
 
     def score(self, result: RunResult) -> tuple[Score, dict[str, float]]:
         """A finished run's accuracy on the hidden images (with its interval) and its recall per challenge
@@ -139,7 +150,7 @@ def create_challenge(name: str, zip_bytes: bytes) -> Challenge:
     challenge.folder.mkdir(parents=True)
     atomic_write(challenge.folder / "hidden.zip", lambda p: Path(p).write_bytes(zip_bytes))
     with _LOCK:
-        _HIDDEN[challenge.id] = hidden
+        _keep(challenge.id, hidden)
         challenge._save()
     return challenge
 

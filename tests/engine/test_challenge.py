@@ -97,3 +97,14 @@ def test_the_board_has_one_row_per_student_and_ties_share_a_rank():
     board = c.best_entries()
     assert [(e.project, e.right) for e in board] == [("ada", 11), ("ben", 11), ("dee", 9), ("cy", 8)]
     assert [c.rank(e.accuracy) for e in board] == [1, 1, 3, 4]  # ada's two entries count once
+
+
+def test_a_server_keeps_only_the_newest_hidden_sets_decoded():
+    """Each challenge's hidden photos are decoded once, and only the newest two stay in memory: a server running
+    a term's challenges stays bounded, and an older one decodes again when asked."""
+    from tlcore import challenge as ch
+
+    made = [create_challenge(f"Colours {k}", hidden_zip()) for k in range(4)]
+    assert list(ch._HIDDEN) == [c.id for c in made[-ch.HIDDEN_KEPT:]]
+    assert made[0].hidden().counts() == {"CLASS0": 6, "Class1": 6}  # decoded again from its zip
+    assert len(ch._HIDDEN) == ch.HIDDEN_KEPT and next(reversed(ch._HIDDEN)) == made[0].id
