@@ -3,6 +3,7 @@ torch and use only tlcore's public surface (``tlcore.__all__``)."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,13 @@ def test_private_apis_stay_in_one_place(path):
                 private = (module or "").startswith("streamlit.") and not (module or "").startswith("streamlit.components")
                 assert in_allowed or not private, f"{path.name} imports {module}"
     assert "get_preparation_data" not in path.read_text() and "multiprocessing.spawn" not in path.read_text()
+
+
+def test_every_environment_variable_is_documented():
+    """Each ``TLS_*`` / ``TLCORE_*`` variable the app or the engine reads is in the README (two were not)."""
+    readme = (ROOT / "README.md").read_text()
+    read = {node.value for path in [*(ROOT / "tlcore").glob("*.py"), *(ROOT / "pages").glob("*.py"), ROOT / "app.py"]
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and re.fullmatch(r"(TLS|TLCORE)_[A-Z0-9_]+", node.value)}
+    assert read and not sorted(v for v in read if f"`{v}`" not in readme)
