@@ -22,7 +22,7 @@ from .lrfind import LrFind, lr_find
 from .train import Event, RunFinished, TrainConfig, drive
 from .transfer import StageProbe, TransferScore, probe_stages, transfer_score
 
-Task = Literal["transfer-score", "stage-probe", "lr-find", "data-check"]
+Task = Literal["transfer-score", "stage-probe", "lr-find", "data-check"]  # the ``JobTask`` that are not "train"
 TASKS: tuple[Task, ...] = ("transfer-score", "stage-probe", "lr-find", "data-check")
 Result = Union[TransferScore, StageProbe, LrFind, DataCheck]
 RESULT_FILE = "result.json"

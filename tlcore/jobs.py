@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from multiprocessing.connection import Connection
-from typing import Protocol
+from typing import Literal, Protocol
 
 from .data import ImageSet
 from .checkpoint import WEIGHTS
@@ -32,6 +32,11 @@ TIME_LIMIT_BY = "at this server's limit"  # who stopped a run that reached ``Job
 SERVER_GONE = "The server stopped while this run was training; its best epoch so far is kept."
 OVERRUN_SHARE = 0.15  # a run past its estimate: at least this share of its time so far is said to be left
 MAX_CURVE_POINTS = 300  # per-batch losses kept for the live chart (older ones are thinned out)
+
+
+#: what a job does: train a run, or one of the analyses (``tlcore.analysis.Task``; its result goes to the job's
+#: folder as result.json, no run is saved)
+JobTask = Literal["train", "transfer-score", "stage-probe", "lr-find", "data-check"]
 
 
 @dataclass(frozen=True)
@@ -47,9 +52,7 @@ class JobSpec:
     label: str = ""  # the app's name for the run (run.json keeps it)
     val_digests: tuple[str, ...] = ()  # its validation images by content (run.json keeps them)
     max_seconds: float | None = None  # wall clock it may hold a worker (``Limits.run_minutes``); None: no limit
-    # "train", or one of ``tlcore.analysis.TASKS`` (a transferability score, a stage probe, a learning-rate
-    # range test on ``images`` with ``config``): its result goes to ``folder``/result.json, no run is saved.
-    task: str = "train"
+    task: JobTask = "train"
 
     @property
     def short(self) -> bool:

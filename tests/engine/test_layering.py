@@ -145,3 +145,12 @@ def test_every_environment_variable_is_documented():
             if isinstance(node, ast.Constant) and isinstance(node.value, str)
             and re.fullmatch(r"(TLS|TLCORE)_[A-Z0-9_]+", node.value)}
     assert read and not sorted(v for v in read if f"`{v}`" not in readme)
+
+
+def test_a_jobs_task_is_training_or_one_of_the_analyses():
+    import typing
+
+    from tlcore.analysis import TASKS
+    from tlcore.jobs import JobTask
+
+    assert set(typing.get_args(JobTask)) == {"train", *TASKS}
