@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import streamlit as st
+from PIL import Image
 
 import tlcore
 from tlcore import PROJECTS, Project, RunRecord
@@ -35,19 +37,22 @@ class Session:
     teacher_key: str | None = None  # the teacher's key, once the password was typed (Teacher page)
     notes: dict[str, str] = field(default_factory=dict)  # one-shot messages a callback leaves for the next run
     groups: dict[tlcore.ComparisonKind, str] = field(default_factory=dict)  # Compare: the group started here, by kind
-    challenge_marks: dict[str, Any] = field(default_factory=dict)  # Compare: runs scored on the challenge set
+    # Compare: runs scored on the challenge set, (challenge, project key, run id) -> its score or why not
+    challenge_marks: dict[tuple[str, str, str], tlcore.Score | str] = field(default_factory=dict)
     measured: set[str] = field(default_factory=set)  # Backbone: backbones whose speed this session asked for
     upload_gen: int = 0  # Data: bumped after each upload, for a fresh, empty uploader
     last_upload: tuple[int, list[tuple[str, str]]] | None = None  # Data: (added, [(file, why not)])
     confirm_sample: str | None = None  # Data: the sample waiting for "replace or new project?"
     recording: dict[str, Any] = field(default_factory=lambda: {"added": 0, "note": ""})  # Data: hold-to-record
     undo: tuple[str, str, list] | None = None  # Data: (project, class, images) of the last removal
-    data_check: tuple[str, Any] | None = None  # Data: (project, its last finished check), shown while one runs
-    freeze_maps: tuple[Any, Any] | None = None  # Freeze: (what they show, the maps or an error)
-    web_export: tuple[str, Any, Path] | None = None  # Export: (run id, WebExport, zip path)
+    data_check: tuple[str, tlcore.DataCheck] | None = None  # Data: (project, its last finished check), shown while one runs
+    # Freeze: ((backbone, image digest), its maps per stage or why not)
+    freeze_maps: tuple[tuple[str, str], list[tuple[str, np.ndarray]] | str] | None = None
+    web_export: tuple[str, tlcore.WebExport, Path] | None = None  # Export: (run id, the export, its zip)
     report_html: tuple[str, str] | None = None  # Export: (run id, the report's HTML)
     figures: dict[tuple[str, int], tuple] = field(default_factory=dict)  # Train: (run id, version) -> (loss, acc)
-    predictions: dict[tuple[str, str, int], Any] = field(default_factory=dict)  # Test: (run id, file, its hash) -> shown
+    # Test: (run id, file, its hash) -> (its prediction, the heat map over it)
+    predictions: dict[tuple[str, str, int], tuple[tlcore.Prediction, Image.Image]] = field(default_factory=dict)
     live_test: dict[str, Any] = field(default_factory=dict)  # Test: the live camera's state
     camera_seen: dict[str, tuple] = field(default_factory=dict)  # live_camera: the last message taken per widget
     visited: set[str] = field(default_factory=set)  # the steps' pages opened (url paths): Evaluate, Test, Export done
