@@ -1,4 +1,5 @@
-"""What the pages derive from a finished run: its evaluation on images it did not train on, its
+"""One run as the app shows it (``RunRecord``, and the kind of comparison it was trained in), and what the
+pages derive from a finished run: its evaluation on images it did not train on, its
 familiarity (the "not sure" cue), 2-D embedding maps, checked exports, the downloadable folder and the
 model card. Each is computed once per run and server, under the run's own lock (two sessions asking at
 once compute it once), and kept in the run's typed ``RunViews``."""
@@ -41,7 +42,6 @@ class RunViews:
     report_done: bool = False
     familiarity: Familiarity | None = None
     maps: dict[str, dict] = field(default_factory=dict)  # method -> embedding map
-
 
 
 ComparisonKind = Literal["ladder", "study", "race"]
@@ -94,6 +94,7 @@ class RunRecord:
     def live(self) -> bool:
         """Queued or training on the runner."""
         return self.job is not None and self.job.alive
+
 
 def validation_report(project: Project, record: RunRecord) -> tuple[Evaluation, list[ImageItem]] | None:
     """What the run's model gets right and wrong on images it did not train on (computed once per run), or
