@@ -34,14 +34,6 @@ def suggested(classes: tuple[str, ...]) -> dict[str, dict[str, float]]:
     return tlcore.suggest_mapping(classes)
 
 
-def edit_mapping(mapping: dict[str, dict[str, float]], c: str, key: str) -> None:
-    """Save the mapping shown with class ``c``'s ImageNet classes as the user left them (only an edit saves: a
-    suggestion is made again, the same, when a run needs it)."""
-    chosen = {**mapping, c: tlcore.edit_mapping(mapping[c], st.session_state[key])}
-    proj.settings = dataclasses.replace(proj.settings, zero_shot_map=chosen)
-    proj.save()
-
-
 def zero_shot_mapping() -> None:
     """The class -> weighted ImageNet classes mapping zero-shot will use: suggested, shown, editable, saved."""
     classes = tuple(proj.images.classes)
@@ -56,9 +48,12 @@ def zero_shot_mapping() -> None:
         names = tlcore.imagenet_categories()
         for k, c in enumerate(classes):
             weights = mapping[c]
-            st.multiselect(c, names, default=[n for n in weights if n in names], key=f"compare_zs_{k}",
-                           format_func=lambda n, w=weights: f"{n} · {w[n]:.2f}" if n in w else n,
-                           on_change=edit_mapping, args=(mapping, c, f"compare_zs_{k}"))
+            chosen = st.multiselect(c, names, default=[n for n in weights if n in names], key=f"compare_zs_{k}",
+                                    format_func=lambda n, w=weights: f"{n} · {w[n]:.2f}" if n in w else n)
+            mapping[c] = tlcore.edit_mapping(weights, chosen)
+    if mapping != saved:
+        proj.settings = dataclasses.replace(proj.settings, zero_shot_map=mapping)
+        proj.save()
     if missing := tlcore.unmapped(classes, mapping):
         st.warning(f"**ImageNet has no class for {', '.join(missing)}.** Zero-shot can only guess "
                    f"{'it' if len(missing) == 1 else 'them'}: it can name only what the backbone learned to name. "
