@@ -7,8 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import tlcore
-from pages.common import (ASSETS, explain, format_seconds, polled, project, require_data, session, start_button,
-                          student)
+from pages.common import ASSETS, explain, format_seconds, project, require_data, session, start_button, student
 from tlcore import COMPARE_EPOCHS, DEFAULT_SHOTS, STRATEGY_TITLES, available_shots, shared_split
 from tlcore import describe, embedding_map
 
@@ -230,7 +229,7 @@ def challenge_yardstick(scored) -> None:
 
 
 polling = bool(proj.active_runs())
-polled(comparison_view, polling, proj, group, extra_ids)
+st.fragment(comparison_view, run_every=1.0 if polling else None)(proj, group, extra_ids, polling)
 
 st.divider()
 st.subheader("How many images do I need?")
@@ -295,7 +294,7 @@ def study_view(proj: tlcore.Project, eff_group: str | None, study_polling: bool)
 
 if eff_group:
     study_polling = any(r.live for r in proj.group_runs(eff_group))
-    polled(study_view, study_polling, proj, eff_group)
+    st.fragment(study_view, run_every=1.0 if study_polling else None)(proj, eff_group, study_polling)
 
 st.divider()
 st.subheader("Backbone race: which pretrained network suits your images?")
@@ -369,7 +368,7 @@ def race_view(proj: tlcore.Project, race_group: str | None, race_polling: bool) 
 
 if race_group:
     race_polling = any(r.live for r in proj.group_runs(race_group))
-    polled(race_view, race_polling, proj, race_group)
+    st.fragment(race_view, run_every=1.0 if race_polling else None)(proj, race_group, race_polling)
 
 st.divider()
 st.subheader("Embedding map")
