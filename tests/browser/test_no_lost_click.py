@@ -78,11 +78,11 @@ def stop_everything(page) -> None:
 
 
 # Known, not yet explained: after keep_every_click (0 of 30 clicks lost in the 20-line repro), one of the Compare
-# page's buttons still went unanswered in 2 of 3 clean-clone CI runs on 2026-12-06 (the study's, then the race's in
+# page's buttons still went unanswered in 2 of 3 clean-clone CI runs on 2026-12-06 (the study's, then Train's; the race's in
 # 1 of 6 runs alone). Whether the app or the test loses it (a click dispatched to a button a rerun is replacing) is
 # open; reported, not hidden: any other error still fails.
 @pytest.mark.xfail(raises=AssertionError, strict=False,
-                   reason="a Compare button's click is still lost now and then on a busy page (issue 37 notes)")
+                   reason="a start button's click is still lost now and then on a busy page (issue 37 notes)")
 def test_every_start_button_starts_its_work_while_the_page_is_busy(server):
     from playwright.sync_api import sync_playwright
 
