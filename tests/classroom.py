@@ -267,7 +267,7 @@ def browsers(n: int, images: int, timeout: float = 360, finetune: bool = True, b
 
     from playwright.sync_api import sync_playwright
 
-    from tests.browser.studio import CHROMIUM, start_app
+    from tests.browser.studio import CHROMIUM, FLAGS, start_app
 
     proc, url, home = start_app(TLS_TEST_BACKBONES="")  # its output goes to home / "server.log"
     zips = []
@@ -280,9 +280,7 @@ def browsers(n: int, images: int, timeout: float = 360, finetune: bool = True, b
         if warm:
             report["warm_up_s"] = wait_until_warm(url, proc.pid)
         with (sync_playwright() if browser is None else nullcontext()) as pw:
-            b = browser or pw.chromium.launch(executable_path=CHROMIUM, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--no-first-run", "--disable-sync", "--disable-quic"])
+            b = browser or pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
             pages = []
             for k in range(n):
                 pg = b.new_page(viewport={"width": 1300, "height": 900})
@@ -337,15 +335,13 @@ def watch_cost(tabs: int = 3, window: float = 20.0) -> dict:
     run's throughput in both cases; then the server's CPU once the run has ended with the tabs still open."""
     from playwright.sync_api import sync_playwright
 
-    from tests.browser.studio import CHROMIUM, start_app
+    from tests.browser.studio import CHROMIUM, FLAGS, start_app
 
     proc, url, home = start_app(TLS_TEST_BACKBONES="")
     out: dict = {"tabs": tabs, "window_s": window}
     try:
         with sync_playwright() as pw:
-            b = pw.chromium.launch(executable_path=CHROMIUM, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--no-first-run", "--disable-sync", "--disable-quic"])
+            b = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
             pg = b.new_page(viewport={"width": 1300, "height": 900})
             pg.set_default_timeout(120_000)
             pg.goto(f"{url}/data")

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from tests.browser.fake_camera import make_clip
-from tests.browser.test_live_camera import FLAGS, component, trained_digits
-from tests.browser.studio import CHROMIUM, start_app, stop_app
+from tests.browser.studio import CHROMIUM, FLAGS, start_app, stop_app
+from tests.browser.test_live_camera import component, trained_digits
 from tests.conftest import ROOT
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.studio import CHROMIUM, NO_BROWSER, start_app, stop_app
+from tests.browser.studio import CHROMIUM, FLAGS, NO_BROWSER, start_app, stop_app
 
 HERE = Path(__file__).parent
 
@@ -22,9 +22,7 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--no-first-run", "--disable-sync", "--disable-quic"])
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         yield b
         b.close()
 
@@ -35,7 +33,6 @@ def page(browser):
     pg.set_default_timeout(60_000)
     yield pg
     pg.close()
-
 
 
 def pytest_collection_modifyitems(config, items) -> None:

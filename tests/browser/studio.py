@@ -18,6 +18,9 @@ from tests.conftest import ROOT, eventually
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = ROOT / "test-output" / "screenshots"
+# chromium as root on a headless machine, nothing fetched from outside (the tests never touch the internet)
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+         "--no-first-run", "--disable-sync", "--disable-quic"]
 NO_BROWSER = not Path(CHROMIUM).exists() and not os.environ.get("TLS_REQUIRE_BROWSER")  # conftest skips them then
 
 

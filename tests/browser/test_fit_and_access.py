@@ -11,11 +11,9 @@ import re
 
 import pytest
 
-from tests.browser.studio import CHROMIUM, SHOTS, main_text, start_app, stop_app
+from tests.browser.studio import CHROMIUM, FLAGS, SHOTS, main_text, start_app, stop_app
 from tests.conftest import ROOT
 
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--no-first-run", "--disable-sync", "--disable-quic"]
 SIZES = {"projector": (1024, 768), "phone": (390, 844)}
 WAIT = 90_000  # ms: as long as the pages' own waits (a busy CI machine), never Playwright's 5 s default
 STEPS = {  # step bar title -> the heading that only its page shows

@@ -15,10 +15,8 @@ import time
 import pytest
 
 from tests.browser.fake_camera import make_clip
-from tests.browser.studio import CHROMIUM, shot, start_app, stop_app
+from tests.browser.studio import CHROMIUM, FLAGS, shot, start_app, stop_app
 
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--no-first-run", "--disable-sync", "--disable-quic"]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.browser.studio import CHROMIUM, SHOTS
+from tests.browser.studio import CHROMIUM, FLAGS, SHOTS
 from tests.conftest import ROOT
 
 NAMES = {"0": "zero (nought)", "1": "one", "2": "two", "3": "three", "4": "four"}  # long names must not be cut
@@ -32,9 +32,7 @@ def trained(tmp_path_factory):
 
 
 def _open(p, path):
-    browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--no-first-run", "--disable-sync", "--disable-quic"])
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
     context = browser.new_context(offline=True, viewport={"width": 1200, "height": 900})
     page = context.new_page()
     requests, errors = [], []

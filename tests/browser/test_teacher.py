@@ -6,11 +6,9 @@ import re
 
 import pytest
 
-from tests.browser.studio import CHROMIUM, SHOTS, shot, start_app, stop_app
+from tests.browser.studio import CHROMIUM, FLAGS, SHOTS, shot, start_app, stop_app
 from tests.engine.test_challenge import hidden_zip
 
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--no-first-run", "--disable-sync", "--disable-quic"]
 
 
 @pytest.fixture(scope="module")

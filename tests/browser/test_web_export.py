@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
-from tests.browser.studio import CHROMIUM, SHOTS
+from tests.browser.studio import CHROMIUM, FLAGS, SHOTS
 from tests.conftest import ROOT
 
 DATA = ROOT / "assets" / "samples" / "faces"
@@ -149,9 +149,7 @@ def _page_predictions(index, url: str | None = None, phone: bool = False, photos
     requests, errors = [], []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--no-first-run", "--disable-sync", "--disable-quic",
-            "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",  # a test-pattern webcam
+            *FLAGS, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",  # a test-pattern webcam
             *(["--host-resolver-rules=MAP phone.test 127.0.0.1"] if phone else [])])
         context = browser.new_context(offline=url is None, viewport={"width": 412, "height": 900})  # a phone's width
         page = context.new_page()
