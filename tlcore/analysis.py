@@ -13,7 +13,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal, Union, get_args
 
 from .clean import DataCheck, checking
 from .data import ImageSet, trainable_subset
@@ -23,7 +23,7 @@ from .train import Event, RunFinished, TrainConfig, drive
 from .transfer import StageProbe, TransferScore, probe_stages, transfer_score
 
 Task = Literal["transfer-score", "stage-probe", "lr-find", "data-check"]  # the ``JobTask`` that are not "train"
-TASKS: tuple[Task, ...] = ("transfer-score", "stage-probe", "lr-find", "data-check")
+TASKS: tuple[Task, ...] = get_args(Task)
 Result = Union[TransferScore, StageProbe, LrFind, DataCheck]
 RESULT_FILE = "result.json"
 _READERS: dict[str, Callable[[dict], Result]] = {"transfer-score": TransferScore.from_json,
