@@ -258,11 +258,37 @@ def wait_until_warm(url: str, pid: int, timeout: float = 300) -> float:
     return time.time() - t0
 
 
-def browsers(n: int, images: int, timeout: float = 360, finetune: bool = True, browser=None, warm: bool = False
-             ) -> dict:
+def chromium_pids() -> set[int]:
+    """Every chromium process on this machine now."""
+    out = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "comm").read_text().startswith("chrom"):
+                out.add(int(entry.name))
+        except OSError:
+            continue
+    return out
+
+
+def yield_cpu(pids: set[int]) -> None:
+    """Put these processes' scheduling groups at the lowest priority, as if they ran on other devices. Under Linux's
+    autogroup scheduling each session shares the CPU equally whatever its processes' nice values, and chromium
+    makes sessions of its own (the browser, its zygote): each group's nice is set (``/proc/PID/autogroup``). The
+    tabs opened later are forked by the zygote, in its group."""
+    for pid in pids:
+        try:
+            Path(f"/proc/{pid}/autogroup").write_text("19")
+        except OSError:  # gone, or no autogroup in this kernel: nothing to lower
+            continue
+
+
+def browsers(n: int, images: int, timeout: float = 360, finetune: bool = True, browser=None, warm: bool = False,
+             own_devices: bool = False) -> dict:
     """``n`` real chromium sessions against one real server; see the module docstring. ``browser``: a
     Playwright browser to use (the tests pass theirs), else one is started here. ``warm``: the class arrives
-    once the server has warmed up (``wait_until_warm``), as in a lesson; else at once (a server just started)."""
+    once the server has warmed up (``wait_until_warm``), as in a lesson; else at once (a server just started).
+    ``own_devices``: the browsers take only the CPU the server leaves (``yield_cpu``): in a class they run on the
+    students' devices; here six of them shared the server's two cores and took 1.5-1.9 of them."""
     from contextlib import nullcontext
 
     from playwright.sync_api import sync_playwright
@@ -275,11 +301,12 @@ def browsers(n: int, images: int, timeout: float = 360, finetune: bool = True, b
         path = home / f"student{k}.zip"
         path.write_bytes(zip_of(student_files(k, images)))
         zips.append(path)
-    report: dict = {"browsers": n, "images_per_session": images}
+    report: dict = {"browsers": n, "images_per_session": images, "own_devices": own_devices}
     try:
         if warm:
             report["warm_up_s"] = wait_until_warm(url, proc.pid)
         with (sync_playwright() if browser is None else nullcontext()) as pw:
+            before = chromium_pids()
             b = browser or pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
             pages = []
             for k in range(n):
@@ -289,6 +316,8 @@ def browsers(n: int, images: int, timeout: float = 360, finetune: bool = True, b
                 pg.get_by_role("heading", name="2 · Your data").wait_for()
                 pg.get_by_role("tab", name="Upload a zip").click()
                 pages.append(pg)
+            if own_devices:
+                yield_cpu(chromium_pids() - before)
             report["fe"] = _upload_and_train(pages, zips, timeout)
             report["fe"]["server_side_s"] = _server_side(home, report["fe"]["t0"])
             if finetune:
@@ -459,12 +488,15 @@ def main() -> None:
     ap.add_argument("--abuser", action="store_true", help="one more student who tries everything the limits stop")
     ap.add_argument("--cold", action="store_true", help="the browser students arrive as the server starts (by default "
                                                         "once it has warmed up, as when a teacher opens it first)")
+    ap.add_argument("--own-devices", action="store_true", help="the browsers get the lowest CPU priority, as if each "
+                                                               "ran on a student's own device (by default they share "
+                                                               "the server's cores equally)")
     args = ap.parse_args()
     os.environ.setdefault("TLS_HOME", __import__("tempfile").mkdtemp(prefix="tls-classroom-"))
     out: dict = {}
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     if args.browsers:
-        r = out["browsers"] = browsers(args.browsers, args.images, warm=not args.cold)
+        r = out["browsers"] = browsers(args.browsers, args.images, warm=not args.cold, own_devices=args.own_devices)
         if "warm_up_s" in r:
             log(f"the server warmed up (workers, the default backbone's timing) in {r['warm_up_s']:.1f} s before the "
                 "class arrived")

@@ -6,6 +6,7 @@ Uploads real image files through the browser, trains, sees a prediction, and sav
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from tests.browser.studio import folder_of, shot, start_app, start_long_training
 from tests.conftest import ROOT, eventually
@@ -137,6 +138,34 @@ def test_several_students_at_once_each_get_their_own_model(browser):
     report = browsers(2, 24, timeout=240, finetune=False, browser=browser)
     assert report["fe"]["stuck"] == 0, report
     assert report["server_tracebacks"] == 0, report
+
+
+def test_the_load_tests_own_devices_browsers_yield_the_cpu_to_the_server():
+    """``python -m tests.classroom --own-devices``: every process of its chromium, the tabs opened afterwards too,
+    is in a scheduling group at nice 19 (Playwright and chromium start sessions of their own, each an autogroup
+    that would share the CPU equally with the server whatever its processes' nice values)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser.studio import CHROMIUM, FLAGS
+    from tests.classroom import chromium_pids, yield_cpu
+
+    def group_nice(pid: int) -> str:
+        try:
+            return Path(f"/proc/{pid}/autogroup").read_text().split(" nice ")[1].strip()
+        except (OSError, IndexError):
+            return "gone"
+
+    before = chromium_pids()  # the session's own browser, that other tests share
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            b.new_page().set_content("<h1>first</h1>")
+            yield_cpu(chromium_pids() - before)
+            b.new_page().set_content("<h1>a tab opened later</h1>")
+            ours = {pid: group_nice(pid) for pid in chromium_pids() - before}
+        finally:
+            b.close()
+    assert len(ours) >= 3 and set(ours.values()) - {"gone"} == {"19"}, ours
 
 
 def test_enter_adds_a_class_and_nothing_is_deleted_by_one_click(browser):
