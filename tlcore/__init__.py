@@ -62,8 +62,11 @@ from .zeroshot import edit_mapping, mapping_method, mapping_weights, suggest_map
 from .transfer import StageProbe, TransferScore, logme, probe_stages, stage_maps, transfer_score
 from .lrfind import LrFind, lr_find
 from .analysis_jobs import AnalysisState, analysis_state, forget_analysis, start_analysis
-from .train import (FEATURES, FROZEN_BODY_MODES, MODE_TITLES, MODES, BatchEnd, EpochEnd, Event, Progress, RunFinished, RunResult, TrainConfig, VIEWS_MAX_IMAGES, fe_views,
-                    frozen_body, run_to_end, train)
+from .backbones import frozen_body
+from .config import FROZEN_BODY_MODES, MODE_TITLES, MODES, TrainConfig
+from .events import BatchEnd, EpochEnd, Event, Progress, RunFinished, RunResult
+from .features import FEATURES, VIEWS_MAX_IMAGES, fe_views
+from .train import run_to_end, train
 
 __all__ = [
     # backbones

@@ -19,7 +19,9 @@ from .clean import DataCheck, checking
 from .data import ImageSet, trainable_subset
 from .errors import TLError
 from .lrfind import LrFind, lr_find
-from .train import Event, RunFinished, TrainConfig, drive
+from .config import TrainConfig
+from .events import Event, RunFinished
+from .train import drive
 from .transfer import StageProbe, TransferScore, probe_stages, transfer_score
 
 Task = Literal["transfer-score", "stage-probe", "lr-find", "data-check"]  # the ``JobTask`` that are not "train"

@@ -11,7 +11,8 @@ from .analysis import Result, Task, analysis_folder, read_result
 from .data import ImageSet
 from .jobs import Job, JobSpec
 from .runner import get_runner
-from .train import Progress, TrainConfig
+from .config import TrainConfig
+from .events import Progress
 
 _LIVE: dict[Path, Job] = {}  # result folder -> its job while queued, running or just failed
 _lock = threading.RLock()

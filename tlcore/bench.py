@@ -61,7 +61,9 @@ from .data import ImageItem, ImageSet, load_folder, make_item, tensor_to_image
 from .evaluate import evaluate
 from .model import build_model, freeze, set_train_mode
 from .runtime import PRECISION_ENV, FrozenPart, _session, installed_runtimes, runtime_for
-from .train import FEATURES, TrainConfig, run_to_end, set_threads
+from .config import TrainConfig
+from .features import FEATURES
+from .train import run_to_end, set_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -197,7 +199,8 @@ def raw_train_throughput(backbone: str, depth: int, batch: int, steps: int) -> f
 def loop_throughput(imageset: ImageSet, backbone: str, depth: int, batch: int, epochs: int) -> float:
     """Images/s of the real training loop (slicing the cached stack, augmentation, events), timed from the
     end of its first batch (warm-up, as for the raw figure) to the end of its last."""
-    from .train import BatchEnd, train
+    from .events import BatchEnd
+    from .train import train
 
     cfg = TrainConfig(backbone=backbone, mode="fine-tune", freeze_depth=depth, epochs=epochs, batch_size=batch,
                       val_fraction=0.0, augment=True)

@@ -23,7 +23,10 @@ from .bench_small import sklearn_digits
 from .compare import plan, run_plan, shared_split, spearman, summary_row, top1_finding
 from .data import ImageSet, load_folder
 from .lrfind import lr_find
-from .train import FEATURES, RunFinished, TrainConfig, drive, embed
+from .config import TrainConfig
+from .events import RunFinished
+from .features import FEATURES, embed
+from .train import drive
 from .transfer import probe_stages, transfer_score
 
 ROOT = Path(__file__).resolve().parent.parent

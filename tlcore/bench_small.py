@@ -32,7 +32,9 @@ from .jobs import short_run
 from .measure import shot_draws
 from .profile import estimate_run_seconds, run_overhead_s
 from .runtime import FrozenPart
-from .train import FEATURES, FROZEN_BODY_MODES, TrainConfig, run_to_end
+from .config import FROZEN_BODY_MODES, TrainConfig
+from .features import FEATURES
+from .train import run_to_end
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "assets" / "samples"

@@ -23,7 +23,7 @@ from .evaluate import evaluate
 from .measure import Score
 from .project import Project, projects_root
 from .run_views import RunRecord, describe
-from .train import RunResult
+from .events import RunResult
 
 _LOCK = threading.Lock()
 _HIDDEN: OrderedDict[str, ImageSet] = OrderedDict()  # challenge id -> its decoded hidden images, newest used last

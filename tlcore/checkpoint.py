@@ -28,7 +28,8 @@ from .errors import TLError
 from .measure import Score
 from .model import TransferModel, build_model
 from .storage import ByteLRU, atomic_write, budgeted
-from .train import FROZEN_BODY_MODES, EpochEnd, ModelRef, RunFacts, RunResult, RunState, TrainConfig
+from .config import FROZEN_BODY_MODES, RunState, TrainConfig
+from .events import EpochEnd, ModelRef, RunFacts, RunResult
 
 FORMAT = "tlcore-run/1"
 WEIGHTS = "model.safetensors"

@@ -25,7 +25,8 @@ from .errors import TLError
 from .measure import Score, paired
 from .project import projects_root
 from .run_views import group_kind
-from .train import MODE_TITLES, MODES, RunFacts
+from .config import MODE_TITLES, MODES
+from .events import RunFacts
 from .verdict import best_pretrained
 
 PRETRAINED_BEST = "pretrained"  # a project's best pretrained strategy that used its photos (``verdict.PRETRAINED``)

@@ -49,7 +49,10 @@ from .storage import atomic_write
 from .data import ImageItem, ImageSet, image_to_tensor, tensor_to_image, trainable_subset
 from .errors import TLError
 from .measure import fit_logistic, repeated_folds
-from .train import HEAD_C, Progress, drive, embed  # HEAD_C: the feature-extraction head's regularisation
+from .events import Progress
+from .features import embed
+from .heads import HEAD_C  # the feature-extraction head's regularisation
+from .train import drive
 
 CHECK_FOLDS = 5  # out-of-fold probabilities by 5-fold cross-validation (as cleanlab does)
 SIGNATURE_SIDE = 16  # pixel signature: grey levels at 16 x 16

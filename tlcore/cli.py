@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from .backbones import DEFAULT_BACKBONE, list_backbones
 from .errors import TLError
-from .train import MODES
+from .config import MODES
 
 EXIT_USER_ERROR = 2
 
@@ -36,7 +36,7 @@ class _Bar:
         self.what = ""
 
     def __call__(self, event) -> None:
-        from .train import BatchEnd, EpochEnd, Progress, RunFinished
+        from .events import BatchEnd, EpochEnd, Progress, RunFinished
 
         if isinstance(event, Progress):
             self._bar(f"{self.label}{event.what}", event.total).n = event.done
@@ -63,7 +63,7 @@ class _Bar:
 
 
 def _config(args: argparse.Namespace, mode: str | None = None):
-    from .train import TrainConfig
+    from .config import TrainConfig
 
     return TrainConfig(backbone=args.backbone, mode=mode or args.mode, freeze_depth=args.freeze_depth,
                        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
@@ -188,7 +188,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import available_shots, plan, race_facts, run_plan, shared_split, summary_row, top1_finding
     from .data import load_data
-    from .train import RunFinished, set_threads
+    from .events import RunFinished
+    from .train import set_threads
     from .transfer import transfer_score
     from .verdict import headline, ladder_verdicts, names_worth, study_finding
 

@@ -16,7 +16,10 @@ from .backbones import get_backbone_spec
 from .data import ImageSet, check_trainable, stratified_split, to_float, trainable_subset
 from .errors import TLError
 from .model import TransferModel
-from .train import FROZEN_BODY_MODES, MODE_TITLES, MODES, Event, RunFinished, TrainConfig, drive, embed, train
+from .config import FROZEN_BODY_MODES, MODE_TITLES, MODES, TrainConfig
+from .events import Event, RunFinished
+from .features import embed
+from .train import drive, train
 
 DEFAULT_SHOTS = (1, 5, 10, 25, None)  # images per class; None = all
 LADDER_FOLDS = 3  # the ladder scores the strategies that train the body by 3-fold cross-validation too

@@ -24,8 +24,8 @@ from typing import Literal, Protocol
 
 from .data import ImageSet
 from .checkpoint import WEIGHTS
-from .train import (BY_THE_USER, FROZEN_BODY_MODES, BatchEnd, EpochEnd, Event, Progress, RunFinished, RunState,
-                    TrainConfig)
+from .config import FROZEN_BODY_MODES, RunState, TrainConfig
+from .events import BY_THE_USER, BatchEnd, EpochEnd, Event, Progress, RunFinished
 
 log = logging.getLogger(__name__)
 TIME_LIMIT_BY = "at this server's limit"  # who stopped a run that reached ``JobSpec.max_seconds`` (``Stop.by``)

@@ -28,7 +28,7 @@ from .data import IMAGE_SUFFIXES, ImageSet, load_zip
 from .errors import TLError
 from .measure import Score
 from .project import Project, projects_root
-from .train import MODES
+from .config import MODES
 
 PUBLIC_URL_ENV = "TLS_PUBLIC_URL"
 

@@ -24,8 +24,9 @@ from .backbones import get_backbone_spec
 from .data import ImageSet, check_trainable, trainable_subset
 from .errors import TLError
 from .model import build_model, freeze
-from .train import (FROZEN_BODY_MODES, Progress, TrainConfig, _autocast, _pixel_plan, _prefix_plan,
-                    resolve_device, run_split)
+from .config import FROZEN_BODY_MODES, TrainConfig
+from .events import Progress
+from .train import _autocast, _pixel_plan, _prefix_plan, resolve_device, run_split
 
 START_LR, END_LR = 1e-6, 1.0  # the sweep; TrainConfig accepts rates up to 1
 DIVERGED = 4.0  # the sweep stops once the smoothed loss is this many times its minimum (fastai's rule)

@@ -21,8 +21,10 @@ from .data import to_float
 from .errors import TLError
 from .runtime import frozen_forward, runtime_for
 from .storage import below_the_server, child_env
-from .train import (AUGMENT_DRAWS, FROZEN_BODY_MODES, TrainConfig, augment, fe_views, resolve_device,
-                    score_repeats)
+from .config import FROZEN_BODY_MODES, TrainConfig
+from .features import AUGMENT_DRAWS, augment, fe_views
+from .heads import score_repeats
+from .train import resolve_device
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class SpeedProfile:
     stage_share: tuple[float, ...]  # fraction of the torch forward time spent in each stage
     runtime: str  # what ran ``ms_per_image`` (torch where the weights are not on this machine)
     batch: int = 8  # both figures: one pass over a batch of this many images, divided by it
-    augment_ms_per_image: float = 0.0  # one augmented view (``train.augment``), what views pay besides the forward
+    augment_ms_per_image: float = 0.0  # one augmented view (``features.augment``), what views pay besides the forward
 
     def text(self) -> str:
         """Both figures, said as what they are: "3 ms/image in torch · 23 ms/image on openvino (batches of 8)".
@@ -302,7 +304,7 @@ def estimate_run_seconds(config: TrainConfig, num_images: int, features_cached: 
     return run_overhead_s(config) + _trained_seconds(config, num_images, speed) * CALIBRATION.factor()
 
 
-#: Feature extraction's head: its fits and their repeated cross-validation (``train._head_run``) cost about this
+#: Feature extraction's head: its fits and their repeated cross-validation (``heads.head_run``) cost about this
 #: much per row (an image or a view) and class, per repeat of the score's folds plus HEAD_FIT_FIXED_REPEATS for the
 #: fits on the training split and on every image, plus a fixed part. Fitted on this project's 2-core machine to
 #: 24 runs on cached features (2026-12-06, quiet, after the fits stopped at scikit-learn's tolerance): 10-300 images

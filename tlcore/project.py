@@ -38,7 +38,9 @@ from .jobs import SERVER_GONE, JobSpec, short_run
 from .runner import get_runner
 from .storage import atomic_write, atomic_write_all
 from .run_views import GROUP_PREFIXES, ComparisonKind, RunRecord, describe
-from .train import FROZEN_BODY_MODES, RunFinished, RunResult, TrainConfig, run_split
+from .config import FROZEN_BODY_MODES, TrainConfig
+from .events import RunFinished, RunResult
+from .train import run_split
 
 HOME_ENV = "TLS_HOME"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")

@@ -34,7 +34,7 @@ import ray
 from .errors import TLError
 from .jobs import Job, JobTracker, JobSpec, estimate_seconds, queue_position, run_job
 from .storage import child_env
-from .train import Event, RunFinished
+from .events import Event, RunFinished
 
 log = logging.getLogger(__name__)
 POLL_S = 0.25

@@ -18,7 +18,8 @@ from .data import ImageItem, ImageSet, to_float, trainable_subset
 from .errors import TLError
 from .evaluate import Evaluation, Familiarity, evaluate
 from .jobs import Job
-from .train import FROZEN_BODY_MODES, MODE_TITLES, RunResult, RunState, TrainConfig
+from .config import FROZEN_BODY_MODES, MODE_TITLES, RunState, TrainConfig
+from .events import RunResult
 
 
 class Project(Protocol):

@@ -37,7 +37,7 @@ from multiprocessing.connection import Connection, Pipe, wait
 from .errors import TLError
 from .jobs import Job, JobTracker, JobSpec, Runner, estimate_seconds, queue_position, receive, send
 from .storage import below_the_server, child_env
-from .train import RunFinished
+from .events import RunFinished
 
 log = logging.getLogger(__name__)
 #: t threads run a job about t ** THREAD_SCALING times as fast as one (measured: see ``share_rate``).

@@ -29,7 +29,9 @@ from .backbones import BackboneSpec, frozen_body, get_backbone_spec
 from .data import ImageSet, check_trainable, to_float, trainable_subset
 from .errors import TLError
 from .measure import Score, out_of_fold, repeated_folds
-from .train import Progress, _logistic_folds, cached_features, embed, feature_key, keep_features
+from .events import Progress
+from .features import cached_features, embed, feature_key, keep_features
+from .heads import logistic_folds
 
 # ----------------------------------------------------------------------------- LogME
 
@@ -213,7 +215,7 @@ def probe_stages(imageset: ImageSet, backbone: str, should_stop: Callable[[], bo
             return None
         yield Progress("Probing each stage", s, len(pooled), math.nan)
         x = (x - x.mean(0)) / (x.std(0) + 1e-6)  # stages differ in scale by orders of magnitude
-        logits = iter(_logistic_folds(x, y, len(data.classes))(pairs))
+        logits = iter(logistic_folds(x, y, len(data.classes))(pairs))
         score = out_of_fold(pairs, lambda _tr, _te: next(logits).softmax(1), y, method)[0]  # noqa: B023
         if score is None:
             raise TLError("Too few images per class to hold any out: add at least two images to each class.")

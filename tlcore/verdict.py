@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .measure import Paired, paired
-from .train import MODE_TITLES, RunFacts
+from .config import MODE_TITLES
+from .events import RunFacts
 
 #: Strategies that start from the pretrained backbone and use the photos (zero-shot uses none).
 PRETRAINED = ("feature-extraction", "fine-tune", "few-shot")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tlcore.train import EpochEnd
+from tlcore.events import EpochEnd
 
 EPOCHS = tuple(EpochEnd(k, 3, 1.0 / k, 0.5 + k / 10, 1.2 / k, 0.4 + k / 10, float(k), True) for k in (1, 2, 3))
 BATCHES = tuple((k / 4, 1.0 / (1 + k)) for k in range(12))

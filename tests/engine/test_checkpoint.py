@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import tlcore
-from tlcore.train import TrainConfig, run_to_end
+from tlcore.config import TrainConfig
+from tlcore.train import run_to_end
 
 
 @pytest.fixture(scope="module")

@@ -193,7 +193,8 @@ def test_class_names_give_a_second_opinion_where_they_mean_imagenet_classes():
 
     from tests.conftest import ROOT
     from tlcore.clean import named_probabilities
-    from tlcore.train import drive, embed
+    from tlcore.features import embed
+    from tlcore.train import drive
 
     photos = ImageSet()
     cat, coffee = (Image.open(ROOT / f"assets/{n}.jpg").convert("RGB") for n in ("chelsea", "coffee"))

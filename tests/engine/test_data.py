@@ -354,7 +354,7 @@ import dataclasses, resource
 import tlcore
 from tlcore.backbones import Preprocess, get_backbone_spec, register_backbone
 from tlcore.data import ImageSet, make_item
-from tlcore.train import embed
+from tlcore.features import embed
 from tests.conftest import COLORS, png_bytes
 # the tiny body behind a real backbone's input size: what a stack would cost is real, the forward pass is cheap
 spec = register_backbone(dataclasses.replace(get_backbone_spec("tiny-test"), name="tiny-224",

@@ -15,7 +15,9 @@ from tlcore.backbones import frozen_body, get_backbone_spec, weights_digest
 from tlcore.compare import plan
 from tlcore.data import tensor_to_image
 from tlcore.evaluate import grad_cam
-from tlcore.train import TrainConfig, drive, embed, run_to_end
+from tlcore.config import TrainConfig
+from tlcore.features import embed
+from tlcore.train import drive, run_to_end
 from tlcore.transfer import transfer_score
 from tlcore.zeroshot import zero_shot_model
 from tests.conftest import ROOT

@@ -17,7 +17,7 @@ from tlcore.project import Project
 from tlcore.run_views import validation_report
 from tlcore.jobs import JobSpec
 from tlcore.runner import LocalRunner
-from tlcore.train import TrainConfig
+from tlcore.config import TrainConfig
 from tests.conftest import eventually, png_bytes
 
 TINY = TrainConfig(backbone="tiny-test", mode="fine-tune", epochs=3, batch_size=8)
@@ -403,7 +403,7 @@ class _DyingServer:
     def send_bytes(self, data: bytes) -> None:
         import pickle
 
-        from tlcore.train import EpochEnd
+        from tlcore.events import EpochEnd
 
         if self.dead.is_set():
             if self.loud:

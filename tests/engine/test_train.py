@@ -11,7 +11,10 @@ from torch import nn
 import tlcore
 from tlcore.backbones import Body, Stage
 from tlcore.model import build_model, freeze, set_train_mode
-from tlcore.train import FEATURES, BatchEnd, EpochEnd, Progress, RunFinished, TrainConfig, run_to_end, train
+from tlcore.config import TrainConfig
+from tlcore.events import BatchEnd, EpochEnd, Progress, RunFinished
+from tlcore.features import FEATURES
+from tlcore.train import run_to_end, train
 
 TINY = TrainConfig(backbone="tiny-test", epochs=4, batch_size=8)
 
@@ -192,7 +195,7 @@ def test_few_shot_prototypes_from_one_image_per_class(tiny_set):
 
 
 def test_prototype_head_is_nearest_class_mean():
-    from tlcore.train import set_prototypes
+    from tlcore.heads import set_prototypes
 
     feats = torch.randn(30, 5)
     labels = torch.arange(3).repeat(10)
@@ -255,7 +258,7 @@ for mode in ("feature-extraction", "fine-tune", "scratch"):
 
 
 def test_feature_extraction_fits_on_augmented_views_computed_once(tiny_set):
-    from tlcore.train import embed_views
+    from tlcore.features import embed_views
 
     FEATURES.clear()
     fe = dataclasses.replace(TINY, mode="feature-extraction")
@@ -270,7 +273,7 @@ def test_feature_extraction_fits_on_augmented_views_computed_once(tiny_set):
             next(gen)
     except StopIteration as done:
         again = done.value
-    assert again.shape[:2] == (3, 24) and not torch.equal(again[0], again[1])
+    assert again.shape[:2] == (4, 24) and not torch.equal(again[1], again[2])  # the images, then 3 views
     assert run_to_end(tiny_set, fe).result.score == first.score
     plain = run_to_end(tiny_set, dataclasses.replace(fe, augment=False)).result
     assert "augmented" not in plain.how
@@ -280,23 +283,23 @@ def test_a_fold_never_fits_on_a_view_of_an_image_it_is_scored_on():
     """Views identical to their image, labels that are noise: a fold that saw a held-out image's views would
     recognise it (about 100 %); without them it is at chance."""
     from tlcore.measure import repeated_folds
-    from tlcore.train import _logistic_folds
+    from tlcore.heads import logistic_folds
 
     torch.manual_seed(0)
     x = torch.randn(40, 64)
     y = torch.randint(0, 2, (40,))
     pairs = repeated_folds(y, 10, 1, 0)
-    predict = _logistic_folds(x, y, 2, torch.stack([x, x, x]))
+    predict = logistic_folds(x, y, 2, torch.stack([x, x, x]))
     right = sum(int((logits.argmax(1) == y[te]).sum()) for (_tr, te), logits in zip(pairs, predict(pairs)))
     assert right / 40 < 0.8
-    leaky = _logistic_folds(torch.cat([x, x]), torch.cat([y, y]), 2)  # the held-out image's copy trained on
+    leaky = logistic_folds(torch.cat([x, x]), torch.cat([y, y]), 2)  # the held-out image's copy trained on
     copies = [(tr + [i + 40 for i in te], te) for tr, te in pairs]
     right = sum(int((logits.argmax(1) == y[te]).sum()) for (_tr, te), logits in zip(copies, leaky(copies)))
     assert right / 40 > 0.95  # the test can fail: a leak would show
 
 
 def test_augment_draws_each_image_its_own_view_and_identity_draws_change_nothing():
-    from tlcore.train import AUGMENT_DRAWS, augment
+    from tlcore.features import AUGMENT_DRAWS, augment
 
     torch.manual_seed(0)
     x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
@@ -316,13 +319,15 @@ def test_feature_extraction_with_views_averages_the_images_fit_and_the_views_fit
     images with their views (each fitted to convergence here separately): alone, either fell up to 3 points
     below the baseline on some small real sets."""
     from tlcore.measure import fit_logistic
-    from tlcore.train import HEAD_C, drive, embed, embed_views
+    from tlcore.features import embed, embed_views
+    from tlcore.heads import HEAD_C
+    from tlcore.train import drive
 
     fe = dataclasses.replace(TINY, mode="feature-extraction", epochs=50)
     result = run_to_end(tiny_set, fe).result
     assert "the average of two logistic regressions" in result.how
     x, y = drive(embed(tiny_set, "tiny-test")).float(), tiny_set.labels()
-    views = drive(embed_views(tiny_set, "tiny-test", 3)).float()
+    views = drive(embed_views(tiny_set, "tiny-test", 3))[1:].float()
     alone = fit_logistic(x, y, 3, HEAD_C, 1000)
     with_views = fit_logistic(torch.cat([x, *views]), y.repeat(4), 3, HEAD_C, 1000)
     head = result.model.head[-1]

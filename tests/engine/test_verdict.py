@@ -7,7 +7,7 @@ import dataclasses
 from tlcore import TrainConfig, headline, ladder_verdicts, names_worth, study_finding, versus
 from tlcore.compare import plan, run_plan, shared_split
 from tlcore.measure import Score
-from tlcore.train import RunFacts, RunFinished
+from tlcore.events import RunFacts, RunFinished
 
 
 def facts(mode: str, right: list[bool], curve=()) -> RunFacts:
