@@ -7,7 +7,7 @@ import streamlit as st
 
 import tlcore
 from pages import insight
-from pages.common import ASSETS, explain, project, session, work_button
+from pages.common import ASSETS, explain, polled, project, session, work_button
 from tlcore import measure_speed
 
 proj = project()
@@ -153,7 +153,7 @@ except tlcore.TLError:
                "scored on them, before any training.")
 else:
     fits_polling = any(state.running for state in fit_states().values())
-    st.fragment(fits_view, run_every=1.0 if fits_polling else None)(fits_polling)
+    polled(fits_view, fits_polling)
 
 
 def import_weights_form() -> None:

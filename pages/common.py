@@ -424,6 +424,13 @@ def work_button(label: str, key: str, busy_label: str, **button) -> bool:
     return asked
 
 
+def polled(view: Callable[..., None], polling: bool, *args: object, every: float = 1.0) -> None:
+    """Draw ``view(*args, polling)`` in a fragment that reruns every ``every`` seconds while ``polling`` (its work
+    runs in a worker: only the fragment redraws). Once the work has ended, the view calls ``st.rerun()``: one full
+    rerun shows the result everywhere on the page and, ``polling`` now false, stops the polling."""
+    st.fragment(view, run_every=every if polling else None)(*args, polling)
+
+
 def require_data(proj: Project) -> None:
     """Stop the page with guidance when there is nothing to train on."""
     try:

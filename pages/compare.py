@@ -7,7 +7,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import tlcore
-from pages.common import ASSETS, explain, format_seconds, project, require_data, session, start_button, student
+from pages.common import (ASSETS, explain, format_seconds, polled, project, require_data, session, start_button,
+                          student)
 from tlcore import COMPARE_EPOCHS, DEFAULT_SHOTS, STRATEGY_TITLES, available_shots, shared_split
 from tlcore import describe, embedding_map
 
@@ -33,6 +34,14 @@ def suggested(classes: tuple[str, ...]) -> dict[str, dict[str, float]]:
     return tlcore.suggest_mapping(classes)
 
 
+def edit_mapping(mapping: dict[str, dict[str, float]], c: str, key: str) -> None:
+    """Save the mapping shown with class ``c``'s ImageNet classes as the user left them (only an edit saves: a
+    suggestion is made again, the same, when a run needs it)."""
+    chosen = {**mapping, c: tlcore.edit_mapping(mapping[c], st.session_state[key])}
+    proj.settings = dataclasses.replace(proj.settings, zero_shot_map=chosen)
+    proj.save()
+
+
 def zero_shot_mapping() -> None:
     """The class -> weighted ImageNet classes mapping zero-shot will use: suggested, shown, editable, saved."""
     classes = tuple(proj.images.classes)
@@ -47,12 +56,9 @@ def zero_shot_mapping() -> None:
         names = tlcore.imagenet_categories()
         for k, c in enumerate(classes):
             weights = mapping[c]
-            chosen = st.multiselect(c, names, default=[n for n in weights if n in names], key=f"compare_zs_{k}",
-                                    format_func=lambda n, w=weights: f"{n} · {w[n]:.2f}" if n in w else n)
-            mapping[c] = tlcore.edit_mapping(weights, chosen)
-    if mapping != saved:
-        proj.settings = dataclasses.replace(proj.settings, zero_shot_map=mapping)
-        proj.save()
+            st.multiselect(c, names, default=[n for n in weights if n in names], key=f"compare_zs_{k}",
+                           format_func=lambda n, w=weights: f"{n} · {w[n]:.2f}" if n in w else n,
+                           on_change=edit_mapping, args=(mapping, c, f"compare_zs_{k}"))
     if missing := tlcore.unmapped(classes, mapping):
         st.warning(f"**ImageNet has no class for {', '.join(missing)}.** Zero-shot can only guess "
                    f"{'it' if len(missing) == 1 else 'them'}: it can name only what the backbone learned to name. "
@@ -229,7 +235,7 @@ def challenge_yardstick(scored) -> None:
 
 
 polling = bool(proj.active_runs())
-st.fragment(comparison_view, run_every=1.0 if polling else None)(proj, group, extra_ids, polling)
+polled(comparison_view, polling, proj, group, extra_ids)
 
 st.divider()
 st.subheader("How many images do I need?")
@@ -294,7 +300,7 @@ def study_view(proj: tlcore.Project, eff_group: str | None, study_polling: bool)
 
 if eff_group:
     study_polling = any(r.live for r in proj.group_runs(eff_group))
-    st.fragment(study_view, run_every=1.0 if study_polling else None)(proj, eff_group, study_polling)
+    polled(study_view, study_polling, proj, eff_group)
 
 st.divider()
 st.subheader("Backbone race: which pretrained network suits your images?")
@@ -368,7 +374,7 @@ def race_view(proj: tlcore.Project, race_group: str | None, race_polling: bool) 
 
 if race_group:
     race_polling = any(r.live for r in proj.group_runs(race_group))
-    st.fragment(race_view, run_every=1.0 if race_polling else None)(proj, race_group, race_polling)
+    polled(race_view, race_polling, proj, race_group)
 
 st.divider()
 st.subheader("Embedding map")

@@ -6,7 +6,7 @@ import streamlit as st
 
 import tlcore
 from pages import insight
-from pages.common import explain, format_seconds, project, save_settings, session
+from pages.common import explain, format_seconds, polled, project, save_settings, session
 from tlcore import stage_param_counts
 from tlcore import estimate_epoch_seconds, measure_speed
 
@@ -71,8 +71,8 @@ def freeze_from(stage: int) -> None:
     save_strategy()
 
 
-def probe_view(proj: tlcore.Project, probe_config: tlcore.TrainConfig, probe_polling: bool, n: int, scratch: bool,
-               trained: int) -> None:
+def probe_view(proj: tlcore.Project, probe_config: tlcore.TrainConfig, n: int, scratch: bool, trained: int,
+               probe_polling: bool) -> None:
     """The stage probe of the project's images: started on a click, computed by a training worker, shown as
     accuracy against depth; reruns itself every second while it runs."""
     probe = insight.result_or_start(proj, "stage-probe", probe_config, probe_polling, "Probing each stage", dict(
@@ -116,8 +116,7 @@ else:
     has_images = True
     probe_config = tlcore.TrainConfig(backbone=spec.name)
     probe_polling = insight.state(proj, "stage-probe", probe_config).running
-    st.fragment(probe_view, run_every=1.0 if probe_polling else None)(proj, probe_config, probe_polling, n, scratch,
-                                                                      trained)
+    polled(probe_view, probe_polling, proj, probe_config, n, scratch, trained)
 
 trainable = sum(counts[depth:]) + head_params
 total = sum(counts) + head_params

@@ -7,8 +7,8 @@ import streamlit as st
 import tlcore
 from pages import insight
 
-from pages.common import (describe_snapshot, explain, give_focus_back, project, require_data, run_title, save_settings,
-                          score_metric, session, setting, start_button, student)
+from pages.common import (describe_snapshot, explain, give_focus_back, polled, project, require_data, run_title,
+                          save_settings, score_metric, session, setting, start_button, student)
 from tlcore import describe
 
 proj = project()
@@ -88,7 +88,7 @@ if s.mode not in tlcore.FROZEN_BODY_MODES:
     with st.expander("Find the learning rate", icon=":material/troubleshoot:"):
         lr_config = dataclasses.replace(proj.settings, backbone=proj.backbone)
         lr_polling = insight.state(proj, "lr-find", lr_config).running
-        st.fragment(lr_find_view, run_every=1.0 if lr_polling else None)(proj, lr_config, lr_polling)
+        polled(lr_find_view, lr_polling, proj, lr_config)
 
 
 
@@ -166,7 +166,7 @@ def live_view(proj: tlcore.Project, polling: bool) -> None:
 
 # Polls once a second, and only while a run of this project is queued or training (never after).
 polling = bool(proj.active_runs())
-st.fragment(live_view, run_every=1.0 if polling else None)(proj, polling)
+polled(live_view, polling, proj)
 
 singles = [r for r in proj.runs if not r.group]  # comparison runs are on the Compare page
 if len(singles) > 1:
