@@ -149,7 +149,8 @@ def embed_views(imageset: ImageSet, backbone: str, views: int, device: torch.dev
             yield Progress(what, done, len(todo), (len(todo) - done) / rate)
     if not digests:
         return torch.zeros((1 + views, 0, get_backbone_spec(backbone).feature_dim))
-    return torch.stack([torch.stack(c) for c in cached])  # type: ignore[arg-type]
+    stacks = [torch.stack(c) for c in cached]  # type: ignore[arg-type]
+    return torch.stack(stacks) if views else stacks[0].unsqueeze(0)  # ``embed``'s: no second copy of its features
 
 
 def fe_views(cfg: TrainConfig, num_images: int, classes: int | None = None) -> int:
