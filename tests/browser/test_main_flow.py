@@ -147,7 +147,7 @@ def test_the_load_tests_own_devices_browsers_yield_the_cpu_to_the_server(browser
     is in a scheduling group at nice 19 (Playwright and chromium start sessions of their own, each an autogroup
     that would share the CPU equally with the server whatever its processes' nice values)."""
     from tests.browser.studio import CHROMIUM, FLAGS
-    from tests.classroom import chromium_pids, yield_cpu
+    from tests.classroom import browser_pids, chromium_pids, yield_cpu
 
     if not Path("/proc/self/autogroup").exists():
         pytest.skip("this kernel schedules without autogroups: the browsers' own nice values apply")
@@ -158,33 +158,13 @@ def test_the_load_tests_own_devices_browsers_yield_the_cpu_to_the_server(browser
         except (OSError, IndexError):
             return "gone"
 
-    def parent(pid: int) -> int:
-        try:
-            return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            return 0
-
-    def ours() -> set[int]:
-        """The processes of the browser started below: its root (the one new chromium process whose parent is no
-        chromium) and every chromium process below it; not the session's shared browser, which may start a
-        renderer of its own meanwhile."""
-        pids = chromium_pids()
-        roots = {p for p in pids - before if parent(p) not in pids}
-        found, todo = set(roots), list(roots)
-        while todo:
-            p = todo.pop()
-            kids = {c for c in pids if parent(c) == p} - found
-            found |= kids
-            todo += kids
-        return found
-
     before = chromium_pids()  # the session's own browser (``browser``), that other tests share
     b = browser.browser_type.launch(executable_path=CHROMIUM, args=FLAGS)  # a second one, as the load test starts
     try:
         b.new_page().set_content("<h1>first</h1>")
-        yield_cpu(ours())
+        yield_cpu(browser_pids(before))
         b.new_page().set_content("<h1>a tab opened later</h1>")
-        niceness = {pid: group_nice(pid) for pid in ours()}
+        niceness = {pid: group_nice(pid) for pid in browser_pids(before)}
     finally:
         b.close()
     assert len(niceness) >= 3 and set(niceness.values()) - {"gone"} == {"19"}, niceness
