@@ -154,7 +154,7 @@ Event = Progress | BatchEnd | EpochEnd | RunFinished
 
 
 def heldout_of(probs: dict[int, torch.Tensor], labels: torch.Tensor, digests: list[str]
-             ) -> tuple[tuple[str, int, tuple[float, ...]], ...]:
+               ) -> tuple[tuple[str, int, tuple[float, ...]], ...]:
     """``RunFacts.heldout`` from each scored image's out-of-fold probabilities."""
     return tuple((digests[i], int(labels[i]), tuple(round(v, 5) for v in p.tolist())) for i, p in probs.items())
 

@@ -158,7 +158,7 @@ class _Head:
 
 
 def logistic_folds(x: torch.Tensor, y: torch.Tensor, num_classes: int, views: torch.Tensor | None = None,
-                    start: list[Fit] | None = None, bases: list[torch.Tensor] | None = None) -> Predictor:
+                   start: list[Fit] | None = None, bases: list[torch.Tensor] | None = None) -> Predictor:
     """Every fold's head (``_Head``) in one batched fit per part; a fold fits on its training images and their
     views, never on a view of an image it is scored on. ``start``: the parts of the head fitted on every image,
     where each fold's L-BFGS starts: a fold lacks one image per class, so its optimum lies near and it
