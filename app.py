@@ -2,8 +2,21 @@
 import streamlit as st
 
 import tlcore
-from pages.common import (PAGES, VIEW_PAGES, ask_name, has_project, keep_every_click, open_session, project, read_only,
-                          save_student, session, start_from_kit, step_bar, view_link)
+from pages.common import (
+    PAGES,
+    VIEW_PAGES,
+    ask_name,
+    has_project,
+    keep_every_click,
+    open_session,
+    project,
+    read_only,
+    save_student,
+    session,
+    start_from_kit,
+    step_bar,
+    view_link,
+)
 
 keep_every_click()
 

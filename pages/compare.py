@@ -7,10 +7,16 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import tlcore
-from pages.common import (ASSETS, explain, format_seconds, polled, project, require_data, session, start_button,
-                          student)
-from tlcore import COMPARE_EPOCHS, DEFAULT_SHOTS, STRATEGY_TITLES, available_shots, shared_split
-from tlcore import describe, embedding_map
+from pages.common import ASSETS, explain, format_seconds, polled, project, require_data, session, start_button, student
+from tlcore import (
+    COMPARE_EPOCHS,
+    DEFAULT_SHOTS,
+    STRATEGY_TITLES,
+    available_shots,
+    describe,
+    embedding_map,
+    shared_split,
+)
 
 proj = project()
 st.title("Compare strategies")

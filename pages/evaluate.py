@@ -4,8 +4,7 @@ import streamlit as st
 
 import tlcore
 from pages.common import explain, file_caption, project, read_only, require_run, score_metric, session, work_button
-from tlcore import thumbnail
-from tlcore import validation_report
+from tlcore import thumbnail, validation_report
 
 proj = project()
 st.title("5 · Evaluate")

@@ -1,14 +1,13 @@
 """Step 3: how much of the backbone to keep frozen, from feature extraction to learning from scratch."""
 
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 import streamlit as st
+from plotly.subplots import make_subplots
 
 import tlcore
 from pages import insight
 from pages.common import explain, format_seconds, polled, project, save_settings, session
-from tlcore import stage_param_counts
-from tlcore import estimate_epoch_seconds, measure_speed
+from tlcore import estimate_epoch_seconds, measure_speed, stage_param_counts
 
 proj = project()
 spec = tlcore.get_backbone_spec(proj.backbone)

@@ -1,4 +1,4 @@
-"""What the Backbone, Freeze and Train pages share for the jobs that look before training (``tlcore.analysis``):
+"""What the Backbone, Freeze and Train pages share for the jobs that look before training (``tlcore.analysis.tasks``):
 start one on the runner, show its progress while it runs, its reason if it failed. Never computes anything."""
 from __future__ import annotations
 

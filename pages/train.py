@@ -6,9 +6,21 @@ import streamlit as st
 
 import tlcore
 from pages import insight
-
-from pages.common import (describe_snapshot, explain, give_focus_back, polled, project, require_data, run_title,
-                          save_settings, score_metric, session, setting, start_button, student)
+from pages.common import (
+    describe_snapshot,
+    explain,
+    give_focus_back,
+    polled,
+    project,
+    require_data,
+    run_title,
+    save_settings,
+    score_metric,
+    session,
+    setting,
+    start_button,
+    student,
+)
 from tlcore import describe
 
 proj = project()

@@ -38,7 +38,7 @@ def main() -> int:
     import argparse
 
     import tlcore
-    from tlcore.clean import check_data
+    from tlcore.analysis.clean import check_data
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbone", default=tlcore.DEFAULT_BACKBONE)

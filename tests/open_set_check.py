@@ -57,7 +57,7 @@ def _png(img: Image.Image) -> bytes:
 def measure(per_photo: int = 20, out_per_photo: int = 6, faces: int = 60) -> dict:
     """Train on the classes above, then count "not sure" on held-out images of them and on out-of-class crops."""
     import tlcore
-    from tlcore.evaluate import Familiarity
+    from tlcore.engine.evaluate import Familiarity
 
     rng = random.Random(0)
     files = []

@@ -7,7 +7,7 @@ every photo of mammal, insect and tool; decoded as the app does (transparency ov
 
 Photos: scikit-image's chelsea (cat), coffee, rocket and stereo_motorcycle, scikit-learn's flower; 12 crops
 each (35-90 % of the side, flipped half of the time; tests/open_set_check.py's crops). EfficientNet-Lite0's
-ImageNet head, summed per class (tlcore.zeroshot).
+ImageNet head, summed per class (tlcore.models.zeroshot).
 """
 from __future__ import annotations
 
@@ -22,8 +22,7 @@ PHOTOS = {"cat": "chelsea", "coffee": "coffee", "rocket": "rocket", "flower": "f
 def measure(per_photo: int = 12, hierarchy: bool = True) -> dict:
     import tlcore
     from tests.open_set_check import _crops, _photo
-    from tlcore import zeroshot
-
+    from tlcore.models import zeroshot
     rng = random.Random(1)
     images, labels = [], []
     for label, photo in PHOTOS.items():
@@ -69,8 +68,8 @@ def tuxpaint_photos(classes: list[str]) -> dict[str, list[tuple[str, bytes]]]:
 def measure_photos(photos: dict[str, list[tuple[str, bytes]]], backbone: str) -> dict:
     """Zero-shot accuracy of the suggested mapping on ``photos`` (class -> [(name, bytes)])."""
     import tlcore
-    from tlcore import zeroshot
-    from tlcore.data import decode_image
+    from tlcore.data.images import decode_image
+    from tlcore.models import zeroshot
 
     classes = list(photos)
     images = [decode_image(name, data) for c in classes for name, data in photos[c]]

@@ -28,45 +28,115 @@ here (a test holds the pages to it). Modules, one job each:
 * ``analysis``   those as runner jobs, their results on disk;
 * ``cli``, ``bench``.
 """
-from .backbones import (DEFAULT_BACKBONE, BackboneSpec, Body, Preprocess, create_body, ensure_weights,
-                        get_backbone_spec, imagenet_categories, import_weights, list_backbones,
-                        register_backbone, stage_param_counts)
-from .checkpoint import (SavedRun, archive_run, export_onnx, export_torchscript, load_run, RunMeta, save_run,
-                         unpack_run_archive)
-from .clean import Action, DataCheck, Finding, Review, check_backbone, check_data, check_key, review_summary
-from .compare import (COMPARE_EPOCHS, DEFAULT_SHOTS, STRATEGY_TITLES, available_shots, race_facts, shared_split,
-                      shots_note, top1_finding)
-from .data import (IMAGE_SUFFIXES, ImageItem, ImageSet, Rejected, check_trainable, decode_image, load_data,
-                   load_folder, load_zip, sklearn_digits, stratified_split, thumbnail)
-from .errors import BadImageError, TLError, WeightsUnavailableError
-from .limits import LimitError, Limits, folder_mb
-from .measure import Paired, Score, accuracy_interval, paired
-from .evaluate import Evaluation, Familiarity, Prediction, evaluate, grad_cam, imagenet_top, overlay_cam, predict
-from .model import TransferModel, build_model, count_params, freeze
-from .profile import (SpeedProfile, SpeedUnknown, estimate_epoch_seconds, estimate_run_seconds, measure_speed,
-                      measure_speed_elsewhere, refine_speed_when_quiet)
-from .jobs import Job, JobSnapshot, JobSpec, Runner
-from .runner import LocalRunner, get_runner, set_runner
-from .project import Project, import_run
-from .registry import PROJECTS, ProjectRegistry
-from .run_views import ComparisonKind, RunRecord, RunViews, describe, embedding_map, export_model, familiarity, model_card, run_archive, validation_report
-from .challenge import Challenge, Entry, create_challenge, current_challenge
-from .lesson import (ClassKit, StudentProgress, class_progress, create_kit, current_kit, folder_zip, lan_addresses,
-                     server_urls, teacher_key_ok, teacher_login, teacher_logout, board_key, board_key_ok)
-from .report import USAGE, report_html
-from .charts import SERIES_COLOURS, training_figures
-from .webexport import WebExport, export_web, lan_url, publish_web
-from .verdict import Verdict, headline, ladder_verdicts, names_worth, photos_changed, study_finding, versus
-from .classlab import ClassSummary, PairResult, class_summary
-from .zeroshot import edit_mapping, mapping_method, mapping_weights, suggest_mapping, unmapped
-from .transfer import StageProbe, TransferScore, logme, probe_stages, stage_maps, transfer_score
-from .lrfind import LrFind, lr_find
-from .analysis_jobs import AnalysisState, analysis_state, forget_analysis, start_analysis
-from .backbones import frozen_body
-from .config import FROZEN_BODY_MODES, MODE_TITLES, MODES, TrainConfig
-from .events import BatchEnd, EpochEnd, Event, Progress, RunFinished, RunResult
-from .features import FEATURES, VIEWS_MAX_IMAGES, fe_views
-from .train import run_to_end, train
+from .analysis.clean import Action, DataCheck, Finding, Review, check_backbone, check_data, check_key, review_summary
+from .analysis.compare import (
+                        COMPARE_EPOCHS,
+                        DEFAULT_SHOTS,
+                        STRATEGY_TITLES,
+                        available_shots,
+                        race_facts,
+                        shared_split,
+                        shots_note,
+                        top1_finding,
+)
+from .analysis.lrfind import LrFind, lr_find
+from .analysis.profile import (
+                        SpeedProfile,
+                        SpeedUnknown,
+                        estimate_epoch_seconds,
+                        estimate_run_seconds,
+                        measure_speed,
+                        measure_speed_elsewhere,
+                        refine_speed_when_quiet,
+)
+from .analysis.transfer import StageProbe, TransferScore, logme, probe_stages, stage_maps, transfer_score
+from .analysis.verdict import Verdict, headline, ladder_verdicts, names_worth, photos_changed, study_finding, versus
+from .core.errors import BadImageError, TLError, WeightsUnavailableError
+from .core.limits import LimitError, Limits, folder_mb
+from .core.measure import Paired, Score, accuracy_interval, paired
+from .data.images import (
+                        IMAGE_SUFFIXES,
+                        ImageItem,
+                        ImageSet,
+                        Rejected,
+                        check_trainable,
+                        decode_image,
+                        load_data,
+                        load_folder,
+                        load_zip,
+                        sklearn_digits,
+                        stratified_split,
+                        thumbnail,
+)
+from .engine.checkpoint import (
+                        RunMeta,
+                        SavedRun,
+                        archive_run,
+                        export_onnx,
+                        export_torchscript,
+                        load_run,
+                        save_run,
+                        unpack_run_archive,
+)
+from .engine.config import FROZEN_BODY_MODES, MODE_TITLES, MODES, TrainConfig
+from .engine.evaluate import Evaluation, Familiarity, Prediction, evaluate, grad_cam, imagenet_top, overlay_cam, predict
+from .engine.events import BatchEnd, EpochEnd, Event, Progress, RunFinished, RunResult
+from .engine.features import FEATURES, VIEWS_MAX_IMAGES, fe_views
+from .engine.train import run_to_end, train
+from .jobs.analyses import AnalysisState, analysis_state, forget_analysis, start_analysis
+from .jobs.runner import LocalRunner, get_runner, set_runner
+from .jobs.spec import Job, JobSnapshot, JobSpec, Runner
+from .models.backbones import (
+                        DEFAULT_BACKBONE,
+                        BackboneSpec,
+                        Body,
+                        Preprocess,
+                        create_body,
+                        ensure_weights,
+                        frozen_body,
+                        get_backbone_spec,
+                        imagenet_categories,
+                        import_weights,
+                        list_backbones,
+                        register_backbone,
+                        stage_param_counts,
+)
+from .models.model import TransferModel, build_model, count_params, freeze
+from .models.zeroshot import edit_mapping, mapping_method, mapping_weights, suggest_mapping, unmapped
+from .studio.challenge import Challenge, Entry, create_challenge, current_challenge
+from .studio.charts import SERIES_COLOURS, training_figures
+from .studio.classlab import ClassSummary, PairResult, class_summary
+from .studio.lesson import (
+                        ClassKit,
+                        StudentProgress,
+                        board_key,
+                        board_key_ok,
+                        class_progress,
+                        create_kit,
+                        current_kit,
+                        folder_zip,
+                        lan_addresses,
+                        server_urls,
+                        teacher_key_ok,
+                        teacher_login,
+                        teacher_logout,
+)
+from .studio.project import Project, import_run
+from .studio.registry import PROJECTS, ProjectRegistry
+from .studio.report import USAGE, report_html
+from .studio.run_views import (
+                        ComparisonKind,
+                        RunRecord,
+                        RunViews,
+                        describe,
+                        embedding_map,
+                        export_model,
+                        familiarity,
+                        model_card,
+                        run_archive,
+                        validation_report,
+)
+from .studio.webexport import WebExport, export_web, lan_url, publish_web
 
 __all__ = [
     # backbones

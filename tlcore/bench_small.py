@@ -24,17 +24,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .backbones import DEFAULT_BACKBONE, get_backbone_spec
-from .compare import COMPARE_EPOCHS, features_of
-from .data import ImageSet, load_folder, sklearn_digits
-from .evaluate import evaluate
-from .jobs import short_run
-from .measure import shot_draws
-from .profile import estimate_run_seconds, run_overhead_s
-from .runtime import FrozenPart
-from .config import FROZEN_BODY_MODES, TrainConfig
-from .features import FEATURES
-from .train import run_to_end
+from .analysis.compare import COMPARE_EPOCHS, features_of
+from .analysis.profile import estimate_run_seconds, run_overhead_s
+from .core.measure import shot_draws
+from .data.images import ImageSet, load_folder, sklearn_digits
+from .engine.config import FROZEN_BODY_MODES, TrainConfig
+from .engine.evaluate import evaluate
+from .engine.features import FEATURES
+from .engine.train import run_to_end
+from .jobs.spec import short_run
+from .models.backbones import DEFAULT_BACKBONE, get_backbone_spec
+from .models.runtime import FrozenPart
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "assets" / "samples"
@@ -196,8 +196,8 @@ def app_ladder(quick: bool, backbone: str, log, busy_only: bool = False) -> dict
     ``busy_only``: only the ladder and the study while two other students fine-tune."""
     import os
 
-    from .project import HOME_ENV, Project
-    from .runner import set_runner
+    from .jobs.runner import set_runner
+    from .studio.project import HOME_ENV, Project
 
     old_home = os.environ.get(HOME_ENV)
     os.environ[HOME_ENV] = tempfile.mkdtemp(prefix="tls-bench-home-")
@@ -223,15 +223,15 @@ def app_ladder(quick: bool, backbone: str, log, busy_only: bool = False) -> dict
                 time.sleep(0.2)
             return ends
 
-        from .profile import CALIBRATION, measure_speed
-        from .runner import get_runner
+        from .analysis.profile import CALIBRATION, measure_speed
+        from .jobs.runner import get_runner
 
         getattr(get_runner(), "wait_ready", lambda _timeout: True)(300)  # Ray places its own workers
         measure_speed(backbone)  # as the app does at start-up, once the workers are ready
         CALIBRATION.reset()  # the sections above ran in this process: the first estimate is uncalibrated
         warm = project()  # workers started and the backbone exported, as on a server that has been up
         wait([warm], [warm.start_comparison(["feature-extraction"], epochs=epochs)])
-        from .profile import estimate_run_seconds
+        from .analysis.profile import estimate_run_seconds
         singles = {}
         for k, mode in enumerate(() if busy_only else ("feature-extraction", "fine-tune")):  # one run each, as the Train page starts it
             p = Project.create()

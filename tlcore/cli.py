@@ -13,9 +13,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .backbones import DEFAULT_BACKBONE, list_backbones
-from .errors import TLError
-from .config import MODES
+from .core.errors import TLError
+from .engine.config import MODES
+from .models.backbones import DEFAULT_BACKBONE, list_backbones
 
 EXIT_USER_ERROR = 2
 
@@ -36,7 +36,7 @@ class _Bar:
         self.what = ""
 
     def __call__(self, event) -> None:
-        from .events import BatchEnd, EpochEnd, Progress, RunFinished
+        from .engine.events import BatchEnd, EpochEnd, Progress, RunFinished
 
         if isinstance(event, Progress):
             self._bar(f"{self.label}{event.what}", event.total).n = event.done
@@ -63,7 +63,7 @@ class _Bar:
 
 
 def _config(args: argparse.Namespace, mode: str | None = None):
-    from .config import TrainConfig
+    from .engine.config import TrainConfig
 
     return TrainConfig(backbone=args.backbone, mode=mode or args.mode, freeze_depth=args.freeze_depth,
                        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
@@ -86,9 +86,9 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .checkpoint import save_run
-    from .data import load_data
-    from .train import run_to_end, set_threads
+    from .data.images import load_data
+    from .engine.checkpoint import save_run
+    from .engine.train import run_to_end, set_threads
 
     set_threads()
     config = _config(args)
@@ -96,7 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     imageset = load_data(args.data)
     _report_rejected(imageset)
     if args.runner == "ray":
-        from .compare import shared_split
+        from .analysis.compare import shared_split
 
         [(finished, r)] = _on_ray(imageset, [(args.out, config)], shared_split(imageset, config))
     else:
@@ -120,12 +120,11 @@ def _on_ray(imageset, jobs: list[tuple[str, object]], split) -> list[tuple[objec
     """Run ``(out folder, config)`` jobs on Ray (``TLS_RAY_ADDRESS``, default a local instance), all
     submitted at once (they run side by side as far as the cluster has room); returns each job's
     ``(RunFinished, RunResult)``, the result loaded from the folder the run was copied into."""
-    from .checkpoint import lazy_result
-    from .ray_runner import RayRunner
-    from .jobs import JobSpec
-
-    from .data import trainable_subset
-    from .train import run_split
+    from .data.images import trainable_subset
+    from .engine.checkpoint import lazy_result
+    from .engine.train import run_split
+    from .jobs.ray_runner import RayRunner
+    from .jobs.spec import JobSpec
 
     runner = RayRunner(os.environ.get("TLS_RAY_ADDRESS", "local"))
     labels = trainable_subset(imageset).labels()
@@ -149,9 +148,9 @@ def _on_ray(imageset, jobs: list[tuple[str, object]], split) -> list[tuple[objec
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .checkpoint import load_run
-    from .data import load_data
-    from .evaluate import evaluate, inference_runtime
+    from .data.images import load_data
+    from .engine.checkpoint import load_run
+    from .engine.evaluate import evaluate, inference_runtime
 
     saved = load_run(args.run_dir)
     imageset = load_data(args.data)
@@ -162,10 +161,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .checkpoint import load_run
-    from .data import decode_image
-    from .errors import BadImageError
-    from .evaluate import inference_runtime, predict
+    from .core.errors import BadImageError
+    from .data.images import decode_image
+    from .engine.checkpoint import load_run
+    from .engine.evaluate import inference_runtime, predict
 
     saved = load_run(args.run_dir)
     status = 0
@@ -186,12 +185,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import available_shots, plan, race_facts, run_plan, shared_split, summary_row, top1_finding
-    from .data import load_data
-    from .events import RunFinished
-    from .train import set_threads
-    from .transfer import transfer_score
-    from .verdict import headline, ladder_verdicts, names_worth, study_finding
+    from .analysis.compare import available_shots, plan, race_facts, run_plan, shared_split, summary_row, top1_finding
+    from .analysis.transfer import transfer_score
+    from .analysis.verdict import headline, ladder_verdicts, names_worth, study_finding
+    from .data.images import load_data
+    from .engine.events import RunFinished
+    from .engine.train import set_threads
 
     set_threads()
     base = _config(args, mode="feature-extraction")
@@ -231,7 +230,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
               if r is not None and r.score is not None and run.shots in (None, 0) and not backbones]
     _emit({"runner": args.runner, "backbone": base.backbone, "epochs": base.epochs, "seed": base.seed, "num_images": len(imageset),
            "classes": imageset.classes, "val_size": len(split[1]), "runs": rows,
-           # photo by photo: each rung against the next, and the lesson's pair, in words (tlcore.verdict)
+           # photo by photo: each rung against the next, and the lesson's pair, in words (tlcore.analysis.verdict)
            "headline": headline(ladder), "names_worth": names_worth(ladder),
            "verdicts": [v.to_json() for v in ladder_verdicts(ladder)],
            "study_finding": None if not shots else study_finding([r for r in results if r is not None]),
@@ -242,9 +241,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .clean import check_data
-    from .data import load_data
-    from .train import set_threads
+    from .analysis.clean import check_data
+    from .data.images import load_data
+    from .engine.train import set_threads
 
     set_threads()
     imageset = load_data(args.data)
@@ -257,7 +256,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import report_for_folder
+    from .studio.report import report_for_folder
 
     out = Path(args.out or Path(args.run_dir) / "report.html")
     out.write_text(report_for_folder(Path(args.run_dir), Path(args.data) if args.data else None), encoding="utf-8")
@@ -267,10 +266,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .checkpoint import archive_run, export_onnx, export_torchscript
-    from .report import open_run_folder
-    from .data import to_float
-    from .webexport import check_images, export_web
+    from .engine.checkpoint import archive_run, export_onnx, export_torchscript
+    from .models.model import to_float
+    from .studio.report import open_run_folder
+    from .studio.webexport import check_images, export_web
 
     project, record = open_run_folder(Path(args.run_dir), Path(args.data) if args.data else None)
     if args.format == "web":
@@ -299,7 +298,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_cert(args: argparse.Namespace) -> int:
-    from .certs import local_names, make_certificate
+    from .studio.certs import local_names, make_certificate
 
     hosts = args.host or local_names()
     cert, key = make_certificate(Path(args.out), hosts)
@@ -314,7 +313,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
     """How fast a backbone runs here (what the app's estimates use; the web server measures through this)."""
     import dataclasses
 
-    from .profile import measure_speed
+    from .analysis.profile import measure_speed
 
     _emit(dataclasses.asdict(measure_speed(args.backbone, args.batch, args.repeats)))
     return 0
@@ -322,7 +321,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
 
 def _drive(gen, bar: _Bar):
     """Run an engine generator to its end, its ``Progress`` on a bar; returns its result."""
-    from .train import drive
+    from .engine.train import drive
 
     result = drive(gen, bar)
     if bar.bar is not None:
@@ -332,9 +331,9 @@ def _drive(gen, bar: _Bar):
 
 def cmd_stages(args: argparse.Namespace) -> int:
     """How general each stage of a backbone is for DATA: a cross-validated linear probe on every stage."""
-    from .data import load_data
-    from .train import set_threads
-    from .transfer import probe_stages
+    from .analysis.transfer import probe_stages
+    from .data.images import load_data
+    from .engine.train import set_threads
 
     set_threads()
     imageset = load_data(args.data)
@@ -346,9 +345,9 @@ def cmd_stages(args: argparse.Namespace) -> int:
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
     """The learning-rate range test of a strategy on DATA: loss against rate, and the suggested rate."""
-    from .data import load_data
-    from .lrfind import lr_find
-    from .train import set_threads
+    from .analysis.lrfind import lr_find
+    from .data.images import load_data
+    from .engine.train import set_threads
 
     set_threads()
     config = _config(args)
@@ -366,8 +365,8 @@ def cmd_class(args: argparse.Namespace) -> int:
 
     if args.home:
         os.environ["TLS_HOME"] = args.home
-    from .challenge import current_challenge
-    from .classlab import class_summary
+    from .studio.challenge import current_challenge
+    from .studio.classlab import class_summary
 
     _emit(class_summary(current_challenge()).to_json())
     return 0

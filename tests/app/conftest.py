@@ -24,7 +24,6 @@ def no_training_left_behind():
     """A test's background runs stop when it ends, so they never slow the tests after it."""
     yield
     from tests.conftest import eventually
-
     from tlcore import PROJECTS, get_runner
 
     for name in PROJECTS.live():

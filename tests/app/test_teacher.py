@@ -16,7 +16,7 @@ from tests.engine.test_challenge import hidden_zip, trained
 @pytest.fixture
 def teacher(monkeypatch):
     monkeypatch.setenv("TLS_TEACHER_PASSWORD", "s3cret")
-    monkeypatch.setattr(tlcore.lesson, "lan_addresses", lambda: ["192.168.1.20"])
+    monkeypatch.setattr(tlcore.studio.lesson, "lan_addresses", lambda: ["192.168.1.20"])
     at = new_app()
     at.switch_page("pages/teacher.py").run()
     at.text_input(key="teacher_password").set_value("s3cret")
@@ -112,7 +112,7 @@ def test_the_class_lab_pools_every_projects_ladder_and_agrees_with_the_cli_summa
     from tests.engine.test_classlab import LADDER, save_project
 
     for name, rights in (("lab-ada", (9, 10, 12, 11, 5)), ("lab-ben", (8, 9, 13, 12, 6))):
-        save_project(tlcore.lesson.projects_root(), name, dict(zip(LADDER, rights)))
+        save_project(tlcore.studio.lesson.projects_root(), name, dict(zip(LADDER, rights)))
     teacher.run()
     assert not teacher.exception
     summary = tlcore.class_summary(tlcore.current_challenge())  # what `python -m tlcore class` prints

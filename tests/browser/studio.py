@@ -36,7 +36,7 @@ def start_app(address: str = "127.0.0.1", **env_extra: str):
     port = _free_port()
     env = {**os.environ, "TLS_HOME": tempfile.mkdtemp(prefix="tls-browser-"), "TLS_TEST_BACKBONES": "1",
            # an edit to tlcore while a test runs (others work in this checkout) made Streamlit re-import it, and the
-           # runner could no longer pickle a job ("not the same object as tlcore.jobs.JobSpec"): nothing trained
+           # runner could no longer pickle a job ("not the same object as tlcore.jobs.spec.JobSpec"): nothing trained
            "STREAMLIT_SERVER_FILE_WATCHER_TYPE": "none", **env_extra}
     # its output goes to a file: a pipe nobody reads fills (64 KB of the workers' progress bars over a module's
     # tests) and then blocks the server and its workers mid-write

@@ -18,7 +18,6 @@ from tests.browser.fake_camera import make_clip
 from tests.browser.studio import CHROMIUM, FLAGS, shot, start_app, stop_app
 
 
-
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     path = tmp_path_factory.mktemp("camera") / "clip.y4m"

@@ -17,8 +17,7 @@ import time
 
 import pytest
 
-from tests.browser.studio import (CHROMIUM, FLAGS, main_text, server_log, shot, start_app, start_long_training,
-                                  stop_app)
+from tests.browser.studio import CHROMIUM, FLAGS, main_text, server_log, shot, start_app, start_long_training, stop_app
 
 WAIT = 180_000  # the Compare page's first run took 90 s here while others trained and tested
 

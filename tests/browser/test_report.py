@@ -77,7 +77,7 @@ def test_the_app_made_report_has_coloured_curves_and_whole_labels(trained):
     from playwright.sync_api import sync_playwright
 
     tmp, run, data = trained
-    code = ("import sys, streamlit, tlcore.report as r; from pathlib import Path; "
+    code = ("import sys, streamlit, tlcore.studio.report as r; from pathlib import Path; "
             "Path(sys.argv[3]).write_text(r.report_for_folder(Path(sys.argv[1]), Path(sys.argv[2])))")
     out = subprocess.run([sys.executable, "-c", code, str(run), str(data), str(tmp / "app-report.html")], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)

@@ -10,7 +10,6 @@ from tests.browser.studio import CHROMIUM, FLAGS, SHOTS, shot, start_app, stop_a
 from tests.engine.test_challenge import hidden_zip
 
 
-
 @pytest.fixture(scope="module")
 def app_home():
     proc, url, home = start_app(TLS_TEACHER_PASSWORD="class-2b")

@@ -170,7 +170,7 @@ def _page_predictions(index, url: str | None = None, phone: bool = False, photos
             else:
                 photo_ms[f.name] = r["ms"]
         if pixels is not None:
-            from tlcore.backbones import get_backbone_spec
+            from tlcore.models.backbones import get_backbone_spec
 
             lite0 = get_backbone_spec("efficientnet_lite0").preprocess
             other = {"input_size": lite0.input_size, "resize_size": lite0.resize_size,
@@ -220,8 +220,8 @@ def _rgb(shape_and_b64) -> np.ndarray:
 
 def test_f32_page_matches_the_app(run, photos, tmp_path):
     import tlcore
-    from tlcore.backbones import get_backbone_spec
-    from tlcore.data import decode_image, image_to_tensor, preprocess_pixels
+    from tlcore.data.images import decode_image, image_to_tensor, preprocess_pixels
+    from tlcore.models.backbones import get_backbone_spec
 
     info = _tlcore("export", str(run), "--format", "web", "--data", str(DATA), "--out", str(tmp_path / "web"))
     assert info["max_diff"] <= 1e-4
@@ -276,7 +276,7 @@ def test_the_app_serves_the_page_to_phones(run, tmp_path):
 
     import tlcore
     from tests.browser.studio import start_app, stop_app
-    from tlcore.report import open_run_folder
+    from tlcore.studio.report import open_run_folder
 
     web = tlcore.export_web(*open_run_folder(run, DATA), tmp_path / "web")
     path = tlcore.publish_web(web, ROOT / "static", run)

@@ -13,8 +13,7 @@ import torch
 from PIL import Image
 
 import tlcore
-from tlcore.backbones import MIRROR_ENV, sha256_file, stage_param_counts
-
+from tlcore.models.backbones import MIRROR_ENV, sha256_file, stage_param_counts
 
 #: The backbones installed with the app; MobileNetV2's package goes in without its dependencies (README), so
 #: it is bundled where that was done (``.ci/run`` does it) and downloads from torchvision's address elsewhere.

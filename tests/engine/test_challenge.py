@@ -8,8 +8,8 @@ import zipfile
 import pytest
 
 import tlcore
-from tlcore import Project, TrainConfig, create_challenge, current_challenge
 from tests.conftest import COLORS, class_files, png_bytes
+from tlcore import Project, TrainConfig, create_challenge, current_challenge
 
 
 @pytest.fixture(autouse=True)
@@ -86,7 +86,7 @@ def test_a_bad_hidden_set_is_refused():
 
 
 def test_the_board_has_one_row_per_student_and_ties_share_a_rank():
-    from tlcore.challenge import Challenge, Entry
+    from tlcore.studio.challenge import Challenge, Entry
 
     def entry(project: str, right: int, entered: float) -> Entry:
         return Entry(project, project, f"run-{entered}", "feature extraction", "feature-extraction", 10,
@@ -102,8 +102,7 @@ def test_the_board_has_one_row_per_student_and_ties_share_a_rank():
 def test_a_server_keeps_only_the_newest_hidden_sets_decoded():
     """Each challenge's hidden photos are decoded once, and only the newest two stay in memory: a server running
     a term's challenges stays bounded, and an older one decodes again when asked."""
-    from tlcore import challenge as ch
-
+    from tlcore.studio import challenge as ch
     made = [create_challenge(f"Colours {k}", hidden_zip()) for k in range(4)]
     assert list(ch._HIDDEN) == [c.id for c in made[-ch.HIDDEN_KEPT:]]
     assert made[0].hidden().counts() == {"CLASS0": 6, "Class1": 6}  # decoded again from its zip

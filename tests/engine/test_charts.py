@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tlcore.events import EpochEnd
+from tlcore.engine.events import EpochEnd
 
 EPOCHS = tuple(EpochEnd(k, 3, 1.0 / k, 0.5 + k / 10, 1.2 / k, 0.4 + k / 10, float(k), True) for k in (1, 2, 3))
 BATCHES = tuple((k / 4, 1.0 / (1 + k)) for k in range(12))
@@ -15,7 +15,7 @@ def _colours(fig) -> dict[str, str]:
 
 
 def _figure_sets():
-    from tlcore.charts import training_figures
+    from tlcore.studio.charts import training_figures
 
     return [training_figures(EPOCHS, BATCHES), training_figures(EPOCHS)]
 
@@ -24,7 +24,7 @@ def _figure_sets():
 def test_each_series_has_one_colour_by_name(which):
     import streamlit  # noqa: F401  (its plotly template colours by trace order, as in the app)
 
-    from tlcore.charts import SERIES_COLOURS
+    from tlcore.studio.charts import SERIES_COLOURS
 
     figs = _figure_sets()[0 if which == "live" else 1]
     for fig in figs:
@@ -35,8 +35,8 @@ def test_each_series_has_one_colour_by_name(which):
 
 
 def test_the_report_draws_the_same_colours():
-    from tlcore.charts import SERIES_COLOURS
-    from tlcore.report import _curve_figures
+    from tlcore.studio.charts import SERIES_COLOURS
+    from tlcore.studio.report import _curve_figures
 
     for fig in _curve_figures(EPOCHS):
         assert _colours(fig) == {"train": SERIES_COLOURS["train"], "validation": SERIES_COLOURS["validation"]}

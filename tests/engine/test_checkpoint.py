@@ -12,14 +12,14 @@ import pytest
 import torch
 
 import tlcore
-from tlcore.config import TrainConfig
-from tlcore.train import run_to_end
+from tlcore.engine.config import TrainConfig
+from tlcore.engine.train import run_to_end
 
 
 @pytest.fixture(scope="module")
 def trained():
-    from tlcore import ImageSet
     from tests.conftest import class_files
+    from tlcore import ImageSet
 
     s = ImageSet()
     s.add(class_files())
@@ -133,7 +133,7 @@ def test_grad_cam_is_shown_over_the_whole_image_with_the_unseen_parts_dimmed():
     import numpy as np
     from PIL import Image
 
-    from tlcore.evaluate import crop_box
+    from tlcore.engine.evaluate import crop_box
 
     pre = tlcore.get_backbone_spec("efficientnet_lite0").preprocess  # 256 px shorter side, 224 px crop
     fish = Image.fromarray(np.full((100, 300, 3), 200, np.uint8))  # a long, flat picture
@@ -176,7 +176,7 @@ def test_a_failed_export_leaves_no_file(trained, tmp_path, monkeypatch):
     with pytest.raises(tlcore.TLError, match="it was not saved"):
         tlcore.export_torchscript(r.model, tmp_path / "m.pt", x)
     assert list(tmp_path.iterdir()) == []  # nothing the Export page could offer for download
-    monkeypatch.setattr(tlcore.checkpoint, "_check", lambda *a, **k: (_ for _ in ()).throw(
+    monkeypatch.setattr(tlcore.engine.checkpoint, "_check", lambda *a, **k: (_ for _ in ()).throw(
         tlcore.TLError("The ONNX export disagrees with the app's model; it was not saved.")))
     with pytest.raises(tlcore.TLError, match="not saved"):
         tlcore.export_onnx(r.model, tmp_path / "m.onnx", x)
@@ -200,11 +200,11 @@ def test_run_import_refuses_a_zip_bomb_without_reading_it(trained, tmp_path, mon
 def test_best_epochs_are_checkpointed_at_most_once_a_second_and_only_what_trained(tiny_set, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    from tlcore.checkpoint import Checkpointer
+    from tlcore.engine.checkpoint import Checkpointer
 
     writes = []
-    real = tlcore.checkpoint.save_file
-    monkeypatch.setattr(tlcore.checkpoint, "save_file", lambda state, p: writes.append(set(state)) or real(state, p))
+    real = tlcore.engine.checkpoint.save_file
+    monkeypatch.setattr(tlcore.engine.checkpoint, "save_file", lambda state, p: writes.append(set(state)) or real(state, p))
     # Throttled: many best epochs (a tiny network from scratch: ms per epoch), few writes.
     cfg = tlcore.TrainConfig(backbone="tiny-test", mode="scratch", epochs=40, lr=0.001)
     ckpt = Checkpointer(tmp_path / "scratch", cfg, ["class0", "class1", "class2"])
@@ -227,7 +227,7 @@ def test_best_epochs_are_checkpointed_at_most_once_a_second_and_only_what_traine
 
 
 def test_a_partial_checkpoint_reloads_and_predicts_as_the_model_did(tiny_set, tmp_path):
-    from tlcore.checkpoint import Checkpointer
+    from tlcore.engine.checkpoint import Checkpointer
 
     pre = tlcore.get_backbone_spec("tiny-test").preprocess
     x = tiny_set.stack(pre).float() / 255
@@ -281,8 +281,8 @@ def test_grad_cam_on_a_shared_body_is_per_call_and_thread_safe(tiny_set):
 
 
 def test_saved_models_load_lazily_and_are_evicted_beyond_the_budget(tiny_set, tmp_path):
-    from tlcore.checkpoint import ModelCache, lazy_result
-    from tlcore.storage import ByteLRU
+    from tlcore.core.storage import ByteLRU
+    from tlcore.engine.checkpoint import ModelCache, lazy_result
 
     pre = tlcore.get_backbone_spec("tiny-test").preprocess
     x = tiny_set.stack(pre).float() / 255
@@ -293,7 +293,7 @@ def test_saved_models_load_lazily_and_are_evicted_beyond_the_budget(tiny_set, tm
         with torch.inference_mode():
             expected.append(finished.result.model.eval()(x))
     cache = ModelCache(ByteLRU(1, keep_one=True))  # room for one model at a time
-    tlcore.checkpoint.MODELS, saved = cache, tlcore.checkpoint.MODELS
+    tlcore.engine.checkpoint.MODELS, saved = cache, tlcore.engine.checkpoint.MODELS
     try:
         results = [lazy_result(f) for f in folders]
         assert cache.loads == 0 and results[0].val_accuracy is not None  # listing a run loads no weights
@@ -303,7 +303,7 @@ def test_saved_models_load_lazily_and_are_evicted_beyond_the_budget(tiny_set, tm
                     assert torch.allclose(r.model(x), e, atol=1e-6)
         assert cache.loads == 6 and len(cache._models) == 1  # evicted, and reloaded identically
     finally:
-        tlcore.checkpoint.MODELS = saved
+        tlcore.engine.checkpoint.MODELS = saved
 
 
 def test_photos_unlike_the_training_images_are_flagged_not_sure():
@@ -340,7 +340,7 @@ def test_not_sure_fires_for_real_photos_of_other_things():
 
 def _png(item) -> bytes:
     buf = io.BytesIO()
-    tlcore.data.tensor_to_image(item.pixels).save(buf, "PNG")
+    tlcore.data.images.tensor_to_image(item.pixels).save(buf, "PNG")
     return buf.getvalue()
 
 

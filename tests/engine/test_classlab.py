@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 from tlcore import TrainConfig, class_summary
-from tlcore.checkpoint import RunMeta
-from tlcore.challenge import Challenge, Entry
-from tlcore.measure import Score
+from tlcore.core.measure import Score
+from tlcore.engine.checkpoint import RunMeta
+from tlcore.studio.challenge import Challenge, Entry
 
 LADDER = ("zero-shot", "few-shot", "feature-extraction", "fine-tune", "scratch")
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tlcore import ImageItem, ImageSet, Project
-from tlcore.clean import Review, check_data, check_key, review_summary
-from tlcore.data import make_item, tensor_to_image
 from tests.conftest import class_files
+from tlcore import ImageItem, ImageSet, Project
+from tlcore.analysis.clean import Review, check_data, check_key, review_summary
+from tlcore.data.images import make_item, tensor_to_image
 
 BACKBONE = "tiny-test"
 
@@ -151,11 +151,11 @@ def test_a_check_never_starts_a_download(monkeypatch):
 
 
 def test_the_check_runs_as_a_worker_job_and_reads_back_whole(tmp_path):
-    """The Data page's check runs in a worker (``tlcore.analysis``'s "data-check"): its result.json reads back
+    """The Data page's check runs in a worker (``tlcore.analysis.tasks``'s "data-check"): its result.json reads back
     equal to the check computed here, every finding whole (its image, kind and suggestion)."""
     from tlcore import TrainConfig
-    from tlcore.analysis import analysis_folder, read_result
-    from tlcore.jobs import JobSpec, run_job
+    from tlcore.analysis.tasks import analysis_folder, read_result
+    from tlcore.jobs.spec import JobSpec, run_job
 
     s = _relabel(_set(), 3, "class1")
     config = TrainConfig(backbone=BACKBONE)
@@ -174,7 +174,7 @@ def test_an_image_the_model_calls_another_class_is_flagged_below_the_class_thres
     flagged, least sure first."""
     import torch
 
-    from tlcore.clean import likely_label_errors
+    from tlcore.analysis.clean import likely_label_errors
 
     probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.45, 0.55], [0.3, 0.7], [0.2, 0.8], [0.6, 0.4]])
     y = torch.tensor([0, 0, 0, 1, 1, 1])
@@ -192,9 +192,9 @@ def test_class_names_give_a_second_opinion_where_they_mean_imagenet_classes():
     import torch
 
     from tests.conftest import ROOT
-    from tlcore.clean import named_probabilities
-    from tlcore.features import embed
-    from tlcore.train import drive
+    from tlcore.analysis.clean import named_probabilities
+    from tlcore.engine.features import embed
+    from tlcore.engine.train import drive
 
     photos = ImageSet()
     cat, coffee = (Image.open(ROOT / f"assets/{n}.jpg").convert("RGB") for n in ("chelsea", "coffee"))

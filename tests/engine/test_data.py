@@ -10,13 +10,13 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import torch
 import pytest
+import torch
 from PIL import Image
 
 import tlcore
-from tlcore.data import MAX_FILE_BYTES, decode_image, load_zip, stratified_split
 from tests.conftest import COLORS, class_files, png_bytes
+from tlcore.data.images import MAX_FILE_BYTES, decode_image, load_zip, stratified_split
 
 
 def _save(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -111,7 +111,7 @@ def test_large_images_are_shrunk_once():
     big = _save(Image.new("RGB", (4000, 3000), "white"), "JPEG")
     s = tlcore.ImageSet()
     s.add([("big.jpg", big, "a")])
-    assert min(s.items[0].pixels.shape[1:]) == tlcore.data.BASE_SIZE
+    assert min(s.items[0].pixels.shape[1:]) == tlcore.data.images.BASE_SIZE
 
 
 def test_duplicates_in_a_class_are_skipped():
@@ -238,7 +238,7 @@ def test_a_zip_merged_into_classes_of_other_case_joins_them():
 
 
 def test_zip_limits_are_declared_once_and_shared():
-    from tlcore.data import IMAGE_ZIP_LIMITS, ZipLimits, zip_member_problem
+    from tlcore.data.images import IMAGE_ZIP_LIMITS, ZipLimits, zip_member_problem
 
     info = zipfile.ZipInfo("a/b.png")
     info.file_size, info.compress_size = 60 * 2**20, 59 * 2**20
@@ -263,11 +263,11 @@ def test_one_image_in_two_classes_is_refused_by_name_and_images_can_be_moved_or_
 
 
 def test_preprocessed_stacks_stay_within_their_byte_budget(monkeypatch):
-    from tlcore.data import _drop_stack
-    from tlcore.storage import ByteLRU
+    from tlcore.core.storage import ByteLRU
+    from tlcore.data.images import _drop_stack
 
     budget = ByteLRU(2 * 8 * 3 * 32 * 32, keep_one=True, on_evict=_drop_stack)  # two stacks of 8 tiny images
-    monkeypatch.setattr(tlcore.data, "STACKS", budget)
+    monkeypatch.setattr(tlcore.data.images, "STACKS", budget)
     pre = tlcore.get_backbone_spec("tiny-test").preprocess
     sets = []
     for k in range(3):
@@ -283,7 +283,7 @@ def test_preprocessed_stacks_stay_within_their_byte_budget(monkeypatch):
 def test_an_extremely_thin_image_costs_a_bounded_amount_of_memory(monkeypatch):
     """A 23 KB PNG of 200,000 x 40 pixels passed the checks and was scaled up whole (3.3 GB) to give its
     shorter side the model's size; only its centre is ever seen by the model."""
-    import tlcore.data as data_mod
+    import tlcore.data.images as data_mod
 
     buf = io.BytesIO()
     Image.new("RGB", (200_000, 40), (200, 30, 30)).save(buf, "PNG")
@@ -300,7 +300,7 @@ def test_an_extremely_thin_image_costs_a_bounded_amount_of_memory(monkeypatch):
 
 
 def test_a_zip_reads_one_member_at_a_time_and_limits_every_member_and_the_count():
-    from tlcore.data import ZipLimits, open_zip
+    from tlcore.data.images import ZipLimits, open_zip
 
     # 1 MiB of zeros per member passed the ratio check (it looked only above 1 MiB) and all were held at once.
     many = _zip({f"a/{k}.png": b"\0" * 2**20 for k in range(20)} | {"a/ok.png": png_bytes(COLORS[0]),
@@ -315,7 +315,7 @@ MEMORY_CASES = r"""
 import io, resource, sys, zipfile
 from PIL import Image
 import tlcore
-from tlcore.data import load_zip, preprocess_pixels
+from tlcore.data.images import load_zip, preprocess_pixels
 from tests.conftest import COLORS, png_bytes
 pre = tlcore.get_backbone_spec(tlcore.DEFAULT_BACKBONE).preprocess
 buf = io.BytesIO()
@@ -352,9 +352,9 @@ def test_a_zip_bomb_and_a_thin_strip_cost_little_memory_in_a_fresh_process():
 STREAMING = r"""
 import dataclasses, resource
 import tlcore
-from tlcore.backbones import Preprocess, get_backbone_spec, register_backbone
-from tlcore.data import ImageSet, make_item
-from tlcore.features import embed
+from tlcore.models.backbones import Preprocess, get_backbone_spec, register_backbone
+from tlcore.data.images import ImageSet, make_item
+from tlcore.engine.features import embed
 from tests.conftest import COLORS, png_bytes
 # the tiny body behind a real backbone's input size: what a stack would cost is real, the forward pass is cheap
 spec = register_backbone(dataclasses.replace(get_backbone_spec("tiny-test"), name="tiny-224",
@@ -398,7 +398,7 @@ def test_frozen_work_streams_so_memory_grows_by_features_not_by_a_preprocessed_s
 
 def test_a_class_name_taken_in_other_letters_names_the_class_that_has_it():
     """Issue 38: "There is already a class called 'Mammal'" when the existing one was 'mammal'."""
-    from tlcore.data import validate_class_name
+    from tlcore.data.images import validate_class_name
 
     with pytest.raises(tlcore.TLError, match=r"called 'mammal' \(capital and small letters count as the same\)"):
         validate_class_name("Mammal", ["insect", "mammal"])

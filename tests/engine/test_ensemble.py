@@ -11,16 +11,16 @@ import torch.nn.functional as F
 from PIL import Image
 
 import tlcore
-from tlcore.backbones import frozen_body, get_backbone_spec, weights_digest
-from tlcore.compare import plan
-from tlcore.data import tensor_to_image
-from tlcore.evaluate import grad_cam
-from tlcore.config import TrainConfig
-from tlcore.features import embed
-from tlcore.train import drive, run_to_end
-from tlcore.transfer import transfer_score
-from tlcore.zeroshot import zero_shot_model
 from tests.conftest import ROOT
+from tlcore.analysis.compare import plan
+from tlcore.analysis.transfer import transfer_score
+from tlcore.data.images import tensor_to_image
+from tlcore.engine.config import TrainConfig
+from tlcore.engine.evaluate import grad_cam
+from tlcore.engine.features import embed
+from tlcore.engine.train import drive, run_to_end
+from tlcore.models.backbones import frozen_body, get_backbone_spec, weights_digest
+from tlcore.models.zeroshot import zero_shot_model
 
 MEMBERS = ("tiny-test", "tiny-test-b")
 
@@ -120,7 +120,7 @@ def test_its_exports_match_the_app(tmp_path):
                           "--backbone", "tiny-ensemble", "--epochs", "2"], cwd=ROOT, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr
-    from tlcore.report import open_run_folder
+    from tlcore.studio.report import open_run_folder
 
     project, record = open_run_folder(tmp_path / "run", data)
     web = tlcore.export_web(project, record, tmp_path / "web")
@@ -143,7 +143,7 @@ def test_the_four_bundled_networks_together():
 
 
 def test_the_race_says_whether_imagenet_top1_ranked_the_backbones_here():
-    from tlcore.compare import top1_finding
+    from tlcore.analysis.compare import top1_finding
 
     rows = [("A", 71.9, 0.70), ("B", 75.1, 0.80), ("C", 77.6, 0.90), ("All four", None, 0.93)]
     text = top1_finding(rows)

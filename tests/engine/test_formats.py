@@ -17,10 +17,18 @@ from PIL import Image, features
 
 import tlcore
 from tests.conftest import ROOT
-from tlcore.data import IMAGE_FORMATS, IMAGE_SUFFIXES, NOT_AN_IMAGE, decode_image, image_to_tensor, load_data, load_zip
+from tlcore.data.images import (
+    IMAGE_FORMATS,
+    IMAGE_SUFFIXES,
+    NOT_AN_IMAGE,
+    decode_image,
+    image_to_tensor,
+    load_data,
+    load_zip,
+)
 
 try:
-    import pillow_heif  # noqa: F401  (tlcore.data registers its opener)
+    import pillow_heif  # noqa: F401  (tlcore.data.images registers its opener)
     HEIC = True
 except ImportError:
     HEIC = False
@@ -99,7 +107,7 @@ def test_the_one_list_reads_heic_and_avif_and_the_uploaders_offer_them():
 @pytest.mark.parametrize("fmt, suffix", FORMATS)
 def test_a_photo_decodes_like_the_png_of_the_same_pixels(fmt, suffix, case):
     data, png = _pair(fmt, case)
-    for max_side in (tlcore.data.BASE_SIZE, None):  # None: the CLI's predict
+    for max_side in (tlcore.data.images.BASE_SIZE, None):  # None: the CLI's predict
         img, want = decode_image(f"photo{suffix}", data, max_side), decode_image("photo.png", png, max_side)
         assert img.mode == "RGB" and img.size == want.size
         assert _mean_diff(img, want) < TOLERANCE
@@ -144,7 +152,7 @@ def test_upload_zip_folder_and_class_kit_take_a_class_of_these_photos(fmt, suffi
             zf.writestr(path, data)
     check(load_zip(buf.getvalue()), "phone/")  # the Data page's zip, the class kit, the challenge's hidden set
 
-    from tlcore.lesson import folder_zip  # a bundled sample made into the kit's zip keeps these files
+    from tlcore.studio.lesson import folder_zip  # a bundled sample made into the kit's zip keeps these files
 
     with zipfile.ZipFile(io.BytesIO(folder_zip(tmp_path / "data"))) as zf:
         assert set(zf.namelist()) == set(entries)
@@ -170,6 +178,6 @@ def test_an_unreadable_format_names_the_formats_we_read():
 
 def test_without_pillow_heif_the_app_works_and_heic_is_not_offered():
     code = ("import sys; sys.modules['pillow_heif'] = None\n"  # its import fails, as when it is not installed
-            "from tlcore.data import IMAGE_SUFFIXES, NOT_AN_IMAGE\n"
+            "from tlcore.data.images import IMAGE_SUFFIXES, NOT_AN_IMAGE\n"
             "assert '.heic' not in IMAGE_SUFFIXES and 'HEIC' not in NOT_AN_IMAGE and '.png' in IMAGE_SUFFIXES\n")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)

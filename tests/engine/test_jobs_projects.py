@@ -13,18 +13,18 @@ from pathlib import Path
 import pytest
 
 import tlcore
-from tlcore.project import Project
-from tlcore.run_views import validation_report
-from tlcore.jobs import JobSpec
-from tlcore.runner import LocalRunner
-from tlcore.config import TrainConfig
 from tests.conftest import eventually, png_bytes
+from tlcore.engine.config import TrainConfig
+from tlcore.jobs.runner import LocalRunner
+from tlcore.jobs.spec import JobSpec
+from tlcore.studio.project import Project
+from tlcore.studio.run_views import validation_report
 
 TINY = TrainConfig(backbone="tiny-test", mode="fine-tune", epochs=3, batch_size=8)
 
 
 def spec(images, config, owner="p", name="job", tmp=None) -> JobSpec:
-    from tlcore.data import stratified_split, trainable_subset
+    from tlcore.data.images import stratified_split, trainable_subset
 
     folder = Path(tempfile.mkdtemp(prefix="tls-job-"))
     split = stratified_split(trainable_subset(images).labels(), config.val_fraction, config.seed)
@@ -170,7 +170,7 @@ def test_saving_is_atomic(tiny_set, monkeypatch):
     p.images = tiny_set.snapshot()
     p.save()
     good = (p.folder / "project.json").read_text()
-    import tlcore.project as proj_mod
+    import tlcore.studio.project as proj_mod
 
     def crash(path, write):
         raise OSError("disk full")
@@ -187,7 +187,7 @@ def test_saving_is_atomic(tiny_set, monkeypatch):
 def test_files_written_together_appear_all_or_none(tmp_path):
     """A save's images: written next to their paths, flushed to disk once, then renamed; a failed one leaves none
     of them, and no temporary file."""
-    from tlcore.storage import atomic_write_all
+    from tlcore.core.storage import atomic_write_all
 
     def failing(_tmp: str) -> None:
         raise OSError("disk full")
@@ -241,7 +241,7 @@ def test_comparison_runs_share_one_split_and_run_one_after_another(tiny_set):
 
 
 def test_registry_shares_live_projects_and_releases_abandoned_ones(tiny_set):
-    from tlcore.registry import ProjectRegistry
+    from tlcore.studio.registry import ProjectRegistry
 
     reg = ProjectRegistry()
     a = reg.create("session-a")
@@ -267,7 +267,7 @@ def test_registry_shares_live_projects_and_releases_abandoned_ones(tiny_set):
 def test_a_session_that_lost_its_connection_keeps_its_project_and_its_runs(tiny_set):
     """A Wi-Fi blip spanning a sweep made its session a non-holder for good, and its runs were stopped
     after the grace period although the page had reconnected to the same session."""
-    from tlcore.registry import ProjectRegistry
+    from tlcore.studio.registry import ProjectRegistry
 
     reg = ProjectRegistry()
     a = reg.create("session-a")
@@ -287,7 +287,7 @@ def test_a_session_that_lost_its_connection_keeps_its_project_and_its_runs(tiny_
 
 
 def test_a_save_while_the_images_are_replaced_names_only_images_it_wrote(tiny_set, monkeypatch):
-    import tlcore.project as proj_mod
+    import tlcore.studio.project as proj_mod
 
     p = Project.create()
     p.images = tiny_set.snapshot()
@@ -403,7 +403,7 @@ class _DyingServer:
     def send_bytes(self, data: bytes) -> None:
         import pickle
 
-        from tlcore.events import EpochEnd
+        from tlcore.engine.events import EpochEnd
 
         if self.dead.is_set():
             if self.loud:
@@ -420,9 +420,9 @@ def test_a_worker_whose_server_died_saves_its_run_as_interrupted_not_stopped(tin
     its run as "Stopped by the user", so the restarted server said so, not that the server had stopped."""
     import torch
 
-    from tlcore import worker
-    from tlcore.checkpoint import WEIGHTS, RunMeta
-    from tlcore.jobs import SERVER_GONE
+    from tlcore.engine.checkpoint import WEIGHTS, RunMeta
+    from tlcore.jobs import worker
+    from tlcore.jobs.spec import SERVER_GONE
 
     monkeypatch.setattr(worker, "_warm_up", lambda *a: None)
     monkeypatch.setattr(worker, "set_memory_budget", lambda *a, **k: None)  # this test process's caches stay
@@ -443,7 +443,7 @@ def test_a_worker_whose_server_died_saves_its_run_as_interrupted_not_stopped(tin
 def test_the_forecast_plays_the_scheduler_forward_owners_taking_turns(tiny_set):
     """Issue 25: two ladders submitted at once were estimated as if each ran alone or after the other whole,
     while owners take turns run by run (one ended 67 % later than estimated, the other 45 % sooner)."""
-    from tlcore.jobs import JobTracker
+    from tlcore.jobs.spec import JobTracker
 
     runner = LocalRunner(workers=2, threads=1)  # never started: a forecast needs no worker
     runner._rate = lambda busy: 1.0  # the turns alone (workers sharing the cores: the next test)
@@ -468,7 +468,7 @@ def test_the_forecast_plays_the_scheduler_forward_owners_taking_turns(tiny_set):
 def test_runs_someone_pressed_start_for_go_before_the_checks_of_uploads(tiny_set):
     """Issue 37: six students uploaded at once and pressed Start; their runs waited behind the six checks the
     uploads had queued (and the check of one's own upload cost its run its turn). Checks now wait for runs."""
-    from tlcore.jobs import JobTracker
+    from tlcore.jobs.spec import JobTracker
 
     runner = LocalRunner(workers=2, threads=1)
     fe = dataclasses.replace(TINY, mode="feature-extraction")
@@ -493,8 +493,8 @@ def test_the_forecast_counts_workers_sharing_the_cores(tiny_set):
     played each job at its speed alone, while two busy workers share the cores. Now a job's work goes at
     ``share_rate`` of the number busy, running jobs keep the work they did at each rate, and estimates learn
     from the work a run did, not its time."""
-    from tlcore.jobs import JobTracker
-    from tlcore.runner import share_rate
+    from tlcore.jobs.runner import share_rate
+    from tlcore.jobs.spec import JobTracker
 
     assert share_rate(1, 2, 1) == 1.0 and 0.5 < share_rate(2, 2, 1) < 0.6  # two workers, a thread each
     assert share_rate(2, 1, 1) == 0.5  # two workers on one core take turns
@@ -534,7 +534,7 @@ def test_a_run_past_its_estimate_never_has_nothing_left(tiny_set):
     a share of its time so far left; a queued one its whole estimate; one on time its estimate less its time."""
     import time as clock
 
-    from tlcore.jobs import OVERRUN_SHARE, JobTracker
+    from tlcore.jobs.spec import OVERRUN_SHARE, JobTracker
 
     job = JobTracker(1, spec(tiny_set, TINY), LocalRunner(workers=2, threads=1), None)
     job.estimate_s = 30.0
@@ -549,8 +549,7 @@ def test_a_page_estimate_never_waits_for_a_backbone_to_be_timed(tiny_set):
     """Issue 38: the Compare page's estimate timed the backbone on the page's own run; on a busy server that held
     the run carrying a student's click for minutes. With ``wait=False`` it says so at once, the timing goes on
     off the page's thread, and the estimate is there once it has been timed."""
-    from tlcore import profile
-
+    from tlcore.analysis import profile
     p = Project.create()
     p.images = tiny_set.snapshot()
     p.backbone = "tiny-test"
@@ -565,7 +564,7 @@ def test_a_page_estimate_never_waits_for_a_backbone_to_be_timed(tiny_set):
 def test_a_runs_place_in_line_counts_runs_not_the_data_checks_ahead(tiny_set):
     """A student's "position 3" means three runs: the seconds-long analyses ahead of it (the Data pages'
     checks, now worker jobs) are in its wait, not in its place in line."""
-    from tlcore.jobs import JobTracker, queue_position
+    from tlcore.jobs.spec import JobTracker, queue_position
 
     runner = LocalRunner(workers=2, threads=1)
     check = lambda i: JobTracker(i, dataclasses.replace(spec(tiny_set, TINY), task="data-check"), runner, None)  # noqa: E731

@@ -12,6 +12,10 @@ import tlcore
 from tests.conftest import ROOT
 
 PAGES = sorted((ROOT / "pages").glob("*.py")) + [ROOT / "app.py"]
+ENGINE = sorted((ROOT / "tlcore").rglob("*.py"))
+#: tlcore's layers, lowest first: a module imports only from its own layer and the ones before it (``top``: the
+#: modules directly in tlcore/, the command line, the benchmark and the public surface).
+LAYERS = ("core", "models", "data", "engine", "analysis", "jobs", "studio", "top")
 
 
 def _imports(path: Path) -> list[tuple[str, list[str]]]:
@@ -24,7 +28,7 @@ def _imports(path: Path) -> list[tuple[str, list[str]]]:
     return out
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "tlcore").glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", ENGINE, ids=lambda p: str(p.relative_to(ROOT)))
 def test_the_engine_never_imports_streamlit(path):
     assert not [m for m, _ in _imports(path) if m.split(".")[0] == "streamlit"]
 
@@ -46,23 +50,43 @@ def test_every_public_name_exists():
     assert all(hasattr(tlcore, n) for n in tlcore.__all__) and len(set(tlcore.__all__)) == len(tlcore.__all__)
 
 
+def _module(path: Path) -> str:
+    """``tlcore/engine/train.py`` -> ``engine.train``; ``tlcore/cli.py`` -> ``cli``; a package's ``__init__`` is the
+    package."""
+    parts = path.relative_to(ROOT / "tlcore").with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts) or "__init__"
+
+
 def _tlcore_imports(path: Path) -> set[str]:
-    """The tlcore modules ``path`` imports, at module level, inside a function (a deferred import still ties the
-    two modules together) or under ``if TYPE_CHECKING:`` (a type-only back edge is a cycle all the same)."""
-    tree = ast.parse(path.read_text())
+    """The tlcore modules ``path`` imports (dotted below tlcore, e.g. ``engine.train``), at module level, inside a
+    function (a deferred import still ties the two modules together) or under ``if TYPE_CHECKING:`` (a type-only
+    back edge is a back edge all the same)."""
+    package = list(path.relative_to(ROOT / "tlcore").parts[:-1])  # what a relative import starts from
     out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            out |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[:len(package) - (node.level - 1)]
+            if node.module:
+                out.add(".".join(base + node.module.split(".")))
+            else:
+                out |= {".".join(base + [a.name]) for a in node.names}
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tlcore."):
-            out.add(node.module.split(".")[1])
+            out.add(node.module.removeprefix("tlcore."))
         elif isinstance(node, ast.Import):
-            out |= {a.name.split(".")[1] for a in node.names if a.name.startswith("tlcore.")}
+            out |= {a.name.removeprefix("tlcore.") for a in node.names if a.name.startswith("tlcore.")}
     return out
 
 
+def _graph() -> dict[str, set[str]]:
+    return {_module(p): _tlcore_imports(p) - {_module(p)} for p in ENGINE}
+
+
+def _layer(module: str) -> str:
+    return module.split(".")[0] if "." in module or module in LAYERS else "top"
+
+
 def test_no_import_cycle_in_the_engine():
-    graph = {p.stem: _tlcore_imports(p) - {p.stem} for p in (ROOT / "tlcore").glob("*.py")}
+    graph = _graph()
     done: set[str] = set()
 
     def visit(module: str, path: list[str]) -> None:
@@ -77,6 +101,17 @@ def test_no_import_cycle_in_the_engine():
     for module in sorted(graph):
         if module != "__init__":  # the package re-exports everything; nothing imports it back
             visit(module, [])
+
+
+def test_every_module_imports_only_its_own_layer_and_those_below():
+    """The tree is the map: ``LAYERS`` is the allowed-imports table, and every import counts (type-only ones too)."""
+    graph = _graph()
+    assert {_layer(m) for m in graph} == set(LAYERS), "a folder of tlcore/ is missing from LAYERS, or LAYERS names one"
+    back = sorted(f"{m} ({_layer(m)}) imports {d} ({_layer(d)})" for m, deps in graph.items() for d in deps
+                  if d in graph and LAYERS.index(_layer(d)) > LAYERS.index(_layer(m)))
+    assert not back, "imports against the layers:\n" + "\n".join(back)
+    unknown = sorted(f"{m} imports {d}" for m, deps in graph.items() for d in deps if d not in graph)
+    assert not unknown, unknown
 
 
 def test_no_function_is_too_complex():
@@ -120,7 +155,7 @@ ALLOWED_INTERNALS = {"session_id", "session_alive", "leave_legacy_pages_mode", "
 # says why
 
 
-@pytest.mark.parametrize("path", PAGES + sorted((ROOT / "tlcore").glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", PAGES + ENGINE, ids=lambda p: str(p.relative_to(ROOT)))
 def test_private_apis_stay_in_one_place(path):
     """Streamlit's internals only inside the four commented functions of pages/common.py; nothing patches
     multiprocessing."""
@@ -140,7 +175,7 @@ def test_private_apis_stay_in_one_place(path):
 def test_every_environment_variable_is_documented():
     """Each ``TLS_*`` / ``TLCORE_*`` variable the app or the engine reads is in the README (two were not)."""
     readme = (ROOT / "README.md").read_text()
-    read = {node.value for path in [*(ROOT / "tlcore").glob("*.py"), *(ROOT / "pages").glob("*.py"), ROOT / "app.py"]
+    read = {node.value for path in [*ENGINE, *(ROOT / "pages").glob("*.py"), ROOT / "app.py"]
             for node in ast.walk(ast.parse(path.read_text()))
             if isinstance(node, ast.Constant) and isinstance(node.value, str)
             and re.fullmatch(r"(TLS|TLCORE)_[A-Z0-9_]+", node.value)}
@@ -150,7 +185,7 @@ def test_every_environment_variable_is_documented():
 def test_a_jobs_task_is_training_or_one_of_the_analyses():
     import typing
 
-    from tlcore.analysis import TASKS
-    from tlcore.jobs import JobTask
+    from tlcore.analysis.tasks import TASKS
+    from tlcore.jobs.spec import JobTask
 
     assert set(typing.get_args(JobTask)) == {"train", *TASKS}

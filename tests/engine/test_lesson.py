@@ -7,9 +7,9 @@ import socket
 import pytest
 
 import tlcore
-from tlcore import Project, class_progress, create_kit, current_kit, folder_zip, server_urls
 from tests.conftest import ROOT
 from tests.engine.test_challenge import hidden_zip, trained
+from tlcore import Project, class_progress, create_kit, current_kit, folder_zip, server_urls
 
 
 def test_lan_addresses_are_reachable_ipv4_and_never_loopback():
@@ -31,7 +31,7 @@ def test_lan_addresses_without_any_network(monkeypatch):
 
 
 def test_server_urls_use_the_lan_address_the_port_and_https(monkeypatch):
-    monkeypatch.setattr(tlcore.lesson, "lan_addresses", lambda: ["192.168.1.20", "10.0.0.5"])
+    monkeypatch.setattr(tlcore.studio.lesson, "lan_addresses", lambda: ["192.168.1.20", "10.0.0.5"])
     assert server_urls(8765, True, "/?kit=1") == ["https://192.168.1.20:8765/?kit=1", "https://10.0.0.5:8765/?kit=1"]
     assert tlcore.lan_url("http://127.0.0.1:8765/evaluate", "?view=k") == "http://192.168.1.20:8765/?view=k"
     monkeypatch.setenv("TLS_PUBLIC_URL", "https://class.example.org/studio/")
@@ -43,7 +43,7 @@ def test_a_class_kit_gives_each_project_its_own_copy_and_survives_a_restart():
     kit = create_kit("digits", folder_zip(ROOT / "assets" / "samples" / "digits"), "tiny-test", "fine-tune")
     assert kit.counts == {c: 40 for c in "01234"}
     assert current_kit() == kit  # read back from <home>/kit/kit.json
-    tlcore.lesson._IMAGES.clear()  # as after a restart: decoded again from <home>/kit/data.zip
+    tlcore.studio.lesson._IMAGES.clear()  # as after a restart: decoded again from <home>/kit/data.zip
     a, b = Project.create(), Project.create()
     kit.start(a)
     kit.start(b)

@@ -11,10 +11,10 @@ import zipfile
 import pytest
 
 import tlcore
-from tlcore import ImageSet, LimitError, Limits, Project
-from tlcore.jobs import run_job
 from tests.conftest import ROOT, class_files
 from tests.engine.test_jobs_projects import TINY, spec
+from tlcore import ImageSet, LimitError, Limits, Project
+from tlcore.jobs.spec import run_job
 
 
 def test_limits_come_from_the_environment_and_say_who_changes_them(monkeypatch):
@@ -94,7 +94,7 @@ def test_runs_are_limited_per_project_and_per_student(tiny_set, monkeypatch):
 def test_a_run_past_the_time_limit_stops_keeping_its_best_epoch_and_says_why(tiny_set, monkeypatch):
     """The limit's clock jumps past the limit once the first epoch has ended: the run stops there, whatever the
     machine's speed (with a real 1 s limit a busy machine had not finished the frozen stages by then)."""
-    import tlcore.jobs
+    import tlcore.jobs.spec
 
     job = dataclasses.replace(spec(tiny_set, dataclasses.replace(TINY, epochs=100_000)), max_seconds=60.0)
     events = []
@@ -106,7 +106,7 @@ def test_a_run_past_the_time_limit_stops_keeping_its_best_epoch_and_says_why(tin
         def monotonic(self) -> float:
             return time.monotonic() + (3600.0 if any(isinstance(e, tlcore.EpochEnd) for e in events) else 0.0)
 
-    monkeypatch.setattr(tlcore.jobs, "time", Clock())
+    monkeypatch.setattr(tlcore.jobs.spec, "time", Clock())
     run_job(job, lambda: False, events.append)
     finished = events[-1]
     assert finished.status == "stopped", finished.reason

@@ -8,9 +8,18 @@ import pytest
 import torch
 
 from tlcore import TrainConfig, run_to_end
-from tlcore.compare import plan
-from tlcore.measure import (Paired, Score, fit_logistic, out_of_fold, paired, repeated_folds, shot_draws,
-                            accuracy_interval, two_sided_sign_test)
+from tlcore.analysis.compare import plan
+from tlcore.core.measure import (
+    Paired,
+    Score,
+    accuracy_interval,
+    fit_logistic,
+    out_of_fold,
+    paired,
+    repeated_folds,
+    shot_draws,
+    two_sided_sign_test,
+)
 
 
 def test_accuracy_interval_matches_the_textbook_values():

@@ -3,7 +3,6 @@ same results as the local pool, Stop, a killed worker, the CLI, and the Train pa
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import os
 import signal
@@ -14,18 +13,18 @@ from pathlib import Path
 import pytest
 
 import tlcore
-from tlcore import ImageSet, TrainConfig, run_to_end, stratified_split
-from tlcore.checkpoint import lazy_result
-from tlcore.jobs import TIME_LIMIT_BY, JobSpec
 from tests.app.conftest import no_legacy_pages_mode  # noqa: F401  (the AppTest below needs it)
 from tests.conftest import ROOT, class_files, eventually
+from tlcore import ImageSet, TrainConfig, run_to_end, stratified_split
+from tlcore.engine.checkpoint import lazy_result
+from tlcore.jobs.spec import TIME_LIMIT_BY, JobSpec
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -r requirements-cluster.txt)")
 
 
 @pytest.fixture(scope="module")
 def runner():
-    from tlcore.ray_runner import RayRunner
+    from tlcore.jobs.ray_runner import RayRunner
 
     os.environ["TLS_RAY_CPUS"] = "2"
     r = RayRunner("local")

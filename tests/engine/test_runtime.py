@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import tlcore
-from tlcore import runtime
-from tlcore.data import image_to_tensor, preprocess_pixels
 from tests.conftest import ROOT
+from tlcore.data.images import image_to_tensor, preprocess_pixels
+from tlcore.models import runtime
 
 CPU_RUNTIMES = [r for r in runtime.installed_runtimes() if r != "torch"]
 
@@ -95,7 +95,7 @@ def test_evaluation_of_a_frozen_body_model_uses_the_runtime_and_agrees_with_torc
     pre = tlcore.get_backbone_spec("tiny-test").preprocess
     calls = []
     real = runtime.frozen_forward
-    monkeypatch.setattr(sys.modules["tlcore.evaluate"], "frozen_forward",
+    monkeypatch.setattr(sys.modules["tlcore.engine.evaluate"], "frozen_forward",
                         lambda *a, **k: calls.append(a) or real(*a, **k))
     ev = tlcore.evaluate(model, tiny_set, finished.result.classes, pre)
     assert calls
@@ -107,8 +107,7 @@ def test_evaluation_of_a_frozen_body_model_uses_the_runtime_and_agrees_with_torc
 def test_the_web_server_measures_speed_in_a_child_process(monkeypatch):
     """The one-off export and timing once held the web server's interpreter (a teacher's click waited
     behind it): after ``measure_speed_elsewhere()`` nothing of it runs in this process."""
-    from tlcore import profile
-
+    from tlcore.analysis import profile
     def here(*_a):
         raise AssertionError("measured in the server's own process")
 
@@ -125,7 +124,7 @@ def test_the_web_server_measures_speed_in_a_child_process(monkeypatch):
 def test_speeds_are_said_per_image_on_one_batch_in_both_runtimes():
     """Issue 21: the Backbone page put OpenVINO's figure beside another backbone's torch figure; both are now
     per image over the same batch, the torch one given for every backbone."""
-    from tlcore.profile import SpeedProfile, measure_speed
+    from tlcore.analysis.profile import SpeedProfile, measure_speed
 
     both = SpeedProfile("b", 23.4, 3.2, (1.0,), "openvino", 8)
     assert both.text() == "3.2 ms/image in torch · 23 ms/image on openvino (batches of 8)"
@@ -136,7 +135,7 @@ def test_speeds_are_said_per_image_on_one_batch_in_both_runtimes():
 def test_one_slow_run_moves_the_estimates_half_way_and_a_busy_server_nearly_all_the_way():
     """The calibration once followed a single slow run all the way (a moving average weighting it 1/2 from
     the start): the next ladder was estimated at 2.4 times its time."""
-    from tlcore.profile import Calibration
+    from tlcore.analysis.profile import Calibration
 
     c = Calibration(window=8)
     assert c.factor() == 1.0
@@ -156,8 +155,7 @@ def test_a_speed_timed_while_the_class_arrived_is_timed_again_when_quiet(monkeyp
     40 s" and took 45 s. The server times it again when no run trains, keeping each figure's fastest."""
     import threading
 
-    from tlcore import profile
-
+    from tlcore.analysis import profile
     slow = profile.SpeedProfile("x-net", ms_per_image=6.0, torch_ms_per_image=30.0, stage_share=(0.5, 0.5),
                                 runtime="openvino", augment_ms_per_image=1.0)
     timings = iter([dataclasses.replace(slow, ms_per_image=3.0, torch_ms_per_image=15.0, stage_share=(0.4, 0.6)),

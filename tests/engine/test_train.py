@@ -9,12 +9,12 @@ import torch
 from torch import nn
 
 import tlcore
-from tlcore.backbones import Body, Stage
-from tlcore.model import build_model, freeze, set_train_mode
-from tlcore.config import TrainConfig
-from tlcore.events import BatchEnd, EpochEnd, Progress, RunFinished
-from tlcore.features import FEATURES
-from tlcore.train import run_to_end, train
+from tlcore.engine.config import TrainConfig
+from tlcore.engine.events import BatchEnd, EpochEnd, Progress, RunFinished
+from tlcore.engine.features import FEATURES
+from tlcore.engine.train import run_to_end, train
+from tlcore.models.backbones import Body, Stage
+from tlcore.models.model import build_model, freeze, set_train_mode
 
 TINY = TrainConfig(backbone="tiny-test", epochs=4, batch_size=8)
 
@@ -195,7 +195,7 @@ def test_few_shot_prototypes_from_one_image_per_class(tiny_set):
 
 
 def test_prototype_head_is_nearest_class_mean():
-    from tlcore.heads import set_prototypes
+    from tlcore.engine.heads import set_prototypes
 
     feats = torch.randn(30, 5)
     labels = torch.arange(3).repeat(10)
@@ -207,7 +207,7 @@ def test_prototype_head_is_nearest_class_mean():
 
 
 def test_fine_tune_runs_its_frozen_stages_once_and_learns_as_the_full_loop_does(tiny_set, monkeypatch):
-    train_mod = sys.modules["tlcore.train"]
+    train_mod = sys.modules["tlcore.engine.train"]
 
     base = TrainConfig(backbone="tiny-test", mode="fine-tune", freeze_depth=2, epochs=4, augment=False)
     calls = []
@@ -258,7 +258,7 @@ for mode in ("feature-extraction", "fine-tune", "scratch"):
 
 
 def test_feature_extraction_fits_on_augmented_views_computed_once(tiny_set):
-    from tlcore.features import embed_views
+    from tlcore.engine.features import embed_views
 
     FEATURES.clear()
     fe = dataclasses.replace(TINY, mode="feature-extraction")
@@ -282,8 +282,8 @@ def test_feature_extraction_fits_on_augmented_views_computed_once(tiny_set):
 def test_a_fold_never_fits_on_a_view_of_an_image_it_is_scored_on():
     """Views identical to their image, labels that are noise: a fold that saw a held-out image's views would
     recognise it (about 100 %); without them it is at chance."""
-    from tlcore.measure import repeated_folds
-    from tlcore.heads import logistic_folds
+    from tlcore.core.measure import repeated_folds
+    from tlcore.engine.heads import logistic_folds
 
     torch.manual_seed(0)
     x = torch.randn(40, 64)
@@ -299,7 +299,7 @@ def test_a_fold_never_fits_on_a_view_of_an_image_it_is_scored_on():
 
 
 def test_augment_draws_each_image_its_own_view_and_identity_draws_change_nothing():
-    from tlcore.features import AUGMENT_DRAWS, augment
+    from tlcore.engine.features import AUGMENT_DRAWS, augment
 
     torch.manual_seed(0)
     x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
@@ -318,10 +318,10 @@ def test_feature_extraction_with_views_averages_the_images_fit_and_the_views_fit
     """With augmented views the head is the average of two logistic regressions, on the images alone and on the
     images with their views (each fitted to convergence here separately): alone, either fell up to 3 points
     below the baseline on some small real sets."""
-    from tlcore.measure import fit_logistic
-    from tlcore.features import embed, embed_views
-    from tlcore.heads import HEAD_C
-    from tlcore.train import drive
+    from tlcore.core.measure import fit_logistic
+    from tlcore.engine.features import embed, embed_views
+    from tlcore.engine.heads import HEAD_C
+    from tlcore.engine.train import drive
 
     fe = dataclasses.replace(TINY, mode="feature-extraction", epochs=50)
     result = run_to_end(tiny_set, fe).result

@@ -11,11 +11,11 @@ import pytest
 
 from tests.conftest import ROOT, class_files
 from tlcore import ImageSet, TLError, TrainConfig
-from tlcore.analysis import analysis_folder, read_result
-from tlcore.lrfind import lr_find, suggest
-from tlcore.jobs import JobSpec, run_job
-from tlcore.train import drive
-from tlcore.transfer import StageProbe, class_evidence, logme, probe_stages, stage_maps, transfer_score
+from tlcore.analysis.lrfind import lr_find, suggest
+from tlcore.analysis.tasks import analysis_folder, read_result
+from tlcore.analysis.transfer import StageProbe, class_evidence, logme, probe_stages, stage_maps, transfer_score
+from tlcore.engine.train import drive
+from tlcore.jobs.spec import JobSpec, run_job
 
 
 def reference_evidence(f: np.ndarray, t: np.ndarray, alpha: float, beta: float) -> float:

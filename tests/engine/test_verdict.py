@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 from tlcore import TrainConfig, headline, ladder_verdicts, names_worth, study_finding, versus
-from tlcore.compare import plan, run_plan, shared_split
-from tlcore.measure import Score
-from tlcore.events import RunFacts, RunFinished
+from tlcore.analysis.compare import plan, run_plan, shared_split
+from tlcore.core.measure import Score
+from tlcore.engine.events import RunFacts, RunFinished
 
 
 def facts(mode: str, right: list[bool], curve=()) -> RunFacts:
@@ -30,7 +30,7 @@ def test_a_clear_win_on_15_photos_reads_as_the_issue_asks():
 
 
 def test_luck_is_said_in_numbers_a_student_reads():
-    from tlcore.verdict import luck
+    from tlcore.analysis.verdict import luck
 
     assert luck(1 / 32) == "luck alone would do that about 1 time in 32"
     assert luck(1 / 2048) == "luck alone would do that about 1 time in 2,048"

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import tlcore
-from tlcore.data import BASE_SIZE, MAX_ASPECT
-from tlcore.report import open_run_folder
-from tlcore.webexport import check_images
 from tests.conftest import ROOT
+from tlcore.data.images import BASE_SIZE, MAX_ASPECT
+from tlcore.studio.report import open_run_folder
+from tlcore.studio.webexport import check_images
 
 
 @pytest.fixture(scope="module")
@@ -102,13 +102,13 @@ def test_the_apps_prediction_is_the_exported_models_float32_on_any_cpu(run, monk
     """``predict`` (Test page, CLI, report) answers what the exported model (ONNX, web app) answers: float32
     even where the runtime's default is bf16 (OpenVINO on CPUs that have it: measured up to 0.087 apart on
     EfficientNet-Lite0, 1.5e-3 on the tiny backbone; on a CPU without bf16 this passes either way)."""
-    from tlcore.runtime import PRECISION_ENV
+    from tlcore.models.runtime import PRECISION_ENV
 
     monkeypatch.setenv(PRECISION_ENV, "auto")  # the app's own default; the tests otherwise fix f32
     project, record = run
     pixels, _ = check_images(project, record)
-    from tlcore.data import tensor_to_image
-    from tlcore.evaluate import prepare
+    from tlcore.data.images import tensor_to_image
+    from tlcore.engine.evaluate import prepare
 
     images = [tensor_to_image(p) for p in pixels]
     pre = tlcore.get_backbone_spec(record.config.backbone).preprocess
@@ -121,7 +121,7 @@ def test_the_apps_prediction_is_the_exported_models_float32_on_any_cpu(run, monk
 
 def test_the_web_app_is_titled_by_the_question_it_answers():
     """Issue 38: the exported page's title was the backbone and strategy, not the task."""
-    from tlcore.webexport import task_title
+    from tlcore.studio.webexport import task_title
 
     assert task_title(["cat", "dog"]) == "Cat or dog?"
     assert task_title(("apple", "pear", "plum")) == "Apple, pear or plum?"

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image, ImageOps
 
 import tlcore
-from tlcore import ImageSet, TrainConfig, load_folder, load_run, predict, run_to_end, save_run
-from tlcore.zeroshot import GroupLogSumExp, suggest_mapping, zero_shot_model
 from tests.conftest import ROOT
+from tlcore import ImageSet, TrainConfig, load_folder, load_run, predict, run_to_end, save_run
+from tlcore.models.zeroshot import GroupLogSumExp, suggest_mapping, zero_shot_model
 
 
 def png(img: Image.Image) -> bytes:
@@ -83,15 +83,14 @@ def test_zero_shot_on_digits_is_near_chance_and_says_why():
 
 
 def test_compare_puts_zero_shot_first_once_per_study():
-    from tlcore.compare import plan
+    from tlcore.analysis.compare import plan
 
     runs = plan(["few-shot", "zero-shot"], TrainConfig(), shots=[1, 5])
     assert [r.label for r in runs] == ["zero-shot @ 0/class", "few-shot @ 1/class", "few-shot @ 5/class"]
 
 
 def test_without_the_sentence_model_names_match_by_words(monkeypatch):
-    from tlcore import zeroshot
-
+    from tlcore.models import zeroshot
     monkeypatch.setattr(zeroshot, "_embedder", lambda: None)
     m = suggest_mapping(["cats", "Coffee", "7"])
     assert "tiger cat" in m["cats"] and "coffee mug" in m["Coffee"] and m["7"] == {}
@@ -101,7 +100,7 @@ def test_without_the_sentence_model_names_match_by_words(monkeypatch):
 def test_a_general_name_reaches_every_imagenet_class_under_it():
     """Issue 21: "bird" suggested birdhouse and "fish" starfish (names that look alike); ImageNet's classes are
     WordNet synsets, and a general name now maps to the classes under it (tlcore/imagenet_groups.json)."""
-    from tlcore.zeroshot import OUTSIDE_GROUP
+    from tlcore.models.zeroshot import OUTSIDE_GROUP
 
     m = suggest_mapping(["bird", "Fish", "dogs", "mushroom"])
 
@@ -136,8 +135,7 @@ def test_the_groups_are_wordnet_synsets_over_their_imagenet_classes():
 
 
 def test_without_the_sentence_model_a_group_name_still_maps_to_its_group(monkeypatch):
-    from tlcore import zeroshot
-
+    from tlcore.models import zeroshot
     monkeypatch.setattr(zeroshot, "_embedder", lambda: None)
     m = suggest_mapping(["bird", "Fish", "fruit"])
     assert "goldfinch" in m["bird"] and "goldfish" in m["Fish"] and set(m["fruit"].values()) == {1.0}
@@ -147,8 +145,7 @@ def test_without_the_sentence_model_a_group_name_still_maps_to_its_group(monkeyp
 def test_weights_concentrate_on_what_the_name_means():
     """Issue 39 (ConSE): every ImageNet class weighs by how close its name is. The heaviest classes are the ones the
     name means, lighter ones are looser matches, and the mapping lists them heaviest first."""
-    from tlcore import zeroshot
-
+    from tlcore.models import zeroshot
     if zeroshot._embedder() is None:
         pytest.skip("the sentence model is not installed")
     m = suggest_mapping(["coffee", "vegetable", "mammal"])
@@ -175,7 +172,7 @@ def test_weighted_group_sum_is_the_renormalised_weighted_sum():
 
 
 def test_an_edit_keeps_weights_adds_at_one_and_removes():
-    from tlcore.zeroshot import edit_mapping, mapping_weights
+    from tlcore.models.zeroshot import edit_mapping, mapping_weights
 
     weights = {"tabby": 1.0, "tiger cat": 0.8, "lynx": 0.3}
     assert edit_mapping(weights, ["tiger cat", "Persian cat"]) == {"tiger cat": 0.8, "Persian cat": 1.0}
@@ -211,8 +208,7 @@ def test_a_run_saved_before_the_weights_loads_and_predicts_as_it_did(photos, tmp
 
 
 def test_the_imagenet_names_are_embedded_once_then_read_from_disk(monkeypatch, tmp_path):
-    from tlcore import zeroshot
-
+    from tlcore.models import zeroshot
     if zeroshot._embedder() is None:
         pytest.skip("the sentence model is not installed")
     monkeypatch.setenv("TLCORE_CACHE_DIR", str(tmp_path))
