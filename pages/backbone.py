@@ -1,6 +1,5 @@
 """Step 1: choose the pretrained backbone, and see what it already recognises."""
 import dataclasses
-import os
 
 import plotly.graph_objects as go
 import streamlit as st
@@ -21,7 +20,7 @@ st.image(str(ASSETS / "backbone.png"), width=720,
              "ImageNet classes and is reused with a new head for your classes; early blocks see general features "
              "(edges, colours, textures), later ones specific parts and objects.")
 
-specs = tlcore.list_backbones(include_test=bool(os.environ.get("TLS_TEST_BACKBONES")))
+specs = tlcore.list_backbones(include_test=tlcore.settings().test_backbones)
 AVAILABILITY = {"bundled": ":green-badge[:material/check: installed, works offline]",
                 "cached": ":blue-badge[:material/download_done: downloaded]",
                 "download": ":orange-badge[:material/cloud_download: downloads on first use]"}
@@ -183,7 +182,7 @@ with st.expander("I have a weights file (offline machines)", icon=":material/upl
     explain("Torchvision backbones download their weights once. On a machine without internet, copy the "
             "weights file (for example resnet18-f37072fd.pth) from another computer and import it here. "
             "Every project on this server then uses it, so the file must be the original: its SHA-256 is checked.")
-    if os.environ.get("TLS_TEACHER_PASSWORD") and not session().teacher_key:
+    if tlcore.settings().teacher_password and not session().teacher_key:
         st.info("On this shared server only the teacher imports weights: open the Teacher page with the teacher "
                 "password first.", icon=":material/lock:")
     else:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import re
 import threading
 import time
@@ -309,8 +308,7 @@ def start_workers() -> bool:
 def start_sweeper() -> threading.Thread:
     """Once per server: every 30 s, let go of projects whose browser sessions have all gone (their
     jobs stop, keeping the best epoch; empty projects are deleted) after a 5-minute grace period."""
-    grace = float(os.environ.get("TLS_SESSION_GRACE_S", 300))
-    interval = float(os.environ.get("TLS_SWEEP_INTERVAL_S", 30))
+    grace, interval = tlcore.settings().session_grace_s, tlcore.settings().sweep_interval_s
 
     def loop() -> None:
         while True:

@@ -1,6 +1,5 @@
 """Compare strategies side by side on your data: the transfer-learning lesson, measured; and backbones."""
 import dataclasses
-import os
 
 import plotly.express as px
 import plotly.graph_objects as go
@@ -313,7 +312,7 @@ st.subheader("Backbone race: which pretrained network suits your images?")
 explain("The same images, split and strategy for each backbone: only the network changes. A bigger, better "
         "pre-trained backbone usually transfers better, and costs more time per image; the chart shows what each "
         "point of accuracy costs.")
-offline = [b.name for b in tlcore.list_backbones(include_test=bool(os.environ.get("TLS_TEST_BACKBONES")))
+offline = [b.name for b in tlcore.list_backbones(include_test=tlcore.settings().test_backbones)
            if b.availability() != "download"]
 c1, c2 = st.columns([2, 1])
 racers = c1.multiselect("Backbones (those on this machine; others download on the Backbone page)", offline,

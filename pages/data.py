@@ -108,7 +108,7 @@ def record_frames(proj: tlcore.Project, label: str) -> None:
     if "insecure" in state:
         st.warning(live_camera.INSECURE.format(origin=state["insecure"]), icon=":material/no_photography:")
     count = proj.images.counts().get(label, 0)
-    live_camera.show("data_rec", "record", interval_ms=round(1000 / tlcore.Limits.from_env().camera_fps), size=480, note=state["note"],
+    live_camera.show("data_rec", "record", interval_ms=round(1000 / tlcore.settings().limits.camera_fps), size=480, note=state["note"],
                      count_text=f"{state['added']} recorded now · '{label}' has {count} image{'s' * (count != 1)}")
 
 

@@ -1,6 +1,5 @@
 """Step 7: take the model away (a web app, weights, TorchScript, ONNX), load one back, or open another project."""
 import io
-import os
 from pathlib import Path
 
 import segno
@@ -16,7 +15,7 @@ explain("A trained model is just numbers. Download them with a description of ho
         "model anywhere: as a web app in any browser (phones too), in Python, or through TorchScript and ONNX in "
         "apps that do not use Python.")
 # Served at /app/static/ (server.enableStaticServing); TLS_STATIC_DIR moves it (tests)
-STATIC = Path(os.environ.get("TLS_STATIC_DIR") or Path(__file__).resolve().parent.parent / "static")
+STATIC = tlcore.settings().static_dir or Path(__file__).resolve().parent.parent / "static"
 
 
 def web_app(proj, record, folder: Path) -> None:

@@ -1,7 +1,6 @@
 """The teacher's page: how students join, the class kit, the class's progress, runs to stop, the challenge."""
 import functools
 import io
-import os
 import time
 
 import segno
@@ -12,7 +11,7 @@ from pages.common import ASSETS, describe_snapshot, explain, open_session, sessi
 from tlcore import PROJECTS
 
 open_session()  # a deep link to /teacher on a freshly started server runs this page alone: app.py takes over
-password = os.environ.get("TLS_TEACHER_PASSWORD", "")
+password = tlcore.settings().teacher_password
 projector = tlcore.board_key_ok(st.query_params.get("board"))  # the projector's own key: the board, nothing else
 if not password:
     st.title("Teacher")
@@ -179,7 +178,7 @@ with st.expander("Class kit" + (f": {kit.name}" if kit else ""), icon=":material
     explain("The data (and optionally the backbone and strategy) every student starts from: the join link and "
             "the sidebar's *Start from the class kit* open a new project with a copy of it.")
     samples = sorted(p.name for p in (ASSETS / "samples").iterdir() if p.is_dir())
-    backbones = tlcore.list_backbones(include_test=bool(os.environ.get("TLS_TEST_BACKBONES")))
+    backbones = tlcore.list_backbones(include_test=tlcore.settings().test_backbones)
     with st.form("teacher_kit"):
         source = st.selectbox("Data", [*samples, "a zip of my own"], key="teacher_kit_source", index=None,
                               placeholder="Choose the class's data…",
@@ -245,7 +244,7 @@ def projects(stuck_min: float) -> None:
                f"{r.best.right} of {r.best.n} ({r.best.accuracy:.0%})",
                "needs help": f"no images after {stuck_min} min" if r.idle else ""} for r in rows],
              hide_index=True)
-    limits = tlcore.Limits.from_env()
+    limits = tlcore.settings().limits
     for proj in (p for p in live if len(p.images) or p.runs):
         finished = [r for r in proj.finished_runs() if r.result.score is not None]
         best = max(finished, key=lambda r: (r.result.score.accuracy, r.result.score.n), default=None)

@@ -52,6 +52,24 @@ def class_files(n_per_class: int = 8, classes: int = 3) -> list[tuple[str, bytes
 
 
 @pytest.fixture
+def setenv(monkeypatch):
+    """``setenv(NAME, value)`` (None unsets) for one test, as whoever starts the server would set it: tlcore reads
+    its settings again now, and again after the test, when the variable is as it was."""
+    from tlcore.core.settings import reload
+
+    def set_(name: str, value: str | None) -> None:
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+        reload()
+
+    yield set_
+    monkeypatch.undo()
+    reload()
+
+
+@pytest.fixture
 def tiny_set():
     from tlcore import ImageSet
 

@@ -54,6 +54,7 @@ from .analysis.verdict import Verdict, headline, ladder_verdicts, names_worth, p
 from .core.errors import BadImageError, TLError, WeightsUnavailableError
 from .core.limits import LimitError, Limits, folder_mb
 from .core.measure import Paired, Score, accuracy_interval, paired
+from .core.settings import Settings, settings
 from .data.images import (
                         IMAGE_SUFFIXES,
                         ImageItem,
@@ -149,7 +150,7 @@ __all__ = [
     # errors
     "BadImageError", "TLError", "WeightsUnavailableError",
     # what one student may use of a shared server
-    "LimitError", "Limits", "folder_mb",
+    "LimitError", "Limits", "folder_mb", "Settings", "settings",
     # model and training
     "FEATURES", "FROZEN_BODY_MODES", "MODE_TITLES", "MODES", "BatchEnd", "EpochEnd", "Event", "Progress", "RunFinished", "RunResult", "TrainConfig", "VIEWS_MAX_IMAGES", "fe_views",
     "TransferModel", "build_model", "count_params", "freeze", "run_to_end", "train",

@@ -38,14 +38,11 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import random
 import resource
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +53,7 @@ from .analysis.clean import check_data
 from .analysis.compare import features_of
 from .bench_race import race_figures, real_sets
 from .bench_small import sklearn_digits, small_data
+from .core.settings import environment, settings
 from .data.images import ImageItem, ImageSet, load_folder, make_item, tensor_to_image
 from .engine.config import TrainConfig
 from .engine.evaluate import evaluate
@@ -63,7 +61,7 @@ from .engine.features import FEATURES
 from .engine.train import run_to_end, set_threads
 from .models.backbones import DEFAULT_BACKBONE, get_backbone_spec
 from .models.model import build_model, freeze, set_train_mode
-from .models.runtime import PRECISION_ENV, FrozenPart, _session, installed_runtimes, runtime_for
+from .models.runtime import FrozenPart, _session, installed_runtimes, runtime_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,21 +92,6 @@ def _timed(fn) -> tuple[float, object]:
     return time.perf_counter() - t, out
 
 
-@contextmanager
-def _env(**values: str) -> Iterator[None]:
-    """Environment variables set for the duration of a block (e.g. the old torch path)."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 REPEATS = 5  # sections 0, 1 and 3: this many pairs of timings (one with --quick); the median pair's ratio, the best time
 OLD_PATH = {"TLCORE_RUNTIME": "torch", "TLCORE_PREFIX_CACHE_MB": "0"}  # what tlcore did before the runtimes
 
@@ -125,7 +108,7 @@ def forward_floors(imageset: ImageSet, backbone: str, batch: int = 32) -> dict[s
             run = lambda lo: model(x[lo:lo + batch])  # noqa: E731
         else:
             session = _session(backbone, None, name, torch.get_num_threads(),
-                               os.environ.get(PRECISION_ENV, "auto"))
+                               settings().inference_precision)
             arrays = pixels.contiguous().numpy()  # uint8, as tlcore gives them (the runtime scales them to [0, 1])
             run = lambda lo, session=session: session(arrays[lo:lo + batch])  # noqa: E731
         with torch.inference_mode():
@@ -253,7 +236,7 @@ def finetune_old_vs_new(imageset: ImageSet, backbone: str, epochs: int, seed: in
                       seed=seed)
     out = {}
     for name, env in (("old", OLD_PATH), ("new", {})):
-        with _env(**env):
+        with environment(**env):
             t, finished = _timed(lambda: run_to_end(imageset, cfg))
         assert finished.status == "completed", finished.reason
         r = finished.result
@@ -299,7 +282,7 @@ def runner_comparison(quick: bool) -> dict:
 
         from .jobs.ray_runner import RayRunner
 
-        with _env(TLS_RAY_CPUS="2"):
+        with environment(TLS_RAY_CPUS="2"):
             cluster = RayRunner("local")
             all_runs(cluster)
             out["ray_seconds"] = all_runs(cluster)
@@ -436,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     FEATURES.clear()
     old = ImageSet()
     old.add(files)
-    with _env(**OLD_PATH):
+    with environment(**OLD_PATH):
         t_old, _ = _timed(lambda: run_to_end(old, TrainConfig(backbone=backbone, epochs=epochs)))
     FEATURES.clear()
     r["fe_seconds"], r["floor_seconds"], r["fe_second_run_seconds"] = t_first, floor, t_second
@@ -502,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     model = run_to_end(eval_set, TrainConfig(backbone=backbone, epochs=2)).result
     pre = get_backbone_spec(backbone).preprocess
     eval_set.stack(pre)  # preprocessed once, as the app keeps it
-    with _env(**OLD_PATH):
+    with environment(**OLD_PATH):
         t_eval_old, ev_old = _timed(lambda: evaluate(model.model, eval_set, model.classes, pre))
     t_eval_new, ev_new = _timed(lambda: evaluate(model.model, eval_set, model.classes, pre))
     r["eval_seconds"] = {"old": t_eval_old, "new": t_eval_new}

@@ -194,13 +194,12 @@ def app_ladder(quick: bool, backbone: str, log, busy_only: bool = False) -> dict
     """The Compare page's ladder and study on 3 classes x 7 photos, through the app's runner and projects:
     wall time against the page's estimate, alone and with a second project's ladder submitted at once;
     ``busy_only``: only the ladder and the study while two other students fine-tune."""
-    import os
-
+    from .core.settings import set_environment, settings
     from .jobs.runner import set_runner
-    from .studio.project import HOME_ENV, Project
+    from .studio.project import Project
 
-    old_home = os.environ.get(HOME_ENV)
-    os.environ[HOME_ENV] = tempfile.mkdtemp(prefix="tls-bench-home-")
+    old_home = str(settings().home)
+    set_environment(TLS_HOME=tempfile.mkdtemp(prefix="tls-bench-home-"))
     set_runner(None)
     out: dict = {}
     try:
@@ -300,10 +299,7 @@ def app_ladder(quick: bool, backbone: str, log, busy_only: bool = False) -> dict
                 f"{(est - seconds) / seconds:+.0%})")
     finally:
         set_runner(None)
-        if old_home is None:
-            os.environ.pop(HOME_ENV, None)
-        else:
-            os.environ[HOME_ENV] = old_home
+        set_environment(TLS_HOME=old_home)
     return out
 
 

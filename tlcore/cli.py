@@ -14,6 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .core.errors import TLError
+from .core.settings import set_environment, settings
 from .engine.config import MODES
 from .models.backbones import DEFAULT_BACKBONE, list_backbones
 
@@ -126,7 +127,7 @@ def _on_ray(imageset, jobs: list[tuple[str, object]], split) -> list[tuple[objec
     from .jobs.ray_runner import RayRunner
     from .jobs.spec import JobSpec
 
-    runner = RayRunner(os.environ.get("TLS_RAY_ADDRESS", "local"))
+    runner = RayRunner(settings().ray_address or "local")
     labels = trainable_subset(imageset).labels()
     handles = [runner.submit(JobSpec(Path(out).name, "cli", imageset, config,  # a study draws its own split
                                      run_split(labels, config) if config.max_images_per_class else split,
@@ -361,10 +362,8 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 def cmd_class(args: argparse.Namespace) -> int:
     """The class's pooled results (every project's ladders, studies and challenge entries), as the Teacher page
     and the projector show them."""
-    import os
-
     if args.home:
-        os.environ["TLS_HOME"] = args.home
+        set_environment(TLS_HOME=args.home)
     from .studio.challenge import current_challenge
     from .studio.classlab import class_summary
 

@@ -542,22 +542,22 @@ def test_numeric_long_and_non_ascii_class_names_chart_cleanly():
         assert {n.strip() for n in shown} >= {"7", "0"}, shown
 
 
-def test_teacher_page_is_off_without_a_password_and_locked_with_one(monkeypatch):
-    monkeypatch.delenv("TLS_TEACHER_PASSWORD", raising=False)
+def test_teacher_page_is_off_without_a_password_and_locked_with_one(setenv):
+    setenv("TLS_TEACHER_PASSWORD", None)
     at = new_app()
     at.switch_page("pages/teacher.py").run()
     assert "TLS_TEACHER_PASSWORD" in texts(at.info) and not at.dataframe and not at.get("file_uploader")
-    monkeypatch.setenv("TLS_TEACHER_PASSWORD", "s3cret")
+    setenv("TLS_TEACHER_PASSWORD", "s3cret")
     at.run()
     at.text_input(key="teacher_password").set_value("guess")
     at.button[0].click().run()
     assert "not the teacher password" in texts(at.error) and not at.get("file_uploader")
 
 
-def test_class_challenge_from_hidden_set_to_leaderboard(monkeypatch):
+def test_class_challenge_from_hidden_set_to_leaderboard(setenv):
     from tests.engine.test_challenge import hidden_zip
 
-    monkeypatch.setenv("TLS_TEACHER_PASSWORD", "s3cret")
+    setenv("TLS_TEACHER_PASSWORD", "s3cret")
     teacher = new_app()
     teacher.switch_page("pages/teacher.py").run()
     teacher.text_input(key="teacher_password").set_value("s3cret")
@@ -598,9 +598,9 @@ def test_class_challenge_from_hidden_set_to_leaderboard(monkeypatch):
     assert yard["on the teacher's hidden photos"][0].startswith(on_hidden.split(" (")[0] + " right")
 
 
-def test_a_limit_that_is_hit_says_what_it_is_and_the_teacher_sees_each_projects_usage(monkeypatch):
-    monkeypatch.setenv("TLS_TEACHER_PASSWORD", "s3cret")
-    monkeypatch.setenv("TLS_MAX_EPOCHS", "40")
+def test_a_limit_that_is_hit_says_what_it_is_and_the_teacher_sees_each_projects_usage(setenv):
+    setenv("TLS_TEACHER_PASSWORD", "s3cret")
+    setenv("TLS_MAX_EPOCHS", "40")
     student = with_sample(new_app())
     student.switch_page("pages/train.py").run()
     student.number_input(key="train_epochs").set_value(41).run()
@@ -641,8 +641,8 @@ def test_a_start_that_fails_says_so_beneath_its_button_until_the_next_click(monk
     student.session_state["tls"].project.stop_all()
 
 
-def test_teacher_stops_a_run_that_hogs_the_server(monkeypatch):
-    monkeypatch.setenv("TLS_TEACHER_PASSWORD", "s3cret")
+def test_teacher_stops_a_run_that_hogs_the_server(setenv):
+    setenv("TLS_TEACHER_PASSWORD", "s3cret")
     student = with_sample(new_app())
     student.switch_page("pages/freeze.py").run()
     student.toggle(key="freeze_scratch").set_value(True).run()  # a run that hogs (feature extraction converges)

@@ -14,8 +14,8 @@ from tests.engine.test_challenge import hidden_zip, trained
 
 
 @pytest.fixture
-def teacher(monkeypatch):
-    monkeypatch.setenv("TLS_TEACHER_PASSWORD", "s3cret")
+def teacher(setenv, monkeypatch):
+    setenv("TLS_TEACHER_PASSWORD", "s3cret")
     monkeypatch.setattr(tlcore.studio.lesson, "lan_addresses", lambda: ["192.168.1.20"])
     at = new_app()
     at.switch_page("pages/teacher.py").run()

@@ -6,8 +6,8 @@ import zipfile
 from tests.app.test_pages import new_app, texts, wait_for, with_sample
 
 
-def test_export_page_makes_the_web_app(monkeypatch, tmp_path):
-    monkeypatch.setenv("TLS_STATIC_DIR", str(tmp_path / "static"))
+def test_export_page_makes_the_web_app(setenv, tmp_path):
+    setenv("TLS_STATIC_DIR", str(tmp_path / "static"))
     at = with_sample(new_app(), "faces")
     at.switch_page("pages/train.py").run()
     at.button(key="train_start").click().run()

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import tlcore
-from tlcore.models.backbones import MIRROR_ENV, sha256_file, stage_param_counts
+from tlcore.models.backbones import sha256_file, stage_param_counts
 
 #: The backbones installed with the app; MobileNetV2's package goes in without its dependencies (README), so
 #: it is bundled where that was done (``.ci/run`` does it) and downloads from torchvision's address elsewhere.
@@ -170,19 +170,19 @@ def test_corrupt_download_is_refused_and_leaves_nothing(tmp_path, hub):
         server.close()
 
 
-def test_mirror_serves_torchvision_weights_and_offline_gives_a_clear_message(tmp_path, hub, monkeypatch):
+def test_mirror_serves_torchvision_weights_and_offline_gives_a_clear_message(setenv, tmp_path, hub):
     served = tmp_path / "served"
     served.mkdir()
     (served / "resnet18-f37072fd.pth").write_bytes(b"not the real file")
     server = _Server(served)
     try:
-        monkeypatch.setenv(MIRROR_ENV, server.url)
+        setenv("TLCORE_WEIGHTS_MIRROR", server.url)
         spec = tlcore.get_backbone_spec("resnet18")
         with pytest.raises(tlcore.WeightsUnavailableError, match="checksum"):  # it fetched from the mirror
             tlcore.ensure_weights(spec)
     finally:
         server.close()
-    monkeypatch.setenv(MIRROR_ENV, server.url)  # now nothing listens there: as if offline
+    setenv("TLCORE_WEIGHTS_MIRROR", server.url)  # now nothing listens there: as if offline
     with pytest.raises(tlcore.WeightsUnavailableError, match="offline"):
         tlcore.ensure_weights(tlcore.get_backbone_spec("resnet18"), timeout=2)
 

@@ -13,10 +13,10 @@ from tlcore import Project, TrainConfig, create_challenge, current_challenge
 
 
 @pytest.fixture(autouse=True)
-def own_home(monkeypatch, tmp_path):
+def own_home(setenv, tmp_path):
     """A home of its own: a challenge left open in the shared test home showed on the Teacher page's tests
     when they ran after these (``pytest tests/engine tests/app``)."""
-    monkeypatch.setenv("TLS_HOME", str(tmp_path / "home"))
+    setenv("TLS_HOME", str(tmp_path / "home"))
 
 
 def hidden_zip(classes=("CLASS0", "Class1"), n: int = 6) -> bytes:

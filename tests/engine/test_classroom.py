@@ -9,10 +9,10 @@ def test_every_simulated_student_gets_their_own_model():
     assert report["own_data_only"] and not report["failed"], report
 
 
-def test_one_abusive_student_is_limited_and_stops_nobody_else(monkeypatch):
+def test_one_abusive_student_is_limited_and_stops_nobody_else(setenv):
     """A 200,000 x 40 strip, a zip bomb, 500-epoch runs and ten extra projects from one laptop, while
     four students train: each limit says what it is, and every other student still gets a model."""
-    monkeypatch.setenv("TLS_MAX_EPOCHS", "200")  # the default (the test suite lifts it for its endless runs)
+    setenv("TLS_MAX_EPOCHS", "200")  # the default (the test suite lifts it for its endless runs)
     report = simulate(sessions=4, images=12, throughput=False, timeout=300, abuser=True)
     assert report["stuck"] == 0 and report["exceptions"] == 0 and not report["failed"], report
     abuser = report["abuser"]

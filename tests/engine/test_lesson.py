@@ -30,11 +30,11 @@ def test_lan_addresses_without_any_network(monkeypatch):
     assert server_urls(8501, False, "?kit=1") == ["http://localhost:8501/?kit=1"]
 
 
-def test_server_urls_use_the_lan_address_the_port_and_https(monkeypatch):
+def test_server_urls_use_the_lan_address_the_port_and_https(setenv, monkeypatch):
     monkeypatch.setattr(tlcore.studio.lesson, "lan_addresses", lambda: ["192.168.1.20", "10.0.0.5"])
     assert server_urls(8765, True, "/?kit=1") == ["https://192.168.1.20:8765/?kit=1", "https://10.0.0.5:8765/?kit=1"]
     assert tlcore.lan_url("http://127.0.0.1:8765/evaluate", "?view=k") == "http://192.168.1.20:8765/?view=k"
-    monkeypatch.setenv("TLS_PUBLIC_URL", "https://class.example.org/studio/")
+    setenv("TLS_PUBLIC_URL", "https://class.example.org/studio/")
     assert server_urls(8765, False, "?kit=1") == ["https://class.example.org/studio/?kit=1"]
     assert tlcore.lan_url("http://127.0.0.1:8765/", "app/static/x") == "https://class.example.org/studio/app/static/x"
 

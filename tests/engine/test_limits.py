@@ -13,26 +13,26 @@ import pytest
 import tlcore
 from tests.conftest import ROOT, class_files
 from tests.engine.test_jobs_projects import TINY, spec
-from tlcore import ImageSet, LimitError, Limits, Project
+from tlcore import ImageSet, LimitError, Limits, Project, settings
 from tlcore.jobs.spec import run_job
 
 
-def test_limits_come_from_the_environment_and_say_who_changes_them(monkeypatch):
+def test_limits_come_from_the_environment_and_say_who_changes_them(setenv):
     for name in Limits.ENV.values():
-        monkeypatch.delenv(name, raising=False)
-    assert Limits.from_env() == Limits()
-    monkeypatch.setenv("TLS_MAX_EPOCHS", "12")
-    monkeypatch.setenv("TLS_MAX_RUN_MINUTES", "0.5")
-    limits = Limits.from_env()
+        setenv(name, None)
+    assert settings().limits == Limits()
+    setenv("TLS_MAX_EPOCHS", "12")
+    setenv("TLS_MAX_RUN_MINUTES", "0.5")
+    limits = settings().limits
     assert (limits.epochs, limits.run_minutes) == (12, 0.5)
     assert "limited to 12 on this server (TLS_MAX_EPOCHS; whoever starts the server" in limits.message("epochs", "x")
-    monkeypatch.setenv("TLS_MAX_EPOCHS", "lots")
+    setenv("TLS_MAX_EPOCHS", "lots")
     with pytest.raises(tlcore.TLError, match="TLS_MAX_EPOCHS='lots' is not a number"):
-        Limits.from_env()
+        settings().limits
 
 
-def test_a_full_project_keeps_what_fits_and_refuses_the_rest_undecoded(monkeypatch):
-    monkeypatch.setenv("TLS_MAX_IMAGES", "10")
+def test_a_full_project_keeps_what_fits_and_refuses_the_rest_undecoded(setenv):
+    setenv("TLS_MAX_IMAGES", "10")
     p = Project.create()
     files = class_files(6)  # 18 images
     rejected = p.images.add(files[:8])
@@ -63,9 +63,9 @@ def test_two_sessions_adding_at_once_never_interleave():
     assert len(s) == len(files) and len({i.digest for i in s.items}) == len(files)
 
 
-def test_runs_are_limited_per_project_and_per_student(tiny_set, monkeypatch):
-    monkeypatch.setenv("TLS_MAX_QUEUED_RUNS", "2")
-    monkeypatch.setenv("TLS_MAX_EPOCHS", "50")
+def test_runs_are_limited_per_project_and_per_student(setenv, tiny_set):
+    setenv("TLS_MAX_QUEUED_RUNS", "2")
+    setenv("TLS_MAX_EPOCHS", "50")
     a, b = Project.create(), Project.create()
     for p in (a, b):
         p.images = tiny_set.snapshot()
@@ -85,7 +85,7 @@ def test_runs_are_limited_per_project_and_per_student(tiny_set, monkeypatch):
     for r in (first, second, other):
         r.job.stop()
         assert r.job.join(60)
-    monkeypatch.setenv("TLS_MAX_PROJECT_MB", "0")
+    setenv("TLS_MAX_PROJECT_MB", "0")
     with pytest.raises(LimitError, match="TLS_MAX_PROJECT_MB.*delete runs"):
         a.start_run(long)
     assert first.job is None or not first.job.alive

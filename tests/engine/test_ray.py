@@ -24,13 +24,13 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -r re
 
 @pytest.fixture(scope="module")
 def runner():
+    from tlcore.core.settings import environment
     from tlcore.jobs.ray_runner import RayRunner
 
-    os.environ["TLS_RAY_CPUS"] = "2"
-    r = RayRunner("local")
-    yield r
-    ray.shutdown()
-    os.environ.pop("TLS_RAY_CPUS", None)
+    with environment(TLS_RAY_CPUS="2"):
+        r = RayRunner("local")
+        yield r
+        ray.shutdown()
 
 
 def images() -> ImageSet:

@@ -40,8 +40,8 @@ def test_openvino_is_preferred_when_installed():
 
 @pytest.mark.parametrize("which", CPU_RUNTIMES)
 @pytest.mark.parametrize("backbone", available_backbones())
-def test_runtime_features_match_torch_on_real_images(backbone, which, monkeypatch):
-    monkeypatch.setenv(runtime.RUNTIME_ENV, which)
+def test_runtime_features_match_torch_on_real_images(setenv, backbone, which):
+    setenv("TLCORE_RUNTIME", which)
     pixels = real_images(tlcore.get_backbone_spec(backbone).preprocess)
     fast = runtime.frozen_forward(backbone, pixels)
     ref = runtime.frozen_forward_torch(backbone, pixels)
@@ -53,8 +53,8 @@ def test_runtime_features_match_torch_on_real_images(backbone, which, monkeypatc
 
 
 @pytest.mark.parametrize("which", CPU_RUNTIMES)
-def test_frozen_prefix_matches_torch(which, monkeypatch):
-    monkeypatch.setenv(runtime.RUNTIME_ENV, which)
+def test_frozen_prefix_matches_torch(setenv, which):
+    setenv("TLCORE_RUNTIME", which)
     pixels = real_images(tlcore.get_backbone_spec("efficientnet_lite0").preprocess)[:4]
     fast = runtime.frozen_forward("efficientnet_lite0", pixels, stages=4)
     ref = runtime.frozen_forward_torch("efficientnet_lite0", pixels, stages=4)
@@ -62,8 +62,8 @@ def test_frozen_prefix_matches_torch(which, monkeypatch):
     assert (fast - ref).abs().max() / ref.abs().max() <= 1e-3
 
 
-def test_export_is_cached_on_disk_and_a_damaged_file_is_rebuilt(tmp_path, monkeypatch):
-    monkeypatch.setenv(runtime.CACHE_ENV, str(tmp_path))
+def test_export_is_cached_on_disk_and_a_damaged_file_is_rebuilt(setenv, tmp_path):
+    setenv("TLCORE_CACHE_DIR", str(tmp_path))
     path = runtime.exported("tiny-test", None)
     assert path.parent == tmp_path / "runtime" and "tiny-test" in path.name and "32px" in path.name
     assert json.loads(path.with_suffix(".json").read_text())["sha256"]

@@ -206,7 +206,7 @@ def test_prototype_head_is_nearest_class_mean():
     assert torch.equal(head(x).argmax(1), torch.cdist(x, protos).argmin(1))
 
 
-def test_fine_tune_runs_its_frozen_stages_once_and_learns_as_the_full_loop_does(tiny_set, monkeypatch):
+def test_fine_tune_runs_its_frozen_stages_once_and_learns_as_the_full_loop_does(setenv, tiny_set, monkeypatch):
     train_mod = sys.modules["tlcore.engine.train"]
 
     base = TrainConfig(backbone="tiny-test", mode="fine-tune", freeze_depth=2, epochs=4, augment=False)
@@ -216,7 +216,7 @@ def test_fine_tune_runs_its_frozen_stages_once_and_learns_as_the_full_loop_does(
     cached = run_to_end(tiny_set, base)
     assert cached.status == "completed" and "once per image" in cached.result.how
     assert set(calls) == {2} and len(calls) <= 3  # a probe, then one pass over the images: not once per epoch
-    monkeypatch.setenv("TLCORE_PREFIX_CACHE_MB", "0")  # nothing fits: the whole network runs every epoch
+    setenv("TLCORE_PREFIX_CACHE_MB", "0")  # nothing fits: the whole network runs every epoch
     full = run_to_end(tiny_set, base)
     assert "every epoch" in full.result.how and full.result.runtime == "torch"
     # Without augmentation both see exactly the same inputs (the cache only rounds to fp16).
@@ -225,12 +225,12 @@ def test_fine_tune_runs_its_frozen_stages_once_and_learns_as_the_full_loop_does(
         assert abs(a.train_loss - b.train_loss) < 1e-2
 
 
-def test_augmented_views_are_a_fixed_pool_within_the_budget(tiny_set, monkeypatch):
+def test_augmented_views_are_a_fixed_pool_within_the_budget(setenv, tiny_set):
     cfg = TrainConfig(backbone="tiny-test", mode="fine-tune", freeze_depth=1, epochs=2, augment=True, augment_views=3)
     finished = run_to_end(tiny_set, cfg)
     assert "(3 views)" in finished.result.how
     # one view of the stem's output is 8 x 16 x 16 fp16 = 4 KB; 19 training + 5 validation images
-    monkeypatch.setenv("TLCORE_PREFIX_CACHE_MB", str((5 + 2 * 19) * 4096 / 2**20))
+    setenv("TLCORE_PREFIX_CACHE_MB", str((5 + 2 * 19) * 4096 / 2**20))
     assert "(2 views)" in run_to_end(tiny_set, cfg).result.how
     with pytest.raises(tlcore.TLError, match="views"):
         TrainConfig(augment_views=0).validate()

@@ -98,13 +98,12 @@ def test_the_report_says_how_to_use_the_web_app(run):
     assert "--format web" in page and "window.tlsClassify" in page and "load_run" in page
 
 
-def test_the_apps_prediction_is_the_exported_models_float32_on_any_cpu(run, monkeypatch):
+def test_the_apps_prediction_is_the_exported_models_float32_on_any_cpu(setenv, run):
     """``predict`` (Test page, CLI, report) answers what the exported model (ONNX, web app) answers: float32
     even where the runtime's default is bf16 (OpenVINO on CPUs that have it: measured up to 0.087 apart on
     EfficientNet-Lite0, 1.5e-3 on the tiny backbone; on a CPU without bf16 this passes either way)."""
-    from tlcore.models.runtime import PRECISION_ENV
 
-    monkeypatch.setenv(PRECISION_ENV, "auto")  # the app's own default; the tests otherwise fix f32
+    setenv("TLCORE_INFERENCE_PRECISION", "auto")  # the app's own default; the tests otherwise fix f32
     project, record = run
     pixels, _ = check_images(project, record)
     from tlcore.data.images import tensor_to_image

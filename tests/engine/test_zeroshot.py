@@ -207,11 +207,11 @@ def test_a_run_saved_before_the_weights_loads_and_predicts_as_it_did(photos, tmp
         assert g.probabilities == pytest.approx(w.probabilities, abs=1e-6)
 
 
-def test_the_imagenet_names_are_embedded_once_then_read_from_disk(monkeypatch, tmp_path):
+def test_the_imagenet_names_are_embedded_once_then_read_from_disk(setenv, monkeypatch, tmp_path):
     from tlcore.models import zeroshot
     if zeroshot._embedder() is None:
         pytest.skip("the sentence model is not installed")
-    monkeypatch.setenv("TLCORE_CACHE_DIR", str(tmp_path))
+    setenv("TLCORE_CACHE_DIR", str(tmp_path))
     zeroshot._imagenet_vectors.cache_clear()
     try:
         first = zeroshot._imagenet_vectors()
@@ -223,7 +223,7 @@ def test_the_imagenet_names_are_embedded_once_then_read_from_disk(monkeypatch, t
         saved.write_bytes(b"damaged")  # a damaged file is computed again, not trusted
         zeroshot._imagenet_vectors.cache_clear()
         monkeypatch.undo()
-        monkeypatch.setenv("TLCORE_CACHE_DIR", str(tmp_path))
+        setenv("TLCORE_CACHE_DIR", str(tmp_path))
         assert (zeroshot._imagenet_vectors() == first).all() and saved.stat().st_size > 1000
     finally:
         zeroshot._imagenet_vectors.cache_clear()

@@ -5,7 +5,6 @@ others. A limit that is hit raises ``LimitError``, whose message says the limit 
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -35,20 +34,6 @@ class Limits:
     ENV = {"images_per_project": "TLS_MAX_IMAGES", "project_mb": "TLS_MAX_PROJECT_MB",
            "queued_runs": "TLS_MAX_QUEUED_RUNS", "epochs": "TLS_MAX_EPOCHS", "run_minutes": "TLS_MAX_RUN_MINUTES",
            "camera_fps": "TLS_CAMERA_FPS"}
-
-    @classmethod
-    def from_env(cls) -> Limits:
-        """The defaults, with any ``TLS_MAX_*`` variable set in the environment (read on every call, so a
-        test or a restarted server sees the current value)."""
-        values = {}
-        for f in dataclasses.fields(cls):
-            raw = os.environ.get(cls.ENV[f.name])
-            if raw:
-                try:
-                    values[f.name] = type(f.default)(float(raw))
-                except ValueError:
-                    raise TLError(f"{cls.ENV[f.name]}={raw!r} is not a number.") from None
-        return cls(**values)
 
     def message(self, field: str, what: str) -> str:
         """'<what> is limited to <value> on this server (TLS_…; whoever starts the server can change it).'"""

@@ -1,6 +1,6 @@
 """The mechanisms every layer shares: bounded memory (``ByteLRU``), files that appear whole
 (``atomic_write``) and the environment of a child process that imports this ``tlcore`` (``child_env``). This
-module imports nothing else of ``tlcore``.
+module imports nothing else of ``tlcore`` but its settings.
 
 Budgets belong to the process, not to the module that fills a cache: each cache is made with the
 default share of ``TLS_MEMORY_BUDGET_MB`` and whoever owns the process sizes it for its role with
@@ -17,6 +17,8 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from .settings import settings
+
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 T = TypeVar("T")
@@ -24,7 +26,7 @@ T = TypeVar("T")
 
 def memory_budget_mb() -> float:
     """The process's budget for what it keeps in memory (``TLS_MEMORY_BUDGET_MB``, default 2048)."""
-    return float(os.environ.get("TLS_MEMORY_BUDGET_MB", 2048))
+    return settings().memory_budget_mb
 
 
 class ByteLRU(Generic[K, V]):

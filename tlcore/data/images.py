@@ -356,9 +356,9 @@ class ImageSet:
         return None if self.capacity is None else max(0, self.capacity - len(self.items))
 
     def _full(self) -> str:
-        from ..core.limits import Limits
+        from ..core.settings import settings
 
-        return (f"not added: {Limits.from_env().message('images_per_project', 'The number of images in one project')}"
+        return (f"not added: {settings().limits.message('images_per_project', 'The number of images in one project')}"
                 " Remove images you do not need, or start another project.")
 
     @_locked

@@ -34,6 +34,7 @@ from torch import nn
 
 from ..core.errors import TLError
 from ..core.measure import Score, out_of_fold, repeated_folds, shot_draws
+from ..core.settings import settings
 from ..data.images import ImageSet, check_trainable, stratified_split, trainable_subset
 from ..models.backbones import frozen_body, get_backbone_spec
 from ..models.model import CHANNELS_LAST, TransferModel, build_model, count_params, freeze, set_train_mode, to_float
@@ -169,7 +170,7 @@ class _Rest(nn.Module):
 
 def prefix_cache_budget() -> int:
     """Bytes the frozen-prefix outputs of one fine-tune may take (``TLCORE_PREFIX_CACHE_MB``, default 1024)."""
-    return int(float(os.environ.get("TLCORE_PREFIX_CACHE_MB", 1024)) * 2**20)
+    return int(settings().prefix_cache_mb * 2**20)
 
 
 def _prefix_plan(model: TransferModel, data: ImageSet, train_idx: list[int], val_idx: list[int], cfg: TrainConfig,

@@ -32,6 +32,7 @@ from pathlib import Path
 import ray
 
 from ..core.errors import TLError
+from ..core.settings import settings
 from ..core.storage import child_env
 from ..engine.events import Event, RunFinished
 from .spec import Job, JobSpec, JobTracker, estimate_seconds, queue_position, run_job
@@ -99,13 +100,13 @@ class RayRunner:
     def __init__(self, address: str = "local", cpus_per_run: int | None = None, gpus_per_run: float | None = None,
                  fan_out: bool | None = None) -> None:
         self.address = address
-        self.cpus = cpus_per_run or int(os.environ.get("TLS_RAY_CPUS_PER_RUN", 1))
-        self.gpus = gpus_per_run if gpus_per_run is not None else float(os.environ.get("TLS_RAY_GPUS_PER_RUN", 0))
+        self.cpus = cpus_per_run or settings().ray_cpus_per_run
+        self.gpus = gpus_per_run if gpus_per_run is not None else settings().ray_gpus_per_run
         self.fan_out = address != "local" if fan_out is None else fan_out
         if not ray.is_initialized():
             if address == "local":
                 path = child_env()["PYTHONPATH"]  # workers import this tlcore
-                ray.init(num_cpus=int(os.environ.get("TLS_RAY_CPUS", os.cpu_count() or 2)), include_dashboard=False,
+                ray.init(num_cpus=settings().ray_cpus or os.cpu_count() or 2, include_dashboard=False,
                          _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False,
                          runtime_env={"env_vars": {"PYTHONPATH": path}})
             else:  # the cluster gets this project's engine with each job; its weights come with the packages

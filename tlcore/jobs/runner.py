@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, Pipe, wait
 
 from ..core.errors import TLError
+from ..core.settings import settings
 from ..core.storage import below_the_server, child_env
 from ..engine.events import RunFinished
 from .spec import Job, JobSpec, JobTracker, Runner, estimate_seconds, queue_position, receive, send
@@ -50,7 +51,7 @@ class LocalRunner:
 
     def __init__(self, workers: int | None = None, threads: int | None = None) -> None:
         cores = os.cpu_count() or 2
-        self.workers = workers or int(os.environ.get("TLCORE_WORKERS", 0)) or max(2, cores // 2)
+        self.workers = workers or settings().workers or max(2, cores // 2)
         self.threads = threads or max(1, cores // self.workers)  # each worker's share when all are busy
         self.max_threads = threads or cores  # what a worker takes when it trains alone
         self._lock = threading.RLock()  # the scheduler's state, and every send to a worker
@@ -422,7 +423,7 @@ def get_runner() -> Runner:
     global _RUNNER
     with _runner_lock:
         if _RUNNER is None:
-            if address := os.environ.get("TLS_RAY_ADDRESS"):
+            if address := settings().ray_address:
                 from .ray_runner import RayRunner
 
                 _RUNNER = RayRunner(address)

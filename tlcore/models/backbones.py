@@ -31,14 +31,12 @@ import torch
 from torch import nn
 
 from ..core.errors import TLError, WeightsUnavailableError
+from ..core.settings import settings
 from ..core.storage import atomic_write
 
 ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total; 0 when unknown)
 Availability = Literal["bundled", "cached", "download"]
 
-#: Environment variable naming a mirror that serves torchvision's weight files by file name
-#: (for classrooms with a local server, and for tests on 127.0.0.1).
-MIRROR_ENV = "TLCORE_WEIGHTS_MIRROR"
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
@@ -235,7 +233,7 @@ def ensure_weights(spec: BackboneSpec, progress: ProgressFn | None = None, timeo
         path.unlink(missing_ok=True)  # damaged or replaced on disk: fetch it again
     url = spec.weights_url
     assert url is not None
-    mirror = os.environ.get(MIRROR_ENV)
+    mirror = settings().weights_mirror
     if mirror:
         url = mirror.rstrip("/") + "/" + os.path.basename(url)
     def fetch(tmp: str) -> None:

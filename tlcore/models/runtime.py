@@ -20,7 +20,6 @@ import functools
 import importlib.util
 import json
 import logging
-import os
 import threading
 import warnings
 from collections.abc import Callable
@@ -32,14 +31,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.settings import VARIABLES, settings
 from ..core.storage import atomic_write
 from .backbones import frozen_body, get_backbone_spec, sha256_file, weights_digest
 from .model import to_float
 
 Runtime = Literal["openvino", "onnxruntime", "torch"]
-RUNTIME_ENV = "TLCORE_RUNTIME"
-PRECISION_ENV = "TLCORE_INFERENCE_PRECISION"
-CACHE_ENV = "TLCORE_CACHE_DIR"
 log = logging.getLogger(__name__)
 
 
@@ -51,10 +48,10 @@ def installed_runtimes() -> list[Runtime]:
 
 def runtime_for(device: torch.device | str = "cpu") -> Runtime:
     """The runtime ``frozen_forward`` uses on ``device`` (torch on GPUs)."""
-    forced = os.environ.get(RUNTIME_ENV)
+    forced = settings().runtime
     if forced:
         if forced not in installed_runtimes():
-            raise ValueError(f"{RUNTIME_ENV}={forced} is not installed here; use one of {installed_runtimes()}")
+            raise ValueError(f"{VARIABLES['runtime']}={forced} is not installed here; use one of {installed_runtimes()}")
         return forced  # type: ignore[return-value]
     if torch.device(device).type != "cpu":
         return "torch"
@@ -62,7 +59,7 @@ def runtime_for(device: torch.device | str = "cpu") -> Runtime:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "tlcore") / "runtime"
+    return settings().cache_dir / "runtime"
 
 
 class FrozenPart(nn.Module):
@@ -162,7 +159,7 @@ def frozen_forward(backbone: str, pixels: torch.Tensor, stages: int | None = Non
     computes in float32 whatever the hardware (else ``TLCORE_INFERENCE_PRECISION``, by default the
     runtime's choice: bf16 where the CPU or GPU has it).
     """
-    precision = precision or os.environ.get(PRECISION_ENV, "auto")
+    precision = precision or settings().inference_precision
     runtime = runtime_for(device)
     key = (backbone, stages, runtime)
     if runtime != "torch" and key not in _failed:

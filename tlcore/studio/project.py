@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import re
 import secrets
 import shutil
@@ -27,7 +26,8 @@ from PIL import Image
 
 from ..analysis.compare import plan, shared_split
 from ..core.errors import TLError
-from ..core.limits import LimitError, Limits, folder_mb
+from ..core.limits import LimitError, folder_mb
+from ..core.settings import settings
 from ..core.storage import atomic_write, atomic_write_all
 from ..data.images import ImageItem, ImageSet, Rejected, image_to_tensor, tensor_to_image, trainable_subset
 from ..engine.checkpoint import WEIGHTS, RunMeta, lazy_result, result_from_saved, unpack_run_archive
@@ -40,13 +40,11 @@ from ..jobs.spec import SERVER_GONE, JobSpec, short_run
 from ..models.backbones import DEFAULT_BACKBONE
 from .run_views import GROUP_PREFIXES, ComparisonKind, RunRecord, describe
 
-HOME_ENV = "TLS_HOME"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
 
 
 def projects_root() -> Path:
-    home = Path(os.environ.get(HOME_ENV) or Path.home() / ".transfer-learning-studio")
-    root = home / "projects"
+    root = settings().home / "projects"
     root.mkdir(parents=True, exist_ok=True)
     return root
 
@@ -88,7 +86,7 @@ class Project:
     def __setattr__(self, name: str, value: object) -> None:
         if name == "images":  # whatever set a project holds (reopened, a sample, a new one) has its limit
             assert isinstance(value, ImageSet)
-            value.capacity = Limits.from_env().images_per_project
+            value.capacity = settings().limits.images_per_project
         super().__setattr__(name, value)
 
     # ----------------------------------------------------------------- runs
@@ -107,7 +105,7 @@ class Project:
     def check_room(self, config: TrainConfig, runs: int = 1, owner: str | None = None) -> None:
         """Raise ``LimitError`` if starting ``runs`` runs of ``config`` for ``owner`` (a student: every tab and
         project of theirs together) would pass one of this server's limits (``Limits``)."""
-        limits = Limits.from_env()
+        limits = settings().limits
         if config.epochs > limits.epochs:
             raise LimitError(limits.message("epochs", "The number of epochs of one run") + " Choose fewer.")
         mine = len(self.active_runs())
@@ -150,7 +148,7 @@ class Project:
 
         spec = JobSpec(record.label, owner or self.name, images, config, (list(split[0]), list(split[1])), folder,
                        label=record.label, val_digests=tuple(record.val_digests),
-                       max_seconds=Limits.from_env().run_minutes * 60)
+                       max_seconds=settings().limits.run_minutes * 60)
         with self._lock:
             self.runs.append(record)
             self.selected_run = record.id

@@ -16,7 +16,6 @@ import base64
 import dataclasses
 import gzip
 import json
-import os
 import shutil
 import tempfile
 import zipfile
@@ -28,6 +27,7 @@ import torch
 
 from ..core.errors import TLError
 from ..core.measure import Score
+from ..core.settings import settings
 from ..core.storage import atomic_write
 from ..data.images import BASE_SIZE, MAX_ASPECT, ImageSet
 from ..engine.checkpoint import export_onnx
@@ -204,9 +204,9 @@ def lan_url(page_url: str, path: str) -> str:
     when set, replaces the whole server address)."""
     from urllib.parse import urlsplit
 
-    from .lesson import PUBLIC_URL_ENV, lan_addresses
+    from .lesson import lan_addresses
 
-    if public := os.environ.get(PUBLIC_URL_ENV, "").strip():
+    if public := settings().public_url:
         return f"{public.rstrip('/')}/{path.lstrip('/')}"
     parts = urlsplit(page_url or "http://localhost:8501/")
     host = parts.hostname or "localhost"
