@@ -99,7 +99,7 @@ def test_without_the_sentence_model_names_match_by_words(monkeypatch):
 
 def test_a_general_name_reaches_every_imagenet_class_under_it():
     """Issue 21: "bird" suggested birdhouse and "fish" starfish (names that look alike); ImageNet's classes are
-    WordNet synsets, and a general name now maps to the classes under it (tlcore/imagenet_groups.json)."""
+    WordNet synsets, and a general name now maps to the classes under it (tlcore/models/imagenet_groups.json)."""
     from tlcore.models.zeroshot import OUTSIDE_GROUP
 
     m = suggest_mapping(["bird", "Fish", "dogs", "mushroom"])
@@ -125,7 +125,7 @@ def test_the_groups_are_wordnet_synsets_over_their_imagenet_classes():
 
     lemmas = dict(line.rstrip("\n").split("\t", 1) for line in
                   (Path(timm.__file__).parent / "data/_info/imagenet_synset_to_lemma.txt").open())
-    groups = json.loads((ROOT / "tlcore/imagenet_groups.json").read_text())["groups"]
+    groups = json.loads((ROOT / "tlcore/models/imagenet_groups.json").read_text())["groups"]
     names = [n for g in groups.values() for n in g["names"]]
     assert len(names) == len(set(names))
     for title, g in groups.items():
