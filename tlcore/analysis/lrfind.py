@@ -24,7 +24,7 @@ from ..core.errors import TLError
 from ..data.images import ImageSet, check_trainable, trainable_subset
 from ..engine.config import FROZEN_BODY_MODES, TrainConfig
 from ..engine.events import Progress
-from ..engine.train import _autocast, _pixel_plan, _prefix_plan, resolve_device, run_split
+from ..engine.train import autocast, pixel_plan, prefix_plan, resolve_device, run_split
 from ..models.backbones import get_backbone_spec
 from ..models.model import build_model, freeze
 
@@ -92,11 +92,11 @@ def lr_find(imageset: ImageSet, config: TrainConfig, should_stop: Callable[[], b
     depth = cfg.resolved_freeze_depth()
     freeze(model, depth)
     if depth > 0 and model.body.splittable:
-        plan = yield from _prefix_plan(model, data, train_idx, [], cfg, depth, device, should_stop)
+        plan = yield from prefix_plan(model, data, train_idx, [], cfg, depth, device, should_stop)
         if plan is None:
             return None
     else:
-        plan = _pixel_plan(model, data, cfg, device)
+        plan = pixel_plan(model, data, cfg, device)
     groups = plan.param_groups
     factors = [g["lr"] / cfg.resolved_lr() for g in groups]  # the body's rate keeps its ratio to the head's
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
@@ -120,7 +120,7 @@ def lr_find(imageset: ImageSet, config: TrainConfig, should_stop: Callable[[], b
             order += [train_idx[k] for k in torch.randperm(len(train_idx), generator=g).tolist()]
         idx, order = order[:batch_size], order[batch_size:]
         plan.set_train()
-        with _autocast(device):
+        with autocast(device):
             loss = F.cross_entropy(plan.forward(plan.get_batch(idx, True)).float(), y_all[idx])
         value = loss.item()
         if not math.isfinite(value):

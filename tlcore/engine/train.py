@@ -55,7 +55,8 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def _autocast(device: torch.device):
+def autocast(device: torch.device):
+    """bf16 autocast on a GPU; nothing on the CPU (the training loop's and the rate finder's steps)."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
@@ -144,7 +145,9 @@ def _body_groups(model: TransferModel, cfg: TrainConfig) -> list[dict]:
     return groups
 
 
-def _pixel_plan(model: TransferModel, data: ImageSet, cfg: TrainConfig, device: torch.device) -> Plan:
+def pixel_plan(model: TransferModel, data: ImageSet, cfg: TrainConfig, device: torch.device) -> Plan:
+    """Train on the images' pixels every epoch (nothing frozen to cache): each batch is preprocessed pixels,
+    augmented when the run asks for it."""
     stack = data.stack(get_backbone_spec(cfg.backbone).preprocess)
 
     def get_batch(idx: list[int], train: bool) -> torch.Tensor:
@@ -173,9 +176,9 @@ def prefix_cache_budget() -> int:
     return int(settings().prefix_cache_mb * 2**20)
 
 
-def _prefix_plan(model: TransferModel, data: ImageSet, train_idx: list[int], val_idx: list[int], cfg: TrainConfig,
-                 depth: int, device: torch.device, should_stop: Callable[[], bool]
-                 ) -> Generator[Progress, None, Plan | None]:
+def prefix_plan(model: TransferModel, data: ImageSet, train_idx: list[int], val_idx: list[int], cfg: TrainConfig,
+                depth: int, device: torch.device, should_stop: Callable[[], bool]
+                ) -> Generator[Progress, None, Plan | None]:
     """Fine-tune on the outputs of the ``depth`` frozen leading stages, computed once: one view per
     validation image, ``augment_views`` augmented views per training image (one without augmentation),
     fp16, within ``prefix_cache_budget()``. Each epoch shows every training image as one of its views,
@@ -187,7 +190,7 @@ def _prefix_plan(model: TransferModel, data: ImageSet, train_idx: list[int], val
     views = cfg.augment_views if cfg.augment else 1
     views = min(views, (prefix_cache_budget() // per_view - len(val_idx)) // max(1, len(train_idx)))
     if views < 1:
-        return _pixel_plan(model, data, cfg, device)
+        return pixel_plan(model, data, cfg, device)
     torch.manual_seed(cfg.seed + 1)  # the views do not depend on whether the prefix was exported just now
     jobs = [(val_idx, None)] + [(train_idx, v) for v in range(views)]
     total = len(val_idx) + views * len(train_idx)
@@ -290,9 +293,9 @@ def _plan(s: Setup, should_stop: Callable[[], bool]) -> Generator[Progress, None
     """How batches reach the layers that learn: the cached outputs of the frozen leading stages when the
     body can be split there, else pixels through the whole network. None if stopped meanwhile."""
     if s.depth > 0 and s.model.body.splittable:
-        return (yield from _prefix_plan(s.model, s.data, s.train_idx, s.val_idx, s.cfg, s.depth, s.device,
+        return (yield from prefix_plan(s.model, s.data, s.train_idx, s.val_idx, s.cfg, s.depth, s.device,
                                         should_stop))
-    return _pixel_plan(s.model, s.data, s.cfg, s.device)
+    return pixel_plan(s.model, s.data, s.cfg, s.device)
 
 
 @dataclass
@@ -346,7 +349,7 @@ def _loop(s: Setup, plan: Plan, should_stop: Callable[[], bool]) -> Generator[Ev
                 return finish("stopped", stop.sentence(), stop)
             idx = order[b * batch_size:(b + 1) * batch_size]
             x, y = plan.get_batch(idx, True), y_all[idx]
-            with _autocast(s.device):
+            with autocast(s.device):
                 logits = plan.forward(x)
                 loss = F.cross_entropy(logits.float(), y)
             if not torch.isfinite(loss):
