@@ -90,3 +90,12 @@ def test_teacher_keys_are_unguessable_and_end_at_log_out():
     assert tlcore.teacher_login("s3cret", "s3cret") != key
     tlcore.teacher_logout(key)
     assert not tlcore.teacher_key_ok(key) and not tlcore.teacher_key_ok(None)
+
+
+def test_a_server_keeps_a_bounded_number_of_teacher_keys_the_oldest_ends_first():
+    from tlcore.studio.lesson import TEACHER_KEYS_KEPT
+
+    keys = [tlcore.teacher_login("s3cret", "s3cret") for _ in range(TEACHER_KEYS_KEPT + 2)]
+    assert [tlcore.teacher_key_ok(k) for k in keys] == [False, False] + [True] * TEACHER_KEYS_KEPT
+    for k in keys:
+        tlcore.teacher_logout(k)

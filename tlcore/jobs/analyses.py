@@ -14,7 +14,10 @@ from ..engine.events import Progress
 from .runner import get_runner
 from .spec import Job, JobSpec
 
-_LIVE: dict[Path, Job] = {}  # result folder -> its job while queued, running or just failed
+_LIVE: dict[Path, Job] = {}  # result folder -> its job while queued or running, or failed (its reason is shown)
+#: Failed analyses remembered at most (the oldest is forgotten first, and tried again when next asked for). A job
+#: holds a snapshot of its project's images: a server running for weeks keeps no more of them than this.
+FAILED_KEPT = 32
 _lock = threading.RLock()
 
 
@@ -33,12 +36,18 @@ def analysis_state(root: Path, task: Task, images: ImageSet, config: TrainConfig
     result = read_result(folder, task)
     with _lock:
         job = _LIVE.get(folder)
+        if result is not None and job is not None and job.finished is not None:
+            _forget(folder, job)  # done: its result is on disk
     if result is not None or job is None:
         return AnalysisState(result, False, None, None)
     snap = job.snapshot()
     if snap.finished is None:
         return AnalysisState(None, True, snap.progress, None)
-    return AnalysisState(None, False, None, None if snap.finished.status == "stopped" else snap.finished.reason)
+    if snap.finished.status == "stopped":
+        with _lock:
+            _forget(folder, job)
+        return AnalysisState(None, False, None, None)
+    return AnalysisState(None, False, None, snap.finished.reason)
 
 
 def start_analysis(root: Path, task: Task, images: ImageSet, config: TrainConfig, owner: str) -> AnalysisState:
@@ -50,6 +59,7 @@ def start_analysis(root: Path, task: Task, images: ImageSet, config: TrainConfig
         if state.result is not None or state.running:
             return state
         config.validate()
+        _prune()
         spec = JobSpec(f"{task} of {config.backbone}", owner, images.snapshot(), config, ([], []), folder,
                        task=task)
         _LIVE[folder] = get_runner().submit(spec)
@@ -57,10 +67,12 @@ def start_analysis(root: Path, task: Task, images: ImageSet, config: TrainConfig
 
 
 def stop_analyses(root: Path) -> None:
-    """Stop every analysis of the project in ``root`` (its sessions have gone)."""
+    """Stop every analysis of the project in ``root`` (its sessions have gone) and let go of them."""
     with _lock:
-        jobs = [job for folder, job in _LIVE.items() if Path(root) in folder.parents]
-    for job in jobs:
+        jobs = {folder: job for folder, job in _LIVE.items() if Path(root) in folder.parents}
+        for folder in jobs:
+            del _LIVE[folder]
+    for job in jobs.values():
         job.stop()
 
 
@@ -68,3 +80,17 @@ def forget_analysis(root: Path, task: Task, images: ImageSet, config: TrainConfi
     """Drop a failed job so that the next ``start_analysis`` tries again."""
     with _lock:
         _LIVE.pop(analysis_folder(root, task, images, config), None)
+
+
+def _forget(folder: Path, job: Job) -> None:
+    if _LIVE.get(folder) is job:
+        del _LIVE[folder]
+
+
+def _prune() -> None:
+    """Let go of the jobs that have ended, but the last ``FAILED_KEPT`` failed ones: a finished analysis's result
+    is on disk, a stopped one starts again when asked for. (Under ``_lock``.)"""
+    ended = [(folder, job) for folder, job in _LIVE.items() if job.finished is not None]
+    failed = [(folder, job) for folder, job in ended if job.finished.status == "failed"]
+    for folder, job in [e for e in ended if e not in failed] + failed[:max(0, len(failed) - FAILED_KEPT)]:
+        _forget(folder, job)

@@ -165,7 +165,9 @@ def class_progress(projects: list[Project], entered: set[str], stuck_after_s: fl
 
 # ----------------------------------------------------------------------------- teacher links
 
-_TEACHER_KEYS: set[str] = set()
+_TEACHER_KEYS: dict[str, None] = {}  # the keys given out, oldest first
+#: Teacher keys valid at once (the teacher's laptop, phone, projector...): a new login beyond them ends the oldest.
+TEACHER_KEYS_KEPT = 16
 
 
 def teacher_login(typed: str, password: str) -> str | None:
@@ -173,7 +175,10 @@ def teacher_login(typed: str, password: str) -> str | None:
     if not password or not hmac.compare_digest(typed.encode(), password.encode()):
         return None
     key = secrets.token_urlsafe(18)
-    _TEACHER_KEYS.add(key)
+    with _LOCK:
+        _TEACHER_KEYS[key] = None
+        while len(_TEACHER_KEYS) > TEACHER_KEYS_KEPT:
+            del _TEACHER_KEYS[next(iter(_TEACHER_KEYS))]
     return key
 
 
@@ -182,7 +187,8 @@ def teacher_key_ok(key: str | None) -> bool:
 
 
 def teacher_logout(key: str | None) -> None:
-    _TEACHER_KEYS.discard(key or "")
+    with _LOCK:
+        _TEACHER_KEYS.pop(key or "", None)
 
 
 _BOARD_KEY = secrets.token_urlsafe(12)
