@@ -20,7 +20,7 @@ def test_backbone_page_scores_the_offline_backbones_on_the_images():
     def scored(a) -> bool:
         return bool(a.dataframe) and any(b.startswith("Tiny test net") for b in a.dataframe[0].value["Backbone"])
 
-    wait_for(at, scored, timeout=120)
+    wait_for(at, scored)
     table = at.dataframe[0].value
     row = table[table["Backbone"].str.startswith("Tiny test net")].iloc[0]
     assert 0 < row["ImageNet confidence"] <= 1 and row["LogME (higher fits better)"] == row["LogME (higher fits better)"]
@@ -32,7 +32,7 @@ def test_freeze_page_probe_suggests_a_depth_and_one_click_sets_the_slider():
     at.switch_page("pages/freeze.py").run()
     assert "freeze_maps_chart" in " ".join(charts(at))  # what each stage sees, for the first image
     at.button(key="freeze_probe_start").click().run()
-    wait_for(at, lambda a: "best served from stage" in texts(a.markdown), timeout=120)
+    wait_for(at, lambda a: "best served from stage" in texts(a.markdown))
     assert "freeze_probe_chart" in " ".join(charts(at))
     proj = at.session_state["tls"].project
     best = next(t for t in texts(at.markdown).split("**") if t.startswith("Your data is best served from stage"))
@@ -55,7 +55,7 @@ def test_train_page_finds_the_learning_rate_and_one_click_uses_it():
     at.select_slider(key="freeze_trained").set_value(2).run()
     at.switch_page("pages/train.py").run()
     at.button(key="train_lr_find").click().run()
-    wait_for(at, lambda a: "Suggested learning rate" in texts(a.markdown), timeout=120)
+    wait_for(at, lambda a: "Suggested learning rate" in texts(a.markdown))
     assert "train_lr_chart" in " ".join(charts(at))
     suggested = float(texts(at.markdown).split("Suggested learning rate: ")[1].split("**")[0])
     at.button(key="train_lr_use").click().run()

@@ -8,7 +8,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import tlcore
-from tests.app.test_pages import link_key, new_app, texts
+from tests.app.test_pages import BUSY, link_key, new_app, texts
 from tests.conftest import ROOT
 from tests.engine.test_challenge import hidden_zip, trained
 
@@ -88,7 +88,7 @@ def test_the_projector_view_shows_only_the_board_as_a_large_table(teacher):
     challenge = tlcore.create_challenge("Zero or one?", hidden_zip(("CLASS0", "Class1")))
     proj, record = trained("projector-student")
     challenge.enter(proj, record, "Ada")
-    board = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)  # opened at its own address, first
+    board = AppTest.from_file(str(ROOT / "app.py"), default_timeout=BUSY)  # opened at its own address, first
     board.query_params.update({"board": tlcore.board_key()})  # the projector's own key: no teacher key in sight
     board.switch_page("pages/teacher.py").run()
     assert not board.exception
@@ -131,7 +131,7 @@ def test_the_teachers_own_link_opens_no_project(teacher):
     """Each opening of the teacher's link (a reload, a second tab) once created an empty project, listed in the
     class's progress as a student."""
     before = set(tlcore.PROJECTS.live())
-    tab = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    tab = AppTest.from_file(str(ROOT / "app.py"), default_timeout=BUSY)
     tab.query_params["t"] = link_key(teacher, "t")
     tab.switch_page("pages/teacher.py").run()
     assert not tab.exception and "Join the class" in texts(tab.markdown)  # the Teacher page itself, no password
