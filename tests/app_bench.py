@@ -47,9 +47,9 @@ def rerun_seconds(n: int) -> dict[str, float]:
     from streamlit.runtime.pages_manager import PagesManager
     from streamlit.testing.v1 import AppTest
 
+    os.environ.setdefault("TLS_HOME", tempfile.mkdtemp(prefix="tls-bench-"))  # before tlcore reads its settings
     from tlcore.bench import generated_files
 
-    os.environ.setdefault("TLS_HOME", tempfile.mkdtemp(prefix="tls-bench-"))
     # As on a running server, the legacy pages/ mode is off (see tests/app/conftest.py). This is a
     # process of its own, so the patch needs no undoing.
     original = PagesManager.__init__
