@@ -70,6 +70,16 @@ def test_stop_ends_a_ray_run_within_a_batch_keeping_its_best_epoch(runner, tmp_p
     assert lazy_result(tmp_path / "run").best_epoch >= 1
 
 
+def test_a_finished_ray_run_leaves_nothing_on_its_node(tmp_path):
+    from tlcore.jobs.ray_runner import _Job
+
+    actor = _Job(threads=1)  # the actor's class, in this process
+    actor.run(spec(tmp_path, TrainConfig(backbone="tiny-test", epochs=1)))
+    events, files, done = actor.poll(0)
+    assert done and "run.json" in files and events
+    assert not actor.folder.exists()
+
+
 def test_a_ray_run_keeps_the_servers_time_limit(runner, tmp_path):
     """The actor once rebuilt the job without ``max_seconds``: on a cluster no run ever hit its time limit."""
     job = runner.submit(dataclasses.replace(spec(tmp_path, TrainConfig(backbone="tiny-test", epochs=5000,

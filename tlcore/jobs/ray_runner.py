@@ -22,6 +22,7 @@ import dataclasses
 import itertools
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -87,6 +88,8 @@ class _Job:
             if self._sent.get(path.name) != mark:
                 files[path.name] = path.read_bytes()
                 self._sent[path.name] = mark
+        if done:  # its last files are in this answer: the node keeps nothing of a finished run
+            shutil.rmtree(self.folder, ignore_errors=True)
         return events, files, done
 
 
