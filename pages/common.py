@@ -8,7 +8,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import streamlit as st
@@ -25,36 +25,84 @@ LAST_PAGE_RUN = [time.monotonic()]  # when any session's page last ran (``open_s
 PAGES_QUIET_S = 20.0
 
 
-@dataclass
+@dataclass(slots=True)
+class Recording:
+    """Data: hold-to-record's state while the camera records."""
+
+    added: int = 0  # frames added since recording started
+    note: str = ""  # why the last frame was skipped
+    insecure: str | None = None  # the page's origin, once the browser refused the camera on it
+
+
+@dataclass(slots=True)
+class DataState:
+    """The Data page and its check."""
+
+    upload_gen: int = 0  # bumped after each upload, for a fresh, empty uploader
+    last_upload: tuple[int, list[tuple[str, str]]] | None = None  # (added, [(file, why not)])
+    confirm_sample: str | None = None  # the sample waiting for "replace or new project?"
+    recording: Recording = field(default_factory=Recording)
+    undo: tuple[str, str, list[tlcore.ImageItem]] | None = None  # (project, class, images) of the last removal
+    check: tuple[str, tlcore.DataCheck] | None = None  # (project, its last finished check), shown while one runs
+
+
+@dataclass(slots=True)
+class LiveTest:
+    """Test: the live camera's state."""
+
+    result: dict[str, object] | None = None  # the last frame's prediction, as the camera widget draws it
+    cam: str | None = None  # the last Grad-CAM overlay (a data URL)
+    cam_at: float = 0.0  # when it was made (time.monotonic): at most one a second
+    error: dict[str, str] | None = None  # the browser refused the camera: {"error": ..., "origin": ...}
+
+
+@dataclass(slots=True)
+class CompareState:
+    """The Compare page."""
+
+    groups: dict[tlcore.ComparisonKind, str] = field(default_factory=dict)  # the group started here, by kind
+    # runs scored on the challenge set, (challenge, project key, run id) -> its score or why not
+    challenge_marks: dict[tuple[str, str, str], tlcore.Score | str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class TestState:
+    """The Test page."""
+
+    # (run id, file, its hash) -> (its prediction, the heat map over it)
+    predictions: dict[tuple[str, str, int], tuple[tlcore.Prediction, Image.Image]] = field(default_factory=dict)
+    live: LiveTest = field(default_factory=LiveTest)
+
+
+@dataclass(slots=True)
+class ExportState:
+    """The Export page."""
+
+    web_export: tuple[str, tlcore.WebExport, Path] | None = None  # (run id, the export, its zip)
+    report_html: tuple[str, str] | None = None  # (run id, the report's HTML)
+
+
+@dataclass(slots=True)  # a misspelt field is an error, not a new attribute
 class Session:
-    """What one browser session keeps between reruns, behind one key (``session()``). Widget values stay
-    Streamlit's, under keys that start with their page's name (``data_``, ``train_``, ...)."""
+    """What one browser session keeps between reruns, behind one key (``session()``), one field per page
+    that keeps anything. Widget values stay Streamlit's, under keys that start with their page's name
+    (``data_``, ``train_``, ...)."""
 
     project: Project | None  # None until a page needs one (``project()``)
     read_only: bool = False  # opened from a ?view= link: look and test, never change
     page: str = ""  # the url path of the page being shown
     teacher_key: str | None = None  # the teacher's key, once the password was typed (Teacher page)
     notes: dict[str, str] = field(default_factory=dict)  # one-shot messages a callback leaves for the next run
-    groups: dict[tlcore.ComparisonKind, str] = field(default_factory=dict)  # Compare: the group started here, by kind
-    # Compare: runs scored on the challenge set, (challenge, project key, run id) -> its score or why not
-    challenge_marks: dict[tuple[str, str, str], tlcore.Score | str] = field(default_factory=dict)
+    visited: set[str] = field(default_factory=set)  # the steps' pages opened (url paths): Evaluate, Test, Export done
+    camera_seen: dict[str, tuple[str, int]] = field(default_factory=dict)  # live_camera: the last message per widget
+    data: DataState = field(default_factory=DataState)
     measured: set[str] = field(default_factory=set)  # Backbone: backbones whose speed this session asked for
-    upload_gen: int = 0  # Data: bumped after each upload, for a fresh, empty uploader
-    last_upload: tuple[int, list[tuple[str, str]]] | None = None  # Data: (added, [(file, why not)])
-    confirm_sample: str | None = None  # Data: the sample waiting for "replace or new project?"
-    recording: dict[str, Any] = field(default_factory=lambda: {"added": 0, "note": ""})  # Data: hold-to-record
-    undo: tuple[str, str, list] | None = None  # Data: (project, class, images) of the last removal
-    data_check: tuple[str, tlcore.DataCheck] | None = None  # Data: (project, its last finished check), shown while one runs
     # Freeze: ((backbone, image digest), its maps per stage or why not)
     freeze_maps: tuple[tuple[str, str], list[tuple[str, np.ndarray]] | str] | None = None
-    web_export: tuple[str, tlcore.WebExport, Path] | None = None  # Export: (run id, the export, its zip)
-    report_html: tuple[str, str] | None = None  # Export: (run id, the report's HTML)
-    figures: dict[tuple[str, int], tuple] = field(default_factory=dict)  # Train: (run id, version) -> (loss, acc)
-    # Test: (run id, file, its hash) -> (its prediction, the heat map over it)
-    predictions: dict[tuple[str, str, int], tuple[tlcore.Prediction, Image.Image]] = field(default_factory=dict)
-    live_test: dict[str, Any] = field(default_factory=dict)  # Test: the live camera's state
-    camera_seen: dict[str, tuple] = field(default_factory=dict)  # live_camera: the last message taken per widget
-    visited: set[str] = field(default_factory=set)  # the steps' pages opened (url paths): Evaluate, Test, Export done
+    figures: dict[tuple[str, int], tuple[object, object]] = field(default_factory=dict)  # Train: (run, version) -> (loss, acc)
+    compare: CompareState = field(default_factory=CompareState)
+    test: TestState = field(default_factory=TestState)
+    export: ExportState = field(default_factory=ExportState)
 
     def note(self, topic: str, text: str) -> None:
         self.notes[topic] = text

@@ -106,7 +106,7 @@ def start_group(kind: str, strategies_key: str, shots_key: str | None = None, ba
     """A callback's start of a ladder, study or race, from the widgets' values at the click."""
     def start() -> None:
         v = st.session_state
-        session().groups[kind] = session().project.start_comparison(
+        session().compare.groups[kind] = session().project.start_comparison(
             [v[strategies_key]] if kind == "race" else v[strategies_key], v[shots_key] if shots_key else None,
             v["compare_epochs"], owner=student(), backbones=v[backbones_key] if backbones_key else None)
     return start
@@ -126,7 +126,7 @@ start_button("Run comparison", "compare_go", start_group("ladder", "compare_stra
              type="primary", icon=":material/play_arrow:", disabled=not chosen,
              help="Runs in the background, one after another; one run of this project at a time.")
 
-group = session().groups.get("ladder") or proj.latest_group("ladder")
+group = session().compare.groups.get("ladder") or proj.latest_group("ladder")
 others = [r for r in proj.finished_runs() if r.group != group]
 extra_ids = st.multiselect("Add earlier runs to the comparison", [r.id for r in others], key="compare_extra",
                            format_func=lambda i: f"{i.split('-')[1]} · {proj.run(i).label}")
@@ -221,7 +221,7 @@ def challenge_yardstick(scored) -> None:
     if not st.toggle(f"Also score on the class challenge's hidden images ({sum(challenge.counts.values())}, "
                      "the same for every run)", key="compare_challenge"):
         return
-    rows, marks = [], session().challenge_marks
+    rows, marks = [], session().compare.challenge_marks
     for r in scored:
         key = (challenge.id, proj.key, r.id)
         if key not in marks:
@@ -262,7 +262,7 @@ start_button("Run data-efficiency study", "compare_eff_go",
              start_group("study", "compare_eff_strategies", shots_key="compare_shots"), project_busy,
              busy_label("shots", "Study running…"),
              disabled=not shots or not eff_strats, icon=":material/stacked_line_chart:")
-eff_group = session().groups.get("study") or proj.latest_group("study")
+eff_group = session().compare.groups.get("study") or proj.latest_group("study")
 def study_view(proj: tlcore.Project, eff_group: str | None, study_polling: bool) -> None:
     """The study's chart and table; while its runs train, live progress (polled once a second)."""
     records = proj.group_runs(eff_group)
@@ -327,7 +327,7 @@ start_button("Run the race", "compare_race_go",
              busy_label("race", "Race running…"),
              disabled=len(racers) < 2, icon=":material/sprint:",
              help="At least two backbones; they train one after another in the background.")
-race_group = session().groups.get("race") or proj.latest_group("race")
+race_group = session().compare.groups.get("race") or proj.latest_group("race")
 
 
 @st.cache_data(show_spinner="Timing the backbone on this server…", max_entries=64)

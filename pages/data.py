@@ -23,11 +23,11 @@ SAMPLES = {"digits": "Handwritten digits 0–4 (40 each, from scikit-learn; CC B
 
 
 def upload_gen() -> int:
-    return session().upload_gen
+    return session().data.upload_gen
 
 
 def report(rejected: list[tlcore.Rejected], added: int) -> None:
-    session().last_upload = (added, [(r.file, r.reason) for r in rejected])
+    session().data.last_upload = (added, [(r.file, r.reason) for r in rejected])
 
 
 def add_files(label: str, key: str) -> None:
@@ -38,7 +38,7 @@ def add_files(label: str, key: str) -> None:
     rejected = images.add([(f.name, f.getvalue(), label) for f in files])
     proj.save()
     report(rejected, len(images) - before)
-    session().upload_gen += 1  # a fresh, empty uploader
+    session().data.upload_gen += 1  # a fresh, empty uploader
 
 
 def add_zip() -> None:
@@ -53,15 +53,15 @@ def add_zip() -> None:
     else:
         proj.save()
         report(rejected, len(images) - before)
-    session().upload_gen += 1
+    session().data.upload_gen += 1
 
 
 def load_sample(name: str, where: str = "here") -> None:
     """Load a sample; into a project that has images only once the user has chosen (never by one click)."""
     if where == "ask" and images.classes:  # images, or classes named and not filled yet
-        session().confirm_sample = name
+        session().data.confirm_sample = name
         return
-    session().confirm_sample = None
+    session().data.confirm_sample = None
     target = proj
     if where == "new":
         switch_project(None, create=True)
@@ -73,7 +73,7 @@ def load_sample(name: str, where: str = "here") -> None:
 
 def edited() -> None:
     """Another edit: the last upload's "Added N images" report is no longer news."""
-    session().last_upload = None
+    session().data.last_upload = None
 
 
 def add_class() -> None:
@@ -90,26 +90,26 @@ def add_class() -> None:
 def record_frames(proj: tlcore.Project, label: str) -> None:
     """Hold-to-record: each frame goes through the same checks as an upload; only this fragment reruns
     per frame, and the whole page once recording stops (to show the new counts)."""
-    state = session().recording
+    state = session().data.recording
     msg = live_camera.take("data_rec")
     if msg and msg.get("jpeg"):
         rejected = proj.images.add([(f"camera-{label}-{time.strftime('%H%M%S')}-{msg['seq']}.jpg", msg["jpeg"], label)])
         if rejected:
-            state["note"] = f"Skipped a frame: {rejected[0].reason}"
+            state.note = f"Skipped a frame: {rejected[0].reason}"
         else:
-            state["added"] += 1
+            state.added += 1
             proj.save()
-    elif msg and msg.get("stopped") and state["added"]:
-        report([], state["added"])
-        state.update(added=0, note="")
+    elif msg and msg.get("stopped") and state.added:
+        report([], state.added)
+        state.added, state.note = 0, ""
         st.rerun(scope="app")
     elif msg and msg.get("error") == "insecure":
-        state["insecure"] = msg.get("origin", "?")
-    if "insecure" in state:
-        st.warning(live_camera.INSECURE.format(origin=state["insecure"]), icon=":material/no_photography:")
+        state.insecure = msg.get("origin", "?")
+    if state.insecure is not None:
+        st.warning(live_camera.INSECURE.format(origin=state.insecure), icon=":material/no_photography:")
     count = proj.images.counts().get(label, 0)
-    live_camera.show("data_rec", "record", interval_ms=round(1000 / tlcore.settings().limits.camera_fps), size=480, note=state["note"],
-                     count_text=f"{state['added']} recorded now · '{label}' has {count} image{'s' * (count != 1)}")
+    live_camera.show("data_rec", "record", interval_ms=round(1000 / tlcore.settings().limits.camera_fps), size=480, note=state.note,
+                     count_text=f"{state.added} recorded now · '{label}' has {count} image{'s' * (count != 1)}")
 
 
 with st.container(border=True):
@@ -120,7 +120,7 @@ with st.container(border=True):
                    help=title, icon=":material/dataset:")
         col.caption(title)
 
-if pending := session().confirm_sample:
+if pending := session().data.confirm_sample:
     with st.container(border=True):
         has = (f"{len(images)} images in {len(images.classes)} classes" if len(images) else
                f"the class{'es' * (len(images.classes) != 1)} {', '.join(images.classes)} (no images yet)")
@@ -132,7 +132,7 @@ if pending := session().confirm_sample:
         b.button(f"Replace my {len(images)} images" if len(images) else "Replace my classes", key="data_sample_replace", on_click=load_sample,
                  args=(pending, "here"), icon=":material/delete_sweep:")
         c.button("Cancel", key="data_sample_cancel",
-                 on_click=lambda: setattr(session(), "confirm_sample", None))
+                 on_click=lambda: setattr(session().data, "confirm_sample", None))
 
 tab_classes, tab_zip, tab_camera = st.tabs(["Classes and uploads", "Upload a zip", "Camera"])
 with tab_classes:
@@ -156,7 +156,7 @@ with tab_camera:
         target = st.selectbox("Record into class", images.classes, key="data_camera_class")
         record_frames(proj, target)
 
-if report_ := session().last_upload:
+if report_ := session().data.last_upload:
     added, rejected = report_
     if added:
         st.success(f"Added {added} image{'s' * (added != 1)}.", icon=":material/check:")
@@ -167,7 +167,7 @@ if report_ := session().last_upload:
             if len(rejected) > 100:
                 st.caption(f"…and {len(rejected) - 100} more.")
 
-undo = session().undo  # the last removal, until it is undone or another comes
+undo = session().data.undo  # the last removal, until it is undone or another comes
 if undo and undo[0] == proj.name:
     _, label, removed = undo
     u1, u2 = st.columns([4, 1], vertical_alignment="center")
@@ -175,7 +175,7 @@ if undo and undo[0] == proj.name:
     if u2.button("Undo", key="data_undo_go", icon=":material/undo:"):
         images.restore(removed)
         proj.save()
-        session().undo = None
+        session().data.undo = None
         st.rerun()
 
 if not images.classes:
@@ -228,7 +228,7 @@ for k, label in enumerate(images.classes):
                     edited()
                     st.rerun()
                 if m3.button("Remove", key=f"data_remove_{k}", disabled=not picked):
-                    session().undo = (proj.name, label, [i for i in items if i.digest in set(picked)])
+                    session().data.undo = (proj.name, label, [i for i in items if i.digest in set(picked)])
                     images.discard(picked)
                     proj.save()
                     edited()

@@ -41,7 +41,7 @@ def _act(proj: tlcore.Project, action: str, finding: tlcore.Finding, target: str
             review.keep(finding)
     except tlcore.TLError as e:
         session().note("data_check", str(e))
-    session().last_upload = None  # the last upload's report is no longer news
+    session().data.last_upload = None  # the last upload's report is no longer news
 
 
 def _undo(proj: tlcore.Project, action_id: int) -> None:
@@ -70,12 +70,12 @@ def _checked(proj: tlcore.Project) -> tlcore.DataCheck | None:
         return None
     state = session()
     if s.result is not None:
-        state.data_check = (proj.name, s.result)
+        state.data.check = (proj.name, s.result)
     else:  # until it ends, the last check of these images shows (what it flagged and is still there)
         st.fragment(_wait, run_every=1.0)(proj, config)
-        if state.data_check is None or state.data_check[0] != proj.name:
+        if state.data.check is None or state.data.check[0] != proj.name:
             return None
-    return state.data_check[1]
+    return state.data.check[1]
 
 
 def panel(proj: tlcore.Project) -> None:

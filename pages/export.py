@@ -30,13 +30,13 @@ def web_app(proj, record, folder: Path) -> None:
             try:
                 web = tlcore.export_web(proj, record, folder / "web", quantize=quantize)
                 path = tlcore.publish_web(web, STATIC, folder)
-                session().web_export = (record.id, web, path)
+                session().export.web_export = (record.id, web, path)
             except tlcore.TLError as e:
                 session().note("export_web_error", str(e))
         st.rerun()  # the button again, beside what was made
     if error := session().take_note("export_web_error"):
         st.error(error, icon=":material/error:")
-    made = session().web_export
+    made = session().export.web_export
     if not made or made[0] != record.id:
         return
     _, web, path = made
@@ -106,9 +106,9 @@ else:
                     "in any browser, offline.")
         if work_button("Make the report", "export_report", "Writing the report…", icon=":material/summarize:"):
             with st.spinner("Writing the report…"):
-                session().report_html = (record.id, tlcore.report_html(proj, record))
+                session().export.report_html = (record.id, tlcore.report_html(proj, record))
             st.rerun()
-        made = session().report_html
+        made = session().export.report_html
         if made and made[0] == record.id:
             st.download_button("Download the report (.html)", made[1].encode(), f"{record.id}-report.html",
                                "text/html", icon=":material/download:", key="export_report_dl", type="primary")

@@ -29,10 +29,10 @@ def reference() -> tlcore.Familiarity | None:
 @st.fragment
 def live(result: tlcore.RunResult, spec: tlcore.BackboneSpec, cam_on: bool) -> None:
     """Webcam frames classified as they come (only this fragment reruns per frame), Grad-CAM once a second."""
-    state = session().live_test
+    state = session().test.live
     msg = live_camera.take("test_live")
     if msg and msg.get("error"):
-        state["error"] = msg
+        state.error = msg
     elif msg and msg.get("jpeg"):
         try:
             image = tlcore.decode_image("camera frame", msg["jpeg"], max_side=512)
@@ -40,16 +40,16 @@ def live(result: tlcore.RunResult, spec: tlcore.BackboneSpec, cam_on: bool) -> N
             image = None  # a torn frame: the next one follows
         if image is not None:
             pred = tlcore.predict(result.model, [image], result.classes, spec.preprocess, reference())[0]
-            state["result"] = {"label": pred.label, "confidence": pred.confidence, "unsure": pred.unsure,
+            state.result = {"label": pred.label, "confidence": pred.confidence, "unsure": pred.unsure,
                                "unfamiliar": bool(pred.unfamiliar), "probs": list(pred.probabilities.items())}
-            if cam_on and time.monotonic() - state.get("cam_at", 0.0) >= 1.0:
+            if cam_on and time.monotonic() - state.cam_at >= 1.0:
                 cam = tlcore.grad_cam(result.model, image, spec.preprocess)
-                state["cam"] = live_camera.data_url(tlcore.overlay_cam(image, cam, spec.preprocess))
-                state["cam_at"] = time.monotonic()
-    if (err := state.get("error")) and err["error"] == "insecure":
+                state.cam = live_camera.data_url(tlcore.overlay_cam(image, cam, spec.preprocess))
+                state.cam_at = time.monotonic()
+    if (err := state.error) and err["error"] == "insecure":
         st.warning(live_camera.INSECURE.format(origin=err.get("origin", "?")), icon=":material/no_photography:")
-    live_camera.show("test_live", "predict", result=state.get("result"),
-                     cam=state.get("cam") if cam_on else None, interval_ms=120, size=320)
+    live_camera.show("test_live", "predict", result=state.result,
+                     cam=state.cam if cam_on else None, interval_ms=120, size=320)
 
 
 with st.expander("Live camera: predictions as you move", icon=":material/videocam:"):
@@ -77,7 +77,7 @@ for name, data in files[:24]:
         st.error(str(e), icon=":material/broken_image:")
         continue
     key = (record.id, name, hash(data))
-    cache = session().predictions  # no rerun recomputes a prediction or a heat map
+    cache = session().test.predictions  # no rerun recomputes a prediction or a heat map
     if key not in cache:
         while len(cache) >= 24:  # bounded: the oldest predictions and heat maps go first
             cache.pop(next(iter(cache)))

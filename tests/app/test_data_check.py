@@ -91,4 +91,4 @@ def test_review_panel_moves_removes_keeps_and_undoes_and_its_marks_survive():
     assert "The data check flagged 2 images: 0 fixed" in texts(reloaded.caption)
     reloaded.switch_page("pages/export.py").run()
     reloaded.button(key="export_report").click().run()
-    assert "The data check flagged 2 images: 0 fixed" in reloaded.session_state["tls"].report_html[1]
+    assert "The data check flagged 2 images: 0 fixed" in reloaded.session_state["tls"].export.report_html[1]

@@ -96,7 +96,7 @@ def test_main_flow_sample_train_evaluate_test_export():
     assert len(at.get("download_button")) == 2
     at.button(key="export_report").click().run()  # the stakeholder report: one self-contained HTML file
     assert not at.exception and len(at.get("download_button")) == 3
-    record_id, page = at.session_state["tls"].report_html
+    record_id, page = at.session_state["tls"].export.report_html
     assert page.startswith("<!doctype html>") and "Some it got wrong" in page and "<script src=" not in page
 
 
@@ -434,9 +434,9 @@ def test_the_camera_starts_only_when_asked_for_and_live_frames_are_predicted_and
     at.session_state["test_live"] = frame_message(1, "0")
     at.run()
     assert not at.exception
-    state = at.session_state["tls"].live_test
-    assert state["result"]["label"] == "0" and len(state["result"]["probs"]) == 5
-    assert state["cam"].startswith("data:image/jpeg;base64,")  # Grad-CAM at most once a second
+    state = at.session_state["tls"].test.live
+    assert state.result["label"] == "0" and len(state.result["probs"]) == 5
+    assert state.cam.startswith("data:image/jpeg;base64,")  # Grad-CAM at most once a second
     at.session_state["test_live"] = {"sid": "s1", "seq": 2, "error": "insecure", "origin": "http://lab-pc:8501"}
     at.run()
     assert "needs a secure address" in texts(at.warning) and "http://lab-pc:8501" in texts(at.warning)
@@ -528,7 +528,7 @@ def test_numeric_long_and_non_ascii_class_names_chart_cleanly():
         at.button(key="data_add_class").click().run()
         files.append([(f"{k}_{i}.png", png_bytes(COLORS[k], seed=10 * k + i), "image/png") for i in range(6)])
     for k, batch in enumerate(files):
-        at.file_uploader(key=f"data_up_{k}_{at.session_state['tls'].upload_gen}").set_value(batch).run()
+        at.file_uploader(key=f"data_up_{k}_{at.session_state['tls'].data.upload_gen}").set_value(batch).run()
     assert not at.exception
     at.switch_page("pages/train.py").run()
     at.button(key="train_start").click().run()

@@ -18,12 +18,12 @@ def test_export_page_makes_the_web_app(setenv, tmp_path):
     assert not at.exception and not at.error, texts(at.error)
     note = texts(at.info)
     assert "gives the app's probabilities" in note and "int8: the same class as the full model on" in note
-    _, web, path = at.session_state["tls"].web_export
+    _, web, path = at.session_state["tls"].export.web_export
     assert web.quantized and (tmp_path / "static" / path).exists()  # served at /app/static/<path>
     assert "/app/static/tls-web/" in texts(at.markdown) and at.image  # the address and its QR code
     assert "Download the web app (.zip)" in [b.proto.label for b in at.get("download_button")]
     with zipfile.ZipFile(web.zip_path) as zf:
         assert any(n.endswith("/index.html") for n in zf.namelist())
     at.button(key="export_web").click().run()  # again: the same address (one copy per run)
-    assert at.session_state["tls"].web_export[2] == path
+    assert at.session_state["tls"].export.web_export[2] == path
     assert len(list((tmp_path / "static" / "tls-web").iterdir())) == 1
