@@ -330,5 +330,5 @@ def small_data(quick: bool, backbone: str = DEFAULT_BACKBONE, log=lambda m: prin
                ) -> dict:
     frozen = frozen_section(quick, backbone, log)
     trained = trained_section(quick, backbone, log)
-    ladder = app_ladder(quick, backbone, log)
+    ladder = app_ladder(quick, backbone, log, busy_only=quick)  # --quick: only the busy server's estimates
     return {"summary": summary(frozen, trained, log), "ladder": ladder, "runs": frozen["rows"] + trained["rows"]}
