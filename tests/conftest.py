@@ -1,8 +1,11 @@
 """Shared fixtures: an isolated home for projects, and tiny generated images."""
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -35,6 +38,23 @@ def eventually(done: Callable[[], object], timeout: float = 60, what: str = "", 
             raise AssertionError(f"waited {timeout:g} s for {what or 'a condition'}")
         time.sleep(every)
     return value
+
+
+def cli(*args: str, process: bool = False) -> subprocess.CompletedProcess:
+    """``python -m tlcore ARGS``: in this process (a new one spends about 5 s importing torch and the backbones),
+    or with ``process`` as a user runs it, in a process of its own."""
+    if process:
+        return subprocess.run([sys.executable, "-m", "tlcore", *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=300)
+    from tlcore.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code if isinstance(e.code, int) else 1
+    return subprocess.CompletedProcess(["tlcore", *args], code, out.getvalue(), err.getvalue())
 
 
 def png_bytes(color: tuple[int, int, int], size: int = 40, seed: int = 0, fmt: str = "PNG") -> bytes:

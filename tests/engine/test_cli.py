@@ -1,17 +1,10 @@
-"""The command line contract: JSON on stdout, progress on stderr, one-line errors with exit status 2."""
+"""The command line contract: JSON on stdout, progress on stderr, one-line errors with exit status 2. (Run in the\ntest's process but where a process of its own is the point: ``tests.conftest.cli``.)"""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import zipfile
 
-from tests.conftest import ROOT
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tlcore", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+from tests.conftest import ROOT, cli
 
 
 def test_backbones_lists_availability():
@@ -102,7 +95,7 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
                  ["train", str(tmp_path), "--out", str(tmp_path / "r"), "--lr", "100"],
                  ["evaluate", str(tmp_path), str(tmp_path)],
                  ["train", str(tmp_path), "--out", str(tmp_path / "r"), "--backbone", "nope"]):
-        out = cli(*args)
+        out = cli(*args, process=args[1].endswith("nowhere"))  # the first as a user runs it
         assert out.returncode == 2, out
         assert out.stderr.startswith("error: ") and "Traceback" not in out.stderr
         assert len(out.stderr.strip().splitlines()) == 1

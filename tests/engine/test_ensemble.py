@@ -2,8 +2,6 @@
 bundled networks once (``ensemble``, where they are installed)."""
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -111,14 +109,12 @@ def test_its_stages_are_not_probed_and_it_says_why(tiny_set):
 
 def test_its_exports_match_the_app(tmp_path):
     data = tmp_path / "data"
-    from tests.conftest import class_files
+    from tests.conftest import class_files, cli
 
     for name, content, label in class_files(6):
         (data / label).mkdir(parents=True, exist_ok=True)
         (data / label / name).write_bytes(content)
-    out = subprocess.run([sys.executable, "-m", "tlcore", "train", str(data), "--out", str(tmp_path / "run"),
-                          "--backbone", "tiny-ensemble", "--epochs", "2"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
+    out = cli("train", str(data), "--out", str(tmp_path / "run"), "--backbone", "tiny-ensemble", "--epochs", "2")
     assert out.returncode == 0, out.stderr
     from tlcore.studio.report import open_run_folder
 

@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, class_files
+from tests.conftest import class_files, cli
 from tlcore import ImageSet, TLError, TrainConfig
 from tlcore.analysis.lrfind import lr_find, suggest
 from tlcore.analysis.tasks import analysis_folder, read_result
@@ -120,11 +118,6 @@ def test_analysis_runs_as_a_runner_job_and_writes_its_result(tiny_set, tmp_path)
     run_job(JobSpec("lr", "me", tiny_set, TrainConfig(backbone="tiny-test", mode="feature-extraction"), ([], []),
                     tmp_path / "lr", task="lr-find"), lambda: False, events.append)
     assert events[-1].status == "failed" and "no learning rate" in events[-1].reason
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tlcore", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
 
 
 def test_cli_stages_and_lr_find(class_folder):

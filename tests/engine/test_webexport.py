@@ -4,8 +4,6 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-import subprocess
-import sys
 import zipfile
 
 import numpy as np
@@ -14,7 +12,6 @@ import pytest
 import torch
 
 import tlcore
-from tests.conftest import ROOT
 from tlcore.data.images import BASE_SIZE, MAX_ASPECT
 from tlcore.studio.report import open_run_folder
 from tlcore.studio.webexport import check_images
@@ -22,15 +19,13 @@ from tlcore.studio.webexport import check_images
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from tests.conftest import class_files
+    from tests.conftest import class_files, cli
 
     data = tmp_path_factory.mktemp("data")
     for name, content, label in class_files():
         (data / label).mkdir(exist_ok=True)
         (data / label / name).write_bytes(content)
-    out = subprocess.run([sys.executable, "-m", "tlcore", "train", str(data), "--out", str(data.parent / "run"),
-                          "--backbone", "tiny-test", "--epochs", "2"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
+    out = cli("train", str(data), "--out", str(data.parent / "run"), "--backbone", "tiny-test", "--epochs", "2")
     assert out.returncode == 0, out.stderr
     return open_run_folder(data.parent / "run", data)
 
