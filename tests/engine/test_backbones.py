@@ -222,11 +222,14 @@ def test_metadata_comes_from_the_libraries_public_configs():
     import timm
     import torchvision
 
-    cfg = timm.models.get_pretrained_cfg("tf_efficientnet_lite0")
-    pre = tlcore.get_backbone_spec("efficientnet_lite0").preprocess
-    assert (pre.input_size, pre.mean, pre.std, pre.interpolation) == (cfg.input_size[-1], cfg.mean, cfg.std,
-                                                                     cfg.interpolation)
-    assert pre.resize_size == round(cfg.input_size[-1] / cfg.crop_pct)
+    lites = [s for s in tlcore.list_backbones() if s.name.startswith("efficientnet_lite")]
+    assert lites
+    for spec in lites:  # written out in tlcore (timm is slow to import): as timm publishes them
+        cfg = timm.models.get_pretrained_cfg(f"tf_{spec.name}")
+        pre = spec.preprocess
+        assert (pre.input_size, pre.mean, pre.std, pre.interpolation) == (cfg.input_size[-1], cfg.mean, cfg.std,
+                                                                         cfg.interpolation)
+        assert pre.resize_size == round(cfg.input_size[-1] / cfg.crop_pct)
     names = tlcore.imagenet_categories()
     assert len(names) == 1000 and names == tuple(
         torchvision.models.get_model_weights("mobilenet_v3_small").DEFAULT.meta["categories"])

