@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.studio import CHROMIUM, FLAGS, NO_BROWSER, start_app, stop_app
+from tests.browser.studio import BUSY_MS, CHROMIUM, FLAGS, NO_BROWSER, start_app, stop_app
 
 HERE = Path(__file__).parent
 
@@ -30,7 +30,7 @@ def browser():
 @pytest.fixture(scope="module")
 def page(browser):
     pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-    pg.set_default_timeout(60_000)
+    pg.set_default_timeout(BUSY_MS)
     yield pg
     pg.close()
 

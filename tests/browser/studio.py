@@ -18,6 +18,10 @@ from tests.conftest import ROOT, eventually
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = ROOT / "test-output" / "screenshots"
+#: Every browser wait's failsafe (ms), as the AppTests' ``BUSY``: never a pace. A test that passes takes what the work
+#: takes; beside a class's load (three browser students training on the same two cores) a Train page's run and its
+#: curves took over two minutes to show, where alone they take seconds. Only a hung wait runs this long.
+BUSY_MS = 900_000
 # chromium as root on a headless machine, nothing fetched from outside (the tests never touch the internet)
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
          "--no-first-run", "--disable-sync", "--disable-quic"]
@@ -117,7 +121,7 @@ def start_long_training(pg, url: str) -> str:
     # training for real, and a first epoch done (checkpointed); the tests that use it start it on a server whose
     # long-run worker is free (a long run waits for it while another student's fine-tune holds it)
     try:
-        pg.get_by_text(re.compile(r"Epoch ([2-9]|\d\d+), batch")).first.wait_for(timeout=120_000)
+        pg.get_by_text(re.compile(r"Epoch ([2-9]|\d\d+), batch")).first.wait_for(timeout=BUSY_MS)
     except Exception as e:
         raise AssertionError("the long run did not train; the Train page says:\n" + main_text(pg)) from e
     key = pg.url.split("p=")[1].split("&")[0]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.studio import SHOTS, shot, start_app, stop_app
+from tests.browser.studio import BUSY_MS, SHOTS, shot, start_app, stop_app
 from tests.engine.test_challenge import hidden_zip
 
 STUDENTS = ("Ada", "Bea", "Chen")
@@ -31,7 +31,7 @@ def test_a_lesson_from_join_link_to_projector(server, browser, tmp_path):
     hidden = tmp_path / "hidden.zip"
     hidden.write_bytes(hidden_zip(("0", "1")))
     teacher = browser.new_page(viewport={"width": 1400, "height": 1000})
-    teacher.set_default_timeout(90_000)
+    teacher.set_default_timeout(BUSY_MS)
     teacher.goto(server + "/teacher")
     for _ in range(3):  # a busy server's first session may redraw the form under the click: try again
         teacher.get_by_label("Teacher password").fill("class-2b")
@@ -51,7 +51,7 @@ def test_a_lesson_from_join_link_to_projector(server, browser, tmp_path):
         backbone.click()
         if tried(lambda: teacher.get_by_role("option", name="Tiny test net", exact=True).click(timeout=10_000)):
             break
-    expect(backbone).to_have_value("Tiny test net", timeout=30_000)
+    expect(backbone).to_have_value("Tiny test net", timeout=BUSY_MS)
     teacher.get_by_role("button", name="Use as the class kit").click()
     teacher.get_by_text("students who join now start from it").wait_for()
     teacher.get_by_label("Challenge name").fill("Zero or one?")
@@ -75,7 +75,7 @@ def test_a_lesson_from_join_link_to_projector(server, browser, tmp_path):
     for name in STUDENTS:  # each on their own device: a fresh browser context, from the address shown
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
         pg = context.new_page()
-        pg.set_default_timeout(120_000)
+        pg.set_default_timeout(BUSY_MS)
         pg.goto(join)
         pg.get_by_text("Type your name so your teacher can find your work").wait_for()  # in the main area
         box = pg.get_by_label("Your name (your teacher sees your work under it)")
@@ -93,18 +93,18 @@ def test_a_lesson_from_join_link_to_projector(server, browser, tmp_path):
         pg.get_by_role("button", name="Start training").click()
     for name, _, pg in students:
         try:
-            pg.get_by_text("the best epoch", exact=False).first.wait_for(timeout=400_000)  # a busy machine
+            pg.get_by_text("the best epoch", exact=False).first.wait_for(timeout=BUSY_MS)  # a busy machine
         except Exception:
             shot(pg, f"lesson-failed-train-{name}")
             raise
         pg.get_by_role("link", name="Evaluate").first.click()
-        expect(pg.get_by_label("Your name on the leaderboard")).to_have_value(name, timeout=90_000)  # given once
+        expect(pg.get_by_label("Your name on the leaderboard")).to_have_value(name, timeout=BUSY_MS)  # given once
         pg.get_by_role("button", name="Enter this model").click()
         pg.get_by_text("Rank ", exact=False).first.wait_for()
     progress = teacher.locator("[data-testid='stTable']").filter(has_text="needs help")
     for name in STUDENTS:  # by name, each on the last step (the table's cells)
         progress.locator("td", has_text=name).first.wait_for(state="attached")
-    expect(progress.locator("td", has_text="Challenge")).to_have_count(3, timeout=30_000)
+    expect(progress.locator("td", has_text="Challenge")).to_have_count(3, timeout=BUSY_MS)
     # The teacher's tab (and below, the projector's) opened no project: the class is its three students.
     expect(progress.locator("td", has_text="project-")).to_have_count(0)
     progress.scroll_into_view_if_needed()
@@ -112,7 +112,7 @@ def test_a_lesson_from_join_link_to_projector(server, browser, tmp_path):
 
     href = teacher.get_by_role("link", name="Projector view of the leaderboard").get_attribute("href")
     projector = browser.new_page(viewport={"width": 1024, "height": 768})
-    projector.set_default_timeout(90_000)
+    projector.set_default_timeout(BUSY_MS)
     projector.goto(href if href.startswith("http") else server + "/" + href.lstrip("/"))
     assert "t=" not in href  # the projector's address holds the board's key, not the teacher's
     for attempt in ("first", "after a reload"):  # its own key: no password on a reload
@@ -132,7 +132,7 @@ def test_a_lesson_from_join_link_to_projector(server, browser, tmp_path):
     teacher.reload()  # the teacher's tab and the projector, opened again: still no project of their own
     teacher.get_by_text("Join the class").wait_for()
     progress = teacher.locator("[data-testid='stTable']").filter(has_text="needs help")
-    expect(progress.locator("td", has_text="Challenge")).to_have_count(3, timeout=30_000)
+    expect(progress.locator("td", has_text="Challenge")).to_have_count(3, timeout=BUSY_MS)
     expect(progress.locator("td", has_text="project-")).to_have_count(0)
     for _, context, _ in students:
         context.close()

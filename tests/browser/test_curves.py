@@ -3,7 +3,7 @@ draws them under Streamlit's theme (issue 21: validation was red in Loss and lig
 training, light blue was "train" in Loss, and the colours swapped when the run ended)."""
 from __future__ import annotations
 
-from tests.browser.studio import SHOTS, start_app, start_long_training, stop_app
+from tests.browser.studio import BUSY_MS, SHOTS, start_app, start_long_training, stop_app
 
 # each chart's title and its drawn lines (name -> colour), as plotly.js resolved them
 DRAWN = """() => Object.fromEntries([...document.querySelectorAll('.js-plotly-plot')].map(gd => [
@@ -12,7 +12,7 @@ DRAWN = """() => Object.fromEntries([...document.querySelectorAll('.js-plotly-pl
 
 def _curves(pg) -> dict:
     pg.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')].some(gd => gd._fullData && "
-                         "gd._fullData.some(t => t.name.startsWith('validation')))", timeout=120_000)
+                         "gd._fullData.some(t => t.name.startsWith('validation')))", timeout=BUSY_MS)
     charts = pg.evaluate(DRAWN)  # the validation line says how many photos it rests on: "validation (40 photos)"
     return {title: {name.split(" (")[0]: colour for name, colour in lines.items()}
             for title, lines in charts.items() if title in ("Loss", "Accuracy per epoch")}
@@ -22,13 +22,13 @@ def test_train_and_validation_keep_their_colours_live_and_finished(browser):
     proc, url, _ = start_app()
     try:
         pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        pg.set_default_timeout(60_000)
+        pg.set_default_timeout(BUSY_MS)
         start_long_training(pg, url)
         live = _curves(pg)
         SHOTS.mkdir(parents=True, exist_ok=True)
         pg.screenshot(path=str(SHOTS / "4-train-live-curves.png"), full_page=True)
         pg.get_by_role("button", name="Stop", exact=True).click()
-        pg.get_by_text("Stopped by the user").first.wait_for(timeout=60_000)
+        pg.get_by_text("Stopped by the user").first.wait_for(timeout=BUSY_MS)
         finished = _curves(pg)
         pg.screenshot(path=str(SHOTS / "4-train-finished-curves.png"), full_page=True)
         pg.close()

@@ -8,7 +8,7 @@ import zipfile
 
 from PIL import Image
 
-from tests.browser.studio import shot
+from tests.browser.studio import BUSY_MS, shot
 from tests.conftest import ROOT
 
 DIGITS = ROOT / "assets" / "samples" / "digits"
@@ -35,7 +35,7 @@ def test_the_review_panel_in_a_real_browser(app_url, page, tmp_path):
     page.locator("[data-testid='stFileUploader'] input[type=file]").first.set_input_files(str(tmp_path / "digits.zip"))
     page.get_by_role("heading", name="0 · 16 images").wait_for()
     # the toast, once a training worker has checked them (a fresh server's workers may still be starting)
-    page.get_by_text("new images to look at").first.wait_for(timeout=180_000)
+    page.get_by_text("new images to look at").first.wait_for(timeout=BUSY_MS)
     page.get_by_role("heading", name="Check your data").wait_for()
     page.get_by_text("The same picture twice").first.wait_for()
     page.get_by_text("0/misfiled.png").first.wait_for()

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.browser.studio import shot, start_app, stop_app
+from tests.browser.studio import BUSY_MS, shot, start_app, stop_app
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_the_first_visit_after_a_start_never_lists_the_raw_page_files(server, br
 
 def test_the_read_only_link_opens_evaluate_without_page_not_found(server, browser):
     owner = browser.new_page(viewport={"width": 1400, "height": 1000})
-    owner.set_default_timeout(90_000)
+    owner.set_default_timeout(BUSY_MS)
     owner.goto(server + "/")
     owner.get_by_role("heading", name="1 · Choose a backbone").wait_for()
     owner.get_by_role("button", name="Share read-only").click()
@@ -41,7 +41,7 @@ def test_the_read_only_link_opens_evaluate_without_page_not_found(server, browse
     assert "127.0.0.1" not in link and "localhost" not in link and "?view=" in link
     fresh = browser.new_context(viewport={"width": 1400, "height": 1000})  # a fresh browser: nothing remembered
     visitor = fresh.new_page()
-    visitor.set_default_timeout(90_000)
+    visitor.set_default_timeout(BUSY_MS)
     visitor.goto(link)
     visitor.get_by_role("heading", name="5 · Evaluate").wait_for()
     visitor.get_by_text("read-only", exact=False).first.wait_for()

@@ -11,11 +11,11 @@ import re
 
 import pytest
 
-from tests.browser.studio import CHROMIUM, FLAGS, SHOTS, main_text, start_app, stop_app
+from tests.browser.studio import BUSY_MS, CHROMIUM, FLAGS, SHOTS, main_text, start_app, stop_app
 from tests.conftest import ROOT
 
 SIZES = {"projector": (1024, 768), "phone": (390, 844)}
-WAIT = 90_000  # ms: as long as the pages' own waits (a busy CI machine), never Playwright's 5 s default
+WAIT = BUSY_MS  # every wait's failsafe (tests.browser.studio)
 STEPS = {  # step bar title -> the heading that only its page shows
     "Backbone": "1 · Choose a backbone", "Data": "2 · Your data", "Freeze": "3 · Freeze or fine-tune",
     "Train": "4 · Train", "Evaluate": "5 · Evaluate", "Test": "6 · Test on new images",
@@ -147,7 +147,7 @@ def visit_every_page(page, url: str, problems: dict, violations: dict) -> None:
             assert ticks and all(t.isdigit() for t in ticks), ticks  # whole epochs (were 1, 1.5, 2)
         if title == "Export":
             page.get_by_role("button", name="Make the web app").click()
-            page.get_by_text("Scan with a phone").wait_for(timeout=180_000)
+            page.get_by_text("Scan with a phone").wait_for(timeout=BUSY_MS)
         settle(page)
         axe(page, title, violations)
         look(page, title, problems)
@@ -193,7 +193,7 @@ def test_every_page_fits_a_projector_and_a_phone_and_passes_axe(studio):
         page.get_by_role("button", name="Start training").focus()
         page.keyboard.press("Enter")  # by keyboard: the disabled button drops the focus while the run trains
         try:
-            page.get_by_text("the best epoch").first.wait_for(timeout=300_000)
+            page.get_by_text("the best epoch").first.wait_for(timeout=BUSY_MS)
         except Exception:
             page.screenshot(path=str(SHOTS / "fit-train-timeout.png"))
             raise

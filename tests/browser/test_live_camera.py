@@ -15,7 +15,7 @@ import time
 import pytest
 
 from tests.browser.fake_camera import make_clip
-from tests.browser.studio import CHROMIUM, FLAGS, shot, start_app, stop_app
+from tests.browser.studio import BUSY_MS, CHROMIUM, FLAGS, shot, start_app, stop_app
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +70,12 @@ def trained_digits(page, url: str) -> None:
     page.get_by_role("heading", name="0 · 40 images").wait_for()
     page.get_by_role("link", name="Train").first.click()
     page.get_by_role("button", name="Start training").click()
-    page.get_by_text("the best epoch", exact=False).first.wait_for(timeout=120_000)
+    page.get_by_text("the best epoch", exact=False).first.wait_for(timeout=BUSY_MS)
 
 
 def test_live_prediction_follows_the_camera_and_recording_adds_images(app_url, camera_browser):
     page = camera_browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.set_default_timeout(60_000)
+    page.set_default_timeout(BUSY_MS)
     watch_camera_requests(page)
     trained_digits(page, app_url)
     assert camera_asks(page) == 0  # Data and Train pages: no camera
@@ -88,7 +88,7 @@ def test_live_prediction_follows_the_camera_and_recording_adds_images(app_url, c
     page.wait_for_timeout(1000)
     assert camera_asks(page) == 0  # not even with the live camera on screen, until Start
     cam.get_by_role("button", name="Start live prediction").click()
-    cam.locator("body[data-predicted='0'], body[data-predicted='1']").wait_for(timeout=60_000)
+    cam.locator("body[data-predicted='0'], body[data-predicted='1']").wait_for(timeout=BUSY_MS)
     seen = []
     t_end = time.time() + 14  # a little over two loops of the 6 s clip
     while time.time() < t_end:
@@ -121,7 +121,7 @@ def test_live_prediction_follows_the_camera_and_recording_adds_images(app_url, c
     page.wait_for_timeout(2500)
     page.mouse.up()
     heading = page.get_by_role("heading", name=re.compile(r"^0 · \d+ images")).first
-    page.wait_for_function("() => !document.body.innerText.includes('0 · 40 images')", timeout=30_000)
+    page.wait_for_function("() => !document.body.innerText.includes('0 · 40 images')", timeout=BUSY_MS)
     added = int(heading.inner_text().split()[2]) - 40
     assert added >= 3, heading.inner_text()  # ~2.5 s held at about 3 frames a second
     page.get_by_text(f"Added {added} images").wait_for()
@@ -132,7 +132,7 @@ def test_live_prediction_follows_the_camera_and_recording_adds_images(app_url, c
 def test_an_insecure_origin_says_why_and_https_works(app_url, camera_browser, tmp_path):
     port = app_url.rsplit(":", 1)[1]
     page = camera_browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.set_default_timeout(60_000)
+    page.set_default_timeout(BUSY_MS)
     watch_camera_requests(page)
     page.goto(f"http://classroom.test:{port}/data")  # how a student reaches a teacher's laptop: not secure
     page.get_by_role("heading", name="2 · Your data").wait_for()
@@ -156,7 +156,7 @@ def test_an_insecure_origin_says_why_and_https_works(app_url, camera_browser, tm
                              STREAMLIT_SERVER_SSL_KEY_FILE=str(tmp_path / "tls-key.pem"))
     try:
         page = camera_browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(60_000)
+        page.set_default_timeout(BUSY_MS)
         page.goto(url.replace("http://127.0.0.1", "https://classroom.test") + "/data")
         page.get_by_role("heading", name="2 · Your data").wait_for()
         page.get_by_label("New class name").fill("cup")

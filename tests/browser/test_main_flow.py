@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.studio import folder_of, shot, start_app, start_long_training
+from tests.browser.studio import BUSY_MS, folder_of, shot, start_app, start_long_training
 from tests.conftest import ROOT, eventually
 
 
@@ -44,7 +44,7 @@ def test_upload_train_predict_in_a_real_browser(app_url, page, tmp_path):
     page.get_by_role("link", name="Train").first.click()
     page.get_by_role("heading", name="4 · Train").wait_for()
     page.get_by_role("button", name="Start training").click()
-    page.get_by_text("the best epoch").first.wait_for(timeout=120_000)
+    page.get_by_text("the best epoch").first.wait_for(timeout=BUSY_MS)
     page.get_by_text("Right on photos it had not trained on").first.wait_for()
     shot(page, "4-train")
 
@@ -92,7 +92,7 @@ def test_a_closed_tab_stops_its_training_and_keeps_the_work(browser):
     proc, url, home = start_app(TLS_SESSION_GRACE_S="1", TLS_SWEEP_INTERVAL_S="1")
     try:
         pg = browser.new_page()
-        pg.set_default_timeout(60_000)
+        pg.set_default_timeout(BUSY_MS)
         key = start_long_training(pg, url)
         project = folder_of(home, key).name
         t_closed = time.time()
@@ -110,7 +110,7 @@ def test_a_closed_tab_stops_its_training_and_keeps_the_work(browser):
 def test_a_server_restart_mid_training_keeps_the_project_and_the_best_epoch(browser):
     proc, url, home = start_app()
     pg = browser.new_page()
-    pg.set_default_timeout(60_000)
+    pg.set_default_timeout(BUSY_MS)
     try:
         key = start_long_training(pg, url)
     finally:
@@ -137,7 +137,7 @@ def test_several_students_at_once_each_get_their_own_model(browser):
     short form of ``python -m tests.classroom``): both see a finished model, no server traceback."""
     from tests.classroom import browsers
 
-    report = browsers(2, 24, timeout=240, finetune=False, browser=browser)
+    report = browsers(2, 24, timeout=BUSY_MS / 1000, finetune=False, browser=browser)
     assert report["fe"]["stuck"] == 0, report
     assert report["server_tracebacks"] == 0, report
 
@@ -175,7 +175,7 @@ def test_enter_adds_a_class_and_nothing_is_deleted_by_one_click(browser):
     ask first (moving and removing images: tests/engine/test_data.py)."""
     proc, url, _ = start_app()
     pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-    pg.set_default_timeout(60_000)
+    pg.set_default_timeout(BUSY_MS)
     try:
         pg.goto(url + "/data")
         pg.get_by_role("heading", name="2 · Your data").wait_for()

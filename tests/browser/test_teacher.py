@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tests.browser.studio import CHROMIUM, FLAGS, SHOTS, shot, start_app, stop_app
+from tests.browser.studio import BUSY_MS, CHROMIUM, FLAGS, SHOTS, shot, start_app, stop_app
 from tests.engine.test_challenge import hidden_zip
 
 
@@ -31,7 +31,7 @@ def test_teacher_page_follows_students_live_and_ranks_entries(app_url, tmp_path)
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         teacher, student = (browser.new_page(viewport={"width": 1400, "height": 1000}) for _ in range(2))
         for pg in (teacher, student):
-            pg.set_default_timeout(90_000)
+            pg.set_default_timeout(BUSY_MS)
         teacher.goto(app_url + "/teacher")
         teacher.get_by_label("Teacher password").fill("class-2b")
         teacher.get_by_role("button", name="Open").click()
@@ -48,7 +48,7 @@ def test_teacher_page_follows_students_live_and_ranks_entries(app_url, tmp_path)
         teacher.get_by_text("5 classes, 200 images").wait_for()  # no reload: the list refreshes itself
         student.get_by_role("link", name="Train").first.click()
         student.get_by_role("button", name="Start training").click()
-        student.get_by_text("the best epoch", exact=False).first.wait_for(timeout=120_000)
+        student.get_by_text("the best epoch", exact=False).first.wait_for(timeout=BUSY_MS)
         # One run, one figure: "k of N" on Train, Evaluate, the model picker and the Teacher page alike.
         metric = student.locator("[data-testid='stMetric']").filter(has_text="Right on photos it had not trained on")
         figure = metric.locator("[data-testid='stMetricValue']").inner_text().strip()
@@ -74,7 +74,7 @@ def teacher_at_a_projector(p, url: str):
     """Chromium at a projector's 1024x768 on the Teacher page, the password given: (browser, page)."""
     browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
     page = browser.new_page(viewport={"width": 1024, "height": 768})
-    page.set_default_timeout(90_000)
+    page.set_default_timeout(BUSY_MS)
     page.goto(url + "/teacher")
     page.get_by_label("Teacher password").fill("class-2b")
     page.get_by_role("button", name="Open").click()
@@ -107,7 +107,7 @@ def test_three_ladders_pool_on_the_teacher_page_and_the_projector_at_1024x768(ap
         page.get_by_role("link", name="Back to the Teacher page").wait_for()
         # While the projector page's first run draws, the Teacher page's section is still shown (stale): wait
         # until only the projector's own one is left before reading it.
-        expect(page.get_by_text("What the class found")).to_have_count(1, timeout=90_000)
+        expect(page.get_by_text("What the class found")).to_have_count(1, timeout=BUSY_MS)
         page.get_by_text(f"Together: {summary['headline']}.").wait_for()
         page.get_by_role("cell", name="pretrained vs from scratch").first.wait_for()  # one row per pair
         assert page.get_by_role("cell", name="feature extraction vs from scratch").count() >= 1
@@ -141,7 +141,7 @@ def test_a_board_of_30_students_fits_a_1024x768_projector_beside_the_join_qr(app
         page.get_by_role("link", name="Projector view of the leaderboard").click()
         page.get_by_role("link", name="Back to the Teacher page").wait_for()
         board = page.locator("[data-testid='stTable']").filter(has_text="Student")
-        expect(board.locator("tbody tr")).to_have_count(30, timeout=90_000)  # the Teacher page's stale copy is gone
+        expect(board.locator("tbody tr")).to_have_count(30, timeout=BUSY_MS)  # the Teacher page's stale copy is gone
         rows = [[td.inner_text().strip() for td in tr.locator("td").all()] for tr in board.locator("tbody tr").all()]
         assert sorted(r[1] for r in rows) == [f"Student {k:02d}" for k in range(30)]  # one row each
         for a in rows:

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
-from tests.browser.studio import CHROMIUM, FLAGS, SHOTS
+from tests.browser.studio import BUSY_MS, CHROMIUM, FLAGS, SHOTS
 from tests.conftest import ROOT
 
 DATA = ROOT / "assets" / "samples" / "faces"
@@ -157,7 +157,7 @@ def _page_predictions(index, url: str | None = None, phone: bool = False, photos
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(url or index.as_uri())
         page.wait_for_function("window.tlsLoadMs !== undefined || /could not/.test(document.body.innerText)",
-                               timeout=30_000)
+                               timeout=BUSY_MS)
         assert page.evaluate("window.tlsLoadMs") is not None, page.inner_text("#status")
         out, times, photo_ms = {}, [], {}
         for f in [*FILES, *photos]:

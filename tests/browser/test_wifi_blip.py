@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 
-from tests.browser.studio import folder_of, start_app, start_long_training, stop_app
+from tests.browser.studio import BUSY_MS, folder_of, start_app, start_long_training, stop_app
 from tests.conftest import eventually
 
 
@@ -88,14 +88,14 @@ def test_a_wifi_blip_mid_training_costs_nothing(browser):
     proxy = Proxy(port)
     try:
         pg = browser.new_page()
-        pg.set_default_timeout(60_000)
+        pg.set_default_timeout(BUSY_MS)
         key = start_long_training(pg, f"http://127.0.0.1:{proxy.port}")
         manifest = folder_of(home, key) / "project.json"
         before = _epoch(pg.inner_text("[data-testid='stMain']"))
         proxy.cut(outage)  # longer than the sweep interval: the session is not alive for several sweeps
         time.sleep(outage)
         try:  # the page reconnects by itself (within 2 min on a saturated machine): nobody clicks
-            eventually(lambda: _epoch(pg.inner_text("[data-testid='stMain']")) > before, 120,
+            eventually(lambda: _epoch(pg.inner_text("[data-testid='stMain']")) > before, BUSY_MS / 1000,
                        "the page to show the run going on after the connection came back", every=1)
         except AssertionError as e:
             pg.screenshot(path=os.path.join(os.environ.get("TMPDIR", "/tmp"), "wifi_blip_failure.png"))
