@@ -60,7 +60,7 @@ def start_app(address: str = "127.0.0.1", **env_extra: str):
             return False
 
     try:
-        eventually(healthy, 90, "the server", every=0.5)
+        eventually(healthy, BUSY_MS / 1000, "the server", every=0.5)
     except AssertionError:
         proc.kill()
         raise RuntimeError("streamlit did not start:\n" + server_log(Path(env["TLS_HOME"]))) from None
