@@ -80,6 +80,28 @@ def test_a_finished_ray_run_leaves_nothing_on_its_node(tmp_path):
     assert not actor.folder.exists()
 
 
+def test_a_poll_that_cannot_be_sent_fails_its_run_once(runner, tmp_path):
+    """An actor Ray no longer knows (its node, or Ray itself, went away): the run fails once, with its reason, and
+    the runner's loop lets go of it (it had retried the poll four times a second, logging a traceback each time)."""
+    from tlcore.jobs.ray_runner import _Live
+    from tlcore.jobs.spec import JobTracker
+
+    class Gone:
+        class poll:  # noqa: N801  (as a Ray actor's method)
+            @staticmethod
+            def remote(_since: int) -> None:
+                raise RuntimeError("Can't find actor: it might be dead or it's from a different cluster")
+
+    job = JobTracker(10_000, spec(tmp_path, TrainConfig(backbone="tiny-test")), runner, None)
+    job.mark_running()
+    with runner._lock:
+        runner._live[job.id] = _Live(job, Gone(), None, running=True)
+    runner._wake.set()
+    snap = eventually(lambda: (s := job.job.snapshot()).finished and s, 60, "the run to fail")
+    assert snap.state == "failed" and "was lost" in snap.finished.reason, snap.finished
+    assert job.id not in runner._live
+
+
 def test_a_ray_run_keeps_the_servers_time_limit(runner, tmp_path):
     """The actor once rebuilt the job without ``max_seconds``: on a cluster no run ever hit its time limit."""
     job = runner.submit(dataclasses.replace(spec(tmp_path, TrainConfig(backbone="tiny-test", epochs=5000,

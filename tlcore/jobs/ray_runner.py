@@ -207,7 +207,10 @@ class RayRunner:
         now = time.monotonic()
         for live in list(self._live.values()):
             if live.call is None and live.running and now >= live.next_poll:
-                live.poll()
+                try:
+                    live.poll()
+                except Exception as e:  # noqa: BLE001  its actor, or Ray itself, is gone: fail the run once
+                    self._end(live, e)
             elif live.call is not None and live.running and now - live.sent > POLL_TIMEOUT_S:
                 self._end(live, TimeoutError(f"no answer in {POLL_TIMEOUT_S:.0f} s: its node is gone"))
 
