@@ -41,7 +41,7 @@ def live(result: tlcore.RunResult, spec: tlcore.BackboneSpec, cam_on: bool) -> N
         if image is not None:
             pred = tlcore.predict(result.model, [image], result.classes, spec.preprocess, reference())[0]
             state.result = {"label": pred.label, "confidence": pred.confidence, "unsure": pred.unsure,
-                               "unfamiliar": bool(pred.unfamiliar), "probs": list(pred.probabilities.items())}
+                            "unfamiliar": bool(pred.unfamiliar), "probs": list(pred.probabilities.items())}
             if cam_on and time.monotonic() - state.cam_at >= 1.0:
                 cam = tlcore.grad_cam(result.model, image, spec.preprocess)
                 state.cam = live_camera.data_url(tlcore.overlay_cam(image, cam, spec.preprocess))

@@ -52,8 +52,8 @@ def cli(*args: str, process: bool = False) -> subprocess.CompletedProcess:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             code = main(list(args))
-        except SystemExit as e:  # argparse's usage errors
-            code = e.code if isinstance(e.code, int) else 1
+        except SystemExit as e:  # argparse: --help (0) and usage errors (2)
+            code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
     return subprocess.CompletedProcess(["tlcore", *args], code, out.getvalue(), err.getvalue())
 
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from tests.browser.studio import CHROMIUM, FLAGS, SHOTS
-from tests.conftest import ROOT
+from tests.conftest import ROOT, cli
 
 NAMES = {"0": "zero (nought)", "1": "one", "2": "two", "3": "three", "4": "four"}  # long names must not be cut
 
@@ -24,8 +24,7 @@ def trained(tmp_path_factory):
     run = tmp / "run"
     for args in (["train", str(data), "--out", str(run), "--epochs", "3"],
                  ["report", str(run), "--data", str(data), "--out", str(tmp / "report.html")]):
-        out = subprocess.run([sys.executable, "-m", "tlcore", *args], cwd=ROOT, capture_output=True, text=True,
-                             timeout=300)
+        out = cli(*args)
         assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[-1])["bytes"] > 1_000_000  # plotly's script is inside
     return tmp, run, data

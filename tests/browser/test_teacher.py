@@ -86,18 +86,18 @@ def test_three_ladders_pool_on_the_teacher_page_and_the_projector_at_1024x768(ap
     Teacher page and the projector view of a 1024x768 projector, nothing wider than the screen; the CLI's
     ``class`` summary says the same."""
     import json
-    import subprocess
-    import sys
 
     from playwright.sync_api import expect, sync_playwright
 
+    from tests.conftest import cli
     from tests.engine.test_classlab import LADDER, save_project
 
     url, home = app_home
     for name, rights in (("ada", (9, 10, 12, 11, 5)), ("ben", (8, 9, 13, 12, 6)), ("cy", (10, 11, 11, 12, 8))):
         save_project(home / "projects", f"pooled-{name}", dict(zip(LADDER, rights)))
-    summary = json.loads(subprocess.run([sys.executable, "-m", "tlcore", "class", "--home", str(home)],
-                                        capture_output=True, text=True, check=True, timeout=120).stdout)
+    done = cli("class", "--home", str(home), process=True)  # its own process: --home sets that process's home
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
     assert summary["ladders"] >= 3 and summary["headline"].startswith("pretrained beat from scratch")
     with sync_playwright() as p:
         browser, page = teacher_at_a_projector(p, url)

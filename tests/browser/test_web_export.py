@@ -13,15 +13,13 @@ import io
 import json
 import mimetypes
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 from tests.browser.studio import BUSY_MS, CHROMIUM, FLAGS, SHOTS
-from tests.conftest import ROOT
+from tests.conftest import ROOT, cli
 
 DATA = ROOT / "assets" / "samples" / "faces"
 FILES = sorted(DATA.glob("*/*.png"))[::10] + [ROOT / "assets" / "chelsea.jpg", ROOT / "assets" / "coffee.jpg"]
@@ -124,8 +122,7 @@ def _data_url(path) -> str:
 
 
 def _tlcore(*args: str) -> dict:
-    out = subprocess.run([sys.executable, "-m", "tlcore", *args], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
+    out = cli(*args)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.splitlines()[-1])
 

@@ -3,10 +3,9 @@ the same summary the Teacher page shows."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
+from tests.conftest import cli
 from tlcore import TrainConfig, class_summary
 from tlcore.core.measure import Score
 from tlcore.engine.checkpoint import RunMeta
@@ -59,8 +58,9 @@ def test_three_ladders_pool_into_pairs_with_a_class_interval(tmp_path):
 def test_the_cli_prints_the_same_summary_as_one_json_line(tmp_path):
     home = tmp_path / "home"
     save_project(home / "projects", "ada", dict(zip(LADDER, (9, 10, 12, 11, 5))))
-    out = subprocess.run([sys.executable, "-m", "tlcore", "class", "--home", str(home)], capture_output=True,
-                         text=True, check=True, timeout=120).stdout.strip().splitlines()
+    done = cli("class", "--home", str(home), process=True)  # its own process: --home sets that process's home
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.strip().splitlines()
     assert len(out) == 1
     got = json.loads(out[0])
     assert got == json.loads(json.dumps(class_summary(None, home / "projects").to_json()))

@@ -1,4 +1,5 @@
-"""The command line contract: JSON on stdout, progress on stderr, one-line errors with exit status 2. (Run in the\ntest's process but where a process of its own is the point: ``tests.conftest.cli``.)"""
+"""The command line contract: JSON on stdout, progress on stderr, one-line errors with exit status 2. Run in the
+test's process, but where a process of its own is the point (``tests.conftest.cli``)."""
 from __future__ import annotations
 
 import json
@@ -91,11 +92,11 @@ def test_backbone_race_on_real_photos_shares_one_split_and_ranks_the_pretrained_
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path):
-    for args in (["train", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")],
-                 ["train", str(tmp_path), "--out", str(tmp_path / "r"), "--lr", "100"],
-                 ["evaluate", str(tmp_path), str(tmp_path)],
-                 ["train", str(tmp_path), "--out", str(tmp_path / "r"), "--backbone", "nope"]):
-        out = cli(*args, process=args[1].endswith("nowhere"))  # the first as a user runs it
+    for k, args in enumerate((["train", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")],
+                              ["train", str(tmp_path), "--out", str(tmp_path / "r"), "--lr", "100"],
+                              ["evaluate", str(tmp_path), str(tmp_path)],
+                              ["train", str(tmp_path), "--out", str(tmp_path / "r"), "--backbone", "nope"])):
+        out = cli(*args, process=k == 0)  # the first as a user runs it, in a process of its own
         assert out.returncode == 2, out
         assert out.stderr.startswith("error: ") and "Traceback" not in out.stderr
         assert len(out.stderr.strip().splitlines()) == 1

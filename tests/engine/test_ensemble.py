@@ -2,7 +2,6 @@
 bundled networks once (``ensemble``, where they are installed)."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F

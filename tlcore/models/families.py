@@ -154,8 +154,6 @@ _TV_NOTES = {  # name: (title, description)
 }
 
 
-
-
 def _features(n: int) -> tuple[str, ...]:
     return tuple(f"features {i}" for i in range(n))
 
