@@ -65,3 +65,14 @@ def test_the_cli_prints_the_same_summary_as_one_json_line(tmp_path):
     got = json.loads(out[0])
     assert got == json.loads(json.dumps(class_summary(None, home / "projects").to_json()))
     assert got["ladders"] == 1 and got["pairs"][0]["a_won"] == 1
+
+
+def test_a_difference_that_rounds_to_no_point_reads_zero_never_minus_zero():
+    """The projector's table read "-0 to +76": an interval's end of -0.3 points was formatted with ``:+.0f``."""
+    from tlcore.studio.classlab import PairResult, _points
+
+    assert [_points(x, "+") for x in (-0.003, 0.0, 0.004, 0.41, -0.03)] == ["0", "0", "0", "+41", "-3"]
+    pair = PairResult("feature-extraction", "fine-tune", 1, 1, 1, (0.004, -0.008, 0.0))
+    row = pair.row()
+    assert row["A minus B (points)"] == "0" and "by 0 points on average" in pair.text()
+    assert "-0 " not in row["likely (95 %)"] + " " and "-0 " not in pair.text() + " "

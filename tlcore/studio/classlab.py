@@ -72,19 +72,19 @@ class PairResult:
         """The pair as a table row (the Teacher page and the projector)."""
         (a, b), iv = self.titles, self.interval
         return {"A vs B": f"{a} vs {b}", "projects": self.projects, "A better": self.a_won, "B better": self.b_won,
-                "even": self.ties, "A minus B (points)": f"{100 * self.mean:+.0f}",
-                "likely (95 %)": "–" if iv is None else f"{100 * iv[0]:+.0f} to {100 * iv[1]:+.0f}"}
+                "even": self.ties, "A minus B (points)": _points(self.mean, "+"),
+                "likely (95 %)": "–" if iv is None else f"{_points(iv[0], '+')} to {_points(iv[1], '+')}"}
 
     def text(self) -> str:
         """E.g. "pretrained beat from scratch in 27 of 30 projects, by 41 points on average (35–47)"."""
         (a, b), iv = self.titles, self.interval
-        sure = "" if iv is None else f" (likely {100 * iv[0]:.0f} to {100 * iv[1]:.0f})"
+        sure = "" if iv is None else f" (likely {_points(iv[0])} to {_points(iv[1])})"
         lead = f"{a} beat {b} in {self.a_won} of {self.projects} project{'s' * (self.projects != 1)}"
         if self.b_won:
             lead += f", {b} won {self.b_won}"
         if self.ties:
             lead += f", {self.ties} even"
-        return f"{lead}; by {100 * self.mean:+.0f} points on average{sure}"
+        return f"{lead}; by {_points(self.mean, '+')} points on average{sure}"
 
     def to_json(self) -> dict:
         iv = self.interval
@@ -189,4 +189,12 @@ def class_summary(challenge: Challenge | None = None, root: Path | None = None) 
     return ClassSummary(len(folders), len(ladders), _pairs(ladders), pooled_study, pooled_challenge)
 
 
+def _points(share: float, sign: str = "") -> str:
+    """A share as whole percentage points: "+41", "-3", "0" (never "-0" or "+0": a difference that rounds to no
+    point has no side)."""
+    points = round(100 * share)
+    return f"{points:{sign}d}" if points else "0"
+
+
 __all__ = ["ClassSummary", "PairResult", "class_summary"]
+
