@@ -336,7 +336,7 @@ def start_workers() -> bool:
     runner = tlcore.get_runner()
     if isinstance(runner, tlcore.LocalRunner):
         runner.start()
-    tlcore.measure_speed_elsewhere()  # the one-off export and timing never hold this server's interpreter
+    tlcore.measure_speed_elsewhere(tlcore.time_on_runner)  # the one-off export and timing run in a worker, as all work
 
     def measure() -> None:  # once the workers' warm-up no longer keeps the cores busy
         if isinstance(runner, tlcore.LocalRunner):

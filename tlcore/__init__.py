@@ -84,7 +84,7 @@ from .engine.evaluate import Evaluation, Familiarity, Prediction, evaluate, grad
 from .engine.events import BatchEnd, EpochEnd, Event, Progress, RunFinished, RunResult
 from .engine.features import FEATURES, VIEWS_MAX_IMAGES, fe_views
 from .engine.train import run_to_end, train
-from .jobs.analyses import AnalysisState, analysis_state, forget_analysis, start_analysis
+from .jobs.analyses import AnalysisState, analysis_state, forget_analysis, start_analysis, time_on_runner
 from .jobs.runner import LocalRunner, get_runner, set_runner
 from .jobs.spec import Job, JobSnapshot, JobSpec, Runner
 from .models.backbones import (
@@ -184,7 +184,7 @@ __all__ = [
     "Action", "DataCheck", "Finding", "Review", "check_backbone", "check_data", "check_key", "review_summary",
     # comparisons and speed
     "COMPARE_EPOCHS", "DEFAULT_SHOTS", "STRATEGY_TITLES", "SpeedProfile", "SpeedUnknown", "available_shots", "shots_note", "estimate_epoch_seconds", "estimate_run_seconds",
-    "measure_speed", "measure_speed_elsewhere", "refine_speed_when_quiet", "race_facts", "shared_split", "top1_finding",
+    "measure_speed", "measure_speed_elsewhere", "time_on_runner", "refine_speed_when_quiet", "race_facts", "shared_split", "top1_finding",
     # before training: which backbone fits, how general each stage is, what each sees, the learning rate
     "AnalysisState", "LrFind", "StageProbe", "TransferScore", "analysis_state", "forget_analysis", "logme", "lr_find",
     "probe_stages", "stage_maps", "start_analysis", "transfer_score",

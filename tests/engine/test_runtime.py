@@ -104,21 +104,50 @@ def test_evaluation_of_a_frozen_body_model_uses_the_runtime_and_agrees_with_torc
     assert list(ev.predictions) == ref
 
 
-def test_the_web_server_measures_speed_in_a_child_process(monkeypatch):
+def test_the_web_server_times_a_backbone_as_a_job_in_a_worker(monkeypatch):
     """The one-off export and timing once held the web server's interpreter (a teacher's click waited
-    behind it): after ``measure_speed_elsewhere()`` nothing of it runs in this process."""
+    behind it): after ``measure_speed_elsewhere(time_on_runner)`` it is a job on the runner, as every other piece
+    of work (issue 40: one way out of the web process), and nothing of it runs in this process."""
     from tlcore.analysis import profile
     def here(*_a):
         raise AssertionError("measured in the server's own process")
 
+    runner = tlcore.LocalRunner(workers=1, threads=1)
+    tlcore.set_runner(runner)
+    monkeypatch.setattr(profile, "_known", {})
     monkeypatch.setattr(profile, "_measure_speed", here)
-    profile.measure_speed_elsewhere()
+    submitted = []
+    submit = runner.submit
+    monkeypatch.setattr(runner, "submit", lambda spec, *a, **k: submitted.append(spec) or submit(spec, *a, **k))
+    profile.measure_speed_elsewhere(tlcore.time_on_runner)
     try:
-        speed = profile.measure_speed("tiny-test", 4, 1)
+        speed = profile.measure_speed("tiny-test")
     finally:
-        profile.measure_speed_elsewhere(False)
+        profile.measure_speed_elsewhere(None)
+        tlcore.set_runner(None)
+        runner.shutdown()
     assert speed.backbone == "tiny-test" and speed.ms_per_image > 0 and len(speed.stage_share) == 3
     assert abs(sum(speed.stage_share) - 1) < 1e-6
+    assert [(s.task, s.short, s.owner) for s in submitted] == [("speed", True, "the server")]
+    assert not submitted[0].folder.exists()  # its result read, its folder removed
+
+
+def test_a_timing_the_runner_cannot_do_is_said_and_timed_here(monkeypatch):
+    """A timing job that fails (its backbone cannot be built in the worker) raises with the worker's reason; the
+    server then times it itself rather than never."""
+    from tlcore.analysis import profile
+
+    runner = tlcore.LocalRunner(workers=1, threads=1)
+    tlcore.set_runner(runner)
+    try:
+        with pytest.raises(tlcore.TLError):
+            tlcore.time_on_runner("no-such-backbone")
+    finally:
+        tlcore.set_runner(None)
+        runner.shutdown()
+    calls = []
+    monkeypatch.setattr(profile, "_measure_speed", lambda *a: calls.append(a) or "here")
+    assert profile._time_backbone("tiny-test", 8, 3, lambda _b: 1 / 0) == "here" and calls == [("tiny-test", 8, 3)]
 
 
 def test_speeds_are_said_per_image_on_one_batch_in_both_runtimes():

@@ -4,20 +4,16 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import json
 import logging
 import math
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import torch
 
 from ..core.errors import TLError
-from ..core.storage import below_the_server, child_env
 from ..engine.config import FROZEN_BODY_MODES, TrainConfig
 from ..engine.features import AUGMENT_DRAWS, augment, fe_views
 from ..engine.heads import score_repeats
@@ -49,19 +45,35 @@ class SpeedProfile:
         fast = "" if self.runtime == "torch" else f" · {ms(self.ms_per_image)} ms/image on {self.runtime}"
         return f"{ms(self.torch_ms_per_image)} ms/image in torch{fast} (batches of {self.batch})"
 
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> SpeedProfile:
+        return cls(**{**d, "stage_share": tuple(d["stage_share"])})
+
 
 _measuring = threading.Lock()
-_elsewhere = False
+#: Where the web server's timings run (``measure_speed_elsewhere``); None: in this process.
+_elsewhere: Callable[[str], SpeedProfile] | None = None
 log = logging.getLogger(__name__)
 
 
-def measure_speed_elsewhere(on: bool = True) -> None:
-    """The web server's choice, made once at start-up: measure each backbone in a child process
-    (``python -m tlcore speed NAME``), never in the server's own interpreter. The measurement builds the
-    backbone and exports it to the fast runtime, which held the server's interpreter long enough that a
-    teacher's *Start the challenge* waited over 90 s behind it on a busy machine."""
+def measure_speed_elsewhere(via: Callable[[str], SpeedProfile] | None) -> None:
+    """The web server's choice, made once at start-up: time each backbone with ``via(name)`` (the runner's
+    ``time_on_runner``: a job in a worker, as every other piece of work), never in the server's own
+    interpreter; None times it here. The measurement builds the backbone and exports it to the fast runtime,
+    which held the server's interpreter long enough that a teacher's *Start the challenge* waited over 90 s
+    behind it on a busy machine. Only the default timing (8 images, 3 repeats) goes elsewhere."""
     global _elsewhere
-    _elsewhere = on
+    _elsewhere = via
+
+
+def timing(backbone: str) -> Generator[None, None, SpeedProfile]:
+    """The default timing as an analysis task (``tlcore.analysis.tasks``): what a worker runs for
+    ``measure_speed_elsewhere``'s runner."""
+    return _measure_speed(backbone, 8, 3)
+    yield  # a generator, as every task
 
 
 def measure_speed(backbone: str, batch: int = 8, repeats: int = 3) -> SpeedProfile:
@@ -69,7 +81,7 @@ def measure_speed(backbone: str, batch: int = 8, repeats: int = 3) -> SpeedProfi
     once per process: concurrent callers (a class pressing Start together) wait for the one measurement
     rather than each timing the backbone while the others do. The fastest of ``repeats`` passes counts
     (other work on the machine only ever slows a pass down); ``Calibration`` corrects the rest from the
-    runs that finish. After ``measure_speed_elsewhere()`` the timing runs in a child process."""
+    runs that finish. After ``measure_speed_elsewhere(via)`` the default timing runs through ``via``."""
     if (batch, repeats) == (8, 3) and (known := _known.get(backbone)) is not None:
         return known  # without waiting for another backbone's measurement (a race times several)
     with _measuring:
@@ -147,21 +159,16 @@ def _measure_quietly(backbone: str) -> None:
 _measuring_started = threading.Lock()
 
 
-def _time_backbone(backbone: str, batch: int, repeats: int, elsewhere: bool) -> SpeedProfile:
-    """One timing (in a child process when ``elsewhere``); ``_measured`` keeps the first per process."""
-    if not elsewhere:
+def _time_backbone(backbone: str, batch: int, repeats: int, via: Callable[[str], SpeedProfile] | None
+                   ) -> SpeedProfile:
+    """One timing (through ``via`` when given, for the default batch and repeats); ``_measured`` keeps the first
+    per process."""
+    if via is None or (batch, repeats) != (8, 3):
         return _measure_speed(backbone, batch, repeats)
-    env = child_env()
     try:
-        # below the server, as the workers: a timing at the class's arrival held the pages of six uploading students
-        # (8 s of both cores at the web server's priority); ``refine_speed_when_quiet`` keeps the fastest timing
-        done = subprocess.run(below_the_server([sys.executable, "-m", "tlcore", "speed", backbone, "--batch", str(batch),
-                                                "--repeats", str(repeats)]), capture_output=True, text=True, env=env,
-                              timeout=600, check=True)
-        fields = json.loads(done.stdout.strip().splitlines()[-1])
-        return SpeedProfile(**{**fields, "stage_share": tuple(fields["stage_share"])})
-    except (subprocess.SubprocessError, OSError, ValueError, KeyError, IndexError, TypeError) as e:
-        log.warning("measuring %s in a child process failed (%s); measuring it here", backbone, e)
+        return via(backbone)
+    except Exception as e:  # noqa: BLE001  a worker that could not time it: timed here rather than never
+        log.warning("timing %s in a worker failed (%s); timing it here", backbone, e)
         return _measure_speed(backbone, batch, repeats)
 
 

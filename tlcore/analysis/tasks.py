@@ -1,5 +1,5 @@
-"""The insight jobs (transferability score, stage probe, learning-rate finder, the Data page's data check) as
-runner jobs, their results on disk.
+"""The insight jobs (transferability score, stage probe, learning-rate finder, the Data page's data check, a
+backbone's timing) as runner jobs, their results on disk.
 
 The web server never computes them: ``start_analysis`` submits a ``JobSpec`` with a ``task`` to the
 training runner (a worker process, or Ray), whose worker calls ``run_analysis``; that writes
@@ -22,15 +22,16 @@ from ..engine.events import Event, RunFinished
 from ..engine.train import drive
 from .clean import DataCheck, checking
 from .lrfind import LrFind, lr_find
+from .profile import SpeedProfile, timing
 from .transfer import StageProbe, TransferScore, probe_stages, transfer_score
 
-Task = Literal["transfer-score", "stage-probe", "lr-find", "data-check"]  # the ``JobTask`` that are not "train"
+Task = Literal["transfer-score", "stage-probe", "lr-find", "data-check", "speed"]  # the ``JobTask`` that are not "train"
 TASKS: tuple[Task, ...] = get_args(Task)
-Result = Union[TransferScore, StageProbe, LrFind, DataCheck]
+Result = Union[TransferScore, StageProbe, LrFind, DataCheck, SpeedProfile]
 RESULT_FILE = "result.json"
 _READERS: dict[str, Callable[[dict], Result]] = {"transfer-score": TransferScore.from_json,
                                                   "stage-probe": StageProbe.from_json, "lr-find": LrFind.from_json,
-                                                  "data-check": DataCheck.from_record}
+                                                  "data-check": DataCheck.from_record, "speed": SpeedProfile.from_json}
 
 
 def analysis_key(task: Task, images: ImageSet, config: TrainConfig) -> str:
@@ -70,6 +71,8 @@ def compute(task: Task, images: ImageSet, config: TrainConfig, should_stop: Call
         return lr_find(images, config, should_stop)
     if task == "data-check":
         return checking(images, config.backbone, should_stop)
+    if task == "speed":
+        return timing(config.backbone)
     raise TLError(f"Unknown analysis {task!r}: use one of {', '.join(TASKS)}.")
 
 

@@ -1,13 +1,18 @@
 """The web server's side of the analyses before training (``tlcore.analysis.tasks``): start one as a job on the
 process's runner once (a double click, a second tab or a rerun starts it once), read its state, stop a
-project's analyses. The work itself runs in a worker (``tlcore.jobs.spec.run_job``)."""
+project's analyses; time a backbone (``time_on_runner``). The work itself runs in a worker
+(``tlcore.jobs.spec.run_job``)."""
 from __future__ import annotations
 
+import shutil
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..analysis.profile import SpeedProfile
 from ..analysis.tasks import Result, Task, analysis_folder, read_result
+from ..core.errors import TLError
 from ..data.images import ImageSet
 from ..engine.config import TrainConfig
 from ..engine.events import Progress
@@ -94,3 +99,27 @@ def _prune() -> None:
     failed = [(folder, job) for folder, job in ended if job.finished.status == "failed"]
     for folder, job in [e for e in ended if e not in failed] + failed[:max(0, len(failed) - FAILED_KEPT)]:
         _forget(folder, job)
+
+
+#: What the server's own timing jobs are queued as (they take turns with the students' jobs).
+SERVER_OWNER = "the server"
+
+
+def time_on_runner(backbone: str, timeout_s: float = 600.0) -> SpeedProfile:
+    """Time ``backbone`` (``measure_speed``'s default timing) as a job on the process's runner: in a worker, below
+    the server, on the express lane, where every other piece of work runs. The web server's ``via`` for
+    ``measure_speed_elsewhere``. Raises ``TLError`` when the job fails or does not end in ``timeout_s``."""
+    folder = Path(tempfile.mkdtemp(prefix="tls-speed-"))
+    try:
+        spec = JobSpec(f"timing {backbone}", SERVER_OWNER, ImageSet(),
+                       TrainConfig(backbone=backbone, mode="feature-extraction"), ([], []), folder, task="speed")
+        job = get_runner().submit(spec)
+        if not job.join(timeout_s):
+            job.stop("by the server")
+            raise TLError(f"Timing {backbone} took over {timeout_s:.0f} s.")
+        result = read_result(folder, "speed")
+        if not isinstance(result, SpeedProfile):
+            raise TLError(job.finished.reason if job.finished else f"Timing {backbone} left no result.")
+        return result
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

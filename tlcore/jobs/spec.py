@@ -36,7 +36,7 @@ MAX_CURVE_POINTS = 300  # per-batch losses kept for the live chart (older ones a
 
 #: what a job does: train a run, or one of the analyses (``tlcore.analysis.tasks.Task``; its result goes to the job's
 #: folder as result.json, no run is saved)
-JobTask = Literal["train", "transfer-score", "stage-probe", "lr-find", "data-check"]
+JobTask = Literal["train", "transfer-score", "stage-probe", "lr-find", "data-check", "speed"]
 
 
 @dataclass(frozen=True)
