@@ -16,7 +16,7 @@ taken in the same run, so that a busy or slow machine still gives comparable num
    on the bundled samples and scikit-learn's digits at 20 per class;
 5. peak resident memory of feature extraction at several dataset sizes (separate processes);
 6. app start-up time and the rerun time of the Data and Train pages with 500 images loaded
-   (measured by ``tests/app_bench.py`` in its own process);
+   (measured by ``benchmarks/app_pages.py`` in its own process);
 7. evaluation of 500 images by a feature-extraction model, old torch path vs the runtime path;
 8. a 4-run comparison (feature extraction, few-shot, fine-tune, from scratch on the bundled faces)
    submitted at once to the local pool of 2 workers vs a local Ray instance with 2 CPUs: the cost
@@ -221,9 +221,9 @@ def peak_memory(n: int, backbone: str) -> float:
 
 
 def app_figures(n: int) -> dict:
-    """App start-up and page rerun times, measured by ``tests/app_bench.py`` in its own process (the
+    """App start-up and page rerun times, measured by ``benchmarks/app_pages.py`` in its own process (the
     engine never imports streamlit)."""
-    out = subprocess.run([sys.executable, "-m", "tests.app_bench", "--images", str(n)], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "benchmarks.app_pages", "--images", str(n)], capture_output=True,
                          text=True, cwd=ROOT, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

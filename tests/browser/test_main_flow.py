@@ -132,8 +132,8 @@ def test_a_server_restart_mid_training_keeps_the_project_and_the_best_epoch(brow
 
 def test_several_students_at_once_each_get_their_own_model(browser):
     """Two real browser sessions on one server upload their own zips and train at the same moment (the
-    short form of ``python -m tests.classroom``): both see a finished model, no server traceback."""
-    from tests.classroom import browsers
+    short form of ``python -m benchmarks.classroom``): both see a finished model, no server traceback."""
+    from benchmarks.classroom import browsers
 
     report = browsers(2, 24, timeout=BUSY_MS / 1000, finetune=False, browser=browser)
     assert report["fe"]["stuck"] == 0, report
@@ -141,11 +141,11 @@ def test_several_students_at_once_each_get_their_own_model(browser):
 
 
 def test_the_load_tests_own_devices_browsers_yield_the_cpu_to_the_server(browser):
-    """``python -m tests.classroom --own-devices``: every process of its chromium, the tabs opened afterwards too,
+    """``python -m benchmarks.classroom --own-devices``: every process of its chromium, the tabs opened afterwards too,
     is in a scheduling group at nice 19 (Playwright and chromium start sessions of their own, each an autogroup
     that would share the CPU equally with the server whatever its processes' nice values)."""
+    from benchmarks.classroom import browser_pids, chromium_pids, yield_cpu
     from tests.browser.studio import CHROMIUM, FLAGS
-    from tests.classroom import browser_pids, chromium_pids, yield_cpu
 
     if not Path("/proc/self/autogroup").exists():
         pytest.skip("this kernel schedules without autogroups: the browsers' own nice values apply")

@@ -328,10 +328,10 @@ def test_photos_unlike_the_training_images_are_flagged_not_sure():
 
 
 def test_not_sure_fires_for_real_photos_of_other_things():
-    """Issue 21: "Not sure / none of these" called a carrot "fish 78 %". On real images (tests/open_set_check.py:
+    """Issue 21: "Not sure / none of these" called a carrot "fish 78 %". On real images (benchmarks/open_set.py:
     faces, digits and three classes each of several photos; out of class: crops of 14 other photos), the cue
     fires for (nearly) every out-of-class photo and seldom for held-out photos of the classes."""
-    from tests.open_set_check import measure
+    from benchmarks.open_set import measure
 
     r = measure(per_photo=10, out_per_photo=3, faces=30)
     assert r["unsure_out_of_class"] >= 0.9 * r["out_of_class"], r

@@ -1,6 +1,6 @@
 """A short classroom in CI: several students' runs through the worker pool at once, each gets its
-model and sees only its own data (outcomes only; the figures come from ``python -m tests.classroom``)."""
-from tests.classroom import simulate
+model and sees only its own data (outcomes only; the figures come from ``python -m benchmarks.classroom``)."""
+from benchmarks.classroom import simulate
 
 
 def test_every_simulated_student_gets_their_own_model():

@@ -11,7 +11,7 @@ itself is AGPL), with a second, label-free opinion where the class names allow o
    backbone has its ImageNet head, the zero-shot probabilities of the same cached features, which never saw
    any label, averaged with ``p`` (equal weights), if zero-shot gives most images their label (at least halfway
    from chance to all: names like "face" / "background" meaning face powder and the like are not asked). A head fitted on 100 photos with 10 wrong labels learns some
-   of them; the names do not: on tuxpaint's real photos with 10 of 100 moved (``tests/datacheck_check.py``),
+   of them; the names do not: on tuxpaint's real photos with 10 of 100 moved (``benchmarks/data_check.py``),
    38 of 50 moved photos in the top 10 over five seeds, against 26 of 50 for the head alone;
 3. a threshold per class, ``t[j]``: the mean of ``p[i, j]`` over the images labelled ``j`` (how sure the
    model is of that class's own images on average: per class, so a hard class is not over-flagged). An image

@@ -43,7 +43,7 @@ from .model import TransferModel
 MAX_MATCHES = 5  # ImageNet classes suggested per user class by word overlap (no sentence model)
 MIN_SIMILARITY = 0.62  # cosine similarity below which nothing is suggested (digits' best: 0.58)
 # Classes within this cosine of the best match carry weight (linearly, 1 at the best, 0 at best - SPREAD). Measured on
-# tuxpaint's photos of bird/fish/fruit/vegetable/flower and mammal/insect/tool (tests/zeroshot_check.py): 0.1 and
+# tuxpaint's photos of bird/fish/fruit/vegetable/flower and mammal/insect/tool (benchmarks/zero_shot.py): 0.1 and
 # 0.15 leave general words too few classes (mammal, tool), 0.2 and 0.25 are alike.
 SPREAD = 0.2
 OUTSIDE_GROUP = 0.5  # the most a class outside a WordNet group weighs for the group's name (birdhouse for "bird")
