@@ -66,7 +66,7 @@ if not read_only():
 # Streamlit would otherwise list the raw pages/ files for as long as the first run takes.)
 page = st.navigation(pages, position="hidden")
 session().page = page.url_path
-if page.url_path == "teacher" and tlcore.board_key_ok(st.query_params.get("board")):  # the projector: the board alone
+if page.url_path == "teacher" and tlcore.SERVER.teacher.board_ok(st.query_params.get("board")):  # the projector
     page.run()
     st.stop()
 if page.url_path == "teacher" and not has_project():  # the teacher's own tab holds no project of its own

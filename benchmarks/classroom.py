@@ -91,7 +91,7 @@ def abuse(backbone: str) -> tuple[dict, list]:
     for p in mine:
         p.images.add(student_files(99, 6))
         p.backbone = backbone
-        tlcore.PROJECTS.hold(p, f"abuser-{p.name}")
+        tlcore.SERVER.projects.hold(p, f"abuser-{p.name}")
     buf = io.BytesIO()
     Image.new("RGB", (200_000, 40), (200, 30, 30)).save(buf, "PNG")
     out["strip_rejected"] = mine[0].images.add([("strip.png", buf.getvalue(), "c0")])

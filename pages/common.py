@@ -15,7 +15,7 @@ import streamlit as st
 from PIL import Image
 
 import tlcore
-from tlcore import PROJECTS, Project, RunRecord
+from tlcore import SERVER, Project, RunRecord
 
 LOG = logging.getLogger("tls.pages")
 ROOT = Path(__file__).resolve().parent.parent
@@ -212,11 +212,11 @@ def open_session() -> Session:
         key = st.query_params.get("p") or st.query_params.get("view")
         if key:
             try:
-                proj, readonly = PROJECTS.open_link(key, session_id())
+                proj, readonly = SERVER.projects.open_link(key, session_id())
             except tlcore.TLError as e:
                 st.toast(f"Could not open the project: {e}", icon=":material/warning:")
         elif "kit" in st.query_params and (kit := tlcore.current_kit()) is not None:  # the join link
-            kit.start(proj := PROJECTS.create(session_id()))
+            kit.start(proj := SERVER.projects.create(session_id()))
         st.session_state[SESSION_KEY] = Session(proj, readonly)
         start_sweeper()
         start_workers()
@@ -233,7 +233,7 @@ def project() -> Project:
     link in the address). A project's name opens nothing: only its unguessable key does."""
     state = open_session()
     sid = session_id()
-    proj = state.project = PROJECTS.hold(state.project, sid) if state.project else PROJECTS.create(sid)
+    proj = state.project = SERVER.projects.hold(state.project, sid) if state.project else SERVER.projects.create(sid)
     _show_link(proj)
     return proj
 
@@ -269,10 +269,10 @@ def _show_link(proj: Project) -> None:
 def switch_project(link: str | None, create: bool = False) -> None:
     """Open another project from its link (or the key in it), or create a new one, for this session."""
     if create:
-        proj, readonly = PROJECTS.create(session_id(), link), False
+        proj, readonly = SERVER.projects.create(session_id(), link), False
     else:
         key = (link or "").strip().rsplit("=", 1)[-1].split("&")[0]
-        proj, readonly = PROJECTS.open_link(key, session_id())
+        proj, readonly = SERVER.projects.open_link(key, session_id())
     state = session()
     state.project, state.read_only = proj, readonly
     _show_link(proj)
@@ -361,7 +361,7 @@ def start_sweeper() -> threading.Thread:
     def loop() -> None:
         while True:
             time.sleep(interval)
-            PROJECTS.sweep(session_alive, grace)
+            SERVER.projects.sweep(session_alive, grace)
 
     thread = threading.Thread(target=loop, name="tls-session-sweeper", daemon=True)
     thread.start()

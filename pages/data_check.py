@@ -62,7 +62,7 @@ def _checked(proj: tlcore.Project) -> tlcore.DataCheck | None:
     s = insight.state(proj, "data-check", config)
     if s.result is None and not s.running and s.error is None:  # new images: check them, in a worker
         try:
-            s = tlcore.start_analysis(proj.folder, "data-check", proj.images, config, student())
+            s = tlcore.SERVER.analyses.start(proj.folder, "data-check", proj.images, config, student())
         except tlcore.TLError as e:
             s = tlcore.AnalysisState(None, False, None, str(e))
     if s.error is not None:

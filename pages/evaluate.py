@@ -24,7 +24,7 @@ if not read_only() and (challenge := tlcore.current_challenge()) is not None:
             if work_button("Enter this model", "evaluate_enter", "Scoring…", icon=":material/flag:"):
                 try:
                     with st.spinner("Scoring on the hidden images…"):
-                        entry = challenge.enter(proj, record, student)
+                        entry = challenge.enter(proj, record, student, tlcore.SERVER.hidden)
                     board = challenge.best_entries()  # one per student, ``enter`` merged others' meanwhile
                     best = next(e for e in board if e.project == entry.project)
                     recalls = ", ".join(f"{c}: {r:.0%}" for c, r in entry.recall.items())

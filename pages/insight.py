@@ -9,14 +9,14 @@ from pages.common import format_seconds, session, student
 
 
 def state(proj: tlcore.Project, task: str, config: tlcore.TrainConfig) -> tlcore.AnalysisState:
-    return tlcore.analysis_state(proj.folder, task, proj.images, config)
+    return tlcore.SERVER.analyses.state(proj.folder, task, proj.images, config)
 
 
 def start(proj: tlcore.Project, task: str, config: tlcore.TrainConfig) -> None:
     """Queue the job (once: a second click, tab or rerun finds it queued or done)."""
-    tlcore.forget_analysis(proj.folder, task, proj.images, config)  # a failed one is tried again
+    tlcore.SERVER.analyses.forget(proj.folder, task, proj.images, config)  # a failed one is tried again
     try:
-        tlcore.start_analysis(proj.folder, task, proj.images, config, student())
+        tlcore.SERVER.analyses.start(proj.folder, task, proj.images, config, student())
     except tlcore.TLError as e:
         session().note(f"insight:{task}", str(e))
 

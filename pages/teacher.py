@@ -8,11 +8,11 @@ import streamlit as st
 
 import tlcore
 from pages.common import ASSETS, describe_snapshot, explain, open_session, session
-from tlcore import PROJECTS
+from tlcore import SERVER
 
 open_session()  # a deep link to /teacher on a freshly started server runs this page alone: app.py takes over
 password = tlcore.settings().teacher_password
-projector = tlcore.board_key_ok(st.query_params.get("board"))  # the projector's own key: the board, nothing else
+projector = SERVER.teacher.board_ok(st.query_params.get("board"))  # the projector's own key: the board, nothing else
 if not password:
     st.title("Teacher")
     st.info("The teacher page is off. To turn it on, start the server with a password, e.g. "
@@ -22,7 +22,7 @@ if not password:
 
 
 def log_out() -> None:
-    tlcore.teacher_logout(session().teacher_key)
+    SERVER.teacher.logout(session().teacher_key)
     session().teacher_key = None
     for k in ("t", "board"):
         st.query_params.pop(k, None)
@@ -30,7 +30,7 @@ def log_out() -> None:
 
 def log_in(password: str) -> None:
     """The password typed (a callback, so a click on Open survives a busy server's redraw: see start_button)."""
-    if key := tlcore.teacher_login(st.session_state["teacher_password"], password):
+    if key := SERVER.teacher.login(st.session_state["teacher_password"], password):
         session().teacher_key = st.query_params["t"] = key
     else:
         session().note("teacher_login", "That is not the teacher password.")
@@ -139,9 +139,9 @@ if projector:  # app.py draws no sidebar or step bar for it
     st.page_link("pages/teacher.py", label="Back to the Teacher page", icon=":material/arrow_back:")
     st.stop()
 
-if not tlcore.teacher_key_ok(session().teacher_key) and tlcore.teacher_key_ok(st.query_params.get("t")):
+if not SERVER.teacher.ok(session().teacher_key) and SERVER.teacher.ok(st.query_params.get("t")):
     session().teacher_key = st.query_params["t"]  # the teacher's own link: a reload needs no password
-if not tlcore.teacher_key_ok(session().teacher_key):
+if not SERVER.teacher.ok(session().teacher_key):
     st.title("Teacher")
     with st.form("teacher_login"):
         st.text_input("Teacher password", type="password", key="teacher_password")
@@ -208,7 +208,7 @@ with st.expander("Class kit" + (f": {kit.name}" if kit else ""), icon=":material
 # ----------------------------------------------------------------------------- the challenge
 board(projector)
 st.page_link("pages/teacher.py", label="Projector view of the leaderboard", icon=":material/fit_screen:",
-             query_params={"board": tlcore.board_key()},
+             query_params={"board": SERVER.teacher.board_key},
              help="The leaderboard alone, large, for the projector. Its address opens the board only, never this page.")
 class_lab()
 
@@ -234,7 +234,7 @@ stuck_min = st.number_input("Flag students without images after (minutes)", 1, 9
 @st.fragment(run_every=3.0)
 def projects(stuck_min: float) -> None:
     """Every project on this server, refreshed every 3 s: each student's progress, then runs to stop."""
-    live = [p for p in (PROJECTS.get(n) for n in PROJECTS.live()) if p is not None]
+    live = [p for p in (SERVER.projects.get(n) for n in SERVER.projects.live()) if p is not None]
     challenge = tlcore.current_challenge()
     entered = {e.project for e in challenge.entries} if challenge else set()
     st.subheader("Class progress")

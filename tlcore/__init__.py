@@ -84,7 +84,7 @@ from .engine.evaluate import Evaluation, Familiarity, Prediction, evaluate, grad
 from .engine.events import BatchEnd, EpochEnd, Event, Progress, RunFinished, RunResult
 from .engine.features import FEATURES, VIEWS_MAX_IMAGES, fe_views
 from .engine.train import run_to_end, train
-from .jobs.analyses import AnalysisState, analysis_state, forget_analysis, start_analysis, time_on_runner
+from .jobs.analyses import AnalysisState, LiveAnalyses, time_on_runner
 from .jobs.runner import LocalRunner, get_runner, set_runner
 from .jobs.spec import Job, JobSnapshot, JobSpec, Runner
 from .models.backbones import (
@@ -104,27 +104,24 @@ from .models.backbones import (
 )
 from .models.model import TransferModel, build_model, count_params, freeze
 from .models.zeroshot import edit_mapping, mapping_method, mapping_weights, suggest_mapping, unmapped
-from .studio.challenge import Challenge, Entry, create_challenge, current_challenge
+from .studio.challenge import Challenge, Entry, HiddenSets, create_challenge, current_challenge
 from .studio.charts import SERIES_COLOURS, training_figures
 from .studio.classlab import ClassSummary, PairResult, class_summary
 from .studio.lesson import (
                         ClassKit,
                         StudentProgress,
-                        board_key,
-                        board_key_ok,
+                        TeacherKeys,
                         class_progress,
                         create_kit,
                         current_kit,
                         folder_zip,
                         lan_addresses,
                         server_urls,
-                        teacher_key_ok,
-                        teacher_login,
-                        teacher_logout,
 )
 from .studio.project import Project, import_run
-from .studio.registry import PROJECTS, ProjectRegistry
+from .studio.registry import ProjectRegistry
 from .studio.report import USAGE, report_html
+from .studio.server import SERVER, Server
 from .studio.run_views import (
                         ComparisonKind,
                         RunRecord,
@@ -155,10 +152,10 @@ __all__ = [
     "FEATURES", "FROZEN_BODY_MODES", "MODE_TITLES", "MODES", "BatchEnd", "EpochEnd", "Event", "Progress", "RunFinished", "RunResult", "TrainConfig", "VIEWS_MAX_IMAGES", "fe_views",
     "TransferModel", "build_model", "count_params", "freeze", "run_to_end", "train",
     # the class challenge
-    "Challenge", "Entry", "create_challenge", "current_challenge",
+    "Challenge", "Entry", "HiddenSets", "create_challenge", "current_challenge",
     # running a lesson: addresses for students, the class kit, the class's progress, teacher links
     "ClassKit", "StudentProgress", "class_progress", "create_kit", "current_kit", "folder_zip", "lan_addresses",
-    "server_urls", "teacher_key_ok", "teacher_login", "teacher_logout", "board_key", "board_key_ok",
+    "server_urls", "TeacherKeys",
     # the stakeholder report
     "USAGE", "report_html",
     # the training curves (one colour per series, in the app and the report)
@@ -186,10 +183,12 @@ __all__ = [
     "COMPARE_EPOCHS", "DEFAULT_SHOTS", "STRATEGY_TITLES", "SpeedProfile", "SpeedUnknown", "available_shots", "shots_note", "estimate_epoch_seconds", "estimate_run_seconds",
     "measure_speed", "measure_speed_elsewhere", "time_on_runner", "refine_speed_when_quiet", "race_facts", "shared_split", "top1_finding",
     # before training: which backbone fits, how general each stage is, what each sees, the learning rate
-    "AnalysisState", "LrFind", "StageProbe", "TransferScore", "analysis_state", "forget_analysis", "logme", "lr_find",
-    "probe_stages", "stage_maps", "start_analysis", "transfer_score",
+    "AnalysisState", "LiveAnalyses", "LrFind", "StageProbe", "TransferScore", "logme", "lr_find",
+    "probe_stages", "stage_maps", "transfer_score",
+    # the web server's state in one owner: projects, analyses, teacher keys, hidden challenge sets
+    "SERVER", "Server",
     # projects (what the app's pages work on)
-    "ComparisonKind", "PROJECTS", "Project", "ProjectRegistry", "RunRecord", "RunViews", "describe", "embedding_map", "export_model", "familiarity", "import_run",
+    "ComparisonKind", "Project", "ProjectRegistry", "RunRecord", "RunViews", "describe", "embedding_map", "export_model", "familiarity", "import_run",
     "model_card",
     "run_archive", "validation_report",
 ]

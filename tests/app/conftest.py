@@ -24,11 +24,11 @@ def no_training_left_behind():
     """A test's background runs stop when it ends, so they never slow the tests after it."""
     yield
     from tests.conftest import eventually
-    from tlcore import PROJECTS, get_runner
+    from tlcore import SERVER, get_runner
 
-    for name in PROJECTS.live():
-        if (project := PROJECTS.get(name)) is not None:
-            project.stop_all()
+    for name in SERVER.projects.live():
+        if (project := SERVER.projects.get(name)) is not None:
+            SERVER.projects.stop(project)
     runner = get_runner()
     with contextlib.suppress(AssertionError):  # best effort: a data check still running ends by itself
         eventually(runner.idle, 30, "the stopped runs to end")

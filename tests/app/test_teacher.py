@@ -87,9 +87,9 @@ def test_students_join_from_the_class_kit_give_their_name_and_the_teacher_sees_t
 def test_the_projector_view_shows_only_the_board_as_a_large_table(teacher):
     challenge = tlcore.create_challenge("Zero or one?", hidden_zip(("CLASS0", "Class1")))
     proj, record = trained("projector-student")
-    challenge.enter(proj, record, "Ada")
+    challenge.enter(proj, record, "Ada", tlcore.SERVER.hidden)
     board = AppTest.from_file(str(ROOT / "app.py"), default_timeout=BUSY)  # opened at its own address, first
-    board.query_params.update({"board": tlcore.board_key()})  # the projector's own key: no teacher key in sight
+    board.query_params.update({"board": tlcore.SERVER.teacher.board_key})  # the projector's own key: no teacher key in sight
     board.switch_page("pages/teacher.py").run()
     assert not board.exception
     table = board.table[0].value
@@ -105,7 +105,7 @@ def test_the_projector_view_shows_only_the_board_as_a_large_table(teacher):
     guess.query_params.update({"board": "1"})
     guess.switch_page("pages/teacher.py").run()
     assert not guess.table and guess.get("form")  # the password form
-    assert tlcore.board_key() not in link_key(teacher, "t")
+    assert tlcore.SERVER.teacher.board_key not in link_key(teacher, "t")
 
 
 def test_the_class_lab_pools_every_projects_ladder_and_agrees_with_the_cli_summary(teacher):
@@ -121,7 +121,7 @@ def test_the_class_lab_pools_every_projects_ladder_and_agrees_with_the_cli_summa
     assert list(pairs["A vs B"]) == [p.row()["A vs B"] for p in summary.pairs]
     assert list(pairs["A better"]) == [p.a_won for p in summary.pairs]
     board = new_app()  # the projector shows the same, as large tables
-    board.query_params.update({"board": tlcore.board_key()})
+    board.query_params.update({"board": tlcore.SERVER.teacher.board_key})
     board.switch_page("pages/teacher.py").run()
     assert not board.exception and f"Together: {summary.headline()}." in texts(board.success)
     assert any("A vs B" in t.value.columns for t in board.table)
@@ -130,9 +130,9 @@ def test_the_class_lab_pools_every_projects_ladder_and_agrees_with_the_cli_summa
 def test_the_teachers_own_link_opens_no_project(teacher):
     """Each opening of the teacher's link (a reload, a second tab) once created an empty project, listed in the
     class's progress as a student."""
-    before = set(tlcore.PROJECTS.live())
+    before = set(tlcore.SERVER.projects.live())
     tab = AppTest.from_file(str(ROOT / "app.py"), default_timeout=BUSY)
     tab.query_params["t"] = link_key(teacher, "t")
     tab.switch_page("pages/teacher.py").run()
     assert not tab.exception and "Join the class" in texts(tab.markdown)  # the Teacher page itself, no password
-    assert tab.session_state["tls"].project is None and set(tlcore.PROJECTS.live()) == before
+    assert tab.session_state["tls"].project is None and set(tlcore.SERVER.projects.live()) == before

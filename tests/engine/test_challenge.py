@@ -11,6 +11,8 @@ import tlcore
 from tests.conftest import COLORS, class_files, png_bytes
 from tlcore import Project, TrainConfig, create_challenge, current_challenge
 
+HIDDEN = tlcore.HiddenSets()  # this module's server's decoded hidden sets
+
 
 @pytest.fixture(autouse=True)
 def own_home(setenv, tmp_path):
@@ -41,12 +43,12 @@ def test_an_entry_is_scored_on_the_hidden_images_with_case_insensitive_names():
     challenge = create_challenge("Colours", hidden_zip())
     assert challenge.classes == ["CLASS0", "Class1"] and challenge.counts == {"CLASS0": 6, "Class1": 6}
     proj, record = trained("alice-project")
-    entry = challenge.enter(proj, record, "  Alice  ")
+    entry = challenge.enter(proj, record, "  Alice  ", HIDDEN)
     assert entry.student == "Alice" and entry.accuracy == 1.0 and set(entry.recall) == {"CLASS0", "Class1"}
     assert entry.train_images == len(record.result.train_indices) and entry.mode == "feature-extraction"
-    score, recall = challenge.score(record.result)  # the yardstick alone: the same figures, nothing stored
+    score, recall = challenge.score(record.result, HIDDEN)  # the yardstick alone: the same figures, nothing stored
     assert (score.accuracy, score.n, recall) == (entry.accuracy, 12, entry.recall)
-    again = challenge.enter(proj, record, "Alice")  # the same run again: replaces, not duplicates
+    again = challenge.enter(proj, record, "Alice", HIDDEN)  # the same run again: replaces, not duplicates
     board = current_challenge().leaderboard()
     assert len(board) == 1 and board[0] == again
     # Nothing about the hidden images reaches a project: only the scores come back.
@@ -57,15 +59,15 @@ def test_a_run_missing_a_class_is_told_which():
     challenge = create_challenge("Three colours", hidden_zip(("class0", "class1", "class2")))
     proj, record = trained("bob-project", classes=2)
     with pytest.raises(tlcore.TLError, match="no class for class2"):
-        challenge.enter(proj, record, "Bob")
+        challenge.enter(proj, record, "Bob", HIDDEN)
     with pytest.raises(tlcore.TLError, match="name"):
-        challenge.enter(proj, record, "   ")
+        challenge.enter(proj, record, "   ", HIDDEN)
 
 
 def test_entries_of_many_sessions_at_once_are_all_kept():
     challenge = create_challenge("Race", hidden_zip())
     entries = [trained(f"p{k}") for k in range(4)]
-    threads = [threading.Thread(target=current_challenge().enter, args=(p, r, f"student {k}"))
+    threads = [threading.Thread(target=current_challenge().enter, args=(p, r, f"student {k}", HIDDEN))
                for k, (p, r) in enumerate(entries)]
     for t in threads:
         t.start()
@@ -103,7 +105,10 @@ def test_a_server_keeps_only_the_newest_hidden_sets_decoded():
     """Each challenge's hidden photos are decoded once, and only the newest two stay in memory: a server running
     a term's challenges stays bounded, and an older one decodes again when asked."""
     from tlcore.studio import challenge as ch
+    hidden = tlcore.HiddenSets()
     made = [create_challenge(f"Colours {k}", hidden_zip()) for k in range(4)]
-    assert list(ch._HIDDEN) == [c.id for c in made[-ch.HIDDEN_KEPT:]]
-    assert made[0].hidden().counts() == {"CLASS0": 6, "Class1": 6}  # decoded again from its zip
-    assert len(ch._HIDDEN) == ch.HIDDEN_KEPT and next(reversed(ch._HIDDEN)) == made[0].id
+    for c in made:
+        assert hidden.of(c).counts() == {"CLASS0": 6, "Class1": 6}
+    assert hidden.ids() == [c.id for c in made[-ch.HIDDEN_KEPT:]]
+    assert hidden.of(made[0]).counts() == {"CLASS0": 6, "Class1": 6}  # decoded again from its zip
+    assert len(hidden) == ch.HIDDEN_KEPT and hidden.ids()[-1] == made[0].id

@@ -84,18 +84,23 @@ def test_the_student_name_and_creation_time_are_saved_with_the_project():
 
 
 def test_teacher_keys_are_unguessable_and_end_at_log_out():
-    assert tlcore.teacher_login("wrong", "s3cret") is None and tlcore.teacher_login("", "") is None
-    key = tlcore.teacher_login("s3cret", "s3cret")
-    assert len(key) >= 20 and tlcore.teacher_key_ok(key) and not tlcore.teacher_key_ok("s3cret")
-    assert tlcore.teacher_login("s3cret", "s3cret") != key
-    tlcore.teacher_logout(key)
-    assert not tlcore.teacher_key_ok(key) and not tlcore.teacher_key_ok(None)
+    keys = tlcore.TeacherKeys()
+    assert keys.login("wrong", "s3cret") is None and keys.login("", "") is None
+    key = keys.login("s3cret", "s3cret")
+    assert len(key) >= 20 and keys.ok(key) and not keys.ok("s3cret")
+    assert keys.login("s3cret", "s3cret") != key
+    keys.logout(key)
+    assert not keys.ok(key) and not keys.ok(None)
 
 
 def test_a_server_keeps_a_bounded_number_of_teacher_keys_the_oldest_ends_first():
     from tlcore.studio.lesson import TEACHER_KEYS_KEPT
 
-    keys = [tlcore.teacher_login("s3cret", "s3cret") for _ in range(TEACHER_KEYS_KEPT + 2)]
-    assert [tlcore.teacher_key_ok(k) for k in keys] == [False, False] + [True] * TEACHER_KEYS_KEPT
+    teacher = tlcore.TeacherKeys()
+    keys = [teacher.login("s3cret", "s3cret") for _ in range(TEACHER_KEYS_KEPT + 2)]
+    assert [teacher.ok(k) for k in keys] == [False, False] + [True] * TEACHER_KEYS_KEPT
+    assert len(teacher) == TEACHER_KEYS_KEPT
     for k in keys:
-        tlcore.teacher_logout(k)
+        teacher.logout(k)
+    assert len(teacher) == 0 and teacher.board_ok(teacher.board_key) and not teacher.board_ok(keys[-1])
+    assert not tlcore.TeacherKeys().board_ok(teacher.board_key)  # one per server run

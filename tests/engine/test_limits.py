@@ -70,7 +70,7 @@ def test_runs_are_limited_per_project_and_per_student(setenv, tiny_set):
     for p in (a, b):
         p.images = tiny_set.snapshot()
         p.backbone = "tiny-test"
-        tlcore.PROJECTS.hold(p, f"session-{p.name}")
+        tlcore.SERVER.projects.hold(p, f"session-{p.name}")
     long = dataclasses.replace(TINY, epochs=50)
     with pytest.raises(LimitError, match="epochs of one run is limited to 50"):
         a.start_run(dataclasses.replace(TINY, epochs=51), owner="ip:10.0.0.7")

@@ -1,11 +1,11 @@
 """The insight jobs (transferability score, stage probe, learning-rate finder, the Data page's data check, a
 backbone's timing) as runner jobs, their results on disk.
 
-The web server never computes them: ``start_analysis`` submits a ``JobSpec`` with a ``task`` to the
+The web server never computes them: ``LiveAnalyses.start`` submits a ``JobSpec`` with a ``task`` to the
 training runner (a worker process, or Ray), whose worker calls ``run_analysis``; that writes
 ``result.json`` into the job's folder, ``<project>/analyses/<task>-<key>``, named by what the result
 depends on (the task, its settings and every image with its class). The folder is the one owner of a
-result: ``analysis_state`` reads it from there, and from the live job only its progress while it runs.
+result: ``LiveAnalyses.state`` reads it from there, and from the live job only its progress while it runs.
 """
 from __future__ import annotations
 

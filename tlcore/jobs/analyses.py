@@ -1,6 +1,6 @@
-"""The web server's side of the analyses before training (``tlcore.analysis.tasks``): start one as a job on the
-process's runner once (a double click, a second tab or a rerun starts it once), read its state, stop a
-project's analyses; time a backbone (``time_on_runner``). The work itself runs in a worker
+"""The web server's side of the analyses before training (``tlcore.analysis.tasks``): ``LiveAnalyses`` starts one
+as a job on the process's runner once (a double click, a second tab or a rerun starts it once), reads its state,
+stops a project's analyses; time a backbone (``time_on_runner``). The work itself runs in a worker
 (``tlcore.jobs.spec.run_job``)."""
 from __future__ import annotations
 
@@ -19,11 +19,9 @@ from ..engine.events import Progress
 from .runner import get_runner
 from .spec import Job, JobSpec
 
-_LIVE: dict[Path, Job] = {}  # result folder -> its job while queued or running, or failed (its reason is shown)
 #: Failed analyses remembered at most (the oldest is forgotten first, and tried again when next asked for). A job
 #: holds a snapshot of its project's images: a server running for weeks keeps no more of them than this.
 FAILED_KEPT = 32
-_lock = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -36,69 +34,76 @@ class AnalysisState:
     error: str | None  # it failed (it is not retried by itself)
 
 
-def analysis_state(root: Path, task: Task, images: ImageSet, config: TrainConfig) -> AnalysisState:
-    folder = analysis_folder(root, task, images, config)
-    result = read_result(folder, task)
-    with _lock:
-        job = _LIVE.get(folder)
-        if result is not None and job is not None and job.finished is not None:
-            _forget(folder, job)  # done: its result is on disk
-    if result is not None or job is None:
-        return AnalysisState(result, False, None, None)
-    snap = job.snapshot()
-    if snap.finished is None:
-        return AnalysisState(None, True, snap.progress, None)
-    if snap.finished.status == "stopped":
-        with _lock:
-            _forget(folder, job)
-        return AnalysisState(None, False, None, None)
-    return AnalysisState(None, False, None, snap.finished.reason)
+class LiveAnalyses:
+    """The analyses this server has started and not yet let go of (the server object's ``analyses``): result
+    folder -> its job while queued or running, or failed (its reason is shown). Bounded: ended jobs are let go
+    at the next start, but the last ``FAILED_KEPT`` failed ones."""
 
+    def __init__(self) -> None:
+        self._live: dict[Path, Job] = {}
+        self._lock = threading.RLock()
 
-def start_analysis(root: Path, task: Task, images: ImageSet, config: TrainConfig, owner: str) -> AnalysisState:
-    """Submit ``task`` to the runner unless its result is on disk or it is already queued or running (so a
-    double click, a second tab or a rerun starts it once)."""
-    folder = analysis_folder(root, task, images, config)
-    with _lock:
-        state = analysis_state(root, task, images, config)
-        if state.result is not None or state.running:
-            return state
-        config.validate()
-        _prune()
-        spec = JobSpec(f"{task} of {config.backbone}", owner, images.snapshot(), config, ([], []), folder,
-                       task=task)
-        _LIVE[folder] = get_runner().submit(spec)
-    return analysis_state(root, task, images, config)
+    def __len__(self) -> int:
+        return len(self._live)
 
+    def state(self, root: Path, task: Task, images: ImageSet, config: TrainConfig) -> AnalysisState:
+        folder = analysis_folder(root, task, images, config)
+        result = read_result(folder, task)
+        with self._lock:
+            job = self._live.get(folder)
+            if result is not None and job is not None and job.finished is not None:
+                self._forget(folder, job)  # done: its result is on disk
+        if result is not None or job is None:
+            return AnalysisState(result, False, None, None)
+        snap = job.snapshot()
+        if snap.finished is None:
+            return AnalysisState(None, True, snap.progress, None)
+        if snap.finished.status == "stopped":
+            with self._lock:
+                self._forget(folder, job)
+            return AnalysisState(None, False, None, None)
+        return AnalysisState(None, False, None, snap.finished.reason)
 
-def stop_analyses(root: Path) -> None:
-    """Stop every analysis of the project in ``root`` (its sessions have gone) and let go of them."""
-    with _lock:
-        jobs = {folder: job for folder, job in _LIVE.items() if Path(root) in folder.parents}
-        for folder in jobs:
-            del _LIVE[folder]
-    for job in jobs.values():
-        job.stop()
+    def start(self, root: Path, task: Task, images: ImageSet, config: TrainConfig, owner: str) -> AnalysisState:
+        """Submit ``task`` to the runner unless its result is on disk or it is already queued or running (so a
+        double click, a second tab or a rerun starts it once)."""
+        folder = analysis_folder(root, task, images, config)
+        with self._lock:
+            state = self.state(root, task, images, config)
+            if state.result is not None or state.running:
+                return state
+            config.validate()
+            self._prune()
+            spec = JobSpec(f"{task} of {config.backbone}", owner, images.snapshot(), config, ([], []), folder,
+                           task=task)
+            self._live[folder] = get_runner().submit(spec)
+        return self.state(root, task, images, config)
 
+    def stop(self, root: Path) -> None:
+        """Stop every analysis of the project in ``root`` (its sessions have gone) and let go of them."""
+        with self._lock:
+            jobs = {folder: job for folder, job in self._live.items() if Path(root) in folder.parents}
+            for folder in jobs:
+                del self._live[folder]
+        for job in jobs.values():
+            job.stop()
 
-def forget_analysis(root: Path, task: Task, images: ImageSet, config: TrainConfig) -> None:
-    """Drop a failed job so that the next ``start_analysis`` tries again."""
-    with _lock:
-        _LIVE.pop(analysis_folder(root, task, images, config), None)
+    def forget(self, root: Path, task: Task, images: ImageSet, config: TrainConfig) -> None:
+        """Drop a failed job so that the next ``start`` tries again."""
+        with self._lock:
+            self._live.pop(analysis_folder(root, task, images, config), None)
 
+    def _forget(self, folder: Path, job: Job) -> None:
+        if self._live.get(folder) is job:
+            del self._live[folder]
 
-def _forget(folder: Path, job: Job) -> None:
-    if _LIVE.get(folder) is job:
-        del _LIVE[folder]
-
-
-def _prune() -> None:
-    """Let go of the jobs that have ended, but the last ``FAILED_KEPT`` failed ones: a finished analysis's result
-    is on disk, a stopped one starts again when asked for. (Under ``_lock``.)"""
-    ended = [(folder, job) for folder, job in _LIVE.items() if job.finished is not None]
-    failed = [(folder, job) for folder, job in ended if job.finished.status == "failed"]
-    for folder, job in [e for e in ended if e not in failed] + failed[:max(0, len(failed) - FAILED_KEPT)]:
-        _forget(folder, job)
+    def _prune(self) -> None:
+        """Let go of the jobs that have ended, but the last ``FAILED_KEPT`` failed ones: a finished analysis's
+        result is on disk, a stopped one starts again when asked for. (Under ``_lock``.)"""
+        ended = [(folder, job) for folder, job in self._live.items() if job.finished is not None]
+        failed = [(folder, job) for folder, job in ended if job.finished.status == "failed"]
+        for folder, job in [e for e in ended if e not in failed] + failed[:max(0, len(failed) - FAILED_KEPT)]:
+            self._forget(folder, job)
 
 
 #: What the server's own timing jobs are queued as (they take turns with the students' jobs).

@@ -25,18 +25,35 @@ from ..models.backbones import get_backbone_spec
 from .project import Project, projects_root
 from .run_views import RunRecord, describe
 
-_LOCK = threading.Lock()
-_HIDDEN: OrderedDict[str, ImageSet] = OrderedDict()  # challenge id -> its decoded hidden images, newest used last
+_LOCK = threading.Lock()  # one board edit at a time in this process (two sessions entering at once)
 HIDDEN_KEPT = 2  # decoded sets kept (the current challenge and one more): a server running for weeks stays bounded
 
 
-def _keep(challenge_id: str, images: ImageSet) -> ImageSet:
-    """Remember ``images`` as the challenge's hidden set (under ``_LOCK``), forgetting the least recently used."""
-    _HIDDEN[challenge_id] = images
-    _HIDDEN.move_to_end(challenge_id)
-    while len(_HIDDEN) > HIDDEN_KEPT:
-        _HIDDEN.popitem(last=False)
-    return images
+class HiddenSets:
+    """The challenges' decoded hidden images (the server object's ``hidden``), the least recently used forgotten
+    beyond ``HIDDEN_KEPT`` and decoded again from the challenge's zip when next needed."""
+
+    def __init__(self) -> None:
+        self._sets: OrderedDict[str, ImageSet] = OrderedDict()  # challenge id -> its images, newest used last
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._sets)
+
+    def ids(self) -> list[str]:
+        """The challenges whose images are kept, least recently used first."""
+        return list(self._sets)
+
+    def of(self, challenge: Challenge) -> ImageSet:
+        with self._lock:
+            images = self._sets.get(challenge.id)
+            if images is None:
+                images = load_zip((challenge.folder / "hidden.zip").read_bytes())
+            self._sets[challenge.id] = images
+            self._sets.move_to_end(challenge.id)
+            while len(self._sets) > HIDDEN_KEPT:
+                self._sets.popitem(last=False)
+            return images
 
 
 @dataclass(frozen=True)
@@ -89,29 +106,22 @@ class Challenge:
         data = {**asdict(self), "entries": [asdict(e) for e in self.entries]}
         atomic_write(self.folder / "challenge.json", lambda p: Path(p).write_text(json.dumps(data, indent=1)))
 
-    def hidden(self) -> ImageSet:
-        with _LOCK:
-            if self.id in _HIDDEN:
-                return _keep(self.id, _HIDDEN[self.id])
-            return _keep(self.id, load_zip((self.folder / "hidden.zip").read_bytes()))
-
-    def score(self, result: RunResult) -> tuple[Score, dict[str, float]]:
-        """A finished run's accuracy on the hidden images (with its interval) and its recall per challenge
-        class: the common yardstick when runs are compared. Nothing is stored."""
+    def score(self, result: RunResult, hidden: HiddenSets) -> tuple[Score, dict[str, float]]:
+        """A finished run's accuracy on the hidden images (``hidden.of(self)``, with its interval) and its recall
+        per challenge class: the common yardstick when runs are compared. Nothing is stored."""
         own = {c.lower(): c for c in result.classes}
         missing = [c for c in self.classes if c.lower() not in own]
         if missing:
             raise TLError(f"Your model has no class for {', '.join(missing)}: the challenge's classes are "
                           f"{', '.join(self.classes)}. Name your classes the same (capitals do not matter).")
-        hidden = self.hidden()
-        items = [ImageItem(i.name, own[i.label.lower()], i.digest, i.pixels) for i in hidden.items]
+        items = [ImageItem(i.name, own[i.label.lower()], i.digest, i.pixels) for i in hidden.of(self).items]
         ev = evaluate(result.model, ImageSet(items, (), list(result.classes)), result.classes,
                       get_backbone_spec(result.config.backbone).preprocess)
         recall = {c: r for c, _, r, support in ev.precision_recall() if support}
         return (ev.score(f"the challenge's {len(items)} hidden images"),
                 {c: recall.get(own[c.lower()], 0.0) for c in self.classes})
 
-    def enter(self, project: Project, record: RunRecord, student: str) -> Entry:
+    def enter(self, project: Project, record: RunRecord, student: str, hidden: HiddenSets) -> Entry:
         """Score a finished run on the hidden images and put it on the board (again: it replaces the
         student's earlier entry of the same run)."""
         student = " ".join(student.split())[:40]
@@ -120,7 +130,7 @@ class Challenge:
         result = record.result
         if result is None:
             raise TLError("This run has no trained model to enter.")
-        score, recall = self.score(result)
+        score, recall = self.score(result, hidden)
         entry = Entry(student, project.name, record.id, describe(result.config), result.config.mode,
                       len(result.train_indices), score.accuracy, recall, right=score.right, hidden=score.n)
         with _LOCK:  # entries of other sessions made meanwhile are on disk: merge with those
@@ -150,7 +160,6 @@ def create_challenge(name: str, zip_bytes: bytes) -> Challenge:
     challenge.folder.mkdir(parents=True)
     atomic_write(challenge.folder / "hidden.zip", lambda p: Path(p).write_bytes(zip_bytes))
     with _LOCK:
-        _keep(challenge.id, hidden)
         challenge._save()
     return challenge
 

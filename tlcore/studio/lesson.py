@@ -165,40 +165,41 @@ def class_progress(projects: list[Project], entered: set[str], stuck_after_s: fl
 
 # ----------------------------------------------------------------------------- teacher links
 
-_TEACHER_KEYS: dict[str, None] = {}  # the keys given out, oldest first
 #: Teacher keys valid at once (the teacher's laptop, phone, projector...): a new login beyond them ends the oldest.
 TEACHER_KEYS_KEPT = 16
 
 
-def teacher_login(typed: str, password: str) -> str | None:
-    """A new teacher key (for the teacher's address) if ``typed`` is the password, else None."""
-    if not password or not hmac.compare_digest(typed.encode(), password.encode()):
-        return None
-    key = secrets.token_urlsafe(18)
-    with _LOCK:
-        _TEACHER_KEYS[key] = None
-        while len(_TEACHER_KEYS) > TEACHER_KEYS_KEPT:
-            del _TEACHER_KEYS[next(iter(_TEACHER_KEYS))]
-    return key
+class TeacherKeys:
+    """The teacher's keys given out by this server (the server object's ``teacher``), oldest first and at most
+    ``TEACHER_KEYS_KEPT``, and the projector view's key (one per server run): it opens the leaderboard alone, what
+    the room sees anyway, never the Teacher page. The projector's address bar, in every student's view, gives
+    nothing away."""
 
+    def __init__(self) -> None:
+        self._keys: dict[str, None] = {}
+        self._lock = threading.Lock()
+        self.board_key = secrets.token_urlsafe(12)
 
-def teacher_key_ok(key: str | None) -> bool:
-    return bool(key) and key in _TEACHER_KEYS
+    def __len__(self) -> int:
+        return len(self._keys)
 
+    def login(self, typed: str, password: str) -> str | None:
+        """A new teacher key (for the teacher's address) if ``typed`` is the password, else None."""
+        if not password or not hmac.compare_digest(typed.encode(), password.encode()):
+            return None
+        key = secrets.token_urlsafe(18)
+        with self._lock:
+            self._keys[key] = None
+            while len(self._keys) > TEACHER_KEYS_KEPT:
+                del self._keys[next(iter(self._keys))]
+        return key
 
-def teacher_logout(key: str | None) -> None:
-    with _LOCK:
-        _TEACHER_KEYS.pop(key or "", None)
+    def ok(self, key: str | None) -> bool:
+        return bool(key) and key in self._keys
 
+    def logout(self, key: str | None) -> None:
+        with self._lock:
+            self._keys.pop(key or "", None)
 
-_BOARD_KEY = secrets.token_urlsafe(12)
-
-
-def board_key() -> str:
-    """The projector view's key (one per server run): it opens the leaderboard alone, what the room sees
-    anyway, never the Teacher page. The projector's address bar, in every student's view, gives nothing away."""
-    return _BOARD_KEY
-
-
-def board_key_ok(key: str | None) -> bool:
-    return bool(key) and hmac.compare_digest(str(key).encode(), _BOARD_KEY.encode())
+    def board_ok(self, key: str | None) -> bool:
+        return bool(key) and hmac.compare_digest(str(key).encode(), self.board_key.encode())

@@ -34,7 +34,6 @@ from ..engine.checkpoint import WEIGHTS, RunMeta, lazy_result, result_from_saved
 from ..engine.config import FROZEN_BODY_MODES, TrainConfig
 from ..engine.events import RunFinished, RunResult
 from ..engine.train import run_split
-from ..jobs.analyses import stop_analyses
 from ..jobs.runner import get_runner
 from ..jobs.spec import SERVER_GONE, JobSpec, short_run
 from ..models.backbones import DEFAULT_BACKBONE
@@ -225,10 +224,10 @@ class Project:
         return next((r.group for r in reversed(list(self.runs)) if r.kind == kind), None)
 
     def stop_all(self, by: str = "by the user") -> None:
+        """Stop its runs (best epochs kept); its analyses are the server's (``ProjectRegistry.stop``)."""
         for r in self.active_runs():
             assert r.job is not None
             r.job.stop(by)
-        stop_analyses(self.folder)  # its transferability scores, stage probes and learning-rate finders too
 
     def delete_run(self, run_id: str) -> None:
         record = self.run(run_id)

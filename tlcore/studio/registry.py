@@ -1,4 +1,5 @@
-"""The projects open in this server process (``PROJECTS``), and which browser sessions hold them."""
+"""The projects open in this server process (the server object's ``projects``), and which browser sessions hold
+them."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import time
 from collections.abc import Callable
 
 from ..core.errors import TLError
+from ..jobs.analyses import LiveAnalyses
 from .project import Project, check_project_name, projects_root
 
 
@@ -20,7 +22,8 @@ class ProjectRegistry:
     (no images, no runs) is deleted from disk.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, analyses: LiveAnalyses | None = None) -> None:
+        self._analyses = LiveAnalyses() if analyses is None else analyses  # the server's: stopped with a project
         self._live: dict[str, Project] = {}
         self._holders: dict[str, set[str]] = {}
         self._orphaned: dict[str, float] = {}
@@ -94,10 +97,13 @@ class ProjectRegistry:
                     self._orphaned.pop(name, None)
         for project in released:
             gone = f"{grace_s:.0f} s" if grace_s < 120 else f"{grace_s / 60:.0f} min"
-            project.stop_all(f"because no browser had the project open for {gone}")
+            self.stop(project, f"because no browser had the project open for {gone}")
             if not project.images.items and not project.images.classes and not project.runs:
                 shutil.rmtree(project.folder, ignore_errors=True)
         return [p.name for p in released]
 
-
-PROJECTS = ProjectRegistry()
+    def stop(self, project: Project, by: str = "by the user") -> None:
+        """Stop the project's runs (best epochs kept) and its analyses (transferability scores, stage probes,
+        learning-rate finders, data checks)."""
+        project.stop_all(by)
+        self._analyses.stop(project.folder)
