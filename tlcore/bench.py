@@ -254,7 +254,7 @@ def runner_comparison(quick: bool) -> dict:
 
     from .analysis.compare import plan, shared_split
     from .jobs.runner import LocalRunner
-    from .jobs.spec import JobSpec
+    from .jobs.spec import JobSpec, Training
 
     data = load_folder(ROOT / "assets" / "samples" / "faces")
     base = TrainConfig(backbone="tiny-test" if quick else DEFAULT_BACKBONE, epochs=1 if quick else 2)
@@ -264,7 +264,7 @@ def runner_comparison(quick: bool) -> dict:
     def all_runs(runner) -> float:
         tmp = Path(tempfile.mkdtemp(prefix="tls-bench-"))
         start = time.perf_counter()
-        jobs = [runner.submit(JobSpec(r.label, f"o{k}", data, r.config, split, tmp / str(k)))
+        jobs = [runner.submit(JobSpec(r.label, f"o{k}", data, r.config, Training(split), tmp / str(k)))
                 for k, r in enumerate(runs)]
         for job in jobs:
             job.join()

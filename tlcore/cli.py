@@ -125,12 +125,12 @@ def _on_ray(imageset, jobs: list[tuple[str, object]], split) -> list[tuple[objec
     from .engine.checkpoint import lazy_result
     from .engine.train import run_split
     from .jobs.ray_runner import RayRunner
-    from .jobs.spec import JobSpec
+    from .jobs.spec import JobSpec, Training
 
     runner = RayRunner(settings().ray_address or "local")
     labels = trainable_subset(imageset).labels()
     handles = [runner.submit(JobSpec(Path(out).name, "cli", imageset, config,  # a study draws its own split
-                                     run_split(labels, config) if config.max_images_per_class else split,
+                                     Training(run_split(labels, config) if config.max_images_per_class else split),
                                      Path(out).resolve()))
                for out, config in jobs]
     bar = tqdm(total=len(handles), desc="runs on Ray", file=sys.stderr, leave=False)

@@ -155,13 +155,13 @@ def test_the_check_runs_as_a_worker_job_and_reads_back_whole(tmp_path):
     equal to the check computed here, every finding whole (its image, kind and suggestion)."""
     from tlcore import TrainConfig
     from tlcore.analysis.tasks import analysis_folder, read_result
-    from tlcore.jobs.spec import JobSpec, run_job
+    from tlcore.jobs.spec import Analysis, JobSpec, run_job
 
     s = _relabel(_set(), 3, "class1")
     config = TrainConfig(backbone=BACKBONE)
     folder = analysis_folder(tmp_path, "data-check", s, config)
     events = []
-    run_job(JobSpec("check", "me", s, config, ([], []), folder, task="data-check"), lambda: False, events.append)
+    run_job(JobSpec("check", "me", s, config, Analysis("data-check"), folder), lambda: False, events.append)
     assert events[-1].status == "completed", events[-1]
     stored, here = read_result(folder, "data-check"), check_data(s, BACKBONE)
     assert stored.findings() == here.findings() and stored.findings()[0].digest == s.items[3].digest

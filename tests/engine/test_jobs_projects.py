@@ -16,7 +16,7 @@ import tlcore
 from tests.conftest import eventually, png_bytes
 from tlcore.engine.config import TrainConfig
 from tlcore.jobs.runner import LocalRunner
-from tlcore.jobs.spec import JobSpec
+from tlcore.jobs.spec import Analysis, JobSpec, Training
 from tlcore.studio.project import Project
 from tlcore.studio.run_views import validation_report
 
@@ -28,7 +28,7 @@ def spec(images, config, owner="p", name="job", tmp=None) -> JobSpec:
 
     folder = Path(tempfile.mkdtemp(prefix="tls-job-"))
     split = stratified_split(trainable_subset(images).labels(), config.val_fraction, config.seed)
-    return JobSpec(name, owner, images, config, split, folder)
+    return JobSpec(name, owner, images, config, Training(split), folder)
 
 
 def wait_all(jobs, timeout=120):
@@ -474,7 +474,8 @@ def test_runs_someone_pressed_start_for_go_before_the_checks_of_uploads(tiny_set
     fe = dataclasses.replace(TINY, mode="feature-extraction")
     jobs = []
     for k, (owner, task) in enumerate([("a", "data-check"), ("b", "data-check"), ("a", "train"), ("b", "train")]):
-        job = JobTracker(k + 1, dataclasses.replace(spec(tiny_set, fe, owner=owner), task=task), runner, None)
+        base = spec(tiny_set, fe, owner=owner)
+        job = JobTracker(k + 1, base if task == "train" else dataclasses.replace(base, task=Analysis(task)), runner, None)
         job.estimate_s = 2.0
         runner._pending.append(job)
         runner._jobs[job.id] = job
@@ -567,7 +568,8 @@ def test_a_runs_place_in_line_counts_runs_not_the_data_checks_ahead(tiny_set):
     from tlcore.jobs.spec import JobTracker, queue_position
 
     runner = LocalRunner(workers=2, threads=1)
-    check = lambda i: JobTracker(i, dataclasses.replace(spec(tiny_set, TINY), task="data-check"), runner, None)  # noqa: E731
+    check = lambda i: JobTracker(i, dataclasses.replace(spec(tiny_set, TINY), task=Analysis("data-check")), runner,  # noqa: E731
+                                 None)
     run = lambda i: JobTracker(i, spec(tiny_set, TINY), runner, None)  # noqa: E731
     line = [check(1), run(2), check(3), run(4)]
     assert [queue_position(line, j) for j in line] == [1, 1, 3, 2]

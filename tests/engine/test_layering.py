@@ -183,9 +183,14 @@ def test_every_environment_variable_is_documented():
 
 
 def test_a_jobs_task_is_training_or_one_of_the_analyses():
+    """A job carries its task as an object (issue 40): a ``Training`` (its split, what run.json keeps, its time limit)
+    or an ``Analysis`` of one of the analysis tasks, never a string beside an empty split."""
+    import dataclasses
     import typing
 
-    from tlcore.analysis.tasks import TASKS
-    from tlcore.jobs.spec import JobTask
+    from tlcore.analysis.tasks import TASKS, Task
+    from tlcore.jobs.spec import Analysis, JobSpec, Training
 
-    assert set(typing.get_args(JobTask)) == {"train", *TASKS}
+    assert [f.name for f in dataclasses.fields(JobSpec)] == ["name", "owner", "images", "config", "task", "folder"]
+    assert typing.get_type_hints(JobSpec)["task"] == Training | Analysis
+    assert typing.get_type_hints(Analysis, localns={"Task": Task})["kind"] == Task and "speed" in TASKS

@@ -17,7 +17,7 @@ from tests.app.conftest import no_legacy_pages_mode  # noqa: F401  (the AppTest 
 from tests.conftest import ROOT, class_files, eventually
 from tlcore import ImageSet, TrainConfig, run_to_end, stratified_split
 from tlcore.engine.checkpoint import lazy_result
-from tlcore.jobs.spec import TIME_LIMIT_BY, JobSpec
+from tlcore.jobs.spec import TIME_LIMIT_BY, JobSpec, Training
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -r requirements-cluster.txt)")
 
@@ -41,8 +41,8 @@ def images() -> ImageSet:
 
 def spec(tmp_path: Path, config: TrainConfig, data: ImageSet | None = None) -> JobSpec:
     data = data or images()
-    return JobSpec(tmp_path.name, "test", data, config, stratified_split(data.labels(), config.val_fraction,
-                                                                           config.seed), tmp_path / "run")
+    return JobSpec(tmp_path.name, "test", data, config,
+                   Training(stratified_split(data.labels(), config.val_fraction, config.seed)), tmp_path / "run")
 
 
 def test_a_ray_run_matches_the_local_run_on_the_same_seed(runner, tmp_path):
@@ -104,8 +104,8 @@ def test_a_poll_that_cannot_be_sent_fails_its_run_once(runner, tmp_path):
 
 def test_a_ray_run_keeps_the_servers_time_limit(runner, tmp_path):
     """The actor once rebuilt the job without ``max_seconds``: on a cluster no run ever hit its time limit."""
-    job = runner.submit(dataclasses.replace(spec(tmp_path, TrainConfig(backbone="tiny-test", epochs=5000,
-                                                                       mode="fine-tune")), max_seconds=3))
+    base = spec(tmp_path, TrainConfig(backbone="tiny-test", epochs=5000, mode="fine-tune"))
+    job = runner.submit(dataclasses.replace(base, task=dataclasses.replace(base.task, max_seconds=3)))
     assert job.join(90)
     snap = job.snapshot()
     assert snap.state == "stopped" and snap.finished.stop.by.startswith(TIME_LIMIT_BY), snap.finished

@@ -3,6 +3,7 @@ that survives restarts and is never trusted when damaged, and the torch fallback
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 
@@ -109,12 +110,15 @@ def test_the_web_server_times_a_backbone_as_a_job_in_a_worker(monkeypatch):
     behind it): after ``measure_speed_elsewhere(time_on_runner)`` it is a job on the runner, as every other piece
     of work (issue 40: one way out of the web process), and nothing of it runs in this process."""
     from tlcore.analysis import profile
+    from tlcore.jobs.spec import Analysis
+
     def here(*_a):
         raise AssertionError("measured in the server's own process")
 
     runner = tlcore.LocalRunner(workers=1, threads=1)
     tlcore.set_runner(runner)
     monkeypatch.setattr(profile, "_known", {})
+    monkeypatch.setattr(profile, "_measured", functools.lru_cache(maxsize=32)(profile._time_backbone))  # none yet
     monkeypatch.setattr(profile, "_measure_speed", here)
     submitted = []
     submit = runner.submit
@@ -128,7 +132,7 @@ def test_the_web_server_times_a_backbone_as_a_job_in_a_worker(monkeypatch):
         runner.shutdown()
     assert speed.backbone == "tiny-test" and speed.ms_per_image > 0 and len(speed.stage_share) == 3
     assert abs(sum(speed.stage_share) - 1) < 1e-6
-    assert [(s.task, s.short, s.owner) for s in submitted] == [("speed", True, "the server")]
+    assert [(s.task, s.short, s.owner) for s in submitted] == [(Analysis("speed"), True, "the server")]
     assert not submitted[0].folder.exists()  # its result read, its folder removed
 
 

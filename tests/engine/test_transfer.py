@@ -13,7 +13,7 @@ from tlcore.analysis.lrfind import lr_find, suggest
 from tlcore.analysis.tasks import analysis_folder, read_result
 from tlcore.analysis.transfer import StageProbe, class_evidence, logme, probe_stages, stage_maps, transfer_score
 from tlcore.engine.train import drive
-from tlcore.jobs.spec import JobSpec, run_job
+from tlcore.jobs.spec import Analysis, JobSpec, run_job
 
 
 def reference_evidence(f: np.ndarray, t: np.ndarray, alpha: float, beta: float) -> float:
@@ -108,15 +108,15 @@ def test_analysis_runs_as_a_runner_job_and_writes_its_result(tiny_set, tmp_path)
     config = TrainConfig(backbone="tiny-test")
     folder = analysis_folder(tmp_path, "stage-probe", tiny_set, config)
     events = []
-    run_job(JobSpec("probe", "me", tiny_set, config, ([], []), folder, task="stage-probe"), lambda: False,
+    run_job(JobSpec("probe", "me", tiny_set, config, Analysis("stage-probe"), folder), lambda: False,
             events.append)
     assert events[-1].status == "completed" and any(type(e).__name__ == "Progress" for e in events)
     assert read_result(folder, "stage-probe").stages == ("stem", "block 1", "block 2")
     assert not (folder / "model.safetensors").exists()  # no run is saved
     assert analysis_folder(tmp_path, "stage-probe", shuffled(), config) != folder  # keyed by the images
     events.clear()
-    run_job(JobSpec("lr", "me", tiny_set, TrainConfig(backbone="tiny-test", mode="feature-extraction"), ([], []),
-                    tmp_path / "lr", task="lr-find"), lambda: False, events.append)
+    run_job(JobSpec("lr", "me", tiny_set, TrainConfig(backbone="tiny-test", mode="feature-extraction"),
+                    Analysis("lr-find"), tmp_path / "lr"), lambda: False, events.append)
     assert events[-1].status == "failed" and "no learning rate" in events[-1].reason
 
 

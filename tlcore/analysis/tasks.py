@@ -25,7 +25,7 @@ from .lrfind import LrFind, lr_find
 from .profile import SpeedProfile, timing
 from .transfer import StageProbe, TransferScore, probe_stages, transfer_score
 
-Task = Literal["transfer-score", "stage-probe", "lr-find", "data-check", "speed"]  # the ``JobTask`` that are not "train"
+Task = Literal["transfer-score", "stage-probe", "lr-find", "data-check", "speed"]  # a job's ``Analysis.kind``
 TASKS: tuple[Task, ...] = get_args(Task)
 Result = Union[TransferScore, StageProbe, LrFind, DataCheck, SpeedProfile]
 RESULT_FILE = "result.json"
@@ -76,23 +76,24 @@ def compute(task: Task, images: ImageSet, config: TrainConfig, should_stop: Call
     raise TLError(f"Unknown analysis {task!r}: use one of {', '.join(TASKS)}.")
 
 
-def run_analysis(spec, should_stop: Callable[[], bool], emit: Callable[[Event], None]) -> None:
-    """In a worker: compute ``spec.task`` on ``spec.images`` and write the result into ``spec.folder``; events
-    (``Progress``, then ``RunFinished``) go to ``emit``. Never raises."""
+def run_analysis(task: Task, images: ImageSet, config: TrainConfig, folder: Path, should_stop: Callable[[], bool],
+                 emit: Callable[[Event], None]) -> None:
+    """In a worker (a job's ``Analysis``): compute ``task`` on ``images`` and write the result into ``folder``;
+    events (``Progress``, then ``RunFinished``) go to ``emit``. Never raises."""
     from ..core.storage import atomic_write
 
     try:
-        result = drive(compute(spec.task, spec.images, spec.config, should_stop), emit)
+        result = drive(compute(task, images, config, should_stop), emit)
         if result is None:
             emit(RunFinished.stopped("before it finished", "nothing was kept"))
             return
         text = json.dumps(result.to_record() if isinstance(result, DataCheck) else result.to_json())
-        atomic_write(Path(spec.folder) / RESULT_FILE, lambda p: Path(p).write_text(text))
+        atomic_write(Path(folder) / RESULT_FILE, lambda p: Path(p).write_text(text))
         emit(RunFinished("completed", "Done."))
     except TLError as e:
         emit(RunFinished("failed", str(e)))
     except Exception as e:  # an analysis must end with a reason, never take a worker down
-        emit(RunFinished("failed", f"{spec.task} failed unexpectedly: {type(e).__name__}: {e}"))
+        emit(RunFinished("failed", f"{task} failed unexpectedly: {type(e).__name__}: {e}"))
 
 
 __all__ = ["TASKS", "Result", "Task", "analysis_folder", "analysis_key", "compute", "read_result", "run_analysis"]

@@ -17,7 +17,7 @@ from ..data.images import ImageSet
 from ..engine.config import TrainConfig
 from ..engine.events import Progress
 from .runner import get_runner
-from .spec import Job, JobSpec
+from .spec import Analysis, Job, JobSpec
 
 #: Failed analyses remembered at most (the oldest is forgotten first, and tried again when next asked for). A job
 #: holds a snapshot of its project's images: a server running for weeks keeps no more of them than this.
@@ -74,8 +74,7 @@ class LiveAnalyses:
                 return state
             config.validate()
             self._prune()
-            spec = JobSpec(f"{task} of {config.backbone}", owner, images.snapshot(), config, ([], []), folder,
-                           task=task)
+            spec = JobSpec(f"{task} of {config.backbone}", owner, images.snapshot(), config, Analysis(task), folder)
             self._live[folder] = get_runner().submit(spec)
         return self.state(root, task, images, config)
 
@@ -117,7 +116,7 @@ def time_on_runner(backbone: str, timeout_s: float = 600.0) -> SpeedProfile:
     folder = Path(tempfile.mkdtemp(prefix="tls-speed-"))
     try:
         spec = JobSpec(f"timing {backbone}", SERVER_OWNER, ImageSet(),
-                       TrainConfig(backbone=backbone, mode="feature-extraction"), ([], []), folder, task="speed")
+                       TrainConfig(backbone=backbone, mode="feature-extraction"), Analysis("speed"), folder)
         job = get_runner().submit(spec)
         if not job.join(timeout_s):
             job.stop("by the server")

@@ -168,7 +168,7 @@ class RayRunner:
     def active(self, owner: str) -> int:
         with self._lock:
             jobs = self._waiting + [live.job for live in self._live.values() if live.job not in self._waiting]
-        return sum(1 for j in jobs if j.spec.owner == owner and j.spec.task == "train" and j.alive)
+        return sum(1 for j in jobs if j.spec.owner == owner and j.spec.trains and j.alive)
 
     def idle(self) -> bool:
         """Nothing waiting and nothing training."""

@@ -164,7 +164,7 @@ class LocalRunner:
     def active(self, owner: str) -> int:
         with self._lock:
             jobs = self._pending + [j for j in self._busy if j is not None]
-        return sum(1 for j in jobs if j.spec.owner == owner and j.spec.task == "train" and j.alive)
+        return sum(1 for j in jobs if j.spec.owner == owner and j.spec.trains and j.alive)
 
     def queue_info(self, job: JobTracker) -> tuple[int, float]:
         """(position in line, estimated seconds until it starts, as ``forecast`` plays the queue). A

@@ -20,39 +20,57 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..data.images import ImageSet
 from ..engine.checkpoint import WEIGHTS
 from ..engine.config import FROZEN_BODY_MODES, RunState, TrainConfig
 from ..engine.events import BY_THE_USER, BatchEnd, EpochEnd, Event, Progress, RunFinished
 
+if TYPE_CHECKING:
+    from ..analysis.tasks import Task
+
 log = logging.getLogger(__name__)
-TIME_LIMIT_BY = "at this server's limit"  # who stopped a run that reached ``JobSpec.max_seconds`` (``Stop.by``)
+TIME_LIMIT_BY = "at this server's limit"  # who stopped a run that reached ``Training.max_seconds`` (``Stop.by``)
 SERVER_GONE = "The server stopped while this run was training; its best epoch so far is kept."
 OVERRUN_SHARE = 0.15  # a run past its estimate: at least this share of its time so far is said to be left
 MAX_CURVE_POINTS = 300  # per-batch losses kept for the live chart (older ones are thinned out)
 
 
-#: what a job does: train a run, or one of the analyses (``tlcore.analysis.tasks.Task``; its result goes to the job's
-#: folder as result.json, no run is saved)
-JobTask = Literal["train", "transfer-score", "stage-probe", "lr-find", "data-check", "speed"]
+@dataclass(frozen=True)
+class Training:
+    """A job's task: train one run (``run_job``) on this split, saving it as run.json and its weights."""
+
+    split: tuple[list[int], list[int]]
+    label: str = ""  # the app's name for the run (run.json keeps it)
+    val_digests: tuple[str, ...] = ()  # its validation images by content (run.json keeps them)
+    max_seconds: float | None = None  # wall clock it may hold a worker (``Limits.run_minutes``); None: no limit
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """A job's task: one of the analyses (``tlcore.analysis.tasks``), its result written to the job's folder as
+    result.json; no run is saved."""
+
+    kind: Task
 
 
 @dataclass(frozen=True)
 class JobSpec:
-    """Everything a worker needs to train one run; nothing of the web server's state."""
+    """Everything a worker needs for one job (its images, the settings, what to do with them, where its files go);
+    nothing of the web server's state. As ``executor.submit(fn, ...)``: the runner runs ``task``, whatever it is."""
 
     name: str  # shown in queues
     owner: str  # whose turn it is: jobs of different owners take turns
     images: ImageSet
     config: TrainConfig
-    split: tuple[list[int], list[int]]
-    folder: Path  # checkpoints and the finished run go here
-    label: str = ""  # the app's name for the run (run.json keeps it)
-    val_digests: tuple[str, ...] = ()  # its validation images by content (run.json keeps them)
-    max_seconds: float | None = None  # wall clock it may hold a worker (``Limits.run_minutes``); None: no limit
-    task: JobTask = "train"
+    task: Training | Analysis
+    folder: Path  # checkpoints and the finished run (a training), or result.json (an analysis), go here
+
+    @property
+    def trains(self) -> bool:
+        """It trains a run (a student's: the server's limits count it), not an analysis."""
+        return isinstance(self.task, Training)
 
     @property
     def short(self) -> bool:
@@ -63,7 +81,12 @@ class JobSpec:
     def unasked(self) -> bool:
         """Nobody pressed a button for it (the Data page's check of every upload): work someone waits for
         goes first (six students who upload at once and press Start waited for six checks before their runs)."""
-        return self.task == "data-check"
+        return isinstance(self.task, Analysis) and self.task.kind == "data-check"
+
+    @property
+    def trained_images(self) -> int:
+        """The images a training's split uses (an analysis: 0, as the time estimates count it)."""
+        return sum(map(len, self.task.split)) if isinstance(self.task, Training) else 0
 
 
 @dataclass(frozen=True)
@@ -206,7 +229,7 @@ class JobTracker:
         """Take one event (called by the runner, never by pages)."""
         if isinstance(event, RunFinished) and event.stop is not None and event.stop.by == BY_THE_USER:
             event = event.stopped_by(self.stopped_by)  # who pressed Stop: the runner was told (a server limit says so)
-        if (isinstance(event, RunFinished) and event.status == "failed" and self.spec.task == "train"
+        if (isinstance(event, RunFinished) and event.status == "failed" and self.spec.trains
                 and (self.spec.folder / WEIGHTS).exists()):  # every failure's words say so here, once
             event = dataclasses.replace(event, reason=f"{event.reason} Its best epoch before that is kept.")
         if isinstance(event, RunFinished) and self._on_finish is not None:
@@ -234,11 +257,11 @@ class JobTracker:
                 self._state = event.status
         if isinstance(event, RunFinished):
             # estimates learn from real runs (not from analyses, which train no run)
-            if event.status == "completed" and self.started is not None and self.spec.task == "train":
+            if event.status == "completed" and self.started is not None and self.spec.trains:
                 from ..analysis.profile import CALIBRATION
 
-                CALIBRATION.observe(self.spec.config, len(self.spec.split[0]) + len(self.spec.split[1]),
-                                    self.work_done())  # as if alone: the sharing is the forecast's to add
+                # as if alone: the sharing is the forecast's to add
+                CALIBRATION.observe(self.spec.config, self.spec.trained_images, self.work_done())
             with self._lock:
                 self._done.set()
                 callbacks, self._callbacks = self._callbacks, []
@@ -303,7 +326,7 @@ def queue_position(line: Sequence[JobTracker], job: JobTracker) -> int:
     """``job``'s place in ``line`` (a runner's pending jobs in the order they will start), 1 = next: a run
     counts only the runs ahead of it, not the seconds-long analyses (a Data page's check) its wait includes."""
     ahead = line[:line.index(job)]
-    return 1 + sum(1 for j in ahead if job.spec.task != "train" or j.spec.task == "train")
+    return 1 + sum(1 for j in ahead if not job.spec.trains or j.spec.trains)
 
 
 def short_run(config: TrainConfig) -> bool:
@@ -317,8 +340,7 @@ def estimate_seconds(spec: JobSpec) -> float:
     from ..analysis.profile import estimate_run_seconds
 
     try:
-        return estimate_run_seconds(spec.config, len(spec.split[0]) + len(spec.split[1]), wait=False,
-                                    classes=spec.images.filled_classes())
+        return estimate_run_seconds(spec.config, spec.trained_images, wait=False, classes=spec.images.filled_classes())
     except Exception:  # not timed yet, or a backbone that cannot be timed here: a guess beats no estimate
         return 10.0
 
@@ -334,27 +356,29 @@ def _transportable(event: Event) -> Event:
 
 def run_job(spec: JobSpec, should_stop: Callable[[], bool], emit: Callable[[Event], None],
             server_gone: Callable[[], bool] = lambda: False) -> None:
-    """Train one job where this runs (a worker process, a Ray actor): best epochs checkpointed and the
-    finished run saved into ``spec.folder``, events without models passed to ``emit``. Never raises:
+    """Run one job's task where this runs (a worker process, a Ray actor): an ``Analysis`` writes its result, a
+    ``Training`` has its best epochs checkpointed and the finished run saved into ``spec.folder``; events without
+    models go to ``emit``. Never raises:
     a failure ends the job as failed, with the reason. A run that stops because ``server_gone()``
     is saved as interrupted, never as stopped by its user (nobody pressed Stop)."""
     from ..engine.checkpoint import Checkpointer, save_run
     from ..engine.train import train
 
-    if spec.task != "train":
+    if isinstance(spec.task, Analysis):
         from ..analysis.tasks import run_analysis
 
-        return run_analysis(spec, should_stop, emit)
-    deadline = None if spec.max_seconds is None else time.monotonic() + spec.max_seconds
+        return run_analysis(spec.task.kind, spec.images, spec.config, spec.folder, should_stop, emit)
+    run = spec.task
+    deadline = None if run.max_seconds is None else time.monotonic() + run.max_seconds
 
     def out_of_time() -> bool:
         return deadline is not None and time.monotonic() > deadline
 
     try:
-        checkpoint = Checkpointer(spec.folder, spec.config, list(spec.images.classes), spec.label, spec.val_digests)
-        for event in train(spec.images, spec.config, lambda: should_stop() or out_of_time(), split=spec.split):
+        checkpoint = Checkpointer(spec.folder, spec.config, list(spec.images.classes), run.label, run.val_digests)
+        for event in train(spec.images, spec.config, lambda: should_stop() or out_of_time(), split=run.split):
             if isinstance(event, RunFinished) and out_of_time() and not should_stop():
-                event = event.stopped_by(f"{TIME_LIMIT_BY} of {spec.max_seconds / 60:g} min per run "
+                event = event.stopped_by(f"{TIME_LIMIT_BY} of {run.max_seconds / 60:g} min per run "
                                          "(TLS_MAX_RUN_MINUTES, which whoever starts the server can change)")
             checkpoint(event)
             if isinstance(event, RunFinished):
@@ -363,7 +387,7 @@ def run_job(spec: JobSpec, should_stop: Callable[[], bool], emit: Callable[[Even
                 if status == "stopped" and server_gone():
                     status, reason = "interrupted", SERVER_GONE
                 if event.result is not None:
-                    save_run(event.result, spec.folder, status, reason, spec.label, spec.val_digests)
+                    save_run(event.result, spec.folder, status, reason, run.label, run.val_digests)
                 else:
                     checkpoint.flush()
             emit(_transportable(event))

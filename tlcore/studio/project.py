@@ -35,7 +35,7 @@ from ..engine.config import FROZEN_BODY_MODES, TrainConfig
 from ..engine.events import RunFinished, RunResult
 from ..engine.train import run_split
 from ..jobs.runner import get_runner
-from ..jobs.spec import SERVER_GONE, JobSpec, short_run
+from ..jobs.spec import SERVER_GONE, JobSpec, Training, short_run
 from ..models.backbones import DEFAULT_BACKBONE
 from .run_views import GROUP_PREFIXES, ComparisonKind, RunRecord, describe
 
@@ -145,9 +145,9 @@ class Project:
         def on_finish(_finished: RunFinished) -> None:  # on the runner's event thread, once: nothing heavy
             record.result = _load_result(folder)  # run.json and the weights' header (the weights load when used)
 
-        spec = JobSpec(record.label, owner or self.name, images, config, (list(split[0]), list(split[1])), folder,
-                       label=record.label, val_digests=tuple(record.val_digests),
-                       max_seconds=settings().limits.run_minutes * 60)
+        spec = JobSpec(record.label, owner or self.name, images, config,
+                       Training((list(split[0]), list(split[1])), record.label, tuple(record.val_digests),
+                                settings().limits.run_minutes * 60), folder)
         with self._lock:
             self.runs.append(record)
             self.selected_run = record.id
