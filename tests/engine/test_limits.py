@@ -96,7 +96,8 @@ def test_a_run_past_the_time_limit_stops_keeping_its_best_epoch_and_says_why(tin
     machine's speed (with a real 1 s limit a busy machine had not finished the frozen stages by then)."""
     import tlcore.jobs.spec
 
-    job = dataclasses.replace(spec(tiny_set, dataclasses.replace(TINY, epochs=100_000)), max_seconds=60.0)
+    base = spec(tiny_set, dataclasses.replace(TINY, epochs=100_000))
+    job = dataclasses.replace(base, task=dataclasses.replace(base.task, max_seconds=60.0))
     events = []
 
     class Clock:  # the jobs module's clock only: time itself, an hour on once an epoch has ended
