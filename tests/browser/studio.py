@@ -98,10 +98,9 @@ def start_long_training(pg, url: str) -> str:
     the key in the project's link."""
     pg.goto(url + "/")
     pg.get_by_role("heading", name="1 · Choose a backbone").wait_for()
-    card = pg.locator("[data-testid='stVerticalBlock']").filter(  # the innermost block with both: its card
-        has=pg.get_by_role("heading", name="Tiny test net", exact=True)).filter(  # not "Tiny test net B"
-        has=pg.get_by_role("button", name="Use this backbone")).last
-    card.get_by_role("button", name="Use this backbone").click()
+    # by the button's own key: a card's heading is on the page before its button (a page streams), so a locator
+    # of "the block with the heading and a button" could match the whole column while the card was half drawn
+    pg.locator(".st-key-backbone_use_tiny-test").get_by_role("button", name="Use this backbone").click()
     # chosen: its title gets the selected mark (and the locator above, by the bare title, no longer matches)
     pg.locator("h4").filter(has_text=re.compile(r"^Tiny test net\s*radio_button_checked")).wait_for()
     pg.get_by_role("link", name="Data").first.click()
