@@ -222,7 +222,7 @@ with st.expander("New challenge", icon=":material/upload:", expanded=tlcore.curr
             try:
                 if hidden is None:
                     raise tlcore.TLError("Choose the zip of hidden images first.")
-                made = tlcore.create_challenge(name, hidden.getvalue())
+                made = tlcore.create_challenge(name, hidden.getvalue(), SERVER.hidden)
                 st.success(f"Challenge **{made.name}** is open: {', '.join(made.classes)}.")
             except tlcore.TLError as e:
                 st.error(str(e), icon=":material/error:")

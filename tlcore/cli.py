@@ -311,12 +311,10 @@ def cmd_cert(args: argparse.Namespace) -> int:
 
 
 def cmd_speed(args: argparse.Namespace) -> int:
-    """How fast a backbone runs here (what the app's estimates use; the web server measures through this)."""
-    import dataclasses
-
+    """How fast a backbone runs here (what the app's estimates use; the web server has a worker time it)."""
     from .analysis.profile import measure_speed
 
-    _emit(dataclasses.asdict(measure_speed(args.backbone, args.batch, args.repeats)))
+    _emit(measure_speed(args.backbone, args.batch, args.repeats).to_json())
     return 0
 
 

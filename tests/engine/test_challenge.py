@@ -112,3 +112,14 @@ def test_a_server_keeps_only_the_newest_hidden_sets_decoded():
     assert hidden.ids() == [c.id for c in made[-ch.HIDDEN_KEPT:]]
     assert hidden.of(made[0]).counts() == {"CLASS0": 6, "Class1": 6}  # decoded again from its zip
     assert len(hidden) == ch.HIDDEN_KEPT and hidden.ids()[-1] == made[0].id
+
+
+def test_a_new_challenge_keeps_its_photos_decoded_for_its_first_score(monkeypatch):
+    """The zip is decoded once, when the teacher starts the challenge: the first student's entry decodes nothing
+    again."""
+    from tlcore.studio import challenge as ch
+    hidden = tlcore.HiddenSets()
+    made = create_challenge("Colours", hidden_zip(), hidden)
+    assert hidden.ids() == [made.id]
+    monkeypatch.setattr(ch, "load_zip", lambda *_: pytest.fail("decoded the hidden zip again"))
+    assert hidden.of(made).counts() == {"CLASS0": 6, "Class1": 6}

@@ -59,6 +59,11 @@ _elsewhere: Callable[[str], SpeedProfile] | None = None
 log = logging.getLogger(__name__)
 
 
+DEFAULT_TIMING = (8, 3)
+"""The timing every estimate uses: a batch of 8 images, the fastest of 3 passes. Kept per process, and the one
+that ``measure_speed_elsewhere`` sends to a worker."""
+
+
 def measure_speed_elsewhere(via: Callable[[str], SpeedProfile] | None) -> None:
     """The web server's choice, made once at start-up: time each backbone with ``via(name)`` (the runner's
     ``time_on_runner``: a job in a worker, as every other piece of work), never in the server's own
@@ -72,23 +77,23 @@ def measure_speed_elsewhere(via: Callable[[str], SpeedProfile] | None) -> None:
 def timing(backbone: str) -> Generator[None, None, SpeedProfile]:
     """The default timing as an analysis task (``tlcore.analysis.tasks``): what a worker runs for
     ``measure_speed_elsewhere``'s runner."""
-    return _measure_speed(backbone, 8, 3)
+    return _measure_speed(backbone, *DEFAULT_TIMING)
     yield  # a generator, as every task
 
 
-def measure_speed(backbone: str, batch: int = 8, repeats: int = 3) -> SpeedProfile:
+def measure_speed(backbone: str, batch: int = DEFAULT_TIMING[0], repeats: int = DEFAULT_TIMING[1]) -> SpeedProfile:
     """Time the backbone's forward pass on random images; per-stage shares from module hooks. Measured
     once per process: concurrent callers (a class pressing Start together) wait for the one measurement
     rather than each timing the backbone while the others do. The fastest of ``repeats`` passes counts
     (other work on the machine only ever slows a pass down); ``Calibration`` corrects the rest from the
     runs that finish. After ``measure_speed_elsewhere(via)`` the default timing runs through ``via``."""
-    if (batch, repeats) == (8, 3) and (known := _known.get(backbone)) is not None:
+    if (batch, repeats) == DEFAULT_TIMING and (known := _known.get(backbone)) is not None:
         return known  # without waiting for another backbone's measurement (a race times several)
     with _measuring:
-        if (batch, repeats) == (8, 3) and (known := _known.get(backbone)) is not None:
+        if (batch, repeats) == DEFAULT_TIMING and (known := _known.get(backbone)) is not None:
             return known  # refined by ``refine_speed_when_quiet`` since, perhaps
         profile = _measured(backbone, batch, repeats, _elsewhere)
-        if (batch, repeats) == (8, 3):
+        if (batch, repeats) == DEFAULT_TIMING:
             _known[backbone] = profile
     return profile
 
@@ -105,7 +110,7 @@ def refine_speed_when_quiet(backbone: str, quiet: Callable[[], bool], tries: int
             if not quiet():
                 continue
             try:
-                fresh = _time_backbone(backbone, 8, 3, _elsewhere)
+                fresh = _time_backbone(backbone, *DEFAULT_TIMING, _elsewhere)
             except Exception as e:  # noqa: BLE001  the first timing stays
                 log.warning("could not time %s again: %s", backbone, e)
                 return
@@ -163,7 +168,7 @@ def _time_backbone(backbone: str, batch: int, repeats: int, via: Callable[[str],
                    ) -> SpeedProfile:
     """One timing (through ``via`` when given, for the default batch and repeats); ``_measured`` keeps the first
     per process."""
-    if via is None or (batch, repeats) != (8, 3):
+    if via is None or (batch, repeats) != DEFAULT_TIMING:
         return _measure_speed(backbone, batch, repeats)
     try:
         return via(backbone)

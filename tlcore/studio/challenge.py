@@ -49,11 +49,19 @@ class HiddenSets:
             images = self._sets.get(challenge.id)
             if images is None:
                 images = load_zip((challenge.folder / "hidden.zip").read_bytes())
-            self._sets[challenge.id] = images
-            self._sets.move_to_end(challenge.id)
-            while len(self._sets) > HIDDEN_KEPT:
-                self._sets.popitem(last=False)
+            self._keep(challenge.id, images)
             return images
+
+    def keep(self, challenge: Challenge, images: ImageSet) -> None:
+        """Keep a new challenge's images as decoded when it was made (its first score decodes nothing again)."""
+        with self._lock:
+            self._keep(challenge.id, images)
+
+    def _keep(self, challenge_id: str, images: ImageSet) -> None:
+        self._sets[challenge_id] = images
+        self._sets.move_to_end(challenge_id)
+        while len(self._sets) > HIDDEN_KEPT:
+            self._sets.popitem(last=False)
 
 
 @dataclass(frozen=True)
@@ -146,13 +154,14 @@ def challenges_root() -> Path:
     return root
 
 
-def create_challenge(name: str, zip_bytes: bytes) -> Challenge:
-    """A new challenge from a zip of class folders; it becomes the current one."""
+def create_challenge(name: str, zip_bytes: bytes, hidden: HiddenSets | None = None) -> Challenge:
+    """A new challenge from a zip of class folders; it becomes the current one. ``hidden`` (the server's) keeps
+    its decoded images."""
     name = " ".join(name.split())[:60]
     if not name:
         raise TLError("Give the challenge a name.")
-    hidden = load_zip(zip_bytes)
-    counts = {c: n for c, n in hidden.counts().items() if n}
+    images = load_zip(zip_bytes)
+    counts = {c: n for c, n in images.counts().items() if n}
     if len(counts) < 2:
         raise TLError("A challenge needs hidden images of at least two classes (one folder per class in the zip).")
     challenge = Challenge(f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}", name, list(counts), counts,
@@ -161,6 +170,8 @@ def create_challenge(name: str, zip_bytes: bytes) -> Challenge:
     atomic_write(challenge.folder / "hidden.zip", lambda p: Path(p).write_bytes(zip_bytes))
     with _LOCK:
         challenge._save()
+    if hidden is not None:
+        hidden.keep(challenge, images)
     return challenge
 
 
