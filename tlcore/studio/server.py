@@ -9,8 +9,6 @@ A test that wants a server of its own makes a ``Server()``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from ..jobs.analyses import LiveAnalyses
 from ..jobs.runner import get_runner
 from ..jobs.spec import Runner
@@ -19,17 +17,14 @@ from .lesson import TeacherKeys
 from .registry import ProjectRegistry
 
 
-@dataclass(frozen=True, eq=False)
 class Server:
     """The web server's state: its projects, their analyses, the teacher's keys, the hidden challenge sets."""
 
-    analyses: LiveAnalyses = field(default_factory=LiveAnalyses)
-    teacher: TeacherKeys = field(default_factory=TeacherKeys)
-    hidden: HiddenSets = field(default_factory=HiddenSets)
-    projects: ProjectRegistry = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "projects", ProjectRegistry(self.analyses))  # a project's analyses stop with it
+    def __init__(self) -> None:
+        self.analyses = LiveAnalyses()
+        self.teacher = TeacherKeys()
+        self.hidden = HiddenSets()
+        self.projects = ProjectRegistry(self.analyses)  # a project's analyses stop with it
 
     @property
     def runner(self) -> Runner:
