@@ -103,14 +103,11 @@ def class_lab() -> None:
                    "95 % range: the more projects, the narrower.")
         table([p.row() for p in summary.pairs])
     if summary.study:
-        shots = sorted({k for by in summary.study.values() for k in by}, key=lambda k: (k == "all", int(k) if k != "all" else 0))
         st.markdown("**How many photos do you need?** (the class's studies, pooled: right of all photos scored)")
-        table([{"strategy": m, **{f"{k} per class": (f"{by[k].right} of {by[k].n} ({by[k].accuracy:.0%})" if k in by else "–")
-                                  for k in shots}} for m, by in summary.study.items()])
+        table(summary.study_rows())
     if summary.challenge:
         st.markdown("**On the teacher's hidden photos**, by strategy (every entry pooled)")
-        table([{"strategy": m, "right": f"{s.right} of {s.n} ({s.accuracy:.0%})", "pooled from": s.method}
-               for m, s in summary.challenge.items()])
+        table(summary.challenge_rows())
 
 
 def join_qr(url: str, scale: int) -> bytes:

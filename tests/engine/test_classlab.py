@@ -53,6 +53,10 @@ def test_three_ladders_pool_into_pairs_with_a_class_interval(tmp_path):
     assert (fe_ft.a_won, fe_ft.b_won, fe_ft.ties) == (2, 1, 0)
     assert s.study["scratch"]["1"] == Score(7, 30, "2 projects")
     assert s.challenge["feature-extraction"].right == 8 and s.challenge["scratch"].n == 10
+    # the Teacher page's and the projector's tables name each strategy in words, never by its id
+    assert {r["strategy"] for r in s.study_rows()} == {"from scratch", "few-shot prototypes"}
+    assert next(r for r in s.study_rows() if r["strategy"] == "from scratch")["1 per class"] == "7 of 30 (23%)"
+    assert {r["strategy"] for r in s.challenge_rows()} == {"feature extraction", "from scratch"}
 
 
 def test_the_cli_prints_the_same_summary_as_one_json_line(tmp_path):

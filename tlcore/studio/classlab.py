@@ -104,11 +104,25 @@ class ClassSummary:
     def headline(self) -> str | None:
         return self.pairs[0].text() if self.pairs and self.pairs[0].a == PRETRAINED_BEST else None
 
+    def study_rows(self) -> list[dict[str, str]]:
+        """The pooled studies as table rows: a strategy by its title, then "k of n (p %)" per photos per class."""
+        shots = sorted({k for by in self.study.values() for k in by}, key=lambda k: (k == "all", 0 if k == "all" else int(k)))
+        return [{"strategy": TITLES[m], **{f"{k} per class": _right(by[k]) if k in by else "–" for k in shots}}
+                for m, by in self.study.items()]
+
+    def challenge_rows(self) -> list[dict[str, str]]:
+        """The pooled challenge entries as table rows, a strategy by its title."""
+        return [{"strategy": TITLES[m], "right": _right(s), "pooled from": s.method} for m, s in self.challenge.items()]
+
     def to_json(self) -> dict:
         return {"projects": self.projects, "ladders": self.ladders, "headline": self.headline(),
                 "pairs": [p.to_json() for p in self.pairs],
                 "study": {m: {k: s.to_json() for k, s in by.items()} for m, by in self.study.items()},
                 "challenge": {m: s.to_json() for m, s in self.challenge.items()}}
+
+
+def _right(score: Score) -> str:
+    return f"{score.right} of {score.n} ({score.accuracy:.0%})"
 
 
 @dataclass(frozen=True)
