@@ -6,8 +6,7 @@ import streamlit as st
 
 import tlcore
 from pages import insight
-from pages.common import ASSETS, explain, polled, project, session, work_button
-from tlcore import measure_speed
+from pages.common import ASSETS, explain, polled, project, session, speed_if_known, work_button
 
 proj = project()
 st.title("1 · Choose a backbone")
@@ -50,19 +49,31 @@ def choose(name: str) -> None:
 
 
 measured = session().measured
+measured.add(proj.backbone)
 explain("Speed here: milliseconds per image, timed as one pass over a batch of 8 images divided by 8. The **torch** "
         "figure is measured the same way for every backbone: compare backbones by it. Where a backbone's weights are "
         "installed, the fast runtime that feature extraction uses (OpenVINO or ONNX Runtime) is timed on the same batch too.")
-if work_button("Measure speed on this machine", "backbone_measure", "Measuring…", icon=":material/speed:"):
-    measured.update(spec.name for spec in specs)  # asked for all: a rerun that cuts the timing short times the rest
-    bar = st.progress(0.0, text="Timing each backbone…")
-    for k, spec in enumerate(specs):
-        bar.progress(k / len(specs), text=f"Timing {spec.title}…")
-        measure_speed(spec.name)  # cached per process: each backbone is timed once
-    st.rerun()  # the button again, beside the figures
-measured.add(proj.backbone)
+timing = [spec.name for spec in specs if spec.name in measured and speed_if_known(spec.name) is None]
+st.button("Measuring…" if timing else "Measure speed on this machine", key="backbone_measure", disabled=bool(timing),
+          icon=":material/speed:", on_click=measured.update, args=([spec.name for spec in specs],),
+          help="Each backbone is timed once per server, one after another, in a training worker.")
 if error := session().take_note("backbone"):
     st.error(error, icon=":material/cloud_off:")
+
+
+def card_facts(spec: tlcore.BackboneSpec, timing: bool) -> None:
+    """The card's figures; its speed once a worker has timed it (the fragment polls until then, then reruns the
+    page so the button comes back)."""
+    speed = speed_if_known(spec.name) if spec.name in measured else None
+    if timing and speed is not None:
+        st.rerun()
+    ms = speed.text() if speed else "timing in a worker…" if spec.name in measured else "not measured"
+    top1 = "n/a" if spec.imagenet_top1 is None else f"{spec.imagenet_top1:.1f}%"
+    body_params = sum(tlcore.stage_param_counts(spec.name))
+    st.markdown(f"{spec.num_params / 1e6:.1f} M parameters ({body_params / 1e6:.2f} M without the ImageNet "
+                f"classifier, which your classes replace) · {spec.preprocess.input_size} px input · "
+                f"ImageNet top-1 {top1} · {len(spec.stage_names)} stages · speed here: {ms}")
+
 
 cols = st.columns(3)
 for k, spec in enumerate(specs):
@@ -72,16 +83,7 @@ for k, spec in enumerate(specs):
         st.caption(spec.description)
         st.markdown(AVAILABILITY[spec.availability()] + ("" if spec.availability() == "bundled"
                                                           else f" {spec.weights_mb:.0f} MB"))
-        top1 = "n/a" if spec.imagenet_top1 is None else f"{spec.imagenet_top1:.1f}%"
-        if spec.name in measured:
-            with st.spinner(f"Timing {spec.title}…"):  # shown only if not timed yet (cached per process)
-                ms = measure_speed(spec.name).text()
-        else:
-            ms = "not measured"
-        body_params = sum(tlcore.stage_param_counts(spec.name))
-        st.markdown(f"{spec.num_params / 1e6:.1f} M parameters ({body_params / 1e6:.2f} M without the ImageNet "
-                    f"classifier, which your classes replace) · {spec.preprocess.input_size} px input · "
-                    f"ImageNet top-1 {top1} · {len(spec.stage_names)} stages · speed here: {ms}")
+        polled(card_facts, spec.name in timing, spec, every=2.0)
         st.button("Selected" if selected else "Use this backbone", key=f"backbone_use_{spec.name}",
                   disabled=selected, type="primary" if not selected else "secondary",
                   on_click=choose, args=(spec.name,))

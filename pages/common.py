@@ -470,6 +470,14 @@ def work_button(label: str, key: str, busy_label: str, **button) -> bool:
     return asked
 
 
+def speed_if_known(backbone: str) -> tlcore.SpeedProfile | None:
+    """The backbone's speed on this server, or None while a worker times it (asked once; a page never waits)."""
+    try:
+        return tlcore.known_speed(backbone)
+    except tlcore.SpeedUnknown:
+        return None
+
+
 def polled(view: Callable[..., None], polling: bool, *args: object, every: float = 1.0) -> None:
     """Draw ``view(*args, polling)`` in a fragment that reruns every ``every`` seconds while ``polling`` (its work
     runs in a worker: only the fragment redraws). Once the work has ended, the view calls ``st.rerun()``: one full

@@ -6,8 +6,8 @@ from plotly.subplots import make_subplots
 
 import tlcore
 from pages import insight
-from pages.common import explain, format_seconds, polled, project, save_settings, session
-from tlcore import estimate_epoch_seconds, measure_speed, stage_param_counts
+from pages.common import explain, format_seconds, polled, project, save_settings, session, speed_if_known
+from tlcore import estimate_epoch_seconds, stage_param_counts
 
 proj = project()
 spec = tlcore.get_backbone_spec(proj.backbone)
@@ -120,21 +120,35 @@ else:
 trainable = sum(counts[depth:]) + head_params
 total = sum(counts) + head_params
 num_images = max(1, len(proj.images))
-speed = measure_speed(spec.name)
 views = settings.augment_views if settings.augment else 1
 classes = proj.images.filled_classes() or None
 forwards = num_images * (1 + tlcore.fe_views(settings, num_images, classes)) if mode == "feature-extraction" else num_images
-once_s, epoch_s = estimate_epoch_seconds(speed, forwards, mode, depth, views)
+
+
+def time_estimate(timing: bool) -> None:
+    """The estimate, once a worker has timed the backbone (the page never waits for it: this polls, then reruns)."""
+    speed = speed_if_known(spec.name)
+    if timing and speed is not None:
+        st.rerun()
+    if speed is None:
+        st.metric("Estimated time", "in a moment", "this server is timing the backbone in a worker",
+                  delta_color="off", delta_arrow="off")
+        return
+    once_s, epoch_s = estimate_epoch_seconds(speed, forwards, mode, depth, views)
+    if mode == "feature-extraction":
+        st.metric("Estimated time", format_seconds(once_s), "once, for the features; each epoch then takes "
+                  f"milliseconds ({speed.runtime})", delta_color="off", delta_arrow="off")
+    else:
+        st.metric("Estimated time per epoch", format_seconds(epoch_s),
+                  f"{num_images} images on this machine" + (f", after {format_seconds(once_s)} once for the "
+                                                            f"frozen stages ({speed.runtime})" if once_s else ""),
+                  delta_color="off", delta_arrow="off")
+
+
 c1, c2, c3 = st.columns(3)
 c1.metric("Trainable parameters", f"{trainable:,}", f"{trainable / total:.1%} of {total:,}", delta_color="off", delta_arrow="off")
-if mode == "feature-extraction":
-    c2.metric("Estimated time", format_seconds(once_s), "once, for the features; each epoch then takes "
-              f"milliseconds ({speed.runtime})", delta_color="off", delta_arrow="off")
-else:
-    c2.metric("Estimated time per epoch", format_seconds(epoch_s),
-              f"{num_images} images on this machine" + (f", after {format_seconds(once_s)} once for the "
-                                                        f"frozen stages ({speed.runtime})" if once_s else ""),
-              delta_color="off", delta_arrow="off")
+with c2:
+    polled(time_estimate, speed_if_known(spec.name) is None, every=2.0)
 c3.metric("Mode", tlcore.MODE_TITLES[mode].capitalize())
 if mode == "scratch":
     st.warning("From scratch, the network knows nothing about images: with a few dozen pictures expect poor "

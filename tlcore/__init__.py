@@ -45,6 +45,7 @@ from .analysis.profile import (
                         SpeedUnknown,
                         estimate_epoch_seconds,
                         estimate_run_seconds,
+                        known_speed,
                         measure_speed,
                         measure_speed_elsewhere,
                         refine_speed_when_quiet,
@@ -181,7 +182,7 @@ __all__ = [
     "Action", "DataCheck", "Finding", "Review", "check_backbone", "check_data", "check_key", "review_summary",
     # comparisons and speed
     "COMPARE_EPOCHS", "DEFAULT_SHOTS", "STRATEGY_TITLES", "SpeedProfile", "SpeedUnknown", "available_shots", "shots_note", "estimate_epoch_seconds", "estimate_run_seconds",
-    "measure_speed", "measure_speed_elsewhere", "time_on_runner", "refine_speed_when_quiet", "race_facts", "shared_split", "top1_finding",
+    "known_speed", "measure_speed", "measure_speed_elsewhere", "time_on_runner", "refine_speed_when_quiet", "race_facts", "shared_split", "top1_finding",
     # before training: which backbone fits, how general each stage is, what each sees, the learning rate
     "AnalysisState", "LiveAnalyses", "LrFind", "StageProbe", "TransferScore", "logme", "lr_find",
     "probe_stages", "stage_maps", "transfer_score",

@@ -149,7 +149,44 @@ def test_backbone_page_preview_and_choice():
     at.button(key="backbone_use_tiny-test").click().run()
     assert at.button(key="backbone_use_tiny-test").disabled
     # issue 21: speeds said per image, on one batch size, in torch for every backbone (comparable across cards)
-    assert "ms/image in torch" in texts(at.markdown) and "(batches of 8)" in texts(at.markdown)
+    wait_for(at, lambda a: "ms/image in torch" in texts(a.markdown))  # timed in a worker
+    assert "(batches of 8)" in texts(at.markdown)
+
+
+def test_no_page_waits_for_a_backbones_timing(monkeypatch):
+    """A timing is a job in a worker, queued behind the class's work on a busy server: the Backbone and Freeze pages
+    say it is underway and show the figure when it comes, without waiting for it (a card that waited drew its
+    heading and held back its button and every card after it)."""
+    import functools
+    import threading
+
+    from tlcore.analysis import profile
+
+    at = new_app()
+    release = threading.Event()
+
+    def queued(name: str) -> tlcore.SpeedProfile:  # a worker's timing, held until the test lets it run
+        release.wait(BUSY)
+        return profile._measure_speed("tiny-test", *profile.DEFAULT_TIMING)
+
+    monkeypatch.setattr(profile, "_known", {})
+    monkeypatch.setattr(profile, "_started", set())
+    monkeypatch.setattr(profile, "_measured", functools.lru_cache(maxsize=32)(profile._time_backbone))
+    monkeypatch.setattr(profile, "_elsewhere", queued)
+    try:
+        at.button(key="backbone_use_tiny-test").click().run()
+        assert not at.exception and at.button(key="backbone_use_tiny-test").disabled
+        assert "speed here: timing in a worker…" in texts(at.markdown)
+        assert at.button(key="backbone_measure").disabled and at.button(key="backbone_measure").label == "Measuring…"
+        at.switch_page("pages/freeze.py").run()
+        assert not at.exception
+        estimate = next(m for m in at.metric if m.label.startswith("Estimated time"))
+        assert estimate.value == "in a moment"
+    finally:
+        release.set()
+    wait_for(at, lambda a: next(m for m in a.metric if m.label.startswith("Estimated time")).value != "in a moment")
+    at.switch_page("pages/backbone.py").run()
+    assert "ms/image in torch" in texts(at.markdown) and not at.button(key="backbone_measure").disabled
 
 
 def test_training_survives_page_switches_and_stop_keeps_best():

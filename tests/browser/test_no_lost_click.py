@@ -7,8 +7,8 @@ reaches the button's line. On the Compare page that line comes after the estimat
 minutes (a run of the old page stuck there for 4 minutes in chromium, the button stale and enabled); any change in
 that time replaced the run, and the click was gone without a word. The buttons now take the click in a callback
 (``pages.common.start_button``; Export's ``work_button``; the looks before training already did), which Streamlit
-runs before any page code. The buttons for work the page does itself (the Backbone page's *Measure speed*, the
-Export page's *Load run*) are pressed the same way in the second test; Export's other buttons and the looks'
+runs before any page code. The buttons for work that answers on the page (the Backbone page's *Measure speed*, whose
+timings a worker does, the Export page's *Load run*) are pressed the same way in the second test; Export's other buttons and the looks'
 (scores, probe, range test) are clicked in the AppTests."""
 from __future__ import annotations
 
@@ -202,7 +202,7 @@ def test_the_buttons_for_work_the_page_does_itself_keep_their_click_while_the_pa
         # Backbone: every backbone timed, a sample photo picked at once.
         open_step(page, "Backbone", "1 · Choose a backbone")
         answers["Measure speed on this machine"] = press_then_change_here(
-            page, "backbone_measure", "Measuring…", "Timing ",
+            page, "backbone_measure", "Measuring…", "timing in a worker",
             lambda: page.locator(".st-key-backbone_preview_sample button").filter(has_text="coffee").first.click())
         # the timing goes on past the project's own backbone (measured with the page), whichever run was cut short
         page.wait_for_function("() => document.querySelector('[data-testid=\"stMain\"]').innerText"
