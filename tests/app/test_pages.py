@@ -45,7 +45,7 @@ def wait_for(at: AppTest, done, timeout: float = BUSY) -> None:
         assert not at.exception, at.exception
         return done(at)
 
-    eventually(ready, timeout, "the page", every=0.3)
+    eventually(ready, timeout, "the page", every=1.0)
 
 
 def progress_text(at: AppTest) -> str:

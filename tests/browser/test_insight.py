@@ -10,8 +10,8 @@ def test_backbone_scores_and_stage_probe_show_when_their_jobs_end(app_url, page)
     page.goto(app_url)
     page.get_by_role("heading", name="1 · Choose a backbone").wait_for()
     page.get_by_role("link", name="Data").first.click()
-    page.get_by_role("button", name="Load digits").click()
-    page.get_by_role("heading", name="0 · 40 images").wait_for()
+    page.get_by_role("button", name="Load faces").click()  # 200 images, each scored by every offline backbone
+    page.get_by_role("heading", name="not_face · 100 images").first.wait_for()
 
     page.get_by_role("link", name="Backbone").first.click()
     page.get_by_role("button", name="Score every offline backbone on my images").click()
