@@ -43,7 +43,7 @@ def test_a_class_kit_gives_each_project_its_own_copy_and_survives_a_restart():
     kit = create_kit("digits", folder_zip(ROOT / "assets" / "samples" / "digits"), "tiny-test", "fine-tune")
     assert kit.counts == {c: 40 for c in "01234"}
     assert current_kit() == kit  # read back from <home>/kit/kit.json
-    tlcore.studio.lesson._IMAGES.clear()  # as after a restart: decoded again from <home>/kit/data.zip
+    tlcore.studio.lesson._kit_images.cache_clear()  # as after a restart: decoded again from <home>/kit/data.zip
     a, b = Project.create(), Project.create()
     kit.start(a)
     kit.start(b)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hmac
 import io
 import json
@@ -72,11 +73,8 @@ class ClassKit:
 
     def images(self) -> ImageSet:
         """The kit's decoded images (decoded once per kit, shared read-only by every copy)."""
-        with _LOCK:
-            if self.created not in _IMAGES:
-                _IMAGES.clear()
-                _IMAGES[self.created] = load_zip((kit_root() / "data.zip").read_bytes())
-            return _IMAGES[self.created]
+        with _LOCK:  # 30 students joining at once wait for one decoding, not 30
+            return _kit_images(self.created)
 
     def start(self, project: Project) -> None:
         """Give ``project`` its own copy of the kit: the images (replacing any), the backbone, the strategy."""
@@ -91,7 +89,11 @@ class ClassKit:
 
 
 _LOCK = threading.Lock()
-_IMAGES: dict[float, ImageSet] = {}
+
+
+@functools.lru_cache(maxsize=1)  # the current kit's only: a new kit replaces it
+def _kit_images(created: float) -> ImageSet:
+    return load_zip((kit_root() / "data.zip").read_bytes())
 
 
 def kit_root() -> Path:
