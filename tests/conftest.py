@@ -24,6 +24,7 @@ os.environ.setdefault("TLS_MAX_EPOCHS", "1000000")
 # Exports of pretrained bodies go to a fresh cache; fixed f32 precision keeps results deterministic.
 os.environ.setdefault("TLCORE_CACHE_DIR", tempfile.mkdtemp(prefix="tls-test-cache-"))
 os.environ["TLCORE_INFERENCE_PRECISION"] = "f32"
+import tlcore  # noqa: E402,F401  first, with the variables above: this process's torch then loads as the app's does
 
 ROOT = Path(__file__).resolve().parent.parent
 COLORS = [(220, 40, 40), (40, 40, 220), (40, 200, 40)]

@@ -28,6 +28,10 @@ here (a test holds the pages to it). Modules, one job each:
 * ``analysis``   those as runner jobs, their results on disk;
 * ``cli``, ``bench``.
 """
+from .core.settings import yield_idle_cores
+
+yield_idle_cores()  # before anything imports torch (its threads then sleep, not spin, while they wait)
+
 from .analysis.clean import Action, DataCheck, Finding, Review, check_backbone, check_data, check_key, review_summary
 from .analysis.compare import (
                         COMPARE_EPOCHS,

@@ -141,6 +141,7 @@ def _session(backbone: str, stages: int | None, runtime: Runtime, threads: int, 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as torch's threads (yield_idle_cores)
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     return lambda x: session.run(None, {"pixels": np.divide(x, np.float32(255.0), dtype=np.float32)})[0]
 
