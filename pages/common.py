@@ -259,10 +259,16 @@ def read_only() -> bool:
 KEEP_PARAMS = ("t", "board")  # the teacher's key and the projector view survive a reload of the Teacher page
 
 
-def _show_link(proj: Project) -> None:
+def link_params(proj: Project) -> dict[str, str]:
+    """The address's query of this session's pages: the project's link (or its read-only one) and what the
+    Teacher page keeps. Every page link carries it: a link without it cleared the address's query, the page then
+    wrote it back, and the browser's history got two entries for one step (Back then stayed on the page)."""
     param, value = ("view", proj.view_key) if read_only() else ("p", proj.key)
-    want = {param: value, **{k: st.query_params[k] for k in KEEP_PARAMS if k in st.query_params}}
-    if st.query_params.to_dict() != want:
+    return {param: value, **{k: st.query_params[k] for k in KEEP_PARAMS if k in st.query_params}}
+
+
+def _show_link(proj: Project) -> None:
+    if st.query_params.to_dict() != (want := link_params(proj)):
         st.query_params.from_dict(want)
 
 
@@ -398,6 +404,7 @@ def step_bar(current: str) -> None:
     state = session()
     state.visited.add(Path(current).stem)
     status = step_status(project(), state.visited)
+    query = link_params(project())
     # One row that wraps (a projector's 1024 px: one row of whole words; a phone: two or three rows, never one
     # link per line); app.py's CSS keeps it compact (.st-key-step_bar).
     with st.container(horizontal=True, gap=None, key="step_bar"):
@@ -406,7 +413,7 @@ def step_bar(current: str) -> None:
             mark = (":material/check_circle:" if done else ":material/radio_button_unchecked:" if ready
                     else ":material/lock:")
             label = f"**{title}**" if file == current else title
-            st.page_link(file, label=label, icon=mark if file != current else icon,
+            st.page_link(file, label=label, icon=mark if file != current else icon, query_params=query,
                          help=None if ready else f"To do first: {missing}.")
 
 

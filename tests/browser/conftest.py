@@ -1,4 +1,4 @@
-"""The real-browser tests' fixtures: one server and one chromium per module, and a page in it."""
+"""The real-browser tests' fixtures: one plain server for the session, one chromium per module, and a page in it."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +10,10 @@ from tests.browser.studio import BUSY_MS, CHROMIUM, FLAGS, NO_BROWSER, start_app
 HERE = Path(__file__).parent
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def app_url():
+    """One plain server for every test that needs nothing special of it (each test's page is a session, with a
+    project, of its own): a server's start costs about 30 s of CPU (its web process, two workers warming up)."""
     proc, url, _ = start_app()
     yield url
     stop_app(proc)  # a busy server may take longer than 10 s to stop: then it is killed

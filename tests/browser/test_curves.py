@@ -3,7 +3,7 @@ draws them under Streamlit's theme (issue 21: validation was red in Loss and lig
 training, light blue was "train" in Loss, and the colours swapped when the run ended)."""
 from __future__ import annotations
 
-from tests.browser.studio import BUSY_MS, SHOTS, start_app, start_long_training, stop_app
+from tests.browser.studio import BUSY_MS, SHOTS, start_long_training
 
 # each chart's title and its drawn lines (name -> colour), as plotly.js resolved them
 DRAWN = """() => Object.fromEntries([...document.querySelectorAll('.js-plotly-plot')].map(gd => [
@@ -18,12 +18,11 @@ def _curves(pg) -> dict:
             for title, lines in charts.items() if title in ("Loss", "Accuracy per epoch")}
 
 
-def test_train_and_validation_keep_their_colours_live_and_finished(browser):
-    proc, url, _ = start_app()
+def test_train_and_validation_keep_their_colours_live_and_finished(browser, app_url):
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    pg.set_default_timeout(BUSY_MS)
     try:
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        pg.set_default_timeout(BUSY_MS)
-        start_long_training(pg, url)
+        start_long_training(pg, app_url)
         live = _curves(pg)
         SHOTS.mkdir(parents=True, exist_ok=True)
         pg.screenshot(path=str(SHOTS / "4-train-live-curves.png"), full_page=True)
@@ -31,9 +30,8 @@ def test_train_and_validation_keep_their_colours_live_and_finished(browser):
         pg.get_by_text("Stopped by the user").first.wait_for(timeout=BUSY_MS)
         finished = _curves(pg)
         pg.screenshot(path=str(SHOTS / "4-train-finished-curves.png"), full_page=True)
-        pg.close()
     finally:
-        stop_app(proc)
+        pg.close()
     assert set(live) == {"Loss", "Accuracy per epoch"} and set(finished) == {"Loss", "Accuracy per epoch"}, (live, finished)
     colours = {}
     for charts in (live, finished):

@@ -5,6 +5,7 @@ Uploads real image files through the browser, trains, sees a prediction, and sav
 """
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -168,14 +169,13 @@ def test_the_load_tests_own_devices_browsers_yield_the_cpu_to_the_server(browser
     assert len(niceness) >= 3 and set(niceness.values()) - {"gone"} == {"19"}, niceness
 
 
-def test_enter_adds_a_class_and_nothing_is_deleted_by_one_click(browser):
+def test_enter_adds_a_class_and_nothing_is_deleted_by_one_click(browser, app_url):
     """In a real browser: Enter in the class name adds the class; Delete and a sample over existing data
     ask first (moving and removing images: tests/engine/test_data.py)."""
-    proc, url, _ = start_app()
     pg = browser.new_page(viewport={"width": 1400, "height": 1000})
     pg.set_default_timeout(BUSY_MS)
     try:
-        pg.goto(url + "/data")
+        pg.goto(app_url + "/data")
         pg.get_by_role("heading", name="2 · Your data").wait_for()
         for label in ("keep", "other"):
             box = pg.get_by_label("New class name")
@@ -197,4 +197,30 @@ def test_enter_adds_a_class_and_nothing_is_deleted_by_one_click(browser):
         shot(pg, "2-data-safety")
     finally:
         pg.close()
-        stop_app(proc)  # a busy server may take longer than 10 s to stop: then it is killed
+
+
+def test_each_step_is_one_entry_in_the_browsers_history(browser, app_url):
+    """A click on a step adds one entry to the browser's history, so Back returns to the step before. A link that
+    dropped the project's key from the address made the page write it back: two entries for one step, and Back
+    stayed on the page (the main flow's Back from Compare waited there)."""
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    pg.set_default_timeout(BUSY_MS)
+    try:
+        pg.goto(app_url + "/data")
+        pg.get_by_role("heading", name="2 · Your data").wait_for()
+        pg.get_by_role("button", name="Load digits").click()
+        pg.get_by_role("heading", name=re.compile(r"^0 · \d+ images")).first.wait_for()
+        steps = (("Freeze", "3 · Freeze or fine-tune"), ("Train", "4 · Train"), ("Compare", "Compare strategies"))
+        lengths = [pg.evaluate("history.length")]
+        for link, heading in steps:
+            pg.get_by_role("link", name=link).first.click()
+            pg.get_by_role("heading", name=heading).wait_for()
+            pg.wait_for_function("() => new URLSearchParams(location.search).has('p')")
+            lengths.append(pg.evaluate("history.length"))
+        assert [b - a for a, b in zip(lengths, lengths[1:])] == [1, 1, 1], lengths
+        for _, heading in reversed((("Data", "2 · Your data"), *steps[:-1])):
+            pg.go_back()
+            pg.get_by_role("heading", name=heading).wait_for()
+            assert "p=" in pg.url
+    finally:
+        pg.close()
