@@ -8,7 +8,6 @@ from pages.common import (
     ask_name,
     has_project,
     keep_every_click,
-    link_params,
     open_session,
     project,
     read_only,
@@ -16,6 +15,7 @@ from pages.common import (
     session,
     start_from_kit,
     step_bar,
+    step_link,
     view_link,
 )
 
@@ -80,7 +80,7 @@ with st.sidebar:
     if read_only():
         st.caption(f"Project **{proj.name}**, read-only: you can look at its models and test them, not change it.")
         for f in files:
-            st.page_link(f, label=PAGES[f][0], icon=PAGES[f][1], query_params=link_params(proj))
+            step_link(f, *PAGES[f])
     else:
         st.text_input("Your name", value=proj.student, max_chars=40, key=f"student_name_{proj.name}",
                       on_change=save_student, args=(f"student_name_{proj.name}",),
@@ -90,12 +90,11 @@ with st.sidebar:
         with st.popover("Share read-only", icon=":material/share:"):
             st.markdown("Anyone with this link can look at the models and test them, but not change anything:")
             st.code(view_link(proj), language=None)
-        st.page_link("pages/export.py", label="Open another project", icon=":material/folder_open:",
-                     query_params=link_params(proj))
+        step_link("pages/export.py", "Open another project", ":material/folder_open:")
         if kit is not None:
             st.button("Start from the class kit", key="kit_start", on_click=start_from_kit, icon=":material/school:",
                       help=f"A new project of your own with the class's data ({kit.name}).")
-        st.page_link("pages/teacher.py", label="Teacher", icon=":material/school:", query_params=link_params(proj))
+        step_link("pages/teacher.py", "Teacher", ":material/school:")
 if not read_only() and not proj.student and page.url_path != "teacher":
     ask_name(proj)
 step_bar(next((f for f in PAGES if PAGES[f][0] == page.title), ""))

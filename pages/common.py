@@ -8,7 +8,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import streamlit as st
@@ -267,6 +267,11 @@ def link_params(proj: Project) -> dict[str, str]:
     return {param: value, **{k: st.query_params[k] for k in KEEP_PARAMS if k in st.query_params}}
 
 
+def step_link(page: str, label: str, icon: str, **kwargs: Any) -> None:
+    """A link to one of the project's pages that keeps the address's query (``link_params``)."""
+    st.page_link(page, label=label, icon=icon, query_params=link_params(session().project), **kwargs)
+
+
 def _show_link(proj: Project) -> None:
     if st.query_params.to_dict() != (want := link_params(proj)):
         st.query_params.from_dict(want)
@@ -404,7 +409,6 @@ def step_bar(current: str) -> None:
     state = session()
     state.visited.add(Path(current).stem)
     status = step_status(project(), state.visited)
-    query = link_params(project())
     # One row that wraps (a projector's 1024 px: one row of whole words; a phone: two or three rows, never one
     # link per line); app.py's CSS keeps it compact (.st-key-step_bar).
     with st.container(horizontal=True, gap=None, key="step_bar"):
@@ -413,8 +417,8 @@ def step_bar(current: str) -> None:
             mark = (":material/check_circle:" if done else ":material/radio_button_unchecked:" if ready
                     else ":material/lock:")
             label = f"**{title}**" if file == current else title
-            st.page_link(file, label=label, icon=mark if file != current else icon, query_params=query,
-                         help=None if ready else f"To do first: {missing}.")
+            step_link(file, label, mark if file != current else icon,
+                      help=None if ready else f"To do first: {missing}.")
 
 
 def start_button(label: str, key: str, start: Callable[[], object], busy: Callable[[], bool], busy_label: str,
@@ -498,7 +502,7 @@ def require_data(proj: Project) -> None:
         tlcore.check_trainable(proj.images)
     except tlcore.TLError as e:
         st.info(f"{e}", icon=":material/info:")
-        st.page_link("pages/data.py", label="Go to the Data page", icon=":material/photo_library:")
+        step_link("pages/data.py", "Go to the Data page", ":material/photo_library:")
         st.stop()
 
 
@@ -515,7 +519,7 @@ def require_run(proj: Project) -> RunRecord:
         if read_only():
             st.caption("This is a read-only view: the project's owner trains its models.")
         else:
-            st.page_link("pages/train.py", label="Go to the Train page", icon=":material/model_training:")
+            step_link("pages/train.py", "Go to the Train page", ":material/model_training:")
         st.stop()
     ids = [r.id for r in runs]
     key = f"run_pick_{page}"

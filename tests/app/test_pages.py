@@ -756,3 +756,13 @@ def test_a_click_is_kept_when_a_newer_request_arrives_before_its_callback_runs()
     assert applied.started == ["tls: the session"]
     with pytest.raises(RerunException):  # outside a rerun's start, the newer request is taken as before
         safe["tls"]
+
+
+def test_every_link_to_a_step_keeps_the_projects_key():
+    """The step bar, the sidebar and the "Go to the Data page" guidance carry the address's query: a link without it
+    cleared the key, the page wrote it back, and the browser's history got two entries for one step."""
+    at = new_app()
+    at.switch_page("pages/train.py").run()  # no data yet: the page sends the student to the Data page
+    links = {link.proto.label: link.proto.query_string for link in at.get("page_link")}
+    assert "Go to the Data page" in links and "Data" in links and "Teacher" in links, links
+    assert set(links.values()) == {f"p={link_key(at)}"}, links
