@@ -1,9 +1,11 @@
 """Shared fixtures: an isolated home for projects, and tiny generated images."""
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -17,7 +19,10 @@ from PIL import Image
 
 # Before tlcore or the app is imported anywhere: projects go to a throwaway folder and the tiny
 # test backbone is offered by the app.
-os.environ.setdefault("TLS_HOME", tempfile.mkdtemp(prefix="tls-test-home-"))
+# Each of pytest-xdist's processes has a home of its own (not its controller's); what a test starts shares its test's.
+if os.environ.get("TLS_TEST_HOME_OF") != (worker := os.environ.get("PYTEST_XDIST_WORKER", "")):
+    os.environ.update(TLS_HOME=tempfile.mkdtemp(prefix="tls-test-home-"), TLS_TEST_HOME_OF=worker)
+    atexit.register(shutil.rmtree, os.environ["TLS_HOME"], ignore_errors=True)
 os.environ["TLS_TEST_BACKBONES"] = "1"
 # Tests start "endless" runs (10,000 epochs) to stop them; test_limits sets the limits it checks.
 os.environ.setdefault("TLS_MAX_EPOCHS", "1000000")

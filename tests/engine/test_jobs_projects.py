@@ -26,7 +26,7 @@ TINY = TrainConfig(backbone="tiny-test", mode="fine-tune", epochs=3, batch_size=
 def spec(images, config, owner="p", name="job", tmp=None) -> JobSpec:
     from tlcore.data.images import stratified_split, trainable_subset
 
-    folder = Path(tempfile.mkdtemp(prefix="tls-job-"))
+    folder = Path(tempfile.mkdtemp(prefix="job-", dir=os.environ["TLS_HOME"]))  # removed with the home
     split = stratified_split(trainable_subset(images).labels(), config.val_fraction, config.seed)
     return JobSpec(name, owner, images, config, Training(split), folder)
 
