@@ -1,11 +1,11 @@
-"""The real-browser tests' fixtures: one plain server for the session, one chromium per module, and a page in it."""
+"""The real-browser tests' fixtures: one shared server for the session, one chromium per module, and a page in it."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from tests.browser.studio import BUSY_MS, CHROMIUM, FLAGS, NO_BROWSER, start_app, stop_app
+from tests.browser.studio import BUSY_MS, CHROMIUM, FLAGS, NO_BROWSER, TEACHER_PASSWORD, start_app, stop_app
 
 HERE = Path(__file__).parent
 
@@ -14,7 +14,7 @@ HERE = Path(__file__).parent
 def app_url():
     """One plain server for every test that needs nothing special of it (each test's page is a session, with a
     project, of its own): a server's start costs about 30 s of CPU (its web process, two workers warming up)."""
-    proc, url, _ = start_app()
+    proc, url, _ = start_app(TLS_TEACHER_PASSWORD=TEACHER_PASSWORD)
     yield url
     stop_app(proc)  # a busy server may take longer than 10 s to stop: then it is killed
 

@@ -25,6 +25,7 @@ BUSY_MS = 900_000
 # chromium as root on a headless machine, nothing fetched from outside (the tests never touch the internet)
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
          "--no-first-run", "--disable-sync", "--disable-quic"]
+TEACHER_PASSWORD = "fit-check"  # the shared server's (conftest's app_url): its Teacher page opens
 NO_BROWSER = not Path(CHROMIUM).exists() and not os.environ.get("TLS_REQUIRE_BROWSER")  # conftest skips them then
 
 

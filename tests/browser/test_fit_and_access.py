@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
-from tests.browser.studio import BUSY_MS, CHROMIUM, FLAGS, SHOTS, main_text, start_app, stop_app
+from tests.browser.studio import BUSY_MS, CHROMIUM, FLAGS, SHOTS, TEACHER_PASSWORD, main_text
 from tests.conftest import ROOT
 
 SIZES = {"projector": (1024, 768), "phone": (390, 844)}
@@ -154,7 +152,7 @@ def visit_every_page(page, url: str, problems: dict, violations: dict) -> None:
 
     page.set_viewport_size({"width": 1024, "height": 768})
     page.goto(url + "/teacher")
-    page.get_by_label("Teacher password").fill("fit-check")
+    page.get_by_label("Teacher password").fill(TEACHER_PASSWORD)
     page.get_by_role("button", name="Open").click()
     page.get_by_role("button", name="Log out").wait_for()
     settle(page)
@@ -169,14 +167,7 @@ def visit_every_page(page, url: str, problems: dict, violations: dict) -> None:
     look(page, "Projector", problems)
 
 
-@pytest.fixture(scope="module")
-def studio():
-    proc, url, _ = start_app(TLS_TEACHER_PASSWORD="fit-check")
-    yield url
-    stop_app(proc)
-
-
-def test_every_page_fits_a_projector_and_a_phone_and_passes_axe(studio):
+def test_every_page_fits_a_projector_and_a_phone_and_passes_axe(app_url):
     from playwright.sync_api import expect, sync_playwright
 
     problems, violations = {}, {}
@@ -184,7 +175,7 @@ def test_every_page_fits_a_projector_and_a_phone_and_passes_axe(studio):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page(viewport={"width": 1024, "height": 768})
         page.set_default_timeout(WAIT)
-        page.goto(studio + "/data")
+        page.goto(app_url + "/data")
         page.get_by_role("heading", name=STEPS["Data"]).wait_for()
         page.get_by_role("button", name="Load digits").click()
         page.get_by_role("heading", name="0 · 40 images").wait_for()
@@ -200,7 +191,7 @@ def test_every_page_fits_a_projector_and_a_phone_and_passes_axe(studio):
         # the run ended: the focus is back on Start (it was left on the page, and the next Tab began at the top)
         expect(page.get_by_role("button", name="Start training")).to_be_focused(timeout=WAIT)
 
-        visit_every_page(page, studio, problems, violations)
+        visit_every_page(page, app_url, problems, violations)
         browser.close()
     report = "\n".join(f"{where}:\n  " + "\n  ".join(found) for where, found in {**problems, **violations}.items())
     print(report)

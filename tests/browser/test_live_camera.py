@@ -26,13 +26,6 @@ def clip(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def app_url():
-    proc, url, _ = start_app()
-    yield url
-    stop_app(proc)
-
-
-@pytest.fixture(scope="module")
 def camera_browser(clip):
     from playwright.sync_api import sync_playwright
 

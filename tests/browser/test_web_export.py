@@ -264,7 +264,7 @@ def test_int8_page_agrees_with_the_app(run, tmp_path):
     assert same >= 0.8 * len(app)
 
 
-def test_the_app_serves_the_page_to_phones(run, tmp_path):
+def test_the_app_serves_the_page_to_phones(run, tmp_path, app_url):
     """Published under the app's static folder and opened over plain http from a network name (as a phone on
     the classroom network would): the page classifies, offers photos instead of the camera, and only the
     published folder is served."""
@@ -272,12 +272,11 @@ def test_the_app_serves_the_page_to_phones(run, tmp_path):
     import urllib.request
 
     import tlcore
-    from tests.browser.studio import start_app, stop_app
     from tlcore.studio.report import open_run_folder
 
     web = tlcore.export_web(*open_run_folder(run, DATA), tmp_path / "web")
-    path = tlcore.publish_web(web, ROOT / "static", run)
-    proc, url, _ = start_app()
+    path = tlcore.publish_web(web, ROOT / "static", run)  # into the running server's folder: served at once
+    url = app_url
     try:
         base = url.replace("127.0.0.1", "phone.test") + "/app/static/"
         with urllib.request.urlopen(f"{url}/app/static/{path.replace('index.html', 'model.js')}") as r:
@@ -290,7 +289,6 @@ def test_the_app_serves_the_page_to_phones(run, tmp_path):
                 assert e.code in (400, 404)
         page, _, _ = _page_predictions(None, base + path, phone=True)
     finally:
-        stop_app(proc)
         shutil.rmtree(ROOT / "static" / path.split("/")[0] / path.split("/")[1], ignore_errors=True)
     app = _app_predictions(run)
     assert all(max(page[f], key=page[f].get) == max(app[f], key=app[f].get) for f in app)
