@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
+from tests.conftest import ROOT
 from tlcore import TrainConfig, run_to_end
 from tlcore.analysis.compare import plan
 from tlcore.core.measure import (
@@ -186,3 +189,14 @@ def test_scoring_settings_are_checked(bad):
 
     with pytest.raises(TLError):
         dataclasses.replace(TrainConfig(), **bad).validate()
+
+
+def test_a_score_and_a_paired_verdict_load_no_scipy_stats():
+    """scipy.stats took 0.8-1.3 s to import, in the web process, when a class's first model was shown (py-spy of
+    the classroom load): every session waited. The intervals and the sign test need only scipy.special."""
+    code = ("import sys; from tlcore.core.measure import Score, two_sided_sign_test; from tlcore.studio.classlab "
+            "import PairResult; Score(11, 15, 'x').text(); two_sided_sign_test(5, 6); "
+            "PairResult('a', 'b', 2, 0, 0, (0.4, 0.3)).interval; "
+            "assert 'scipy.stats' not in sys.modules, 'scipy.stats was imported'")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]

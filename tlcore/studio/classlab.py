@@ -55,13 +55,13 @@ class PairResult:
     @property
     def interval(self) -> tuple[float, float] | None:
         """The 95 % t-interval of the mean difference (None from fewer than two projects)."""
-        from scipy.stats import t
+        from scipy.special import stdtrit  # the t distribution's quantile (scipy.stats.t.ppf), without scipy.stats
 
         k = len(self.diffs)
         if k < 2:
             return None
         sd = math.sqrt(sum((d - self.mean) ** 2 for d in self.diffs) / (k - 1))
-        half = float(t.ppf(0.975, k - 1)) * sd / math.sqrt(k)
+        half = float(stdtrit(k - 1, 0.975)) * sd / math.sqrt(k)
         return self.mean - half, self.mean + half
 
     @property
