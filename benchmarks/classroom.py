@@ -20,6 +20,7 @@ tests run short versions in CI (they check outcomes, never timings).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import io
 import json
@@ -303,18 +304,17 @@ def yield_cpu(pids: set[int]) -> None:
             continue
 
 
-def browsers(n: int, images: int, timeout: float = 360, finetune: bool = True, browser=None, warm: bool = False,
+def browsers(n: int, images: int, timeout: float = 360, finetune: bool = True, warm: bool = False,
              own_devices: bool = False) -> dict:
-    """``n`` real chromium sessions against one real server; see the module docstring. ``browser``: a
-    Playwright browser to use (the tests pass theirs), else one is started here. ``warm``: the class arrives
+    """``n`` real chromium sessions against one real server; see the module docstring. ``warm``: the class arrives
     once the server has warmed up (``wait_until_warm``), as in a lesson; else at once (a server just started).
     ``own_devices``: the browsers take only the CPU the server leaves (``yield_cpu``): in a class they run on the
-    students' devices; here six of them shared the server's two cores and took 1.5-1.9 of them."""
-    from contextlib import nullcontext
+    students' devices; here six of them shared the server's two cores and took 1.5-1.9 of them.
 
-    from playwright.sync_api import sync_playwright
-
-    from tests.browser.studio import CHROMIUM, FLAGS, start_app
+    Each student acts as soon as their own page shows the next step (Playwright's async API, one task each): a
+    loop that looked at the six pages in turn added up to 8 s between a page showing "Added" and its Start
+    being pressed. It runs in a thread of its own, so a caller may hold Playwright's sync API meanwhile."""
+    from tests.browser.studio import start_app
 
     proc, url, home = start_app(TLS_TEST_BACKBONES="")  # its output goes to home / "server.log"
     zips = []
@@ -326,42 +326,19 @@ def browsers(n: int, images: int, timeout: float = 360, finetune: bool = True, b
     try:
         if warm:
             report["warm_up_s"] = wait_until_warm(url, proc.pid)
-        with (sync_playwright() if browser is None else nullcontext()) as pw:
-            before = chromium_pids()
-            b = browser or pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-            pages = []
-            for k in range(n):
-                pg = b.new_page(viewport={"width": 1300, "height": 900})
-                pg.set_default_timeout(timeout * 1000)
-                pg.goto(f"{url}/data")
-                pg.get_by_role("heading", name="2 · Your data").wait_for()
-                pg.get_by_role("tab", name="Upload a zip").click()
-                pages.append(pg)
-            if own_devices:  # the browser started here (a browser passed in is another test's: left as it is)
-                yield_cpu(browser_pids(before))
-            report["fe"] = _upload_and_train(pages, zips, timeout)
-            report["fe"]["server_side_s"] = _server_side(home, report["fe"]["t0"])
-            if finetune:
-                for pg in pages:
-                    pg.get_by_role("link", name="Freeze").first.click()
-                    pg.get_by_role("heading", name="3 · Freeze or fine-tune").wait_for()
-                    slider = pg.get_by_role("slider").first
-                    slider.focus()
-                    for _ in range(4):
-                        slider.press("ArrowRight")  # the last stages learn: a fine-tune
-                    pg.wait_for_timeout(500)
-                    pg.get_by_role("link", name="Train").first.click()
-                    pg.get_by_role("button", name="Start training").wait_for()
-                    pg.get_by_text("Advanced settings").click()
-                    epochs = pg.get_by_role("spinbutton", name="Epochs")
-                    epochs.fill("2")
-                    epochs.press("Enter")
-                    pg.wait_for_timeout(500)
-                report["finetune"] = _press_start_and_wait(pages, timeout, "Finished 2 epochs")
-            for pg in pages:
-                pg.close()
-            if browser is None:
-                b.close()
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                asyncio.run(_class(url, home, zips, timeout, finetune, own_devices, report))
+            except BaseException as e:  # noqa: BLE001 -- raised again in the caller's thread
+                failed.append(e)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join()
+        if failed:
+            raise failed[0]
     finally:
         report["server_peak_rss_mb"] = _peak_rss_mb(proc.pid)
         proc.terminate()
@@ -373,6 +350,48 @@ def browsers(n: int, images: int, timeout: float = 360, finetune: bool = True, b
     text = (home / "server.log").read_text(errors="replace")
     report["server_tracebacks"] = text.count("Traceback (most recent call last)")
     return report
+
+
+async def _class(url: str, home: Path, zips: list[Path], timeout: float, finetune: bool, own_devices: bool,
+                 report: dict) -> None:
+    """The browser part of ``browsers``: one chromium, a page per student, the timings into ``report``."""
+    from playwright.async_api import async_playwright
+
+    from tests.browser.studio import CHROMIUM, FLAGS
+
+    async with async_playwright() as pw:
+        before = chromium_pids()
+        b = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        pages = []
+        for _ in zips:
+            pg = await b.new_page(viewport={"width": 1300, "height": 900})
+            pg.set_default_timeout(timeout * 1000)
+            await pg.goto(f"{url}/data")
+            await pg.get_by_role("heading", name="2 · Your data").wait_for()
+            await pg.get_by_role("tab", name="Upload a zip").click()
+            pages.append(pg)
+        if own_devices:
+            yield_cpu(browser_pids(before))
+        report["fe"] = await _upload_and_train(pages, zips, timeout)
+        report["fe"]["server_side_s"] = _server_side(home, report["fe"]["t0"])
+        if finetune:
+            for pg in pages:
+                await pg.get_by_role("link", name="Freeze").first.click()
+                await pg.get_by_role("heading", name="3 · Freeze or fine-tune").wait_for()
+                slider = pg.get_by_role("slider").first
+                await slider.focus()
+                for _ in range(4):
+                    await slider.press("ArrowRight")  # the last stages learn: a fine-tune
+                await pg.wait_for_timeout(500)
+                await pg.get_by_role("link", name="Train").first.click()
+                await pg.get_by_role("button", name="Start training").wait_for()
+                await pg.get_by_text("Advanced settings").click()
+                epochs = pg.get_by_role("spinbutton", name="Epochs")
+                await epochs.fill("2")
+                await epochs.press("Enter")
+                await pg.wait_for_timeout(500)
+            report["finetune"] = await _press_start_and_wait(pages, timeout, "Finished 2 epochs")
+        await b.close()
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -438,34 +457,44 @@ def watch_cost(tabs: int = 3, window: float = 20.0) -> dict:
     return out
 
 
-def _upload_and_train(pages, zips: list[Path], timeout: float, done_text: str = "the best epoch") -> dict:
+async def _upload_and_train(pages, zips: list[Path], timeout: float, done_text: str = "the best epoch") -> dict:
     """Every student picks their zip at the same moment; each, as soon as the page says their images are in,
     goes to Train and presses Start. Times per student: the upload (the zip picked -> "Added N images"),
     upload -> model shown, and Start -> model shown."""
     t0 = time.time()
-    for pg, path in zip(pages, zips):
-        pg.locator("[data-testid='stFileUploader'] input[type=file]").first.set_input_files(str(path))
     added, started, shown = {}, {}, {}
-    while len(shown) < len(pages) and time.time() < t0 + timeout:
-        for k, pg in enumerate(pages):
-            if k not in added and pg.get_by_text(re.compile(r"Added \d+ images")).count():
-                added[k] = time.time()
-                pg.get_by_role("link", name="Train").first.click()
-            elif k in added and k not in started and pg.get_by_role("button", name="Start training").count():
-                pg.get_by_role("button", name="Start training").click()
-                started[k] = time.time()
-            elif k in started and k not in shown and pg.get_by_text(done_text).count():
-                shown[k] = time.time()
-        time.sleep(0.1)
-    stuck = [k for k in range(len(pages)) if k not in shown]
-    for k in stuck:  # what a stuck student sees
-        pages[k].screenshot(path=str(ROOT / "test-output" / f"classroom-stuck-{k}.png"), full_page=True)
+
+    async def student(k: int, pg, path: Path) -> None:
+        await pg.locator("[data-testid='stFileUploader'] input[type=file]").first.set_input_files(str(path))
+        await pg.get_by_text(re.compile(r"Added \d+ images")).first.wait_for()
+        added[k] = time.time()
+        await pg.get_by_role("link", name="Train").first.click()
+        await pg.get_by_role("button", name="Start training").click()
+        started[k] = time.time()
+        await pg.get_by_text(done_text).first.wait_for()
+        shown[k] = time.time()
+
+    await _each(pages, [student(k, pg, path) for k, (pg, path) in enumerate(zip(pages, zips))], timeout, shown)
     return {"upload_s": _spread([added[k] - t0 for k in added]),
             "upload_to_model_s": _spread([shown[k] - added[k] for k in shown]),
             "start_to_model_s": _spread([shown[k] - started[k] for k in shown]),
-            "all_done_s": time.time() - t0, "stuck": len(stuck),
+            "all_done_s": time.time() - t0, "stuck": len(pages) - len(shown),
             "t0": t0, "per_student_s": {k: [round(d.get(k, t0) - t0, 2) for d in (added, started, shown)]
                                         for k in range(len(pages))}}  # (images in, Start pressed, model shown)
+
+
+async def _each(pages, students, timeout: float, done: dict) -> None:
+    """Run every student's steps at once, for at most ``timeout``; a screenshot of what each stuck one sees."""
+    tasks = [asyncio.ensure_future(s) for s in students]
+    await asyncio.wait(tasks, timeout=timeout)
+    for task in tasks:
+        if not task.done():
+            task.cancel()
+        elif task.exception() is not None:
+            print(f"a student's steps failed: {task.exception()!r}", file=sys.stderr)
+    for k, pg in enumerate(pages):
+        if k not in done:  # what a stuck student sees
+            await pg.screenshot(path=str(ROOT / "test-output" / f"classroom-stuck-{k}.png"), full_page=True)
 
 
 def _server_side(home: Path, t0: float) -> dict:
@@ -481,23 +510,19 @@ def _server_side(home: Path, t0: float) -> dict:
     return {"photos_saved": _spread(saved), "model_saved": _spread(models)}
 
 
-def _press_start_and_wait(pages, timeout: float, done_text: str) -> dict:
+async def _press_start_and_wait(pages, timeout: float, done_text: str) -> dict:
     """Every student presses Start; the time until each page shows its finished model."""
     t0 = time.time()
-    for pg in pages:
-        pg.get_by_role("button", name="Start training").click()
-    took: list[float] = []
-    pending = list(range(len(pages)))
-    while pending and time.time() < t0 + timeout:
-        for k in list(pending):
-            if pages[k].get_by_text(done_text).count():
-                took.append(time.time() - t0)
-                pending.remove(k)
-        time.sleep(0.25)
-    stuck = len(pending)
-    for k in pending:  # what a stuck student sees
-        pages[k].screenshot(path=str(ROOT / "test-output" / f"classroom-stuck-{k}.png"), full_page=True)
-    return {"start_to_model_s": _spread(took), "all_done_s": time.time() - t0, "stuck": stuck}
+    took: dict[int, float] = {}
+
+    async def student(k: int, pg) -> None:
+        await pg.get_by_role("button", name="Start training").click()
+        await pg.get_by_text(done_text).first.wait_for()
+        took[k] = time.time() - t0
+
+    await _each(pages, [student(k, pg) for k, pg in enumerate(pages)], timeout, took)
+    return {"start_to_model_s": _spread(list(took.values())), "all_done_s": time.time() - t0,
+            "stuck": len(pages) - len(took)}
 
 
 def main() -> None:

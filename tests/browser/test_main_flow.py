@@ -131,12 +131,12 @@ def test_a_server_restart_mid_training_keeps_the_project_and_the_best_epoch(brow
         stop_app(proc)  # a busy server may take longer than 10 s to stop: then it is killed
 
 
-def test_several_students_at_once_each_get_their_own_model(browser):
+def test_several_students_at_once_each_get_their_own_model():
     """Two real browser sessions on one server upload their own zips and train at the same moment (the
     short form of ``python -m benchmarks.classroom``): both see a finished model, no server traceback."""
     from benchmarks.classroom import browsers
 
-    report = browsers(2, 24, timeout=BUSY_MS / 1000, finetune=False, browser=browser)
+    report = browsers(2, 24, timeout=BUSY_MS / 1000, finetune=False)
     assert report["fe"]["stuck"] == 0, report
     assert report["server_tracebacks"] == 0, report
 
