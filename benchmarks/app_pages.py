@@ -47,7 +47,8 @@ def rerun_seconds(n: int) -> dict[str, float]:
     from streamlit.runtime.pages_manager import PagesManager
     from streamlit.testing.v1 import AppTest
 
-    os.environ.setdefault("TLS_HOME", tempfile.mkdtemp(prefix="tls-bench-"))  # before tlcore reads its settings
+    if "TLS_HOME" not in os.environ:  # before tlcore reads its settings
+        os.environ["TLS_HOME"] = tempfile.mkdtemp(prefix="tls-bench-")
     from tlcore.bench import generated_files
 
     # As on a running server, the legacy pages/ mode is off (see tests/app/conftest.py). This is a

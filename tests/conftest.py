@@ -27,7 +27,9 @@ os.environ["TLS_TEST_BACKBONES"] = "1"
 # Tests start "endless" runs (10,000 epochs) to stop them; test_limits sets the limits it checks.
 os.environ.setdefault("TLS_MAX_EPOCHS", "1000000")
 # Exports of pretrained bodies go to a fresh cache; fixed f32 precision keeps results deterministic.
-os.environ.setdefault("TLCORE_CACHE_DIR", tempfile.mkdtemp(prefix="tls-test-cache-"))
+if "TLCORE_CACHE_DIR" not in os.environ:  # what the servers and workers a test starts share; removed at exit
+    os.environ["TLCORE_CACHE_DIR"] = tempfile.mkdtemp(prefix="tls-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["TLCORE_CACHE_DIR"], ignore_errors=True)
 os.environ["TLCORE_INFERENCE_PRECISION"] = "f32"
 import tlcore  # noqa: E402,F401  first, with the variables above: this process's torch then loads as the app's does
 

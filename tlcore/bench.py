@@ -40,6 +40,7 @@ import io
 import json
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -269,7 +270,9 @@ def runner_comparison(quick: bool) -> dict:
         for job in jobs:
             job.join()
         assert all(j.snapshot().state == "completed" for j in jobs), [j.snapshot().finished for j in jobs]
-        return time.perf_counter() - start
+        took = time.perf_counter() - start
+        shutil.rmtree(tmp, ignore_errors=True)
+        return took
 
     out = {}
     local = LocalRunner(workers=2)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import shutil
 import statistics
 import sys
 import tempfile
@@ -199,7 +200,8 @@ def app_ladder(quick: bool, backbone: str, log, busy_only: bool = False) -> dict
     from .studio.project import Project
 
     old_home = str(settings().home)
-    set_environment(TLS_HOME=tempfile.mkdtemp(prefix="tls-bench-home-"))
+    home = tempfile.mkdtemp(prefix="tls-bench-home-")
+    set_environment(TLS_HOME=home)
     set_runner(None)
     out: dict = {}
     try:
@@ -302,6 +304,7 @@ def app_ladder(quick: bool, backbone: str, log, busy_only: bool = False) -> dict
     finally:
         set_runner(None)
         set_environment(TLS_HOME=old_home)
+        shutil.rmtree(home, ignore_errors=True)
     return out
 
 

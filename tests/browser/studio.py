@@ -39,7 +39,9 @@ def start_app(address: str = "127.0.0.1", **env_extra: str):
     """Streamlit on a free port, listening on ``address`` (0.0.0.0: also on this machine's network address,
     as in a classroom); returns the process, its local URL and its home folder."""
     port = _free_port()
-    env = {**os.environ, "TLS_HOME": tempfile.mkdtemp(prefix="tls-browser-"), "TLS_TEST_BACKBONES": "1",
+    # its home inside the test session's (removed at exit, tests/conftest.py); a benchmark's, in its own
+    env = {**os.environ, "TLS_HOME": tempfile.mkdtemp(prefix="tls-browser-", dir=os.environ.get("TLS_HOME")),
+           "TLS_TEST_BACKBONES": "1",
            # an edit to tlcore while a test runs (others work in this checkout) made Streamlit re-import it, and the
            # runner could no longer pickle a job ("not the same object as tlcore.jobs.spec.JobSpec"): nothing trained
            "STREAMLIT_SERVER_FILE_WATCHER_TYPE": "none", **env_extra}

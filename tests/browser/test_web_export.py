@@ -276,14 +276,13 @@ def test_the_app_serves_the_page_to_phones(run, tmp_path, app_url):
 
     web = tlcore.export_web(*open_run_folder(run, DATA), tmp_path / "web")
     path = tlcore.publish_web(web, ROOT / "static", run)  # into the running server's folder: served at once
-    url = app_url
     try:
-        base = url.replace("127.0.0.1", "phone.test") + "/app/static/"
-        with urllib.request.urlopen(f"{url}/app/static/{path.replace('index.html', 'model.js')}") as r:
+        base = app_url.replace("127.0.0.1", "phone.test") + "/app/static/"
+        with urllib.request.urlopen(f"{app_url}/app/static/{path.replace('index.html', 'model.js')}") as r:
             assert r.headers["Content-Type"].split(";")[0] in ("text/javascript", "application/javascript")
         for other in ("tls-web/", "../app.py", "tls-web/x/index.html"):
             try:
-                urllib.request.urlopen(f"{url}/app/static/{other}")
+                urllib.request.urlopen(f"{app_url}/app/static/{other}")
                 raise AssertionError(f"{other} was served")
             except urllib.error.HTTPError as e:
                 assert e.code in (400, 404)

@@ -23,7 +23,7 @@ from tlcore.studio.run_views import validation_report
 TINY = TrainConfig(backbone="tiny-test", mode="fine-tune", epochs=3, batch_size=8)
 
 
-def spec(images, config, owner="p", name="job", tmp=None) -> JobSpec:
+def spec(images, config, owner="p", name="job") -> JobSpec:
     from tlcore.data.images import stratified_split, trainable_subset
 
     folder = Path(tempfile.mkdtemp(prefix="job-", dir=os.environ["TLS_HOME"]))  # removed with the home
