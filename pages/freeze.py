@@ -179,7 +179,8 @@ else:
         st.info(maps, icon=":material/info:")
     else:
         top = max(len(m) for _, m in maps)
-        fig = make_subplots(rows=top, cols=len(maps), column_titles=[name for name, _ in maps],
+        # "block<br>1": nine titles in one line ran into each other on a phone ("stemblock1block2…")
+        fig = make_subplots(rows=top, cols=len(maps), column_titles=[name.replace(" ", "<br>") for name, _ in maps],
                             horizontal_spacing=0.01, vertical_spacing=0.01)
         for c, (name, stage) in enumerate(maps, start=1):
             for r, channel in enumerate(stage, start=1):
@@ -188,7 +189,8 @@ else:
                                 zmin=0, zmax=1, hovertemplate=f"{name}, channel map {r}<extra></extra>")
         fig.update_xaxes(visible=False)
         fig.update_yaxes(visible=False, scaleanchor=None)
-        fig.update_layout(height=110 * top + 40, margin=dict(t=40, b=10, l=10, r=10),
+        fig.update_annotations(font_size=12)  # the column titles (plotly's 16 px: touching at a phone's 390 px)
+        fig.update_layout(height=110 * top + 55, margin=dict(t=55, b=10, l=10, r=10),
                           font=dict(size=10))
         left, right = st.columns([1, 6])
         left.image(tlcore.thumbnail(items[pick], 160), caption=items[pick].label,

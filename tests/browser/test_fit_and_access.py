@@ -59,6 +59,13 @@ MEASURE = """() => {
     if (el.scrollWidth > el.clientWidth + 1 && (s.textOverflow === 'ellipsis' || (text && clips(el))))
       out.push(`text cut short: ${name(el)}`);
   }
+  for (const chart of document.querySelectorAll('.stPlotlyChart')) {  // a chart's titles never run into each other
+    const boxes = [...chart.querySelectorAll('.annotation-text, .gtitle')].map(t => [t, t.getBoundingClientRect()])
+        .filter(([, r]) => r.width > 1);
+    for (const [i, [a, p]] of boxes.entries()) for (const [b, q] of boxes.slice(i + 1))
+      if (p.left < q.right - 1 && q.left < p.right - 1 && p.top < q.bottom - 1 && q.top < p.bottom - 1)
+        out.push(`titles run into each other: "${a.textContent}" and "${b.textContent}"`);
+  }
   return [...new Set(out)];
 }"""
 
