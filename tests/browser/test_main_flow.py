@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.studio import BUSY_MS, folder_of, shot, start_app, start_long_training, stop_app
+from tests.browser.studio import BUSY_MS, folder_of, main_text, shot, start_app, start_long_training, stop_app
 from tests.conftest import ROOT, eventually
 
 
@@ -73,8 +73,14 @@ def test_upload_train_predict_in_a_real_browser(app_url, page, tmp_path):
     shot(page, "8-compare")
 
     # The browser's back button returns to the previous step, same project.
+    length = page.evaluate("history.length")
     page.go_back()
-    page.get_by_role("heading", name="7 · Export and projects").wait_for()
+    try:
+        page.get_by_role("heading", name="7 · Export and projects").wait_for()
+    except Exception as e:  # a stall seen once in four CI runs, never reproduced since: say where the browser is
+        shot(page, "8-back-stalled")
+        raise AssertionError(f"Back did not return to Export: at {page.url}, history {length} -> "
+                             f"{page.evaluate('history.length')} entries; the page says:\n{main_text(page)}") from e
     assert "?p=" in page.url
 
     # A reload keeps everything: the project comes back from the address.
