@@ -3,6 +3,7 @@ chromium, screenshots, and the steps several tests take (a long run training, th
 The fixtures that use them are in ``conftest.py``."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -89,9 +90,22 @@ def stop_app(proc: subprocess.Popen) -> None:
         proc.wait(10)
 
 
+#: The page has drawn what it shows: every chart drawn, no transition running (a rerun's elements fade back in;
+#: a spinner's endless animation does not count).
+DRAWN = ("() => [...document.querySelectorAll('.stPlotlyChart')].every(c => c.querySelector('.main-svg')) && "
+         "document.getAnimations().every(a => a.playState !== 'running' "
+         "|| a.effect.getComputedTiming().iterations === Infinity)")
+
+
 def shot(page, name: str) -> None:
+    """A screenshot of the whole page, once it is drawn (``DRAWN``); a live page may never be still (the
+    Backbone page's timings redraw each second while another student trains): after 5 s, as it is. A screenshot
+    is for looking at, never a check."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page.wait_for_timeout(600)
+    with contextlib.suppress(PlaywrightTimeout):
+        page.wait_for_function(DRAWN, timeout=5000)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from tests.browser.studio import BUSY_MS, CHROMIUM, FLAGS, SHOTS, TEACHER_PASSWORD, main_text
+from tests.browser.studio import BUSY_MS, CHROMIUM, DRAWN, FLAGS, SHOTS, TEACHER_PASSWORD, main_text
 from tests.conftest import ROOT
 
 SIZES = {"projector": (1024, 768), "phone": (390, 844)}
@@ -77,11 +77,9 @@ def settle(page) -> None:
     expect(page.locator("[data-testid='stStatusWidget']")).to_have_count(0, timeout=WAIT)
     expect(page.locator("[data-stale='true']")).to_have_count(0, timeout=WAIT)
     expect(page.locator("[data-testid='stSkeleton']")).to_have_count(0, timeout=WAIT)
-    page.wait_for_function("() => [...document.querySelectorAll('.stPlotlyChart')].every(c => c.querySelector('.main-svg'))",
-                           timeout=WAIT)
-    # a rerun's elements fade back in (a CSS transition): measured half-faded, text would fail the contrast rule
-    page.wait_for_function("() => document.getAnimations().every(a => a.playState !== 'running' "
-                           "|| a.effect.getComputedTiming().iterations === Infinity)", timeout=WAIT)
+    # charts drawn; a rerun's elements fade back in (a CSS transition): measured half-faded, text would fail the
+    # contrast rule
+    page.wait_for_function(DRAWN, timeout=WAIT)
 
 
 def look(page, name: str, problems: dict) -> None:
