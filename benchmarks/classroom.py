@@ -33,6 +33,7 @@ import threading
 import time
 import urllib.request
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -326,19 +327,8 @@ def browsers(n: int, images: int, timeout: float = 360, finetune: bool = True, w
     try:
         if warm:
             report["warm_up_s"] = wait_until_warm(url, proc.pid)
-        failed: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                asyncio.run(_class(url, home, zips, timeout, finetune, own_devices, report))
-            except BaseException as e:  # noqa: BLE001 -- raised again in the caller's thread
-                failed.append(e)
-
-        thread = threading.Thread(target=run)
-        thread.start()
-        thread.join()
-        if failed:
-            raise failed[0]
+        with ThreadPoolExecutor(1) as pool:  # its failure raised here
+            pool.submit(asyncio.run, _class(url, home, zips, timeout, finetune, own_devices, report)).result()
     finally:
         report["server_peak_rss_mb"] = _peak_rss_mb(proc.pid)
         proc.terminate()
