@@ -127,6 +127,64 @@ def test_logistic_head_matches_scikit_learn():
     np.testing.assert_allclose(ours, ref.predict_proba(x), atol=2e-3)
 
 
+def test_a_small_fit_runs_on_one_thread_and_gives_the_others_back(monkeypatch):
+    """Each tensor operation two sleeping threads share wakes the second: a class's fit runs on one, then the
+    process has its threads back; a large fit keeps them."""
+    from tlcore.core import measure
+
+    seen = []
+    objective = measure.LogisticFit._objective
+    monkeypatch.setattr(measure.LogisticFit, "_objective",
+                        lambda self, theta: seen.append(torch.get_num_threads()) or objective(self, theta))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x, y = torch.randn(30, 8), torch.arange(30) % 3
+        fit_logistic(x, y, 3)
+        assert set(seen) == {1} and torch.get_num_threads() == 2
+        seen.clear()
+        monkeypatch.setattr(measure, "ONE_THREAD_MAX", 100)  # 30 x 8 is now "large"
+        fit_logistic(x, y, 3)
+        assert set(seen) == {2}
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_compact_memory_gives_the_two_loop_recursions_direction():
+    """L-BFGS's direction from its compact form, with the dot products it carries from step to step, is the
+    textbook two-loop recursion's (Nocedal and Wright, algorithm 7.4) on the same steps, also once the memory
+    is full and its oldest slots are reused."""
+    from tlcore.core.measure import _Curvature
+
+    torch.manual_seed(0)
+    n, size = 40, 5
+    a = torch.randn(n, n, dtype=torch.float64)
+    hessian = (a @ a.T / n + torch.eye(n, dtype=torch.float64)).float()  # a convex quadratic's
+    memory, pairs = _Curvature(size, n), []
+    x, g = torch.randn(n), None
+    for _ in range(12):
+        g = hessian @ x
+        d = memory.direction(g)
+        q = g.double().clone()  # the two-loop recursion on the pairs kept
+        alphas = []
+        for s, y in reversed(pairs):
+            alphas.append(float(s @ q) / float(y @ s))
+            q -= alphas[-1] * y
+        if pairs:
+            s, y = pairs[-1]
+            q *= float(s @ y) / float(y @ y)
+        for (s, y), alpha in zip(pairs, reversed(alphas)):
+            q += (alpha - float(y @ q) / float(y @ s)) * s
+        np.testing.assert_allclose(d.double(), -q, rtol=1e-3, atol=1e-4 * float(q.abs().max()))
+        t = 0.5
+        x_new = x + t * d
+        g_new = hessian @ x_new
+        memory.push(t * d, g_new - g, g_new)
+        pairs = ([*pairs, ((t * d).double(), (g_new - g).double())])[-size:]
+        x = x_new
+    assert len(memory.order) == size
+
+
 def test_fit_logistic_in_the_images_span_and_all_folds_at_once_match_scikit_learn():
     """Fewer images than dimensions (the fit runs in their span), offset features (centred first), and the
     folds of a cross-validation fitted together: each fold reaches its own scikit-learn optimum."""

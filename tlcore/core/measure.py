@@ -16,9 +16,11 @@ covered the large held-out accuracy in 90 % of runs, these in 93 %.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 Pair = tuple[list[int], list[int]]  # (indices a model trains on, indices it is scored on)
@@ -205,19 +207,23 @@ def out_of_fold(pairs: Sequence[Pair], predict: Callable[[list[int], list[int]],
     k-shot models would know more than k images per class); and the score: how many images that prediction
     gets right, of how many were held out at least once."""
     labels = labels.cpu()
-    sums: dict[int, torch.Tensor] = {}
-    seen: dict[int, int] = {}
+    sums: torch.Tensor | None = None
+    seen = torch.zeros(len(labels))
     for train, test in pairs:
-        for i, p in zip(test, predict(train, test).float().cpu()):
-            if i in sums and not average:
-                continue
-            sums[i] = sums[i] + p if i in sums else p.clone()
-            seen[i] = seen.get(i, 0) + 1
-    if not sums:
+        p, at = predict(train, test).float().cpu(), torch.tensor(test, dtype=torch.long)
+        if sums is None:
+            sums = torch.zeros(len(labels), p.shape[1])
+        if not average:
+            new = seen[at] == 0
+            p, at = p[new], at[new]
+        sums.index_add_(0, at, p)
+        seen.index_add_(0, at, torch.ones(len(at)))
+    scored = seen.nonzero().flatten()
+    if sums is None or not len(scored):
         return None, {}
-    probs = {i: sums[i] / seen[i] for i in sorted(sums)}
-    right = sum(int(int(p.argmax()) == int(labels[i])) for i, p in probs.items())
-    return Score(right, len(probs), method), probs
+    mean = sums[scored] / seen[scored, None]
+    right = int((mean.argmax(1) == labels[scored]).sum())
+    return Score(right, len(scored), method), dict(zip(scored.tolist(), mean.unbind()))
 
 
 def span_basis(x: torch.Tensor) -> torch.Tensor:
@@ -233,13 +239,102 @@ def span_basis(x: torch.Tensor) -> torch.Tensor:
 #: (1e-4) on its mean loss. It stopped at 1e-4 on the sum, 300 times stricter on 300 images, for the same predictions.
 TOL_PER_ROW = 1e-4
 
+#: A fit whose rows x coordinates are at most this runs on one thread. L-BFGS on a class's features is hundreds of
+#: small tensor operations, and each one a second thread shares wakes it (tlcore's threads sleep while they wait:
+#: ``settings.yield_idle_cores``). On 2 cores, a fit and its folds' on 60 images took 4 ms on one thread and 9 ms
+#: on two; 300 images 20 and 25 ms; 700 images 41 and 44 ms; 1,000 about the same.
+ONE_THREAD_MAX = 700 * 700
+
+
+@contextmanager
+def fit_threads(rows: int, dims: int) -> Iterator[None]:
+    """Torch on one thread inside the block if fitting ``rows`` x ``dims`` is small (``ONE_THREAD_MAX``), as
+    before after it. Never around a ``yield``: whoever runs between two would run on one thread too."""
+    before = torch.get_num_threads()
+    if rows * dims > ONE_THREAD_MAX or before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class _Curvature:
+    """L-BFGS's memory of its last ``size`` steps ``s`` and gradient changes ``y``, and the direction it gives:
+    the inverse Hessian's approximation times a gradient in compact form (Byrd, Nocedal and Schnabel 1994, eq. 2.6):
+    two products with the memory and a ``size`` x ``size`` solve, where the textbook two-loop recursion makes
+    4 x ``size`` tiny vector operations one after another (most of torch.optim.LBFGS's time on a class's
+    features). The dot products a new pair adds come from those of the old and new gradient, which the next
+    direction needs anyway: a step reads the memory twice."""
+
+    def __init__(self, size: int, n: int) -> None:
+        self.size = size
+        self.s, self.y = torch.empty(size, n), torch.empty(size, n)  # slot i: a step and its gradient change
+        self.sy = np.zeros((size, size))  # sy[i, j] = s_i . y_j
+        self.yy = np.zeros((size, size))
+        self.order: list[int] = []  # slots, oldest first (filled in order: the first len(order) are in use)
+        self.gamma = 1.0
+        self._g: torch.Tensor | None = None  # the last gradient seen, with s_i . g and y_i . g
+        self._sg = self._yg = np.zeros(0)
+
+    def _products(self, g: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Each s_i . g and y_i . g, by slot in use."""
+        if g is not self._g:
+            k = len(self.order)
+            self._g, self._sg, self._yg = g, (self.s[:k] @ g).double().numpy(), (self.y[:k] @ g).double().numpy()
+        return self._sg, self._yg
+
+    def direction(self, g: torch.Tensor) -> torch.Tensor:
+        """``-H g``."""
+        k = len(self.order)
+        if not k:
+            return -g
+        sg, yg = self._products(g)
+        o, gamma = np.array(self.order), self.gamma
+        sy = self.sy[np.ix_(o, o)]
+        r = np.triu(sy)
+        u = np.linalg.solve(r, sg[o])
+        p = np.linalg.solve(r.T, np.diag(sy) * u + gamma * (self.yy[np.ix_(o, o)] @ u) - gamma * yg[o])
+        cs, cy = np.zeros(k), np.zeros(k)
+        cs[o], cy[o] = p, -gamma * u
+        return -(gamma * g + torch.from_numpy(cs).float() @ self.s[:k] + torch.from_numpy(cy).float() @ self.y[:k])
+
+    def push(self, s: torch.Tensor, y: torch.Tensor, g_new: torch.Tensor) -> None:
+        """Remember the step ``s`` from the gradient the last ``direction`` was for, and ``y``, the gradient
+        ``g_new`` at its end less that one."""
+        ys = float(y @ s)
+        if not ys > 1e-10:  # no curvature along s (or not a number): nothing to learn (as torch.optim.LBFGS)
+            return
+        k = len(self.order)
+        sg, yg = self._sg, self._yg  # by slot in use, against the gradient the step started from
+        sg_new, yg_new = self._products(g_new)
+        col_sy, col_yy = sg_new - sg, yg_new - yg  # each s_i . y and y_i . y (s . y_i, below sy's diagonal, is unused)
+        slot = self.order.pop(0) if k == self.size else k
+        self.s[slot], self.y[slot] = s, y
+        self.order.append(slot)
+        if slot == k:  # a new slot: the products gain its entry (set below)
+            col_sy, col_yy, sg_new, yg_new = (np.append(v, 0.0) for v in (col_sy, col_yy, sg_new, yg_new))
+        k = len(self.order)
+        self.sy[:k, slot] = col_sy
+        self.yy[:k, slot] = self.yy[slot, :k] = col_yy
+        self.sy[slot, slot], self.yy[slot, slot] = ys, float(y @ y)
+        self.gamma = ys / self.yy[slot, slot]
+        sg_new[slot], yg_new[slot] = float(s @ g_new), float(y @ g_new)
+        self._g, self._sg, self._yg = g_new, sg_new, yg_new
+
+
+HISTORY = 20  # L-BFGS's memory of steps
+MAX_BACKTRACKS = 25  # tries of a shorter step before L-BFGS stops where it is
+
 
 class LogisticFit:
     """Multinomial logistic regression being fitted by full-batch L-BFGS, to convergence in as many
-    ``step`` calls as the caller likes (one optimizer throughout: its curvature history is kept between calls,
-    so ten calls of 10 iterations cost what one of 100 does). The objective is ``sum(cross-entropy) +
-    |W|^2 / (2 c)``, scikit-learn's ``LogisticRegression(C=c)`` (the bias is not penalised). Milliseconds on
-    the cached features of a class's images.
+    ``step`` calls as the caller likes (its curvature memory is kept between calls, so ten calls of 10
+    iterations cost what one of 100 does). The objective is ``sum(cross-entropy) + |W|^2 / (2 c)``,
+    scikit-learn's ``LogisticRegression(C=c)`` (the bias is not penalised), and it stops as scikit-learn's lbfgs
+    does: no gradient entry above ``tol_per_row`` per row. Milliseconds on the cached features of a class's images.
 
     ``masks`` (``[F, N]`` of 0/1) fits F independent regressions at once, the f-th on the rows its mask
     marks (the folds of a cross-validation): weights ``[F, C, D]``, biases ``[F, C]``. Their objectives add up
@@ -252,51 +347,90 @@ class LogisticFit:
                  tol_per_row: float = TOL_PER_ROW, basis: torch.Tensor | None = None) -> None:
         x = x.float()
         self.single = masks is None
-        self._m = torch.ones(1, len(x)) if masks is None else masks.float()
-        folds, dim = self._m.shape[0], x.shape[1]
+        m = torch.ones(1, len(x)) if masks is None else masks.float()
+        folds, dim = m.shape[0], x.shape[1]
         self._centre = x.mean(0)
-        xc = x - self._centre
         # Every optimum lies in the span of the (centred) rows, so with fewer rows than dimensions the fit
         # runs in that span's coordinates (the same optimum, a fraction of the work): W = Z V^T.
         self._basis = span_basis(x) if basis is None else basis  # orthonormal rows
-        self._x = xc @ self._basis.T
+        self._x = (x - self._centre) @ self._basis.T
+        self._shape = (folds, num_classes, len(self._basis))
         if init is None:
-            w, b = torch.zeros(folds, num_classes, len(self._basis)), torch.zeros(folds, num_classes)
+            w, b = torch.zeros(folds * num_classes, len(self._basis)), torch.zeros(folds * num_classes)
         else:
             full = init[0].detach().reshape(folds, num_classes, dim)
-            w = (full @ self._basis.T).clone()
-            b = (init[1].detach().reshape(folds, num_classes) + full @ self._centre).clone()  # the same model, centred
-        self._w, self._b = w.requires_grad_(True), b.requires_grad_(True)
-        self._onehot = torch.nn.functional.one_hot(y.long(), num_classes).float()
+            w = full @ self._basis.T
+            b = init[1].detach().reshape(folds, num_classes) + full @ self._centre  # the same model, centred
+        self._theta = torch.cat([w.reshape(-1), b.reshape(-1)])  # the weights [F * C, K], then the biases [F * C]
+        self._rows = m.T.contiguous()[..., None]  # [N, F, 1]: rows by the fits they are in
+        self._onehot = torch.nn.functional.one_hot(y.long(), num_classes).float()[:, None, :]  # [N, 1, C]
         self._c = c
-        self._opt = torch.optim.LBFGS([self._w, self._b], lr=1.0, tolerance_grad=tol_per_row * float(self._m.sum(1).mean()),
-                                      tolerance_change=1e-9, history_size=20, line_search_fn="strong_wolfe")
+        self._tol = tol_per_row * float(m.sum(1).mean())
+        self._memory = _Curvature(HISTORY, len(self._theta))
+        self._at: tuple[float, torch.Tensor] | None = None  # the objective and its gradient at ``_theta``
         self.converged = False
 
-    @torch.no_grad()
-    def _closure(self) -> torch.Tensor:
-        """The objective, its gradient written by hand (a third of autograd's time on these small tensors)."""
-        w, b = self._w, self._b
-        logits = torch.einsum("nd,fcd->fnc", self._x, w) + b[:, None, :]
+    def _objective(self, theta: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """The objective and its gradient, written by hand (a third of autograd's time on these small tensors)."""
+        folds, classes, k = self._shape
+        n, split = len(self._x), folds * classes * k
+        w, b = theta[:split].view(folds * classes, k), theta[split:]
+        logits = torch.addmm(b, self._x, w.T).view(n, folds, classes)
         lse = torch.logsumexp(logits, 2, keepdim=True)
-        per_image = lse[..., 0] - (logits * self._onehot).sum(2)  # [F, N] cross-entropy
-        loss = (per_image * self._m).sum() + (w * w).sum() / (2 * self._c)
-        residual = (torch.exp(logits - lse) - self._onehot) * self._m[..., None]  # d loss / d logits
-        w.grad = torch.einsum("fnc,nd->fcd", residual, self._x) + w / self._c
-        b.grad = residual.sum(1)
-        return loss
+        per_row = (lse - (logits * self._onehot).sum(2, keepdim=True)) * self._rows  # cross-entropy [N, F, 1]
+        loss = float(per_row.sum() + (w * w).sum() / (2 * self._c))
+        residual = torch.exp(logits - lse).sub_(self._onehot).mul_(self._rows).view(n, folds * classes)
+        grad = torch.empty_like(theta)
+        torch.addmm(w, residual.T, self._x, beta=1 / self._c, out=grad[:split].view(folds * classes, k))
+        torch.sum(residual, 0, out=grad[split:])
+        return loss, grad
+
+    def _line_search(self, f: float, g: torch.Tensor, d: torch.Tensor, t: float
+                     ) -> tuple[float, torch.Tensor, float] | None:
+        """A step ``t`` along ``d`` that lowers the objective enough (Armijo), backtracking by quadratic
+        interpolation (the objective is convex: every accepted step keeps L-BFGS's curvature positive); None
+        if there is none."""
+        gtd = float(g @ d)
+        for _ in range(MAX_BACKTRACKS):
+            f_new, g_new = self._objective(self._theta + t * d)
+            if f_new <= f + 1e-4 * t * gtd:
+                return f_new, g_new, t
+            curve = f_new - f - gtd * t
+            guess = -gtd * t * t / (2 * curve) if math.isfinite(f_new) and curve > 0 else 0.5 * t
+            t = min(max(guess, 0.1 * t), 0.5 * t)
+        return None
 
     def step(self, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Up to ``iters`` more L-BFGS iterations (none once converged); the fit so far, in the features'
         own coordinates: (``[C, D]``, ``[C]``), or (``[F, C, D]``, ``[F, C]``) with masks."""
-        self._opt.param_groups[0]["max_iter"] = iters
-        self._opt.param_groups[0]["max_eval"] = iters * 5 // 4
-        state = self._opt.state[self._w]
-        before = state.get("n_iter", 0)
-        self._opt.step(self._closure)
-        self.converged = state.get("n_iter", 0) - before < iters  # L-BFGS stopped on its tolerances
-        w = self._w.detach() @ self._basis
-        b = self._b.detach() - w @ self._centre
+        with fit_threads(*self._x.shape):
+            f, g = self._at or self._objective(self._theta)
+            for _ in range(iters):
+                if float(g.abs().max()) <= self._tol:
+                    self.converged = True
+                    break
+                d = self._memory.direction(g)
+                if float(g @ d) >= 0:  # rounding made the memory useless: start it again
+                    self._memory = _Curvature(HISTORY, len(self._theta))
+                    d = -g
+                first = 1.0 if self._memory.order else min(1.0, 1.0 / float(g.abs().sum()))
+                found = self._line_search(f, g, d, first)
+                if found is None:  # no lower point along d: as far as float32 gets
+                    self.converged = True
+                    break
+                f_new, g_new, t = found
+                s = t * d
+                self._memory.push(s, g_new - g, g_new)
+                self._theta = self._theta + s
+                change, (f, g) = abs(f_new - f), (f_new, g_new)
+                if change < 1e-9 or float(s.abs().max()) <= 1e-9:  # no more progress (as torch.optim.LBFGS)
+                    self.converged = True
+                    break
+            self._at = f, g
+        folds, classes, k = self._shape
+        split = folds * classes * k
+        w = self._theta[:split].view(folds, classes, k) @ self._basis
+        b = self._theta[split:].view(folds, classes) - w @ self._centre
         return (w[0], b[0]) if self.single else (w, b)
 
 
@@ -307,5 +441,5 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, c: float = 
     return LogisticFit(x, y, num_classes, c, init, masks, tol_per_row).step(max_iter)
 
 
-__all__ = ["LogisticFit", "Pair", "Paired", "SHOWN_BELOW", "Score", "accuracy_interval", "fit_logistic", "out_of_fold",
-           "paired", "repeated_folds", "shot_draws", "span_basis", "two_sided_sign_test"]
+__all__ = ["LogisticFit", "Pair", "Paired", "SHOWN_BELOW", "Score", "accuracy_interval", "fit_logistic", "fit_threads",
+           "out_of_fold", "paired", "repeated_folds", "shot_draws", "span_basis", "two_sided_sign_test"]

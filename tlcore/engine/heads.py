@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.measure import LogisticFit, Pair, Score, out_of_fold, repeated_folds, shot_draws, span_basis
+from ..core.measure import LogisticFit, Pair, Score, fit_threads, out_of_fold, repeated_folds, shot_draws, span_basis
 from ..models.model import count_params
 from ..models.runtime import runtime_for
 from .config import TrainConfig, split_method
@@ -220,16 +220,18 @@ def head_run(s: Setup, x_all: torch.Tensor, should_stop: Callable[[], bool], vie
     history = [dataclasses.replace(e, best=e.epoch == len(history)) for e in history]
     final = final_indices(cfg, train_idx, val_idx)
     assert w is not None and b is not None
-    head = _Head(x[final], y[final], None if views is None else views[:, final], num_classes, init=fit.parts,
-                 bases=bases)
-    w, b = head.step(200)
-    with torch.no_grad():
-        linear.weight.copy_(w.to(linear.weight.device))
-        linear.bias.copy_(b.to(linear.bias.device))
-    model.head.requires_grad_(False)
-    model.eval()
-    score, heldout = _frozen_score(cfg, y, [i.digest for i in s.data.items],
-                                   logistic_folds(x, y, num_classes, views, start=head.parts, bases=bases))
+    rows = len(x) * (1 if views is None else 1 + len(views))
+    with fit_threads(rows, len(bases[-1])):  # the final fit and the score: small tensor operations
+        head = _Head(x[final], y[final], None if views is None else views[:, final], num_classes, init=fit.parts,
+                     bases=bases)
+        w, b = head.step(200)
+        with torch.no_grad():
+            linear.weight.copy_(w.to(linear.weight.device))
+            linear.bias.copy_(b.to(linear.bias.device))
+        model.head.requires_grad_(False)
+        model.eval()
+        score, heldout = _frozen_score(cfg, y, [i.digest for i in s.data.items],
+                                       logistic_folds(x, y, num_classes, views, start=head.parts, bases=bases))
     seen = (f"once per image and each of its {len(views)} augmented views (flips, crops, colour)"
             if views is not None else "once per image")
     fitted = ("the average of two logistic regressions, on the images alone and on the images with their views, "

@@ -52,8 +52,11 @@ def freeze(model: TransferModel, depth: int) -> None:
     n = len(model.body.stages)
     if not 0 <= depth <= n:
         raise ValueError(f"freeze depth must be between 0 and {n}")
-    for name, p in model.body.net.named_parameters():
-        p.requires_grad_(model.body.stage_of(name) >= depth)
+    if depth == n:  # the whole body (every run of the frozen-body modes): no stage to look up
+        model.body.net.requires_grad_(False)
+    else:
+        for name, p in model.body.net.named_parameters():
+            p.requires_grad_(model.body.stage_of(name) >= depth)
     for p in model.head.parameters():
         p.requires_grad_(True)
 
