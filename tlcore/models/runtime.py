@@ -174,7 +174,8 @@ def frozen_forward(backbone: str, pixels: torch.Tensor, stages: int | None = Non
                 raise TypeError(f"frozen_forward takes uint8 pixels, not {pixels.dtype}")
             pixels = pixels.contiguous()
             outs = [session(pixels[lo:lo + batch_size].numpy()) for lo in range(0, len(pixels), batch_size)]
-            # numpy joins the batches: a torch copy between two inferences (its threads woken) slowed the next by 8 %
+            # numpy joins the batches: a torch copy after each call (one a batch when features stream) woke torch's
+            # sleeping threads and slowed the next call's inference by 8 %
             return torch.from_numpy(outs[0] if len(outs) == 1 else np.concatenate(outs)) if outs else torch.zeros(0)
     return frozen_forward_torch(backbone, pixels, stages, device, batch_size, precision)
 
