@@ -290,8 +290,9 @@ def test_an_extremely_thin_image_costs_a_bounded_amount_of_memory(monkeypatch):
     img = decode_image("strip.png", buf.getvalue())
     assert img.size == (160, 40)  # the centre, at most 4:1
     seen = []
-    real = data_mod.TF.resize
-    monkeypatch.setattr(data_mod.TF, "resize", lambda x, *a, **k: seen.append(tuple(x.shape)) or real(x, *a, **k))
+    real = torch.nn.functional.interpolate
+    monkeypatch.setattr(torch.nn.functional, "interpolate",
+                        lambda x, *a, **k: seen.append(tuple(x.shape[-3:])) or real(x, *a, **k))
     pre = tlcore.get_backbone_spec(tlcore.DEFAULT_BACKBONE).preprocess
     out = data_mod.preprocess_pixels(torch.zeros(3, 40, 100_000, dtype=torch.uint8), pre)
     assert out.shape == (3, pre.input_size, pre.input_size) and seen == [(3, 40, 80)]
@@ -405,3 +406,24 @@ def test_a_class_name_taken_in_other_letters_names_the_class_that_has_it():
     with pytest.raises(tlcore.TLError, match=r"called 'mammal'\. Choose"):
         validate_class_name(" mammal ", ["mammal"])
     assert validate_class_name("Tool", ["mammal"]) == "Tool"
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_preprocessing_is_torchvisions_resize_and_centre_crop_bit_for_bit(interpolation):
+    """``preprocess_pixels`` calls torch's ``interpolate`` itself (torchvision's dispatch cost 40 % of its time):
+    the pixels are torchvision's, for landscape, portrait, square, small and odd sizes, one image or a batch."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from tlcore.data.images import preprocess_pixels
+    from tlcore.models.backbones import Preprocess
+
+    mode = TF.InterpolationMode.BICUBIC if interpolation == "bicubic" else TF.InterpolationMode.BILINEAR
+    rng = np.random.default_rng(0)
+    for h, w, resize, crop in [(240, 320, 256, 224), (320, 240, 256, 224), (300, 300, 232, 224), (17, 29, 256, 224),
+                               (481, 333, 288, 288), (100, 199, 73, 64), (224, 224, 224, 224), (1, 2, 64, 64)]:
+        pre = Preprocess(input_size=crop, resize_size=resize, mean=(0.5,) * 3, std=(0.5,) * 3,
+                         interpolation=interpolation)
+        for shape in [(3, h, w), (2, 3, h, w)]:
+            x = torch.from_numpy(rng.integers(0, 256, shape, dtype=np.uint8))
+            expected = TF.center_crop(TF.resize(x, [resize], interpolation=mode, antialias=True), [crop, crop])
+            assert torch.equal(preprocess_pixels(x, pre), expected), (shape, resize, crop)

@@ -24,7 +24,6 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torchvision.transforms.v2 import functional as TF
 
 from ..core.errors import BadImageError, TLError
 from ..core.storage import ByteLRU, budgeted
@@ -238,15 +237,26 @@ def thumbnail(item: ImageItem, size: int = 96) -> Image.Image:
 
 
 def preprocess_pixels(pixels: torch.Tensor, pre: Preprocess) -> torch.Tensor:
-    """uint8 ``[..., 3, H, W]`` -> uint8 ``[..., 3, S, S]``: resize the shorter side, centre crop."""
-    interp = TF.InterpolationMode.BICUBIC if pre.interpolation == "bicubic" else TF.InterpolationMode.BILINEAR
+    """uint8 ``[..., 3, H, W]`` -> uint8 ``[..., 3, S, S]``: resize the shorter side, centre crop, as torchvision's
+    ``resize`` and ``center_crop`` do, bit for bit (uint8 in and out, antialiased), calling torch's ``interpolate``
+    itself: torchvision's dispatch cost 160 microseconds an image, 40 % of the whole (2026-12-08)."""
     h, w = pixels.shape[-2:]
     if max(h, w) > 2 * min(h, w):  # only the centre square is kept: never scale up the rest of a strip
         long = 2 * min(h, w)
         pixels = (pixels[..., (h - long) // 2:(h - long) // 2 + long, :] if h > w else
                   pixels[..., (w - long) // 2:(w - long) // 2 + long])
-    out = TF.resize(pixels, [pre.resize_size], interpolation=interp, antialias=True)
-    return TF.center_crop(out, [pre.input_size, pre.input_size])
+        h, w = pixels.shape[-2:]
+    short, crop = pre.resize_size, pre.input_size
+    if short < crop:
+        raise ValueError(f"{pre}: the crop is larger than the resized image")
+    size = (short, int(short * w / h)) if h <= w else (int(short * h / w), short)  # torchvision's rounding
+    out = pixels
+    if size != (h, w):
+        flat = pixels.reshape(-1, *pixels.shape[-3:])
+        out = torch.nn.functional.interpolate(flat, size=size, mode=pre.interpolation, align_corners=False,
+                                              antialias=True).reshape(*pixels.shape[:-2], *size)
+    top, left = round((size[0] - crop) / 2.0), round((size[1] - crop) / 2.0)
+    return out[..., top:top + crop, left:left + crop]
 
 
 def _locked(method: Callable) -> Callable:
