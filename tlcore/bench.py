@@ -112,8 +112,8 @@ def forward_floors(imageset: ImageSet, backbone: str, batch: int = 32, runtimes:
         else:
             session = _session(backbone, None, name, torch.get_num_threads(),
                                settings().inference_precision)
-            arrays = pixels.contiguous().numpy()  # uint8, as tlcore gives them (the runtime scales them to [0, 1])
-            run = lambda lo, session=session: session(arrays[lo:lo + batch])  # noqa: E731
+            # uint8, as the image set keeps them (channels-last; the runtime scales them to [0, 1])
+            run = lambda lo, session=session: session(pixels[lo:lo + batch])  # noqa: E731
         with torch.inference_mode():
             run(0)  # warm-up
             t = time.perf_counter()

@@ -414,7 +414,7 @@ def test_preprocessing_is_torchvisions_resize_and_centre_crop_bit_for_bit(interp
     the pixels are torchvision's, for landscape, portrait, square, small and odd sizes, one image or a batch."""
     from torchvision.transforms.v2 import functional as TF
 
-    from tlcore.data.images import preprocess_pixels
+    from tlcore.data.images import image_to_tensor, preprocess_pixels
     from tlcore.models.backbones import Preprocess
 
     mode = TF.InterpolationMode.BICUBIC if interpolation == "bicubic" else TF.InterpolationMode.BILINEAR
@@ -427,3 +427,7 @@ def test_preprocessing_is_torchvisions_resize_and_centre_crop_bit_for_bit(interp
             x = torch.from_numpy(rng.integers(0, 256, shape, dtype=np.uint8))
             expected = TF.center_crop(TF.resize(x, [resize], interpolation=mode, antialias=True), [crop, crop])
             assert torch.equal(preprocess_pixels(x, pre), expected), (shape, resize, crop)
+        photo = image_to_tensor(Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)))  # channels-last
+        expected = TF.center_crop(TF.resize(photo.contiguous(), [resize], interpolation=mode, antialias=True),
+                                  [crop, crop])
+        assert torch.equal(preprocess_pixels(photo, pre), expected), (h, w, resize, crop)

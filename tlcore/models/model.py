@@ -79,4 +79,4 @@ def to_float(pixels: torch.Tensor, device: torch.device | str | None = None, cha
     channels-last like the models, unless a runtime needs a plain contiguous array (``channels_last=False``)."""
     x = pixels if device is None else pixels.to(device, non_blocking=True)
     x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float() / 255.0  # never changes a caller's tensor
-    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x.contiguous()
