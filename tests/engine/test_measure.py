@@ -275,3 +275,20 @@ def test_a_score_and_a_paired_verdict_load_no_scipy_stats():
             "assert 'scipy.stats' not in sys.modules, 'scipy.stats was imported'")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_a_fit_on_some_rows_of_a_sets_span_is_the_fit_on_those_rows_alone():
+    """``Span``: the coordinates of a whole set's rows, which its splits and folds share (one QR, no projection
+    per fit); a fit on some of them is the model fitted on those rows by themselves."""
+    from tlcore.core.measure import LogisticFit, Span
+
+    rng = np.random.default_rng(2)
+    x = torch.from_numpy((rng.normal(size=(40, 90)) + 2.0).astype(np.float32))
+    y = torch.arange(40) % 4
+    x[torch.arange(40), y] += 2.0
+    span = Span.of(x)
+    assert span.coords.shape == (40, 40) and torch.allclose(span.coords @ span.basis + span.origin, x, atol=1e-4)
+    rows = list(range(0, 40, 3)) + [1, 2, 5]
+    w, b = LogisticFit(span.rows(rows), y[rows], 4, tol_per_row=1e-7).step(1000)
+    alone_w, alone_b = fit_logistic(x[rows], y[rows], 4, max_iter=1000, tol_per_row=1e-7)
+    np.testing.assert_allclose(torch.softmax(x @ w.T + b, 1), torch.softmax(x @ alone_w.T + alone_b, 1), atol=2e-3)

@@ -226,13 +226,29 @@ def out_of_fold(pairs: Sequence[Pair], predict: Callable[[list[int], list[int]],
     return Score(right, len(scored), method), dict(zip(scored.tolist(), mean.unbind()))
 
 
-def span_basis(x: torch.Tensor) -> torch.Tensor:
-    """Orthonormal rows spanning the centred rows of ``x`` ``[N, D]`` (``[D, D]``, the identity, when N >= D). They
-    span the centred rows of any subset of ``x`` too (a subset's centre differs from the whole's by a mean of
-    centred rows), so the fits of one set's folds and splits share it (``LogisticFit(basis=...)``): one QR, not
-    one per fit."""
-    x = x.float()
-    return torch.linalg.qr((x - x.mean(0)).T)[0].T if len(x) < x.shape[1] else torch.eye(x.shape[1])
+@dataclass(frozen=True)
+class Span:
+    """A set's feature rows in the coordinates of orthonormal rows ``basis`` ``[K, D]`` spanning them once centred:
+    ``coords`` ``[N, K]`` = (x - ``origin``) ``basis``^T (``basis`` is the identity when N >= D). The centred rows
+    of any subset lie in the same span, and so does every logistic optimum on them, so the fits of one set's
+    splits and folds share one ``Span`` (``LogisticFit``): one QR, and no projection (its R is the coordinates)."""
+
+    basis: torch.Tensor
+    origin: torch.Tensor
+    coords: torch.Tensor
+
+    @staticmethod
+    def of(x: torch.Tensor) -> Span:
+        x = x.float()
+        origin = x.mean(0)
+        if len(x) >= x.shape[1]:
+            return Span(torch.eye(x.shape[1]), origin, x - origin)
+        q, r = torch.linalg.qr((x - origin).T)
+        return Span(q.T, origin, r.T)
+
+    def rows(self, indices: Sequence[int]) -> Span:
+        """The same span and origin, with only these rows."""
+        return Span(self.basis, self.origin, self.coords[list(indices)])
 
 
 #: L-BFGS stops when no gradient entry of the summed loss exceeds this per row fitted: scikit-learn's lbfgs tolerance
@@ -369,19 +385,18 @@ class LogisticFit:
     is then ``[F, ...]`` too. The features are centred first: with an unpenalised bias that changes no optimum
     and makes the fit converge several times faster."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, num_classes: int, c: float = 1.0,
+    def __init__(self, span: Span, y: torch.Tensor, num_classes: int, c: float = 1.0,
                  init: tuple[torch.Tensor, torch.Tensor] | None = None, masks: torch.Tensor | None = None,
-                 tol_per_row: float = TOL_PER_ROW, basis: torch.Tensor | None = None) -> None:
-        x = x.float()
+                 tol_per_row: float = TOL_PER_ROW) -> None:
         self.single = masks is None
-        m = torch.ones(1, len(x)) if masks is None else masks.float()
-        folds, dim = m.shape[0], x.shape[1]
-        self._centre = x.mean(0)
+        m = torch.ones(1, len(span.coords)) if masks is None else masks.float()
+        folds, dim = m.shape[0], span.basis.shape[1]
         # Every optimum lies in the span of the (centred) rows, so with fewer rows than dimensions the fit
         # runs in that span's coordinates (the same optimum, a fraction of the work): W = Z V^T.
-        self._basis = span_basis(x) if basis is None else basis  # orthonormal rows
-        coords = (x - self._centre) @ self._basis.T
-        self._x = torch.cat([coords, torch.ones(len(x), 1)], 1)  # with a column of ones: the biases' coordinate
+        shift = span.coords.mean(0)
+        self._basis, self._centre = span.basis, span.origin + shift @ span.basis  # the centre of these rows
+        ones = torch.ones(len(span.coords), 1)  # the biases' coordinate
+        self._x = torch.cat([span.coords - shift, ones], 1)
         self._shape = (folds, num_classes, len(self._basis))
         if init is None:
             theta = torch.zeros(folds, num_classes, len(self._basis) + 1)
@@ -485,9 +500,9 @@ class LogisticFit:
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, c: float = 1.0, max_iter: int = 100,
                  init: tuple[torch.Tensor, torch.Tensor] | None = None, masks: torch.Tensor | None = None,
                  tol_per_row: float = TOL_PER_ROW) -> tuple[torch.Tensor, torch.Tensor]:
-    """``LogisticFit`` in one call of up to ``max_iter`` iterations."""
-    return LogisticFit(x, y, num_classes, c, init, masks, tol_per_row).step(max_iter)
+    """``LogisticFit`` on the rows ``x`` ``[N, D]``, in one call of up to ``max_iter`` iterations."""
+    return LogisticFit(Span.of(x), y, num_classes, c, init, masks, tol_per_row).step(max_iter)
 
 
 __all__ = ["LogisticFit", "Pair", "Paired", "SHOWN_BELOW", "Score", "accuracy_interval", "fit_logistic", "fit_threads",
-           "out_of_fold", "paired", "repeated_folds", "shot_draws", "span_basis", "two_sided_sign_test"]
+           "out_of_fold", "paired", "repeated_folds", "shot_draws", "Span", "two_sided_sign_test"]

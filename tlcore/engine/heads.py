@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.measure import LogisticFit, Pair, Score, fit_threads, out_of_fold, repeated_folds, shot_draws, span_basis
+from ..core.measure import LogisticFit, Pair, Score, Span, fit_threads, out_of_fold, repeated_folds, shot_draws
 from ..models.model import count_params
 from ..models.runtime import runtime_for
 from .config import TrainConfig, split_method
@@ -122,30 +122,30 @@ Fit = tuple[torch.Tensor, torch.Tensor]  # a linear head's (weight, bias), or F 
 
 
 class _Head:
-    """The feature-extraction head's fits, averaged: one logistic regression on the images, and with
-    ``views`` (``[V, N, D]``) one on the images with their views. Each of the two fell up to 3 points below
-    the other on some small sets (benchmark section 9); their average stayed within half a point of the
-    better one. ``masks`` (``[F, N]``): F heads at once (folds), each fitted on the images its mask marks and
-    on their views only; ``init``: the fits to start from (a previous ``parts``, repeated per fold); ``bases``:
-    ``_Head.bases`` of a set these images are part of (its splits and folds share them)."""
+    """The feature-extraction head's fits, averaged: one logistic regression on the images, and with views
+    one on the images with their views. Each of the two fell up to 3 points below the other on some small sets
+    (benchmark section 9); their average stayed within half a point of the better one. ``spans``: ``_Head.spans``
+    of the whole set (every fit of its splits and folds shares them); ``rows``: the images fitted on (None: all);
+    ``masks`` (``[F, N]``): F heads at once (folds), each fitted on the images its mask marks and on their views
+    only; ``init``: the fits to start from (a previous ``parts``, repeated per fold)."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, views: torch.Tensor | None, num_classes: int,
-                 masks: torch.Tensor | None = None, init: list[Fit] | None = None,
-                 bases: list[torch.Tensor] | None = None) -> None:
-        rows = [(x, y, masks)]
-        if views is not None:
-            xs, ys = _with_views(x, y, views)
-            rows.append((xs, ys, None if masks is None else masks.repeat(1, len(views) + 1)))
-        self._fits = [LogisticFit(xr, yr, num_classes, HEAD_C, init=None if init is None else init[i], masks=m,
-                                  basis=None if bases is None else bases[i])
-                      for i, (xr, yr, m) in enumerate(rows)]
+    def __init__(self, spans: list[Span], y: torch.Tensor, num_classes: int, rows: list[int] | None = None,
+                 masks: torch.Tensor | None = None, init: list[Fit] | None = None) -> None:
+        n = len(y)
+        self._fits = []
+        for i, span in enumerate(spans):
+            copies = len(span.coords) // n  # the images, then each view of each image (``_with_views``)
+            part = span if rows is None else span.rows([c * n + j for c in range(copies) for j in rows])
+            self._fits.append(LogisticFit(part, (y if rows is None else y[rows]).repeat(copies), num_classes, HEAD_C,
+                                          init=None if init is None else init[i],
+                                          masks=None if masks is None else masks.repeat(1, copies)))
         self.parts: list[Fit] = []
 
     @staticmethod
-    def bases(x: torch.Tensor, y: torch.Tensor, views: torch.Tensor | None) -> list[torch.Tensor]:
-        """Each part's ``span_basis`` on the whole set: one QR per part, where each fit did one (30 ms of a
-        300-image run's 130 ms of head fits and score)."""
-        return [span_basis(x)] + ([] if views is None else [span_basis(_with_views(x, y, views)[0])])
+    def spans(x: torch.Tensor, y: torch.Tensor, views: torch.Tensor | None) -> list[Span]:
+        """Each part's ``Span`` on the whole set: one QR per part, where each fit did one and projected its rows
+        (30 ms, then 7 ms, of a 300-image run's head fits and score)."""
+        return [Span.of(x)] + ([] if views is None else [Span.of(_with_views(x, y, views)[0])])
 
     @property
     def converged(self) -> bool:
@@ -158,11 +158,12 @@ class _Head:
 
 
 def logistic_folds(x: torch.Tensor, y: torch.Tensor, num_classes: int, views: torch.Tensor | None = None,
-                   start: list[Fit] | None = None, bases: list[torch.Tensor] | None = None) -> Predictor:
+                   start: list[Fit] | None = None, spans: list[Span] | None = None) -> Predictor:
     """Every fold's head (``_Head``) in one batched fit per part; a fold fits on its training images and their
     views, never on a view of an image it is scored on. ``start``: the parts of the head fitted on every image,
     where each fold's L-BFGS starts: a fold lacks one image per class, so its optimum lies near and it
     converges in a fraction of the iterations (the same optimum)."""
+    spans = spans or _Head.spans(x, y, views)
 
     def predict(pairs: list[Pair]) -> list[torch.Tensor]:
         masks = torch.zeros(len(pairs), len(y))
@@ -170,7 +171,7 @@ def logistic_folds(x: torch.Tensor, y: torch.Tensor, num_classes: int, views: to
             masks[f, tr] = 1
         init = None if start is None else [(w.expand(len(pairs), *w.shape).clone(), b.expand(len(pairs), *b.shape).clone())
                                            for w, b in start]
-        w, b = _Head(x, y, views, num_classes, masks, init, bases).step(200)
+        w, b = _Head(spans, y, num_classes, masks=masks, init=init).step(200)
         return [x[te] @ w[f].T + b[f] for f, (_tr, te) in enumerate(pairs)]
     return predict
 
@@ -192,8 +193,8 @@ def head_run(s: Setup, x_all: torch.Tensor, should_stop: Callable[[], bool], vie
     w = b = None
     history: list[EpochEnd] = []
     runtime = runtime_for(x_all.device)
-    bases = _Head.bases(x, y, views)
-    fit = _Head(x[train_idx], y[train_idx], None if views is None else views[:, train_idx], num_classes, bases=bases)
+    spans = _Head.spans(x, y, views)
+    fit = _Head(spans, y, num_classes, rows=train_idx)
     for epoch in range(1, cfg.epochs + 1):
         if should_stop():
             if w is None:
@@ -221,9 +222,8 @@ def head_run(s: Setup, x_all: torch.Tensor, should_stop: Callable[[], bool], vie
     final = final_indices(cfg, train_idx, val_idx)
     assert w is not None and b is not None
     rows = len(x) * (1 if views is None else 1 + len(views))
-    with fit_threads(rows, len(bases[-1])):  # the final fit and the score: small tensor operations
-        head = _Head(x[final], y[final], None if views is None else views[:, final], num_classes, init=fit.parts,
-                     bases=bases)
+    with fit_threads(rows, spans[-1].coords.shape[1]):  # the final fit and the score: small tensor operations
+        head = _Head(spans, y, num_classes, rows=final, init=fit.parts)
         w, b = head.step(200)
         with torch.no_grad():
             linear.weight.copy_(w.to(linear.weight.device))
@@ -231,7 +231,7 @@ def head_run(s: Setup, x_all: torch.Tensor, should_stop: Callable[[], bool], vie
         model.head.requires_grad_(False)
         model.eval()
         score, heldout = _frozen_score(cfg, y, [i.digest for i in s.data.items],
-                                       logistic_folds(x, y, num_classes, views, start=head.parts, bases=bases))
+                                       logistic_folds(x, y, num_classes, views, start=head.parts, spans=spans))
     seen = (f"once per image and each of its {len(views)} augmented views (flips, crops, colour)"
             if views is not None else "once per image")
     fitted = ("the average of two logistic regressions, on the images alone and on the images with their views, "
