@@ -144,7 +144,9 @@ def _session(backbone: str, stages: int | None, runtime: Runtime, threads: int, 
         ppp.input().preprocess().convert_element_type(ov.Type.f32).scale(255.0)
         compiled = core.compile_model(ppp.build(), "CPU", config)
         # One infer request per call: a compiled model is shared, requests are not thread-safe.
-        return lambda x: compiled.create_infer_request().infer({0: x.permute(0, 2, 3, 1).contiguous().numpy()})[0]
+        # numpy lays out other pixels (one thread: a torch copy beside an inference slows it)
+        return lambda x: compiled.create_infer_request().infer(
+            {0: np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())})[0]
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -152,8 +154,10 @@ def _session(backbone: str, stages: int | None, runtime: Runtime, threads: int, 
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as torch's threads (yield_idle_cores)
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    return lambda x: session.run(None, {"pixels": np.divide(x.contiguous().numpy(), np.float32(255.0),
-                                                            dtype=np.float32)})[0]
+    def run(x: torch.Tensor) -> np.ndarray:
+        pixels = np.empty(tuple(x.shape), np.float32)  # planes, whatever the pixels' layout
+        return session.run(None, {"pixels": np.divide(x.numpy(), np.float32(255.0), out=pixels)})[0]
+    return run
 
 
 _failed: set[tuple[str, int | None, str]] = set()
