@@ -439,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     r["fe_speedup_vs_old"] = t_old / t_first
     r["second_run_speedup"] = t_first / t_second
     log(f"1. feature extraction {epochs} epochs (best of {repeats}): {t_first:.2f} s; the {best} forward pass: {floor:.2f} s; "
-        f"ratio to the passes around it, each repeat {', '.join(f'{x:.2f}' for x in pair_ratios)}, median {r['fe_over_floor']:.2f} "
+        f"ratio to the passes around it, each repeat {', '.join(f'{x:.2f}' for x in pair_ratios)}, "
+        f"median {r['fe_over_floor']:.2f} "
         f"(target <= 1.3); old torch path {t_old:.2f} s, "
         f"{r['fe_speedup_vs_old']:.1f}x slower")
     log(f"3. second run (cached features): {t_second:.3f} s; {r['second_run_speedup']:.0f}x faster (target >= 20x)")

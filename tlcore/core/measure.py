@@ -334,12 +334,13 @@ class _Curvature:
         """Remember each fit's step ``s`` (``[F, n]``) from the gradient the last ``direction`` was for, and ``y``,
         the gradient ``g_new`` at its end less that one; a zero pair for a fit whose step has no curvature
         (``s . y`` not above 0, or not a number: as torch.optim.LBFGS, it learns nothing from it)."""
-        (sy, sg_), (yy, yg_) = (torch.stack((s, y), 1) @ torch.stack((y, g_new), 1).mT).double().numpy().transpose(1, 2, 0)
+        products = torch.stack((s, y), 1) @ torch.stack((y, g_new), 1).mT  # [F, (s, y), (y, g_new)]
+        (sy, s_gnew), (yy, y_gnew) = products.double().numpy().transpose(1, 2, 0)
         real = sy > 1e-10
         if not real.all():
             keep = torch.from_numpy(real)[:, None]
             s, y = s * keep, y * keep
-            sg_, yy, yg_ = sg_ * real, yy * real, yg_ * real
+            s_gnew, yy, y_gnew = s_gnew * real, yy * real, y_gnew * real
         k = len(self.order)
         sg, yg = self._sg, self._yg  # by slot in use, against the gradients the steps started from
         sg_new, yg_new = self._products(g_new)
@@ -356,7 +357,7 @@ class _Curvature:
         self.sy[:, slot, slot], self.yy[:, slot, slot] = np.where(real, sy, 1.0), yy
         self.gamma = np.where(real, sy / np.where(real, yy, 1.0), self.gamma)
         self.remembers |= real
-        sg_new[:, slot], yg_new[:, slot] = sg_, yg_
+        sg_new[:, slot], yg_new[:, slot] = s_gnew, y_gnew
         self._g, self._sg, self._yg = g_new, sg_new, yg_new
 
     def forget(self, fits: np.ndarray) -> None:
@@ -404,7 +405,7 @@ class LogisticFit:
             full = init[0].detach().reshape(folds, num_classes, dim)
             b = init[1].detach().reshape(folds, num_classes) + full @ self._centre  # the same model, centred
             theta = torch.cat([full @ self._basis.T, b[..., None]], 2)
-        self._theta = theta.reshape(folds, -1).contiguous()  # fit f: its weights [C, K] with its biases as a last column
+        self._theta = theta.reshape(folds, -1).contiguous()  # fit f: its weights [C, K], its biases a last column
         self._rows = m.T.contiguous()[..., None]  # [N, F, 1]: rows by the fits they are in
         self._onehot = torch.nn.functional.one_hot(y.long(), num_classes).float()[:, None, :]  # [N, 1, C]
         self._c = c

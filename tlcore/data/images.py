@@ -266,7 +266,7 @@ def preprocess_pixels(pixels: torch.Tensor, pre: Preprocess) -> torch.Tensor:
     return out[..., top:top + crop, left:left + crop]
 
 
-def _preprocessed_stack(pixels: list[torch.Tensor], pre: Preprocess) -> torch.Tensor:
+def preprocessed_stack(pixels: list[torch.Tensor], pre: Preprocess) -> torch.Tensor:
     """uint8 ``[N, 3, S, S]``, channels-last: each of ``pixels`` preprocessed. numpy copies each image in: a torch
     copy this size runs on two threads, and while a runtime's inference runs beside it
     (``features._preprocessed_batches``), every thread more it wakes slows that inference (300 images: the
@@ -352,14 +352,14 @@ class ImageSet:
         return ImageSet([self.items[i] for i in indices], (), self._classes)
 
     def stack(self, pre: Preprocess) -> torch.Tensor:
-        """uint8 ``[N, 3, S, S]`` of every item preprocessed with ``pre`` (cached per preprocessing, within
-        the server's byte budget for such stacks: ``STACKS``)."""
+        """uint8 ``[N, 3, S, S]`` (channels-last) of every item preprocessed with ``pre`` (cached per preprocessing,
+        within the server's byte budget for such stacks: ``STACKS``)."""
         with self._lock:
             cached = self._stacks.get(pre.key)
             if cached is not None and cached.shape[0] == len(self.items):
                 STACKS.put((id(self), pre.key), weakref.ref(self), cached.nbytes)
                 return cached
-            out = _preprocessed_stack([item.pixels for item in self.items], pre)
+            out = preprocessed_stack([item.pixels for item in self.items], pre)
             self._stacks[pre.key] = out
         STACKS.put((id(self), pre.key), weakref.ref(self), out.nbytes)
         return out
@@ -372,7 +372,7 @@ class ImageSet:
             cached = self._stacks.get(pre.key)
         if cached is not None and cached.shape[0] == len(self.items):
             return torch.from_numpy(cached.permute(0, 2, 3, 1).numpy()[indices]).permute(0, 3, 1, 2)  # numpy's copy
-        return _preprocessed_stack([self.items[k].pixels for k in indices], pre)
+        return preprocessed_stack([self.items[k].pixels for k in indices], pre)
 
     # --------------------------------------------------------------------- editing (the Data page)
 

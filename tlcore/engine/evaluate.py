@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 
 from ..core.errors import TLError
 from ..core.measure import Score
-from ..data.images import ImageSet, image_to_tensor, preprocess_pixels
+from ..data.images import ImageSet, image_to_tensor, preprocessed_stack
 from ..models.backbones import Preprocess, frozen_body, get_backbone_spec, imagenet_categories
 from ..models.families import EnsembleNet
 from ..models.model import TransferModel, to_float
@@ -124,7 +124,7 @@ class Prediction:
 
 def prepare(images: list[Image.Image], pre: Preprocess) -> torch.Tensor:
     """Upright RGB PIL images -> uint8 ``[N, 3, S, S]`` as the model expects them."""
-    return torch.stack([preprocess_pixels(image_to_tensor(img), pre) for img in images])
+    return preprocessed_stack([image_to_tensor(img) for img in images], pre)
 
 
 def predict(model: TransferModel, images: list[Image.Image], classes: tuple[str, ...] | list[str],
